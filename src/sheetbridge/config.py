@@ -37,7 +37,9 @@ class Settings(BaseSettings):
     lease_s: float = Field(default=30.0, gt=0)
     poll_interval_s: float = Field(default=1.0, gt=0)
     recent_jobs: int = Field(default=20, ge=1, le=500)
-    demo: bool = Field(default=True, description="Seed the demo agency into an empty DB")
+    demo: bool = Field(
+        default=True, description="Seed the demo agency into an empty DB"
+    )
     sheet_latency_ms: int = Field(
         default=0, ge=0, description="Added to every workbook call (demos, benchmarks)"
     )

@@ -1,0 +1,33 @@
+"""Errors of the job queue and the signals job handlers raise."""
+
+from __future__ import annotations
+
+
+class QueueError(Exception):
+    """Root of the queue's errors."""
+
+
+class JobNotFound(QueueError):
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"job {job_id} does not exist")
+        self.job_id = job_id
+
+
+class LeaseLost(QueueError):
+    """The worker no longer owns the job: its lease expired and it was taken over."""
+
+
+class RetryableJobError(QueueError):
+    """Raised by a handler for a failure worth another attempt (throttling, 5xx...)."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class PermanentJobError(QueueError):
+    """Raised by a handler for a failure that no retry can fix; shown to the user."""
+
+
+class JobCancelled(QueueError):
+    """Raised inside a handler at a safe point once cancellation was requested."""
