@@ -73,7 +73,7 @@ class Backoff:
     def delay_s(self, attempt: int, hint_s: float | None = None) -> float:
         ceiling = min(self.cap_s, self.base_s * 2 ** max(attempt - 1, 0))
         delay = ceiling / 2 + self.rng.uniform(0, ceiling / 2)
-        return max(delay, hint_s or 0.0)
+        return float(max(delay, hint_s or 0.0))
 
 
 class JobQueue:
@@ -188,8 +188,9 @@ class JobQueue:
         return None
 
     def _claim_once(self, worker_id: str) -> Claimed | None:
-        now = self.now()
         with self.db.session() as session:
+            session.connection()  # begin (and on SQLite lock) before reading the clock
+            now = self.now()
             statement = self._runnable(now).limit(1)
             if not is_sqlite(self.db.engine):
                 statement = statement.with_for_update(skip_locked=True, of=Job)
@@ -375,7 +376,7 @@ class JobQueue:
     # -- inspecting -----------------------------------------------------------
 
     def get(self, job_id: int) -> Job:
-        with self.db.session() as session:
+        with self.db.read_session() as session:
             job = session.get(Job, job_id)
             if job is None:
                 raise JobNotFound(job_id)
@@ -383,7 +384,7 @@ class JobQueue:
 
     def status(self, owner_id: int | None, *, recent: int = 20) -> dict[str, list[Job]]:
         """Running, queued and recently finished jobs of one owner (None: all)."""
-        with self.db.session() as session:
+        with self.db.read_session() as session:
             mine = select(Job)
             if owner_id is not None:
                 mine = mine.where(Job.owner_id == owner_id)
@@ -402,7 +403,7 @@ class JobQueue:
         }
 
     def position(self, job: Job) -> int:
-        with self.db.session() as session:
+        with self.db.read_session() as session:
             return self._position(session, job)
 
     @staticmethod
@@ -425,7 +426,7 @@ class JobQueue:
         """What a queued job waits for, in words a user understands."""
         if job.state != QUEUED:
             return None
-        with self.db.session() as session:
+        with self.db.read_session() as session:
             earlier = session.scalar(
                 select(func.min(Job.id)).where(
                     Job.queue_key == job.queue_key,

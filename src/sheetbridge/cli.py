@@ -1,0 +1,183 @@
+"""``sheetbridge serve | worker | sync | users | db | demo``."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Annotated
+
+import typer
+from sqlalchemy import select
+
+from sheetbridge.config import Settings, get_settings
+from sheetbridge.insurance.demo import has_any_user, seed_demo
+from sheetbridge.insurance.models import User
+from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
+from sheetbridge.logs import configure_logging
+from sheetbridge.queue.worker import WorkerPool
+from sheetbridge.web.app import build_runtime, create_app
+from sheetbridge.web.deps import Runtime
+from sheetbridge.web.security import UserError, add_user, hash_password, issue_token
+
+app = typer.Typer(help="Sheetbridge: the agency's book, in sync with its sheets.")
+db_app = typer.Typer(help="Database schema.")
+users_app = typer.Typer(help="Users and API tokens.")
+app.add_typer(db_app, name="db")
+app.add_typer(users_app, name="users")
+
+
+def _runtime() -> Runtime:
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    return build_runtime(settings)
+
+
+def _seed_if_empty(runtime: Runtime) -> list[tuple[str, str, str]]:
+    with runtime.db.session() as session:
+        if has_any_user(session):
+            return []
+        return seed_demo(session, password_hasher=hash_password)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to listen on")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on")] = None,
+    workers: Annotated[bool, typer.Option(help="Run sync workers in-process")] = True,
+) -> None:
+    """Upgrade the database, seed the demo agency if empty, and serve the app."""
+    import uvicorn
+
+    runtime = _runtime()
+    settings = runtime.settings
+    runtime.db.upgrade()
+    logins = _seed_if_empty(runtime) if settings.demo else []
+    host = host or settings.host
+    port = port or settings.port
+    typer.echo(f"Sheetbridge is at http://{host}:{port}/")
+    typer.echo(f"Database: {_redacted(settings)}; workbooks in {settings.workbook_dir}")
+    for username, password, role in logins:
+        typer.echo(f"  demo {role:<5} {username} / {password}")
+    uvicorn.run(
+        create_app(runtime, workers=workers),
+        host=host,
+        port=port,
+        log_level=settings.log_level.lower(),
+    )
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(min=1, max=256)] = 8,
+    until_empty: Annotated[
+        bool, typer.Option("--until-empty", help="Stop when nothing is runnable")
+    ] = False,
+) -> None:
+    """Run sync workers without the web server (scale-out on PostgreSQL)."""
+    runtime = _runtime()
+    runtime.db.upgrade()
+    pool = WorkerPool(
+        runtime.queue,
+        runtime.sync.handlers,
+        concurrency=concurrency,
+        poll_interval_s=runtime.settings.poll_interval_s,
+    )
+    if until_empty:
+        typer.echo(f"ran {pool.run_until_empty()} jobs")
+        return
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    pool.start()
+    typer.echo(f"worker {pool.name} running {concurrency} slots; SIGTERM drains")
+    stop.wait()
+    pool.stop()
+
+
+@app.command()
+def sync(
+    username: str,
+    direction: Annotated[str, typer.Argument(help="to-sheet or from-sheet")],
+) -> None:
+    """Run one sync for a user now, in this process, and print its result."""
+    kinds = {"to-sheet": TO_SHEET, "from-sheet": FROM_SHEET}
+    if direction not in kinds:
+        raise typer.BadParameter("direction must be to-sheet or from-sheet")
+    runtime = _runtime()
+    runtime.db.upgrade()
+    with runtime.db.read_session() as session:
+        user = session.scalar(select(User).where(User.username == username))
+    if user is None:
+        raise typer.BadParameter(f"no user {username!r}")
+    queued = runtime.sync.enqueue(user, kinds[direction])
+    WorkerPool(runtime.queue, runtime.sync.handlers).run_until_empty()
+    job = runtime.queue.get(queued.job_id)
+    typer.echo(f"job {job.id} {job.state}: {job.result or job.error}")
+    if job.state != "succeeded":
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo() -> None:
+    """Seed the demo agency into an empty database."""
+    runtime = _runtime()
+    runtime.db.upgrade()
+    logins = _seed_if_empty(runtime)
+    if not logins:
+        typer.echo("the database already has users; nothing seeded")
+    for username, password, role in logins:
+        typer.echo(f"{role:<5} {username} / {password}")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply every pending migration."""
+    runtime = _runtime()
+    runtime.db.upgrade()
+    typer.echo(f"database at the newest schema: {_redacted(runtime.settings)}")
+
+
+@users_app.command("add")
+def users_add(
+    username: str,
+    role: Annotated[str, typer.Option(help="admin or agent")] = "agent",
+    full_name: Annotated[str, typer.Option()] = "",
+    password: Annotated[
+        str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True)
+    ] = "",
+) -> None:
+    """Add a user who signs in with a password."""
+    runtime = _runtime()
+    runtime.db.upgrade()
+    try:
+        with runtime.db.session() as session:
+            add_user(session, username, password, role=role, full_name=full_name)
+    except UserError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo(f"added {role} {username}")
+
+
+@users_app.command("token")
+def users_token(
+    username: str, name: Annotated[str, typer.Option(help="What it is for")] = ""
+) -> None:
+    """Issue an API token for scripts (shown once)."""
+    runtime = _runtime()
+    with runtime.db.session() as session:
+        user = session.scalar(select(User).where(User.username == username))
+        if user is None:
+            raise typer.BadParameter(f"no user {username!r}")
+        token = issue_token(session, user, name)
+    typer.echo(token)
+
+
+def _redacted(settings: Settings) -> str:
+    url = settings.effective_database_url
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+logging.captureWarnings(True)

@@ -1,0 +1,197 @@
+"""Validated shapes of customers and policies as the JSON API takes and gives them."""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Annotated, Generic, Literal, Self, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    model_validator,
+)
+
+PolicyStatus = Literal["active", "pending", "cancelled", "expired", "non-renewed"]
+LineOfBusiness = Literal[
+    "auto",
+    "home",
+    "renters",
+    "life",
+    "health",
+    "umbrella",
+    "commercial",
+    "workers-comp",
+]
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_PHONE_DIGITS = re.compile(r"\d")
+_ZIP = re.compile(r"^\d{5}(-\d{4})?$")
+
+
+def _email(value: str) -> str:
+    value = value.strip().lower()
+    if value and not _EMAIL.match(value):
+        raise ValueError("not an email address (expected name@example.com)")
+    return value
+
+
+def _phone(value: str) -> str:
+    value = value.strip()
+    digits = len(_PHONE_DIGITS.findall(value))
+    if value and not 7 <= digits <= 15:
+        raise ValueError("a phone number needs 7 to 15 digits")
+    return value
+
+
+def _zip(value: str) -> str:
+    value = value.strip()
+    if value and not _ZIP.match(value):
+        raise ValueError("a ZIP code is 5 digits, or 5+4 like 04001-1234")
+    return value
+
+
+def _state(value: str) -> str:
+    value = value.strip().upper()
+    if value and not re.fullmatch(r"[A-Z]{2}", value):
+        raise ValueError("a state is a two-letter code like ME")
+    return value
+
+
+def _text(value: str) -> str:
+    return value.strip()
+
+
+Name = Annotated[str, AfterValidator(_text), Field(min_length=1, max_length=200)]
+Email = Annotated[str, Field(max_length=254), AfterValidator(_email)]
+Phone = Annotated[str, Field(max_length=40), AfterValidator(_phone)]
+Zip = Annotated[str, Field(max_length=10), AfterValidator(_zip)]
+State = Annotated[str, Field(max_length=2), AfterValidator(_state)]
+Notes = Annotated[str, Field(max_length=50_000)]
+Money = Annotated[
+    Decimal,
+    Field(ge=0, max_digits=12, decimal_places=2),
+    PlainSerializer(lambda value: f"{value:.2f}", return_type=str),
+]
+PolicyNumber = Annotated[str, AfterValidator(_text), Field(min_length=1, max_length=40)]
+ShortText = Annotated[str, AfterValidator(_text), Field(min_length=1, max_length=100)]
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class CustomerFields(_Input):
+    name: Name
+    email: Email = ""
+    phone: Phone = ""
+    address: Annotated[str, Field(max_length=300)] = ""
+    city: Annotated[str, Field(max_length=100)] = ""
+    state: State = ""
+    zip_code: Zip = ""
+    date_of_birth: date | None = None
+    notes: Notes = ""
+
+
+class CustomerCreate(CustomerFields):
+    agent_id: int | None = None
+
+
+class CustomerUpdate(_Input):
+    version: int = Field(ge=1, description="The version this edit was based on")
+    name: Name | None = None
+    email: Email | None = None
+    phone: Phone | None = None
+    address: Annotated[str, Field(max_length=300)] | None = None
+    city: Annotated[str, Field(max_length=100)] | None = None
+    state: State | None = None
+    zip_code: Zip | None = None
+    date_of_birth: date | None = None
+    notes: Notes | None = None
+    agent_id: int | None = None
+
+
+class PolicyFields(_Input):
+    policy_number: PolicyNumber
+    customer_id: int
+    carrier: ShortText
+    line_of_business: LineOfBusiness
+    effective_date: date
+    expiration_date: date
+    premium: Money
+    status: PolicyStatus = "active"
+
+    @model_validator(mode="after")
+    def _dates_in_order(self) -> Self:
+        if self.expiration_date < self.effective_date:
+            raise ValueError("expiration_date is before effective_date")
+        return self
+
+
+class PolicyCreate(PolicyFields):
+    agent_id: int | None = None
+
+
+class PolicyUpdate(_Input):
+    version: int = Field(ge=1, description="The version this edit was based on")
+    policy_number: PolicyNumber | None = None
+    customer_id: int | None = None
+    carrier: ShortText | None = None
+    line_of_business: LineOfBusiness | None = None
+    effective_date: date | None = None
+    expiration_date: date | None = None
+    premium: Money | None = None
+    status: PolicyStatus | None = None
+    agent_id: int | None = None
+
+
+class CustomerOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    email: str
+    phone: str
+    address: str
+    city: str
+    state: str
+    zip_code: str
+    date_of_birth: date | None
+    notes: str
+    agent_id: int
+    agent: str
+    version: int
+    updated_at: datetime
+
+
+class PolicyOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    policy_number: str
+    customer_id: int
+    customer: str
+    carrier: str
+    line_of_business: str
+    effective_date: date
+    expiration_date: date
+    premium: Money
+    status: str
+    agent_id: int
+    agent: str
+    version: int
+    updated_at: datetime
+
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int

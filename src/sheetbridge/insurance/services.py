@@ -1,0 +1,294 @@
+"""Customers and policies as a user may see and change them.
+
+An admin sees the whole agency; an agent sees their own book. Every change
+checks the version the caller based it on, so no edit silently overwrites
+another one made meanwhile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from sqlalchemy import Select, func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
+
+from sheetbridge import clock
+from sheetbridge.insurance.models import Customer, Policy, User
+from sheetbridge.insurance.schemas import (
+    CustomerCreate,
+    CustomerOut,
+    CustomerUpdate,
+    PolicyCreate,
+    PolicyOut,
+    PolicyUpdate,
+)
+
+
+class DomainError(Exception):
+    """Root of the insurance domain's errors."""
+
+
+class RecordNotFound(DomainError):
+    def __init__(self, entity: str, record_id: int) -> None:
+        super().__init__(f"{entity} {record_id} does not exist")
+
+
+class StaleVersion(DomainError):
+    """The edit was based on an older version than the stored one."""
+
+    def __init__(self, current: Any) -> None:
+        super().__init__("the record was changed since you loaded it")
+        self.current = current
+
+
+class InvalidField(DomainError):
+    """A value that passes its type but not the rules of the agency's book."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class InUse(DomainError):
+    """The record cannot be deleted while others depend on it."""
+
+
+Row = TypeVar("Row", Customer, Policy)
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    q: str = ""
+    status: str | None = None
+    line_of_business: str | None = None
+    carrier: str | None = None
+    agent_id: int | None = None
+    customer_id: int | None = None
+    ids: tuple[int, ...] = ()
+    limit: int = 50
+    offset: int = 0
+    sort: str = "id"
+
+
+def customer_out(customer: Customer) -> CustomerOut:
+    return CustomerOut.model_validate(
+        {**_columns(customer), "agent": customer.agent.username}
+    )
+
+
+def policy_out(policy: Policy) -> PolicyOut:
+    return PolicyOut.model_validate(
+        {
+            **_columns(policy),
+            "agent": policy.agent.username,
+            "customer": policy.customer.name,
+        }
+    )
+
+
+def _columns(row: Customer | Policy) -> dict[str, Any]:
+    return {column.key: getattr(row, column.key) for column in row.__table__.columns}
+
+
+def scoped(statement: Select[tuple[Row]], model: type[Row], user: User) -> Any:
+    """Limit a query to the records the user may see."""
+    if user.is_admin:
+        return statement
+    return statement.where(model.agent_id == user.id)
+
+
+class Book:
+    """The records one user works with, inside one database session."""
+
+    def __init__(self, session: Session, user: User) -> None:
+        self.session = session
+        self.user = user
+
+    # -- customers ------------------------------------------------------------
+
+    def list_customers(self, query: ListQuery) -> tuple[list[Customer], int]:
+        statement = scoped(select(Customer), Customer, self.user)
+        if query.q:
+            pattern = f"%{query.q.lower()}%"
+            statement = statement.where(
+                or_(
+                    func.lower(Customer.name).like(pattern),
+                    func.lower(Customer.email).like(pattern),
+                    Customer.phone.like(pattern),
+                    Customer.city.ilike(pattern),
+                    Customer.zip_code.like(pattern),
+                )
+            )
+        if query.agent_id is not None:
+            statement = statement.where(Customer.agent_id == query.agent_id)
+        if query.ids:
+            statement = statement.where(Customer.id.in_(query.ids))
+        return self._page(statement, Customer, query)
+
+    def get_customer(self, customer_id: int) -> Customer:
+        return self._get(Customer, customer_id, "customer")
+
+    def create_customer(self, data: CustomerCreate) -> Customer:
+        fields = data.model_dump(exclude={"agent_id"})
+        customer = Customer(**fields, agent_id=self._agent_for(data.agent_id))
+        self.session.add(customer)
+        self.session.flush()
+        return customer
+
+    def update_customer(self, customer_id: int, data: CustomerUpdate) -> Customer:
+        customer = self.get_customer(customer_id)
+        changes = data.model_dump(exclude_unset=True, exclude={"version"})
+        if "agent_id" in changes:
+            changes["agent_id"] = self._agent_for(changes["agent_id"])
+        return self._update(customer, data.version, changes)
+
+    def delete_customer(self, customer_id: int, version: int | None) -> None:
+        customer = self.get_customer(customer_id)
+        self._check_version(customer, version)
+        policies = self.session.scalar(
+            select(func.count()).where(Policy.customer_id == customer_id)
+        )
+        if policies:
+            raise InUse(
+                f"customer {customer_id} still has {policies} policies; "
+                "delete or move them first"
+            )
+        self.session.delete(customer)
+        self.session.flush()
+
+    # -- policies -------------------------------------------------------------
+
+    def list_policies(self, query: ListQuery) -> tuple[list[Policy], int]:
+        statement = scoped(select(Policy), Policy, self.user).join(Policy.customer)
+        if query.q:
+            pattern = f"%{query.q.lower()}%"
+            statement = statement.where(
+                or_(
+                    func.lower(Policy.policy_number).like(pattern),
+                    func.lower(Policy.carrier).like(pattern),
+                    func.lower(Customer.name).like(pattern),
+                )
+            )
+        for column, value in (
+            (Policy.status, query.status),
+            (Policy.line_of_business, query.line_of_business),
+            (Policy.carrier, query.carrier),
+            (Policy.agent_id, query.agent_id),
+            (Policy.customer_id, query.customer_id),
+        ):
+            if value is not None:
+                statement = statement.where(column == value)
+        if query.ids:
+            statement = statement.where(Policy.id.in_(query.ids))
+        return self._page(statement, Policy, query)
+
+    def get_policy(self, policy_id: int) -> Policy:
+        return self._get(Policy, policy_id, "policy")
+
+    def create_policy(self, data: PolicyCreate) -> Policy:
+        customer = self._customer_for_policy(data.customer_id)
+        agent_id = (
+            self._agent_for(data.agent_id) if data.agent_id else customer.agent_id
+        )
+        self._check_policy_number(data.policy_number, None)
+        fields = data.model_dump(exclude={"agent_id"})
+        policy = Policy(**fields, agent_id=agent_id)
+        self.session.add(policy)
+        self._flush("policy_number")
+        return policy
+
+    def update_policy(self, policy_id: int, data: PolicyUpdate) -> Policy:
+        policy = self.get_policy(policy_id)
+        changes = data.model_dump(exclude_unset=True, exclude={"version"})
+        if "customer_id" in changes:
+            self._customer_for_policy(changes["customer_id"])
+        if "agent_id" in changes:
+            changes["agent_id"] = self._agent_for(changes["agent_id"])
+        if "policy_number" in changes:
+            self._check_policy_number(changes["policy_number"], policy_id)
+        effective = changes.get("effective_date", policy.effective_date)
+        expiration = changes.get("expiration_date", policy.expiration_date)
+        if expiration < effective:
+            raise InvalidField("expiration_date", "is before effective_date")
+        return self._update(policy, data.version, changes)
+
+    def delete_policy(self, policy_id: int, version: int | None) -> None:
+        policy = self.get_policy(policy_id)
+        self._check_version(policy, version)
+        self.session.delete(policy)
+        self.session.flush()
+
+    # -- shared ---------------------------------------------------------------
+
+    def _page(
+        self, statement: Any, model: type[Customer] | type[Policy], query: ListQuery
+    ) -> tuple[list[Any], int]:
+        total = self.session.scalar(
+            select(func.count()).select_from(statement.order_by(None).subquery())
+        )
+        sort_column = getattr(model, query.sort.lstrip("-"), model.id)
+        order = sort_column.desc() if query.sort.startswith("-") else sort_column
+        rows = self.session.scalars(
+            statement.order_by(order, model.id).limit(query.limit).offset(query.offset)
+        ).unique()
+        return list(rows), int(total or 0)
+
+    def _get(self, model: type[Row], record_id: int, entity: str) -> Row:
+        row = self.session.get(model, record_id)
+        if row is None or not (self.user.is_admin or row.agent_id == self.user.id):
+            raise RecordNotFound(entity, record_id)
+        return row
+
+    def _update(self, row: Row, version: int, changes: dict[str, Any]) -> Row:
+        self._check_version(row, version)
+        for name, value in changes.items():
+            setattr(row, name, value)
+        if self.session.is_modified(row):
+            row.updated_at = clock.now()
+        try:
+            self._flush("policy_number")
+        except StaleDataError as exc:
+            # Someone saved between our read and our write; the caller reloads.
+            raise StaleVersion(None) from exc
+        return row
+
+    @staticmethod
+    def _check_version(row: Customer | Policy, version: int | None) -> None:
+        if version is not None and version != row.version:
+            raise StaleVersion(row)
+
+    def _flush(self, unique_field: str) -> None:
+        try:
+            self.session.flush()
+        except IntegrityError as exc:
+            raise InvalidField(
+                unique_field, "is already used by another record"
+            ) from exc
+
+    def _agent_for(self, agent_id: int | None) -> int:
+        if agent_id is None or agent_id == self.user.id:
+            return self.user.id
+        if not self.user.is_admin:
+            raise InvalidField("agent_id", "only an admin can assign another agent")
+        if self.session.get(User, agent_id) is None:
+            raise InvalidField("agent_id", f"user {agent_id} does not exist")
+        return agent_id
+
+    def _customer_for_policy(self, customer_id: int) -> Customer:
+        try:
+            return self.get_customer(customer_id)
+        except RecordNotFound as exc:
+            raise InvalidField(
+                "customer_id", f"customer {customer_id} does not exist"
+            ) from exc
+
+    def _check_policy_number(self, number: str, policy_id: int | None) -> None:
+        clash = self.session.scalar(
+            select(Policy.id).where(Policy.policy_number == number)
+        )
+        if clash is not None and clash != policy_id:
+            raise InvalidField("policy_number", f"{number!r} is already used")

@@ -1,0 +1,74 @@
+"""The interface every spreadsheet backend implements.
+
+A backend reads whole tabs as plain values and writes one batch of changes for
+several tabs at once. It knows nothing about records, columns or sync rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Protocol, TypeAlias
+
+Cell: TypeAlias = str | int | float | Decimal | date | datetime | bool | None
+"""One cell value as read from or written to a sheet."""
+
+
+@dataclass
+class TabChanges:
+    """Changes to one tab, applied in order: cells, then appends, then deletes.
+
+    ``cells`` maps (1-based sheet row, 1-based column) to the new value and
+    includes header cells to add. ``append`` rows go after the last non-empty
+    row; each is a full row by column position, where ``None`` leaves the cell
+    untouched. ``delete_rows`` are 1-based rows as they were read.
+    """
+
+    cells: dict[tuple[int, int], Cell] = field(default_factory=dict)
+    append: list[list[Cell]] = field(default_factory=list)
+    delete_rows: list[int] = field(default_factory=list)
+
+    def is_empty(self) -> bool:
+        """Return True when applying these changes would change nothing."""
+        return not (self.cells or self.append or self.delete_rows)
+
+
+@dataclass
+class TabData:
+    """The values of one tab as read.
+
+    ``rows[0]`` is the header (sheet row 1); ``rows[i]`` is sheet row ``i + 1``.
+    Trailing empty cells and trailing empty rows are trimmed, so rows may be
+    ragged. ``version`` is an opaque token of what was read ("" when the
+    tab or file did not exist).
+    """
+
+    rows: list[list[Cell]]
+    version: str = ""
+
+
+class SheetBackend(Protocol):
+    """A workbook or spreadsheet holding one or more tabs."""
+
+    location: str
+    """Human-readable place of the data (file path or spreadsheet id)."""
+
+    def read_tabs(self, tabs: Sequence[str]) -> dict[str, TabData | None]:
+        """Read the named tabs; a missing tab (or workbook) maps to ``None``."""
+        ...
+
+    def write(
+        self,
+        changes: Mapping[str, TabChanges],
+        *,
+        expected_version: str | None = None,
+    ) -> None:
+        """Apply changes to several tabs in one atomic batch.
+
+        Missing tabs are created. With ``expected_version``, raise
+        :class:`~sheetbridge.sheets.errors.SheetChanged` and write nothing if
+        the data changed since that version was read.
+        """
+        ...

@@ -1,0 +1,297 @@
+"""Column specs and the coercion between sheet cells and canonical values.
+
+A canonical value is what the app stores and what the sync engine compares:
+``str``, ``int`` or ``None``. :func:`parse_cell` turns whatever a sheet (or the
+app) holds into it; :func:`render_cell` turns it into what is written.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from enum import StrEnum
+from typing import TypeAlias
+
+from sheetbridge.sheets.base import Cell
+
+Canonical: TypeAlias = str | int | None
+"""The canonical, JSON-able and comparable value of one field."""
+
+MAX_TEXT_LENGTH = 50_000
+SPREADSHEET_EPOCH = date(1899, 12, 30)
+_MAX_SERIAL = (date(9999, 12, 31) - SPREADSHEET_EPOCH).days
+_CENT = Decimal("0.01")
+_MONEY_TOLERANCE = Decimal("1e-9")
+_US_DATE = re.compile(r"(\d{1,2})/(\d{1,2})/(\d{4})")
+_FOLD = re.compile(r"[\s_\-]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+_PHONE_CHARS = re.compile(r"[0-9+()\-. ]+")
+_INTEGER_TEXT = re.compile(r"[+-]?\d{1,3}(,\d{3})+|[+-]?\d+")
+
+
+class ColumnType(StrEnum):
+    """How the values of a column are checked and stored."""
+
+    TEXT = "text"
+    INTEGER = "integer"
+    MONEY = "money"
+    DATE = "date"
+    ENUM = "enum"
+    EMAIL = "email"
+    PHONE = "phone"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One synced column: its header, record field, type and rules."""
+
+    header: str
+    field: str
+    type: ColumnType = ColumnType.TEXT
+    required: bool = False
+    readonly: bool = False
+    choices: tuple[str, ...] = ()
+    max_length: int | None = None
+
+
+class CellError(ValueError):
+    """A cell value that does not fit its column; ``reason`` says how to fix it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def normalize_header(text: object) -> str:
+    """Fold a header for matching: case, spaces, underscores and hyphens."""
+    if text is None:
+        return ""
+    return _FOLD.sub(" ", str(text)).strip().casefold()
+
+
+def parse_cell(column: Column, raw: Cell) -> Canonical:
+    """Return the canonical value of ``raw`` for ``column`` or raise CellError.
+
+    Also accepts app-side Python values (``Decimal``, ``date``), so it can
+    canonicalise records before they are compared.
+    """
+    value = parse_value(column, raw)
+    if value is None and column.required:
+        raise CellError("is required; enter a value")
+    return value
+
+
+def parse_value(column: Column, raw: Cell) -> Canonical:
+    """Like :func:`parse_cell`, but an empty value is ``None`` even if required."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    return _PARSERS[column.type](column, raw)
+
+
+def render_cell(column: Column, value: Canonical) -> Cell:
+    """Return what to write to the sheet for a canonical value."""
+    if value is None:
+        return None
+    if column.type is ColumnType.INTEGER:
+        return int(value)
+    if column.type is ColumnType.MONEY:
+        return Decimal(str(value))
+    if column.type is ColumnType.DATE:
+        return date.fromisoformat(str(value))
+    return str(value)
+
+
+def _parse_text(column: Column, raw: Cell) -> str:
+    text = _as_text(raw)
+    if len(text) > MAX_TEXT_LENGTH:
+        raise CellError("cell text is longer than 50,000 characters")
+    if column.max_length is not None and len(text) > column.max_length:
+        raise CellError(f"is longer than {column.max_length} characters")
+    if _CONTROL.search(text):
+        raise CellError("contains a control character; remove it")
+    return text
+
+
+def _as_text(raw: Cell) -> str:
+    if isinstance(raw, bool):
+        return "TRUE" if raw else "FALSE"
+    if isinstance(raw, float):
+        if raw.is_integer():
+            return str(int(raw))  # a number typed into a text column: no ".0"
+        return repr(raw)
+    if isinstance(raw, Decimal):
+        return _plain_decimal(raw)
+    if isinstance(raw, datetime):
+        return raw.date().isoformat() if _is_midnight(raw) else raw.isoformat(" ")
+    if isinstance(raw, date):
+        return raw.isoformat()
+    return str(raw).strip()
+
+
+def _plain_decimal(value: Decimal) -> str:
+    if value == value.to_integral_value():
+        return str(int(value))
+    return format(value.normalize(), "f")
+
+
+def _parse_integer(column: Column, raw: Cell) -> int:
+    if isinstance(raw, bool):
+        raise CellError("not a whole number")
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, float | Decimal):
+        return _integral(Decimal(repr(raw)) if isinstance(raw, float) else raw)
+    if isinstance(raw, str):
+        text = raw.strip()
+        if _INTEGER_TEXT.fullmatch(text):
+            return int(text.replace(",", ""))
+        try:
+            return _integral(Decimal(text.replace(",", "")))
+        except InvalidOperation:
+            pass
+    raise CellError("not a whole number")
+
+
+def _integral(value: Decimal) -> int:
+    if not value.is_finite() or value != value.to_integral_value():
+        raise CellError("not a whole number")
+    return int(value)
+
+
+def _parse_money(column: Column, raw: Cell) -> str:
+    amount = _to_decimal(raw)
+    if not amount.is_finite() or abs(amount) >= Decimal("1e15"):
+        raise CellError("not an amount; use a number like 1234.50")
+    cents = amount.quantize(_CENT)
+    if abs(amount - cents) > _MONEY_TOLERANCE:
+        raise CellError("has more than 2 decimal places; use an amount like 1234.50")
+    return f"{cents + 0:.2f}"  # "+ 0" turns -0.00 into 0.00
+
+
+def _to_decimal(raw: Cell) -> Decimal:
+    if isinstance(raw, bool):
+        raise CellError("not an amount; use a number like 1234.50")
+    if isinstance(raw, Decimal):
+        return raw
+    if isinstance(raw, int):
+        return Decimal(raw)
+    if isinstance(raw, float):
+        return Decimal(repr(raw))  # repr is the shortest exact spelling
+    if isinstance(raw, str):
+        return _money_text(raw)
+    raise CellError("not an amount; use a number like 1234.50")
+
+
+def _money_text(raw: str) -> Decimal:
+    text = raw.strip().replace(",", "").replace(" ", "")
+    negative = text.startswith("(") and text.endswith(")")
+    if negative:
+        text = text[1:-1]
+    if text.startswith("-"):
+        negative, text = not negative, text[1:]
+    text = text.removeprefix("$")
+    if text.startswith("-"):
+        negative, text = not negative, text[1:]
+    if not re.fullmatch(r"\d+(\.\d*)?|\.\d+", text):
+        raise CellError("not an amount; use a number like 1234.50")
+    value = Decimal(text)
+    return -value if negative else value
+
+
+def _parse_date(column: Column, raw: Cell) -> str:
+    if isinstance(raw, bool):
+        raise CellError("not a date; use YYYY-MM-DD")
+    if isinstance(raw, datetime):
+        return _date_of(raw).isoformat()
+    if isinstance(raw, date):
+        return raw.isoformat()
+    if isinstance(raw, int | float | Decimal):
+        return _from_serial(raw).isoformat()
+    if isinstance(raw, str):
+        return _date_text(raw.strip()).isoformat()
+    raise CellError("not a date; use YYYY-MM-DD")
+
+
+def _date_of(value: datetime) -> date:
+    if not _is_midnight(value):
+        raise CellError("has a time of day; enter a date only (YYYY-MM-DD)")
+    return value.date()
+
+
+def _is_midnight(value: datetime) -> bool:
+    return value.time() == datetime.min.time()
+
+
+def _from_serial(serial: int | float | Decimal) -> date:
+    number = float(serial)
+    if not math.isfinite(number) or not 1 <= number <= _MAX_SERIAL:
+        raise CellError("not a date; use YYYY-MM-DD")
+    days = math.floor(number)
+    if number - days > 1e-9:
+        raise CellError("has a time of day; enter a date only (YYYY-MM-DD)")
+    return SPREADSHEET_EPOCH + timedelta(days=days)
+
+
+def _date_text(text: str) -> date:
+    us = _US_DATE.fullmatch(text)
+    try:
+        if us:
+            month, day, year = (int(part) for part in us.groups())
+            return date(year, month, day)
+        if len(text) == 10:
+            return date.fromisoformat(text)
+        return _date_of(datetime.fromisoformat(text))
+    except ValueError:
+        raise CellError("not a date; use YYYY-MM-DD") from None
+
+
+def _parse_enum(column: Column, raw: Cell) -> str:
+    folded = _fold(_as_text(raw))
+    for choice in column.choices:
+        if _fold(choice) == folded:
+            return choice
+    raise CellError(f"must be one of {', '.join(column.choices)}")
+
+
+def _fold(text: str) -> str:
+    return _FOLD.sub("-", text.strip()).casefold()
+
+
+def _parse_email(column: Column, raw: Cell) -> str:
+    text = _parse_text(column, raw).lower()
+    local, at, domain = text.partition("@")
+    valid = (
+        at
+        and local
+        and "@" not in domain
+        and "." in domain.strip(".")
+        and not domain.startswith(".")
+        and not domain.endswith(".")
+        and not any(ch.isspace() for ch in text)
+    )
+    if not valid:
+        raise CellError("not a valid email address; use name@example.com")
+    return text
+
+
+def _parse_phone(column: Column, raw: Cell) -> str:
+    text = _parse_text(column, raw)
+    digits = sum(ch.isdigit() for ch in text)
+    if not _PHONE_CHARS.fullmatch(text) or not 7 <= digits <= 15:
+        raise CellError("not a phone number; use 7 to 15 digits, e.g. +1 555 123 4567")
+    return text
+
+
+_PARSERS: dict[ColumnType, Callable[[Column, Cell], Canonical]] = {
+    ColumnType.TEXT: _parse_text,
+    ColumnType.INTEGER: _parse_integer,
+    ColumnType.MONEY: _parse_money,
+    ColumnType.DATE: _parse_date,
+    ColumnType.ENUM: _parse_enum,
+    ColumnType.EMAIL: _parse_email,
+    ColumnType.PHONE: _parse_phone,
+}

@@ -1,0 +1,965 @@
+"""Three-way merge planning between app records and one sheet tab.
+
+Pure functions: given the tab as read, the app records and the base (the
+values as of the last sync), decide what to write, import, report and
+remember. No database, no IO. Per record and field, with app value A, sheet
+value S and base B:
+
+* A == S: nothing to do.
+* A changed, S == B: to-sheet writes A; from-sheet has nothing to import.
+* S changed, A == B: to-sheet leaves the edit (pending import); from-sheet
+  applies S.
+* both changed and differ: a conflict both ways; nothing is overwritten.
+
+Without a base value, an empty side counts as unchanged (filling an empty
+cell or field loses nothing); two different non-empty values are a conflict.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import TypeAlias
+
+from sheetbridge.sheets.base import Cell, TabChanges, TabData
+from sheetbridge.sync.columns import (
+    Canonical,
+    CellError,
+    Column,
+    ColumnType,
+    normalize_header,
+    parse_value,
+    render_cell,
+)
+
+Record: TypeAlias = dict[str, Canonical]
+"""Field name -> canonical value."""
+
+DELETE_MODES = ("flag", "delete")
+_ID_COLUMN = Column("ID", "id", ColumnType.INTEGER)
+
+
+@dataclass(frozen=True)
+class TabMapping:
+    """Which tab a kind of record syncs to, its ID header and its columns."""
+
+    tab: str
+    id_header: str
+    columns: tuple[Column, ...]
+
+
+@dataclass
+class Issue:
+    """Something a user should know about; ``kind`` says what.
+
+    Kinds: ``error``, ``warning``, ``conflict``, ``deleted_in_sheet``,
+    ``deleted_in_app``, ``pending_import``, ``readonly``, ``missing_tab``.
+    """
+
+    tab: str
+    row: int | None
+    column: str | None
+    value: str | None
+    reason: str
+    kind: str = "error"
+
+
+@dataclass
+class Conflict:
+    """A field changed on both sides since the last sync, to different values."""
+
+    record_id: int
+    field: str
+    column: str
+    row: int
+    app: Canonical
+    sheet: Canonical
+    base: Canonical
+
+
+@dataclass
+class ToSheetPlan:
+    """What a to-sheet sync writes, remembers and reports."""
+
+    changes: TabChanges
+    snapshots: dict[int, Record]
+    drop_snapshots: set[int]
+    issues: list[Issue]
+    conflicts: list[Conflict]
+    counts: dict[str, int]
+
+
+@dataclass
+class NewRow:
+    """A row typed into the sheet without an ID: a record to create."""
+
+    row: int
+    values: Record
+
+
+@dataclass
+class FromSheetPlan:
+    """What a from-sheet sync imports, remembers and reports.
+
+    ``updates`` holds only the changed fields per record. After creating the
+    records of ``creates``, write their new IDs to (row, ``id_column``) along
+    with ``header_changes`` and store ``values`` as their snapshots.
+    """
+
+    updates: dict[int, Record]
+    creates: list[NewRow]
+    snapshots: dict[int, Record]
+    issues: list[Issue]
+    conflicts: list[Conflict]
+    counts: dict[str, int]
+    id_column: int
+    header_changes: TabChanges
+
+
+class _Outcome(Enum):
+    SAME = "same"
+    APP = "app"  # only the app changed
+    SHEET = "sheet"  # only the sheet changed
+    CONFLICT = "conflict"
+
+
+class _Missing:
+    """No base value for a field."""
+
+
+_NO_BASE = _Missing()
+
+
+def _merge(app: Canonical, sheet: Canonical, base: Canonical | _Missing) -> _Outcome:
+    if app == sheet:
+        return _Outcome.SAME
+    if isinstance(base, _Missing):
+        if sheet is None:
+            return _Outcome.APP
+        if app is None:
+            return _Outcome.SHEET
+        return _Outcome.CONFLICT
+    if sheet == base:
+        return _Outcome.APP
+    if app == base:
+        return _Outcome.SHEET
+    return _Outcome.CONFLICT
+
+
+# Header layout
+
+
+@dataclass
+class _Layout:
+    """Where our columns are in the tab (0-based indexes)."""
+
+    id_index: int | None
+    indexes: dict[str, int]  # field -> index, for usable columns in the header
+    missing: list[Column]
+    ambiguous: set[str]
+    id_ambiguous: bool
+    next_index: int  # right of the last used header cell
+    issues: list[Issue]
+
+    def columns(self, mapping: TabMapping) -> list[tuple[Column, int]]:
+        return [
+            (col, self.indexes[col.field])
+            for col in mapping.columns
+            if col.field in self.indexes
+        ]
+
+
+def _read_layout(mapping: TabMapping, header: Sequence[Cell]) -> _Layout:
+    positions: dict[str, list[int]] = defaultdict(list)
+    for index, text in enumerate(header):
+        positions[normalize_header(text)].append(index)
+    layout = _Layout(None, {}, [], set(), False, len(header), [])
+    id_positions = positions.get(normalize_header(mapping.id_header), [])
+    layout.id_ambiguous = len(id_positions) > 1
+    if len(id_positions) == 1:
+        layout.id_index = id_positions[0]
+    for column in mapping.columns:
+        found = positions.get(normalize_header(column.header), [])
+        if len(found) == 1:
+            layout.indexes[column.field] = found[0]
+        elif found:
+            layout.ambiguous.add(column.field)
+        else:
+            layout.missing.append(column)
+    layout.issues = _header_issues(mapping, header, positions)
+    return layout
+
+
+def _header_issues(
+    mapping: TabMapping, header: Sequence[Cell], positions: dict[str, list[int]]
+) -> list[Issue]:
+    issues = []
+    ours = [mapping.id_header, *(col.header for col in mapping.columns)]
+    for name in ours:
+        found = positions.get(normalize_header(name), [])
+        if len(found) > 1:
+            letters = " and ".join(column_letter(i + 1) for i in found)
+            issues.append(
+                Issue(
+                    mapping.tab,
+                    1,
+                    name,
+                    None,
+                    f"header {name!r} appears in columns {letters}; rename or "
+                    "remove one — nothing is synced from these columns",
+                )
+            )
+    for index in positions.get("", []):
+        letter = column_letter(index + 1)
+        issues.append(
+            Issue(
+                mapping.tab,
+                1,
+                letter,
+                None,
+                f"column {letter} has no header; its values are not synced",
+                "warning",
+            )
+        )
+    return issues
+
+
+def _add_headers(
+    layout: _Layout, columns: Iterable[Column], changes: TabChanges
+) -> None:
+    for column in columns:
+        layout.indexes[column.field] = layout.next_index
+        changes.cells[(1, layout.next_index + 1)] = column.header
+        layout.next_index += 1
+    layout.missing = []
+
+
+def _add_id_header(mapping: TabMapping, layout: _Layout, changes: TabChanges) -> None:
+    layout.id_index = layout.next_index
+    changes.cells[(1, layout.next_index + 1)] = mapping.id_header
+    layout.next_index += 1
+
+
+# Rows
+
+
+@dataclass
+class _Rows:
+    by_id: dict[int, tuple[int, list[Cell]]]  # record id -> (sheet row, cells)
+    new: list[tuple[int, list[Cell]]]
+    seen: set[int]  # every valid ID present, duplicates included
+    issues: list[Issue]
+
+
+def _cell(cells: Sequence[Cell], index: int) -> Cell:
+    return cells[index] if index < len(cells) else None
+
+
+def _is_blank(value: Cell) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _scan_rows(
+    mapping: TabMapping, layout: _Layout, rows: Sequence[list[Cell]]
+) -> _Rows:
+    ours = [index for _, index in layout.columns(mapping)]
+    id_index = layout.id_index
+    found: dict[int, list[tuple[int, list[Cell]]]] = defaultdict(list)
+    result = _Rows({}, [], set(), [])
+    for number, cells in enumerate(rows[1:], start=2):
+        raw_id = None if id_index is None else _cell(cells, id_index)
+        if _is_blank(raw_id):
+            if any(not _is_blank(_cell(cells, i)) for i in ours):
+                result.new.append((number, cells))
+            continue
+        record_id = _parse_id(raw_id)
+        if record_id is None:
+            result.issues.append(
+                Issue(
+                    mapping.tab,
+                    number,
+                    mapping.id_header,
+                    _show(raw_id),
+                    "ID must be a whole number written by Sheetbridge; clear it "
+                    "to import the row as a new record",
+                )
+            )
+            continue
+        found[record_id].append((number, cells))
+    for record_id, places in found.items():
+        result.seen.add(record_id)
+        if len(places) == 1:
+            result.by_id[record_id] = places[0]
+        else:
+            result.issues.extend(_duplicate_issues(mapping, record_id, places))
+    return result
+
+
+def _parse_id(raw: Cell) -> int | None:
+    try:
+        value = parse_value(_ID_COLUMN, raw)
+    except CellError:
+        return None
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def _duplicate_issues(
+    mapping: TabMapping, record_id: int, places: list[tuple[int, list[Cell]]]
+) -> list[Issue]:
+    numbers = ", ".join(str(number) for number, _ in places)
+    return [
+        Issue(
+            mapping.tab,
+            number,
+            mapping.id_header,
+            str(record_id),
+            f"duplicate ID {record_id} in rows {numbers}; keep it in one row "
+            "only — none of these rows is synced",
+        )
+        for number, _ in places
+    ]
+
+
+def _show(value: Cell, limit: int = 80) -> str:
+    text = repr(value) if not isinstance(value, str) else value
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _base_value(base: Record | None, name: str) -> Canonical | _Missing:
+    if base is None or name not in base:
+        return _NO_BASE
+    return base[name]
+
+
+def _unknown_id_issue(mapping: TabMapping, record_id: int, row: int) -> Issue:
+    return Issue(
+        mapping.tab,
+        row,
+        mapping.id_header,
+        str(record_id),
+        f"unknown ID {record_id}: no such record was synced to this tab; clear "
+        "the ID to import the row as a new record",
+    )
+
+
+def _missing_header_issue(
+    mapping: TabMapping, header: str, done: str = "imported from"
+) -> Issue:
+    return Issue(
+        mapping.tab,
+        1,
+        header,
+        None,
+        f"required column {header!r} is missing from the header row of tab "
+        f"{mapping.tab!r}; nothing was {done} this tab",
+    )
+
+
+# to-sheet
+
+
+@dataclass
+class _ToSheet:
+    mapping: TabMapping
+    layout: _Layout
+    plan: ToSheetPlan
+
+    def issue(self, issue: Issue, count: str) -> None:
+        self.plan.issues.append(issue)
+        self.plan.counts[count] += 1
+
+
+def _to_sheet_counts() -> dict[str, int]:
+    names = (
+        "written_cells updated_rows appended deleted unchanged pending_import "
+        "conflicts errors deleted_in_sheet deleted_in_app readonly"
+    )
+    return dict.fromkeys(names.split(), 0)
+
+
+def plan_to_sheet(
+    mapping: TabMapping,
+    tab: TabData | None,
+    app: dict[int, Record],
+    base: dict[int, Record],
+    *,
+    delete_mode: str = "flag",
+) -> ToSheetPlan:
+    """Plan writing app records to the tab without overwriting sheet edits.
+
+    ``delete_mode`` "delete" removes rows of records deleted in the app (if
+    their sheet values were not edited since the last sync); "flag" only
+    reports them.
+    """
+    if delete_mode not in DELETE_MODES:
+        raise ValueError(f"delete_mode must be one of {', '.join(DELETE_MODES)}")
+    rows = tab.rows if tab is not None else []
+    plan = ToSheetPlan(TabChanges(), {}, set(), [], [], _to_sheet_counts())
+    layout = _read_layout(mapping, rows[0] if rows else [])
+    ctx = _ToSheet(mapping, layout, plan)
+    plan.issues.extend(layout.issues)
+    if not _to_sheet_header_usable(ctx, rows, base):
+        plan.counts["errors"] += 1
+        return plan
+    scanned = _scan_rows(mapping, layout, rows)
+    if layout.id_index is None:
+        _add_id_header(mapping, layout, plan.changes)
+    _add_headers(layout, layout.missing, plan.changes)
+    for issue in scanned.issues:
+        ctx.issue(issue, "errors")
+    for number, _ in scanned.new:
+        ctx.issue(_pending_new_row_issue(mapping, number), "pending_import")
+    for record_id, (number, cells) in scanned.by_id.items():
+        _sync_row_to_sheet(ctx, record_id, number, cells, app, base, delete_mode)
+    for record_id in sorted(app.keys() - scanned.seen):
+        _append_or_report(ctx, record_id, app[record_id], base)
+    return plan
+
+
+def _to_sheet_header_usable(
+    ctx: _ToSheet, rows: Sequence[list[Cell]], base: dict[int, Record]
+) -> bool:
+    layout, mapping = ctx.layout, ctx.mapping
+    if layout.id_ambiguous:
+        return False
+    if layout.id_index is None and len(rows) > 1 and base:
+        # the ID column was removed: every row would look new and be duplicated
+        issue = _missing_header_issue(mapping, mapping.id_header, "written to")
+        ctx.plan.issues.append(issue)
+        return False
+    return True
+
+
+def _pending_new_row_issue(mapping: TabMapping, number: int) -> Issue:
+    return Issue(
+        mapping.tab,
+        number,
+        None,
+        None,
+        "row has no ID; it will be created in the app by the next sync from the sheet",
+        "pending_import",
+    )
+
+
+def _sync_row_to_sheet(
+    ctx: _ToSheet,
+    record_id: int,
+    number: int,
+    cells: list[Cell],
+    app: dict[int, Record],
+    base: dict[int, Record],
+    delete_mode: str,
+) -> None:
+    record = app.get(record_id)
+    if record is None:
+        _deleted_in_app(ctx, record_id, number, cells, base, delete_mode)
+        return
+    old = base.get(record_id)
+    writes: dict[int, Cell] = {}
+    snapshot: Record = {}
+    for column, index in ctx.layout.columns(ctx.mapping):
+        write = _field_to_sheet(
+            ctx, record_id, number, column, _cell(cells, index), record, old, snapshot
+        )
+        if write is not None:
+            writes[index] = write[0]
+    if writes and not _app_values_valid(ctx, number, record, writes):
+        writes = {}
+        snapshot = dict(old) if old is not None else {}
+    _emit_writes(ctx, number, writes)
+    ctx.plan.snapshots[record_id] = snapshot
+
+
+def _field_to_sheet(
+    ctx: _ToSheet,
+    record_id: int,
+    number: int,
+    column: Column,
+    raw: Cell,
+    record: Record,
+    old: Record | None,
+    snapshot: Record,
+) -> tuple[Cell] | None:
+    """Decide one field; return (value to write,) or None for no write."""
+    name = column.field
+    app_value = record.get(name)
+    base_value = _base_value(old, name)
+    try:
+        sheet_value = parse_value(column, raw)
+    except CellError as exc:
+        ctx.issue(_cell_issue(ctx.mapping, number, column, raw, exc), "errors")
+        _keep_base(snapshot, name, base_value)
+        return None
+    if column.readonly:
+        snapshot[name] = app_value
+        if sheet_value == app_value:
+            return None
+        if not isinstance(base_value, _Missing) and sheet_value != base_value:
+            ctx.issue(_readonly_issue(ctx.mapping, number, column, raw), "readonly")
+        return (render_cell(column, app_value),)
+    outcome = _merge(app_value, sheet_value, base_value)
+    if outcome is _Outcome.SAME:
+        snapshot[name] = app_value
+    elif outcome is _Outcome.APP:
+        snapshot[name] = app_value
+        return (render_cell(column, app_value),)
+    elif outcome is _Outcome.SHEET:
+        _keep_base(snapshot, name, base_value)
+        ctx.issue(
+            _pending_edit_issue(ctx.mapping, number, column, raw), "pending_import"
+        )
+    else:
+        _keep_base(snapshot, name, base_value)
+        conflict = Conflict(
+            record_id,
+            name,
+            column.header,
+            number,
+            app_value,
+            sheet_value,
+            None if isinstance(base_value, _Missing) else base_value,
+        )
+        _report_conflict(ctx.plan.issues, ctx.plan.conflicts, ctx.mapping, conflict)
+        ctx.plan.counts["conflicts"] += 1
+    return None
+
+
+def _keep_base(snapshot: Record, name: str, base_value: Canonical | _Missing) -> None:
+    if not isinstance(base_value, _Missing):
+        snapshot[name] = base_value
+
+
+def _app_values_valid(
+    ctx: _ToSheet, number: int | None, record: Record, writes: dict[int, Cell]
+) -> bool:
+    """Check app values before writing; a bad one stops the whole row."""
+    ok = True
+    for column, index in ctx.layout.columns(ctx.mapping):
+        if index not in writes:
+            continue
+        try:
+            parse_value(column, writes[index])
+        except CellError as exc:
+            value = record.get(column.field)
+            ctx.issue(
+                Issue(
+                    ctx.mapping.tab,
+                    number,
+                    column.header,
+                    _show(value),
+                    f"app value {exc.reason}; the row was not written",
+                ),
+                "errors",
+            )
+            ok = False
+    return ok
+
+
+def _emit_writes(ctx: _ToSheet, number: int, writes: dict[int, Cell]) -> None:
+    counts = ctx.plan.counts
+    if not writes:
+        counts["unchanged"] += 1
+        return
+    for index, value in writes.items():
+        ctx.plan.changes.cells[(number, index + 1)] = value
+    counts["written_cells"] += len(writes)
+    counts["updated_rows"] += 1
+
+
+def _deleted_in_app(
+    ctx: _ToSheet,
+    record_id: int,
+    number: int,
+    cells: list[Cell],
+    base: dict[int, Record],
+    delete_mode: str,
+) -> None:
+    old = base.get(record_id)
+    if old is None:
+        ctx.issue(_unknown_id_issue(ctx.mapping, record_id, number), "errors")
+        return
+    if delete_mode == "delete" and _matches_base(ctx, cells, old):
+        ctx.plan.changes.delete_rows.append(number)
+        ctx.plan.drop_snapshots.add(record_id)
+        ctx.plan.counts["deleted"] += 1
+        return
+    reason = f"record {record_id} was deleted in the app; "
+    if delete_mode == "delete":
+        reason += "the row was edited in the sheet since the last sync, so it was kept"
+    else:
+        reason += "the row was kept (delete it in the sheet if it is no longer needed)"
+    ctx.issue(
+        Issue(ctx.mapping.tab, number, None, str(record_id), reason, "deleted_in_app"),
+        "deleted_in_app",
+    )
+
+
+def _matches_base(ctx: _ToSheet, cells: list[Cell], old: Record) -> bool:
+    for column, index in ctx.layout.columns(ctx.mapping):
+        try:
+            value = parse_value(column, _cell(cells, index))
+        except CellError:
+            return False
+        if value != old.get(column.field):
+            return False
+    return True
+
+
+def _append_or_report(
+    ctx: _ToSheet, record_id: int, record: Record, base: dict[int, Record]
+) -> None:
+    if record_id in base:
+        ctx.issue(
+            Issue(
+                ctx.mapping.tab,
+                None,
+                None,
+                str(record_id),
+                f"record {record_id} was deleted from the sheet; it was kept in the "
+                "app and not added back",
+                "deleted_in_sheet",
+            ),
+            "deleted_in_sheet",
+        )
+        return
+    columns = ctx.layout.columns(ctx.mapping)
+    writes = {index: render_cell(col, record.get(col.field)) for col, index in columns}
+    if not _app_values_valid(ctx, None, record, writes):
+        return
+    id_index = ctx.layout.id_index
+    assert id_index is not None  # set by plan_to_sheet before appending
+    row: list[Cell] = [None] * (max([id_index, *writes]) + 1)
+    row[id_index] = record_id
+    for index, value in writes.items():
+        row[index] = value
+    ctx.plan.changes.append.append(row)
+    ctx.plan.snapshots[record_id] = {
+        col.field: record.get(col.field) for col, _ in columns
+    }
+    ctx.plan.counts["appended"] += 1
+
+
+def _cell_issue(
+    mapping: TabMapping, number: int, column: Column, raw: Cell, exc: CellError
+) -> Issue:
+    return Issue(mapping.tab, number, column.header, _show(raw), exc.reason)
+
+
+def _readonly_issue(
+    mapping: TabMapping, number: int, column: Column, raw: Cell
+) -> Issue:
+    return Issue(
+        mapping.tab,
+        number,
+        column.header,
+        _show(raw),
+        f"column {column.header!r} is maintained by the app; the sheet edit is "
+        "not imported",
+        "readonly",
+    )
+
+
+def _pending_edit_issue(
+    mapping: TabMapping, number: int, column: Column, raw: Cell
+) -> Issue:
+    return Issue(
+        mapping.tab,
+        number,
+        column.header,
+        _show(raw),
+        "edited in the sheet; waiting for a sync from the sheet",
+        "pending_import",
+    )
+
+
+def _report_conflict(
+    issues: list[Issue],
+    conflicts: list[Conflict],
+    mapping: TabMapping,
+    conflict: Conflict,
+) -> None:
+    conflicts.append(conflict)
+    issues.append(
+        Issue(
+            mapping.tab,
+            conflict.row,
+            conflict.column,
+            None if conflict.sheet is None else str(conflict.sheet),
+            f"changed in both the app ({conflict.app!r}) and the sheet "
+            f"({conflict.sheet!r}) since the last sync; nothing was overwritten",
+            "conflict",
+        )
+    )
+
+
+# from-sheet
+
+
+@dataclass
+class _FromSheet:
+    mapping: TabMapping
+    layout: _Layout
+    plan: FromSheetPlan
+
+    def issue(self, issue: Issue, count: str) -> None:
+        self.plan.issues.append(issue)
+        self.plan.counts[count] += 1
+
+
+def _from_sheet_counts() -> dict[str, int]:
+    names = (
+        "updated created unchanged conflicts errors deleted_in_sheet "
+        "deleted_in_app readonly pending_export"
+    )
+    return dict.fromkeys(names.split(), 0)
+
+
+def plan_from_sheet(
+    mapping: TabMapping,
+    tab: TabData | None,
+    app: dict[int, Record],
+    base: dict[int, Record],
+) -> FromSheetPlan:
+    """Plan importing sheet edits and new rows without overwriting app edits."""
+    rows = tab.rows if tab is not None else []
+    layout = _read_layout(mapping, rows[0] if rows else [])
+    plan = FromSheetPlan({}, [], {}, [], [], _from_sheet_counts(), 0, TabChanges())
+    ctx = _FromSheet(mapping, layout, plan)
+    plan.issues.extend(layout.issues)
+    if tab is None:
+        plan.issues.append(_missing_tab_issue(mapping))
+        return plan
+    if not _prepare_from_sheet_header(ctx, rows, base):
+        plan.counts["errors"] += 1
+        return plan
+    scanned = _scan_rows(mapping, layout, rows)
+    for issue in scanned.issues:
+        ctx.issue(issue, "errors")
+    for record_id, (number, cells) in scanned.by_id.items():
+        _import_row(ctx, record_id, number, cells, app, base)
+    for number, cells in scanned.new:
+        _create_row(ctx, number, cells)
+    if layout.id_index is None:
+        plan.id_column = layout.next_index + 1
+        if plan.creates:
+            # a tab typed by hand without an ID column: add it for the new IDs
+            plan.header_changes.cells[(1, plan.id_column)] = mapping.id_header
+    for record_id in sorted((app.keys() & base.keys()) - scanned.seen):
+        ctx.issue(_deleted_in_sheet_issue(mapping, record_id), "deleted_in_sheet")
+    return plan
+
+
+def _missing_tab_issue(mapping: TabMapping) -> Issue:
+    return Issue(
+        mapping.tab,
+        None,
+        None,
+        None,
+        f"tab {mapping.tab!r} does not exist; nothing was imported",
+        "missing_tab",
+    )
+
+
+def _prepare_from_sheet_header(
+    ctx: _FromSheet, rows: Sequence[list[Cell]], base: dict[int, Record]
+) -> bool:
+    layout, mapping, plan = ctx.layout, ctx.mapping, ctx.plan
+    if layout.id_ambiguous:
+        return False
+    ok = True
+    if layout.id_index is None and len(rows) > 1 and base:
+        plan.issues.append(_missing_header_issue(mapping, mapping.id_header))
+        ok = False
+    for column in layout.missing:
+        if column.required:
+            plan.issues.append(_missing_header_issue(mapping, column.header))
+            ok = False
+    if any(mapping_col.required for mapping_col in _ambiguous(mapping, layout)):
+        ok = False
+    if layout.id_index is not None:
+        plan.id_column = layout.id_index + 1
+    return ok
+
+
+def _ambiguous(mapping: TabMapping, layout: _Layout) -> list[Column]:
+    return [col for col in mapping.columns if col.field in layout.ambiguous]
+
+
+def _parse_row(
+    ctx: _FromSheet, number: int, cells: list[Cell]
+) -> dict[str, Canonical] | None:
+    """Parse the importable cells of a row; None (and issues) if any is bad."""
+    values: dict[str, Canonical] = {}
+    ok = True
+    for column, index in ctx.layout.columns(ctx.mapping):
+        raw = _cell(cells, index)
+        try:
+            values[column.field] = parse_value(column, raw)
+        except CellError as exc:
+            if column.readonly:
+                continue  # never imported, so a bad value there blocks nothing
+            ctx.issue(_cell_issue(ctx.mapping, number, column, raw, exc), "errors")
+            ok = False
+    return values if ok else None
+
+
+def _import_row(
+    ctx: _FromSheet,
+    record_id: int,
+    number: int,
+    cells: list[Cell],
+    app: dict[int, Record],
+    base: dict[int, Record],
+) -> None:
+    record = app.get(record_id)
+    if record is None:
+        _report_unimportable(ctx, record_id, number, base)
+        return
+    values = _parse_row(ctx, number, cells)
+    if values is None:
+        return
+    old = base.get(record_id)
+    updates: Record = {}
+    snapshot: Record = {}
+    for column, _ in ctx.layout.columns(ctx.mapping):
+        if column.field in values:
+            _field_from_sheet(
+                ctx, record_id, number, column, values, record, old, updates, snapshot
+            )
+    if updates and not _required_present(ctx, number, updates):
+        return
+    _finish_import(ctx, record_id, updates)
+    ctx.plan.snapshots[record_id] = snapshot
+
+
+def _finish_import(ctx: _FromSheet, record_id: int, updates: Record) -> None:
+    if updates:
+        ctx.plan.updates[record_id] = updates
+        ctx.plan.counts["updated"] += 1
+    else:
+        ctx.plan.counts["unchanged"] += 1
+
+
+def _report_unimportable(
+    ctx: _FromSheet, record_id: int, number: int, base: dict[int, Record]
+) -> None:
+    if record_id not in base:
+        ctx.issue(_unknown_id_issue(ctx.mapping, record_id, number), "errors")
+        return
+    ctx.issue(
+        Issue(
+            ctx.mapping.tab,
+            number,
+            None,
+            str(record_id),
+            f"record {record_id} was deleted in the app; the row was not imported",
+            "deleted_in_app",
+        ),
+        "deleted_in_app",
+    )
+
+
+def _field_from_sheet(
+    ctx: _FromSheet,
+    record_id: int,
+    number: int,
+    column: Column,
+    values: dict[str, Canonical],
+    record: Record,
+    old: Record | None,
+    updates: Record,
+    snapshot: Record,
+) -> None:
+    name = column.field
+    sheet_value, app_value = values[name], record.get(name)
+    base_value = _base_value(old, name)
+    if column.readonly:
+        _readonly_from_sheet(ctx, number, column, sheet_value, app_value, base_value)
+        _keep_base(
+            snapshot, name, app_value if sheet_value == app_value else base_value
+        )
+        return
+    outcome = _merge(app_value, sheet_value, base_value)
+    if outcome is _Outcome.SAME:
+        snapshot[name] = app_value
+    elif outcome is _Outcome.SHEET:
+        updates[name] = snapshot[name] = sheet_value
+    elif outcome is _Outcome.APP:
+        _keep_base(snapshot, name, base_value)
+        ctx.plan.counts["pending_export"] += 1
+    else:
+        _keep_base(snapshot, name, base_value)
+        conflict = Conflict(
+            record_id,
+            name,
+            column.header,
+            number,
+            app_value,
+            sheet_value,
+            None if isinstance(base_value, _Missing) else base_value,
+        )
+        _report_conflict(ctx.plan.issues, ctx.plan.conflicts, ctx.mapping, conflict)
+        ctx.plan.counts["conflicts"] += 1
+
+
+def _readonly_from_sheet(
+    ctx: _FromSheet,
+    number: int,
+    column: Column,
+    sheet_value: Canonical,
+    app_value: Canonical,
+    base_value: Canonical | _Missing,
+) -> None:
+    if sheet_value in (app_value, base_value):
+        return
+    raw = render_cell(column, sheet_value)
+    ctx.issue(_readonly_issue(ctx.mapping, number, column, raw), "readonly")
+
+
+def _required_present(ctx: _FromSheet, number: int, values: Record) -> bool:
+    ok = True
+    for column in ctx.mapping.columns:
+        if column.required and column.field in values and values[column.field] is None:
+            ctx.issue(
+                Issue(ctx.mapping.tab, number, column.header, None, "is required"),
+                "errors",
+            )
+            ok = False
+    return ok
+
+
+def _create_row(ctx: _FromSheet, number: int, cells: list[Cell]) -> None:
+    values = _parse_row(ctx, number, cells)
+    if values is None:
+        return
+    for column in ctx.mapping.columns:
+        if column.readonly:
+            values.pop(column.field, None)
+        elif column.required:
+            values.setdefault(column.field, None)
+    if not _required_present(ctx, number, values):
+        return
+    ctx.plan.creates.append(NewRow(number, values))
+    ctx.plan.counts["created"] += 1
+
+
+def _deleted_in_sheet_issue(mapping: TabMapping, record_id: int) -> Issue:
+    return Issue(
+        mapping.tab,
+        None,
+        None,
+        str(record_id),
+        f"record {record_id} is no longer in the sheet; it was kept in the app",
+        "deleted_in_sheet",
+    )
+
+
+def column_letter(index: int) -> str:
+    """Return the letter(s) of a 1-based column number: 1 -> A, 28 -> AB."""
+    letters = ""
+    while index > 0:
+        index, remainder = divmod(index - 1, 26)
+        letters = chr(ord("A") + remainder) + letters
+    return letters

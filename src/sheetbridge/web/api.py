@@ -1,0 +1,194 @@
+"""JSON API for customers and policies."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, status
+from fastapi.responses import JSONResponse, Response
+
+from sheetbridge.insurance.schemas import (
+    CustomerCreate,
+    CustomerOut,
+    CustomerUpdate,
+    LineOfBusiness,
+    Page,
+    PolicyCreate,
+    PolicyOut,
+    PolicyStatus,
+    PolicyUpdate,
+)
+from sheetbridge.insurance.services import (
+    Book,
+    ListQuery,
+    StaleVersion,
+    customer_out,
+    policy_out,
+)
+from sheetbridge.web.deps import CurrentUser, Reader, RuntimeDep
+
+router = APIRouter(prefix="/api", tags=["records"])
+
+Limit = Annotated[int, Query(ge=1, le=500)]
+Offset = Annotated[int, Query(ge=0)]
+Search = Annotated[str, Query(max_length=200)]
+Ids = Annotated[str, Query(pattern=r"^\d+(,\d+)*$", description="comma-separated")]
+CustomerSort = Annotated[str, Query(pattern=r"^-?(id|name|city|state|updated_at)$")]
+PolicySort = Annotated[
+    str,
+    Query(
+        pattern=r"^-?(id|policy_number|carrier|premium|status|effective_date|"
+        r"expiration_date|updated_at)$"
+    ),
+]
+
+
+def _ids(value: str | None) -> tuple[int, ...]:
+    return tuple(int(part) for part in value.split(",")) if value else ()
+
+
+def _stale(exc: StaleVersion, current: Any) -> JSONResponse:
+    return JSONResponse(
+        status_code=status.HTTP_409_CONFLICT,
+        content={
+            "detail": "this record was changed by someone else since you loaded it",
+            "current": current.model_dump(mode="json") if current else None,
+        },
+    )
+
+
+@router.get("/customers", response_model=Page[CustomerOut])
+def list_customers(
+    user: CurrentUser,
+    session: Reader,
+    q: Search = "",
+    agent_id: int | None = None,
+    ids: Ids | None = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
+    sort: CustomerSort = "name",
+) -> Page[CustomerOut]:
+    query = ListQuery(
+        q=q, agent_id=agent_id, ids=_ids(ids), limit=limit, offset=offset, sort=sort
+    )
+    rows, total = Book(session, user).list_customers(query)
+    return Page[CustomerOut](
+        items=[customer_out(row) for row in rows],
+        total=total,
+        limit=limit,
+        offset=offset,
+    )
+
+
+@router.get("/customers/{customer_id}", response_model=CustomerOut)
+def get_customer(customer_id: int, user: CurrentUser, session: Reader) -> CustomerOut:
+    return customer_out(Book(session, user).get_customer(customer_id))
+
+
+@router.post("/customers", status_code=201, response_model=CustomerOut)
+def create_customer(
+    data: CustomerCreate, user: CurrentUser, rt: RuntimeDep
+) -> CustomerOut:
+    with rt.db.session() as session:
+        return customer_out(Book(session, user).create_customer(data))
+
+
+@router.patch("/customers/{customer_id}", response_model=CustomerOut)
+def update_customer(
+    customer_id: int, data: CustomerUpdate, user: CurrentUser, rt: RuntimeDep
+) -> Any:
+    try:
+        with rt.db.session() as session:
+            return customer_out(Book(session, user).update_customer(customer_id, data))
+    except StaleVersion as exc:
+        with rt.db.read_session() as session:
+            current = customer_out(Book(session, user).get_customer(customer_id))
+        return _stale(exc, current)
+
+
+@router.delete("/customers/{customer_id}", status_code=204, response_model=None)
+def delete_customer(
+    customer_id: int, user: CurrentUser, rt: RuntimeDep, version: int | None = None
+) -> Any:
+    try:
+        with rt.db.session() as session:
+            Book(session, user).delete_customer(customer_id, version)
+    except StaleVersion as exc:
+        with rt.db.read_session() as session:
+            current = customer_out(Book(session, user).get_customer(customer_id))
+        return _stale(exc, current)
+    return Response(status_code=204)
+
+
+@router.get("/policies", response_model=Page[PolicyOut])
+def list_policies(
+    user: CurrentUser,
+    session: Reader,
+    q: Search = "",
+    status: PolicyStatus | None = None,
+    line_of_business: LineOfBusiness | None = None,
+    carrier: Annotated[str | None, Query(max_length=100)] = None,
+    agent_id: int | None = None,
+    customer_id: int | None = None,
+    ids: Ids | None = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
+    sort: PolicySort = "policy_number",
+) -> Page[PolicyOut]:
+    query = ListQuery(
+        q=q,
+        status=status,
+        line_of_business=line_of_business,
+        carrier=carrier,
+        agent_id=agent_id,
+        customer_id=customer_id,
+        ids=_ids(ids),
+        limit=limit,
+        offset=offset,
+        sort=sort,
+    )
+    rows, total = Book(session, user).list_policies(query)
+    return Page[PolicyOut](
+        items=[policy_out(row) for row in rows],
+        total=total,
+        limit=limit,
+        offset=offset,
+    )
+
+
+@router.get("/policies/{policy_id}", response_model=PolicyOut)
+def get_policy(policy_id: int, user: CurrentUser, session: Reader) -> PolicyOut:
+    return policy_out(Book(session, user).get_policy(policy_id))
+
+
+@router.post("/policies", status_code=201, response_model=PolicyOut)
+def create_policy(data: PolicyCreate, user: CurrentUser, rt: RuntimeDep) -> PolicyOut:
+    with rt.db.session() as session:
+        return policy_out(Book(session, user).create_policy(data))
+
+
+@router.patch("/policies/{policy_id}", response_model=PolicyOut)
+def update_policy(
+    policy_id: int, data: PolicyUpdate, user: CurrentUser, rt: RuntimeDep
+) -> Any:
+    try:
+        with rt.db.session() as session:
+            return policy_out(Book(session, user).update_policy(policy_id, data))
+    except StaleVersion as exc:
+        with rt.db.read_session() as session:
+            current = policy_out(Book(session, user).get_policy(policy_id))
+        return _stale(exc, current)
+
+
+@router.delete("/policies/{policy_id}", status_code=204, response_model=None)
+def delete_policy(
+    policy_id: int, user: CurrentUser, rt: RuntimeDep, version: int | None = None
+) -> Any:
+    try:
+        with rt.db.session() as session:
+            Book(session, user).delete_policy(policy_id, version)
+    except StaleVersion as exc:
+        with rt.db.read_session() as session:
+            current = policy_out(Book(session, user).get_policy(policy_id))
+        return _stale(exc, current)
+    return Response(status_code=204)

@@ -1,0 +1,135 @@
+"""The FastAPI application and the runtime it serves from."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from starlette.middleware.sessions import SessionMiddleware
+
+from sheetbridge.config import Settings
+from sheetbridge.db import Database
+from sheetbridge.insurance.services import InUse, InvalidField, RecordNotFound
+from sheetbridge.insurance.sync_jobs import SyncService
+from sheetbridge.queue.store import JobQueue
+from sheetbridge.queue.worker import WorkerPool
+from sheetbridge.web import api, pages, sync_api
+from sheetbridge.web.deps import NotSignedIn, Runtime
+from sheetbridge.web.security import load_or_create_secret
+
+log = logging.getLogger(__name__)
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    db = Database(settings.effective_database_url)
+    queue = JobQueue(db, lease_s=settings.lease_s)
+    return Runtime(
+        settings=settings, db=db, queue=queue, sync=SyncService(settings, db, queue)
+    )
+
+
+def create_app(runtime: Runtime, *, workers: bool = True) -> FastAPI:
+    """The web app; with ``workers`` it also runs the sync workers in-process."""
+    settings = runtime.settings
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = None
+        if workers:
+            pool = WorkerPool(
+                runtime.queue,
+                runtime.sync.handlers,
+                concurrency=settings.worker_concurrency,
+                poll_interval_s=settings.poll_interval_s,
+            )
+            pool.start()
+        app.state.pool = pool
+        try:
+            yield
+        finally:
+            if pool is not None:
+                pool.stop()
+
+    app = FastAPI(title="Sheetbridge", lifespan=lifespan)
+    app.state.runtime = runtime
+    secret = settings.secret_key or load_or_create_secret(settings.data_dir)
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=secret,
+        session_cookie="sheetbridge_session",
+        max_age=settings.session_max_age_s,
+        same_site="lax",
+        https_only=settings.cookie_secure,
+    )
+    app.mount(
+        "/static",
+        StaticFiles(directory=Path(__file__).parent / "static"),
+        name="static",
+    )
+    app.include_router(pages.router)
+    app.include_router(api.router)
+    app.include_router(sync_api.router)
+    _add_error_handlers(app)
+    _add_health(app, runtime)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(NotSignedIn)
+    async def _sign_in(request: Request, exc: NotSignedIn) -> RedirectResponse:
+        return RedirectResponse("/login", status_code=303)
+
+    @app.exception_handler(RecordNotFound)
+    async def _not_found(request: Request, exc: RecordNotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_404_NOT_FOUND)
+
+    @app.exception_handler(InUse)
+    async def _in_use(request: Request, exc: InUse) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_409_CONFLICT)
+
+    @app.exception_handler(InvalidField)
+    async def _invalid(request: Request, exc: InvalidField) -> JSONResponse:
+        detail = [{"loc": ["body", exc.field], "msg": exc.message, "type": "invalid"}]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(
+        request: Request, exc: RequestValidationError
+    ) -> JSONResponse:
+        detail = [
+            {
+                "loc": list(error.get("loc", ())),
+                "field": ".".join(str(part) for part in error.get("loc", ())[1:]),
+                "msg": error.get("msg", "invalid"),
+                "type": error.get("type", "invalid"),
+            }
+            for error in exc.errors()
+        ]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+
+def _add_health(app: FastAPI, runtime: Runtime) -> None:
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    def readyz() -> JSONResponse:
+        try:
+            with runtime.db.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except Exception as exc:
+            return JSONResponse({"status": "unavailable", "reason": str(exc)}, 503)
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> PlainTextResponse:
+        return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)

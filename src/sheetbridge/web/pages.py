@@ -1,0 +1,81 @@
+"""Server-rendered pages: sign-in and the dashboard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from sheetbridge.insurance.models import LINES_OF_BUSINESS, POLICY_STATUSES
+from sheetbridge.web.deps import PageUser, Reader
+from sheetbridge.web.security import authenticate, csrf_matches, new_csrf_token
+
+router = APIRouter(include_in_schema=False)
+templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+
+
+def csrf_token(request: Request) -> str:
+    token = request.session.get("csrf")
+    if not isinstance(token, str):
+        token = new_csrf_token()
+        request.session["csrf"] = token
+    return token
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request, error: str = "") -> Response:
+    return templates.TemplateResponse(
+        request, "login.html", {"csrf": csrf_token(request), "error": error}
+    )
+
+
+@router.post("/login")
+def login(
+    request: Request,
+    session: Reader,
+    username: Annotated[str, Form(max_length=64)],
+    password: Annotated[str, Form(max_length=200)],
+    csrf: Annotated[str, Form(max_length=100)] = "",
+) -> Response:
+    if not csrf_matches(request.session.get("csrf"), csrf):
+        return _login_again(request, "Your sign-in form expired; please try again.")
+    user = authenticate(session, username, password)
+    if user is None:
+        return _login_again(request, "Wrong username or password.")
+    request.session.clear()
+    request.session["uid"] = user.id
+    request.session["csrf"] = new_csrf_token()
+    return RedirectResponse("/", status_code=303)
+
+
+def _login_again(request: Request, error: str) -> Response:
+    return templates.TemplateResponse(
+        request,
+        "login.html",
+        {"csrf": csrf_token(request), "error": error},
+        status_code=400,
+    )
+
+
+@router.post("/logout")
+def logout(request: Request, csrf: Annotated[str, Form()] = "") -> Response:
+    if csrf_matches(request.session.get("csrf"), csrf):
+        request.session.clear()
+    return RedirectResponse("/login", status_code=303)
+
+
+@router.get("/", response_class=HTMLResponse)
+def dashboard(request: Request, user: PageUser) -> Response:
+    return templates.TemplateResponse(
+        request,
+        "dashboard.html",
+        {
+            "user": user,
+            "csrf": csrf_token(request),
+            "statuses": POLICY_STATUSES,
+            "lines": LINES_OF_BUSINESS,
+        },
+    )

@@ -1,0 +1,106 @@
+"""Passwords, API tokens, sessions and CSRF."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from pathlib import Path
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from sheetbridge.insurance.models import ROLES, User
+from sheetbridge.web.models import ApiToken
+
+TOKEN_PREFIX = "sb_"
+_hasher = PasswordHasher()
+
+
+class UserError(ValueError):
+    """A user could not be created or found, with the reason."""
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+_DUMMY_HASH = hash_password("not-a-real-password")
+
+
+def authenticate(session: Session, username: str, password: str) -> User | None:
+    user = session.scalar(select(User).where(User.username == username.strip()))
+    if user is None:
+        verify_password(
+            _DUMMY_HASH, password
+        )  # same cost whether or not the user exists
+        return None
+    return user if verify_password(user.password_hash, password) else None
+
+
+def add_user(
+    session: Session, username: str, password: str, *, role: str, full_name: str = ""
+) -> User:
+    if role not in ROLES:
+        raise UserError(f"role must be one of {', '.join(ROLES)}")
+    if len(password) < 8:
+        raise UserError("the password needs at least 8 characters")
+    if session.scalar(select(User.id).where(User.username == username)) is not None:
+        raise UserError(f"user {username!r} already exists")
+    user = User(
+        username=username,
+        full_name=full_name or username,
+        role=role,
+        password_hash=hash_password(password),
+    )
+    session.add(user)
+    session.flush()
+    return user
+
+
+def _token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def issue_token(session: Session, user: User, name: str = "") -> str:
+    """Create an API token; only its hash is stored, so show it once."""
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    session.add(ApiToken(user_id=user.id, name=name, token_hash=_token_digest(token)))
+    session.flush()
+    return token
+
+
+def user_for_token(session: Session, token: str) -> User | None:
+    row = session.scalar(
+        select(ApiToken).where(ApiToken.token_hash == _token_digest(token))
+    )
+    return session.get(User, row.user_id) if row else None
+
+
+def new_csrf_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def csrf_matches(expected: str | None, given: str | None) -> bool:
+    return bool(expected and given and hmac.compare_digest(expected, given))
+
+
+def load_or_create_secret(data_dir: Path) -> str:
+    """The cookie-signing key kept in the data folder, made on first start."""
+    path = data_dir / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    path.write_text(secret)
+    path.chmod(0o600)
+    return secret

@@ -1,0 +1,372 @@
+from __future__ import annotations
+
+import os
+import time
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import openpyxl
+import pytest
+
+from sheetbridge.sheets.base import Cell, TabChanges, TabData
+from sheetbridge.sheets.errors import (
+    SheetChanged,
+    SheetError,
+    SheetInvalidRequest,
+    SheetLocked,
+    SheetNotFound,
+    SheetPermissionDenied,
+    SheetTransientError,
+)
+from sheetbridge.sheets.xlsx import XlsxBackend
+
+TRICKY_TEXT = [
+    "00123",
+    "+15551234",
+    "+Dri7abc",
+    '=HYPERLINK("http://x","prize")',
+    "@SUM(A1)",
+    "-1+1",
+    "=1+2",
+]
+
+
+def read(backend: XlsxBackend, tab: str = "T") -> TabData:
+    data = backend.read_tabs([tab])[tab]
+    assert data is not None
+    return data
+
+
+def make_book(path: Path, rows: dict[str, list[list[Cell]]]) -> None:
+    workbook = openpyxl.Workbook()
+    workbook.remove(workbook.active)
+    for title, values in rows.items():
+        sheet = workbook.create_sheet(title)
+        for row in values:
+            sheet.append(row)
+    workbook.save(path)
+
+
+def test_missing_workbook_reads_as_missing_tabs(tmp_path: Path) -> None:
+    backend = XlsxBackend(tmp_path / "none.xlsx")
+    assert backend.read_tabs(["A", "B"]) == {"A": None, "B": None}
+
+
+def test_write_creates_workbook_without_default_sheet(tmp_path: Path) -> None:
+    path = tmp_path / "new.xlsx"
+    XlsxBackend(path).write({"Policies": TabChanges(cells={(1, 1): "ID"})})
+    assert openpyxl.load_workbook(path).sheetnames == ["Policies"]
+    assert read(XlsxBackend(path), "Policies").rows == [["ID"]]
+
+
+def test_missing_tab_reads_as_none_and_write_creates_it(tmp_path: Path) -> None:
+    path = tmp_path / "b.xlsx"
+    make_book(path, {"Other": [["keep"]]})
+    backend = XlsxBackend(path)
+    assert backend.read_tabs(["T"]) == {"T": None}
+    backend.write({"T": TabChanges(cells={(1, 1): "ID"})})
+    tabs = backend.read_tabs(["T", "Other"])
+    assert tabs["T"] is not None and tabs["T"].rows == [["ID"]]
+    assert tabs["Other"] is not None and tabs["Other"].rows == [["keep"]]
+
+
+@pytest.mark.parametrize("text", TRICKY_TEXT)
+def test_text_is_written_and_read_back_as_the_same_literal_text(
+    tmp_path: Path, text: str
+) -> None:
+    path = tmp_path / "t.xlsx"
+    backend = XlsxBackend(path)
+    backend.write({"T": TabChanges(cells={(1, 1): text})})
+    assert read(backend).rows == [[text]]
+    cell = openpyxl.load_workbook(path)["T"]["A1"]
+    assert cell.data_type == "s"
+    assert cell.value == text
+
+
+def test_text_stays_text_after_another_write_of_other_cells(tmp_path: Path) -> None:
+    backend = XlsxBackend(tmp_path / "t.xlsx")
+    backend.write(
+        {"T": TabChanges(cells={(1, i + 1): t for i, t in enumerate(TRICKY_TEXT)})}
+    )
+    backend.write({"T": TabChanges(cells={(2, 1): "x"})})
+    assert read(backend).rows[0] == TRICKY_TEXT
+
+
+def test_dates_and_money_are_written_as_formatted_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "t.xlsx"
+    backend = XlsxBackend(path)
+    changes: dict[tuple[int, int], Cell] = {
+        (1, 1): date(2020, 1, 1),
+        (1, 2): Decimal("1234.50"),
+        (1, 3): 7,
+    }
+    backend.write({"T": TabChanges(cells=changes)})
+    sheet = openpyxl.load_workbook(path)["T"]
+    assert sheet["A1"].number_format == "yyyy-mm-dd"
+    assert sheet["A1"].is_date
+    assert sheet["B1"].number_format == "#,##0.00"
+    assert sheet["B1"].data_type == "n"
+    assert read(backend).rows == [[datetime(2020, 1, 1), 1234.5, 7]]
+
+
+def test_read_returns_cached_values_of_formulas_typed_by_people(tmp_path: Path) -> None:
+    path = tmp_path / "f.xlsx"
+    make_book(path, {"T": [["a", "b"]]})
+    # a workbook saved by a spreadsheet program stores each formula's last value
+    _inject_cached_formula(path, "T", "C1", "1+2", "3")
+    assert read(XlsxBackend(path)).rows == [["a", "b", 3]]
+
+
+def _inject_cached_formula(
+    path: Path, tab: str, ref: str, formula: str, value: str
+) -> None:
+    import zipfile
+
+    workbook = openpyxl.load_workbook(path)
+    index = workbook.sheetnames.index(tab) + 1
+    member = f"xl/worksheets/sheet{index}.xml"
+    with zipfile.ZipFile(path) as source:
+        files = {name: source.read(name) for name in source.namelist()}
+    xml = files[member].decode()
+    cell = f'<c r="{ref}"><f>{formula}</f><v>{value}</v></c></row>'
+    files[member] = xml.replace("</row>", cell, 1).encode()
+    with zipfile.ZipFile(path, "w") as target:
+        for name, data in files.items():
+            target.writestr(name, data)
+
+
+def test_formulas_in_columns_people_added_survive_a_write(tmp_path: Path) -> None:
+    path = tmp_path / "f.xlsx"
+    make_book(path, {"T": [["ID", "Mine"], [1, "=A2*2"]]})
+    XlsxBackend(path).write({"T": TabChanges(cells={(2, 1): 5})})
+    sheet = openpyxl.load_workbook(path)["T"]
+    assert sheet["B2"].value == "=A2*2"
+    assert sheet["B2"].data_type == "f"
+
+
+def test_ragged_rows_and_trailing_empties_are_trimmed(tmp_path: Path) -> None:
+    path = tmp_path / "r.xlsx"
+    make_book(path, {"T": [["a", "b", "c"], ["a", "b", None], [None], [None, "x"], []]})
+    assert read(XlsxBackend(path)).rows == [
+        ["a", "b", "c"],
+        ["a", "b"],
+        [],
+        [None, "x"],
+    ]
+
+
+def test_header_only_tab_has_no_data_rows(tmp_path: Path) -> None:
+    path = tmp_path / "h.xlsx"
+    make_book(path, {"T": [["ID", "Name"]]})
+    assert read(XlsxBackend(path)).rows == [["ID", "Name"]]
+
+
+def test_write_touches_only_the_given_cells(tmp_path: Path) -> None:
+    path = tmp_path / "w.xlsx"
+    make_book(
+        path, {"T": [["ID", "Name", "Mine"], [1, "a", "keep"], [2, "b", "keep2"]]}
+    )
+    XlsxBackend(path).write({"T": TabChanges(cells={(3, 2): "B"})})
+    assert read(XlsxBackend(path)).rows == [
+        ["ID", "Name", "Mine"],
+        [1, "a", "keep"],
+        [2, "B", "keep2"],
+    ]
+
+
+def test_none_clears_a_cell(tmp_path: Path) -> None:
+    path = tmp_path / "w.xlsx"
+    make_book(path, {"T": [["ID", "Name"], [1, "a"]]})
+    XlsxBackend(path).write({"T": TabChanges(cells={(2, 2): None})})
+    assert read(XlsxBackend(path)).rows == [["ID", "Name"], [1]]
+
+
+def test_append_goes_after_the_last_non_empty_row(tmp_path: Path) -> None:
+    path = tmp_path / "a.xlsx"
+    make_book(path, {"T": [["ID", "Name"], [1, "a"], [None, None, "note"]]})
+    workbook = openpyxl.load_workbook(path)
+    workbook["T"]["B10"].number_format = "0.00"  # formatted but empty
+    workbook.save(path)
+    XlsxBackend(path).write({"T": TabChanges(append=[[2, "b"], [3, None, None]])})
+    assert read(XlsxBackend(path)).rows == [
+        ["ID", "Name"],
+        [1, "a"],
+        [None, None, "note"],
+        [2, "b"],
+        [3],
+    ]
+
+
+def test_rows_are_deleted_last_highest_first(tmp_path: Path) -> None:
+    path = tmp_path / "d.xlsx"
+    make_book(path, {"T": [["ID"], [1], [2], [3], [4]]})
+    changes = TabChanges(cells={(3, 2): "x"}, append=[[5]], delete_rows=[2, 4])
+    XlsxBackend(path).write({"T": changes})
+    assert read(XlsxBackend(path)).rows == [["ID"], [2, "x"], [4], [5]]
+
+
+def test_version_is_empty_for_missing_file_and_changes_on_write(tmp_path: Path) -> None:
+    path = tmp_path / "v.xlsx"
+    backend = XlsxBackend(path)
+    assert backend.version() == ""
+    backend.write({"T": TabChanges(cells={(1, 1): "ID"})})
+    first = read(backend).version
+    assert first and first == backend.version()
+    backend.write({"T": TabChanges(cells={(1, 2): "Name"})})
+    assert read(backend).version != first
+
+
+def test_write_with_stale_version_raises_changed_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v.xlsx"
+    backend = XlsxBackend(path)
+    backend.write({"T": TabChanges(cells={(1, 1): "ID"})})
+    version = read(backend).version
+    backend.write({"T": TabChanges(cells={(2, 1): 1})})  # someone else saved
+    with pytest.raises(SheetChanged) as info:
+        backend.write({"T": TabChanges(cells={(3, 1): 2})}, expected_version=version)
+    assert info.value.transient
+    assert read(backend).rows == [["ID"], [1]]
+
+
+def test_write_with_current_version_succeeds(tmp_path: Path) -> None:
+    backend = XlsxBackend(tmp_path / "v.xlsx")
+    assert read_missing_version(backend) == ""
+    backend.write({"T": TabChanges(cells={(1, 1): "ID"})}, expected_version="")
+    version = read(backend).version
+    backend.write({"T": TabChanges(cells={(2, 1): 1})}, expected_version=version)
+    assert read(backend).rows == [["ID"], [1]]
+
+
+def read_missing_version(backend: XlsxBackend) -> str:
+    assert backend.read_tabs(["T"]) == {"T": None}
+    return backend.version()
+
+
+def test_expected_empty_version_fails_when_file_appeared(tmp_path: Path) -> None:
+    path = tmp_path / "v.xlsx"
+    make_book(path, {"T": [["ID"]]})
+    with pytest.raises(SheetChanged):
+        XlsxBackend(path).write(
+            {"T": TabChanges(cells={(1, 1): "X"})}, expected_version=""
+        )
+
+
+def test_failed_save_leaves_original_intact_and_no_temp_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "c.xlsx"
+    make_book(path, {"T": [["ID"], [1]]})
+    before = path.read_bytes()
+
+    def crash(self: object, filename: object) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(openpyxl.Workbook, "save", crash)
+    with pytest.raises(RuntimeError):
+        XlsxBackend(path).write({"T": TabChanges(cells={(2, 1): 9})})
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.xlsx"]
+
+
+def test_write_replaces_the_file_atomically_keeping_its_mode(tmp_path: Path) -> None:
+    path = tmp_path / "m.xlsx"
+    make_book(path, {"T": [["ID"]]})
+    os.chmod(path, 0o640)
+    XlsxBackend(path).write({"T": TabChanges(cells={(2, 1): 1})})
+    assert path.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.xlsx"]
+
+
+def test_open_in_libreoffice_or_excel_is_locked_and_transient(tmp_path: Path) -> None:
+    path = tmp_path / "book.xlsx"
+    make_book(path, {"T": [["ID"]]})
+    for lock in (tmp_path / ".~lock.book.xlsx#", tmp_path / "~$book.xlsx"):
+        lock.write_text("user")
+        with pytest.raises(SheetLocked) as info:
+            XlsxBackend(path).write({"T": TabChanges(cells={(2, 1): 1})})
+        assert info.value.transient and "book.xlsx" in str(info.value)
+        lock.unlink()
+    XlsxBackend(path, respect_lock_files=True).write(
+        {"T": TabChanges(cells={(2, 1): 1})}
+    )
+
+
+def test_not_a_workbook_is_a_permanent_invalid_request(tmp_path: Path) -> None:
+    path = tmp_path / "bad.xlsx"
+    path.write_text("not a zip")
+    with pytest.raises(SheetInvalidRequest) as info:
+        XlsxBackend(path).read_tabs(["T"])
+    assert not info.value.transient
+
+
+def test_invalid_tab_title_is_an_invalid_request(tmp_path: Path) -> None:
+    with pytest.raises(SheetInvalidRequest):
+        XlsxBackend(tmp_path / "x.xlsx").write({"a/b": TabChanges(cells={(1, 1): "x"})})
+
+
+def test_control_characters_are_an_invalid_request(tmp_path: Path) -> None:
+    with pytest.raises(SheetInvalidRequest):
+        XlsxBackend(tmp_path / "x.xlsx").write(
+            {"T": TabChanges(cells={(1, 1): "a\x01"})}
+        )
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def test_unreadable_file_is_permission_denied(tmp_path: Path) -> None:
+    path = tmp_path / "p.xlsx"
+    make_book(path, {"T": [["ID"]]})
+    os.chmod(path, 0)
+    try:
+        with pytest.raises(SheetPermissionDenied):
+            XlsxBackend(path).read_tabs(["T"])
+    finally:
+        os.chmod(path, 0o644)
+
+
+def test_empty_changes_do_not_touch_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "e.xlsx"
+    XlsxBackend(path).write({"T": TabChanges()})
+    assert not path.exists()
+
+
+def test_latency_is_applied_per_call(tmp_path: Path) -> None:
+    backend = XlsxBackend(tmp_path / "l.xlsx", latency_ms=50)
+    started = time.perf_counter()
+    backend.read_tabs(["T"])
+    backend.write({"T": TabChanges(cells={(1, 1): "x"})})
+    assert time.perf_counter() - started >= 0.1
+
+
+def test_location_is_the_path(tmp_path: Path) -> None:
+    assert XlsxBackend(tmp_path / "x.xlsx").location == str(tmp_path / "x.xlsx")
+
+
+def test_ten_thousand_rows_read_fast(tmp_path: Path) -> None:
+    path = tmp_path / "big.xlsx"
+    backend = XlsxBackend(path)
+    rows: list[list[Cell]] = [
+        [i, f"P{i:06d}", Decimal("100.50"), date(2024, 1, 1), "active", "+15551234"]
+        for i in range(1, 10_001)
+    ]
+    backend.write({"T": TabChanges(cells={(1, 1): "ID"}, append=rows)})
+    started = time.perf_counter()
+    data = read(backend)
+    elapsed = time.perf_counter() - started
+    assert len(data.rows) == 10_001
+    assert data.rows[-1][:2] == [10_000, "P010000"]
+    assert elapsed < 2.0
+
+
+def test_error_classes_share_a_root_and_say_if_transient() -> None:
+    assert SheetTransientError.transient and SheetChanged.transient
+    assert SheetLocked.transient
+    for permanent in (SheetNotFound, SheetPermissionDenied, SheetInvalidRequest):
+        assert issubclass(permanent, SheetError) and not permanent.transient
+
+
+def test_not_found_names_spreadsheet_and_tab() -> None:
+    error = SheetNotFound(location="book.xlsx", tab="Jon's Data")
+    assert "book.xlsx" in str(error) and "Jon's Data" in str(error)

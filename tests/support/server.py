@@ -1,0 +1,48 @@
+"""A real Sheetbridge server on a free localhost port, in a background thread."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import uvicorn
+
+from sheetbridge.web.app import create_app
+from sheetbridge.web.deps import Runtime
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def live_server(runtime: Runtime, *, workers: bool = True) -> Iterator[str]:
+    """Serve the app with its in-process workers; yields the base URL."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(runtime, workers=workers),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        limit_concurrency=500,
+        backlog=512,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)

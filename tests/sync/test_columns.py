@@ -1,0 +1,222 @@
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+
+import pytest
+
+from sheetbridge.sheets.base import Cell
+from sheetbridge.sync.columns import (
+    Canonical,
+    CellError,
+    Column,
+    ColumnType,
+    normalize_header,
+    parse_cell,
+    parse_value,
+    render_cell,
+)
+
+TEXT = Column("Note", "note")
+INTEGER = Column("Count", "count", ColumnType.INTEGER)
+MONEY = Column("Premium", "premium", ColumnType.MONEY)
+DATE = Column("Start", "start", ColumnType.DATE)
+STATUS = Column(
+    "Status",
+    "status",
+    ColumnType.ENUM,
+    choices=("active", "pending", "non-renewed"),
+)
+EMAIL = Column("Email", "email", ColumnType.EMAIL)
+PHONE = Column("Phone", "phone", ColumnType.PHONE)
+
+
+def reason(column: Column, raw: Cell) -> str:
+    with pytest.raises(CellError) as info:
+        parse_cell(column, raw)
+    return info.value.reason
+
+
+@pytest.mark.parametrize(
+    "text", ["Policy  number", "policy_number", "POLICY NUMBER", " Policy-Number "]
+)
+def test_headers_match_ignoring_case_spaces_underscores_and_hyphens(text: str) -> None:
+    assert normalize_header(text) == normalize_header("Policy Number")
+
+
+def test_blank_header_normalizes_to_empty() -> None:
+    assert normalize_header(None) == ""
+    assert normalize_header("   ") == ""
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("  hello ", "hello"),
+        ("00123", "00123"),
+        ('=HYPERLINK("http://x","prize")', '=HYPERLINK("http://x","prize")'),
+        ("-1+1", "-1+1"),
+        (4001, "4001"),
+        (4001.0, "4001"),
+        (12.5, "12.5"),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_text_stays_text_and_numbers_read_from_text_cells_lose_no_digits(
+    raw: Cell, expected: Canonical
+) -> None:
+    assert parse_cell(TEXT, raw) == expected
+
+
+def test_text_over_50000_characters_is_rejected() -> None:
+    assert parse_cell(TEXT, "x" * 50_000) == "x" * 50_000
+    assert reason(TEXT, "x" * 50_001) == "cell text is longer than 50,000 characters"
+
+
+def test_text_max_length_is_enforced() -> None:
+    column = Column("Code", "code", max_length=3)
+    assert "longer than 3" in reason(column, "abcd")
+
+
+def test_control_characters_are_rejected() -> None:
+    assert "control character" in reason(TEXT, "a\x00b")
+
+
+def test_required_empty_cell_is_an_error_but_parse_value_allows_it() -> None:
+    column = Column("Name", "name", required=True)
+    assert "required" in reason(column, "  ")
+    assert parse_value(column, "  ") is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [(42, 42), (42.0, 42), ("42", 42), ("1,234", 1234), (Decimal("7"), 7)],
+)
+def test_integer_accepts_whole_numbers(raw: Cell, expected: int) -> None:
+    assert parse_cell(INTEGER, raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["abc", 1.5, True, "1.5"])
+def test_integer_rejects_non_whole_numbers(raw: Cell) -> None:
+    assert reason(INTEGER, raw) == "not a whole number"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (1234.5, "1234.50"),
+        ("1234.5", "1234.50"),
+        ("$1,234.50", "1234.50"),
+        ("1,234", "1234.00"),
+        (Decimal("99.9"), "99.90"),
+        (7, "7.00"),
+        (1234.4999999999, "1234.50"),
+        (0.1 + 0.2, "0.30"),
+        ("-$5", "-5.00"),
+        ("(5.25)", "-5.25"),
+        ("1234.500", "1234.50"),
+        (-0.0, "0.00"),
+    ],
+)
+def test_money_becomes_a_string_with_two_decimals(raw: Cell, expected: str) -> None:
+    assert parse_cell(MONEY, raw) == expected
+
+
+def test_money_rejects_text_and_extra_decimals_with_a_reason() -> None:
+    assert "not an amount" in reason(MONEY, "abc")
+    assert "more than 2 decimal places" in reason(MONEY, "1.234")
+    assert "not an amount" in reason(MONEY, True)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (date(2020, 1, 1), "2020-01-01"),
+        (datetime(2020, 1, 1), "2020-01-01"),
+        ("2020-01-01", "2020-01-01"),
+        ("1/2/2020", "2020-01-02"),
+        ("12/31/2020", "2020-12-31"),
+        (43831, "2020-01-01"),  # C01: a date read as a serial number
+        (43831.0, "2020-01-01"),
+    ],
+)
+def test_dates_become_iso_text(raw: Cell, expected: str) -> None:
+    assert parse_cell(DATE, raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw", ["31/12/2020", "tomorrow", "2020-02-30", -5, True, 10**9]
+)
+def test_bad_dates_are_rejected_with_a_format_hint(raw: Cell) -> None:
+    assert reason(DATE, raw) == "not a date; use YYYY-MM-DD"
+
+
+def test_date_with_a_time_of_day_is_rejected() -> None:
+    assert "time of day" in reason(DATE, datetime(2020, 1, 1, 9, 30))
+    assert "time of day" in reason(DATE, 43831.5)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Active", "active"),
+        ("Non Renewed", "non-renewed"),
+        ("NON_RENEWED", "non-renewed"),
+        (" pending ", "pending"),
+    ],
+)
+def test_enum_matches_choices_loosely(raw: str, expected: str) -> None:
+    assert parse_cell(STATUS, raw) == expected
+
+
+def test_enum_error_lists_allowed_values() -> None:
+    assert reason(STATUS, "gone") == "must be one of active, pending, non-renewed"
+
+
+def test_email_is_checked_and_lowercased() -> None:
+    assert parse_cell(EMAIL, " Ann@Example.COM ") == "ann@example.com"
+    for bad in ["ann", "ann@example", "a b@example.com", "a@@example.com", "@x.com"]:
+        assert "email" in reason(EMAIL, bad)
+
+
+@pytest.mark.parametrize(
+    "raw", ["+15551234", "+1 (555) 123-4567", "555.123.4567", "5551234"]
+)
+def test_phone_is_kept_as_typed_text(raw: str) -> None:
+    assert parse_cell(PHONE, raw) == raw
+
+
+def test_phone_typed_into_a_number_cell_becomes_text_without_decimal() -> None:
+    assert parse_cell(PHONE, 5551234.0) == "5551234"
+
+
+@pytest.mark.parametrize("raw", ["+Dri7abc", "123", "1" * 16, "555-CALL-NOW"])
+def test_bad_phones_are_rejected(raw: str) -> None:
+    assert "phone" in reason(PHONE, raw)
+
+
+def test_render_gives_sheet_types() -> None:
+    assert render_cell(TEXT, "00123") == "00123"
+    assert render_cell(PHONE, "+15551234") == "+15551234"
+    assert render_cell(INTEGER, 5) == 5
+    assert render_cell(MONEY, "1234.50") == Decimal("1234.50")
+    assert render_cell(DATE, "2020-01-01") == date(2020, 1, 1)
+    assert render_cell(STATUS, "active") == "active"
+    assert render_cell(MONEY, None) is None
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        (TEXT, "=1+1"),
+        (INTEGER, -3),
+        (MONEY, "0.05"),
+        (DATE, "1999-12-31"),
+        (STATUS, "non-renewed"),
+        (EMAIL, "a@b.co"),
+        (PHONE, "+44 20 7946 0958"),
+    ],
+)
+def test_render_then_parse_round_trips(column: Column, value: Canonical) -> None:
+    assert parse_cell(column, render_cell(column, value)) == value

@@ -1,0 +1,857 @@
+from __future__ import annotations
+
+import copy
+import time
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sheetbridge.sheets.base import Cell, TabChanges, TabData
+from sheetbridge.sheets.xlsx import XlsxBackend
+from sheetbridge.sync.columns import Canonical, Column, ColumnType, parse_value
+from sheetbridge.sync.engine import (
+    Conflict,
+    FromSheetPlan,
+    Record,
+    TabMapping,
+    ToSheetPlan,
+    column_letter,
+    plan_from_sheet,
+    plan_to_sheet,
+)
+
+MAPPING = TabMapping(
+    "Policies",
+    "ID",
+    (
+        Column("Name", "name", required=True),
+        Column("Policy Number", "policy_number"),
+        Column("Premium", "premium", ColumnType.MONEY),
+        Column("Start", "start", ColumnType.DATE),
+        Column("Status", "status", ColumnType.ENUM, choices=("active", "lapsed")),
+        Column("Phone", "phone", ColumnType.PHONE),
+        Column("Note", "note"),
+        Column("Agent", "agent", readonly=True),
+    ),
+)
+HEADER: list[Cell] = [
+    "ID",
+    "Name",
+    "Policy Number",
+    "Premium",
+    "Start",
+    "Status",
+    "Phone",
+    "Note",
+    "Agent",
+]
+
+
+def rec(name: str, **fields: str | int | None) -> Record:
+    record: Record = {
+        "name": name,
+        "policy_number": "00123",
+        "premium": "100.00",
+        "start": "2020-01-01",
+        "status": "active",
+        "phone": "+15551234",
+        "note": None,
+        "agent": "Kim",
+    }
+    record.update(fields)
+    return record
+
+
+def row_of(record_id: int, record: Record) -> list[Cell]:
+    return [
+        record_id,
+        record["name"],
+        record["policy_number"],
+        Decimal(str(record["premium"])) if record["premium"] is not None else None,
+        date.fromisoformat(str(record["start"])) if record["start"] else None,
+        record["status"],
+        record["phone"],
+        record["note"],
+        record["agent"],
+    ]
+
+
+def tab_of(*rows: list[Cell], header: list[Cell] | None = None) -> TabData:
+    return TabData([list(header or HEADER), *[list(r) for r in rows]], "v1")
+
+
+def synced(app: dict[int, Record]) -> tuple[TabData, dict[int, Record]]:
+    """A sheet and base as right after a clean sync of ``app``."""
+    rows = [row_of(i, r) for i, r in sorted(app.items())]
+    return tab_of(*rows), copy.deepcopy(app)
+
+
+def apply_changes(rows: list[list[Cell]], changes: TabChanges) -> list[list[Cell]]:
+    """Apply TabChanges like a backend does, to a list of rows."""
+    result = [list(r) for r in rows]
+    for (row, col), value in changes.cells.items():
+        _put(result, row, col, value)
+    last = max(
+        (i + 1 for i, r in enumerate(result) if any(_full(v) for v in r)), default=0
+    )
+    for offset, values in enumerate(changes.append):
+        for index, value in enumerate(values):
+            if value is not None:
+                _put(result, last + 1 + offset, index + 1, value)
+    for row in sorted(set(changes.delete_rows), reverse=True):
+        del result[row - 1]
+    return result
+
+
+def _full(value: Cell) -> bool:
+    return value is not None and value != ""
+
+
+def _put(rows: list[list[Cell]], row: int, col: int, value: Cell) -> None:
+    while len(rows) < row:
+        rows.append([])
+    cells = rows[row - 1]
+    while len(cells) < col:
+        cells.append(None)
+    cells[col - 1] = value
+
+
+def kinds(plan: ToSheetPlan | FromSheetPlan) -> list[str]:
+    return [issue.kind for issue in plan.issues]
+
+
+# header and layout
+
+
+def test_to_sheet_on_missing_tab_writes_header_and_appends_every_record() -> None:
+    app = {1: rec("Ann"), 2: rec("Bob", note='=HYPERLINK("http://x","prize")')}
+    plan = plan_to_sheet(MAPPING, None, app, {})
+    rows = apply_changes([], plan.changes)
+    assert rows[0] == HEADER
+    assert rows[1:] == [row_of(1, app[1]), row_of(2, app[2])]
+    assert plan.snapshots == app
+    assert plan.counts["appended"] == 2
+
+
+def test_missing_headers_are_added_right_of_the_last_used_header_cell() -> None:
+    tab = tab_of(header=["Name", "Mine", None, "ID"])
+    plan = plan_to_sheet(MAPPING, tab, {1: rec("Ann")}, {})
+    assert plan.changes.cells[(1, 5)] == "Policy Number"
+    assert plan.changes.cells[(1, 11)] == "Agent"
+    assert all(col >= 5 for (row, col) in plan.changes.cells if row == 1)
+    appended = plan.changes.append[0]
+    assert appended[3] == 1 and appended[0] == "Ann"
+    assert appended[1] is None and appended[2] is None  # people's columns
+
+
+def test_headers_match_ignoring_case_and_spacing() -> None:
+    header: list[Cell] = ["id", "NAME", "policy_number", "premium", "start", "status"]
+    header += ["phone", "note", "agent"]
+    app = {1: rec("Ann")}
+    tab = TabData([header, row_of(1, app[1])], "v")
+    plan = plan_to_sheet(MAPPING, tab, app, app)
+    assert plan.changes.is_empty()
+
+
+def test_duplicate_and_blank_headers_name_their_column_letters_c08() -> None:
+    mapping = TabMapping("T", "id", (Column("name", "name"),))
+    tab = TabData([["id", "", "", "name", "name"], [1, None, None, "a", "b"]], "v")
+    plan = plan_from_sheet(mapping, tab, {1: {"name": "x"}}, {1: {"name": "x"}})
+    errors = [i for i in plan.issues if i.kind == "error"]
+    assert len(errors) == 1 and "D and E" in errors[0].reason
+    blanks = [i.column for i in plan.issues if i.kind == "warning"]
+    assert blanks == ["B", "C"]
+    assert plan.updates == {} and plan.creates == []
+    to = plan_to_sheet(mapping, tab, {1: {"name": "new"}}, {1: {"name": "x"}})
+    assert to.changes.is_empty()
+
+
+def test_duplicate_id_header_stops_the_tab() -> None:
+    tab = tab_of([1, "Ann"], header=["ID", "Name", "ID"])
+    plan = plan_from_sheet(MAPPING, tab, {1: rec("Bob")}, {1: rec("Bob")})
+    assert plan.updates == {} and plan.counts["errors"] == 1
+    assert "A and C" in plan.issues[0].reason
+
+
+def test_missing_required_header_imports_nothing_from_the_tab() -> None:
+    tab = TabData([["ID", "Note"], [1, "changed"], [None, "new"]], "v")
+    base = {1: rec("Ann")}
+    plan = plan_from_sheet(MAPPING, tab, copy.deepcopy(base), base)
+    assert plan.updates == {} and plan.creates == []
+    assert any("'Name' is missing" in i.reason for i in plan.issues)
+
+
+def test_missing_optional_header_imports_the_other_columns() -> None:
+    base = {1: rec("Ann")}
+    tab = TabData([["ID", "Name"], [1, "Anna"]], "v")
+    plan = plan_from_sheet(MAPPING, tab, copy.deepcopy(base), base)
+    assert plan.updates == {1: {"name": "Anna"}}
+
+
+def test_missing_id_column_after_a_sync_is_an_error_not_a_duplication() -> None:
+    base = {1: rec("Ann")}
+    tab = TabData([["Name"], ["Ann"]], "v")
+    to = plan_to_sheet(MAPPING, tab, copy.deepcopy(base), base)
+    assert to.changes.is_empty() and to.counts["errors"] == 1
+    frm = plan_from_sheet(MAPPING, tab, copy.deepcopy(base), base)
+    assert frm.creates == [] and frm.counts["errors"] == 1
+
+
+def test_hand_typed_tab_without_id_column_imports_rows_and_adds_the_id_header() -> None:
+    tab = TabData([["Name", "Status"], ["Ann", "Active"], ["Bob", "lapsed"]], "v")
+    plan = plan_from_sheet(MAPPING, tab, {}, {})
+    assert [c.values for c in plan.creates] == [
+        {"name": "Ann", "status": "active"},
+        {"name": "Bob", "status": "lapsed"},
+    ]
+    assert plan.id_column == 3
+    assert plan.header_changes.cells == {(1, 3): "ID"}
+
+
+def test_header_only_tab_has_zero_rows_and_imports_nothing_c07() -> None:
+    plan = plan_from_sheet(MAPPING, tab_of(), {1: rec("Ann")}, {})
+    assert plan.updates == {} and plan.creates == [] and plan.counts["errors"] == 0
+    assert plan.header_changes.is_empty()
+
+
+def test_missing_tab_is_reported_on_import() -> None:
+    plan = plan_from_sheet(MAPPING, None, {1: rec("Ann")}, {})
+    assert kinds(plan) == ["missing_tab"] and "Policies" in plan.issues[0].reason
+
+
+# rows by ID
+
+
+def test_sorted_sheet_still_updates_the_right_rows() -> None:
+    app = {1: rec("Ann"), 2: rec("Bob"), 3: rec("Cy")}
+    tab, base = synced(app)
+    tab.rows[1:] = list(reversed(tab.rows[1:]))  # rows 2..4 are now 3, 2, 1
+    app[1]["note"] = "for Ann"
+    app[3]["premium"] = "300.00"
+    plan = plan_to_sheet(MAPPING, tab, app, base)
+    assert plan.changes.cells == {(4, 8): "for Ann", (2, 4): Decimal("300.00")}
+    assert plan.counts["written_cells"] == 2 and plan.counts["updated_rows"] == 2
+    assert plan.counts["unchanged"] == 1
+
+
+def test_reordered_columns_still_get_the_right_values() -> None:
+    header: list[Cell] = ["Note", "Mine", "Name", "ID"]
+    app = {1: rec("Ann")}
+    tab = TabData([header, [None, "x", "Ann", 1]], "v")
+    app2 = {1: rec("Ann", note="n")}
+    plan = plan_to_sheet(MAPPING, tab, app2, {1: app[1]})
+    assert plan.changes.cells[(2, 1)] == "n"
+    assert (2, 2) not in plan.changes.cells
+
+
+def test_unchanged_values_produce_no_writes_whatever_the_cell_type() -> None:
+    app = {1: rec("Ann", premium="1234.50", policy_number="04001")}
+    row: list[Cell] = row_of(1, app[1])
+    row[3] = 1234.5  # money read back as float
+    row[4] = datetime(2020, 1, 1)  # date read back as datetime
+    row[2] = "04001"
+    plan = plan_to_sheet(MAPPING, tab_of(row), app, app)
+    assert plan.changes.is_empty() and plan.counts["unchanged"] == 1
+
+
+def test_serial_date_cell_equals_the_app_date_c01() -> None:
+    app = {1: rec("Ann", start="2020-01-01")}
+    row = row_of(1, app[1])
+    row[4] = 43831
+    assert plan_to_sheet(MAPPING, tab_of(row), app, app).changes.is_empty()
+    assert plan_from_sheet(MAPPING, tab_of(row), app, app).updates == {}
+
+
+def test_leading_zeros_plus_signs_and_formula_text_stay_text_c02_c03_c04() -> None:
+    texts = ["04001", "+Dri7abc", '=HYPERLINK("http://x","prize")', "@SUM(A1)", "-1+1"]
+    app = {i + 1: rec("Ann", note=t, policy_number=t) for i, t in enumerate(texts)}
+    plan = plan_to_sheet(MAPPING, None, app, {})
+    for row in plan.changes.append:
+        assert row[7] == row[2] and isinstance(row[7], str)
+    rows = apply_changes([], plan.changes)
+    back = plan_from_sheet(MAPPING, TabData(rows, "v"), app, plan.snapshots)
+    assert back.updates == {} and back.conflicts == []
+
+
+def test_ragged_short_row_reads_missing_cells_as_empty_c06() -> None:
+    base = {1: rec("Ann", note="old", agent=None)}
+    tab = tab_of([1, "Ann", "00123", 100, "2020-01-01"])  # stops after Start
+    plan = plan_from_sheet(MAPPING, tab, copy.deepcopy(base), base)
+    assert plan.updates == {1: {"status": None, "phone": None, "note": None}}
+
+
+def test_empty_rows_and_rows_with_only_peoples_columns_are_ignored() -> None:
+    header: list[Cell] = [*HEADER, "Mine"]
+    people: list[Cell] = [None] * 9 + ["total"]
+    tab = TabData([header, [], [None, None], people], "v")
+    to = plan_to_sheet(MAPPING, tab, {}, {})
+    frm = plan_from_sheet(MAPPING, tab, {}, {})
+    assert to.issues == [] and frm.creates == [] and frm.issues == []
+
+
+# per-field three-way merge
+
+
+def test_app_change_is_written_and_not_imported() -> None:
+    app = {1: rec("Ann")}
+    tab, base = synced(app)
+    app[1]["status"] = "lapsed"
+    to = plan_to_sheet(MAPPING, tab, app, base)
+    assert to.changes.cells == {(2, 6): "lapsed"}
+    assert to.snapshots[1]["status"] == "lapsed"
+    frm = plan_from_sheet(MAPPING, tab, app, base)
+    assert frm.updates == {} and frm.counts["pending_export"] == 1
+    assert frm.snapshots[1]["status"] == "active"
+
+
+def test_sheet_edit_is_left_by_to_sheet_and_applied_by_from_sheet() -> None:
+    app = {1: rec("Ann")}
+    tab, base = synced(app)
+    tab.rows[1][5] = "Lapsed"
+    to = plan_to_sheet(MAPPING, tab, app, base)
+    assert to.changes.is_empty() and to.counts["pending_import"] == 1
+    assert "pending_import" in kinds(to)
+    assert to.snapshots[1]["status"] == "active"
+    frm = plan_from_sheet(MAPPING, tab, app, base)
+    assert frm.updates == {1: {"status": "lapsed"}}
+    assert frm.snapshots[1]["status"] == "lapsed" and frm.counts["updated"] == 1
+
+
+def test_both_sides_changed_differently_is_a_conflict_both_ways() -> None:
+    app = {1: rec("Ann")}
+    tab, base = synced(app)
+    app[1]["note"] = "app"
+    tab.rows[1][7] = "sheet"
+    for plan in (
+        plan_to_sheet(MAPPING, tab, app, base),
+        plan_from_sheet(MAPPING, tab, app, base),
+    ):
+        assert [
+            (c.record_id, c.field, c.app, c.sheet, c.base, c.row)
+            for c in plan.conflicts
+        ] == [(1, "note", "app", "sheet", None, 2)]
+        assert plan.snapshots[1]["note"] is None
+        assert plan.counts["conflicts"] == 1 and "conflict" in kinds(plan)
+    assert plan_to_sheet(MAPPING, tab, app, base).changes.is_empty()
+    assert plan_from_sheet(MAPPING, tab, app, base).updates == {}
+
+
+def test_both_sides_changed_to_the_same_value_agree() -> None:
+    app = {1: rec("Ann")}
+    tab, base = synced(app)
+    app[1]["note"] = "same"
+    tab.rows[1][7] = " same "
+    plan = plan_to_sheet(MAPPING, tab, app, base)
+    assert plan.changes.is_empty() and plan.conflicts == []
+    assert plan.snapshots[1]["note"] == "same"
+
+
+def test_row_without_base_agreeing_fields_are_recorded_and_others_conflict() -> None:
+    app = {1: rec("Ann", note="app")}
+    row = row_of(1, rec("Ann", note="sheet"))
+    for plan in (
+        plan_to_sheet(MAPPING, tab_of(row), app, {}),
+        plan_from_sheet(MAPPING, tab_of(row), app, {}),
+    ):
+        assert [c.field for c in plan.conflicts] == ["note"]
+        assert "note" not in plan.snapshots[1]
+        assert plan.snapshots[1]["name"] == "Ann"
+
+
+def test_without_base_an_empty_side_is_filled_from_the_other() -> None:
+    app = {1: rec("Ann", note="app")}
+    row = row_of(1, rec("Ann", note=None))
+    row[6] = None  # phone empty in the sheet, set in the app
+    to = plan_to_sheet(MAPPING, tab_of(row), app, {})
+    assert to.changes.cells == {(2, 8): "app", (2, 7): "+15551234"}
+    app2 = {1: rec("Ann", note=None)}
+    frm = plan_from_sheet(MAPPING, tab_of(row_of(1, rec("Ann", note="s"))), app2, {})
+    assert frm.updates == {1: {"note": "s"}}
+
+
+def test_field_added_to_the_mapping_later_is_filled_in() -> None:
+    app = {1: rec("Ann", note="n")}
+    base = {1: {k: v for k, v in app[1].items() if k != "note"}}
+    header = [h for h in HEADER if h != "Note"]
+    row = [c for i, c in enumerate(row_of(1, app[1])) if i != 7]
+    plan = plan_to_sheet(MAPPING, tab_of(row, header=header), app, base)
+    assert plan.changes.cells == {(1, 9): "Note", (2, 9): "n"}
+
+
+def test_clearing_a_value_in_the_app_clears_the_cell() -> None:
+    app = {1: rec("Ann", note="n")}
+    tab, base = synced(app)
+    app[1]["note"] = None
+    plan = plan_to_sheet(MAPPING, tab, app, base)
+    assert plan.changes.cells == {(2, 8): None}
+
+
+# readonly columns
+
+
+def test_readonly_column_is_written_but_never_imported() -> None:
+    app = {1: rec("Ann")}
+    tab, base = synced(app)
+    tab.rows[1][8] = "Someone"
+    frm = plan_from_sheet(MAPPING, tab, app, base)
+    assert frm.updates == {} and "readonly" in kinds(frm)
+    to = plan_to_sheet(MAPPING, tab, app, base)
+    assert to.changes.cells == {(2, 9): "Kim"}
+    assert "readonly" in kinds(to)
+
+
+def test_readonly_column_is_not_part_of_new_rows() -> None:
+    tab = tab_of([None, "New", None, None, None, None, None, None, "Me"])
+    plan = plan_from_sheet(MAPPING, tab, {}, {})
+    assert "agent" not in plan.creates[0].values
+
+
+# rows typed in the sheet, IDs
+
+
+def test_row_without_id_is_left_by_to_sheet_and_created_by_from_sheet() -> None:
+    app = {1: rec("Ann")}
+    tab, base = synced(app)
+    tab.rows.append([None, "Zed", "04001", "$1,000", "1/2/2021", "Active"])
+    to = plan_to_sheet(MAPPING, tab, app, base)
+    assert to.changes.is_empty() and to.counts["pending_import"] == 1
+    frm = plan_from_sheet(MAPPING, tab, app, base)
+    assert len(frm.creates) == 1
+    new = frm.creates[0]
+    assert new.row == 3 and frm.id_column == 1
+    assert new.values == {
+        "name": "Zed",
+        "policy_number": "04001",
+        "premium": "1000.00",
+        "start": "2021-01-02",
+        "status": "active",
+        "phone": None,
+        "note": None,
+    }
+    assert frm.header_changes.is_empty()
+
+
+def test_invalid_new_row_is_an_error_and_not_created() -> None:
+    tab = tab_of([None, None, "x"], [None, "Ok", None, "abc"], [None, "Fine"])
+    plan = plan_from_sheet(MAPPING, tab, {}, {})
+    assert [c.values["name"] for c in plan.creates] == ["Fine"]
+    errors = [(i.row, i.column) for i in plan.issues if i.kind == "error"]
+    assert errors == [(2, "Name"), (3, "Premium")]
+
+
+def test_duplicate_ids_are_errors_and_neither_row_is_synced() -> None:
+    app = {1: rec("Ann"), 2: rec("Bob")}
+    tab, base = synced(app)
+    tab.rows[2][0] = 1
+    tab.rows[2][7] = "edit"
+    app[1]["note"] = "app edit"
+    to = plan_to_sheet(MAPPING, tab, app, base)
+    assert to.changes.is_empty()
+    dupes = [i for i in to.issues if i.kind == "error"]
+    assert [i.row for i in dupes] == [2, 3] and "duplicate ID 1" in dupes[0].reason
+    frm = plan_from_sheet(MAPPING, tab, app, base)
+    assert frm.updates == {} and frm.counts["errors"] == 2
+    # record 2 lost its row to the duplicate: reported, not re-appended
+    assert "deleted_in_sheet" in kinds(to)
+
+
+def test_non_integer_id_is_an_error() -> None:
+    tab = tab_of(["abc", "Ann"], [1.5, "Bob"])
+    plan = plan_from_sheet(MAPPING, tab, {}, {})
+    assert plan.creates == [] and plan.counts["errors"] == 2
+    assert all("whole number" in i.reason for i in plan.issues)
+
+
+def test_float_id_from_a_number_cell_is_accepted() -> None:
+    app = {7: rec("Ann")}
+    row = row_of(7, app[7])
+    row[0] = 7.0
+    assert plan_to_sheet(MAPPING, tab_of(row), app, app).changes.is_empty()
+
+
+def test_unknown_id_without_base_is_an_error_both_ways() -> None:
+    tab = tab_of(row_of(99, rec("Ghost")))
+    for plan in (
+        plan_to_sheet(MAPPING, tab, {}, {}),
+        plan_from_sheet(MAPPING, tab, {}, {}),
+    ):
+        assert plan.counts["errors"] == 1 and "unknown ID 99" in plan.issues[0].reason
+
+
+# deletions
+
+
+def test_deleted_in_app_is_flagged_by_default() -> None:
+    tab, base = synced({1: rec("Ann"), 2: rec("Bob")})
+    app = {2: base[2]}
+    plan = plan_to_sheet(MAPPING, tab, app, base)
+    assert plan.changes.is_empty() and plan.drop_snapshots == set()
+    assert kinds(plan) == ["deleted_in_app"] and plan.issues[0].row == 2
+
+
+def test_deleted_in_app_is_deleted_in_delete_mode_c13() -> None:
+    tab, base = synced({1: rec("Ann"), 2: rec("Bob"), 3: rec("Cy")})
+    app = {2: base[2]}
+    plan = plan_to_sheet(MAPPING, tab, app, base, delete_mode="delete")
+    assert sorted(plan.changes.delete_rows) == [2, 4]
+    assert plan.drop_snapshots == {1, 3} and plan.counts["deleted"] == 2
+    rows = apply_changes(tab.rows, plan.changes)
+    again = plan_to_sheet(MAPPING, TabData(rows, "v2"), app, {2: base[2]})
+    assert again.changes.is_empty() and again.issues == []
+
+
+def test_deleted_in_app_but_edited_in_sheet_is_kept_in_delete_mode() -> None:
+    tab, base = synced({1: rec("Ann")})
+    tab.rows[1][7] = "important"
+    plan = plan_to_sheet(MAPPING, tab, {}, base, delete_mode="delete")
+    assert plan.changes.delete_rows == [] and kinds(plan) == ["deleted_in_app"]
+
+
+def test_deleted_in_app_is_never_recreated_by_from_sheet() -> None:
+    tab, base = synced({1: rec("Ann")})
+    plan = plan_from_sheet(MAPPING, tab, {}, base)
+    assert plan.creates == [] and plan.updates == {}
+    assert kinds(plan) == ["deleted_in_app"]
+
+
+def test_deleted_in_sheet_is_reported_and_never_re_appended() -> None:
+    app = {1: rec("Ann"), 2: rec("Bob")}
+    tab, base = synced(app)
+    del tab.rows[1]
+    to = plan_to_sheet(MAPPING, tab, app, base)
+    assert to.changes.is_empty() and kinds(to) == ["deleted_in_sheet"]
+    frm = plan_from_sheet(MAPPING, tab, app, base)
+    assert frm.updates == {} and kinds(frm) == ["deleted_in_sheet"]
+
+
+def test_invalid_delete_mode_is_rejected() -> None:
+    with pytest.raises(ValueError):
+        plan_to_sheet(MAPPING, None, {}, {}, delete_mode="wipe")
+
+
+# bad cells
+
+
+def test_bad_cell_skips_only_its_row_on_import() -> None:
+    app = {1: rec("Ann"), 2: rec("Bob")}
+    tab, base = synced(app)
+    tab.rows[1][4] = "someday"
+    tab.rows[1][7] = "note 1"
+    tab.rows[2][7] = "note 2"
+    plan = plan_from_sheet(MAPPING, tab, app, base)
+    assert plan.updates == {2: {"note": "note 2"}}
+    [issue] = [i for i in plan.issues if i.kind == "error"]
+    assert (issue.tab, issue.row, issue.column, issue.value) == (
+        "Policies",
+        2,
+        "Start",
+        "someday",
+    )
+    assert "YYYY-MM-DD" in issue.reason
+
+
+def test_bad_sheet_cell_is_not_overwritten_by_to_sheet() -> None:
+    app = {1: rec("Ann")}
+    tab, base = synced(app)
+    tab.rows[1][5] = "maybe"
+    app[1]["status"] = "lapsed"
+    plan = plan_to_sheet(MAPPING, tab, app, base)
+    assert plan.changes.is_empty() and plan.counts["errors"] == 1
+    assert plan.snapshots[1]["status"] == "active"
+
+
+def test_required_value_cleared_in_sheet_is_an_error() -> None:
+    app = {1: rec("Ann")}
+    tab, base = synced(app)
+    tab.rows[1][1] = None
+    plan = plan_from_sheet(MAPPING, tab, app, base)
+    assert plan.updates == {} and plan.counts["errors"] == 1
+
+
+def test_50001_character_note_is_a_row_level_error_before_writing_c12() -> None:
+    long_note = "x" * 50_001
+    app = {1: rec("Ann", note=long_note), 2: rec("Bob")}
+    plan = plan_to_sheet(MAPPING, None, app, {})
+    assert [r[0] for r in plan.changes.append] == [2]
+    [issue] = [i for i in plan.issues if i.kind == "error"]
+    assert issue.column == "Note" and "50,000" in issue.reason
+    assert 1 not in plan.snapshots
+    tab, base = synced({1: rec("Ann")})
+    tab.rows[1][7] = long_note
+    frm = plan_from_sheet(MAPPING, tab, {1: rec("Ann")}, base)
+    assert frm.updates == {} and frm.counts["errors"] == 1
+    assert frm.issues[0].value is not None and len(frm.issues[0].value) <= 80
+
+
+def test_app_update_with_invalid_value_writes_nothing_for_that_row() -> None:
+    app = {1: rec("Ann")}
+    tab, base = synced(app)
+    app[1]["note"] = "y" * 50_001
+    app[1]["status"] = "lapsed"
+    plan = plan_to_sheet(MAPPING, tab, app, base)
+    assert plan.changes.is_empty() and plan.counts["errors"] == 1
+    assert plan.snapshots[1] == base[1]
+
+
+def test_peoples_columns_are_never_written() -> None:
+    header = ["Mine", *HEADER, "Also mine"]
+    app = {1: rec("Ann"), 2: rec("Bob")}
+    rows: list[list[Cell]] = [["m1", *row_of(1, app[1]), "a1"]]
+    base = copy.deepcopy(app)
+    app[1] = rec("Anna", note="n", status="lapsed")
+    plan = plan_to_sheet(MAPPING, TabData([header, *rows], "v"), app, base)
+    assert all(col not in (1, 11) for (_, col) in plan.changes.cells)
+    assert all(r[0] is None and len(r) <= 10 for r in plan.changes.append)
+
+
+def test_counts_summarise_the_job() -> None:
+    app = {1: rec("Ann"), 2: rec("Bob"), 3: rec("Cy")}
+    tab, base = synced({1: app[1], 2: app[2]})
+    app = copy.deepcopy(app)
+    app[1]["note"] = "n"
+    plan = plan_to_sheet(MAPPING, tab, app, base)
+    assert plan.counts["written_cells"] == 1
+    assert plan.counts["updated_rows"] == 1
+    assert plan.counts["appended"] == 1
+    assert plan.counts["unchanged"] == 1
+
+
+def test_column_letters() -> None:
+    assert [column_letter(n) for n in (1, 26, 27, 52, 703)] == [
+        "A",
+        "Z",
+        "AA",
+        "AZ",
+        "AAA",
+    ]
+
+
+def test_ten_thousand_rows_plan_fast() -> None:
+    app = {i: rec(f"N{i}", note=f"n{i}") for i in range(1, 10_001)}
+    tab, base = synced(app)
+    for i in range(1, 10_001, 10):
+        app[i]["note"] = "changed"
+    started = time.perf_counter()
+    to = plan_to_sheet(MAPPING, tab, app, base)
+    frm = plan_from_sheet(MAPPING, tab, app, base)
+    elapsed = time.perf_counter() - started
+    assert to.counts["written_cells"] == 1000 and frm.counts["pending_export"] == 1000
+    assert elapsed < 1.0
+
+
+# end to end with the xlsx backend
+
+
+def test_round_trip_through_a_workbook_with_sorting_and_edits(tmp_path: Path) -> None:
+    backend = XlsxBackend(tmp_path / "book.xlsx")
+    app = {1: rec("Ann"), 2: rec("Bob", note="=1+1"), 3: rec("Cy")}
+    base: dict[int, Record] = {}
+    plan = plan_to_sheet(MAPPING, None, app, base)
+    backend.write({MAPPING.tab: plan.changes}, expected_version="")
+    base.update(plan.snapshots)
+    tab = backend.read_tabs([MAPPING.tab])[MAPPING.tab]
+    assert tab is not None
+    # a person sorts the rows descending, edits Bob, adds a row
+    rows = [tab.rows[0], *reversed(tab.rows[1:])]
+    rows[2][7] = "typed"
+    rows.append([None, "Dee", "0042", 50, 44000, "active", "555 1234"])
+    backend.write(
+        {MAPPING.tab: TabChanges(cells=_as_cells(rows))}, expected_version=tab.version
+    )
+    tab = backend.read_tabs([MAPPING.tab])[MAPPING.tab]
+    assert tab is not None
+    frm = plan_from_sheet(MAPPING, tab, app, base)
+    assert frm.updates == {2: {"note": "typed"}} and frm.conflicts == []
+    assert frm.creates[0].values["start"] == "2020-06-18"
+    assert frm.creates[0].values["policy_number"] == "0042"
+    assert parse_value(MAPPING.columns[2], tab.rows[3][3]) == "100.00"
+
+
+def _as_cells(rows: list[list[Cell]]) -> dict[tuple[int, int], Cell]:
+    return {
+        (r + 1, c + 1): value
+        for r, row in enumerate(rows)
+        for c, value in enumerate(row)
+    }
+
+
+# property: no edit is lost
+
+
+PROPERTY_MAPPING = TabMapping(
+    "T",
+    "ID",
+    (
+        Column("Name", "name"),
+        Column("Premium", "premium", ColumnType.MONEY),
+        Column("Count", "count", ColumnType.INTEGER),
+    ),
+)
+FIELDS = ("name", "premium", "count")
+
+op = st.one_of(
+    st.tuples(st.just("app"), st.integers(0, 5), st.sampled_from(FIELDS)),
+    st.tuples(st.just("sheet"), st.integers(0, 5), st.sampled_from(FIELDS)),
+    st.tuples(st.just("to"), st.just(0), st.just("")),
+    st.tuples(st.just("from"), st.just(0), st.just("")),
+    st.tuples(st.just("sort"), st.just(0), st.just("")),
+    st.tuples(st.just("new_app"), st.just(0), st.just("")),
+    st.tuples(st.just("new_sheet"), st.just(0), st.just("")),
+)
+
+
+class Model:
+    """An app, a sheet tab and a base, synced with the engine."""
+
+    def __init__(self) -> None:
+        self.app: dict[int, Record] = {}
+        self.rows: list[list[Cell]] = []
+        self.base: dict[int, Record] = {}
+        self.conflicts: set[tuple[int, str]] = set()
+        self.latest: dict[tuple[int, str], str | int] = {}
+        self.counter = 0
+        self.next_id = 1
+
+    def unique(self, name: str) -> str | int:
+        self.counter += 1
+        if name == "premium":
+            return f"{self.counter}.25"
+        if name == "count":
+            return self.counter
+        return f"v{self.counter}"
+
+    def raw(self, name: str, value: str | int) -> Cell:
+        if name == "premium":  # people type money in many shapes
+            return [float(str(value)), f"${value}", Decimal(str(value))][
+                self.counter % 3
+            ]
+        return value
+
+    def new_app(self) -> None:
+        record_id = self.next_id
+        self.next_id += 1
+        self.app[record_id] = {f: self.unique(f) for f in FIELDS}
+
+    def new_sheet(self) -> None:
+        if not self.rows:
+            return
+        values = {f: self.unique(f) for f in FIELDS}
+        header = [parse_header(h) for h in self.rows[0]]
+        row: list[Cell] = [None] * len(header)
+        for name, value in values.items():
+            row[header.index(name)] = self.raw(name, value)
+        self.rows.append(row)
+
+    def edit(self, side: str, pick: int, name: str) -> None:
+        ids = sorted(self.app) if side == "app" else self.sheet_ids()
+        if not ids:
+            return
+        record_id = ids[pick % len(ids)]
+        value = self.unique(name)
+        self.latest[(record_id, name)] = value
+        if side == "app":
+            self.app[record_id][name] = value
+            return
+        row, col = self.locate(record_id, name)
+        self.rows[row][col] = self.raw(name, value)
+
+    def sheet_ids(self) -> list[int]:
+        return [int(str(r[0])) for r in self.rows[1:] if r and r[0] is not None]
+
+    def locate(self, record_id: int, name: str) -> tuple[int, int]:
+        header = [parse_header(h) for h in self.rows[0]]
+        for index, row in enumerate(self.rows[1:], start=1):
+            if row and row[0] == record_id:
+                return index, header.index(name)
+        raise AssertionError(record_id)
+
+    def sheet_value(self, record_id: int, name: str) -> Canonical:
+        row, col = self.locate(record_id, name)
+        cells = self.rows[row]
+        column = PROPERTY_MAPPING.columns[FIELDS.index(name)]
+        return parse_value(column, cells[col] if col < len(cells) else None)
+
+    def to_sheet(self) -> None:
+        tab = TabData(self.rows, "v") if self.rows else None
+        plan = plan_to_sheet(PROPERTY_MAPPING, tab, self.app, self.base)
+        for (row, col), _ in plan.changes.cells.items():
+            if row > 1:
+                self.assert_overwrites_only_synced(row, col)
+        self.rows = apply_changes(self.rows, plan.changes)
+        self.record(plan.snapshots, plan.conflicts)
+
+    def assert_overwrites_only_synced(self, row: int, col: int) -> None:
+        record_id = int(str(self.rows[row - 1][0]))
+        name = parse_header(self.rows[0][col - 1])
+        current = self.sheet_value(record_id, name)
+        assert current in (None, self.base.get(record_id, {}).get(name)), "lost edit"
+
+    def from_sheet(self) -> None:
+        tab = TabData(self.rows, "v") if self.rows else None
+        plan = plan_from_sheet(PROPERTY_MAPPING, tab, self.app, self.base)
+        for record_id, updates in plan.updates.items():
+            for name in updates:
+                current = self.app[record_id][name]
+                assert current in (None, self.base[record_id].get(name)), "lost edit"
+            self.app[record_id].update(updates)
+        for new in plan.creates:
+            record_id = self.next_id
+            self.next_id += 1
+            self.app[record_id] = dict(new.values)
+            self.base[record_id] = dict(new.values)
+            changes = TabChanges(cells={(new.row, plan.id_column): record_id})
+            changes.cells.update(plan.header_changes.cells)
+            self.rows = apply_changes(self.rows, changes)
+        self.record(plan.snapshots, plan.conflicts)
+
+    def record(self, snapshots: dict[int, Record], conflicts: list[Conflict]) -> None:
+        self.base.update(copy.deepcopy(snapshots))
+        for conflict in conflicts:
+            self.conflicts.add((conflict.record_id, conflict.field))
+
+    def sort(self) -> None:
+        self.rows[1:] = list(reversed(self.rows[1:]))
+
+
+def parse_header(text: Cell) -> str:
+    return str(text).lower()
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(st.lists(op, max_size=40))
+def test_random_edits_on_both_sides_never_lose_an_edit(
+    ops: list[tuple[str, int, str]],
+) -> None:
+    model = Model()
+    for _ in range(3):
+        model.new_app()
+    model.to_sheet()
+    for kind, pick, name in ops:
+        if kind in ("app", "sheet"):
+            model.edit(kind, pick, name)
+        elif kind == "to":
+            model.to_sheet()
+        elif kind == "from":
+            model.from_sheet()
+        else:
+            getattr(model, kind)()
+    for _ in range(2):
+        model.from_sheet()
+        model.to_sheet()
+    assert sorted(model.sheet_ids()) == sorted(model.app)  # nothing duplicated
+    for record_id, record in model.app.items():
+        for name in FIELDS:
+            app_value, sheet_value = record[name], model.sheet_value(record_id, name)
+            latest = model.latest.get((record_id, name))
+            if latest is not None:
+                assert latest in (app_value, sheet_value)
+            if (record_id, name) not in model.conflicts:
+                assert app_value == sheet_value

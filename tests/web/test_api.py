@@ -1,0 +1,211 @@
+"""The JSON API: auth, scoping, optimistic concurrency, validation."""
+
+from __future__ import annotations
+
+import re
+
+from fastapi.testclient import TestClient
+
+from sheetbridge.web.deps import Runtime
+from tests.web.conftest import bearer
+
+
+def _first_policy(client: TestClient) -> dict[str, object]:
+    page = client.get("/api/policies", params={"limit": 1}).json()
+    return page["items"][0]  # type: ignore[no-any-return]
+
+
+def test_every_api_endpoint_needs_auth_but_health_does_not(client: TestClient) -> None:
+    assert client.get("/api/customers").status_code == 401
+    assert client.post("/api/insurance/sync/to-sheet").status_code == 401
+    assert client.get("/api/insurance/sync/status").status_code == 401
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").json() == {"status": "ready"}
+    assert client.get("/", follow_redirects=False).headers["location"] == "/login"
+
+
+def test_wrong_token_is_rejected(client: TestClient) -> None:
+    response = client.get("/api/customers", headers=bearer("sb_nope"))
+    assert response.status_code == 401
+
+
+def test_agent_sees_only_their_book_and_admin_sees_all(
+    client: TestClient, tokens: dict[str, str]
+) -> None:
+    everyone = client.get("/api/customers", headers=bearer(tokens["admin"])).json()
+    alices = client.get("/api/customers", headers=bearer(tokens["alice"])).json()
+    assert everyone["total"] == 30
+    assert 0 < alices["total"] < 30
+    assert {c["agent"] for c in alices["items"]} == {"alice"}
+    bobs_customer = next(
+        c
+        for c in client.get(
+            "/api/customers", headers=bearer(tokens["bob"]), params={"limit": 1}
+        ).json()["items"]
+    )
+    hidden = client.get(
+        f"/api/customers/{bobs_customer['id']}", headers=bearer(tokens["alice"])
+    )
+    assert hidden.status_code == 404
+
+
+def test_search_filter_and_paging(alice: TestClient) -> None:
+    page = alice.get("/api/policies", params={"limit": 5, "offset": 0}).json()
+    assert len(page["items"]) == 5 and page["total"] > 5
+    number = page["items"][0]["policy_number"]
+    found = alice.get("/api/policies", params={"q": number}).json()
+    assert [p["policy_number"] for p in found["items"]] == [number]
+    active = alice.get("/api/policies", params={"status": "active"}).json()
+    assert all(p["status"] == "active" for p in active["items"])
+
+
+def test_premium_is_exact_decimal_text(alice: TestClient) -> None:
+    policy = _first_policy(alice)
+    response = alice.patch(
+        f"/api/policies/{policy['id']}",
+        json={"version": policy["version"], "premium": "1234.10"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["premium"] == "1234.10"
+    assert re.fullmatch(r"\d+\.\d\d", response.json()["premium"])
+
+
+def test_update_with_a_stale_version_answers_409_with_the_current_record(
+    alice: TestClient,
+) -> None:
+    policy = _first_policy(alice)
+    first = alice.patch(
+        f"/api/policies/{policy['id']}",
+        json={"version": policy["version"], "carrier": "Harbor Mutual"},
+    )
+    assert first.status_code == 200
+    stale = alice.patch(
+        f"/api/policies/{policy['id']}",
+        json={"version": policy["version"], "carrier": "Lost Edit Insurance"},
+    )
+    assert stale.status_code == 409
+    assert stale.json()["current"]["carrier"] == "Harbor Mutual"
+    assert stale.json()["current"]["version"] == policy["version"] + 1  # type: ignore[operator]
+
+
+def test_invalid_input_answers_422_naming_each_field(alice: TestClient) -> None:
+    response = alice.post(
+        "/api/customers",
+        json={"name": "", "email": "not-an-email", "zip_code": "12", "state": "Maine"},
+    )
+    assert response.status_code == 422
+    fields = {error["field"] for error in response.json()["detail"]}
+    assert {"name", "email", "zip_code", "state"} <= fields
+
+
+def test_policy_dates_and_unknown_customer_are_rejected_by_field(
+    alice: TestClient,
+) -> None:
+    customer = alice.get("/api/customers", params={"limit": 1}).json()["items"][0]
+    body = {
+        "policy_number": "00999",
+        "customer_id": customer["id"],
+        "carrier": "Harbor Mutual",
+        "line_of_business": "auto",
+        "effective_date": "2026-05-01",
+        "expiration_date": "2026-01-01",
+        "premium": "100.00",
+    }
+    backwards = alice.post("/api/policies", json=body)
+    assert backwards.status_code == 422
+    unknown = alice.post(
+        "/api/policies",
+        json={**body, "expiration_date": "2027-05-01", "customer_id": 999999},
+    )
+    assert unknown.status_code == 422
+    assert unknown.json()["detail"][0]["loc"] == ["body", "customer_id"]
+    created = alice.post(
+        "/api/policies", json={**body, "expiration_date": "2027-05-01"}
+    )
+    assert created.status_code == 201
+    assert created.json()["policy_number"] == "00999"
+    duplicate = alice.post(
+        "/api/policies", json={**body, "expiration_date": "2027-05-01"}
+    )
+    assert duplicate.status_code == 422
+
+
+def test_customer_with_policies_cannot_be_deleted_but_an_empty_one_can(
+    alice: TestClient,
+) -> None:
+    policy = _first_policy(alice)
+    refused = alice.delete(f"/api/customers/{policy['customer_id']}")
+    assert refused.status_code == 409
+    created = alice.post("/api/customers", json={"name": "Temp Person"}).json()
+    assert alice.delete(f"/api/customers/{created['id']}").status_code == 204
+    assert alice.get(f"/api/customers/{created['id']}").status_code == 404
+
+
+def test_browser_session_needs_csrf_token_for_changes(client: TestClient) -> None:
+    page = client.get("/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert csrf is not None
+    bad = client.post(
+        "/login",
+        data={"username": "alice", "password": "wrong", "csrf": csrf.group(1)},
+    )
+    assert bad.status_code == 400
+    token = re.search(r'name="csrf" value="([^"]+)"', bad.text)
+    assert token is not None
+    signed_in = client.post(
+        "/login",
+        data={"username": "alice", "password": "alice-demo", "csrf": token.group(1)},
+        follow_redirects=False,
+    )
+    assert signed_in.status_code == 303
+    cookie = signed_in.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=lax" in cookie
+    assert client.get("/api/customers").status_code == 200
+    assert client.post("/api/insurance/sync/to-sheet").status_code == 403
+    dashboard = client.get("/")
+    meta = re.search(r'name="csrf-token" content="([^"]+)"', dashboard.text)
+    assert meta is not None
+    queued = client.post(
+        "/api/insurance/sync/to-sheet", headers={"X-CSRF-Token": meta.group(1)}
+    )
+    assert queued.status_code == 202
+
+
+def test_sync_endpoints_queue_at_once_and_status_lists_the_jobs(
+    alice: TestClient, runtime: Runtime
+) -> None:
+    answers = [alice.post("/api/insurance/sync/to-sheet") for _ in range(3)]
+    assert [a.status_code for a in answers] == [202, 202, 202]
+    bodies = [a.json() for a in answers]
+    assert all(b["queued"] is True for b in bodies)
+    assert [b["position"] for b in bodies] == [1, 2, 3]
+    assert bodies[0]["status_url"] == f"/api/insurance/sync/jobs/{bodies[0]['job_id']}"
+    status = alice.get("/api/insurance/sync/status").json()
+    assert [job["id"] for job in status["queued"]] == [b["job_id"] for b in bodies]
+    assert (
+        status["queued"][1]["waiting_for"]
+        == f"your earlier sync #{bodies[0]['job_id']}"
+    )
+    one = alice.get(bodies[2]["status_url"]).json()
+    assert one["state"] == "queued" and one["position"] == 3
+    cancelled = alice.post(f"/api/insurance/sync/jobs/{bodies[2]['job_id']}/cancel")
+    assert cancelled.json()["state"] == "cancelled"
+
+
+def test_a_user_cannot_see_or_cancel_another_users_job(
+    client: TestClient, tokens: dict[str, str]
+) -> None:
+    job = client.post(
+        "/api/insurance/sync/to-sheet", headers=bearer(tokens["bob"])
+    ).json()
+    other = bearer(tokens["alice"])
+    assert client.get(job["status_url"], headers=other).status_code == 404
+    assert (
+        client.post(
+            f"/api/insurance/sync/jobs/{job['job_id']}/cancel", headers=other
+        ).status_code
+        == 404
+    )
+    assert (
+        client.get("/api/insurance/sync/status", headers=other).json()["queued"] == []
+    )
