@@ -11,10 +11,17 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
 
+from sheetbridge.config import Settings
 from sheetbridge.db import Base, Database, load_models
+from sheetbridge.insurance.demo import seed_demo
+from sheetbridge.insurance.models import User
+from sheetbridge.web.app import build_runtime
+from sheetbridge.web.deps import Runtime
+from sheetbridge.web.security import hash_password, issue_token
 
 PG_DEFAULT_URL = "postgresql+psycopg://root@127.0.0.1:5432/test"
 
@@ -95,3 +102,41 @@ def pg_url() -> Iterator[str]:
         pytest.skip("PostgreSQL is not reachable (see the message above)")
     reset_postgres(url)
     yield url
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        secret_key="test-secret",
+        demo=False,
+        poll_interval_s=0.05,
+        lease_s=10,
+        worker_concurrency=12,
+    )
+
+
+@pytest.fixture
+def runtime(settings: Settings) -> Iterator[Runtime]:
+    runtime = build_runtime(settings)
+    with runtime.db.session() as session:
+        seed_demo(session, customers=30, policies=60, password_hasher=hash_password)
+    yield runtime
+    runtime.db.dispose()
+
+
+@pytest.fixture
+def tokens(runtime: Runtime) -> dict[str, str]:
+    """An API token per demo user, by username."""
+    with runtime.db.session() as session:
+        users = session.scalars(select(User)).all()
+        return {user.username: issue_token(session, user, "tests") for user in users}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def api_client(base_url: str, token: str) -> httpx.Client:
+    return httpx.Client(base_url=base_url, headers=bearer(token), timeout=30)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from datetime import date, datetime
 from decimal import Decimal
@@ -289,9 +290,11 @@ def test_open_in_libreoffice_or_excel_is_locked_and_transient(tmp_path: Path) ->
             XlsxBackend(path).write({"T": TabChanges(cells={(2, 1): 1})})
         assert info.value.transient and "book.xlsx" in str(info.value)
         lock.unlink()
-    XlsxBackend(path, respect_lock_files=True).write(
+    (tmp_path / "~$book.xlsx").write_text("stale")
+    XlsxBackend(path, respect_lock_files=False).write(
         {"T": TabChanges(cells={(2, 1): 1})}
     )
+    assert read(XlsxBackend(path)).rows == [["ID"], [1]]
 
 
 def test_not_a_workbook_is_a_permanent_invalid_request(tmp_path: Path) -> None:
@@ -370,3 +373,22 @@ def test_error_classes_share_a_root_and_say_if_transient() -> None:
 def test_not_found_names_spreadsheet_and_tab() -> None:
     error = SheetNotFound(location="book.xlsx", tab="Jon's Data")
     assert "book.xlsx" in str(error) and "Jon's Data" in str(error)
+
+
+def test_parallel_writers_to_different_tabs_lose_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "p.xlsx"
+    make_book(path, {f"T{i}": [["ID"]] for i in range(4)})
+
+    def writer(index: int) -> None:
+        backend = XlsxBackend(path)
+        for row in range(2, 6):
+            backend.write({f"T{index}": TabChanges(cells={(row, 1): row})})
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    tabs = XlsxBackend(path).read_tabs([f"T{i}" for i in range(4)])
+    for data in tabs.values():
+        assert data is not None and data.rows == [["ID"], [2], [3], [4], [5]]

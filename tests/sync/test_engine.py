@@ -286,7 +286,8 @@ def test_ragged_short_row_reads_missing_cells_as_empty_c06() -> None:
 
 def test_empty_rows_and_rows_with_only_peoples_columns_are_ignored() -> None:
     header: list[Cell] = [*HEADER, "Mine"]
-    people: list[Cell] = [None] * 9 + ["total"]
+    people: list[Cell] = [None] * 9
+    people.append("total")
     tab = TabData([header, [], [None, None], people], "v")
     to = plan_to_sheet(MAPPING, tab, {}, {})
     frm = plan_from_sheet(MAPPING, tab, {}, {})
@@ -318,6 +319,7 @@ def test_sheet_edit_is_left_by_to_sheet_and_applied_by_from_sheet() -> None:
     assert to.snapshots[1]["status"] == "active"
     frm = plan_from_sheet(MAPPING, tab, app, base)
     assert frm.updates == {1: {"status": "lapsed"}}
+    assert frm.rows == {1: 2}
     assert frm.snapshots[1]["status"] == "lapsed" and frm.counts["updated"] == 1
 
 
@@ -726,9 +728,8 @@ class Model:
 
     def raw(self, name: str, value: str | int) -> Cell:
         if name == "premium":  # people type money in many shapes
-            return [float(str(value)), f"${value}", Decimal(str(value))][
-                self.counter % 3
-            ]
+            shapes: list[Cell] = [float(str(value)), f"${value}", Decimal(str(value))]
+            return shapes[self.counter % 3]
         return value
 
     def new_app(self) -> None:

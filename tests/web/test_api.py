@@ -7,7 +7,7 @@ import re
 from fastapi.testclient import TestClient
 
 from sheetbridge.web.deps import Runtime
-from tests.web.conftest import bearer
+from tests.conftest import bearer
 
 
 def _first_policy(client: TestClient) -> dict[str, object]:

@@ -15,8 +15,8 @@ from openpyxl import load_workbook
 from sheetbridge.config import Settings
 from sheetbridge.web.deps import Runtime
 from sheetbridge.web.security import add_user, issue_token
+from tests.conftest import api_client
 from tests.support.server import live_server
-from tests.web.conftest import api_client
 
 
 @pytest.fixture

@@ -191,13 +191,13 @@ class SyncService:
                 changed[ENTITY[mapping.tab]] = importer.changed
                 self._store_snapshots(session, target.id, mapping, importer.snapshots)
                 if importer.id_cells:
+                    cells = {**plan.header_changes.cells, **importer.id_cells}
                     writes[mapping.tab] = TabChanges(
-                        cells=importer.id_cells, append=[], delete_rows=[]
+                        cells=cells, append=[], delete_rows=[]
                     )
             if writes:
-                context.progress(
-                    "writing", total=sum(_size(c) for c in writes.values())
-                )
+                # No progress report in here: it would need a second write
+                # transaction while this one holds the SQLite write lock.
                 with _sheet_errors():
                     backend.write(writes, expected_version=_version(tabs))
         return {
@@ -334,6 +334,9 @@ class _Importer:
         self.rows = {issue.row for issue in plan.issues if issue.row is not None}
 
     def run(self) -> None:
+        # The plan counts what it intends; count what the app accepted instead.
+        self.plan.counts["updated"] = 0
+        self.plan.counts["created"] = 0
         for record_id, values in self.plan.updates.items():
             self._update(record_id, values)
         for new_row in self.plan.creates:
@@ -361,6 +364,7 @@ class _Importer:
             self._reject(self._row_of(record_id), exc)
             return
         self.changed.append(record_id)
+        self.plan.counts["updated"] += 1
         record = session.get(model, record_id)
         if record is not None:
             self.snapshots[record_id] = self._record(record)
@@ -380,13 +384,13 @@ class _Importer:
         self.changed.append(created.id)
         self.snapshots[created.id] = self._record(created)
         self.id_cells[(row, self.plan.id_column)] = created.id
-        self.plan.counts["created"] = self.plan.counts.get("created", 0) + 1
+        self.plan.counts["created"] += 1
 
     def _record(self, row: Any) -> Record:
         return customer_record(row) if self.mapping is CUSTOMERS else policy_record(row)
 
     def _row_of(self, record_id: int) -> int | None:
-        return self.plan.rows.get(record_id) if hasattr(self.plan, "rows") else None
+        return self.plan.rows.get(record_id)
 
     def _reject(self, row: int | None, exc: Exception) -> None:
         for field, reason in _reasons(exc):

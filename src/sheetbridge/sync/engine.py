@@ -17,6 +17,7 @@ cell or field loses nothing); two different non-empty values are a conflict.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -105,7 +106,8 @@ class FromSheetPlan:
 
     ``updates`` holds only the changed fields per record. After creating the
     records of ``creates``, write their new IDs to (row, ``id_column``) along
-    with ``header_changes`` and store ``values`` as their snapshots.
+    with ``header_changes`` and store ``values`` as their snapshots. ``rows``
+    maps each record ID found in the sheet to its sheet row.
     """
 
     updates: dict[int, Record]
@@ -116,6 +118,7 @@ class FromSheetPlan:
     counts: dict[str, int]
     id_column: int
     header_changes: TabChanges
+    rows: dict[int, int] = dataclasses.field(default_factory=dict)
 
 
 class _Outcome(Enum):
@@ -738,6 +741,7 @@ def plan_from_sheet(
     for issue in scanned.issues:
         ctx.issue(issue, "errors")
     for record_id, (number, cells) in scanned.by_id.items():
+        plan.rows[record_id] = number
         _import_row(ctx, record_id, number, cells, app, base)
     for number, cells in scanned.new:
         _create_row(ctx, number, cells)

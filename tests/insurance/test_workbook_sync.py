@@ -1,0 +1,205 @@
+"""Syncing a user's book to and from their workbook, through the job queue."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openpyxl import load_workbook
+from sqlalchemy import select
+
+from sheetbridge.insurance.models import Customer, Policy, User
+from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
+from sheetbridge.queue.worker import WorkerPool
+from sheetbridge.web.deps import Runtime
+
+
+def run_sync(runtime: Runtime, username: str, kind: str) -> dict[str, Any]:
+    with runtime.db.read_session() as session:
+        user = session.scalars(select(User).where(User.username == username)).one()
+    queued = runtime.sync.enqueue(user, kind)
+    WorkerPool(runtime.queue, runtime.sync.handlers).run_until_empty()
+    job = runtime.queue.get(queued.job_id)
+    assert job.state == "succeeded", job.error
+    assert job.result is not None
+    return job.result
+
+
+def workbook_path(runtime: Runtime, username: str) -> Path:
+    return runtime.settings.workbook_dir / f"{username}.xlsx"
+
+
+def columns(sheet: Any) -> dict[str, int]:
+    return {cell.value: cell.column for cell in sheet[1] if cell.value}
+
+
+def row_of(sheet: Any, record_id: int) -> int:
+    for row in range(2, sheet.max_row + 1):
+        if sheet.cell(row, 1).value == record_id:
+            return row
+    raise AssertionError(f"record {record_id} is not in the sheet")
+
+
+@pytest.fixture
+def synced(runtime: Runtime) -> Runtime:
+    run_sync(runtime, "alice", TO_SHEET)
+    return runtime
+
+
+def test_to_sheet_writes_each_book_with_header_and_id_columns(synced: Runtime) -> None:
+    book = load_workbook(workbook_path(synced, "alice"))
+    assert book.sheetnames == ["Customers", "Policies"]
+    with synced.db.read_session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+        policy_ids = set(
+            session.scalars(select(Policy.id).where(Policy.agent_id == alice.id))
+        )
+    policies = book["Policies"]
+    assert [c.value for c in policies[1]][:3] == ["ID", "Policy Number", "Customer ID"]
+    assert {row[0] for row in policies.iter_rows(min_row=2, values_only=True)} == (
+        policy_ids
+    )
+
+
+def test_unchanged_book_resyncs_with_nothing_to_write_or_import(
+    synced: Runtime,
+) -> None:
+    again = run_sync(synced, "alice", TO_SHEET)["summary"]
+    assert again["written_cells"] == 0 and again["appended"] == 0
+    assert again["issues"] == 0
+    imported = run_sync(synced, "alice", FROM_SHEET)["summary"]
+    assert imported["updated"] == 0 and imported.get("created", 0) == 0
+
+
+def test_from_sheet_imports_edits_and_creates_typed_rows_with_ids_written_back(
+    synced: Runtime,
+) -> None:
+    path = workbook_path(synced, "alice")
+    book = load_workbook(path)
+    customers = book["Customers"]
+    header = columns(customers)
+    first_id = customers.cell(2, 1).value
+    customers.cell(2, header["City"]).value = "Bar Harbor"
+    customers.cell(2, header["ZIP"]).value = "04609"
+    new_row = customers.max_row + 1
+    customers.cell(new_row, header["Name"]).value = "Typed In Sheet"
+    customers.cell(new_row, header["Notes"]).value = "=1+1"
+    customers.cell(new_row, header["Notes"]).data_type = "s"
+    customers.cell(1, customers.max_column + 1).value = "My own column"
+    customers.cell(2, customers.max_column).value = "keep me"
+    book.save(path)
+
+    result = run_sync(synced, "alice", FROM_SHEET)
+
+    assert result["tabs"]["Customers"]["counts"]["created"] == 1
+    with synced.db.read_session() as session:
+        edited = session.get(Customer, first_id)
+        typed = session.scalars(
+            select(Customer).where(Customer.name == "Typed In Sheet")
+        ).one()
+    assert edited is not None
+    assert (edited.city, edited.zip_code) == ("Bar Harbor", "04609")
+    assert typed.notes == "=1+1"
+    assert typed.agent.username == "alice"
+    sheet = load_workbook(path)["Customers"]
+    assert sheet.cell(new_row, 1).value == typed.id
+    assert sheet.cell(2, columns(sheet)["My own column"]).value == "keep me"
+    assert result["changed"]["customer"] == [first_id, typed.id]
+    again = run_sync(synced, "alice", FROM_SHEET)["summary"]
+    assert again.get("created", 0) == 0 and again["updated"] == 0
+
+
+def test_invalid_rows_are_reported_by_tab_row_and_column_and_valid_rows_import(
+    synced: Runtime,
+) -> None:
+    path = workbook_path(synced, "alice")
+    book = load_workbook(path)
+    policies = book["Policies"]
+    header = columns(policies)
+    good_id = policies.cell(2, 1).value
+    policies.cell(2, header["Carrier"]).value = "Granite State Mutual"
+    policies.cell(3, header["Premium"]).value = "lots"
+    policies.cell(4, header["Status"]).value = "sleeping"
+    book.save(path)
+
+    result = run_sync(synced, "alice", FROM_SHEET)
+
+    issues = result["tabs"]["Policies"]["issues"]
+    assert {(i["row"], i["column"]) for i in issues if i["kind"] == "error"} == {
+        (3, "Premium"),
+        (4, "Status"),
+    }
+    assert all(i["tab"] == "Policies" and i["reason"] for i in issues)
+    with synced.db.read_session() as session:
+        policy = session.get(Policy, good_id)
+    assert policy is not None and policy.carrier == "Granite State Mutual"
+
+
+def test_text_stays_text_through_a_round_trip(synced: Runtime) -> None:
+    with synced.db.session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+        policy = session.scalars(
+            select(Policy).where(Policy.agent_id == alice.id).limit(1)
+        ).one()
+        policy.policy_number = "00123"
+        customer = policy.customer
+        customer.notes = '=HYPERLINK("http://x","prize")'
+        customer.phone = "+15551234"
+        policy_id, customer_id = policy.id, customer.id
+    run_sync(synced, "alice", TO_SHEET)
+
+    book = load_workbook(workbook_path(synced, "alice"))
+    policies, customers = book["Policies"], book["Customers"]
+    number = policies.cell(
+        row_of(policies, policy_id), columns(policies)["Policy Number"]
+    )
+    note = customers.cell(row_of(customers, customer_id), columns(customers)["Notes"])
+    assert (number.value, number.data_type) == ("00123", "s")
+    assert (note.value, note.data_type) == ('=HYPERLINK("http://x","prize")', "s")
+    imported = run_sync(synced, "alice", FROM_SHEET)["summary"]
+    assert imported["updated"] == 0
+
+
+def test_neither_direction_overwrites_a_change_from_the_other_side(
+    synced: Runtime,
+) -> None:
+    path = workbook_path(synced, "alice")
+    book = load_workbook(path)
+    customers = book["Customers"]
+    header = columns(customers)
+    record_id = customers.cell(2, 1).value
+    customers.cell(2, header["City"]).value = "Sheet City"
+    book.save(path)
+    with synced.db.session() as session:
+        customer = session.get(Customer, record_id)
+        assert customer is not None
+        customer.city = "App City"
+
+    pushed = run_sync(synced, "alice", TO_SHEET)
+    pulled = run_sync(synced, "alice", FROM_SHEET)
+
+    assert pushed["summary"]["conflicts"] == 1
+    assert pulled["summary"]["conflicts"] == 1
+    sheet = load_workbook(path)["Customers"]
+    assert sheet.cell(2, header["City"]).value == "Sheet City"
+    with synced.db.read_session() as session:
+        customer = session.get(Customer, record_id)
+    assert customer is not None and customer.city == "App City"
+
+
+def test_agents_sync_to_their_own_workbooks(synced: Runtime) -> None:
+    run_sync(synced, "bob", TO_SHEET)
+    alice_ids = {
+        row[0]
+        for row in load_workbook(workbook_path(synced, "alice"))["Customers"].iter_rows(
+            min_row=2, values_only=True
+        )
+    }
+    bob_ids = {
+        row[0]
+        for row in load_workbook(workbook_path(synced, "bob"))["Customers"].iter_rows(
+            min_row=2, values_only=True
+        )
+    }
+    assert alice_ids and bob_ids and not alice_ids & bob_ids
