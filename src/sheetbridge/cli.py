@@ -16,7 +16,7 @@ from sheetbridge.insurance.models import User
 from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
 from sheetbridge.logs import configure_logging
 from sheetbridge.queue.worker import WorkerPool
-from sheetbridge.web.app import build_runtime, create_app
+from sheetbridge.web.app import build_runtime, create_app, worker_pool
 from sheetbridge.web.deps import Runtime
 from sheetbridge.web.security import UserError, add_user, hash_password, issue_token
 
@@ -77,15 +77,11 @@ def worker(
     """Run sync workers without the web server (scale-out on PostgreSQL)."""
     runtime = _runtime()
     runtime.db.upgrade()
-    pool = WorkerPool(
-        runtime.queue,
-        runtime.sync.handlers,
-        concurrency=concurrency,
-        poll_interval_s=runtime.settings.poll_interval_s,
-    )
     if until_empty:
+        pool = WorkerPool(runtime.queue, runtime.sync.handlers)
         typer.echo(f"ran {pool.run_until_empty()} jobs")
         return
+    pool = worker_pool(runtime, concurrency)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

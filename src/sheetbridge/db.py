@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,6 +71,7 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._writer_lock = threading.RLock() if is_sqlite(self.engine) else None
         self.read_sessions = sessionmaker(
             self.engine.execution_options(**{READONLY: True}), expire_on_commit=False
         )
@@ -77,8 +79,19 @@ class Database:
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A session whose transaction commits on success and rolls back on error."""
-        with self.sessions() as session, session.begin():
+        with self._write_turn(), self.sessions() as session, session.begin():
             yield session
+
+    @contextmanager
+    def _write_turn(self) -> Iterator[None]:
+        # SQLite allows one writer; a thread that finds the file locked sleeps in
+        # growing steps before it retries. Queueing this process's writers on a
+        # lock first hands the turn over at once instead.
+        if self._writer_lock is None:
+            yield
+            return
+        with self._writer_lock:
+            yield
 
     @contextmanager
     def read_session(self) -> Iterator[Session]:

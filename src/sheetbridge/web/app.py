@@ -36,6 +36,16 @@ def build_runtime(settings: Settings) -> Runtime:
     )
 
 
+def worker_pool(runtime: Runtime, concurrency: int) -> WorkerPool:
+    """Worker threads for the runtime's sync jobs."""
+    return WorkerPool(
+        runtime.queue,
+        runtime.sync.handlers,
+        concurrency=concurrency,
+        poll_interval_s=runtime.settings.poll_interval_s,
+    )
+
+
 def create_app(runtime: Runtime, *, workers: bool = True) -> FastAPI:
     """The web app; with ``workers`` it also runs the sync workers in-process."""
     settings = runtime.settings
@@ -44,12 +54,7 @@ def create_app(runtime: Runtime, *, workers: bool = True) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = None
         if workers:
-            pool = WorkerPool(
-                runtime.queue,
-                runtime.sync.handlers,
-                concurrency=settings.worker_concurrency,
-                poll_interval_s=settings.poll_interval_s,
-            )
+            pool = worker_pool(runtime, settings.worker_concurrency)
             pool.start()
         app.state.pool = pool
         try:

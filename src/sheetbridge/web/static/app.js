@@ -1,0 +1,1149 @@
+/* Sheetbridge dashboard: tables, editor, background sync status.
+ * Plain ES2020, no dependencies. All data goes into the DOM via textContent.
+ */
+(() => {
+  "use strict";
+
+  const $ = (sel, root = document) => root.querySelector(sel);
+  const $$ = (sel, root = document) => Array.from(root.querySelectorAll(sel));
+  const CSRF = ($('meta[name="csrf-token"]') || {}).content || "";
+  const PAGE_SIZE = 50;
+  const BATCH = 200;
+  const POLL_ACTIVE_MS = 1000;
+  const POLL_IDLE_MS = 10000;
+  const POLL_ERROR_MS = 5000;
+
+  // ---------------------------------------------------------------- helpers
+
+  function el(tag, props, ...children) {
+    const node = document.createElement(tag);
+    if (props) {
+      for (const [key, value] of Object.entries(props)) {
+        if (value === undefined || value === null || value === false) continue;
+        if (key === "className") node.className = value;
+        else if (key === "text") node.textContent = value;
+        else if (key === "dataset") Object.assign(node.dataset, value);
+        else node.setAttribute(key, value === true ? "" : String(value));
+      }
+    }
+    for (const child of children) {
+      if (child === null || child === undefined || child === false) continue;
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return node;
+  }
+
+  function debounce(fn, ms) {
+    let timer = null;
+    return (...args) => {
+      clearTimeout(timer);
+      timer = setTimeout(() => fn(...args), ms);
+    };
+  }
+
+  function plural(n, one, many) {
+    return `${n.toLocaleString()} ${n === 1 ? one : many || one + "s"}`;
+  }
+
+  function fmtDate(value) {
+    if (!value) return "";
+    const m = /^(\d{4})-(\d{2})-(\d{2})$/.exec(value);
+    if (!m) return value;
+    const d = new Date(Number(m[1]), Number(m[2]) - 1, Number(m[3]));
+    return d.toLocaleDateString(undefined, { year: "numeric", month: "short", day: "numeric" });
+  }
+
+  function fmtDateTime(value, seconds = true) {
+    if (!value) return "";
+    const d = new Date(value);
+    if (Number.isNaN(d.getTime())) return value;
+    const today = new Date();
+    const sameDay = d.toDateString() === today.toDateString();
+    return sameDay
+      ? d.toLocaleTimeString(undefined, seconds ? { hour: "2-digit", minute: "2-digit", second: "2-digit" } : { hour: "2-digit", minute: "2-digit" })
+      : d.toLocaleString(undefined, { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+  }
+
+  function fmtMoney(value) {
+    if (value === null || value === undefined || value === "") return "";
+    const n = Number(value);
+    if (!Number.isFinite(n)) return String(value);
+    return n.toLocaleString(undefined, { style: "currency", currency: "USD" });
+  }
+
+  class ApiError extends Error {
+    constructor(status, body) {
+      super(ApiError.message(status, body));
+      this.status = status;
+      this.body = body;
+    }
+    static message(status, body) {
+      if (body && typeof body.detail === "string") return body.detail;
+      if (body && Array.isArray(body.detail)) {
+        return body.detail.map((d) => d.msg).filter(Boolean).join("; ") || "Invalid input";
+      }
+      if (status === 0) return "The server could not be reached.";
+      return `The server answered ${status}.`;
+    }
+  }
+
+  async function api(method, url, body) {
+    const init = { method, credentials: "same-origin", headers: { Accept: "application/json" } };
+    if (method !== "GET" && method !== "HEAD") {
+      init.headers["X-CSRF-Token"] = CSRF;
+      init.headers["Content-Type"] = "application/json";
+      if (body !== undefined) init.body = JSON.stringify(body);
+    }
+    let response;
+    try {
+      response = await fetch(url, init);
+    } catch (err) {
+      throw new ApiError(0, null);
+    }
+    if (response.status === 401 || (response.redirected && new URL(response.url).pathname === "/login")) {
+      window.location.assign("/login");
+      throw new ApiError(401, { detail: "Please sign in again." });
+    }
+    if (response.status === 204) return null;
+    let data = null;
+    const type = response.headers.get("content-type") || "";
+    if (type.includes("application/json")) {
+      try { data = await response.json(); } catch (err) { data = null; }
+    }
+    if (!response.ok) throw new ApiError(response.status, data);
+    return data;
+  }
+
+  // Page-level status line (aria-live) for short messages.
+  const pageStatus = $("#page-status");
+  let pageStatusTimer = null;
+  function announce(text, kind = "info") {
+    if (!pageStatus) return;
+    pageStatus.textContent = text;
+    pageStatus.dataset.kind = kind;
+    pageStatus.hidden = false;
+    clearTimeout(pageStatusTimer);
+    pageStatusTimer = setTimeout(() => { pageStatus.hidden = true; }, kind === "error" ? 9000 : 5000);
+  }
+
+  // ---------------------------------------------------------------- entities
+
+  const ENTITIES = {
+    customer: {
+      label: "customer",
+      labelPlural: "customers",
+      url: "/api/customers",
+      table: "#customers-table",
+      panel: "#customers-panel",
+      search: "#customer-search",
+      countBadge: "#customers-count",
+      defaultSort: "name",
+      fieldset: "#customer-fields",
+      fields: ["name", "email", "phone", "address", "city", "state", "zip_code", "date_of_birth", "notes"],
+      nullable: ["date_of_birth"],
+      title: (r) => r.name,
+      columns: [
+        { cls: "cell-strong", get: (r) => r.name },
+        { get: (r) => r.email },
+        { cls: "nowrap", get: (r) => r.phone },
+        { get: (r) => r.city },
+        { get: (r) => r.state },
+        { cls: "col-agent", get: (r) => r.agent },
+        { cls: "nowrap muted col-updated", get: (r) => fmtDateTime(r.updated_at, false), title: (r) => r.updated_at },
+      ],
+    },
+    policy: {
+      label: "policy",
+      labelPlural: "policies",
+      url: "/api/policies",
+      table: "#policies-table",
+      panel: "#policies-panel",
+      search: "#policy-search",
+      countBadge: "#policies-count",
+      defaultSort: "policy_number",
+      fieldset: "#policy-fields",
+      fields: ["policy_number", "customer_id", "carrier", "line_of_business", "effective_date",
+        "expiration_date", "premium", "status"],
+      nullable: [],
+      title: (r) => r.policy_number,
+      columns: [
+        { cls: "cell-strong nowrap mono", get: (r) => r.policy_number },
+        { get: (r) => r.customer },
+        { get: (r) => r.carrier },
+        { get: (r) => r.line_of_business },
+        { render: (td, r) => { td.append(el("span", { className: `status status-${r.status}`, text: r.status })); } },
+        { cls: "nowrap", get: (r) => fmtDate(r.effective_date) },
+        { cls: "nowrap", get: (r) => fmtDate(r.expiration_date) },
+        { cls: "num nowrap", get: (r) => fmtMoney(r.premium) },
+        { cls: "col-agent", get: (r) => r.agent },
+      ],
+    },
+  };
+
+  // Per-entity list state.
+  const lists = {};
+  for (const [key, spec] of Object.entries(ENTITIES)) {
+    lists[key] = {
+      key,
+      spec,
+      table: $(spec.table),
+      tbody: $(`${spec.table} tbody`),
+      panel: $(spec.panel),
+      q: "",
+      filters: {},
+      sort: spec.defaultSort,
+      offset: 0,
+      total: 0,
+      records: new Map(), // id -> record currently shown
+      loading: 0,         // request sequence number, to drop stale answers
+      loaded: false,
+    };
+  }
+
+  function fillRow(tr, record, list) {
+    const cells = tr.children;
+    list.spec.columns.forEach((col, i) => {
+      const td = cells[i];
+      td.replaceChildren();
+      td.className = col.cls || "";
+      if (col.render) col.render(td, record);
+      else td.textContent = col.get(record) ?? "";
+      if (col.title) td.title = col.title(record) || "";
+    });
+    tr.dataset.version = String(record.version);
+    const label = list.spec.title(record);
+    const actions = cells[cells.length - 1];
+    const edit = $(".row-edit", actions);
+    const del = $(".row-delete", actions);
+    edit.setAttribute("aria-label", `Edit ${list.spec.label} ${label}`);
+    if (!del.classList.contains("confirming")) {
+      del.setAttribute("aria-label", `Delete ${list.spec.label} ${label}`);
+    }
+  }
+
+  function buildRow(record, list) {
+    const tr = el("tr", { dataset: { id: String(record.id), entity: list.key } });
+    for (let i = 0; i < list.spec.columns.length; i++) tr.append(el("td"));
+    const actions = el("td", { className: "col-actions" },
+      el("button", { type: "button", className: "btn btn-small row-edit", text: "Edit" }),
+      el("button", { type: "button", className: "btn btn-small btn-ghost-danger row-delete", text: "Delete" }));
+    tr.append(actions);
+    fillRow(tr, record, list);
+    return tr;
+  }
+
+  function flash(tr) {
+    tr.classList.remove("flash");
+    // Force reflow so the animation restarts.
+    void tr.offsetWidth;
+    tr.classList.add("flash");
+    setTimeout(() => tr.classList.remove("flash"), 2400);
+  }
+
+  function updatePager(list) {
+    const range = $(".pager-range", list.panel);
+    const prev = $('[data-page="prev"]', list.panel);
+    const next = $('[data-page="next"]', list.panel);
+    const shown = list.tbody.children.length;
+    if (list.total === 0) {
+      range.textContent = `0 ${list.spec.labelPlural}`;
+    } else {
+      const first = list.offset + (shown ? 1 : 0);
+      const last = list.offset + shown;
+      range.textContent = `${first.toLocaleString()}–${last.toLocaleString()} of ${list.total.toLocaleString()}`;
+    }
+    prev.disabled = list.offset <= 0;
+    next.disabled = list.offset + PAGE_SIZE >= list.total;
+    $(".table-empty", list.panel).hidden = shown > 0 || !list.loaded;
+    const badge = $(list.spec.countBadge);
+    if (badge) badge.textContent = list.loaded ? list.total.toLocaleString() : "";
+  }
+
+  function updateSortHeaders(list) {
+    const key = list.sort.replace(/^-/, "");
+    const desc = list.sort.startsWith("-");
+    for (const th of $$("th[data-sort]", list.table)) {
+      th.setAttribute("aria-sort", th.dataset.sort === key ? (desc ? "descending" : "ascending") : "none");
+    }
+  }
+
+  async function loadList(list) {
+    const seq = ++list.loading;
+    const params = new URLSearchParams({ limit: String(PAGE_SIZE), offset: String(list.offset), sort: list.sort });
+    if (list.q) params.set("q", list.q);
+    for (const [k, v] of Object.entries(list.filters)) if (v) params.set(k, v);
+    list.table.setAttribute("aria-busy", "true");
+    try {
+      const page = await api("GET", `${list.spec.url}?${params}`);
+      if (seq !== list.loading) return; // a newer request superseded this one
+      if (page.items.length === 0 && page.total > 0 && list.offset > 0) {
+        list.offset = Math.max(0, Math.floor((page.total - 1) / PAGE_SIZE) * PAGE_SIZE);
+        loadList(list);
+        return;
+      }
+      list.total = page.total;
+      list.records.clear();
+      const rows = page.items.map((r) => { list.records.set(r.id, r); return buildRow(r, list); });
+      list.tbody.replaceChildren(...rows);
+      list.loaded = true;
+      updatePager(list);
+      updateSortHeaders(list);
+    } catch (err) {
+      if (seq === list.loading) announce(`Could not load ${list.spec.labelPlural}: ${err.message}`, "error");
+    } finally {
+      if (seq === list.loading) list.table.removeAttribute("aria-busy");
+    }
+  }
+
+  function wireList(list) {
+    const search = $(list.spec.search);
+    const onSearch = debounce(() => {
+      const q = search.value.trim();
+      if (q === list.q) return;
+      list.q = q;
+      list.offset = 0;
+      loadList(list);
+    }, 300);
+    search.addEventListener("input", onSearch);
+    search.addEventListener("keydown", (e) => {
+      if (e.key === "Enter") { e.preventDefault(); list.q = "\u0000"; onSearch(); }
+    });
+
+    $('[data-page="prev"]', list.panel).addEventListener("click", () => {
+      list.offset = Math.max(0, list.offset - PAGE_SIZE);
+      loadList(list);
+    });
+    $('[data-page="next"]', list.panel).addEventListener("click", () => {
+      if (list.offset + PAGE_SIZE < list.total) {
+        list.offset += PAGE_SIZE;
+        loadList(list);
+      }
+    });
+
+    for (const th of $$("th[data-sort]", list.table)) {
+      $("button", th).addEventListener("click", () => {
+        const key = th.dataset.sort;
+        list.sort = list.sort === key ? `-${key}` : key;
+        list.offset = 0;
+        updateSortHeaders(list);
+        loadList(list);
+      });
+    }
+
+    list.tbody.addEventListener("click", (e) => {
+      const button = e.target.closest("button");
+      if (!button) return;
+      const tr = button.closest("tr[data-id]");
+      if (!tr) return;
+      const id = Number(tr.dataset.id);
+      if (button.classList.contains("row-edit")) openEditor(list.key, id);
+      else if (button.classList.contains("row-delete")) askDelete(list, id, button);
+    });
+  }
+
+  // Two-step delete: the first click arms the button, a second one deletes.
+  function askDelete(list, id, button) {
+    const record = list.records.get(id);
+    if (!record) return;
+    if (!button.classList.contains("confirming")) {
+      button.classList.add("confirming");
+      button.textContent = "Confirm delete";
+      button.setAttribute("aria-label", `Confirm: delete ${list.spec.label} ${list.spec.title(record)}`);
+      announce(`Press "Confirm delete" to delete ${list.spec.title(record)}.`);
+      button._disarm = setTimeout(() => disarm(button, list, record), 5000);
+      return;
+    }
+    clearTimeout(button._disarm);
+    disarm(button, list, record);
+    deleteRecord(list, record);
+  }
+
+  function disarm(button, list, record) {
+    button.classList.remove("confirming");
+    button.textContent = "Delete";
+    button.setAttribute("aria-label", `Delete ${list.spec.label} ${list.spec.title(record)}`);
+  }
+
+  async function deleteRecord(list, record) {
+    const tr = rowFor(list, record.id);
+    try {
+      await api("DELETE", `${list.spec.url}/${record.id}?version=${record.version}`);
+      list.records.delete(record.id);
+      if (tr) tr.remove();
+      list.total = Math.max(0, list.total - 1);
+      updatePager(list);
+      announce(`Deleted ${list.spec.label} ${list.spec.title(record)}.`);
+      if (editor.entity === list.key && editor.id === record.id) {
+        showFormNotice("This record has been deleted.", []);
+      }
+    } catch (err) {
+      if (err.status === 409 && err.body && err.body.current) {
+        patchRecord(list, err.body.current);
+        announce(`${list.spec.title(record)} was changed by someone else; the row now shows their version. Delete again if you still want to.`, "error");
+      } else if (err.status === 404) {
+        list.records.delete(record.id);
+        if (tr) tr.remove();
+        list.total = Math.max(0, list.total - 1);
+        updatePager(list);
+        announce(`${list.spec.title(record)} no longer exists.`);
+      } else {
+        announce(`Could not delete ${list.spec.title(record)}: ${err.message}`, "error");
+      }
+    }
+  }
+
+  function rowFor(list, id) {
+    return list.tbody.querySelector(`tr[data-id="${Number(id)}"]`);
+  }
+
+  // Replace the cells of a row in place, if it is on screen.
+  function patchRecord(list, record, highlight = true) {
+    const tr = rowFor(list, record.id);
+    if (!tr) return false;
+    list.records.set(record.id, record);
+    fillRow(tr, record, list);
+    if (highlight) flash(tr);
+    return true;
+  }
+
+  // ---------------------------------------------------------------- tabs
+
+  const tabs = { customer: $("#show-customers"), policy: $("#show-policies") };
+  let activeTab = "customer";
+
+  function showTab(key, focus = false) {
+    activeTab = key;
+    for (const [k, tab] of Object.entries(tabs)) {
+      const on = k === key;
+      tab.setAttribute("aria-selected", on ? "true" : "false");
+      tab.tabIndex = on ? 0 : -1;
+      lists[k].panel.hidden = !on;
+    }
+    if (focus) tabs[key].focus();
+    if (!lists[key].loaded) loadList(lists[key]);
+  }
+
+  tabs.customer.addEventListener("click", () => showTab("customer"));
+  tabs.policy.addEventListener("click", () => showTab("policy"));
+  for (const tab of Object.values(tabs)) {
+    tab.addEventListener("keydown", (e) => {
+      if (["ArrowLeft", "ArrowRight", "Home", "End"].includes(e.key)) {
+        e.preventDefault();
+        showTab(activeTab === "customer" ? "policy" : "customer", true);
+      }
+    });
+  }
+
+  // ---------------------------------------------------------------- editor
+
+  const drawer = $("#editor");
+  const form = $("#record-form");
+  const formNotice = $("#form-notice");
+  const formError = $("#form-error");
+  const editorTitle = $("#editor-title");
+  const formVersion = $("#form-version");
+  const saveButton = $("#save-record");
+
+  // entity, id (null when creating), version and the values it was loaded with.
+  const editor = { entity: null, id: null, version: null, loaded: null, saving: false, opener: null, seq: 0 };
+
+  function input(name) {
+    return form.elements.namedItem(name);
+  }
+
+  function valueForInput(record, name) {
+    const v = record ? record[name] : null;
+    if (v === null || v === undefined) return "";
+    return String(v);
+  }
+
+  function setFormValues(record) {
+    const spec = ENTITIES[editor.entity];
+    for (const name of spec.fields) {
+      const field = input(name);
+      if (field) field.value = valueForInput(record, name);
+    }
+    if (editor.entity === "policy") describeCustomer(record);
+  }
+
+  function formValues() {
+    const spec = ENTITIES[editor.entity];
+    const out = {};
+    for (const name of spec.fields) {
+      const field = input(name);
+      if (field) out[name] = field.value;
+    }
+    return out;
+  }
+
+  function toPayload(values) {
+    const spec = ENTITIES[editor.entity];
+    const out = {};
+    for (const [name, raw] of Object.entries(values)) {
+      let v = typeof raw === "string" && name !== "notes" ? raw.trim() : raw;
+      if (spec.nullable.includes(name) && v === "") v = null;
+      if (name === "customer_id") v = v === "" ? null : Number(v);
+      if (name === "premium") v = v.replace(/[$,\s]/g, "");
+      out[name] = v;
+    }
+    return out;
+  }
+
+  function isDirty() {
+    if (!editor.entity) return false;
+    const now = formValues();
+    const base = editor.loaded || {};
+    return Object.keys(now).some((k) => now[k] !== valueForInput(base, k));
+  }
+
+  function clearErrors() {
+    for (const p of $$(".field-error", form)) p.textContent = "";
+    for (const i of $$("[aria-invalid]", form)) i.removeAttribute("aria-invalid");
+    formError.hidden = true;
+    formError.textContent = "";
+  }
+
+  function clearFormNotice() {
+    formNotice.hidden = true;
+    formNotice.replaceChildren();
+    delete formNotice.dataset.kind;
+  }
+
+  // A notice at the top of the form with optional action buttons.
+  function showFormNotice(text, actions, kind = "warning") {
+    formNotice.replaceChildren(el("p", { text }));
+    if (actions.length) {
+      const bar = el("div", { className: "notice-actions" });
+      for (const a of actions) {
+        const b = el("button", { type: "button", className: `btn btn-small${a.primary ? " btn-primary" : ""}`, id: a.id, text: a.label });
+        b.addEventListener("click", a.run);
+        bar.append(b);
+      }
+      formNotice.append(bar);
+    }
+    formNotice.dataset.kind = kind;
+    formNotice.hidden = false;
+  }
+
+  function setVersion(record) {
+    editor.version = record ? record.version : null;
+    formVersion.textContent = record ? `Version ${record.version}` : "";
+  }
+
+  function openDrawer() {
+    editor.opener = document.activeElement;
+    drawer.hidden = false;
+    document.body.classList.add("editing");
+  }
+
+  function closeEditor() {
+    drawer.hidden = true;
+    document.body.classList.remove("editing");
+    editor.entity = null;
+    editor.id = null;
+    editor.loaded = null;
+    editor.seq++;
+    clearFormNotice();
+    clearErrors();
+    if (editor.opener && document.contains(editor.opener)) editor.opener.focus();
+  }
+
+  function prepareForm(entity) {
+    editor.entity = entity;
+    for (const [key, spec] of Object.entries(ENTITIES)) {
+      const fs = $(spec.fieldset);
+      const on = key === entity;
+      fs.hidden = !on;
+      fs.disabled = !on;
+    }
+    clearErrors();
+    clearFormNotice();
+  }
+
+  function firstInput() {
+    return $(`${ENTITIES[editor.entity].fieldset} input, ${ENTITIES[editor.entity].fieldset} select`);
+  }
+
+  function openCreate(entity) {
+    openDrawer();
+    prepareForm(entity);
+    editor.id = null;
+    editor.seq++;
+    const blank = {};
+    if (entity === "policy") {
+      const today = new Date();
+      const iso = (d) => `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, "0")}-${String(d.getDate()).padStart(2, "0")}`;
+      const next = new Date(today); next.setFullYear(today.getFullYear() + 1);
+      Object.assign(blank, { status: "active", line_of_business: input("line_of_business").options[0].value,
+        effective_date: iso(today), expiration_date: iso(next) });
+    }
+    editor.loaded = blank;
+    setVersion(null);
+    setFormValues(blank);
+    editorTitle.textContent = `New ${ENTITIES[entity].label}`;
+    saveButton.textContent = `Create ${ENTITIES[entity].label}`;
+    firstInput().focus();
+  }
+
+  async function openEditor(entity, id) {
+    const list = lists[entity];
+    const cached = list.records.get(id);
+    openDrawer();
+    prepareForm(entity);
+    editor.id = id;
+    const seq = ++editor.seq;
+    editorTitle.textContent = `Edit ${ENTITIES[entity].label}${cached ? ` ${ENTITIES[entity].title(cached)}` : ""}`;
+    saveButton.textContent = "Save changes";
+    if (cached) {
+      editor.loaded = cached;
+      setVersion(cached);
+      setFormValues(cached);
+    }
+    firstInput().focus();
+    // Make sure the form holds the latest version; don't overwrite typing.
+    try {
+      const fresh = await api("GET", `${ENTITIES[entity].url}/${id}`);
+      if (seq !== editor.seq) return;
+      patchRecord(list, fresh, false);
+      if (!cached || (!isDirty() && fresh.version !== editor.version)) {
+        loadIntoForm(fresh);
+      } else if (fresh.version !== editor.version) {
+        offerReload(fresh, "This record was changed by someone else.");
+      }
+    } catch (err) {
+      if (seq !== editor.seq) return;
+      if (err.status === 404) showFormNotice("This record no longer exists.", []);
+      else if (!cached) showFormNotice(`Could not load the record: ${err.message}`, [], "error");
+    }
+  }
+
+  function loadIntoForm(record) {
+    editor.loaded = record;
+    setVersion(record);
+    setFormValues(record);
+    clearErrors();
+    clearFormNotice();
+    editorTitle.textContent = `Edit ${ENTITIES[editor.entity].label} ${ENTITIES[editor.entity].title(record)}`;
+  }
+
+  // Someone else changed the record: keep what was typed, let the user choose.
+  function offerReload(current, text, stale = false) {
+    const actions = [
+      { id: "reload-record", label: stale ? "Load their version" : "Reload this record", primary: true,
+        run: () => { loadIntoForm(current); announce("Loaded the latest version."); firstInput().focus(); } },
+    ];
+    if (stale) {
+      actions.push({ id: "keep-mine", label: "Keep my changes",
+        run: () => {
+          // Keep the fields this user edited; take everything else from their version.
+          const original = editor.loaded || {};
+          const now = formValues();
+          for (const name of ENTITIES[editor.entity].fields) {
+            if (now[name] === valueForInput(original, name)) input(name).value = valueForInput(current, name);
+          }
+          if (editor.entity === "policy" && String(current.customer_id) === input("customer_id").value) describeCustomer(current);
+          editor.loaded = current;
+          setVersion(current);
+          clearFormNotice();
+          showFormNotice("Your edits are kept on top of their version. Save to apply them.", [], "info");
+        } });
+    }
+    editor.pending = current;
+    showFormNotice(text, actions);
+  }
+
+  function showFieldErrors(detail) {
+    const general = [];
+    for (const d of detail) {
+      let field = d.field;
+      if (!field && Array.isArray(d.loc)) field = d.loc.slice(1).join(".");
+      const target = field && $(`#err-${CSS.escape(field)}`, form);
+      const fieldInput = field && input(field);
+      const msg = String(d.msg || "invalid").replace(/^(Value|Assertion) error, /, "");
+      if (target && fieldInput && !fieldInput.disabled) {
+        target.textContent = target.textContent ? `${target.textContent} ${msg}` : msg;
+        fieldInput.setAttribute("aria-invalid", "true");
+      } else {
+        general.push(field ? `${field.replace(/_/g, " ")}: ${msg}` : msg);
+      }
+    }
+    if (general.length) {
+      formError.textContent = general.join(" ");
+      formError.hidden = false;
+    }
+    const bad = $("[aria-invalid]", form);
+    if (bad) bad.focus();
+  }
+
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    if (editor.saving || !editor.entity) return;
+    const entity = editor.entity;
+    const spec = ENTITIES[entity];
+    const list = lists[entity];
+    const values = toPayload(formValues());
+    let method = "POST";
+    let url = spec.url;
+    let body = values;
+    if (editor.id !== null) {
+      const base = toPayload(Object.fromEntries(spec.fields.map((k) => [k, valueForInput(editor.loaded, k)])));
+      body = { version: editor.version };
+      for (const [k, v] of Object.entries(values)) if (v !== base[k]) body[k] = v;
+      method = "PATCH";
+      url = `${spec.url}/${editor.id}`;
+      if (Object.keys(body).length === 1) {
+        announce("Nothing changed.");
+        closeEditor();
+        return;
+      }
+    }
+    clearErrors();
+    editor.saving = true;
+    saveButton.setAttribute("aria-busy", "true");
+    const seq = editor.seq;
+    try {
+      const saved = await api(method, url, body);
+      if (seq !== editor.seq) return;
+      if (method === "POST") {
+        list.records.set(saved.id, saved);
+        const tr = buildRow(saved, list);
+        list.tbody.prepend(tr);
+        list.total += 1;
+        updatePager(list);
+        flash(tr);
+        announce(`Created ${spec.label} ${spec.title(saved)}.`);
+      } else {
+        patchRecord(list, saved);
+        announce(`Saved ${spec.label} ${spec.title(saved)}.`);
+      }
+      closeEditor();
+    } catch (err) {
+      if (seq !== editor.seq) return;
+      if (err.status === 422 && err.body && Array.isArray(err.body.detail)) {
+        showFieldErrors(err.body.detail);
+      } else if (err.status === 409 && err.body && err.body.current) {
+        patchRecord(list, err.body.current);
+        offerReload(err.body.current, "This record was changed by someone else. Your changes are not saved yet.", true);
+      } else if (err.status === 404) {
+        showFormNotice("This record no longer exists; it may have been deleted.", [], "error");
+      } else {
+        formError.textContent = `Not saved: ${err.message}`;
+        formError.hidden = false;
+      }
+    } finally {
+      editor.saving = false;
+      saveButton.removeAttribute("aria-busy");
+    }
+  });
+
+  $("#close-editor").addEventListener("click", closeEditor);
+  $("#cancel-edit").addEventListener("click", closeEditor);
+  drawer.addEventListener("keydown", (e) => {
+    if (e.key === "Escape") { e.preventDefault(); closeEditor(); }
+  });
+  $("#new-customer").addEventListener("click", () => openCreate("customer"));
+  $("#new-policy").addEventListener("click", () => openCreate("policy"));
+
+  // Customer lookup for policies: a datalist fed by the customers API.
+  const lookup = $("#customer-lookup");
+  const lookupOptions = $("#customer-options");
+  const picked = $("#customer-picked");
+  const customerNames = new Map();
+
+  function describeCustomer(record) {
+    lookup.value = "";
+    const id = record && record.customer_id;
+    if (id && record.customer) customerNames.set(Number(id), record.customer);
+    picked.textContent = id ? `Customer: ${customerNames.get(Number(id)) || `#${id}`}` : "";
+  }
+
+  const runLookup = debounce(async () => {
+    const q = lookup.value.trim();
+    if (q.length < 2 || /#\d+\)$/.test(q)) return;
+    try {
+      const page = await api("GET", `/api/customers?${new URLSearchParams({ q, limit: "20" })}`);
+      lookupOptions.replaceChildren(...page.items.map((c) => {
+        customerNames.set(c.id, c.name);
+        return el("option", { value: `${c.name}${c.city ? ` · ${c.city}` : ""} (#${c.id})` });
+      }));
+    } catch (err) { /* the lookup is a convenience; typing an id still works */ }
+  }, 250);
+  lookup.addEventListener("input", () => {
+    const m = /\(#(\d+)\)$/.exec(lookup.value);
+    if (m) {
+      input("customer_id").value = m[1];
+      picked.textContent = `Customer: ${customerNames.get(Number(m[1])) || `#${m[1]}`}`;
+    } else {
+      runLookup();
+    }
+  });
+  input("customer_id").addEventListener("input", () => {
+    const id = Number(input("customer_id").value);
+    picked.textContent = id ? `Customer: ${customerNames.get(id) || `#${id}`}` : "";
+  });
+
+  // ---------------------------------------------------------------- sync
+
+  const syncMessage = $("#sync-message");
+  const activeList = $("#active-jobs");
+  const recentList = $("#recent-jobs");
+  const jobEls = new Map();    // job id -> <li>
+  const seenState = new Map(); // job id -> last state seen
+  let firstStatus = true;
+
+  const KIND = { to_sheet: "Sync to sheet", from_sheet: "Sync from sheet" };
+  const STATE_WORDS = {
+    queued: "Queued", running: "Running", succeeded: "Done", failed: "Failed", cancelled: "Cancelled",
+  };
+  const COUNT_WORDS = [
+    ["written_cells", "cell written", "cells written"],
+    ["appended", "row appended", "rows appended"],
+    ["updated_rows", "row updated in the sheet", "rows updated in the sheet"],
+    ["created", "record created", "records created"],
+    ["updated", "record updated", "records updated"],
+    ["deleted", "row deleted", "rows deleted"],
+    ["conflicts", "conflict", "conflicts"],
+    ["errors", "error", "errors"],
+    ["pending_import", "sheet edit waiting for import", "sheet edits waiting for import"],
+    ["pending_export", "app change waiting for export", "app changes waiting for export"],
+    ["deleted_in_sheet", "row deleted in the sheet", "rows deleted in the sheet"],
+    ["deleted_in_app", "record deleted in the app", "records deleted in the app"],
+    ["readonly", "read-only column edit ignored", "read-only column edits ignored"],
+  ];
+  const SKIP_COUNTS = new Set(["unchanged", "issues"]);
+
+  function summaryWords(summary) {
+    if (!summary) return "";
+    const parts = [];
+    const known = new Set();
+    for (const [key, one, many] of COUNT_WORDS) {
+      known.add(key);
+      const n = Number(summary[key] || 0);
+      if (n > 0) parts.push(plural(n, one, many));
+    }
+    for (const [key, value] of Object.entries(summary)) {
+      const n = Number(value || 0);
+      if (!known.has(key) && !SKIP_COUNTS.has(key) && n > 0) parts.push(`${n.toLocaleString()} ${key.replace(/_/g, " ")}`);
+    }
+    const unchanged = Number(summary.unchanged || 0);
+    if (!parts.length) return unchanged ? `No changes (${plural(unchanged, "record")} already in sync)` : "No changes";
+    return parts.join(", ");
+  }
+
+  function canonical(v) {
+    if (v === null || v === undefined || v === "") return "(empty)";
+    return typeof v === "object" ? JSON.stringify(v) : String(v);
+  }
+
+  function issuesDetails(result) {
+    const tabsData = (result && result.tabs) || {};
+    const rows = [];
+    for (const [tab, data] of Object.entries(tabsData)) {
+      for (const c of (data && data.conflicts) || []) {
+        rows.push([tab, c.row, c.column, `Conflict: app has ${canonical(c.app)}, sheet has ${canonical(c.sheet)} (was ${canonical(c.base)})`, "conflict"]);
+      }
+      for (const i of (data && data.issues) || []) {
+        if (i.kind === "conflict") continue; // already listed with values above
+        const value = i.value !== null && i.value !== undefined && i.value !== "" ? ` (value: ${i.value})` : "";
+        rows.push([i.tab || tab, i.row, i.column, `${i.reason}${value}`, i.kind || "error"]);
+      }
+    }
+    if (!rows.length) return null;
+    const items = rows.map(([tab, row, column, reason, kind]) => {
+      const where = [tab, row !== null && row !== undefined ? `row ${row}` : null, column].filter(Boolean).join(" · ");
+      return el("li", { dataset: { kind } },
+        el("span", { className: "issue-where", text: where }),
+        el("span", { className: "issue-reason", text: reason }));
+    });
+    return el("details", { className: "job-issues" },
+      el("summary", { text: `Show ${plural(rows.length, "row-level issue")}` }),
+      el("ul", { className: "issues-list" }, ...items));
+  }
+
+  function progressLine(job) {
+    const p = job.progress;
+    if (!p || !p.phase) return null;
+    const wrap = el("div", { className: "job-progress" });
+    const total = Number(p.total || 0);
+    const done = Number(p.done || 0);
+    const label = total > 0 ? `${p.phase}: ${done.toLocaleString()} of ${total.toLocaleString()}` : `${p.phase}…`;
+    const id = `job-${job.id}-progress`;
+    wrap.append(el("span", { id, text: label[0].toUpperCase() + label.slice(1) }));
+    if (total > 0) wrap.append(el("progress", { max: String(total), value: String(Math.min(done, total)), "aria-labelledby": id }));
+    return wrap;
+  }
+
+  function waitingLine(job) {
+    const bits = [];
+    if (job.position) bits.push(`position ${job.position}`);
+    if (job.waiting_for) bits.push(`waiting for ${job.waiting_for}`);
+    if (job.attempts > 0 && job.run_after && new Date(job.run_after) > new Date()) {
+      bits.push(`retry ${job.attempts + 1} at ${fmtDateTime(job.run_after)}`);
+    }
+    return bits.length ? el("p", { className: "job-line", text: bits.join(" · ") }) : null;
+  }
+
+  function jobSignature(job) {
+    return JSON.stringify([job.state, job.position, job.waiting_for, job.attempts, job.progress,
+      job.error, job.cancel_requested, job.finished_at, job.run_after]);
+  }
+
+  function renderJob(li, job) {
+    li.dataset.jobId = String(job.id);
+    li.dataset.state = job.state;
+    li.dataset.kind = job.kind;
+    const sig = jobSignature(job);
+    if (li.dataset.sig === sig) return;
+    li.dataset.sig = sig;
+    const stateBadge = el("span", { className: `job-state state-${job.state}`, text: STATE_WORDS[job.state] || job.state });
+    const head = el("div", { className: "job-head" },
+      el("span", { className: "job-title" }, el("span", { text: KIND[job.kind] || job.kind }), " ", el("span", { className: "muted", text: `#${job.id}` })),
+      stateBadge);
+    const body = [head];
+    if (job.state === "queued" || job.state === "running") {
+      const wait = waitingLine(job);
+      if (wait) body.push(wait);
+      if (job.state === "running") {
+        const prog = progressLine(job);
+        body.push(prog || el("p", { className: "job-line", text: "Starting…" }));
+      }
+      if (job.cancel_requested) {
+        body.push(el("p", { className: "job-line", text: "Stopping at the next safe point…" }));
+      } else {
+        const cancel = el("button", { type: "button", className: "btn btn-small job-cancel",
+          text: job.state === "queued" ? "Cancel" : "Stop",
+          "aria-label": `${job.state === "queued" ? "Cancel" : "Stop"} ${KIND[job.kind] || job.kind} #${job.id}` });
+        cancel.dataset.cancelJob = String(job.id);
+        body.push(el("div", { className: "job-actions" }, cancel));
+      }
+    } else {
+      const when = job.finished_at ? `Finished ${fmtDateTime(job.finished_at)}` : "";
+      if (when) body.push(el("p", { className: "job-line muted", text: when }));
+      if (job.state === "succeeded" && job.result) {
+        body.push(el("p", { className: "job-summary", text: summaryWords(job.result.summary) }));
+      }
+      if (job.state === "failed" && job.error) {
+        body.push(el("p", { className: "job-error", text: job.error }));
+      }
+      if (job.state === "cancelled") {
+        body.push(el("p", { className: "job-line", text: job.started_at ? "Stopped before finishing." : "Cancelled before it started." }));
+      }
+      if (job.result) {
+        const details = issuesDetails(job.result);
+        if (details) {
+          // Keep an open issue list open across updates.
+          const wasOpen = li.querySelector("details.job-issues[open]");
+          if (wasOpen) details.open = true;
+          body.push(details);
+        }
+      }
+    }
+    li.replaceChildren(...body);
+  }
+
+  function jobEl(job) {
+    let li = jobEls.get(job.id);
+    if (!li) {
+      li = el("li", { className: "job" });
+      jobEls.set(job.id, li);
+    }
+    renderJob(li, job);
+    return li;
+  }
+
+  function placeJobs(list, jobs) {
+    const wanted = jobs.map(jobEl);
+    // Reorder with minimal DOM moves so focus inside a job is kept.
+    wanted.forEach((li, i) => {
+      if (list.children[i] !== li) list.insertBefore(li, list.children[i] || null);
+    });
+    while (list.children.length > wanted.length) list.lastElementChild.remove();
+  }
+
+  function renderStatus(status) {
+    const active = [...(status.running || []), ...(status.queued || [])];
+    const recent = status.recent || [];
+    const ids = new Set([...active, ...recent].map((j) => j.id));
+    placeJobs(activeList, active);
+    placeJobs(recentList, recent);
+    for (const id of Array.from(jobEls.keys())) if (!ids.has(id)) { jobEls.get(id).remove(); jobEls.delete(id); }
+    $("#no-active-jobs").hidden = active.length > 0;
+    $("#no-recent-jobs").hidden = recent.length > 0;
+    return active.length > 0;
+  }
+
+  function noticeTransitions(status) {
+    const all = [...(status.running || []), ...(status.queued || []), ...(status.recent || [])];
+    for (const job of all) {
+      const before = seenState.get(job.id);
+      seenState.set(job.id, job.state);
+      if (firstStatus || before === job.state) continue;
+      if (job.state === "succeeded" && job.kind === "from_sheet") {
+        silentRefresh(job).catch((err) => announce(`Could not refresh imported rows: ${err.message}`, "error"));
+      }
+      if (before !== undefined || ["succeeded", "failed", "cancelled"].includes(job.state)) {
+        if (job.state === "succeeded") announce(`${KIND[job.kind]} #${job.id} finished: ${summaryWords(job.result && job.result.summary)}.`);
+        else if (job.state === "failed") announce(`${KIND[job.kind]} #${job.id} failed: ${job.error || "unknown error"}`, "error");
+      }
+    }
+    firstStatus = false;
+  }
+
+  // Polling: one request at a time, a setTimeout chain, fast while busy.
+  const poll = { timer: null, inflight: false, again: false };
+
+  function schedulePoll(ms) {
+    clearTimeout(poll.timer);
+    poll.timer = setTimeout(pollStatus, ms);
+  }
+
+  function pollSoon() {
+    if (poll.inflight) poll.again = true;
+    else schedulePoll(0);
+  }
+
+  async function pollStatus() {
+    poll.timer = null;
+    if (poll.inflight) return;
+    poll.inflight = true;
+    let delay = POLL_IDLE_MS;
+    try {
+      const status = await api("GET", "/api/insurance/sync/status");
+      const busy = renderStatus(status);
+      noticeTransitions(status);
+      delay = busy ? POLL_ACTIVE_MS : POLL_IDLE_MS;
+    } catch (err) {
+      delay = POLL_ERROR_MS;
+    } finally {
+      poll.inflight = false;
+      if (poll.again) { poll.again = false; delay = 0; }
+      schedulePoll(delay);
+    }
+  }
+
+  let lastQueuedId = 0;
+
+  async function startSync(button) {
+    const kind = button.dataset.kind; // "to-sheet" | "from-sheet"
+    try {
+      const res = await api("POST", `/api/insurance/sync/${kind}`);
+      // Answers may arrive out of order: show the newest job's position.
+      if (res.job_id >= lastQueuedId) {
+        lastQueuedId = res.job_id;
+        syncMessage.textContent = `Sync queued (position ${res.position})`;
+        syncMessage.dataset.kind = "ok";
+      }
+      // Show the job right away; the next poll fills in the details.
+      if (!jobEls.has(res.job_id)) {
+        const job = { id: res.job_id, kind: kind.replace("-", "_"), state: "queued", position: res.position,
+          waiting_for: null, attempts: 0, progress: null, result: null, error: null };
+        seenState.set(job.id, "queued");
+        activeList.append(jobEl(job));
+        $("#no-active-jobs").hidden = true;
+      }
+      pollSoon();
+    } catch (err) {
+      syncMessage.textContent = `Could not queue the sync: ${err.message}`;
+      syncMessage.dataset.kind = "error";
+    }
+  }
+
+  $("#sync-to-sheet").addEventListener("click", (e) => startSync(e.currentTarget));
+  $("#sync-from-sheet").addEventListener("click", (e) => startSync(e.currentTarget));
+
+  $("#jobs").addEventListener("click", async (e) => {
+    const button = e.target.closest("button.job-cancel");
+    if (!button) return;
+    const id = Number(button.dataset.cancelJob);
+    button.disabled = true;
+    try {
+      const job = await api("POST", `/api/insurance/sync/jobs/${id}/cancel`);
+      const li = jobEls.get(id);
+      if (li) renderJob(li, job);
+      announce(job.state === "cancelled" ? `Sync #${id} cancelled.` : `Sync #${id} will stop at the next safe point.`);
+    } catch (err) {
+      button.disabled = false;
+      announce(`Could not cancel sync #${id}: ${err.message}`, "error");
+    }
+    pollSoon();
+  });
+
+  // ---------------------------------------------------------------- silent refresh
+
+  async function fetchByIds(entity, ids) {
+    const out = [];
+    const unique = Array.from(new Set(ids.map(Number))).filter((n) => Number.isInteger(n) && n > 0);
+    for (let i = 0; i < unique.length; i += BATCH) {
+      const chunk = unique.slice(i, i + BATCH);
+      const params = new URLSearchParams({ ids: chunk.join(","), limit: String(chunk.length), offset: "0" });
+      const page = await api("GET", `${ENTITIES[entity].url}?${params}`);
+      out.push(...page.items);
+    }
+    return out;
+  }
+
+  async function silentRefresh(job) {
+    const changed = (job.result && job.result.changed) || {};
+    const changedCustomers = (changed.customer || []).map(Number);
+    const changedPolicies = (changed.policy || []).map(Number);
+    if (!changedCustomers.length && !changedPolicies.length) return;
+
+    // Only what is on screen (or open in the form) needs fetching.
+    const wanted = { customer: new Set(), policy: new Set() };
+    for (const id of changedCustomers) {
+      if (lists.customer.records.has(id)) wanted.customer.add(id);
+    }
+    for (const id of changedPolicies) {
+      if (lists.policy.records.has(id)) wanted.policy.add(id);
+    }
+    // A renamed customer shows up in the Customer column of policies.
+    const changedCustomerSet = new Set(changedCustomers);
+    for (const p of lists.policy.records.values()) {
+      if (changedCustomerSet.has(p.customer_id)) wanted.policy.add(p.id);
+    }
+    if (editor.entity && editor.id !== null) {
+      const set = editor.entity === "customer" ? changedCustomerSet : new Set(changedPolicies);
+      if (set.has(editor.id)) wanted[editor.entity].add(editor.id);
+    }
+
+    let patched = 0;
+    for (const entity of ["customer", "policy"]) {
+      if (!wanted[entity].size) continue;
+      const records = await fetchByIds(entity, Array.from(wanted[entity]));
+      for (const record of records) {
+        const old = lists[entity].records.get(record.id);
+        if (!old || old.version !== record.version || old.customer !== record.customer) {
+          if (patchRecord(lists[entity], record)) patched++;
+        }
+        if (editor.entity === entity && editor.id === record.id && record.version !== editor.version) {
+          offerReload(record, "This record was changed by a sheet import.");
+        }
+      }
+    }
+    const parts = [];
+    if (changedCustomers.length) parts.push(plural(changedCustomers.length, "customer"));
+    if (changedPolicies.length) parts.push(plural(changedPolicies.length, "policy", "policies"));
+    announce(`Sheet import changed ${parts.join(" and ")}${patched ? `; ${plural(patched, "row")} on screen updated` : ""}.`);
+  }
+
+  // ---------------------------------------------------------------- start
+
+  for (const list of Object.values(lists)) wireList(list);
+  const statusFilter = $("#policy-status-filter");
+  const lineFilter = $("#policy-line-filter");
+  const onFilter = () => {
+    lists.policy.filters = { status: statusFilter.value, line_of_business: lineFilter.value };
+    lists.policy.offset = 0;
+    loadList(lists.policy);
+  };
+  statusFilter.addEventListener("change", onFilter);
+  lineFilter.addEventListener("change", onFilter);
+
+  showTab("customer");
+  // Load the other table too, so that silent refresh has rows to patch.
+  loadList(lists.policy);
+  pollStatus();
+
+  // Expose a tiny hook for debugging in the console (no data, just state).
+  window.sheetbridge = { lists, editor, pollSoon };
+})();

@@ -1,0 +1,88 @@
+"""The dashboard in a real browser: sync in the background while editing."""
+
+from __future__ import annotations
+
+import pytest
+from openpyxl import load_workbook
+from playwright.sync_api import Browser, Page, expect
+
+from sheetbridge.config import Settings
+from sheetbridge.insurance.sync_jobs import TO_SHEET
+from sheetbridge.web.deps import Runtime
+from tests.browser.conftest import sign_in
+from tests.insurance.test_workbook_sync import run_sync, workbook_path
+from tests.support.server import live_server
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return settings.model_copy(update={"sheet_latency_ms": 700})
+
+
+def mark_page(page: Page) -> None:
+    page.evaluate("window.__sameDocument = 'still here'")
+
+
+def assert_not_reloaded(page: Page) -> None:
+    assert page.evaluate("window.__sameDocument") == "still here"
+
+
+def test_policy_edited_while_sync_runs_and_result_appears_without_reload(
+    browser: Browser, runtime: Runtime
+) -> None:
+    with live_server(runtime) as url:
+        page = sign_in(browser, url, "alice")
+        mark_page(page)
+        page.click("#show-policies")
+        row = page.locator("#policies-table tr[data-id]").first
+        row.wait_for()
+        policy_id = row.get_attribute("data-id")
+
+        page.click("#sync-to-sheet")
+        expect(page.locator("#sync-message")).to_contain_text("queued")
+        expect(page.locator("#jobs [data-state=running]")).to_have_count(1)
+
+        row.get_by_role("button", name="Edit").click()
+        page.fill("#record-form [name=carrier]", "Edited During Sync Mutual")
+        page.click("#save-record")
+        expect(
+            page.locator(f"#policies-table tr[data-id='{policy_id}']")
+        ).to_contain_text("Edited During Sync Mutual")
+
+        expect(page.locator("#jobs [data-state=succeeded]").first).to_be_visible(
+            timeout=30_000
+        )
+        assert_not_reloaded(page)
+        page.close()
+
+
+def test_sync_from_sheet_patches_changed_rows_in_place(
+    browser: Browser, runtime: Runtime
+) -> None:
+    run_sync(runtime, "alice", TO_SHEET)
+    path = workbook_path(runtime, "alice")
+    with live_server(runtime) as url:
+        page = sign_in(browser, url, "alice")
+        mark_page(page)
+        first = page.locator("#customers-table tr[data-id]").first
+        customer_id = int(first.get_attribute("data-id") or 0)
+
+        book = load_workbook(path)
+        sheet = book["Customers"]
+        header = {cell.value: cell.column for cell in sheet[1]}
+        row = next(
+            r
+            for r in range(2, sheet.max_row + 1)
+            if sheet.cell(r, 1).value == customer_id
+        )
+        sheet.cell(row, header["City"]).value = "Patched From Sheet"
+        book.save(path)
+
+        page.click("#sync-from-sheet")
+        expect(
+            page.locator(f"#customers-table tr[data-id='{customer_id}']")
+        ).to_contain_text("Patched From Sheet", timeout=30_000)
+        assert_not_reloaded(page)
+        page.close()
