@@ -151,19 +151,7 @@ class SyncService:
                 self._store_snapshots(
                     session, target.id, mapping, plan.snapshots, plan.drop_snapshots
                 )
-        return {
-            "direction": TO_SHEET,
-            "workbook": backend.location,
-            "tabs": {
-                tab: {
-                    "counts": plan.counts,
-                    "issues": _issues(plan.issues),
-                    "conflicts": [asdict(c) for c in plan.conflicts],
-                }
-                for tab, plan in plans.items()
-            },
-            "summary": _summary(plans),
-        }
+        return _report(TO_SHEET, backend, plans)
 
     def from_sheet(self, context: JobContext) -> dict[str, Any]:
         target, user = self._load(context)
@@ -200,20 +188,7 @@ class SyncService:
                 # transaction while this one holds the SQLite write lock.
                 with _sheet_errors():
                     backend.write(writes, expected_version=_version(tabs))
-        return {
-            "direction": FROM_SHEET,
-            "workbook": backend.location,
-            "tabs": {
-                tab: {
-                    "counts": plan.counts,
-                    "issues": _issues(plan.issues),
-                    "conflicts": [asdict(c) for c in plan.conflicts],
-                }
-                for tab, plan in plans.items()
-            },
-            "changed": changed,
-            "summary": _summary(plans),
-        }
+        return {**_report(FROM_SHEET, backend, plans), "changed": changed}
 
     # -- loading and storing --------------------------------------------------
 
@@ -441,8 +416,23 @@ def _size(changes: TabChanges) -> int:
     return len(changes.cells) + len(changes.append) + len(changes.delete_rows)
 
 
-def _issues(issues: list[Issue]) -> list[dict[str, Any]]:
-    return [asdict(issue) for issue in issues[:MAX_REPORTED_ISSUES]]
+def _report(
+    direction: str, backend: SheetBackend, plans: dict[str, Any]
+) -> dict[str, Any]:
+    """A job's result: counts, row-level issues and conflicts per tab."""
+    return {
+        "direction": direction,
+        "workbook": backend.location,
+        "tabs": {
+            tab: {
+                "counts": plan.counts,
+                "issues": [asdict(i) for i in plan.issues[:MAX_REPORTED_ISSUES]],
+                "conflicts": [asdict(c) for c in plan.conflicts],
+            }
+            for tab, plan in plans.items()
+        },
+        "summary": _summary(plans),
+    }
 
 
 def _summary(plans: dict[str, Any]) -> dict[str, int]:
