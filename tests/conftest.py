@@ -7,13 +7,15 @@ to a PostgreSQL URL it runs every database test there instead.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, make_url, select, text
 
 from sheetbridge.config import Settings
 from sheetbridge.db import Base, Database, load_models
@@ -43,15 +45,26 @@ def postgres_url() -> str | None:
     return url
 
 
-def reset_postgres(url: str) -> None:
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
-    database = Database(url)
+@contextmanager
+def private_database(url: str) -> Iterator[str]:
+    """A new database on the server of ``url``, migrated, and dropped afterwards.
+
+    Every test run gets its own, so runs side by side never share tables.
+    """
+    name = f"sheetbridge_test_{os.getpid()}_{secrets.token_hex(4)}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    private = make_url(url).set(database=name).render_as_string(hide_password=False)
+    database = Database(private)
     database.upgrade()
     database.dispose()
+    try:
+        yield private
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 def truncate_all(database: Database) -> None:
@@ -62,17 +75,18 @@ def truncate_all(database: Database) -> None:
 
 
 @pytest.fixture(scope="session")
-def database_template(tmp_path_factory: pytest.TempPathFactory) -> str:
+def database_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A migrated database: a PostgreSQL URL, or the path of a SQLite file."""
     url = os.environ.get("SHEETBRIDGE_TEST_DATABASE_URL")
     if url:
-        reset_postgres(url)
-        return url
+        with private_database(url) as private:
+            yield private
+        return
     path = tmp_path_factory.mktemp("template") / "template.db"
     database = Database(f"sqlite:///{path}")
     database.upgrade()
     database.dispose()
-    return str(path)
+    yield str(path)
 
 
 @pytest.fixture
@@ -100,8 +114,8 @@ def pg_url() -> Iterator[str]:
     url = postgres_url()
     if url is None:
         pytest.skip("PostgreSQL is not reachable (see the message above)")
-    reset_postgres(url)
-    yield url
+    with private_database(url) as private:
+        yield private
 
 
 @pytest.fixture
