@@ -21,7 +21,14 @@ def test_every_api_endpoint_needs_auth_but_health_does_not(client: TestClient) -
     assert client.get("/api/insurance/sync/status").status_code == 401
     assert client.get("/healthz").status_code == 200
     assert client.get("/readyz").json() == {"status": "ready"}
+    assert client.get("/metrics").status_code == 401
     assert client.get("/", follow_redirects=False).headers["location"] == "/login"
+
+
+def test_metrics_are_for_admins(client: TestClient, tokens: dict[str, str]) -> None:
+    assert client.get("/metrics", headers=bearer(tokens["alice"])).status_code == 403
+    metrics = client.get("/metrics", headers=bearer(tokens["admin"]))
+    assert metrics.status_code == 200 and "python_info" in metrics.text
 
 
 def test_wrong_token_is_rejected(client: TestClient) -> None:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request, status
+from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
@@ -22,7 +22,7 @@ from sheetbridge.insurance.sync_jobs import SyncService
 from sheetbridge.queue.store import JobQueue
 from sheetbridge.queue.worker import WorkerPool
 from sheetbridge.web import api, pages, sync_api
-from sheetbridge.web.deps import NotSignedIn, Runtime
+from sheetbridge.web.deps import CurrentUser, NotSignedIn, Runtime
 from sheetbridge.web.security import load_or_create_secret
 
 log = logging.getLogger(__name__)
@@ -136,5 +136,8 @@ def _add_health(app: FastAPI, runtime: Runtime) -> None:
         return JSONResponse({"status": "ready"})
 
     @app.get("/metrics", include_in_schema=False)
-    def metrics() -> PlainTextResponse:
+    def metrics(user: CurrentUser) -> PlainTextResponse:
+        """Prometheus metrics, for an admin's API token (scrapers send it)."""
+        if not user.is_admin:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "metrics are for admins")
         return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
