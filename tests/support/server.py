@@ -32,6 +32,7 @@ def live_server(runtime: Runtime, *, workers: bool = True) -> Iterator[str]:
         log_level="warning",
         limit_concurrency=500,
         backlog=512,
+        timeout_graceful_shutdown=2,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
