@@ -73,8 +73,17 @@ def worker(
     until_empty: Annotated[
         bool, typer.Option("--until-empty", help="Stop when nothing is runnable")
     ] = False,
+    drain_timeout_s: Annotated[
+        float,
+        typer.Option(min=0, help="On SIGTERM, how long running jobs may finish"),
+    ] = 30.0,
 ) -> None:
-    """Run sync workers without the web server (scale-out on PostgreSQL)."""
+    """Run sync workers without the web server (scale-out on PostgreSQL).
+
+    SIGTERM or SIGINT drains: no new job is claimed, running jobs get
+    ``--drain-timeout-s`` to finish, and the rest are handed back to the queue
+    at once (another worker retries them; none is lost).
+    """
     runtime = _runtime()
     runtime.db.upgrade()
     if until_empty:
@@ -88,7 +97,11 @@ def worker(
     pool.start()
     typer.echo(f"worker {pool.name} running {concurrency} slots; SIGTERM drains")
     stop.wait()
-    pool.stop()
+    typer.echo(f"draining for up to {drain_timeout_s:g} s")
+    released = pool.stop(drain_timeout_s)
+    if released:
+        typer.echo(f"handed back unfinished jobs {released}")
+    runtime.queue.close()
 
 
 @app.command()
@@ -112,6 +125,39 @@ def sync(
     typer.echo(f"job {job.id} {job.state}: {job.result or job.error}")
     if job.state != "succeeded":
         raise typer.Exit(1)
+
+
+@app.command()
+def emulator(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1")] = 8090,
+    latency_ms: Annotated[float, typer.Option(help="Added to every call")] = 0.0,
+    quota_per_user: Annotated[
+        int | None, typer.Option(help="Reads and writes per minute per user")
+    ] = None,
+    quota_per_project: Annotated[
+        int | None, typer.Option(help="Reads and writes per minute per project")
+    ] = None,
+    error_rate: Annotated[
+        float, typer.Option(min=0, max=1, help="Share of calls answered 500/503")
+    ] = 0.0,
+    token: Annotated[str | None, typer.Option(help="Required bearer token")] = None,
+) -> None:
+    """Run the local Google Sheets API emulator (for tests and demos)."""
+    from sheetbridge.testing.emulator import Knobs, serve
+
+    typer.echo(f"Sheets API emulator at http://127.0.0.1:{port}/")
+    serve(
+        port,
+        knobs=Knobs(
+            latency_ms=latency_ms,
+            read_quota_per_user=quota_per_user,
+            write_quota_per_user=quota_per_user,
+            read_quota_per_project=quota_per_project,
+            write_quota_per_project=quota_per_project,
+            error_rate=error_rate,
+            required_token=token,
+        ),
+    )
 
 
 @app.command()

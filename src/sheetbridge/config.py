@@ -45,6 +45,35 @@ class Settings(BaseSettings):
     )
     log_level: str = "INFO"
 
+    # Google Sheets
+    google_sheets_base_url: str = Field(
+        default="https://sheets.googleapis.com",
+        description="Sheets API root; point it at `sheetbridge emulator` in tests",
+    )
+    google_credentials_file: Path | None = Field(
+        default=None,
+        description="Service-account key file; else GOOGLE_APPLICATION_CREDENTIALS",
+    )
+    google_oauth_token_file: Path | None = Field(
+        default=None, description="OAuth authorized-user file (refresh token)"
+    )
+    google_static_token: str = Field(
+        default="", description="Fixed bearer token (emulator only); empty = none"
+    )
+    google_timeout_s: float = Field(default=30.0, gt=0)
+    google_max_retries: int = Field(default=5, ge=0, le=20)
+    google_backoff_base_s: float = Field(default=1.0, gt=0)
+    google_backoff_max_s: float = Field(default=32.0, gt=0)
+    sheets_quota_backend: str = Field(
+        default="memory",
+        pattern="^(memory|postgres)$",
+        description="Where the API quota limiter counts: this process or PostgreSQL",
+    )
+    sheets_reads_per_minute_project: int = Field(default=300, ge=0)
+    sheets_writes_per_minute_project: int = Field(default=300, ge=0)
+    sheets_reads_per_minute_user: int = Field(default=60, ge=0)
+    sheets_writes_per_minute_user: int = Field(default=60, ge=0)
+
     @property
     def effective_database_url(self) -> str:
         if self.database_url:

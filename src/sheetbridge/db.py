@@ -32,12 +32,17 @@ def make_engine(url: str) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # SQLite connections are cheap and writers queue on a lock anyway, so
+        # the pool never makes a request wait for a free connection.
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=10,
+            max_overflow=-1,
         )
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+    return create_engine(url, pool_size=10, max_overflow=50, pool_pre_ping=True)
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -125,5 +130,6 @@ def load_models() -> None:
     """Import every model module so ``Base.metadata`` knows all tables."""
     from sheetbridge.insurance import models as _insurance  # noqa: F401
     from sheetbridge.queue import models as _queue  # noqa: F401
+    from sheetbridge.sheets import models as _sheets  # noqa: F401
     from sheetbridge.sync import models as _sync  # noqa: F401
     from sheetbridge.web import models as _web  # noqa: F401

@@ -203,3 +203,85 @@ def test_agents_sync_to_their_own_workbooks(synced: Runtime) -> None:
         )
     }
     assert alice_ids and bob_ids and not alice_ids & bob_ids
+
+
+def test_app_edit_survives_an_import_of_another_field_of_the_same_row(
+    synced: Runtime,
+) -> None:
+    path = workbook_path(synced, "alice")
+    book = load_workbook(path)
+    customers = book["Customers"]
+    header = columns(customers)
+    record_id = customers.cell(2, 1).value
+    customers.cell(2, header["Address"]).value = "1 Sheet Street"
+    book.save(path)
+    with synced.db.session() as session:
+        customer = session.get(Customer, record_id)
+        assert customer is not None
+        customer.phone = "207-555-1111"
+
+    run_sync(synced, "alice", FROM_SHEET)
+    pushed = run_sync(synced, "alice", TO_SHEET)
+    run_sync(synced, "alice", FROM_SHEET)
+
+    assert pushed["summary"]["written_cells"] == 1
+    with synced.db.read_session() as session:
+        customer = session.get(Customer, record_id)
+    assert customer is not None
+    assert (customer.phone, customer.address) == ("207-555-1111", "1 Sheet Street")
+    sheet = load_workbook(path)["Customers"]
+    assert sheet.cell(2, header["Phone"]).value == "207-555-1111"
+
+
+def test_a_conflict_stays_a_conflict_until_resolved(synced: Runtime) -> None:
+    path = workbook_path(synced, "alice")
+    book = load_workbook(path)
+    customers = book["Customers"]
+    header = columns(customers)
+    record_id = customers.cell(2, 1).value
+    customers.cell(2, header["City"]).value = "Sheet City"
+    customers.cell(2, header["Address"]).value = "2 Sheet Street"
+    book.save(path)
+    with synced.db.session() as session:
+        customer = session.get(Customer, record_id)
+        assert customer is not None
+        customer.city = "App City"
+
+    results = [
+        run_sync(synced, "alice", direction)
+        for direction in (FROM_SHEET, TO_SHEET, FROM_SHEET, TO_SHEET)
+    ]
+
+    assert [r["summary"]["conflicts"] for r in results] == [1, 1, 1, 1]
+    with synced.db.read_session() as session:
+        customer = session.get(Customer, record_id)
+    assert customer is not None
+    assert (customer.city, customer.address) == ("App City", "2 Sheet Street")
+    assert load_workbook(path)["Customers"].cell(2, header["City"]).value == (
+        "Sheet City"
+    )
+
+
+def test_text_cut_at_the_workbook_cell_limit_is_never_imported(
+    synced: Runtime,
+) -> None:
+    path = workbook_path(synced, "alice")
+    book = load_workbook(path)
+    customers = book["Customers"]
+    header = columns(customers)
+    record_id = customers.cell(2, 1).value
+    customers.cell(2, header["Notes"]).value = "n" * 50_001
+    book.save(path)
+    with synced.db.read_session() as session:
+        customer = session.get(Customer, record_id)
+        assert customer is not None
+        notes_before = customer.notes
+
+    result = run_sync(synced, "alice", FROM_SHEET)
+
+    errors = [i for i in result["tabs"]["Customers"]["issues"] if i["kind"] == "error"]
+    assert [(i["row"], i["column"]) for i in errors] == [(2, "Notes")]
+    assert "32,767" in errors[0]["reason"]
+    with synced.db.read_session() as session:
+        customer = session.get(Customer, record_id)
+    assert customer is not None and customer.notes == notes_before

@@ -76,7 +76,43 @@ def test_competing_pools_never_overlap_within_a_key_or_resource_and_keep_fifo(
         ), f"{key} ran out of order"
         for (_, _, end), (_, start, _) in itertools.pairwise(runs):
             assert end <= start, f"two jobs of {key} overlapped"
-    for key, runs in resources.items():
-        ordered = sorted(runs)
+    for key, resource_runs in resources.items():
+        ordered = sorted(resource_runs)
         for (_, end), (start, _) in itertools.pairwise(ordered):
             assert end <= start, f"two jobs on {key} overlapped"
+
+
+def test_events_cross_processes_and_wake_their_workers_at_once(
+    pg_queue: JobQueue,
+) -> None:
+    # A second Database and JobQueue stand in for a worker process: it only
+    # hears of the web process's jobs through LISTEN/NOTIFY.
+    worker_side = JobQueue(Database(pg_queue.db.url), lease_s=10)
+    heard: list[tuple[str, int]] = []
+    started = threading.Event()
+
+    def work(context: JobContext) -> dict[str, int]:
+        started.set()
+        return {}
+
+    unsubscribe = worker_side.subscribe(
+        lambda event, job: heard.append((event, job.id))
+    )
+    pool = WorkerPool(worker_side, {"work": work}, concurrency=2, poll_interval_s=30)
+    pool.start()
+    try:
+        time.sleep(0.3)  # let the pool's first (empty) claims pass
+        sent = time.monotonic()
+        job_id = pg_queue.enqueue("work", queue_key="user:1").job_id
+        assert started.wait(5)
+        assert time.monotonic() - sent < 2, "the worker waited for its poll"
+        deadline = time.monotonic() + 5
+        while pg_queue.get(job_id).state != "succeeded":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        pool.stop()
+        unsubscribe()
+        worker_side.close()
+    assert ("queued", job_id) in heard
+    assert ("started", job_id) in heard and ("succeeded", job_id) in heard

@@ -8,6 +8,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
@@ -15,13 +16,22 @@ from sheetbridge import clock
 from sheetbridge.db import Database
 from sheetbridge.queue.errors import LeaseLost, RetryableJobError
 from sheetbridge.queue.models import Job
-from sheetbridge.queue.store import Backoff, JobQueue
+from sheetbridge.queue.store import Backoff, Claimed, Enqueued, JobQueue
 from sheetbridge.queue.worker import JobContext, WorkerPool
 
 
 @pytest.fixture
 def queue(db: Database) -> JobQueue:
     return JobQueue(db, lease_s=5, backoff=Backoff(base_s=0.01, cap_s=0.05))
+
+
+def claim_within(queue: JobQueue, timeout_s: float) -> Claimed:
+    """Claim the next job, waiting for a retry time to come."""
+    deadline = time.monotonic() + timeout_s
+    while (claimed := queue.claim("w")) is None:
+        assert time.monotonic() < deadline, "nothing became claimable"
+        time.sleep(0.01)
+    return claimed
 
 
 def test_jobs_of_one_key_are_claimed_in_order_and_one_at_a_time(
@@ -177,3 +187,212 @@ def test_next_job_of_a_key_starts_without_waiting_for_a_poll(queue: JobQueue) ->
     finally:
         pool.stop()
     assert max(b - a for a, b in itertools.pairwise(starts)) < 5
+
+
+def test_identical_request_coalesces_only_for_its_kind_and_only_before_start(
+    db: Database,
+) -> None:
+    queue = JobQueue(db, lease_s=5, coalesce={"to_sheet"})
+    first = queue.enqueue("to_sheet", queue_key="user:1", payload={"target": 1})
+    twin = queue.enqueue("to_sheet", queue_key="user:1", payload={"target": 1})
+    other_payload = queue.enqueue("to_sheet", queue_key="user:1", payload={"x": 2})
+    other_kind = [queue.enqueue("from_sheet", queue_key="user:1") for _ in range(2)]
+
+    assert twin == Enqueued(first.job_id, 1, coalesced=True)
+    assert other_payload.job_id != first.job_id
+    assert other_kind[0].job_id != other_kind[1].job_id
+    claimed = queue.claim("w")
+    assert claimed is not None and claimed.id == first.job_id
+    after_start = queue.enqueue("to_sheet", queue_key="user:1", payload={"target": 1})
+    assert not after_start.coalesced and after_start.job_id != first.job_id
+
+
+def test_every_failed_attempt_is_kept_with_its_retry_time(queue: JobQueue) -> None:
+    queued = queue.enqueue("noop", queue_key="user:1", max_attempts=2)
+    for error in ("HTTP 429", "HTTP 503"):
+        claimed = claim_within(queue, 5)
+        queue.fail(claimed.id, claimed.epoch, error, retry=True, retry_after_s=0.05)
+
+    job = queue.get(queued.job_id)
+    assert job.state == "failed"
+    assert [(e["attempt"], e["error"]) for e in job.errors] == [
+        (1, "HTTP 429"),
+        (2, "HTTP 503"),
+    ]
+    assert "retry_at" in job.errors[0] and "retry_at" not in job.errors[1]
+
+
+def test_a_key_with_fifty_jobs_delays_a_key_with_one_by_at_most_one_job(
+    queue: JobQueue,
+) -> None:
+    started: list[str] = []
+    first_running = threading.Event()
+    release_first = threading.Event()
+    all_done = threading.Event()
+
+    def record(context: JobContext) -> dict[str, int]:
+        started.append(context.job.queue_key)
+        if len(started) == 1:
+            first_running.set()
+            assert release_first.wait(10)
+        if len(started) == 51:
+            all_done.set()
+        return {}
+
+    for _ in range(50):
+        queue.enqueue("noop", queue_key="user:busy")
+    pool = WorkerPool(queue, {"noop": record}, concurrency=1, poll_interval_s=0.05)
+    pool.start()
+    try:
+        assert first_running.wait(10)
+        queue.enqueue("noop", queue_key="user:one")
+        release_first.set()
+        assert all_done.wait(30)
+    finally:
+        pool.stop()
+    assert started.index("user:one") == 1
+
+
+def test_every_transition_is_published_to_subscribers(queue: JobQueue) -> None:
+    seen: list[tuple[str, int]] = []
+    unsubscribe = queue.subscribe(lambda event, job: seen.append((event, job.id)))
+    ok = queue.enqueue("noop", queue_key="user:1").job_id
+    retried = queue.enqueue("noop", queue_key="user:2", max_attempts=1).job_id
+    cancelled = queue.enqueue("noop", queue_key="user:1").job_id
+    first = queue.claim("w")
+    second = queue.claim("w")
+    assert first is not None and second is not None
+    JobContext(first, queue).progress("writing", 1, 2)
+    queue.cancel(cancelled)
+    queue.succeed(first.id, first.epoch, {})
+    queue.fail(second.id, second.epoch, "boom", retry=True)
+    unsubscribe()
+
+    assert seen == [
+        ("queued", ok),
+        ("queued", retried),
+        ("queued", cancelled),
+        ("started", ok),
+        ("started", retried),
+        ("progress", ok),
+        ("cancelled", cancelled),
+        ("succeeded", ok),
+        ("failed", retried),
+    ]
+
+
+def test_retry_is_published_with_the_time_of_the_next_attempt(
+    queue: JobQueue,
+) -> None:
+    events: list[str] = []
+    queue.subscribe(lambda event, job: events.append(event))
+    queued = queue.enqueue("noop", queue_key="user:1")
+    claimed = queue.claim("w")
+    assert claimed is not None
+    queue.fail(claimed.id, claimed.epoch, "429", retry=True, retry_after_s=60)
+    assert events[-1] == "retry_scheduled"
+    assert (queue.waiting_for(queue.get(queued.job_id)) or "").startswith("a retry at ")
+
+
+def test_running_job_waiting_for_quota_says_so(queue: JobQueue) -> None:
+    queue.enqueue("noop", queue_key="user:1")
+    claimed = queue.claim("w")
+    assert claimed is not None
+    context = JobContext(claimed, queue)
+    assert queue.waiting_for(queue.get(claimed.id)) is None
+
+    context.waiting_for_quota(clock.now() + timedelta(seconds=30))
+    assert (queue.waiting_for(queue.get(claimed.id)) or "").startswith("the API quota")
+
+
+def test_stopping_a_pool_hands_an_unfinished_job_back_at_once(
+    queue: JobQueue,
+) -> None:
+    running = threading.Event()
+    finish = threading.Event()
+    outcome: list[str] = []
+
+    def stuck(context: JobContext) -> dict[str, int]:
+        running.set()
+        finish.wait(10)
+        try:
+            context.progress("late")
+        except LeaseLost:
+            outcome.append("refused")
+            raise
+        return {}
+
+    queued = queue.enqueue("stuck", queue_key="user:1")
+    later = queue.enqueue("stuck", queue_key="user:1")
+    pool = WorkerPool(queue, {"stuck": stuck}, concurrency=2, poll_interval_s=0.05)
+    pool.start()
+    assert running.wait(10)
+    assert pool.stop(timeout_s=0.2) == [queued.job_id]
+
+    job = queue.get(queued.job_id)
+    assert job.state == "queued" and job.attempts == 0
+    assert "stopped" in job.errors[-1]["error"]
+    again = queue.claim("w2")
+    assert again is not None and again.id == queued.job_id
+    assert again.epoch == 2
+    finish.set()
+    deadline = time.monotonic() + 10
+    while not outcome and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert outcome == ["refused"]
+    assert queue.get(later.job_id).state == "queued"
+
+
+def test_a_dead_workers_job_is_taken_back_and_rerun_without_a_manual_step(
+    db: Database,
+) -> None:
+    queue = JobQueue(db, lease_s=0.3, backoff=Backoff(base_s=0.01, cap_s=0.05))
+    queued = queue.enqueue("noop", queue_key="user:1")
+    dead = queue.claim("dead-worker")  # claims, then never heartbeats
+    assert dead is not None
+    done = threading.Event()
+
+    def record(context: JobContext) -> dict[str, int]:
+        done.set()
+        return {"attempt": context.job.attempts}
+
+    pool = WorkerPool(queue, {"noop": record}, concurrency=1, poll_interval_s=0.05)
+    pool.start()
+    try:
+        assert done.wait(10)
+    finally:
+        pool.stop()
+    job = queue.get(queued.job_id)
+    assert job.state == "succeeded" and job.result == {"attempt": 2}
+    assert "stopped responding" in job.errors[0]["error"]
+    with pytest.raises(LeaseLost):
+        queue.succeed(dead.id, dead.epoch, {"by": "dead"})
+
+
+def test_metrics_count_states_retries_and_takeovers(queue: JobQueue) -> None:
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    retries = sample("sheetbridge_job_retries_total", kind="metered")
+    takeovers = sample("sheetbridge_job_lease_takeovers_total", kind="metered")
+    waits = sample("sheetbridge_job_wait_seconds_count", kind="metered")
+    queue.enqueue("metered", queue_key="user:1")
+    queue.enqueue("metered", queue_key="user:1")
+    assert queue.counts_by_state() == {"queued": 2, "running": 0}
+    claimed = queue.claim("w")
+    assert claimed is not None
+    assert queue.counts_by_state() == {"queued": 1, "running": 1}
+    queue.fail(claimed.id, claimed.epoch, "503", retry=True, retry_after_s=0)
+    claimed = claim_within(queue, 5)
+    with queue.db.session() as session:
+        session.execute(
+            update(Job).values(lease_expires_at=clock.now() - timedelta(seconds=1))
+        )
+    assert queue.requeue_expired() == 1
+
+    assert sample("sheetbridge_job_retries_total", kind="metered") == retries + 1
+    assert (
+        sample("sheetbridge_job_lease_takeovers_total", kind="metered") == takeovers + 1
+    )
+    assert sample("sheetbridge_job_wait_seconds_count", kind="metered") == waits + 2
+    assert sample("sheetbridge_jobs", state="queued") >= 2

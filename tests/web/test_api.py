@@ -216,3 +216,55 @@ def test_a_user_cannot_see_or_cancel_another_users_job(
     assert (
         client.get("/api/insurance/sync/status", headers=other).json()["queued"] == []
     )
+
+
+def test_out_of_range_ids_and_nulls_answer_422_never_500(alice: TestClient) -> None:
+    huge = "99999999999999999999999"
+    policy = _first_policy(alice)
+    requests = [
+        ("GET", f"/api/customers?offset={huge}", None),
+        ("GET", f"/api/customers?ids={huge}", None),
+        ("GET", f"/api/customers?agent_id={huge}", None),
+        ("GET", f"/api/policies?customer_id={huge}", None),
+        ("GET", f"/api/customers/{huge}", None),
+        ("PATCH", f"/api/customers/{huge}", {"version": 1, "city": "x"}),
+        ("GET", f"/api/insurance/sync/jobs/{huge}", None),
+        (
+            "PATCH",
+            f"/api/policies/{policy['id']}",
+            {"version": policy["version"], "effective_date": None},
+        ),
+        (
+            "PATCH",
+            f"/api/policies/{policy['id']}",
+            {"version": policy["version"], "premium": None},
+        ),
+        ("POST", "/api/customers", {"name": "a\u0000b"}),
+        ("POST", "/api/customers", {"name": "Old", "date_of_birth": "0001-01-01"}),
+    ]
+    for method, url, body in requests:
+        answer = alice.request(method, url, json=body)
+        assert answer.status_code == 422, (method, url, answer.text)
+    named = alice.patch(
+        f"/api/policies/{policy['id']}",
+        json={"version": policy["version"], "premium": None},
+    )
+    assert named.json()["detail"][0]["field"] == "premium"
+
+
+def test_lone_surrogate_in_json_is_rejected_as_text(alice: TestClient) -> None:
+    answer = alice.post(
+        "/api/customers",
+        content=b'{"name": "\\ud800"}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert answer.status_code == 422
+    assert answer.json()["detail"][0]["field"] == "name"
+
+
+def test_search_treats_wildcards_literally(alice: TestClient) -> None:
+    assert alice.get("/api/customers", params={"q": "%"}).json()["total"] == 0
+    underscored = alice.get("/api/customers", params={"q": "_"}).json()
+    everyone = alice.get("/api/customers").json()
+    assert underscored["total"] < everyone["total"]
+    assert all("_" in c["email"] for c in underscored["items"])

@@ -13,6 +13,8 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -81,8 +83,46 @@ PolicyNumber = Annotated[str, AfterValidator(_text), Field(min_length=1, max_len
 ShortText = Annotated[str, AfterValidator(_text), Field(min_length=1, max_length=100)]
 
 
+MAX_ID = 2**31 - 1
+RecordId = Annotated[int, Field(ge=1, le=MAX_ID)]
+Version = Annotated[int, Field(ge=1, le=MAX_ID, description="The version edited")]
+NULLABLE = frozenset({"date_of_birth", "agent_id"})
+
+
+def _plausible_date(earliest: date, latest: date) -> AfterValidator:
+    def check(value: date | None) -> date | None:
+        if value is not None and not earliest <= value <= latest:
+            raise ValueError(f"must be between {earliest} and {latest}")
+        return value
+
+    return AfterValidator(check)
+
+
+BirthDate = Annotated[date, _plausible_date(date(1900, 1, 1), date(2100, 1, 1))]
+PolicyDate = Annotated[date, _plausible_date(date(1900, 1, 1), date(2200, 12, 31))]
+
+
 class _Input(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _sane(cls, value: object, info: ValidationInfo) -> object:
+        if value is None and info.field_name not in NULLABLE:
+            raise ValueError("may not be empty")
+        if isinstance(value, str) and (
+            "\x00" in value or (not value.isprintable() and _unencodable(value))
+        ):
+            raise ValueError("contains characters that are not text")
+        return value
+
+
+def _unencodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 class CustomerFields(_Input):
@@ -93,16 +133,16 @@ class CustomerFields(_Input):
     city: Annotated[str, Field(max_length=100)] = ""
     state: State = ""
     zip_code: Zip = ""
-    date_of_birth: date | None = None
+    date_of_birth: BirthDate | None = None
     notes: Notes = ""
 
 
 class CustomerCreate(CustomerFields):
-    agent_id: int | None = None
+    agent_id: RecordId | None = None
 
 
 class CustomerUpdate(_Input):
-    version: int = Field(ge=1, description="The version this edit was based on")
+    version: Version
     name: Name | None = None
     email: Email | None = None
     phone: Phone | None = None
@@ -110,18 +150,18 @@ class CustomerUpdate(_Input):
     city: Annotated[str, Field(max_length=100)] | None = None
     state: State | None = None
     zip_code: Zip | None = None
-    date_of_birth: date | None = None
+    date_of_birth: BirthDate | None = None
     notes: Notes | None = None
-    agent_id: int | None = None
+    agent_id: RecordId | None = None
 
 
 class PolicyFields(_Input):
     policy_number: PolicyNumber
-    customer_id: int
+    customer_id: RecordId
     carrier: ShortText
     line_of_business: LineOfBusiness
-    effective_date: date
-    expiration_date: date
+    effective_date: PolicyDate
+    expiration_date: PolicyDate
     premium: Money
     status: PolicyStatus = "active"
 
@@ -133,20 +173,20 @@ class PolicyFields(_Input):
 
 
 class PolicyCreate(PolicyFields):
-    agent_id: int | None = None
+    agent_id: RecordId | None = None
 
 
 class PolicyUpdate(_Input):
-    version: int = Field(ge=1, description="The version this edit was based on")
+    version: Version
     policy_number: PolicyNumber | None = None
-    customer_id: int | None = None
+    customer_id: RecordId | None = None
     carrier: ShortText | None = None
     line_of_business: LineOfBusiness | None = None
-    effective_date: date | None = None
-    expiration_date: date | None = None
+    effective_date: PolicyDate | None = None
+    expiration_date: PolicyDate | None = None
     premium: Money | None = None
     status: PolicyStatus | None = None
-    agent_id: int | None = None
+    agent_id: RecordId | None = None
 
 
 class CustomerOut(BaseModel):

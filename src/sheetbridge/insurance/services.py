@@ -74,6 +74,12 @@ class ListQuery:
     sort: str = "id"
 
 
+def _contains(text: str) -> str:
+    """A LIKE pattern matching ``text`` anywhere, its wildcards taken literally."""
+    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
 def customer_out(customer: Customer) -> CustomerOut:
     return CustomerOut.model_validate(
         {**_columns(customer), "agent": customer.agent.username}
@@ -113,14 +119,14 @@ class Book:
     def list_customers(self, query: ListQuery) -> tuple[list[Customer], int]:
         statement = scoped(select(Customer), Customer, self.user)
         if query.q:
-            pattern = f"%{query.q.lower()}%"
+            pattern = _contains(query.q)
             statement = statement.where(
                 or_(
-                    func.lower(Customer.name).like(pattern),
-                    func.lower(Customer.email).like(pattern),
-                    Customer.phone.like(pattern),
-                    Customer.city.ilike(pattern),
-                    Customer.zip_code.like(pattern),
+                    func.lower(Customer.name).like(pattern, escape="\\"),
+                    func.lower(Customer.email).like(pattern, escape="\\"),
+                    Customer.phone.like(pattern, escape="\\"),
+                    func.lower(Customer.city).like(pattern, escape="\\"),
+                    Customer.zip_code.like(pattern, escape="\\"),
                 )
             )
         if query.agent_id is not None:
@@ -165,12 +171,12 @@ class Book:
     def list_policies(self, query: ListQuery) -> tuple[list[Policy], int]:
         statement = scoped(select(Policy), Policy, self.user).join(Policy.customer)
         if query.q:
-            pattern = f"%{query.q.lower()}%"
+            pattern = _contains(query.q)
             statement = statement.where(
                 or_(
-                    func.lower(Policy.policy_number).like(pattern),
-                    func.lower(Policy.carrier).like(pattern),
-                    func.lower(Customer.name).like(pattern),
+                    func.lower(Policy.policy_number).like(pattern, escape="\\"),
+                    func.lower(Policy.carrier).like(pattern, escape="\\"),
+                    func.lower(Customer.name).like(pattern, escape="\\"),
                 )
             )
         for column, value in (

@@ -10,15 +10,19 @@ without records.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import delete, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlalchemy.orm import Session
 
 from sheetbridge import clock
@@ -34,20 +38,30 @@ from sheetbridge.insurance.mapping import (
     to_python,
 )
 from sheetbridge.insurance.models import Customer, Policy, User
+from sheetbridge.insurance.review import CREATED, forget_sheet, record_conflicts
 from sheetbridge.insurance.schemas import (
     CustomerCreate,
     CustomerUpdate,
     PolicyCreate,
     PolicyUpdate,
 )
-from sheetbridge.insurance.services import Book, DomainError, scoped
+from sheetbridge.insurance.services import (
+    Book,
+    DomainError,
+    InvalidField,
+    StaleVersion,
+    scoped,
+)
 from sheetbridge.queue.errors import PermanentJobError, RetryableJobError
 from sheetbridge.queue.store import Enqueued, JobQueue
 from sheetbridge.queue.worker import Handler, JobContext
 from sheetbridge.sheets.base import SheetBackend, TabChanges, TabData
 from sheetbridge.sheets.errors import SheetError
+from sheetbridge.sheets.google import GoogleSheetsBackend
+from sheetbridge.sheets.quota import limiter_from_settings
 from sheetbridge.sheets.xlsx import XlsxBackend
 from sheetbridge.sync.engine import (
+    DELETE_MODES,
     FromSheetPlan,
     Issue,
     Record,
@@ -55,10 +69,13 @@ from sheetbridge.sync.engine import (
     plan_from_sheet,
     plan_to_sheet,
 )
-from sheetbridge.sync.models import SyncSnapshot, SyncTarget
+from sheetbridge.sync.models import ImportChange, SyncSnapshot, SyncTarget
 
 log = logging.getLogger(__name__)
 
+XLSX = "xlsx"
+GOOGLE = "google"
+SPREADSHEET_ID = re.compile(r"[A-Za-z0-9_-]{10,128}")
 TO_SHEET = "to_sheet"
 FROM_SHEET = "from_sheet"
 MAX_REPORTED_ISSUES = 500
@@ -71,46 +88,114 @@ class SyncService:
         self.settings = settings
         self.db = db
         self.queue = queue
-        self._targets: dict[int, int] = {}
+        self._keys: dict[int, tuple[int, str]] = {}
 
     # -- targets and enqueueing -------------------------------------------------
 
-    def target_id_for(self, user: User) -> int:
+    def target_for(self, user: User) -> SyncTarget:
         """The user's sync target, created on first use (a workbook per user)."""
-        cached = self._targets.get(user.id)
-        if cached is not None:
-            return cached
         with self.db.session() as session:
             target = session.scalar(
                 select(SyncTarget).where(SyncTarget.user_id == user.id)
             )
             if target is None:
-                location = self.settings.workbook_dir / f"{user.username}.xlsx"
                 target = SyncTarget(
-                    user_id=user.id, backend="xlsx", location=str(location.resolve())
+                    user_id=user.id,
+                    backend=XLSX,
+                    location=str(self._workbook_path(user)),
                 )
                 session.add(target)
                 session.flush()
-            target_id = target.id
-        self._targets[user.id] = target_id
-        return target_id
+            return target
+
+    def update_target(
+        self,
+        user: User,
+        *,
+        delete_mode: str | None = None,
+        backend: str | None = None,
+        spreadsheet_id: str | None = None,
+    ) -> SyncTarget:
+        """Change where the user's book syncs to and how deletes are treated.
+
+        Pointing the target at another sheet forgets the last-synced snapshot
+        and open conflicts: they describe the old sheet, not the new one.
+        """
+        if delete_mode is not None and delete_mode not in DELETE_MODES:
+            raise InvalidField(
+                "delete_mode", f"must be one of {', '.join(DELETE_MODES)}"
+            )
+        current = self.target_for(user)
+        location = current.location
+        if backend == GOOGLE:
+            if not spreadsheet_id or not SPREADSHEET_ID.fullmatch(spreadsheet_id):
+                raise InvalidField(
+                    "spreadsheet_id", "the ID from the spreadsheet's URL, after /d/"
+                )
+            location = spreadsheet_id
+        elif backend == XLSX:
+            location = str(self._workbook_path(user))
+        elif backend is not None:
+            raise InvalidField("backend", f"must be {XLSX} or {GOOGLE}")
+        with self.db.session() as session:
+            stored = session.get(SyncTarget, current.id)
+            assert stored is not None
+            if delete_mode is not None:
+                stored.delete_mode = delete_mode
+            if backend is not None and (backend, location) != (
+                stored.backend,
+                stored.location,
+            ):
+                stored.backend, stored.location = backend, location
+                forget_sheet(session, stored.id)
+        self._keys.pop(user.id, None)
+        return self.target_for(user)
+
+    def _workbook_path(self, user: User) -> Path:
+        return (self.settings.workbook_dir / f"{user.username}.xlsx").resolve()
 
     def enqueue(self, user: User, kind: str) -> Enqueued:
-        target_id = self.target_id_for(user)
+        keys = self._keys.get(user.id)
+        if keys is None:
+            target = self.target_for(user)
+            # Jobs of any users that write the same workbook never run at once.
+            keys = (target.id, f"sheet:{target.backend}:{target.location}")
+            self._keys[user.id] = keys
+        target_id, resource_key = keys
         return self.queue.enqueue(
             kind,
             queue_key=f"user:{user.id}",
-            resource_key=f"sheet:{target_id}",
+            resource_key=resource_key,
             owner_id=user.id,
             payload={"target_id": target_id, "user_id": user.id},
         )
 
     @property
     def handlers(self) -> dict[str, Handler]:
-        return {TO_SHEET: self.to_sheet, FROM_SHEET: self.from_sheet}
+        return {
+            TO_SHEET: _database_errors_retry(self.to_sheet),
+            FROM_SHEET: _database_errors_retry(self.from_sheet),
+        }
 
-    def backend_for(self, target: SyncTarget) -> SheetBackend:
-        if target.backend != "xlsx":
+    def backend_for(
+        self, target: SyncTarget, context: JobContext | None = None
+    ) -> SheetBackend:
+        """The target's sheet; with ``context``, quota waits and retries show in
+        the job's progress."""
+        if target.backend == GOOGLE:
+            engine = (
+                self.db.engine
+                if self.settings.sheets_quota_backend == "postgres"
+                else None
+            )
+            return GoogleSheetsBackend.from_settings(
+                self.settings,
+                target.location,
+                limiter=limiter_from_settings(self.settings, engine),
+                on_wait=_quota_reporter(context),
+                on_retry=_retry_reporter(context),
+            )
+        if target.backend != XLSX:
             raise PermanentJobError(f"unknown sheet backend {target.backend!r}")
         path = Path(target.location)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,7 +205,7 @@ class SyncService:
 
     def to_sheet(self, context: JobContext) -> dict[str, Any]:
         target, user = self._load(context)
-        backend = self.backend_for(target)
+        backend = self.backend_for(target, context)
         context.progress("reading")
         with _sheet_errors():
             tabs = backend.read_tabs([mapping.tab for mapping in MAPPINGS])
@@ -151,11 +236,19 @@ class SyncService:
                 self._store_snapshots(
                     session, target.id, mapping, plan.snapshots, plan.drop_snapshots
                 )
+                record_conflicts(
+                    session,
+                    target.id,
+                    ENTITY[mapping.tab],
+                    plan.conflicts,
+                    plan.snapshots,
+                    context.job.id,
+                )
         return _report(TO_SHEET, backend, plans)
 
     def from_sheet(self, context: JobContext) -> dict[str, Any]:
         target, user = self._load(context)
-        backend = self.backend_for(target)
+        backend = self.backend_for(target, context)
         context.progress("reading")
         with _sheet_errors():
             tabs = backend.read_tabs([mapping.tab for mapping in MAPPINGS])
@@ -174,20 +267,37 @@ class SyncService:
             writes: dict[str, TabChanges] = {}
             for mapping in MAPPINGS:
                 plan = plans[mapping.tab]
-                importer = _Importer(book, mapping, plan, versions[mapping.tab])
+                importer = _Importer(
+                    book,
+                    mapping,
+                    plan,
+                    versions[mapping.tab],
+                    _Audit(
+                        target.id, context.job.id, ENTITY[mapping.tab], app[mapping.tab]
+                    ),
+                )
                 importer.run()
                 changed[ENTITY[mapping.tab]] = importer.changed
                 self._store_snapshots(session, target.id, mapping, importer.snapshots)
+                record_conflicts(
+                    session,
+                    target.id,
+                    ENTITY[mapping.tab],
+                    plan.conflicts,
+                    plan.snapshots,
+                    context.job.id,
+                )
                 if importer.id_cells:
                     cells = {**plan.header_changes.cells, **importer.id_cells}
                     writes[mapping.tab] = TabChanges(
                         cells=cells, append=[], delete_rows=[]
                     )
             if writes:
-                # No progress report in here: it would need a second write
-                # transaction while this one holds the SQLite write lock.
+                # A backend that reports no progress: a report would need a
+                # second write transaction while this one holds the write lock.
+                quiet = self.backend_for(target)
                 with _sheet_errors():
-                    backend.write(writes, expected_version=_version(tabs))
+                    quiet.write(writes, expected_version=_version(tabs))
         return {**_report(FROM_SHEET, backend, plans), "changed": changed}
 
     # -- loading and storing --------------------------------------------------
@@ -284,6 +394,42 @@ class SyncService:
                 row.synced_at = now
 
 
+@dataclass
+class _Audit:
+    """Writes what an import changed, field by field, so it can be undone."""
+
+    target_id: int
+    job_id: int
+    entity: str
+    before: dict[int, Record]
+
+    def updated(
+        self, session: Session, record_id: int, after: Record, fields: Record
+    ) -> None:
+        before = self.before.get(record_id, {})
+        for field in fields:
+            if before.get(field) != after.get(field):
+                session.add(
+                    self._change(record_id, field, before.get(field), after.get(field))
+                )
+
+    def created(self, session: Session, record_id: int) -> None:
+        session.add(self._change(record_id, CREATED, None, None))
+
+    def _change(
+        self, record_id: int, field: str, before: Any, after: Any
+    ) -> ImportChange:
+        return ImportChange(
+            job_id=self.job_id,
+            target_id=self.target_id,
+            entity=self.entity,
+            record_id=record_id,
+            field=field,
+            before=before,
+            after=after,
+        )
+
+
 class _Importer:
     """Applies one tab's from-sheet plan to the app, row by row.
 
@@ -298,11 +444,13 @@ class _Importer:
         mapping: TabMapping,
         plan: FromSheetPlan,
         versions: dict[int, int],
+        audit: _Audit,
     ) -> None:
         self.book = book
         self.mapping = mapping
         self.plan = plan
         self.versions = versions
+        self.audit = audit
         self.snapshots: dict[int, Record] = dict(plan.snapshots)
         self.id_cells: dict[tuple[int, int], Any] = {}
         self.changed: list[int] = []
@@ -334,6 +482,10 @@ class _Importer:
                         record_id,
                         PolicyUpdate(version=self.versions[record_id], **fields),
                     )
+        except StaleVersion:
+            self.snapshots.pop(record_id, None)
+            self._edited_meanwhile(record_id)
+            return
         except (DomainError, ValidationError) as exc:
             self.snapshots.pop(record_id, None)
             self._reject(self._row_of(record_id), exc)
@@ -342,7 +494,16 @@ class _Importer:
         self.plan.counts["updated"] += 1
         record = session.get(model, record_id)
         if record is not None:
-            self.snapshots[record_id] = self._record(record)
+            after = self._record(record)
+            # Only the imported fields now agree with the sheet; an app edit
+            # still waiting to be written there keeps its old base, or the next
+            # import would take the sheet's stale value for a sheet edit.
+            agreed = self.snapshots.get(record_id, {})
+            self.snapshots[record_id] = {
+                **agreed,
+                **{name: after.get(name) for name in values},
+            }
+            self.audit.updated(session, record_id, after, values)
 
     def _create(self, row: int, values: Record) -> None:
         session = self.book.session
@@ -358,6 +519,7 @@ class _Importer:
             return
         self.changed.append(created.id)
         self.snapshots[created.id] = self._record(created)
+        self.audit.created(session, created.id)
         self.id_cells[(row, self.plan.id_column)] = created.id
         self.plan.counts["created"] += 1
 
@@ -366,6 +528,20 @@ class _Importer:
 
     def _row_of(self, record_id: int) -> int | None:
         return self.plan.rows.get(record_id)
+
+    def _edited_meanwhile(self, record_id: int) -> None:
+        self.plan.issues.append(
+            Issue(
+                tab=self.mapping.tab,
+                row=self._row_of(record_id),
+                column=None,
+                value=None,
+                reason="edited in the app while this sync ran; left as it is and "
+                "compared again on the next sync",
+                kind="conflict",
+            )
+        )
+        self.plan.counts["conflicts"] = self.plan.counts.get("conflicts", 0) + 1
 
     def _reject(self, row: int | None, exc: Exception) -> None:
         for field, reason in _reasons(exc):
@@ -395,6 +571,19 @@ def _reasons(exc: Exception) -> list[tuple[str | None, str]]:
     return [(field, getattr(exc, "message", str(exc)))]
 
 
+def _database_errors_retry(handler: Handler) -> Handler:
+    """A database that is briefly unreachable or busy is worth another attempt."""
+
+    @functools.wraps(handler)
+    def run(context: JobContext) -> dict[str, Any]:
+        try:
+            return handler(context)
+        except (OperationalError, SATimeoutError) as exc:
+            raise RetryableJobError(f"database busy or unreachable: {exc}") from exc
+
+    return run
+
+
 @contextmanager
 def _sheet_errors() -> Iterator[None]:
     """Turn sheet failures into the queue's retry or fail signals."""
@@ -402,10 +591,27 @@ def _sheet_errors() -> Iterator[None]:
         yield
     except SheetError as exc:
         if exc.transient:
-            raise RetryableJobError(str(exc)) from exc
+            retry_after_s = getattr(exc, "retry_after", None)
+            raise RetryableJobError(str(exc), retry_after_s=retry_after_s) from exc
         raise PermanentJobError(str(exc)) from exc
     except OSError as exc:
         raise RetryableJobError(f"workbook not accessible: {exc}") from exc
+
+
+def _quota_reporter(context: JobContext | None) -> Callable[[float], None] | None:
+    if context is None:
+        return None
+    return lambda wait_s: context.progress("waiting for quota", wait_s=round(wait_s, 1))
+
+
+def _retry_reporter(
+    context: JobContext | None,
+) -> Callable[[int, float, BaseException], None] | None:
+    if context is None:
+        return None
+    return lambda attempt, delay_s, error: context.progress(
+        "retrying", retries=attempt, reason=str(error), delay_s=round(delay_s, 1)
+    )
 
 
 def _version(tabs: dict[str, TabData | None]) -> str:

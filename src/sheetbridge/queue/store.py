@@ -3,26 +3,50 @@
 Per queue key jobs run one at a time in FIFO order; per resource key at most
 one job runs. Partial unique indexes over running jobs make the database refuse
 any claim that would break either rule, so no race between workers or machines
-can. Keys with ready work take turns: the key served least recently goes first.
+can.
+
+The first active job of each key, its *head*, carries ``ready_at``: when the
+key was last served. Claiming scans only heads, in ``ready_at`` order, so keys
+take turns (a key that just ran goes behind keys that waited) and a claim costs
+the same with one queued job or ten thousand. Whatever leaves the active set
+(success, final failure, cancel) promotes the next job of its key in the same
+transaction, so it is claimable the moment that transaction commits.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import random
 import threading
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import exists, func, or_, select, update
+from sqlalchemy import (
+    Connection,
+    DateTime,
+    Integer,
+    Table,
+    bindparam,
+    column,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import Session
 
 from sheetbridge import clock
 from sheetbridge.db import Database, is_sqlite
+from sheetbridge.queue import metrics
 from sheetbridge.queue.errors import JobNotFound, LeaseLost
+from sheetbridge.queue.events import CHANNEL, MAX_PAYLOAD_BYTES, PgEventBridge
 from sheetbridge.queue.models import (
     CANCELLED,
     FAILED,
@@ -36,14 +60,78 @@ from sheetbridge.queue.models import (
 log = logging.getLogger(__name__)
 
 _NEVER = datetime(1970, 1, 1, tzinfo=UTC)
+# A running job whose handler reports this phase waits for the API quota.
+WAITING_FOR_QUOTA = "waiting for quota"
+# Events after which a job may have become claimable: they wake idle workers.
+WAKING_EVENTS = frozenset(
+    {
+        "queued",
+        "retry_scheduled",
+        "succeeded",
+        "failed",
+        "cancelled",
+        "lease_expired",
+        "released",
+        "reconnected",
+    }
+)
+# Events that end an attempt: their log line and metrics carry its duration.
+_ENDING_EVENTS = frozenset({"succeeded", "failed", "cancelled", "retry_scheduled"})
+# Namespace of the per-queue-key advisory locks (PostgreSQL).
+_KEY_LOCK_CLASS = 0x5B17
 
 Listener = Callable[[str, Job], None]
+
+_JOBS: Table = Job.__table__  # type: ignore[assignment]
+_COLUMNS = ", ".join(column.name for column in _JOBS.c)
+
+# The claim, in SQL: the oldest-served head whose key and resource are free
+# becomes running, in one statement. "No earlier active job of the key" also
+# rules out a running one (it is always earlier) and costs an index probe on
+# (state, queue_key, id) however many jobs the key has. The literal states
+# match the partial index over ready heads. {lock} is "FOR UPDATE SKIP LOCKED"
+# on PostgreSQL, so competing workers pass over a head another one claims.
+_CLAIM_SQL = f"""
+UPDATE jobs SET
+  state = 'running', attempts = attempts + 1, epoch = epoch + 1,
+  lease_owner = :worker, lease_expires_at = :expires, started_at = :now,
+  cancel_requested = false
+WHERE id = (
+  SELECT head.id FROM jobs AS head
+  WHERE head.state = 'queued'
+    AND head.ready_at IS NOT NULL
+    AND head.run_after <= :now
+    AND NOT EXISTS (
+      SELECT 1 FROM jobs AS earlier
+      WHERE earlier.state IN ('queued', 'running')
+        AND earlier.queue_key = head.queue_key
+        AND earlier.id < head.id)
+    AND NOT EXISTS (
+      SELECT 1 FROM jobs AS holder
+      WHERE holder.state = 'running' AND holder.resource_key = head.resource_key)
+  ORDER BY head.ready_at, head.id
+  LIMIT 1
+  {{lock}})
+RETURNING {_COLUMNS}
+"""
+
+# What an enqueue needs to know of its key: how many active jobs are ahead,
+# and when the key was last served.
+_KEY_STATE_SQL = """
+SELECT
+  (SELECT count(*) FROM jobs
+   WHERE queue_key = :key AND state IN ('queued', 'running')) AS ahead,
+  (SELECT max(started_at) FROM jobs WHERE queue_key = :key) AS served
+"""
 
 
 @dataclass(frozen=True)
 class Enqueued:
+    """A job's id and its place in its key's queue (1: next to run)."""
+
     job_id: int
     position: int
+    coalesced: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,7 +152,7 @@ class Claimed:
 
 @dataclass
 class Backoff:
-    """Exponential backoff with full jitter, capped."""
+    """Exponential backoff with jitter, capped; a retry-after hint is a floor."""
 
     base_s: float = 1.0
     cap_s: float = 60.0
@@ -77,7 +165,11 @@ class Backoff:
 
 
 class JobQueue:
-    """Enqueue, claim, finish and inspect jobs."""
+    """Enqueue, claim, finish and inspect jobs; publish every transition.
+
+    ``coalesce`` names the job kinds for which a request identical to a job
+    still queued and never started returns that job instead of a new one.
+    """
 
     def __init__(
         self,
@@ -86,21 +178,52 @@ class JobQueue:
         lease_s: float = 30.0,
         backoff: Backoff | None = None,
         now: Callable[[], datetime] = clock.now,
+        coalesce: Iterable[str] = (),
     ) -> None:
         self.db = db
         self.lease_s = lease_s
         self.backoff = backoff or Backoff()
         self.now = now
+        self.coalesce_kinds = frozenset(coalesce)
+        self.origin = uuid.uuid4().hex
+        self._postgres = not is_sqlite(db.engine)
+        lock = "FOR UPDATE OF head SKIP LOCKED" if self._postgres else ""
+        self._claim_statement = (
+            text(_CLAIM_SQL.format(lock=lock))
+            .bindparams(
+                bindparam("now", type_=DateTime(timezone=True)),
+                bindparam("expires", type_=DateTime(timezone=True)),
+            )
+            .columns(*_JOBS.c)
+        )
+        self._key_state = text(_KEY_STATE_SQL).columns(
+            column("ahead", Integer), column("served", DateTime(timezone=True))
+        )
         self._changed = threading.Condition()
         self._generation = 0
         self._listeners: list[Listener] = []
+        self._wakers: list[Callable[[str, bool], None]] = []
+        self._bridge: PgEventBridge | None = None
+        self._bridge_users = 0
+        self._bridge_lock = threading.Lock()
+        metrics.STATE_COLLECTOR.track(self)
 
     # -- events ---------------------------------------------------------------
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
-        """Call ``listener(event, job)`` on every transition; returns unsubscribe."""
+        """Call ``listener(event, job)`` on every transition; returns unsubscribe.
+
+        On PostgreSQL this includes other processes' transitions; their ``job``
+        is rebuilt from the event and carries no ``result`` or ``payload``.
+        """
         self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener)
+        self._use_bridge()
+
+        def unsubscribe() -> None:
+            self._listeners.remove(listener)
+            self._release_bridge()
+
+        return unsubscribe
 
     def wait_for_change(self, generation: int, timeout_s: float) -> int:
         """Block until something changed after ``generation`` or the timeout."""
@@ -112,29 +235,116 @@ class JobQueue:
     def generation(self) -> int:
         return self._generation
 
-    def _publish(self, event: str, job: Job) -> None:
-        log.info(
-            "job.%s",
-            event,
-            extra={
-                "action": f"job.{event}",
-                "job_id": job.id,
-                "kind": job.kind,
-                "owner_id": job.owner_id,
-                "queue_key": job.queue_key,
-                "resource_key": job.resource_key,
-                "attempt": job.attempts,
-                "epoch": job.epoch,
-            },
+    def close(self) -> None:
+        """Stop listening for other processes' events."""
+        with self._bridge_lock:
+            self._bridge_users = 0
+            bridge, self._bridge = self._bridge, None
+        if bridge is not None:
+            bridge.stop()
+
+    def _add_waker(self, waker: Callable[[str, bool], None]) -> None:
+        """Call ``waker(event, remote)`` on every event (worker pools)."""
+        self._wakers.append(waker)
+        self._use_bridge()
+
+    def _remove_waker(self, waker: Callable[[str, bool], None]) -> None:
+        self._wakers.remove(waker)
+        self._release_bridge()
+
+    def _use_bridge(self) -> None:
+        # One LISTEN connection per queue object while anyone needs it:
+        # subscribers and worker pools count as users.
+        if not self._postgres:
+            return
+        with self._bridge_lock:
+            self._bridge_users += 1
+            if self._bridge is None:
+                self._bridge = PgEventBridge(
+                    self.db.url, self._on_remote_event, self._on_reconnect
+                )
+                self._bridge.start()
+
+    def _release_bridge(self) -> None:
+        with self._bridge_lock:
+            self._bridge_users = max(self._bridge_users - 1, 0)
+            if self._bridge_users or self._bridge is None:
+                return
+            bridge, self._bridge = self._bridge, None
+        bridge.stop()
+
+    def _notify(self, connection: Connection, event: str, job: Job) -> None:
+        """Send the event to other processes when this transaction commits."""
+        if not self._postgres:
+            return
+        message = {"origin": self.origin, "event": event, "job": _job_fields(job)}
+        payload = json.dumps(message, default=str)
+        if len(payload.encode()) > MAX_PAYLOAD_BYTES:
+            message["job"] = _job_fields(job, small=True)
+            payload = json.dumps(message, default=str)
+        connection.execute(
+            text("SELECT pg_notify(:channel, :payload)"),
+            {"channel": CHANNEL, "payload": payload},
         )
-        with self._changed:
-            self._generation += 1
-            self._changed.notify_all()
+
+    def _on_remote_event(self, message: dict[str, Any]) -> None:
+        if message.get("origin") == self.origin:
+            return  # published locally already
+        self._publish(str(message["event"]), _job_from_fields(message["job"]), True)
+
+    def _on_reconnect(self) -> None:
+        self._signal("reconnected", True)
+
+    def _publish(self, event: str, job: Job, remote: bool = False) -> None:
+        if not remote:
+            self._log_and_measure(event, job)
+        self._signal(event, remote)
         for listener in list(self._listeners):
             try:
                 listener(event, job)
             except Exception:
                 log.exception("job.listener_failed", extra={"action": "listener"})
+
+    def _signal(self, event: str, remote: bool) -> None:
+        with self._changed:
+            self._generation += 1
+            self._changed.notify_all()
+        for waker in list(self._wakers):
+            waker(event, remote)
+
+    def _log_and_measure(self, event: str, job: Job) -> None:
+        """One log line per transition; metrics of this process's transitions."""
+        fields: dict[str, Any] = {
+            "action": f"job.{event}",
+            "job_id": job.id,
+            "kind": job.kind,
+            "owner_id": job.owner_id,
+            "queue_key": job.queue_key,
+            "resource_key": job.resource_key,
+            "attempt": job.attempts,
+            "epoch": job.epoch,
+        }
+        metrics.JOB_TRANSITIONS.labels(event).inc()
+        if event == "started" and job.started_at is not None:
+            due = max(clock.as_utc(job.enqueued_at), clock.as_utc(job.run_after))
+            wait_s = max((clock.as_utc(job.started_at) - due).total_seconds(), 0.0)
+            metrics.JOB_WAIT_SECONDS.labels(job.kind).observe(wait_s)
+            fields["wait_ms"] = round(wait_s * 1000)
+        elif event in _ENDING_EVENTS and job.started_at is not None and job.attempts:
+            end = clock.as_utc(job.finished_at or self.now())
+            run_s = max((end - clock.as_utc(job.started_at)).total_seconds(), 0)
+            metrics.JOB_RUN_SECONDS.labels(job.kind, event).observe(run_s)
+            fields["duration_ms"] = round(run_s * 1000)
+        if event == "retry_scheduled":
+            metrics.JOB_RETRIES.labels(job.kind).inc()
+            fields["retry_at"] = clock.as_utc(job.run_after).isoformat()
+        if event == "lease_expired":
+            metrics.LEASE_TAKEOVERS.labels(job.kind).inc()
+        if event in ("failed", "retry_scheduled", "lease_expired", "released"):
+            fields["error"] = job.error
+        # ERROR only when a job finally fails; a retry is routine.
+        level = logging.ERROR if event == "failed" else logging.INFO
+        log.log(level, "job.%s", event, extra=fields)
 
     # -- producing ------------------------------------------------------------
 
@@ -148,28 +358,75 @@ class JobQueue:
         payload: dict[str, Any] | None = None,
         max_attempts: int = 5,
     ) -> Enqueued:
-        """Add a job at the end of its key's queue. Never refuses a busy key."""
-        now = self.now()
-        job = Job(
-            kind=kind,
-            owner_id=owner_id,
-            queue_key=queue_key,
-            resource_key=resource_key,
-            payload=payload or {},
-            state=QUEUED,
-            attempts=0,
-            max_attempts=max_attempts,
-            enqueued_at=now,
-            run_after=now,
-            epoch=0,
-            cancel_requested=False,
-        )
+        """Add a job at the end of its key's queue. Never refuses a busy key.
+
+        For a coalescing kind, an identical job still queued and never started
+        is returned instead (``coalesced=True``).
+        """
+        payload = payload or {}
+        coalesce_key = None
+        if kind in self.coalesce_kinds:
+            coalesce_key = _coalesce_key(
+                kind, queue_key, resource_key, owner_id, payload
+            )
         with self.db.session() as session:
-            session.add(job)
-            session.flush()
-            position = self._position(session, job)
+            connection = session.connection()
+            self._lock_key(connection, queue_key)
+            if coalesce_key is not None:
+                twin = connection.execute(
+                    select(_JOBS.c.id, _JOBS.c.state, _JOBS.c.queue_key).where(
+                        _JOBS.c.coalesce_key == coalesce_key,
+                        _JOBS.c.state == QUEUED,
+                        _JOBS.c.attempts == 0,
+                    )
+                ).first()
+                if twin is not None:
+                    position = self._position(connection, Job(**twin._mapping))
+                    return Enqueued(twin.id, position, coalesced=True)
+            ahead, served = connection.execute(
+                self._key_state, {"key": queue_key}
+            ).one()
+            now = self.now()
+            values: dict[str, Any] = {
+                "kind": kind,
+                "owner_id": owner_id,
+                "queue_key": queue_key,
+                "resource_key": resource_key,
+                "payload": payload,
+                "state": QUEUED,
+                "attempts": 0,
+                "max_attempts": max_attempts,
+                "enqueued_at": now,
+                "run_after": now,
+                "epoch": 0,
+                "cancel_requested": False,
+                "errors": [],
+                # Behind an active job of its key: not a head. Otherwise the
+                # head, its turn when the key was last served (new keys first).
+                "ready_at": None if ahead else clock.as_utc(served or _NEVER),
+                "coalesce_key": coalesce_key,
+            }
+            job_id = connection.execute(
+                insert(_JOBS).values(**values).returning(_JOBS.c.id)
+            ).scalar_one()
+            job = Job(id=job_id, **values)
+            self._notify(connection, "queued", job)
         self._publish("queued", job)
-        return Enqueued(job.id, position)
+        # The key lock (or SQLite's single writer) kept the count exact.
+        return Enqueued(job_id, ahead + 1)
+
+    def _lock_key(self, connection: Connection, queue_key: str) -> None:
+        """Serialise this key's enqueues and head promotions (PostgreSQL).
+
+        Without it an enqueue could see the key's running job, queue behind
+        it, and miss the promotion of that job's committing successor. SQLite
+        runs one writer at a time, which serialises them already.
+        """
+        if self._postgres:
+            connection.execute(
+                text("SELECT pg_advisory_xact_lock(:cls, hashtext(:key))"),
+                {"cls": _KEY_LOCK_CLASS, "key": queue_key},
+            )
 
     # -- consuming ------------------------------------------------------------
 
@@ -189,69 +446,32 @@ class JobQueue:
 
     def _claim_once(self, worker_id: str) -> Claimed | None:
         with self.db.session() as session:
-            session.connection()  # begin (and on SQLite lock) before reading the clock
+            connection = session.connection()  # begin (on SQLite: lock) first
             now = self.now()
-            statement = self._runnable(now).limit(1)
-            if not is_sqlite(self.db.engine):
-                statement = statement.with_for_update(skip_locked=True, of=Job)
-            job = session.scalars(statement).first()
-            if job is None:
+            row = connection.execute(
+                self._claim_statement,
+                {
+                    "worker": worker_id,
+                    "now": now,
+                    "expires": now + timedelta(seconds=self.lease_s),
+                },
+            ).first()
+            if row is None:
                 return None
-            job.state = RUNNING
-            job.attempts += 1
-            job.epoch += 1
-            job.lease_owner = worker_id
-            job.lease_expires_at = now + timedelta(seconds=self.lease_s)
-            job.cancel_requested = False
-            if job.started_at is None or job.attempts > 1:
-                job.started_at = now
-            session.flush()
-            claimed = Claimed(
-                id=job.id,
-                kind=job.kind,
-                owner_id=job.owner_id,
-                queue_key=job.queue_key,
-                resource_key=job.resource_key,
-                payload=dict(job.payload),
-                attempts=job.attempts,
-                max_attempts=job.max_attempts,
-                epoch=job.epoch,
-                enqueued_at=clock.as_utc(job.enqueued_at),
-            )
+            job = _job_from_row(row)
+            self._notify(connection, "started", job)
         self._publish("started", job)
-        return claimed
-
-    @staticmethod
-    def _runnable(now: datetime) -> Any:
-        earlier = aliased(Job)
-        running = aliased(Job)
-        served = aliased(Job)
-        head_of_key = (
-            select(func.min(earlier.id))
-            .where(earlier.queue_key == Job.queue_key, earlier.state == QUEUED)
-            .scalar_subquery()
-        )
-        key_busy = exists().where(
-            running.state == RUNNING,
-            or_(
-                running.queue_key == Job.queue_key,
-                running.resource_key == Job.resource_key,
-            ),
-        )
-        last_served = (
-            select(func.max(served.started_at))
-            .where(served.queue_key == Job.queue_key)
-            .scalar_subquery()
-        )
-        return (
-            select(Job)
-            .where(
-                Job.state == QUEUED,
-                Job.run_after <= now,
-                Job.id == head_of_key,
-                ~key_busy,
-            )
-            .order_by(func.coalesce(last_served, _NEVER), Job.id)
+        return Claimed(
+            id=job.id,
+            kind=job.kind,
+            owner_id=job.owner_id,
+            queue_key=job.queue_key,
+            resource_key=job.resource_key,
+            payload=dict(job.payload),
+            attempts=job.attempts,
+            max_attempts=job.max_attempts,
+            epoch=job.epoch,
+            enqueued_at=clock.as_utc(job.enqueued_at),
         )
 
     def heartbeat(self, job_id: int, epoch: int) -> None:
@@ -268,17 +488,26 @@ class JobQueue:
     def report_progress(
         self, job_id: int, epoch: int, progress: dict[str, Any]
     ) -> bool:
-        """Store progress; returns True when cancellation was requested."""
+        """Store progress; returns True when cancellation was requested.
+
+        Raises LeaseLost if the job was taken over (the epoch moved on).
+        """
         with self.db.session() as session:
             job = self._owned(session, job_id, epoch)
             job.progress = progress
             job.lease_expires_at = self.now() + timedelta(seconds=self.lease_s)
             cancel = job.cancel_requested
+            self._notify(session.connection(), "progress", job)
         self._publish("progress", job)
         return cancel
 
     def succeed(self, job_id: int, epoch: int, result: dict[str, Any]) -> None:
+        """Finish the job with its result; LeaseLost if it is no longer ours."""
         self._finish(job_id, epoch, SUCCEEDED, result=result)
+
+    def cancelled(self, job_id: int, epoch: int) -> None:
+        """Record that a running job stopped at a safe point after a cancel."""
+        self._finish(job_id, epoch, CANCELLED, result=None)
 
     def fail(
         self,
@@ -290,97 +519,243 @@ class JobQueue:
         retry_after_s: float | None = None,
         result: dict[str, Any] | None = None,
     ) -> None:
-        """Fail the job, or put it back in front of its key for another attempt."""
+        """Fail the job, or keep it at the front of its key for another attempt.
+
+        Every failed attempt is appended to ``errors``. A retry waits at least
+        ``retry_after_s`` and holds its key, so later jobs of the key stay
+        behind it.
+        """
         with self.db.session() as session:
-            job = self._owned(session, job_id, epoch)
+            job = self._owned(session, job_id, epoch, lock_key=True)
+            now = self.now()
             job.error = error
             job.result = result
+            job.lease_owner = None
+            job.lease_expires_at = None
+            entry: dict[str, Any] = {
+                "attempt": job.attempts,
+                "error": error,
+                "at": now.isoformat(),
+            }
             if retry and job.attempts < job.max_attempts:
                 delay_s = self.backoff.delay_s(job.attempts, retry_after_s)
                 job.state = QUEUED
-                job.run_after = self.now() + timedelta(seconds=delay_s)
-                job.lease_owner = None
-                job.lease_expires_at = None
+                job.run_after = now + timedelta(seconds=delay_s)
+                job.ready_at = job.started_at  # the key's turn was just now
+                entry["retry_at"] = clock.as_utc(job.run_after).isoformat()
                 event = "retry_scheduled"
             else:
                 job.state = FAILED
-                job.finished_at = self.now()
-                job.lease_owner = None
+                job.finished_at = now
+                self._promote_next(session.connection(), job)
                 event = "failed"
-        if event == "failed":
-            log.error("job.failed", extra={"action": "job.failed", "job_id": job_id})
+            job.errors = [*job.errors, entry]
+            self._notify(session.connection(), event, job)
         self._publish(event, job)
 
-    def cancelled(self, job_id: int, epoch: int) -> None:
-        self._finish(job_id, epoch, CANCELLED, result=None)
+    def release(self, job_id: int, epoch: int, reason: str) -> None:
+        """Hand a running job back (a worker shutting down): it is queued again
+        at once at the front of its key; the attempt does not count."""
+        with self.db.session() as session:
+            job = self._owned(session, job_id, epoch, lock_key=True)
+            job.errors = [
+                *job.errors,
+                {
+                    "attempt": job.attempts,
+                    "error": reason,
+                    "at": self.now().isoformat(),
+                },
+            ]
+            job.state = QUEUED
+            job.run_after = self.now()
+            job.attempts = max(job.attempts - 1, 0)
+            job.error = reason
+            job.lease_owner = None
+            job.lease_expires_at = None
+            self._notify(session.connection(), "released", job)
+        self._publish("released", job)
 
     def _finish(
         self, job_id: int, epoch: int, state: str, *, result: dict[str, Any] | None
     ) -> None:
         with self.db.session() as session:
-            job = self._owned(session, job_id, epoch)
-            job.state = state
-            job.result = result
-            job.finished_at = self.now()
-            job.lease_owner = None
+            connection = session.connection()
+            self._lock_key_of(connection, job_id)
+            # The epoch and state conditions are rechecked under the row lock
+            # the UPDATE takes, so a takeover cannot slip in between.
+            row = connection.execute(
+                update(_JOBS)
+                .where(
+                    _JOBS.c.id == job_id,
+                    _JOBS.c.epoch == epoch,
+                    _JOBS.c.state == RUNNING,
+                )
+                .values(
+                    state=state,
+                    result=result,
+                    finished_at=self.now(),
+                    lease_owner=None,
+                )
+                .returning(*_JOBS.c)
+            ).first()
+            if row is None:
+                raise LeaseLost(f"job {job_id} epoch {epoch} is no longer ours")
+            job = _job_from_row(row)
+            self._promote_next(connection, job)
+            self._notify(connection, state, job)
         self._publish(state, job)
 
-    def _owned(self, session: Any, job_id: int, epoch: int) -> Job:
-        job: Job | None = session.scalars(
-            select(Job).where(
-                Job.id == job_id, Job.epoch == epoch, Job.state == RUNNING
+    def _lock_key_of(self, connection: Connection, job_id: int) -> None:
+        """Take the key lock of a job known by id only (PostgreSQL)."""
+        if self._postgres:
+            connection.execute(
+                text(
+                    "SELECT pg_advisory_xact_lock(:cls, hashtext(queue_key))"
+                    " FROM jobs WHERE id = :id"
+                ),
+                {"cls": _KEY_LOCK_CLASS, "id": job_id},
             )
-        ).first()
+
+    def _owned(
+        self, session: Session, job_id: int, epoch: int, *, lock_key: bool = False
+    ) -> Job:
+        """The job, if this epoch still owns it; row-locked on PostgreSQL so the
+        epoch check and the write are one step no takeover can fall between."""
+        if lock_key:
+            # Key lock before row lock, the order every writer uses.
+            self._lock_key_of(session.connection(), job_id)
+        query = select(Job).where(
+            Job.id == job_id, Job.epoch == epoch, Job.state == RUNNING
+        )
+        if self._postgres:
+            query = query.with_for_update()
+        job: Job | None = session.scalars(query).first()
         if job is None:
             raise LeaseLost(f"job {job_id} epoch {epoch} is no longer ours")
         return job
 
+    def _promote_next(self, connection: Connection, job: Job) -> None:
+        """Make the next queued job of ``job``'s key its head (caller holds the
+        key lock). Its turn is when this key was served last."""
+        if job.ready_at is None:
+            return  # not the head: the head stays where it is
+        # The head has the lowest id of its key's active jobs, so the next
+        # one is the first queued id above it: one probe on (state, key, id).
+        following = (
+            select(_JOBS.c.id)
+            .where(
+                _JOBS.c.state == QUEUED,
+                _JOBS.c.queue_key == job.queue_key,
+                _JOBS.c.id > job.id,
+            )
+            .order_by(_JOBS.c.id)
+            .limit(1)
+            .scalar_subquery()
+        )
+        connection.execute(
+            update(_JOBS)
+            .where(_JOBS.c.id == following)
+            .values(ready_at=job.started_at or job.ready_at)
+        )
+
     def cancel(self, job_id: int, *, owner_id: int | None = None) -> Job:
         """Cancel a queued job at once; ask a running one to stop at a safe point."""
         with self.db.session() as session:
-            job = session.get(Job, job_id)
-            if job is None or (owner_id is not None and job.owner_id != owner_id):
+            key = session.scalar(select(Job.queue_key).where(Job.id == job_id))
+            if key is None:
+                raise JobNotFound(job_id)
+            self._lock_key(session.connection(), key)
+            query = select(Job).where(Job.id == job_id)
+            if self._postgres:
+                # Wait for a claim in flight, so a job being claimed is not
+                # overwritten as cancelled while a worker starts it.
+                query = query.with_for_update()
+            job = session.scalars(query).one()
+            if owner_id is not None and job.owner_id != owner_id:
                 raise JobNotFound(job_id)
             if job.state == QUEUED:
                 job.state = CANCELLED
                 job.finished_at = self.now()
+                self._promote_next(session.connection(), job)
                 event = "cancelled"
             elif job.state == RUNNING:
                 job.cancel_requested = True
                 event = "cancel_requested"
             else:
                 return job
+            self._notify(session.connection(), event, job)
         self._publish(event, job)
         return job
 
     def requeue_expired(self) -> int:
-        """Take back running jobs whose worker stopped renewing its lease."""
-        now = self.now()
-        with self.db.session() as session:
-            expired = session.scalars(
-                select(Job).where(Job.state == RUNNING, Job.lease_expires_at < now)
+        """Take back running jobs whose worker stopped renewing its lease.
+
+        The job goes back to the front of its key (or fails, out of attempts);
+        the old owner's epoch no longer matches, so its late writes are refused.
+        """
+        with self.db.read_session() as session:
+            expired = session.execute(
+                select(Job.id, Job.epoch).where(
+                    Job.state == RUNNING, Job.lease_expires_at < self.now()
+                )
             ).all()
-            for job in expired:
+        taken = 0
+        for job_id, epoch in expired:
+            # One transaction per job, key lock first, like every other writer.
+            with self.db.session() as session:
+                try:
+                    job = self._owned(session, job_id, epoch, lock_key=True)
+                except LeaseLost:
+                    continue  # finished or renewed meanwhile
+                now = self.now()
+                if clock.as_utc(job.lease_expires_at or now) >= now:
+                    continue  # renewed after our read
                 job.error = f"worker {job.lease_owner} stopped responding"
+                job.errors = [
+                    *job.errors,
+                    {
+                        "attempt": job.attempts,
+                        "error": job.error,
+                        "at": now.isoformat(),
+                    },
+                ]
                 job.lease_owner = None
+                job.lease_expires_at = None
                 if job.attempts >= job.max_attempts:
                     job.state = FAILED
                     job.finished_at = now
+                    self._promote_next(session.connection(), job)
                 else:
                     job.state = QUEUED
                     job.run_after = now
-        for job in expired:
+                self._notify(session.connection(), "lease_expired", job)
+            taken += 1
             self._publish("lease_expired", job)
-        return len(expired)
+            if job.state == FAILED:
+                self._publish("failed", job)
+        return taken
 
     # -- inspecting -----------------------------------------------------------
 
     def get(self, job_id: int) -> Job:
+        """The job as stored now; JobNotFound if there is none."""
         with self.db.read_session() as session:
             job = session.get(Job, job_id)
             if job is None:
                 raise JobNotFound(job_id)
             return job
+
+    def counts_by_state(self) -> dict[str, int]:
+        """How many jobs are queued and running, for the metrics gauge."""
+        with self.db.read_session() as session:
+            rows = session.execute(
+                select(Job.state, func.count())
+                .where(Job.state.in_((QUEUED, RUNNING)))
+                .group_by(Job.state)
+            ).all()
+        counts = {QUEUED: 0, RUNNING: 0}
+        counts.update({state: count for state, count in rows})
+        return counts
 
     def status(self, owner_id: int | None, *, recent: int = 20) -> dict[str, list[Job]]:
         """Running, queued and recently finished jobs of one owner (None: all)."""
@@ -403,27 +778,37 @@ class JobQueue:
         }
 
     def position(self, job: Job) -> int:
+        """1 + the jobs ahead of this one in its key; 0 once it has finished."""
         with self.db.read_session() as session:
             return self._position(session, job)
 
     @staticmethod
-    def _position(session: Any, job: Job) -> int:
-        """1 + the jobs ahead of this one in its key (running or queued)."""
+    def _position(session: Session | Connection, job: Job) -> int:
         if job.state not in (QUEUED, RUNNING):
             return 0
-        ahead: int = session.scalar(
+        ahead = session.scalar(
             select(func.count())
-            .select_from(Job)
+            .select_from(_JOBS)
             .where(
-                Job.queue_key == job.queue_key,
-                Job.state.in_((QUEUED, RUNNING)),
-                Job.id < job.id,
+                _JOBS.c.queue_key == job.queue_key,
+                _JOBS.c.state.in_((QUEUED, RUNNING)),
+                _JOBS.c.id < job.id,
             )
         )
-        return ahead + 1
+        return (ahead or 0) + 1
 
     def waiting_for(self, job: Job) -> str | None:
-        """What a queued job waits for, in words a user understands."""
+        """What a job waits for, in words a user understands, or None.
+
+        A queued job waits for an earlier job of its key, the resource held by
+        another job, its retry time or a free worker; a running job may wait
+        for the API quota (its handler reported ``WAITING_FOR_QUOTA``).
+        """
+        if job.state == RUNNING:
+            if (job.progress or {}).get("phase") == WAITING_FOR_QUOTA:
+                until = (job.progress or {}).get("until")
+                return f"the API quota (until {until})" if until else "the API quota"
+            return None
         if job.state != QUEUED:
             return None
         with self.db.read_session() as session:
@@ -449,3 +834,61 @@ class JobQueue:
         if run_after > self.now():
             return f"a retry at {run_after.isoformat(timespec='seconds')}"
         return "a free worker"
+
+
+def _coalesce_key(
+    kind: str,
+    queue_key: str,
+    resource_key: str | None,
+    owner_id: int | None,
+    payload: dict[str, Any],
+) -> str:
+    identity = [kind, queue_key, resource_key, owner_id, payload]
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+_EVENT_FIELDS = (
+    "id",
+    "kind",
+    "owner_id",
+    "queue_key",
+    "resource_key",
+    "state",
+    "attempts",
+    "max_attempts",
+    "epoch",
+    "cancel_requested",
+    "enqueued_at",
+    "run_after",
+    "started_at",
+    "finished_at",
+    "ready_at",
+    "progress",
+    "error",
+)
+_EVENT_TIMES = ("enqueued_at", "run_after", "started_at", "finished_at", "ready_at")
+
+
+def _job_fields(job: Job, *, small: bool = False) -> dict[str, Any]:
+    fields = {name: getattr(job, name) for name in _EVENT_FIELDS}
+    for name in _EVENT_TIMES:
+        if fields[name] is not None:
+            fields[name] = clock.as_utc(fields[name]).isoformat()
+    if small:
+        fields["progress"] = None
+        fields["error"] = (job.error or "")[:500] or None
+    return fields
+
+
+def _job_from_row(row: Any) -> Job:
+    """A detached Job holding a row read with Core (cheaper than the ORM)."""
+    return Job(**row._mapping)
+
+
+def _job_from_fields(fields: dict[str, Any]) -> Job:
+    values = dict(fields)
+    for name in _EVENT_TIMES:
+        if values.get(name) is not None:
+            values[name] = datetime.fromisoformat(values[name])
+    return Job(**values)

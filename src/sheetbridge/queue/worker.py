@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sheetbridge.queue.errors import (
@@ -17,7 +18,7 @@ from sheetbridge.queue.errors import (
     PermanentJobError,
     RetryableJobError,
 )
-from sheetbridge.queue.store import Claimed, JobQueue
+from sheetbridge.queue.store import WAITING_FOR_QUOTA, WAKING_EVENTS, Claimed, JobQueue
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +38,21 @@ class JobContext:
     def progress(
         self, phase: str, done: int = 0, total: int = 0, **counts: Any
     ) -> None:
-        """Report progress; also a safe point where a requested cancel takes effect."""
+        """Report progress; also a safe point where a requested cancel takes effect.
+
+        Raises LeaseLost if the job was taken over: the handler must stop.
+        """
         state = {"phase": phase, "done": done, "total": total, **counts}
         self._cancel = self.queue.report_progress(self.job.id, self.job.epoch, state)
         self.check_cancelled()
 
+    def waiting_for_quota(self, until: datetime | None = None) -> None:
+        """Tell the job's watchers it waits for the API quota (until ``until``)."""
+        until_text = until.isoformat(timespec="seconds") if until else None
+        self.progress(WAITING_FOR_QUOTA, until=until_text)
+
     def check_cancelled(self) -> None:
+        """Raise JobCancelled if a cancel was requested (seen at the last report)."""
         if self._cancel:
             raise JobCancelled(f"job {self.job.id} was cancelled")
 
@@ -50,13 +60,40 @@ class JobContext:
 Handler = Callable[[JobContext], dict[str, Any]]
 
 
+class _Doorbell:
+    """Wakes idle workers one at a time.
+
+    Each event that may have made a job claimable rings once; a worker that
+    wakes and claims a job rings again for the next idle worker, so a burst
+    of work fans out while a single job wakes a single worker instead of
+    sending every idle thread to the database at once.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._condition = threading.Condition()
+        self._rings = 0
+        self._limit = limit
+
+    def ring(self, times: int = 1) -> None:
+        with self._condition:
+            self._rings = min(self._rings + times, self._limit)
+            self._condition.notify(times)
+
+    def wait(self, timeout_s: float) -> None:
+        with self._condition:
+            if not self._rings:
+                self._condition.wait(timeout_s)
+            self._rings = max(self._rings - 1, 0)
+
+
 class WorkerPool:
     """``concurrency`` threads, each running one job at a time.
 
-    Workers sleep on the queue's change signal, so a job enqueued in this
-    process, or the next job of a key whose job just finished, starts at once;
-    ``poll_interval_s`` only bounds how late work from other processes or a
-    retry time is noticed.
+    Workers sleep until an event says work may be claimable: a job enqueued or
+    finished in this process or, on PostgreSQL, in any other process (LISTEN/
+    NOTIFY). So a job starts at once, and the next job of a key whose job just
+    finished starts without waiting for a poll; ``poll_interval_s`` only
+    bounds how late a retry time or a lost notification is noticed.
     """
 
     def __init__(
@@ -74,30 +111,58 @@ class WorkerPool:
         self.poll_interval_s = poll_interval_s
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self._stopping = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._keeper_stopping = threading.Event()
+        self._doorbell = _Doorbell(concurrency)
+        self._workers: list[threading.Thread] = []
+        self._keeper: threading.Thread | None = None
         self._running: dict[int, Claimed] = {}
         self._lock = threading.Lock()
+        self._thread_state = threading.local()
 
     def start(self) -> None:
+        """Start the worker threads and the lease keeper."""
+        self._stopping.clear()
+        self._keeper_stopping.clear()
+        self.queue._add_waker(self._on_event)
         for index in range(self.concurrency):
             thread = threading.Thread(
                 target=self._work, args=(f"{self.name}-{index}",), daemon=True
             )
             thread.start()
-            self._threads.append(thread)
-        keeper = threading.Thread(target=self._keep_leases, daemon=True)
-        keeper.start()
-        self._threads.append(keeper)
+            self._workers.append(thread)
+        self._keeper = threading.Thread(target=self._keep_leases, daemon=True)
+        self._keeper.start()
 
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """Stop claiming; wait for running jobs to finish."""
+    def stop(self, timeout_s: float = 30.0) -> list[int]:
+        """Drain: stop claiming, let running jobs finish for up to ``timeout_s``,
+        then hand the unfinished ones back to the queue. Returns their ids.
+
+        A handed-back job is queued again at once, at the front of its key, for
+        any worker; its handler here may still be running, but its epoch no
+        longer owns the job, so its progress and finish are refused.
+        """
         self._stopping.set()
-        with self.queue._changed:
-            self.queue._changed.notify_all()
+        self._doorbell.ring(self.concurrency)
         deadline = time.monotonic() + timeout_s
-        for thread in self._threads:
+        for thread in self._workers:
             thread.join(max(deadline - time.monotonic(), 0.0))
-        self._threads.clear()
+        with self._lock:
+            unfinished = list(self._running.values())
+        released = []
+        for job in unfinished:
+            try:
+                self.queue.release(job.id, job.epoch, f"worker {self.name} stopped")
+                released.append(job.id)
+            except LeaseLost:
+                pass  # it finished (or was taken over) meanwhile
+        # Leases are renewed until the drain is over, so no running job is
+        # taken over (and run twice at once) while this pool still waits on it.
+        self._keeper_stopping.set()
+        if self._keeper is not None:
+            self._keeper.join(5.0)
+        self.queue._remove_waker(self._on_event)
+        self._workers.clear()
+        return released
 
     def run_until_empty(self) -> int:
         """Run jobs in this thread until nothing is runnable; returns how many ran."""
@@ -107,8 +172,16 @@ class WorkerPool:
             count += 1
         return count
 
+    def _on_event(self, event: str, remote: bool) -> None:
+        # Wakers run in the publishing thread. One of our workers that ends a
+        # job claims the next one itself, so only its enqueues need to wake
+        # an idle worker; anything else (other threads or processes) does.
+        from_our_worker = getattr(self._thread_state, "worker", False)
+        if event in WAKING_EVENTS and (event == "queued" or not from_our_worker):
+            self._doorbell.ring()
+
     def _work(self, worker_id: str) -> None:
-        generation = self.queue.generation
+        self._thread_state.worker = True
         while not self._stopping.is_set():
             try:
                 job = self.queue.claim(worker_id)
@@ -116,34 +189,30 @@ class WorkerPool:
                 log.exception("worker.claim_failed", extra={"action": "worker"})
                 job = None
             if job is None:
-                generation = self.queue.wait_for_change(
-                    generation, self.poll_interval_s
-                )
+                self._doorbell.wait(self.poll_interval_s)
                 continue
+            self._doorbell.ring()  # there may be more: let an idle worker look
             self._run(job)
 
     def _run(self, job: Claimed) -> None:
         context = JobContext(job, self.queue)
         with self._lock:
             self._running[job.id] = job
-        started = time.monotonic()
         try:
             self._settle(job, self._outcome(context))
         except LeaseLost:
             log.warning(
-                "job.lease_lost", extra={"action": "job.lease_lost", "job_id": job.id}
+                "job.lease_lost",
+                extra={
+                    "action": "job.lease_lost",
+                    "job_id": job.id,
+                    "epoch": job.epoch,
+                    "queue_key": job.queue_key,
+                },
             )
         finally:
             with self._lock:
                 self._running.pop(job.id, None)
-            log.info(
-                "job.done",
-                extra={
-                    "action": "job.done",
-                    "job_id": job.id,
-                    "duration_ms": round((time.monotonic() - started) * 1000),
-                },
-            )
 
     def _outcome(self, context: JobContext) -> dict[str, Any] | BaseException:
         """The handler's result, or the exception it ended with."""
@@ -158,7 +227,13 @@ class WorkerPool:
             if not isinstance(
                 exc, RetryableJobError | PermanentJobError | JobCancelled
             ):
-                log.exception("job.crashed", extra={"action": "job.crashed"})
+                # The job fails below and that is logged at ERROR; here only
+                # the traceback, which the failure line does not carry.
+                log.warning(
+                    "job.crashed",
+                    exc_info=True,
+                    extra={"action": "job.crashed", "job_id": context.job.id},
+                )
             return exc
 
     def _settle(self, job: Claimed, outcome: dict[str, Any] | BaseException) -> None:
@@ -183,14 +258,20 @@ class WorkerPool:
     def _keep_leases(self) -> None:
         """Renew the leases of running jobs and take back expired ones."""
         interval_s = max(self.queue.lease_s / 3, 0.05)
-        while not self._stopping.wait(interval_s):
+        while not self._keeper_stopping.wait(interval_s):
             with self._lock:
                 running = list(self._running.values())
             for job in running:
                 try:
                     self.queue.heartbeat(job.id, job.epoch)
                 except LeaseLost:
-                    log.warning("job.lease_lost", extra={"action": "job.lease_lost"})
+                    with self._lock:
+                        still_running = job.id in self._running
+                    if still_running:  # else it just finished: nothing lost
+                        log.warning(
+                            "job.lease_lost",
+                            extra={"action": "job.lease_lost", "job_id": job.id},
+                        )
                 except Exception:
                     log.exception("worker.heartbeat_failed", extra={"action": "hb"})
             try:

@@ -72,3 +72,16 @@ class SheetBackend(Protocol):
         the data changed since that version was read.
         """
         ...
+
+
+XLSX_CELL_LIMIT = 32_767
+
+
+class ClippedText(str):
+    """Text read from a cell that holds the workbook limit of 32,767 characters.
+
+    Workbook readers cut longer text to that length, so such a value may be only
+    the start of what was typed; importing it would lose the rest.
+    """
+
+    __slots__ = ()

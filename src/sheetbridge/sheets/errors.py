@@ -66,6 +66,14 @@ class SheetTransientError(SheetError):
         return f"temporary spreadsheet error{_where(self.location, self.tab)}"
 
 
+class SheetRateLimited(SheetTransientError):
+    """The service's request quota is used up; retry after ``retry_after`` s."""
+
+    def _default_message(self) -> str:
+        wait = f"; retry in {self.retry_after:.0f} s" if self.retry_after else ""
+        return f"spreadsheet API quota exceeded{_where(self.location, None)}{wait}"
+
+
 class SheetLocked(SheetTransientError):
     """The workbook is locked (open in another program); retry later."""
 

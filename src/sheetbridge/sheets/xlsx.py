@@ -24,7 +24,13 @@ import openpyxl
 from openpyxl.styles.numbers import is_date_format
 from openpyxl.utils.exceptions import IllegalCharacterError, InvalidFileException
 
-from sheetbridge.sheets.base import Cell, TabChanges, TabData
+from sheetbridge.sheets.base import (
+    XLSX_CELL_LIMIT,
+    Cell,
+    ClippedText,
+    TabChanges,
+    TabData,
+)
 from sheetbridge.sheets.errors import (
     SheetChanged,
     SheetInvalidRequest,
@@ -218,7 +224,10 @@ def _trimmed_rows(sheet: Any) -> list[list[Cell]]:
     rows: list[list[Cell]] = []
     last_used = 0
     for values in sheet.iter_rows(values_only=True):
-        row = list(values)
+        row = [
+            ClippedText(v) if isinstance(v, str) and len(v) >= XLSX_CELL_LIMIT else v
+            for v in values
+        ]
         while row and _is_empty(row[-1]):
             row.pop()
         rows.append(row)

@@ -16,7 +16,7 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import TypeAlias
 
-from sheetbridge.sheets.base import Cell
+from sheetbridge.sheets.base import XLSX_CELL_LIMIT, Cell, ClippedText
 
 Canonical: TypeAlias = str | int | None
 """The canonical, JSON-able and comparable value of one field."""
@@ -89,6 +89,11 @@ def parse_value(column: Column, raw: Cell) -> Canonical:
     """Like :func:`parse_cell`, but an empty value is ``None`` even if required."""
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return None
+    if isinstance(raw, ClippedText):
+        raise CellError(
+            f"holds {XLSX_CELL_LIMIT:,} characters, the most a workbook cell can; "
+            "the text may have been cut, so it is not imported"
+        )
     return _PARSERS[column.type](column, raw)
 
 

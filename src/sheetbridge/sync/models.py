@@ -42,3 +42,44 @@ class SyncSnapshot(Base):
     )
 
     __table_args__ = (UniqueConstraint("target_id", "entity", "record_id"),)
+
+
+class SyncConflict(Base):
+    """A field changed on both sides since the last sync; waits for a person."""
+
+    __tablename__ = "sync_conflicts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    target_id: Mapped[int] = mapped_column(ForeignKey("sync_targets.id"), index=True)
+    entity: Mapped[str] = mapped_column(String(32))
+    record_id: Mapped[int] = mapped_column(Integer)
+    field: Mapped[str] = mapped_column(String(64))
+    column: Mapped[str] = mapped_column(String(100))
+    row: Mapped[int | None] = mapped_column(Integer)
+    app_value: Mapped[Any] = mapped_column(JSON, nullable=True)
+    sheet_value: Mapped[Any] = mapped_column(JSON, nullable=True)
+    base_value: Mapped[Any] = mapped_column(JSON, nullable=True)
+    job_id: Mapped[int | None] = mapped_column(Integer)
+    detected_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=clock.now
+    )
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    resolution: Mapped[str | None] = mapped_column(String(16))
+    resolved_value: Mapped[Any] = mapped_column(JSON, nullable=True)
+    resolved_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+
+
+class ImportChange(Base):
+    """One field of one record as an import changed it, for audit and undo."""
+
+    __tablename__ = "import_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(Integer, index=True)
+    target_id: Mapped[int] = mapped_column(ForeignKey("sync_targets.id"))
+    entity: Mapped[str] = mapped_column(String(32))
+    record_id: Mapped[int] = mapped_column(Integer)
+    field: Mapped[str] = mapped_column(String(64))
+    before: Mapped[Any] = mapped_column(JSON, nullable=True)
+    after: Mapped[Any] = mapped_column(JSON, nullable=True)
+    undone_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Path, Query, status
 from fastapi.responses import JSONResponse, Response
 
 from sheetbridge.insurance.schemas import (
+    MAX_ID,
     CustomerCreate,
     CustomerOut,
     CustomerUpdate,
@@ -30,9 +31,18 @@ from sheetbridge.web.deps import CurrentUser, Reader, RuntimeDep
 router = APIRouter(prefix="/api", tags=["records"])
 
 Limit = Annotated[int, Query(ge=1, le=500)]
-Offset = Annotated[int, Query(ge=0)]
+Offset = Annotated[int, Query(ge=0, le=MAX_ID)]
+RefId = Annotated[int | None, Query(ge=1, le=MAX_ID)]
+CustomerId = Annotated[int, Path(ge=1, le=MAX_ID)]
+PolicyId = Annotated[int, Path(ge=1, le=MAX_ID)]
+VersionQuery = Annotated[int | None, Query(ge=1, le=MAX_ID)]
 Search = Annotated[str, Query(max_length=200)]
-Ids = Annotated[str, Query(pattern=r"^\d+(,\d+)*$", description="comma-separated")]
+Ids = Annotated[
+    str,
+    Query(
+        pattern=r"^\d{1,9}(,\d{1,9})*$", max_length=5000, description="comma-separated"
+    ),
+]
 CustomerSort = Annotated[str, Query(pattern=r"^-?(id|name|city|state|updated_at)$")]
 PolicySort = Annotated[
     str,
@@ -62,7 +72,7 @@ def list_customers(
     user: CurrentUser,
     session: Reader,
     q: Search = "",
-    agent_id: int | None = None,
+    agent_id: RefId = None,
     ids: Ids | None = None,
     limit: Limit = 50,
     offset: Offset = 0,
@@ -81,7 +91,9 @@ def list_customers(
 
 
 @router.get("/customers/{customer_id}", response_model=CustomerOut)
-def get_customer(customer_id: int, user: CurrentUser, session: Reader) -> CustomerOut:
+def get_customer(
+    customer_id: CustomerId, user: CurrentUser, session: Reader
+) -> CustomerOut:
     return customer_out(Book(session, user).get_customer(customer_id))
 
 
@@ -95,7 +107,7 @@ def create_customer(
 
 @router.patch("/customers/{customer_id}", response_model=CustomerOut)
 def update_customer(
-    customer_id: int, data: CustomerUpdate, user: CurrentUser, rt: RuntimeDep
+    customer_id: CustomerId, data: CustomerUpdate, user: CurrentUser, rt: RuntimeDep
 ) -> Any:
     try:
         with rt.db.session() as session:
@@ -108,7 +120,10 @@ def update_customer(
 
 @router.delete("/customers/{customer_id}", status_code=204, response_model=None)
 def delete_customer(
-    customer_id: int, user: CurrentUser, rt: RuntimeDep, version: int | None = None
+    customer_id: CustomerId,
+    user: CurrentUser,
+    rt: RuntimeDep,
+    version: VersionQuery = None,
 ) -> Any:
     try:
         with rt.db.session() as session:
@@ -128,8 +143,8 @@ def list_policies(
     status: PolicyStatus | None = None,
     line_of_business: LineOfBusiness | None = None,
     carrier: Annotated[str | None, Query(max_length=100)] = None,
-    agent_id: int | None = None,
-    customer_id: int | None = None,
+    agent_id: RefId = None,
+    customer_id: RefId = None,
     ids: Ids | None = None,
     limit: Limit = 50,
     offset: Offset = 0,
@@ -157,7 +172,7 @@ def list_policies(
 
 
 @router.get("/policies/{policy_id}", response_model=PolicyOut)
-def get_policy(policy_id: int, user: CurrentUser, session: Reader) -> PolicyOut:
+def get_policy(policy_id: PolicyId, user: CurrentUser, session: Reader) -> PolicyOut:
     return policy_out(Book(session, user).get_policy(policy_id))
 
 
@@ -169,7 +184,7 @@ def create_policy(data: PolicyCreate, user: CurrentUser, rt: RuntimeDep) -> Poli
 
 @router.patch("/policies/{policy_id}", response_model=PolicyOut)
 def update_policy(
-    policy_id: int, data: PolicyUpdate, user: CurrentUser, rt: RuntimeDep
+    policy_id: PolicyId, data: PolicyUpdate, user: CurrentUser, rt: RuntimeDep
 ) -> Any:
     try:
         with rt.db.session() as session:
@@ -182,7 +197,7 @@ def update_policy(
 
 @router.delete("/policies/{policy_id}", status_code=204, response_model=None)
 def delete_policy(
-    policy_id: int, user: CurrentUser, rt: RuntimeDep, version: int | None = None
+    policy_id: PolicyId, user: CurrentUser, rt: RuntimeDep, version: VersionQuery = None
 ) -> Any:
     try:
         with rt.db.session() as session:

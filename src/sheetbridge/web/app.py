@@ -17,11 +17,12 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from sheetbridge.config import Settings
 from sheetbridge.db import Database
+from sheetbridge.insurance.review import ReviewError
 from sheetbridge.insurance.services import InUse, InvalidField, RecordNotFound
 from sheetbridge.insurance.sync_jobs import SyncService
 from sheetbridge.queue.store import JobQueue
 from sheetbridge.queue.worker import WorkerPool
-from sheetbridge.web import api, pages, sync_api
+from sheetbridge.web import api, events, pages, sync_api
 from sheetbridge.web.deps import CurrentUser, NotSignedIn, Runtime
 from sheetbridge.web.security import load_or_create_secret
 
@@ -82,6 +83,7 @@ def create_app(runtime: Runtime, *, workers: bool = True) -> FastAPI:
     app.include_router(pages.router)
     app.include_router(api.router)
     app.include_router(sync_api.router)
+    app.include_router(events.router)
     _add_error_handlers(app)
     _add_health(app, runtime)
     return app
@@ -95,6 +97,10 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RecordNotFound)
     async def _not_found(request: Request, exc: RecordNotFound) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_404_NOT_FOUND)
+
+    @app.exception_handler(ReviewError)
+    async def _review(request: Request, exc: ReviewError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_409_CONFLICT)
 
     @app.exception_handler(InUse)
     async def _in_use(request: Request, exc: InUse) -> JSONResponse:

@@ -61,15 +61,16 @@ def _user(request: Request, session: Session) -> User:
     return user
 
 
-def current_user(
-    request: Request, session: Annotated[Session, Depends(reader)]
-) -> User:
-    return _user(request, session)
-
-
-def page_user(request: Request, session: Annotated[Session, Depends(reader)]) -> User:
-    try:
+def current_user(request: Request) -> User:
+    """The signed-in user; the session used to find them is closed at once, so
+    a request never holds two database connections."""
+    with runtime(request).db.read_session() as session:
         return _user(request, session)
+
+
+def page_user(request: Request) -> User:
+    try:
+        return current_user(request)
     except HTTPException as exc:
         raise NotSignedIn from exc
 

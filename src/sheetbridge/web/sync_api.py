@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Path, Query, status
+from pydantic import BaseModel, ConfigDict, Field
 
 from sheetbridge import clock
+from sheetbridge.insurance import review
+from sheetbridge.insurance.models import User
+from sheetbridge.insurance.schemas import MAX_ID
 from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
 from sheetbridge.queue.errors import JobNotFound
 from sheetbridge.queue.models import Job
 from sheetbridge.queue.store import JobQueue
+from sheetbridge.sheets.google import service_account_email
+from sheetbridge.sync.models import SyncTarget
 from sheetbridge.web.deps import CurrentUser, RuntimeDep
 
 router = APIRouter(prefix="/api/insurance/sync", tags=["sync"])
+JobId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 def _iso(value: Any) -> str | None:
@@ -76,7 +83,7 @@ def sync_status(
     }
 
 
-def _own_job(job_id: int, user: CurrentUser, rt: RuntimeDep) -> Job:
+def _own_job(job_id: JobId, user: CurrentUser, rt: RuntimeDep) -> Job:
     try:
         job = rt.queue.get(job_id)
     except JobNotFound as exc:
@@ -87,11 +94,109 @@ def _own_job(job_id: int, user: CurrentUser, rt: RuntimeDep) -> Job:
 
 
 @router.get("/jobs/{job_id}")
-def get_job(job_id: int, user: CurrentUser, rt: RuntimeDep) -> dict[str, Any]:
+def get_job(job_id: JobId, user: CurrentUser, rt: RuntimeDep) -> dict[str, Any]:
     return job_view(rt.queue, _own_job(job_id, user, rt))
 
 
 @router.post("/jobs/{job_id}/cancel")
-def cancel_job(job_id: int, user: CurrentUser, rt: RuntimeDep) -> dict[str, Any]:
+def cancel_job(job_id: JobId, user: CurrentUser, rt: RuntimeDep) -> dict[str, Any]:
     job = _own_job(job_id, user, rt)
     return job_view(rt.queue, rt.queue.cancel(job.id))
+
+
+class Resolution(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    choice: Literal["app", "sheet", "edit"]
+    value: str | int | None = Field(
+        default=None, description="The value to keep, with choice 'edit'"
+    )
+
+
+@router.get("/conflicts")
+def list_conflicts(user: CurrentUser, rt: RuntimeDep) -> dict[str, Any]:
+    """Open conflicts in the caller's sheet (admins: every sheet)."""
+    with rt.db.read_session() as session:
+        rows = review.open_conflicts(session, user)
+        return {"conflicts": [review.conflict_view(row) for row in rows]}
+
+
+@router.post("/conflicts/{conflict_id}/resolve")
+def resolve_conflict(
+    conflict_id: JobId, body: Resolution, user: CurrentUser, rt: RuntimeDep
+) -> dict[str, Any]:
+    """Keep the app's value, the sheet's, or an edited one."""
+    with rt.db.session() as session:
+        row = review.resolve_conflict(
+            session, user, conflict_id, body.choice, body.value
+        )
+        return review.conflict_view(row)
+
+
+@router.post("/jobs/{job_id}/undo")
+def undo_import(job_id: JobId, user: CurrentUser, rt: RuntimeDep) -> dict[str, Any]:
+    """Restore what one import changed; records edited since are left alone."""
+    _own_job(job_id, user, rt)
+    with rt.db.session() as session:
+        report = review.undo_import(session, user, job_id)
+    return {"restored": report.restored, "left_alone": report.left_alone}
+
+
+class TargetChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    delete_mode: Literal["flag", "delete"] | None = None
+    backend: Literal["xlsx", "google"] | None = None
+    spreadsheet_id: str | None = Field(default=None, max_length=128)
+
+
+def _target_view(rt: RuntimeDep, target: SyncTarget) -> dict[str, Any]:
+    return {
+        "id": target.id,
+        "user_id": target.user_id,
+        "backend": target.backend,
+        "location": target.location,
+        "delete_mode": target.delete_mode,
+        "share_with": service_account_email(rt.settings),
+    }
+
+
+def _subject(user: CurrentUser, rt: RuntimeDep, user_id: int | None) -> User:
+    """The caller, or for an admin the user named by ``user_id``."""
+    if user_id is None or user_id == user.id:
+        return user
+    if not user.is_admin:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "only admins set others' sheets")
+    with rt.db.read_session() as session:
+        other = session.get(User, user_id)
+    if other is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"user {user_id} does not exist")
+    return other
+
+
+@router.get("/target")
+def get_target(
+    user: CurrentUser,
+    rt: RuntimeDep,
+    user_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+) -> dict[str, Any]:
+    """Where a book syncs to, how deletes are treated, whom to share it with."""
+    return _target_view(rt, rt.sync.target_for(_subject(user, rt, user_id)))
+
+
+@router.patch("/target")
+def change_target(
+    body: TargetChange,
+    user: CurrentUser,
+    rt: RuntimeDep,
+    user_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+) -> dict[str, Any]:
+    """Point a book at a Google spreadsheet (or back to its workbook), or set
+    ``delete_mode``: ``flag`` reports deleted rows, ``delete`` removes them."""
+    target = rt.sync.update_target(
+        _subject(user, rt, user_id),
+        delete_mode=body.delete_mode,
+        backend=body.backend,
+        spreadsheet_id=body.spreadsheet_id,
+    )
+    return _target_view(rt, target)

@@ -782,18 +782,28 @@
     picked.textContent = id ? `Customer: ${customerNames.get(id) || `#${id}`}` : "";
   });
 
-  // ---------------------------------------------------------------- sync
+  // ---------------------------------------------------------------- sync: state
 
   const syncMessage = $("#sync-message");
   const activeList = $("#active-jobs");
   const recentList = $("#recent-jobs");
-  const jobEls = new Map();    // job id -> <li>
-  const seenState = new Map(); // job id -> last state seen
-  let firstStatus = true;
+  const RECENT_LIMIT = 20;
+  const FINAL = new Set(["succeeded", "failed", "cancelled"]);
+  const jobs = new Map();        // job id -> latest job view
+  const jobEls = new Map();      // job id -> <li>
+  const seenState = new Map();   // job id -> state already acted on (announce, refresh)
+  const refreshed = new Set();   // from_sheet jobs whose rows were patched (once each)
+  const undoState = new Map();   // job id -> {busy} | {report} | {error}
+  let firstSnapshot = true;
 
   const KIND = { to_sheet: "Sync to sheet", from_sheet: "Sync from sheet" };
   const STATE_WORDS = {
-    queued: "Queued", running: "Running", succeeded: "Done", failed: "Failed", cancelled: "Cancelled",
+    queued: "Queued", retry: "Retry waiting", running: "Running", succeeded: "Done",
+    failed: "Failed", cancelled: "Cancelled",
+  };
+  const PHASES = {
+    to_sheet: ["reading", "comparing", "writing"],
+    from_sheet: ["reading", "comparing", "importing"],
   };
   const COUNT_WORDS = [
     ["written_cells", "cell written", "cells written"],
@@ -802,8 +812,9 @@
     ["created", "record created", "records created"],
     ["updated", "record updated", "records updated"],
     ["deleted", "row deleted", "rows deleted"],
+    ["skipped", "row skipped", "rows skipped"],
     ["conflicts", "conflict", "conflicts"],
-    ["errors", "error", "errors"],
+    ["errors", "row with errors", "rows with errors"],
     ["pending_import", "sheet edit waiting for import", "sheet edits waiting for import"],
     ["pending_export", "app change waiting for export", "app changes waiting for export"],
     ["deleted_in_sheet", "row deleted in the sheet", "rows deleted in the sheet"],
@@ -811,6 +822,31 @@
     ["readonly", "read-only column edit ignored", "read-only column edits ignored"],
   ];
   const SKIP_COUNTS = new Set(["unchanged", "issues"]);
+
+  function isRetryWaiting(job) {
+    return job.state === "queued" && Number(job.attempts || 0) > 0 && Boolean(job.error);
+  }
+
+  // How far a job has got. Snapshots (polls, the stream's opening status) and
+  // single events may arrive out of order; a job never goes back a stage, and
+  // a final state is final. A retry (running -> queued) raises attempts.
+  function stage(job) {
+    if (FINAL.has(job.state)) return Number.POSITIVE_INFINITY;
+    const a = Number(job.attempts || 0);
+    return job.state === "running" ? 2 * a - 1 : 2 * a;
+  }
+
+  function upsertJob(job) {
+    const old = jobs.get(job.id);
+    if (old && stage(job) < stage(old)) return false;
+    if (old && FINAL.has(old.state) && FINAL.has(job.state) && !job.result && old.result) {
+      job = { ...job, result: old.result }; // events from other processes carry no result
+    }
+    jobs.set(job.id, job);
+    return true;
+  }
+
+  // ---------------------------------------------------------------- sync: words
 
   function summaryWords(summary) {
     if (!summary) return "";
@@ -826,13 +862,33 @@
       if (!known.has(key) && !SKIP_COUNTS.has(key) && n > 0) parts.push(`${n.toLocaleString()} ${key.replace(/_/g, " ")}`);
     }
     const unchanged = Number(summary.unchanged || 0);
-    if (!parts.length) return unchanged ? `No changes (${plural(unchanged, "record")} already in sync)` : "No changes";
+    if (!parts.length) return unchanged ? `No changes (${plural(unchanged, "record")} already in sync)` : "No changes needed";
     return parts.join(", ");
   }
 
   function canonical(v) {
     if (v === null || v === undefined || v === "") return "(empty)";
     return typeof v === "object" ? JSON.stringify(v) : String(v);
+  }
+
+  // Server messages may name files by their full server path; the file name is enough.
+  function plainReason(text) {
+    return String(text || "unknown error")
+      .replace(/(^|[\s'"(])(?:[A-Za-z]:)?[\\/](?:[^\s\\/'"]+[\\/])+([^\s\\/'"]+)/g, "$1$2");
+  }
+
+  function adviceFor(job) {
+    const e = String(job.error || "").toLowerCase();
+    if (/not a readable|not a zip|bad zip|invalid spreadsheet|corrupt/.test(e)) {
+      return "The workbook file is damaged or is not an Excel (.xlsx) file. Put back a good copy (or remove it and run Sync to sheet to write a fresh one), then sync again.";
+    }
+    if (/locked|open in another program/.test(e)) return "Close the workbook in the other program, then sync again.";
+    if (/permission denied/.test(e)) return "Sheetbridge may not open this sheet. Ask an admin to check who the sheet is shared with, then sync again.";
+    if (/not found|does not exist/.test(e)) return "The sheet or one of its tabs is missing. Run Sync to sheet to create it, or restore the tab, then sync again.";
+    if (/header|column/.test(e)) return "Fix the header row the message names (row 1 of that tab), then sync again.";
+    if (/quota|temporar|timed out|timeout|rate/.test(e)) return "The spreadsheet service is busy. Wait a minute, then sync again.";
+    if (/stopped responding|worker/.test(e)) return "The server was interrupted. Sync again; nothing was half written.";
+    return "Fix what the reason names, then sync again. If it keeps failing, tell your admin the sync number.";
   }
 
   function issuesDetails(result) {
@@ -860,85 +916,158 @@
       el("ul", { className: "issues-list" }, ...items));
   }
 
-  function progressLine(job) {
-    const p = job.progress;
-    if (!p || !p.phase) return null;
+  function progressBlock(job) {
+    const p = job.progress || {};
+    const phases = PHASES[job.kind] || [];
     const wrap = el("div", { className: "job-progress" });
+    const id = `job-${job.id}-progress`;
+    if (!p.phase) {
+      wrap.append(el("span", { id, text: "Starting…" }), el("progress", { "aria-labelledby": id }));
+      return wrap;
+    }
+    if (job.waiting_for) {
+      wrap.append(el("span", { id, text: `Paused: waiting for ${job.waiting_for}` }), el("progress", { "aria-labelledby": id }));
+      return wrap;
+    }
+    const step = phases.indexOf(p.phase);
     const total = Number(p.total || 0);
     const done = Number(p.done || 0);
-    const label = total > 0 ? `${p.phase}: ${done.toLocaleString()} of ${total.toLocaleString()}` : `${p.phase}…`;
-    const id = `job-${job.id}-progress`;
-    wrap.append(el("span", { id, text: label[0].toUpperCase() + label.slice(1) }));
-    if (total > 0) wrap.append(el("progress", { max: String(total), value: String(Math.min(done, total)), "aria-labelledby": id }));
+    const phase = p.phase[0].toUpperCase() + p.phase.slice(1);
+    let label = step >= 0 ? `Step ${step + 1} of ${phases.length}: ${p.phase}` : `${phase}…`;
+    if (total > 0) label += done > 0 ? ` (${done.toLocaleString()} of ${total.toLocaleString()})` : ` (${plural(total, "change")})`;
+    wrap.append(el("span", { id, text: label }));
+    if (total > 0 && done > 0) {
+      wrap.append(el("progress", { max: String(total), value: String(Math.min(done, total)), "aria-labelledby": id }));
+    } else if (step >= 0) {
+      // Steps done so far, plus half of the current one.
+      wrap.append(el("progress", { max: String(phases.length * 2), value: String(step * 2 + 1), "aria-labelledby": id }));
+    } else {
+      wrap.append(el("progress", { "aria-labelledby": id }));
+    }
+    const extra = Object.entries(p).filter(([k, v]) => !["phase", "done", "total", "until"].includes(k) && typeof v === "number" && v > 0);
+    if (extra.length) wrap.append(el("span", { className: "muted", text: extra.map(([k, v]) => `${v.toLocaleString()} ${k.replace(/_/g, " ")}`).join(", ") }));
     return wrap;
   }
 
-  function waitingLine(job) {
-    const bits = [];
-    if (job.position) bits.push(`position ${job.position}`);
-    if (job.waiting_for) bits.push(`waiting for ${job.waiting_for}`);
-    if (job.attempts > 0 && job.run_after && new Date(job.run_after) > new Date()) {
-      bits.push(`retry ${job.attempts + 1} at ${fmtDateTime(job.run_after)}`);
+  function duration(job) {
+    if (!job.started_at || !job.finished_at) return "";
+    const ms = new Date(job.finished_at) - new Date(job.started_at);
+    if (!Number.isFinite(ms) || ms < 0) return "";
+    if (ms < 100) return " · took under 0.1 s";
+    return ms < 60000 ? ` · took ${(ms / 1000).toFixed(1)} s` : ` · took ${Math.round(ms / 60000)} min`;
+  }
+
+  function changedCount(job) {
+    const changed = (job.result && job.result.changed) || {};
+    return Object.values(changed).reduce((n, ids) => n + (Array.isArray(ids) ? ids.length : 0), 0);
+  }
+
+  function undoReportBlock(id) {
+    const u = undoState.get(id);
+    if (!u) return null;
+    if (u.busy) return el("p", { className: "job-line", text: "Undoing the import…" });
+    if (u.error) return el("p", { className: "job-error", text: `Not undone: ${u.error}` });
+    const r = u.report;
+    const parts = [`Import undone: ${plural(r.restored.length, "record")} restored`];
+    if (r.left_alone.length) parts.push(`${plural(r.left_alone.length, "record")} left alone`);
+    const box = el("div", { className: "undo-report", role: "group", tabindex: "-1", "aria-label": `Undo report for sync #${id}` },
+      el("p", { className: "job-line", text: `${parts.join("; ")}.` }));
+    if (r.left_alone.length) {
+      box.append(el("ul", { className: "issues-list" }, ...r.left_alone.map((x) =>
+        el("li", { dataset: { kind: "warning" } },
+          el("span", { className: "issue-where", text: `${x.entity === "policy" ? "Policy" : "Customer"} ${labelFor(x.entity, x.record_id)}` }),
+          el("span", { className: "issue-reason", text: x.reason })))));
     }
-    return bits.length ? el("p", { className: "job-line", text: bits.join(" · ") }) : null;
+    return box;
+  }
+
+  function displayState(job) {
+    return isRetryWaiting(job) ? "retry" : job.state;
   }
 
   function jobSignature(job) {
     return JSON.stringify([job.state, job.position, job.waiting_for, job.attempts, job.progress,
-      job.error, job.cancel_requested, job.finished_at, job.run_after]);
+      job.error, job.cancel_requested, job.finished_at, job.run_after, Boolean(job.result), undoState.get(job.id) || null]);
   }
 
   function renderJob(li, job) {
     li.dataset.jobId = String(job.id);
     li.dataset.state = job.state;
+    li.dataset.display = displayState(job);
     li.dataset.kind = job.kind;
     const sig = jobSignature(job);
     if (li.dataset.sig === sig) return;
     li.dataset.sig = sig;
-    const stateBadge = el("span", { className: `job-state state-${job.state}`, text: STATE_WORDS[job.state] || job.state });
+    const kind = KIND[job.kind] || job.kind;
+    const shown = displayState(job);
     const head = el("div", { className: "job-head" },
-      el("span", { className: "job-title" }, el("span", { text: KIND[job.kind] || job.kind }), " ", el("span", { className: "muted", text: `#${job.id}` })),
-      stateBadge);
+      el("span", { className: "job-title" }, el("span", { text: kind }), " ", el("span", { className: "muted", text: `#${job.id}` })),
+      el("span", { className: `job-state state-${shown}`, text: STATE_WORDS[shown] || job.state }));
     const body = [head];
-    if (job.state === "queued" || job.state === "running") {
-      const wait = waitingLine(job);
-      if (wait) body.push(wait);
-      if (job.state === "running") {
-        const prog = progressLine(job);
-        body.push(prog || el("p", { className: "job-line", text: "Starting…" }));
-      }
-      if (job.cancel_requested) {
-        body.push(el("p", { className: "job-line", text: "Stopping at the next safe point…" }));
-      } else {
-        const cancel = el("button", { type: "button", className: "btn btn-small job-cancel",
-          text: job.state === "queued" ? "Cancel" : "Stop",
-          "aria-label": `${job.state === "queued" ? "Cancel" : "Stop"} ${KIND[job.kind] || job.kind} #${job.id}` });
-        cancel.dataset.cancelJob = String(job.id);
-        body.push(el("div", { className: "job-actions" }, cancel));
-      }
+    const actions = [];
+    if (shown === "retry") {
+      body.push(el("p", { className: "job-line", text: `Attempt ${job.attempts} did not finish: ${plainReason(job.error)}` }));
+      const next = job.run_after ? `Next try at ${fmtDateTime(job.run_after)}` : "Next try soon";
+      body.push(el("p", { className: "job-line", text: `${next} (attempt ${Number(job.attempts) + 1}).` }));
+    } else if (job.state === "queued") {
+      const bits = [];
+      if (job.position) bits.push(job.position === 1 ? "Next in your queue" : `Position ${job.position} in your queue`);
+      if (job.waiting_for) bits.push(`waiting for ${job.waiting_for}`);
+      if (bits.length) body.push(el("p", { className: "job-line", text: bits.join(" · ") }));
+    } else if (job.state === "running") {
+      body.push(progressBlock(job));
     } else {
-      const when = job.finished_at ? `Finished ${fmtDateTime(job.finished_at)}` : "";
-      if (when) body.push(el("p", { className: "job-line muted", text: when }));
-      if (job.state === "succeeded" && job.result) {
-        body.push(el("p", { className: "job-summary", text: summaryWords(job.result.summary) }));
-      }
-      if (job.state === "failed" && job.error) {
-        body.push(el("p", { className: "job-error", text: job.error }));
-      }
-      if (job.state === "cancelled") {
+      if (job.finished_at) body.push(el("p", { className: "job-line muted", text: `Finished ${fmtDateTime(job.finished_at)}${duration(job)}` }));
+      if (job.state === "succeeded") {
+        body.push(el("p", { className: "job-summary", text: job.result ? summaryWords(job.result.summary) : "Finished." }));
+        if (job.kind === "from_sheet" && changedCount(job) > 0) {
+          const u = undoState.get(job.id);
+          if (!u || u.error) {
+            const undo = el("button", { type: "button", className: "btn btn-small job-undo",
+              text: "Undo import", "aria-label": `Undo import #${job.id}` });
+            undo.dataset.undoJob = String(job.id);
+            actions.push(undo);
+          }
+        }
+      } else if (job.state === "failed") {
+        body.push(el("p", { className: "job-error" }, el("strong", { text: "Reason: " }), plainReason(job.error)));
+        body.push(el("p", { className: "job-advice" }, el("strong", { text: "What to do: " }), adviceFor(job)));
+        const again = el("button", { type: "button", className: "btn btn-small job-again",
+          text: "Try again", "aria-label": `Try ${kind} again` });
+        again.dataset.again = job.kind.replace("_", "-");
+        actions.push(again);
+      } else if (job.state === "cancelled") {
         body.push(el("p", { className: "job-line", text: job.started_at ? "Stopped before finishing." : "Cancelled before it started." }));
       }
+      const undoBlock = undoReportBlock(job.id);
+      if (undoBlock) body.push(undoBlock);
       if (job.result) {
         const details = issuesDetails(job.result);
         if (details) {
-          // Keep an open issue list open across updates.
-          const wasOpen = li.querySelector("details.job-issues[open]");
-          if (wasOpen) details.open = true;
+          if (li.querySelector("details.job-issues[open]")) details.open = true;
           body.push(details);
         }
       }
     }
+    if (!FINAL.has(job.state)) {
+      if (job.cancel_requested) {
+        body.push(el("p", { className: "job-line", text: "Stopping at the next safe point…" }));
+      } else {
+        const verb = job.state === "running" ? "Stop" : "Cancel";
+        const cancel = el("button", { type: "button", className: "btn btn-small job-cancel",
+          text: verb, "aria-label": `${verb} ${kind} #${job.id}` });
+        cancel.dataset.cancelJob = String(job.id);
+        actions.push(cancel);
+      }
+    }
+    if (actions.length) body.push(el("div", { className: "job-actions" }, ...actions));
+    // Keep keyboard focus on a button that is rebuilt with the same role.
+    const focused = li.contains(document.activeElement) ? document.activeElement.className : null;
     li.replaceChildren(...body);
+    if (focused) {
+      const again = li.querySelector(`button[class="${focused}"]`);
+      if (again) again.focus();
+    }
   }
 
   function jobEl(job) {
@@ -951,8 +1080,8 @@
     return li;
   }
 
-  function placeJobs(list, jobs) {
-    const wanted = jobs.map(jobEl);
+  function placeJobs(list, items) {
+    const wanted = items.map(jobEl);
     // Reorder with minimal DOM moves so focus inside a job is kept.
     wanted.forEach((li, i) => {
       if (list.children[i] !== li) list.insertBefore(li, list.children[i] || null);
@@ -960,37 +1089,164 @@
     while (list.children.length > wanted.length) list.lastElementChild.remove();
   }
 
-  function renderStatus(status) {
-    const active = [...(status.running || []), ...(status.queued || [])];
-    const recent = status.recent || [];
-    const ids = new Set([...active, ...recent].map((j) => j.id));
-    placeJobs(activeList, active);
-    placeJobs(recentList, recent);
-    for (const id of Array.from(jobEls.keys())) if (!ids.has(id)) { jobEls.get(id).remove(); jobEls.delete(id); }
-    $("#no-active-jobs").hidden = active.length > 0;
-    $("#no-recent-jobs").hidden = recent.length > 0;
-    return active.length > 0;
+  // Queue positions move when an earlier job finishes; the stream sends only
+  // the job that changed, so work out what the others now wait for.
+  function withLocalQueue(active) {
+    return active.map((job, i) => {
+      if (job.state !== "queued") return job;
+      const out = { ...job, position: i + 1 };
+      const earlier = /^your earlier sync #\d+$/.test(job.waiting_for || "");
+      if (i > 0 && (earlier || !job.waiting_for)) out.waiting_for = `your earlier sync #${active[0].id}`;
+      else if (i === 0 && earlier) out.waiting_for = "a free worker";
+      return out;
+    });
   }
 
-  function noticeTransitions(status) {
-    const all = [...(status.running || []), ...(status.queued || []), ...(status.recent || [])];
-    for (const job of all) {
-      const before = seenState.get(job.id);
-      seenState.set(job.id, job.state);
-      if (firstStatus || before === job.state) continue;
-      if (job.state === "succeeded" && job.kind === "from_sheet") {
-        silentRefresh(job).catch((err) => announce(`Could not refresh imported rows: ${err.message}`, "error"));
-      }
-      if (before !== undefined || ["succeeded", "failed", "cancelled"].includes(job.state)) {
-        if (job.state === "succeeded") announce(`${KIND[job.kind]} #${job.id} finished: ${summaryWords(job.result && job.result.summary)}.`);
-        else if (job.state === "failed") announce(`${KIND[job.kind]} #${job.id} failed: ${job.error || "unknown error"}`, "error");
-      }
+  let renderQueued = false;
+  function render() {
+    if (renderQueued) return;
+    renderQueued = true;
+    // Once per task: a burst of events re-renders once.
+    Promise.resolve().then(renderNow);
+  }
+
+  function renderNow() {
+    renderQueued = false;
+    const all = Array.from(jobs.values());
+    const running = all.filter((j) => j.state === "running").sort((a, b) => a.id - b.id);
+    const queued = all.filter((j) => j.state === "queued").sort((a, b) => a.id - b.id);
+    const active = withLocalQueue([...running, ...queued].sort((a, b) => a.id - b.id));
+    const recent = all.filter((j) => FINAL.has(j.state)).sort((a, b) => b.id - a.id);
+    for (const old of recent.slice(RECENT_LIMIT)) jobs.delete(old.id);
+    const shownRecent = recent.slice(0, RECENT_LIMIT);
+    const activeOrdered = [...active.filter((j) => j.state === "running"), ...active.filter((j) => j.state === "queued")];
+    placeJobs(activeList, activeOrdered);
+    placeJobs(recentList, shownRecent);
+    for (const id of Array.from(jobEls.keys())) {
+      if (!jobs.has(id)) { jobEls.get(id).remove(); jobEls.delete(id); }
     }
-    firstStatus = false;
+    $("#no-active-jobs").hidden = activeOrdered.length > 0;
+    $("#no-recent-jobs").hidden = shownRecent.length > 0;
   }
 
-  // Polling: one request at a time, a setTimeout chain, fast while busy.
-  const poll = { timer: null, inflight: false, again: false };
+  function hasActive() {
+    for (const job of jobs.values()) if (!FINAL.has(job.state)) return true;
+    return false;
+  }
+
+  // React once to each state a job reaches: announce it, patch imported rows.
+  function noticeTransition(job) {
+    const before = seenState.get(job.id);
+    if (before === job.state) return;
+    seenState.set(job.id, job.state);
+    if (!FINAL.has(job.state)) return;
+    if (job.state === "succeeded" && job.kind === "from_sheet" && !refreshed.has(job.id)) {
+      refreshed.add(job.id);
+      silentRefresh(job).catch((err) => announce(`Could not refresh imported rows: ${err.message}`, "error"));
+    }
+    if (job.state === "succeeded") announce(`${KIND[job.kind] || job.kind} #${job.id} finished: ${job.result ? summaryWords(job.result.summary) : "done"}.`);
+    else if (job.state === "failed") announce(`${KIND[job.kind] || job.kind} #${job.id} failed: ${plainReason(job.error)}`, "error");
+    conflicts.refreshSoon();
+  }
+
+  function applyJob(job) {
+    if (!job || typeof job.id !== "number") return;
+    if (!upsertJob(job)) return;
+    noticeTransition(jobs.get(job.id));
+    render();
+  }
+
+  // A full snapshot: the stream's opening event or a poll answer.
+  function applySnapshot(status) {
+    const listed = [...(status.running || []), ...(status.queued || []), ...(status.recent || [])];
+    const ids = new Set(listed.map((j) => j.id));
+    const newest = listed.reduce((m, j) => Math.max(m, j.id), 0);
+    for (const job of listed) upsertJob(job);
+    for (const [id, job] of Array.from(jobs)) {
+      // Jobs queued after the snapshot was taken stay; others left the history.
+      if (!ids.has(id) && !(id > newest && !FINAL.has(job.state))) jobs.delete(id);
+    }
+    for (const job of listed) {
+      const current = jobs.get(job.id);
+      // The first snapshot is history, not news (except jobs queued from this page).
+      if (firstSnapshot && !seenState.has(job.id)) seenState.set(job.id, current.state);
+      else noticeTransition(current);
+    }
+    firstSnapshot = false;
+    render();
+  }
+
+  // ---------------------------------------------------------------- sync: transport
+
+  // The event stream is the source; polling covers for it while it is down.
+  const liveState = $("#live-state");
+  const live = { source: null, connected: false, retryMs: 1000, retryTimer: null, fallbackTimer: null };
+  const poll = { on: false, timer: null, inflight: false, again: false };
+
+  function setLiveState(mode) {
+    if (!liveState) return;
+    const words = {
+      connecting: "Connecting…",
+      live: "Live updates",
+      polling: "Reconnecting; checking for updates meanwhile",
+    };
+    liveState.dataset.mode = mode;
+    $(".live-text", liveState).textContent = words[mode] || mode;
+  }
+
+  function connectStream() {
+    clearTimeout(live.retryTimer);
+    live.retryTimer = null;
+    if (live.source || typeof window.EventSource !== "function") {
+      if (!live.source) startPolling();
+      return;
+    }
+    const source = new EventSource("/api/insurance/sync/events");
+    live.source = source;
+    clearTimeout(live.fallbackTimer);
+    // A stream that opens but says nothing (a buffering proxy) is no stream.
+    live.fallbackTimer = setTimeout(() => { if (!live.connected) startPolling(); }, 4000);
+    source.addEventListener("status", (e) => {
+      if (live.source !== source) return;
+      let data;
+      try { data = JSON.parse(e.data); } catch (err) { return; }
+      live.connected = true;
+      live.retryMs = 1000;
+      clearTimeout(live.fallbackTimer);
+      stopPolling();
+      setLiveState("live");
+      applySnapshot(data);
+    });
+    source.addEventListener("job", (e) => {
+      if (live.source !== source) return;
+      try { applyJob(JSON.parse(e.data)); } catch (err) { /* a malformed event changes nothing */ }
+    });
+    source.addEventListener("error", () => {
+      if (live.source !== source) return;
+      // Take over from the browser's own retry: poll meanwhile, reconnect with backoff.
+      source.close();
+      live.source = null;
+      live.connected = false;
+      clearTimeout(live.fallbackTimer);
+      setLiveState("polling");
+      startPolling();
+      const wait = live.retryMs * (0.8 + Math.random() * 0.4);
+      live.retryMs = Math.min(live.retryMs * 2, 30000);
+      live.retryTimer = setTimeout(connectStream, wait);
+    });
+  }
+
+  function startPolling() {
+    if (poll.on) return;
+    poll.on = true;
+    schedulePoll(0);
+  }
+
+  function stopPolling() {
+    poll.on = false;
+    clearTimeout(poll.timer);
+    poll.timer = null;
+  }
 
   function schedulePoll(ms) {
     clearTimeout(poll.timer);
@@ -998,49 +1254,48 @@
   }
 
   function pollSoon() {
+    if (!poll.on) return;
     if (poll.inflight) poll.again = true;
     else schedulePoll(0);
   }
 
   async function pollStatus() {
     poll.timer = null;
-    if (poll.inflight) return;
+    if (!poll.on || poll.inflight) return;
     poll.inflight = true;
     let delay = POLL_IDLE_MS;
     try {
       const status = await api("GET", "/api/insurance/sync/status");
-      const busy = renderStatus(status);
-      noticeTransitions(status);
-      delay = busy ? POLL_ACTIVE_MS : POLL_IDLE_MS;
+      if (poll.on) applySnapshot(status);
+      delay = hasActive() ? POLL_ACTIVE_MS : POLL_IDLE_MS;
     } catch (err) {
       delay = POLL_ERROR_MS;
     } finally {
       poll.inflight = false;
       if (poll.again) { poll.again = false; delay = 0; }
-      schedulePoll(delay);
+      if (poll.on) schedulePoll(delay);
     }
   }
 
+  window.addEventListener("online", () => { if (!live.source) { live.retryMs = 1000; connectStream(); } });
+
+  // ---------------------------------------------------------------- sync: actions
+
   let lastQueuedId = 0;
 
-  async function startSync(button) {
-    const kind = button.dataset.kind; // "to-sheet" | "from-sheet"
+  async function startSync(kind) {
+    // kind: "to-sheet" | "from-sheet"
     try {
       const res = await api("POST", `/api/insurance/sync/${kind}`);
       // Answers may arrive out of order: show the newest job's position.
       if (res.job_id >= lastQueuedId) {
         lastQueuedId = res.job_id;
-        syncMessage.textContent = `Sync queued (position ${res.position})`;
+        syncMessage.textContent = res.position > 1 ? `Sync queued (position ${res.position})` : "Sync queued";
         syncMessage.dataset.kind = "ok";
       }
-      // Show the job right away; the next poll fills in the details.
-      if (!jobEls.has(res.job_id)) {
-        const job = { id: res.job_id, kind: kind.replace("-", "_"), state: "queued", position: res.position,
-          waiting_for: null, attempts: 0, progress: null, result: null, error: null };
-        seenState.set(job.id, "queued");
-        activeList.append(jobEl(job));
-        $("#no-active-jobs").hidden = true;
-      }
+      // Show the job right away; the stream (or a poll) fills in the details.
+      if (!jobs.has(res.job_id)) applyJob({ id: res.job_id, kind: kind.replace("-", "_"), state: "queued", position: res.position,
+        waiting_for: null, attempts: 0, progress: null, result: null, error: null });
       pollSoon();
     } catch (err) {
       syncMessage.textContent = `Could not queue the sync: ${err.message}`;
@@ -1048,24 +1303,70 @@
     }
   }
 
-  $("#sync-to-sheet").addEventListener("click", (e) => startSync(e.currentTarget));
-  $("#sync-from-sheet").addEventListener("click", (e) => startSync(e.currentTarget));
+  $("#sync-to-sheet").addEventListener("click", (e) => startSync(e.currentTarget.dataset.kind));
+  $("#sync-from-sheet").addEventListener("click", (e) => startSync(e.currentTarget.dataset.kind));
 
-  $("#jobs").addEventListener("click", async (e) => {
-    const button = e.target.closest("button.job-cancel");
-    if (!button) return;
+  async function cancelJob(button) {
     const id = Number(button.dataset.cancelJob);
     button.disabled = true;
     try {
       const job = await api("POST", `/api/insurance/sync/jobs/${id}/cancel`);
-      const li = jobEls.get(id);
-      if (li) renderJob(li, job);
+      applyJob(job);
       announce(job.state === "cancelled" ? `Sync #${id} cancelled.` : `Sync #${id} will stop at the next safe point.`);
     } catch (err) {
       button.disabled = false;
       announce(`Could not cancel sync #${id}: ${err.message}`, "error");
     }
     pollSoon();
+  }
+
+  async function undoImport(button) {
+    const id = Number(button.dataset.undoJob);
+    if (!button.classList.contains("confirming")) {
+      button.classList.add("confirming");
+      button.textContent = "Confirm undo";
+      button.setAttribute("aria-label", `Confirm: undo import #${id}`);
+      announce(`Press "Confirm undo" to put back what sync #${id} imported.`);
+      button._disarm = setTimeout(() => {
+        button.classList.remove("confirming");
+        button.textContent = "Undo import";
+        button.setAttribute("aria-label", `Undo import #${id}`);
+      }, 5000);
+      return;
+    }
+    clearTimeout(button._disarm);
+    undoState.set(id, { busy: true });
+    const job = jobs.get(id);
+    if (job) renderJob(jobEl(job), job);
+    let report = null;
+    try {
+      report = await api("POST", `/api/insurance/sync/jobs/${id}/undo`);
+      undoState.set(id, { report });
+    } catch (err) {
+      undoState.set(id, { error: err.message });
+    }
+    const again = jobs.get(id);
+    if (again) renderJob(jobEl(again), again);
+    const li = jobEls.get(id);
+    const focusTarget = li && (li.querySelector(".undo-report") || li.querySelector("button"));
+    if (focusTarget) focusTarget.focus();
+    if (report) {
+      announce(`Import #${id} undone: ${plural(report.restored.length, "record")} restored${report.left_alone.length ? `, ${plural(report.left_alone.length, "record")} left alone` : ""}.`);
+      const ids = { customer: [], policy: [] };
+      for (const r of report.restored) if (ids[r.entity]) ids[r.entity].push(Number(r.record_id));
+      refreshRecords(ids, "This record was changed by undoing an import.").catch(() => {});
+      conflicts.refreshSoon();
+    } else {
+      announce(`Could not undo import #${id}: ${undoState.get(id).error}`, "error");
+    }
+  }
+
+  $("#jobs").addEventListener("click", (e) => {
+    const button = e.target.closest("button");
+    if (!button || button.disabled) return;
+    if (button.classList.contains("job-cancel")) cancelJob(button);
+    else if (button.classList.contains("job-undo")) undoImport(button);
+    else if (button.classList.contains("job-again")) startSync(button.dataset.again);
   });
 
   // ---------------------------------------------------------------- silent refresh
@@ -1082,49 +1383,295 @@
     return out;
   }
 
-  async function silentRefresh(job) {
-    const changed = (job.result && job.result.changed) || {};
-    const changedCustomers = (changed.customer || []).map(Number);
-    const changedPolicies = (changed.policy || []).map(Number);
-    if (!changedCustomers.length && !changedPolicies.length) return;
-
-    // Only what is on screen (or open in the form) needs fetching.
+  // Patch the given records where they are on screen (or open in the form);
+  // rows whose record is gone are removed. Returns how many rows changed.
+  async function refreshRecords(ids, why) {
     const wanted = { customer: new Set(), policy: new Set() };
-    for (const id of changedCustomers) {
-      if (lists.customer.records.has(id)) wanted.customer.add(id);
-    }
-    for (const id of changedPolicies) {
-      if (lists.policy.records.has(id)) wanted.policy.add(id);
-    }
+    const changedCustomers = new Set((ids.customer || []).map(Number));
+    for (const id of changedCustomers) if (lists.customer.records.has(id)) wanted.customer.add(id);
+    for (const id of (ids.policy || []).map(Number)) if (lists.policy.records.has(id)) wanted.policy.add(id);
     // A renamed customer shows up in the Customer column of policies.
-    const changedCustomerSet = new Set(changedCustomers);
     for (const p of lists.policy.records.values()) {
-      if (changedCustomerSet.has(p.customer_id)) wanted.policy.add(p.id);
+      if (changedCustomers.has(p.customer_id)) wanted.policy.add(p.id);
     }
     if (editor.entity && editor.id !== null) {
-      const set = editor.entity === "customer" ? changedCustomerSet : new Set(changedPolicies);
+      const set = editor.entity === "customer" ? changedCustomers : new Set((ids.policy || []).map(Number));
       if (set.has(editor.id)) wanted[editor.entity].add(editor.id);
     }
-
     let patched = 0;
     for (const entity of ["customer", "policy"]) {
       if (!wanted[entity].size) continue;
       const records = await fetchByIds(entity, Array.from(wanted[entity]));
+      const found = new Set();
       for (const record of records) {
+        found.add(record.id);
+        labels.set(`${entity}:${record.id}`, ENTITIES[entity].title(record));
         const old = lists[entity].records.get(record.id);
         if (!old || old.version !== record.version || old.customer !== record.customer) {
           if (patchRecord(lists[entity], record)) patched++;
         }
         if (editor.entity === entity && editor.id === record.id && record.version !== editor.version) {
-          offerReload(record, "This record was changed by a sheet import.");
+          if (isDirty()) offerReload(record, `${why} Your typing is kept; reload to see the new values.`);
+          else { loadIntoForm(record); showFormNotice(`${why} The form now shows the new values.`, [], "info"); }
         }
       }
+      const list = lists[entity];
+      for (const id of wanted[entity]) {
+        if (found.has(id) || !list.records.has(id)) continue;
+        const tr = rowFor(list, id);
+        list.records.delete(id);
+        if (tr) { tr.remove(); patched++; }
+        list.total = Math.max(0, list.total - 1);
+        updatePager(list);
+        if (editor.entity === entity && editor.id === id) showFormNotice("This record no longer exists.", []);
+      }
     }
+    return patched;
+  }
+
+  async function silentRefresh(job) {
+    const changed = (job.result && job.result.changed) || {};
+    const changedCustomers = (changed.customer || []).map(Number);
+    const changedPolicies = (changed.policy || []).map(Number);
+    if (!changedCustomers.length && !changedPolicies.length) return;
+    const patched = await refreshRecords({ customer: changedCustomers, policy: changedPolicies },
+      "This record was changed by a sheet import.");
     const parts = [];
     if (changedCustomers.length) parts.push(plural(changedCustomers.length, "customer"));
     if (changedPolicies.length) parts.push(plural(changedPolicies.length, "policy", "policies"));
     announce(`Sheet import changed ${parts.join(" and ")}${patched ? `; ${plural(patched, "row")} on screen updated` : ""}.`);
   }
+
+  // ---------------------------------------------------------------- conflicts
+
+  const labels = new Map(); // "entity:id" -> a name people recognise
+
+  function labelFor(entity, id) {
+    const record = lists[entity] && lists[entity].records.get(Number(id));
+    if (record) return ENTITIES[entity].title(record);
+    return labels.get(`${entity}:${id}`) || `#${id}`;
+  }
+
+  const conflicts = (() => {
+    const listEl = $("#conflict-list");
+    const countEl = $("#conflicts-count");
+    const link = $("#conflicts-link");
+    const els = new Map(); // conflict id -> <li>
+    const state = { inflight: false, again: false, timer: null, items: [] };
+
+    function valueBox(label, value, cls) {
+      return el("div", { className: `conflict-value ${cls}` },
+        el("dt", { text: label }),
+        el("dd", { className: value === null || value === undefined || value === "" ? "empty" : "", text: canonical(value) }));
+    }
+
+    function signature(c) {
+      return JSON.stringify([c.app, c.sheet, c.base, c.row, c.column, labelFor(c.entity, c.record_id)]);
+    }
+
+    function build(li, c) {
+      const what = `${c.entity === "policy" ? "Policy" : "Customer"} ${labelFor(c.entity, c.record_id)}`;
+      const where = [c.column || c.field, c.row ? `sheet row ${c.row}` : null].filter(Boolean).join(" · ");
+      const titleId = `conflict-${c.id}-title`;
+      li.setAttribute("aria-labelledby", titleId);
+      const form = el("form", { className: "conflict-editor", novalidate: true, hidden: true });
+      const inputId = `conflict-${c.id}-value`;
+      const errId = `conflict-${c.id}-error`;
+      form.append(
+        el("label", { for: inputId, text: `New value for ${c.column || c.field}` }),
+        el("input", { id: inputId, name: "value", type: "text", autocomplete: "off", "aria-describedby": errId }),
+        el("p", { className: "field-error", id: errId }),
+        el("div", { className: "conflict-actions" },
+          el("button", { type: "submit", className: "btn btn-small btn-primary", text: "Save value" }),
+          el("button", { type: "button", className: "btn btn-small conflict-edit-cancel", text: "Cancel" })));
+      const btn = (choice, text, label) => {
+        const b = el("button", { type: "button", className: `btn btn-small conflict-${choice}`, text, "aria-label": `${label} for ${what}, ${c.column || c.field}` });
+        b.dataset.choice = choice;
+        return b;
+      };
+      li.replaceChildren(
+        el("p", { className: "conflict-title", id: titleId },
+          el("span", { className: "conflict-record", text: what }),
+          el("span", { className: "conflict-where muted", text: where })),
+        el("dl", { className: "conflict-values" },
+          valueBox("App", c.app, "is-app"),
+          valueBox("Sheet", c.sheet, "is-sheet"),
+          valueBox("Last synced", c.base, "is-base")),
+        el("div", { className: "conflict-actions" },
+          btn("app", "Keep app", "Keep the app's value"),
+          btn("sheet", "Keep sheet", "Keep the sheet's value"),
+          btn("edit", "Edit…", "Type another value")),
+        el("p", { className: "conflict-error", role: "alert" }),
+        form);
+    }
+
+    function render(items) {
+      state.items = items;
+      const wanted = items.map((c) => {
+        let li = els.get(c.id);
+        if (!li) {
+          li = el("li", { className: "conflict", dataset: { conflictId: String(c.id), entity: c.entity, recordId: String(c.record_id), field: c.field } });
+          els.set(c.id, li);
+        }
+        const sig = signature(c);
+        // Never rebuild under someone typing a value.
+        const editing = li.querySelector("form.conflict-editor:not([hidden])");
+        if (li.dataset.sig !== sig && !editing) { li.dataset.sig = sig; build(li, c); }
+        return li;
+      });
+      wanted.forEach((li, i) => { if (listEl.children[i] !== li) listEl.insertBefore(li, listEl.children[i] || null); });
+      const ids = new Set(items.map((c) => c.id));
+      for (const [id, li] of Array.from(els)) if (!ids.has(id)) { li.remove(); els.delete(id); }
+      const n = items.length;
+      countEl.hidden = n === 0;
+      countEl.textContent = String(n);
+      $("#no-conflicts").hidden = n > 0;
+      $("#conflicts-help").hidden = n === 0;
+      link.hidden = n === 0;
+      link.textContent = `${plural(n, "conflict")} to resolve`;
+    }
+
+    async function fetchLabels(items) {
+      const missing = { customer: new Set(), policy: new Set() };
+      for (const c of items) {
+        if (missing[c.entity] && labelFor(c.entity, c.record_id) === `#${c.record_id}`) missing[c.entity].add(c.record_id);
+      }
+      for (const entity of Object.keys(missing)) {
+        if (!missing[entity].size) continue;
+        try {
+          for (const r of await fetchByIds(entity, Array.from(missing[entity]))) labels.set(`${entity}:${r.id}`, ENTITIES[entity].title(r));
+        } catch (err) { /* the ID is shown instead */ }
+      }
+    }
+
+    async function refresh() {
+      if (state.inflight) { state.again = true; return; }
+      state.inflight = true;
+      try {
+        const data = await api("GET", "/api/insurance/sync/conflicts");
+        const items = data.conflicts || [];
+        render(items);
+        await fetchLabels(items);
+        render(items);
+      } catch (err) {
+        /* shown again on the next refresh */
+      } finally {
+        state.inflight = false;
+        if (state.again) { state.again = false; refresh(); }
+      }
+    }
+
+    function refreshSoon() {
+      clearTimeout(state.timer);
+      state.timer = setTimeout(refresh, 150);
+    }
+
+    function showError(li, text) {
+      const p = $(".conflict-error", li);
+      p.textContent = text;
+    }
+
+    async function resolve(li, choice, value) {
+      const id = Number(li.dataset.conflictId);
+      const c = state.items.find((x) => x.id === id);
+      const buttons = $$("button", li);
+      buttons.forEach((b) => { b.disabled = true; });
+      li.setAttribute("aria-busy", "true");
+      showError(li, "");
+      const body = { choice };
+      if (choice === "edit") body.value = value;
+      try {
+        await api("POST", `/api/insurance/sync/conflicts/${id}/resolve`, body);
+        const column = c ? (c.column || c.field) : "the value";
+        const words = {
+          app: `Kept the app's ${column}; the next Sync to sheet writes it to the sheet.`,
+          sheet: `Kept the sheet's ${column}; the app has it now.`,
+          edit: `Saved the new ${column}; the next Sync to sheet writes it to the sheet.`,
+        };
+        announce(words[choice]);
+        // Move focus somewhere sensible before the item disappears.
+        const next = li.nextElementSibling || li.previousElementSibling;
+        els.delete(id);
+        li.remove();
+        state.items = state.items.filter((x) => x.id !== id);
+        render(state.items);
+        const target = next ? $("button", next) : $("#conflicts");
+        if (target) target.focus();
+        if (c && choice !== "app") {
+          const ids = { customer: [], policy: [] };
+          ids[c.entity].push(c.record_id);
+          refreshRecords(ids, "This record was changed by resolving a sync conflict.").catch(() => {});
+        }
+        refreshSoon();
+      } catch (err) {
+        buttons.forEach((b) => { b.disabled = false; });
+        li.removeAttribute("aria-busy");
+        if (err.status === 422 && err.body && Array.isArray(err.body.detail)) {
+          const msgs = err.body.detail.map((d) => String(d.msg || "invalid").replace(/^(Value|Assertion) error, /, ""));
+          if (choice === "edit") {
+            const input = $("input[name=value]", li);
+            $(".conflict-editor .field-error", li).textContent = msgs.join(" ");
+            input.setAttribute("aria-invalid", "true");
+            input.focus();
+          } else {
+            showError(li, `Not resolved: ${msgs.join(" ")}`);
+          }
+        } else if (err.status === 409 || err.status === 404) {
+          announce(`This conflict was already settled: ${err.message}`);
+          refreshSoon();
+        } else {
+          showError(li, `Not resolved: ${err.message}`);
+        }
+      }
+    }
+
+    listEl.addEventListener("click", (e) => {
+      const button = e.target.closest("button");
+      if (!button || button.disabled) return;
+      const li = button.closest("li.conflict");
+      const form = $("form.conflict-editor", li);
+      if (button.dataset.choice === "edit") {
+        const c = state.items.find((x) => x.id === Number(li.dataset.conflictId));
+        const input = $("input[name=value]", form);
+        if (form.hidden) {
+          form.hidden = false;
+          input.value = c && c.app !== null && c.app !== undefined ? String(c.app) : "";
+        }
+        input.focus();
+        input.select();
+      } else if (button.dataset.choice) {
+        resolve(li, button.dataset.choice);
+      } else if (button.classList.contains("conflict-edit-cancel")) {
+        form.hidden = true;
+        $(".field-error", form).textContent = "";
+        $("input", form).removeAttribute("aria-invalid");
+        $("button.conflict-edit", li).focus();
+      }
+    });
+    listEl.addEventListener("submit", (e) => {
+      e.preventDefault();
+      const li = e.target.closest("li.conflict");
+      const input = $("input[name=value]", e.target);
+      input.removeAttribute("aria-invalid");
+      $(".field-error", e.target).textContent = "";
+      resolve(li, "edit", input.value);
+    });
+    listEl.addEventListener("keydown", (e) => {
+      if (e.key === "Escape" && e.target.matches("form.conflict-editor input")) {
+        e.preventDefault();
+        $(".conflict-edit-cancel", e.target.closest("form")).click();
+      }
+    });
+    link.addEventListener("click", (e) => {
+      e.preventDefault();
+      const section = $("#conflicts");
+      section.scrollIntoView({ behavior: "smooth", block: "start" });
+      const first = $("#conflict-list button");
+      (first || section).focus({ preventScroll: true });
+    });
+
+    return { refresh, refreshSoon };
+  })();
 
   // ---------------------------------------------------------------- start
 
@@ -1142,8 +1689,12 @@
   showTab("customer");
   // Load the other table too, so that silent refresh has rows to patch.
   loadList(lists.policy);
-  pollStatus();
+  connectStream();
+  conflicts.refresh();
 
   // Expose a tiny hook for debugging in the console (no data, just state).
-  window.sheetbridge = { lists, editor, pollSoon };
+  window.sheetbridge = {
+    lists, editor, jobs, pollSoon, refreshConflicts: conflicts.refresh,
+    get transport() { return live.connected ? "stream" : poll.on ? "polling" : "connecting"; },
+  };
 })();

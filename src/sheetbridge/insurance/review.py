@@ -1,0 +1,262 @@
+"""What people review after a sync: conflicts to resolve, imports to undo."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from sheetbridge import clock
+from sheetbridge.insurance.mapping import (
+    CUSTOMERS,
+    ENTITY,
+    POLICIES,
+    customer_record,
+    policy_record,
+    to_python,
+)
+from sheetbridge.insurance.models import Customer, Policy, User
+from sheetbridge.insurance.schemas import CustomerUpdate, PolicyUpdate
+from sheetbridge.insurance.services import Book, DomainError, InvalidField
+from sheetbridge.sync.columns import CellError, parse_cell
+from sheetbridge.sync.engine import Conflict, Record, TabMapping
+from sheetbridge.sync.models import ImportChange, SyncConflict, SyncSnapshot, SyncTarget
+
+CHOICES = ("app", "sheet", "edit")
+CREATED = "__created__"
+_MAPPING = {ENTITY[m.tab]: m for m in (CUSTOMERS, POLICIES)}
+
+
+class ReviewError(DomainError):
+    """A conflict or import that cannot be acted on as asked."""
+
+
+def record_conflicts(
+    session: Session,
+    target_id: int,
+    entity: str,
+    found: list[Conflict],
+    seen: dict[int, Record],
+    job_id: int,
+) -> None:
+    """Store the conflicts a sync found; close the ones whose sides now agree."""
+    open_rows = {
+        (row.record_id, row.field): row
+        for row in session.scalars(
+            select(SyncConflict).where(
+                SyncConflict.target_id == target_id,
+                SyncConflict.entity == entity,
+                SyncConflict.resolved_at.is_(None),
+            )
+        )
+    }
+    now = clock.now()
+    for conflict in found:
+        row = open_rows.pop((conflict.record_id, conflict.field), None)
+        if row is None:
+            row = SyncConflict(
+                target_id=target_id,
+                entity=entity,
+                record_id=conflict.record_id,
+                field=conflict.field,
+                detected_at=now,
+            )
+            session.add(row)
+        row.column = conflict.column
+        row.row = conflict.row
+        row.app_value = conflict.app
+        row.sheet_value = conflict.sheet
+        row.base_value = conflict.base
+        row.job_id = job_id
+    for (record_id, _), row in open_rows.items():
+        if record_id in seen:
+            row.resolved_at = now
+            row.resolution = "converged"
+
+
+def forget_sheet(session: Session, target_id: int) -> None:
+    """Drop what a target remembered of its old sheet: snapshots and conflicts."""
+    session.execute(delete(SyncSnapshot).where(SyncSnapshot.target_id == target_id))
+    session.execute(
+        update(SyncConflict)
+        .where(SyncConflict.target_id == target_id, SyncConflict.resolved_at.is_(None))
+        .values(resolved_at=clock.now(), resolution="target changed")
+    )
+
+
+def conflict_view(row: SyncConflict) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "entity": row.entity,
+        "record_id": row.record_id,
+        "field": row.field,
+        "column": row.column,
+        "row": row.row,
+        "app": row.app_value,
+        "sheet": row.sheet_value,
+        "base": row.base_value,
+        "job_id": row.job_id,
+        "detected_at": clock.as_utc(row.detected_at).isoformat(),
+        "resolution": row.resolution,
+    }
+
+
+def open_conflicts(session: Session, user: User) -> list[SyncConflict]:
+    statement = select(SyncConflict).where(SyncConflict.resolved_at.is_(None))
+    if not user.is_admin:
+        statement = statement.join(SyncTarget).where(SyncTarget.user_id == user.id)
+    return list(session.scalars(statement.order_by(SyncConflict.id)))
+
+
+def resolve_conflict(
+    session: Session, user: User, conflict_id: int, choice: str, value: Any = None
+) -> SyncConflict:
+    """Settle a conflict; the next sync carries the choice to the other side.
+
+    The stored base becomes the sheet's value, so "keep app" (or an edited
+    value) reads as an app change that the next sync to the sheet writes, and
+    "keep sheet" is applied to the app at once.
+    """
+    row = _own_conflict(session, user, conflict_id)
+    if choice not in CHOICES:
+        raise InvalidField("choice", f"must be one of {', '.join(CHOICES)}")
+    mapping = _MAPPING[row.entity]
+    if choice == "sheet":
+        _set_app_value(session, user, mapping, row, row.sheet_value)
+    elif choice == "edit":
+        column = next(c for c in mapping.columns if c.field == row.field)
+        try:
+            parsed = parse_cell(column, value)
+        except CellError as exc:
+            raise InvalidField("value", exc.reason) from exc
+        _set_app_value(session, user, mapping, row, parsed)
+        row.resolved_value = parsed
+    snapshot = session.scalar(
+        select(SyncSnapshot).where(
+            SyncSnapshot.target_id == row.target_id,
+            SyncSnapshot.entity == row.entity,
+            SyncSnapshot.record_id == row.record_id,
+        )
+    )
+    if snapshot is not None:
+        snapshot.fields = {**snapshot.fields, row.field: row.sheet_value}
+    row.resolution = choice
+    row.resolved_at = clock.now()
+    row.resolved_by = user.id
+    return row
+
+
+def _own_conflict(session: Session, user: User, conflict_id: int) -> SyncConflict:
+    row = session.get(SyncConflict, conflict_id)
+    target = session.get(SyncTarget, row.target_id) if row else None
+    if (
+        row is None
+        or target is None
+        or not (user.is_admin or target.user_id == user.id)
+    ):
+        raise ReviewError(f"conflict {conflict_id} does not exist")
+    if row.resolved_at is not None:
+        raise ReviewError(f"conflict {conflict_id} was already resolved")
+    return row
+
+
+def _set_app_value(
+    session: Session, user: User, mapping: TabMapping, row: SyncConflict, value: Any
+) -> None:
+    book = Book(session, user)
+    fields = to_python(mapping, {row.field: value})
+    if mapping is CUSTOMERS:
+        customer = book.get_customer(row.record_id)
+        book.update_customer(
+            row.record_id, CustomerUpdate(version=customer.version, **fields)
+        )
+    else:
+        policy = book.get_policy(row.record_id)
+        book.update_policy(
+            row.record_id, PolicyUpdate(version=policy.version, **fields)
+        )
+
+
+@dataclass
+class UndoReport:
+    restored: list[dict[str, Any]] = field(default_factory=list)
+    left_alone: list[dict[str, Any]] = field(default_factory=list)
+
+
+def undo_import(session: Session, user: User, job_id: int) -> UndoReport:
+    """Put back what one import changed, except records edited since."""
+    changes = list(
+        session.scalars(
+            select(ImportChange)
+            .where(ImportChange.job_id == job_id, ImportChange.undone_at.is_(None))
+            .order_by(ImportChange.id)
+        )
+    )
+    if not changes:
+        raise ReviewError(f"job {job_id} changed nothing that can still be undone")
+    target = session.get(SyncTarget, changes[0].target_id)
+    if target is None or not (user.is_admin or target.user_id == user.id):
+        raise ReviewError(f"job {job_id} changed nothing that can still be undone")
+    by_record: dict[tuple[str, int], list[ImportChange]] = defaultdict(list)
+    for change in changes:
+        by_record[(change.entity, change.record_id)].append(change)
+    report = UndoReport()
+    book = Book(session, user)
+    # Policies first: a customer the import created can go only after its policies.
+    for (entity, record_id), record_changes in sorted(
+        by_record.items(), key=lambda item: item[0][0] != "policy"
+    ):
+        outcome = _undo_record(book, entity, record_id, record_changes)
+        target_list = report.restored if outcome is None else report.left_alone
+        entry = {"entity": entity, "record_id": record_id}
+        target_list.append(entry if outcome is None else {**entry, "reason": outcome})
+        if outcome is None:
+            for change in record_changes:
+                change.undone_at = clock.now()
+    return report
+
+
+def _undo_record(
+    book: Book, entity: str, record_id: int, changes: list[ImportChange]
+) -> str | None:
+    """Undo one record's changes; returns why it was left alone, if it was."""
+    record: Customer | Policy | None = (
+        book.session.get(Customer, record_id)
+        if entity == "customer"
+        else book.session.get(Policy, record_id)
+    )
+    if record is None:
+        return "deleted since the import"
+    current = (
+        customer_record(record)
+        if isinstance(record, Customer)
+        else policy_record(record)
+    )
+    try:
+        with book.session.begin_nested():
+            if any(change.field == CREATED for change in changes):
+                if record.version != 1:
+                    return "edited in the app since the import"
+                if isinstance(record, Customer):
+                    book.delete_customer(record_id, None)
+                else:
+                    book.delete_policy(record_id, None)
+                return None
+            if any(current.get(c.field) != c.after for c in changes):
+                return "edited in the app since the import"
+            mapping = _MAPPING[entity]
+            fields = to_python(mapping, {c.field: c.before for c in changes})
+            if isinstance(record, Customer):
+                book.update_customer(
+                    record_id, CustomerUpdate(version=record.version, **fields)
+                )
+            else:
+                book.update_policy(
+                    record_id, PolicyUpdate(version=record.version, **fields)
+                )
+    except DomainError as exc:
+        return str(exc)
+    return None

@@ -1,0 +1,1021 @@
+"""A sheet backend on Google Sheets (API v4), and the HTTP client it uses.
+
+The client is synchronous (``httpx.Client``) because sync jobs call backends
+from worker threads. One request path per concern, outermost first:
+:meth:`SheetsClient.call` (quota limiter) → ``_send_with_retries`` (429/5xx/
+timeouts with exponential backoff, full jitter and ``Retry-After``) →
+``_send_authorized`` (bearer token, one refresh on 401) → ``_send_single``
+(one HTTP exchange, one ``sheets.request`` log line). HTTP failures become
+:class:`~sheetbridge.sheets.errors.SheetError` subclasses in
+:func:`translate_error` only.
+
+Version tokens: the API has no cheap modification stamp, so a read's version
+is a hash of the values read (``g1:<sha256>:<tabs>``). A write given an
+``expected_version`` re-reads those tabs in one ``values.batchGet`` and raises
+:class:`SheetChanged` on any difference. That narrows but cannot close the
+window between check and write (the API has no conditional writes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import quote
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import google.auth.credentials
+import google.auth.transport
+import httpx
+from google.auth.exceptions import GoogleAuthError
+from google.oauth2 import credentials as user_credentials
+from google.oauth2 import service_account
+
+from sheetbridge.sheets.base import Cell, TabChanges, TabData
+from sheetbridge.sheets.errors import (
+    SheetChanged,
+    SheetError,
+    SheetInvalidRequest,
+    SheetNotFound,
+    SheetPermissionDenied,
+    SheetRateLimited,
+    SheetTransientError,
+)
+from sheetbridge.sheets.quota import Kind, OnWait, QuotaLimiter, UnlimitedQuota
+from sheetbridge.sheets.ranges import (
+    RangeSyntaxError,
+    a1_range,
+    column_letters,
+    parse_range,
+    quote_title,
+)
+
+if TYPE_CHECKING:
+    from sheetbridge.config import Settings
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://sheets.googleapis.com"
+GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
+SCOPES = ("https://www.googleapis.com/auth/spreadsheets",)
+SERIAL_EPOCH = datetime(1899, 12, 30)
+MAX_CELL_CHARS = 50_000
+DEFAULT_ROWS, DEFAULT_COLUMNS = 1000, 26
+_RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+Json = dict[str, Any]
+OnRetry = Callable[[int, float, SheetError], None]
+"""Called before a retry with (attempt number, delay in s, the error)."""
+
+
+# -- serial numbers -------------------------------------------------------------
+
+
+def serial_to_datetime(serial: float, tz: tzinfo = UTC) -> datetime:
+    """A serial number (days since 1899-12-30) as an aware datetime in ``tz``."""
+    return (SERIAL_EPOCH + timedelta(days=float(serial))).replace(tzinfo=tz)
+
+
+def serial_to_date(serial: float) -> date:
+    """The date part of a serial number."""
+    return (SERIAL_EPOCH + timedelta(days=math.floor(float(serial)))).date()
+
+
+def to_serial(value: date | datetime, tz: tzinfo = UTC) -> int | float:
+    """A date (→ whole days) or datetime (→ days + fraction, in ``tz``) as a serial."""
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(tz).replace(tzinfo=None)
+        delta = value - SERIAL_EPOCH
+        serial = delta.days + (delta.seconds + delta.microseconds / 1e6) / 86400
+        return int(serial) if serial.is_integer() else serial
+    return (value - SERIAL_EPOCH.date()).days
+
+
+# -- credentials --------------------------------------------------------------------
+
+
+class TokenSource(Protocol):
+    """Supplies the ``Authorization`` header; ``principal`` names who calls."""
+
+    principal: str
+
+    def headers(self, *, force_refresh: bool = False) -> dict[str, str]:
+        """Headers to add to a request, refreshing the token when needed."""
+        ...
+
+
+class StaticToken:
+    """A fixed bearer token (the emulator), or anonymous when empty."""
+
+    def __init__(self, token: str = "", principal: str = "") -> None:
+        """Send ``token`` as is; ``principal`` defaults to "anonymous"."""
+        self.token = token
+        self.principal = principal or ("static-token" if token else "anonymous")
+
+    def headers(self, *, force_refresh: bool = False) -> dict[str, str]:
+        """The bearer header, or none in anonymous mode."""
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+
+class GoogleAuthToken:
+    """Tokens from google-auth credentials, refreshed through httpx."""
+
+    def __init__(
+        self,
+        credentials: google.auth.credentials.Credentials,
+        *,
+        principal: str = "",
+        timeout_s: float = 30.0,
+    ) -> None:
+        """Wrap ``credentials`` (service account or authorized user)."""
+        self.credentials = credentials
+        self.principal = principal or getattr(credentials, "service_account_email", "")
+        self.principal = self.principal or "oauth-user"
+        self._request = _HttpxAuthRequest(timeout_s)
+
+    def headers(self, *, force_refresh: bool = False) -> dict[str, str]:
+        """A fresh bearer header; refreshes via the credentials' token URI."""
+        if force_refresh or not self.credentials.valid:
+            try:
+                self.credentials.refresh(self._request)  # type: ignore[no-untyped-call]
+            except GoogleAuthError as exc:
+                raise SheetPermissionDenied(
+                    f"cannot get a Google access token for {self.principal}: {exc}"
+                ) from exc
+            except httpx.HTTPError as exc:
+                raise SheetTransientError(
+                    f"token endpoint unreachable for {self.principal}: {exc}"
+                ) from exc
+        return {"Authorization": f"Bearer {self.credentials.token}"}
+
+
+class _AuthResponse(google.auth.transport.Response):
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+
+    @property
+    def status(self) -> int:
+        return self._response.status_code
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._response.headers
+
+    @property
+    def data(self) -> bytes:
+        return self._response.content
+
+
+class _HttpxAuthRequest(google.auth.transport.Request):
+    """google-auth's transport interface on httpx (no ``requests`` needed)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+
+    def __call__(
+        self,
+        url: str,
+        method: str = "GET",
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> _AuthResponse:
+        with httpx.Client(timeout=timeout or self.timeout_s) as client:
+            response = client.request(method, url, content=body, headers=headers)
+        return _AuthResponse(response)
+
+
+def service_account_token(path: Path, *, timeout_s: float = 30.0) -> GoogleAuthToken:
+    """Credentials from a service-account key file (token URI taken from it)."""
+    creds = service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call]
+        str(path), scopes=list(SCOPES)
+    )
+    return GoogleAuthToken(
+        creds, principal=creds.service_account_email, timeout_s=timeout_s
+    )
+
+
+def oauth_user_token(path: Path, *, timeout_s: float = 30.0) -> GoogleAuthToken:
+    """Credentials from an OAuth authorized-user file (``refresh_token`` inside).
+
+    The file's ``token_uri`` is honoured (google-auth's own loader always
+    replaces it with Google's endpoint, which would make local tests call out).
+    """
+    info = json.loads(Path(path).read_text())
+    missing = [
+        k for k in ("client_id", "client_secret", "refresh_token") if not info.get(k)
+    ]
+    if missing:
+        raise SheetPermissionDenied(
+            f"OAuth token file {path} lacks {', '.join(missing)}"
+        )
+    creds = user_credentials.Credentials(  # type: ignore[no-untyped-call]
+        token=info.get("token"),
+        refresh_token=info["refresh_token"],
+        client_id=info["client_id"],
+        client_secret=info["client_secret"],
+        token_uri=info.get("token_uri") or GOOGLE_TOKEN_URI,
+        scopes=list(SCOPES),
+    )
+    principal = str(info.get("account") or info.get("client_id") or "oauth-user")
+    return GoogleAuthToken(creds, principal=principal, timeout_s=timeout_s)
+
+
+def token_source(
+    *,
+    static_token: str = "",
+    credentials_file: Path | None = None,
+    oauth_token_file: Path | None = None,
+    timeout_s: float = 30.0,
+) -> TokenSource:
+    """Pick credentials: static token, key file, ``GOOGLE_APPLICATION_CREDENTIALS``,
+    OAuth user file, else anonymous (only useful against the emulator)."""
+    if static_token:
+        return StaticToken(static_token)
+    key_file = credentials_file or _env_path("GOOGLE_APPLICATION_CREDENTIALS")
+    if key_file is not None:
+        return service_account_token(key_file, timeout_s=timeout_s)
+    if oauth_token_file is not None:
+        return oauth_user_token(oauth_token_file, timeout_s=timeout_s)
+    return StaticToken("")
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name, "").strip()
+    return Path(value) if value else None
+
+
+# -- the HTTP client ---------------------------------------------------------------
+
+
+class SheetsClient:
+    """A small synchronous Sheets API v4 client with quota, retries and auth."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        tokens: TokenSource | None = None,
+        limiter: QuotaLimiter | None = None,
+        quota_user: str | None = None,
+        timeout_s: float = 30.0,
+        max_retries: int = 5,
+        backoff_base_s: float = 1.0,
+        backoff_max_s: float = 32.0,
+        on_wait: OnWait | None = None,
+        on_retry: OnRetry | None = None,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        """Talk to ``base_url`` (Google, or the emulator in tests).
+
+        ``quota_user`` keys the per-user quota; it defaults to the credentials'
+        principal, which is what Google counts. ``on_wait(s)`` is called while
+        waiting for quota, ``on_retry(attempt, delay_s, error)`` before retries.
+        """
+        self.tokens = tokens or StaticToken("")
+        self.limiter = limiter or UnlimitedQuota()
+        self.quota_user = quota_user or self.tokens.principal
+        self.max_retries = max_retries
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.on_wait = on_wait
+        self.on_retry = on_retry
+        self.calls: Counter[str] = Counter()
+        self.retries = 0
+        self._sleep = sleep
+        self._jitter = jitter
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"), timeout=timeout_s, transport=transport
+        )
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> SheetsClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- API calls ----------------------------------------------------------------
+
+    def get_spreadsheet(
+        self, spreadsheet_id: str, *, fields: str | None = None
+    ) -> Json:
+        """spreadsheets.get without grid data."""
+        params = {"fields": fields} if fields else {}
+        return self.call("GET", _book(spreadsheet_id), "read", spreadsheet_id, params)
+
+    def batch_get(
+        self,
+        spreadsheet_id: str,
+        ranges: Sequence[str],
+        *,
+        value_render: str = "UNFORMATTED_VALUE",
+        date_render: str = "SERIAL_NUMBER",
+    ) -> list[Json]:
+        """values.batchGet; returns the value ranges in request order."""
+        params: list[tuple[str, str]] = [("ranges", text) for text in ranges]
+        params += [
+            ("valueRenderOption", value_render),
+            ("dateTimeRenderOption", date_render),
+            ("majorDimension", "ROWS"),
+        ]
+        path = f"{_book(spreadsheet_id)}/values:batchGet"
+        answer = self.call("GET", path, "read", spreadsheet_id, params)
+        value_ranges: list[Json] = answer.get("valueRanges", [])
+        return value_ranges
+
+    def batch_update_values(
+        self, spreadsheet_id: str, data: list[Json], *, value_input: str = "RAW"
+    ) -> Json:
+        """values.batchUpdate of several ranges in one call (RAW unless told)."""
+        body = {"valueInputOption": value_input, "data": data}
+        path = f"{_book(spreadsheet_id)}/values:batchUpdate"
+        return self.call("POST", path, "write", spreadsheet_id, json_body=body)
+
+    def append(self, spreadsheet_id: str, range_: str, values: list[list[Any]]) -> Json:
+        """values.append (RAW, rows inserted) after the table found in ``range_``."""
+        path = f"{_book(spreadsheet_id)}/values/{quote(range_, safe='')}:append"
+        params = {"valueInputOption": "RAW", "insertDataOption": "INSERT_ROWS"}
+        body = {"values": values}
+        return self.call("POST", path, "write", spreadsheet_id, params, body)
+
+    def clear(self, spreadsheet_id: str, range_: str) -> Json:
+        """values.clear of one range."""
+        path = f"{_book(spreadsheet_id)}/values/{quote(range_, safe='')}:clear"
+        return self.call("POST", path, "write", spreadsheet_id, json_body={})
+
+    def batch_clear(self, spreadsheet_id: str, ranges: Sequence[str]) -> Json:
+        """values.batchClear of several ranges."""
+        path = f"{_book(spreadsheet_id)}/values:batchClear"
+        body = {"ranges": list(ranges)}
+        return self.call("POST", path, "write", spreadsheet_id, json_body=body)
+
+    def batch_update(self, spreadsheet_id: str, requests: list[Json]) -> Json:
+        """spreadsheets.batchUpdate (structural requests, applied atomically)."""
+        path = f"{_book(spreadsheet_id)}:batchUpdate"
+        body = {"requests": requests}
+        return self.call("POST", path, "write", spreadsheet_id, json_body=body)
+
+    # -- the request path --------------------------------------------------------
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        kind: Kind,
+        spreadsheet_id: str,
+        params: Any = None,
+        json_body: Json | None = None,
+    ) -> Json:
+        """Send one API call through quota, retries and auth; return its JSON."""
+        self.calls[_call_name(method, path)] += 1
+        return self._send_with_retries(
+            method, path, kind, spreadsheet_id, params, json_body
+        )
+
+    def _send_with_retries(
+        self,
+        method: str,
+        path: str,
+        kind: Kind,
+        spreadsheet_id: str,
+        params: Any,
+        json_body: Json | None,
+    ) -> Json:
+        attempt = 0
+        while True:
+            attempt += 1
+            self.limiter.acquire(kind, self.quota_user, on_wait=self.on_wait)
+            try:
+                return self._send_authorized(
+                    method, path, spreadsheet_id, params, json_body, attempt
+                )
+            except SheetError as exc:
+                if not exc.transient or attempt > self.max_retries:
+                    raise
+                delay_s = self._backoff_s(attempt, exc.retry_after)
+                self.retries += 1
+                logger.info(
+                    "sheets.retry",
+                    extra={
+                        "spreadsheet": spreadsheet_id,
+                        "attempt": attempt,
+                        "delay_s": round(delay_s, 3),
+                        "error": type(exc).__name__,
+                    },
+                )
+                if self.on_retry is not None:
+                    self.on_retry(attempt, delay_s, exc)
+                self._sleep(delay_s)
+
+    def _backoff_s(self, attempt: int, retry_after_s: float | None) -> float:
+        ceiling = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
+        # "Full jitter" between half and all of the exponential step, so many
+        # workers throttled together do not retry in lockstep.
+        delay_s = ceiling * (0.5 + 0.5 * float(self._jitter()))
+        return float(max(delay_s, retry_after_s or 0.0))
+
+    def _send_authorized(
+        self,
+        method: str,
+        path: str,
+        spreadsheet_id: str,
+        params: Any,
+        json_body: Json | None,
+        attempt: int,
+    ) -> Json:
+        headers = self.tokens.headers()
+        response = self._send_single(
+            method, path, spreadsheet_id, params, json_body, headers, attempt
+        )
+        if response.status_code == 401:
+            headers = self.tokens.headers(force_refresh=True)
+            response = self._send_single(
+                method, path, spreadsheet_id, params, json_body, headers, attempt
+            )
+        if response.status_code >= 400:
+            raise translate_error(
+                response, spreadsheet_id=spreadsheet_id, principal=self.quota_user
+            )
+        if not response.content:
+            return {}
+        answer: Json = response.json()
+        return answer
+
+    def _send_single(
+        self,
+        method: str,
+        path: str,
+        spreadsheet_id: str,
+        params: Any,
+        json_body: Json | None,
+        headers: dict[str, str],
+        attempt: int,
+    ) -> httpx.Response:
+        started = time.perf_counter()
+        status: int | str = "error"
+        try:
+            response = self._http.request(
+                method, path, params=params, json=json_body, headers=headers
+            )
+            status = response.status_code
+            return response
+        except httpx.TimeoutException as exc:
+            raise SheetTransientError(
+                f"Google Sheets did not answer in time ({exc})",
+                location=spreadsheet_id,
+            ) from exc
+        except httpx.TransportError as exc:
+            raise SheetTransientError(
+                f"cannot reach Google Sheets ({exc})", location=spreadsheet_id
+            ) from exc
+        finally:
+            logger.info(
+                "sheets.request",
+                extra={
+                    "api": _call_name(method, path),
+                    "spreadsheet": spreadsheet_id,
+                    "status": status,
+                    "attempt": attempt,
+                    "latency_ms": round((time.perf_counter() - started) * 1000, 1),
+                },
+            )
+
+
+def translate_error(
+    response: httpx.Response, *, spreadsheet_id: str, principal: str
+) -> SheetError:
+    """Map an API error answer to the most specific :class:`SheetError`."""
+    status = response.status_code
+    message = _error_message(response)
+    where = f"Google spreadsheet {spreadsheet_id}"
+    if status == 429:
+        return SheetRateLimited(
+            f"Google Sheets quota exceeded for {where}: {message}",
+            location=spreadsheet_id,
+            retry_after=_retry_after_s(response),
+        )
+    if status in _RETRY_STATUSES or status >= 500:
+        return SheetTransientError(
+            f"Google Sheets error {status} for {where}: {message}",
+            location=spreadsheet_id,
+            retry_after=_retry_after_s(response),
+        )
+    if status == 401:
+        return SheetPermissionDenied(
+            f"Google rejected the credentials of {principal}: {message}",
+            location=spreadsheet_id,
+        )
+    if status == 403:
+        return SheetPermissionDenied(
+            f"no access to {where}: share the spreadsheet with {principal} "
+            f"(as Editor). Google said: {message}",
+            location=spreadsheet_id,
+        )
+    if status == 404:
+        return SheetNotFound(
+            f"{where} not found: check the spreadsheet ID, and that it is shared "
+            f"with {principal}",
+            location=spreadsheet_id,
+        )
+    tab = _unparsable_tab(message)
+    if tab is not None:
+        return SheetNotFound(
+            f"tab {tab!r} not found in {where} (renamed or deleted?)",
+            location=spreadsheet_id,
+            tab=tab,
+        )
+    return SheetInvalidRequest(
+        f"Google Sheets refused the request for {where}: {message}",
+        location=spreadsheet_id,
+    )
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:300] or response.reason_phrase
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        return str(error.get("message") or error.get("status") or "")
+    return str(error or body)[:300]
+
+
+def _retry_after_s(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after", "").strip()
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+def _unparsable_tab(message: str) -> str | None:
+    prefix = "Unable to parse range: "
+    if not message.startswith(prefix):
+        return None
+    text = message[len(prefix) :]
+    try:
+        parsed = parse_range(text)
+    except RangeSyntaxError:
+        return text
+    return parsed.title if parsed.title is not None else text
+
+
+def _book(spreadsheet_id: str) -> str:
+    return f"/v4/spreadsheets/{quote(spreadsheet_id, safe='')}"
+
+
+def _call_name(method: str, path: str) -> str:
+    tail = path.rsplit("/", 1)[-1]
+    if ":" in tail:
+        verb = tail.rsplit(":", 1)[1]
+        return f"values.{verb}" if "/values" in path else f"spreadsheets.{verb}"
+    if "/values/" in path:
+        return "values.get" if method == "GET" else "values.update"
+    return "spreadsheets.get"
+
+
+# -- the backend ----------------------------------------------------------------------
+
+
+class GoogleSheetsBackend:
+    """Tabs of one Google spreadsheet, behind :class:`SheetBackend`.
+
+    A read is two calls (``spreadsheets.get`` for titles and grid, one
+    ``values.batchGet`` for every tab, UNFORMATTED_VALUE with SERIAL_NUMBER
+    dates, so numbers and date serials come back as numbers). A write is
+    ``spreadsheets.get``, a ``values.batchGet`` when it must check the version
+    or find where appends go, then at most three writes: one
+    ``spreadsheets.batchUpdate`` creating missing tabs and growing grids, one
+    ``values.batchUpdate`` (RAW) with all cells and appended rows, and one
+    ``spreadsheets.batchUpdate`` deleting rows, highest first. The order means
+    a failure part way never loses data: deletes come last.
+    """
+
+    def __init__(self, client: SheetsClient, spreadsheet_id: str) -> None:
+        """Use ``client`` for the spreadsheet with this ID."""
+        self.client = client
+        self.spreadsheet_id = spreadsheet_id
+        self.location = f"Google spreadsheet {spreadsheet_id}"
+
+    def read_tabs(self, tabs: Sequence[str]) -> dict[str, TabData | None]:
+        """Read the named tabs in one batchGet; a missing tab maps to ``None``."""
+        meta = self._metadata()
+        rows = self._read_rows(meta, tabs)
+        version = _version(tabs, rows)
+        return {
+            tab: None if rows[tab] is None else TabData(rows[tab] or [], version)
+            for tab in tabs
+        }
+
+    def write(
+        self,
+        changes: Mapping[str, TabChanges],
+        *,
+        expected_version: str | None = None,
+    ) -> None:
+        """Apply changes to several tabs; see the class docstring for the calls."""
+        changes = {tab: ch for tab, ch in changes.items() if not ch.is_empty()}
+        if not changes:
+            return
+        _check_cell_sizes(changes, self.location)
+        meta = self._metadata()
+        tz = _zone(meta)
+        read_for = {tab for tab, ch in changes.items() if ch.append}
+        checked_tabs = _version_tabs(expected_version)
+        rows = self._read_rows(meta, sorted(read_for | set(checked_tabs or [])))
+        if checked_tabs is not None and _version(checked_tabs, rows) != (
+            expected_version
+        ):
+            raise SheetChanged(
+                f"{self.location} changed since it was read; the sync will "
+                "read it again",
+                location=self.spreadsheet_id,
+            )
+        sheets = _sheets_by_title(meta)
+        grow = self._grow_requests(changes, sheets, rows)
+        if grow:
+            self.client.batch_update(self.spreadsheet_id, grow)
+        data = _value_ranges(changes, rows, tz)
+        if data:
+            self.client.batch_update_values(self.spreadsheet_id, data)
+        deletes = _delete_requests(changes, sheets)
+        if deletes:
+            self.client.batch_update(self.spreadsheet_id, deletes)
+        logger.info(
+            "sheets.write",
+            extra={
+                "spreadsheet": self.spreadsheet_id,
+                "tabs": sorted(changes),
+                "cells": sum(len(ch.cells) for ch in changes.values()),
+                "appended_rows": sum(len(ch.append) for ch in changes.values()),
+                "deleted_rows": sum(len(ch.delete_rows) for ch in changes.values()),
+            },
+        )
+
+    def _metadata(self) -> Json:
+        return self.client.get_spreadsheet(
+            self.spreadsheet_id,
+            fields="properties(title,timeZone),sheets.properties(sheetId,title,"
+            "index,gridProperties(rowCount,columnCount))",
+        )
+
+    def _read_rows(
+        self, meta: Json, tabs: Sequence[str]
+    ) -> dict[str, list[list[Cell]] | None]:
+        sheets = _sheets_by_title(meta)
+        titles = {tab: _find(sheets, tab) for tab in dict.fromkeys(tabs)}
+        present = {tab: props["title"] for tab, props in titles.items() if props}
+        rows: dict[str, list[list[Cell]] | None] = dict.fromkeys(tabs)
+        if not present:
+            return rows
+        ranges = [quote_title(title) for title in present.values()]
+        answers = self.client.batch_get(self.spreadsheet_id, ranges)
+        for tab, answer in zip(present, answers, strict=True):
+            rows[tab] = [_clean_row(line) for line in answer.get("values", [])]
+        return rows
+
+    def _grow_requests(
+        self,
+        changes: Mapping[str, TabChanges],
+        sheets: dict[str, Json],
+        rows: Mapping[str, list[list[Cell]] | None],
+    ) -> list[Json]:
+        requests: list[Json] = []
+        for tab, ch in changes.items():
+            last_row = last_row_after(rows.get(tab) or [], ch.cells)
+            need_rows, need_cols = _extent(ch, last_row)
+            props = _find(sheets, tab)
+            if props is None:
+                grid = {
+                    "rowCount": max(DEFAULT_ROWS, need_rows),
+                    "columnCount": max(DEFAULT_COLUMNS, need_cols),
+                }
+                requests.append(
+                    {"addSheet": {"properties": {"title": tab, "gridProperties": grid}}}
+                )
+                continue
+            grid = props.get("gridProperties", {})
+            for dimension, have, need in (
+                ("ROWS", grid.get("rowCount", 0), need_rows),
+                ("COLUMNS", grid.get("columnCount", 0), need_cols),
+            ):
+                if need > have:
+                    requests.append(
+                        {
+                            "appendDimension": {
+                                "sheetId": props["sheetId"],
+                                "dimension": dimension,
+                                "length": need - have,
+                            }
+                        }
+                    )
+        return requests
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        spreadsheet_id: str,
+        *,
+        limiter: QuotaLimiter | None = None,
+        on_wait: OnWait | None = None,
+        on_retry: OnRetry | None = None,
+    ) -> GoogleSheetsBackend:
+        """A backend configured from :class:`~sheetbridge.config.Settings`."""
+        return cls(
+            client_from_settings(
+                settings, limiter=limiter, on_wait=on_wait, on_retry=on_retry
+            ),
+            spreadsheet_id,
+        )
+
+
+def client_from_settings(
+    settings: Settings,
+    *,
+    limiter: QuotaLimiter | None = None,
+    on_wait: OnWait | None = None,
+    on_retry: OnRetry | None = None,
+) -> SheetsClient:
+    """A :class:`SheetsClient` from the ``google_*`` settings."""
+    tokens = token_source(
+        static_token=settings.google_static_token,
+        credentials_file=settings.google_credentials_file,
+        oauth_token_file=settings.google_oauth_token_file,
+        timeout_s=settings.google_timeout_s,
+    )
+    return SheetsClient(
+        base_url=settings.google_sheets_base_url,
+        tokens=tokens,
+        limiter=limiter,
+        timeout_s=settings.google_timeout_s,
+        max_retries=settings.google_max_retries,
+        backoff_base_s=settings.google_backoff_base_s,
+        backoff_max_s=settings.google_backoff_max_s,
+        on_wait=on_wait,
+        on_retry=on_retry,
+    )
+
+
+def service_account_email(settings: Settings) -> str | None:
+    """The email to share spreadsheets with, if a service account is configured."""
+    path = settings.google_credentials_file or _env_path(
+        "GOOGLE_APPLICATION_CREDENTIALS"
+    )
+    if path is None:
+        return None
+    try:
+        info = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    email = info.get("client_email") if isinstance(info, dict) else None
+    return email if isinstance(email, str) else None
+
+
+# -- helpers: reading ---------------------------------------------------------------
+
+
+def _sheets_by_title(meta: Json) -> dict[str, Json]:
+    return {
+        sheet["properties"]["title"]: sheet["properties"]
+        for sheet in meta.get("sheets", [])
+    }
+
+
+def _find(sheets: dict[str, Json], tab: str) -> Json | None:
+    """The tab's properties; titles are unique regardless of case in Sheets."""
+    if tab in sheets:
+        return sheets[tab]
+    folded = tab.casefold()
+    return next((p for t, p in sheets.items() if t.casefold() == folded), None)
+
+
+def _clean_row(line: list[Any]) -> list[Cell]:
+    row: list[Cell] = [None if value == "" else value for value in line]
+    while row and row[-1] is None:
+        row.pop()
+    return row
+
+
+def _version(tabs: Sequence[str], rows: Mapping[str, list[list[Cell]] | None]) -> str:
+    names = list(dict.fromkeys(tabs))
+    payload = json.dumps([[tab, rows.get(tab)] for tab in names], default=str)
+    digest = hashlib.sha256(payload.encode()).hexdigest()[:32]
+    return f"g1:{digest}:{json.dumps(names, ensure_ascii=False)}"
+
+
+def _version_tabs(version: str | None) -> list[str] | None:
+    if not version or not version.startswith("g1:"):
+        return None
+    try:
+        names = json.loads(version.split(":", 2)[2])
+    except (IndexError, ValueError):
+        return None
+    return [str(name) for name in names] if isinstance(names, list) else None
+
+
+def _zone(meta: Json) -> tzinfo:
+    name = meta.get("properties", {}).get("timeZone") or "UTC"
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return UTC
+
+
+# -- helpers: writing -------------------------------------------------------------
+
+
+def _check_cell_sizes(changes: Mapping[str, TabChanges], location: str) -> None:
+    """Reject over-long text before any API call, naming tab, row and column."""
+    for tab, ch in changes.items():
+        for (row, col), value in ch.cells.items():
+            _check_one(tab, f"row {row}", col, value, location)
+        for offset, values in enumerate(ch.append):
+            for col, value in enumerate(values, start=1):
+                _check_one(tab, f"appended row {offset + 1}", col, value, location)
+
+
+def _check_one(tab: str, row: str, col: int, value: Cell, location: str) -> None:
+    if isinstance(value, str) and len(value) > MAX_CELL_CHARS:
+        raise SheetInvalidRequest(
+            f"tab {tab!r}, {row}, column {column_letters(col)}: text of "
+            f"{len(value):,} characters is longer than the {MAX_CELL_CHARS:,} a "
+            "Google Sheets cell holds",
+            location=location,
+            tab=tab,
+        )
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SheetInvalidRequest(
+            f"tab {tab!r}, {row}, column {column_letters(col)}: {value} is not a "
+            "number a spreadsheet can hold",
+            location=location,
+            tab=tab,
+        )
+
+
+def _extent(ch: TabChanges, last_row: int) -> tuple[int, int]:
+    rows = max((row for row, _ in ch.cells), default=0)
+    cols = max((col for _, col in ch.cells), default=0)
+    if ch.append:
+        rows = max(rows, last_row + len(ch.append))
+        cols = max(cols, max(len(values) for values in ch.append))
+    return rows, cols
+
+
+def last_row_after(
+    rows: list[list[Cell]], cells: Mapping[tuple[int, int], Cell]
+) -> int:
+    """The last non-empty row once ``cells`` are written over ``rows``."""
+    filled: dict[int, set[int]] = {}
+    for row, _ in cells:
+        filled.setdefault(row, set())
+    for row in filled:
+        if row <= len(rows):
+            filled[row] = {
+                col for col, value in enumerate(rows[row - 1], 1) if value is not None
+            }
+    for (row, col), value in cells.items():
+        if value is None or value == "":
+            filled[row].discard(col)
+        else:
+            filled[row].add(col)
+    last = len(rows)
+    while last and last in filled and not filled[last]:
+        last -= 1
+        while (
+            last
+            and last not in filled
+            and not any(value is not None for value in rows[last - 1])
+        ):
+            last -= 1
+    touched = max((row for row, cols in filled.items() if cols), default=0)
+    return max(last, touched)
+
+
+def _value_ranges(
+    changes: Mapping[str, TabChanges],
+    rows: Mapping[str, list[list[Cell]] | None],
+    tz: tzinfo,
+) -> list[Json]:
+    data: list[Json] = []
+    for tab, ch in changes.items():
+        for top, left, block in _blocks(ch.cells, tz):
+            bottom, right = top + len(block) - 1, left + len(block[0]) - 1
+            data.append(
+                {"range": a1_range(tab, top, left, bottom, right), "values": block}
+            )
+        if ch.append:
+            first = last_row_after(rows.get(tab) or [], ch.cells) + 1
+            width = max(len(values) for values in ch.append) or 1
+            block = [
+                [api_value(value, tz) for value in values]
+                + [None] * (width - len(values))
+                for values in ch.append
+            ]
+            last = first + len(block) - 1
+            data.append(
+                {"range": a1_range(tab, first, 1, last, width), "values": block}
+            )
+    return data
+
+
+def _blocks(
+    cells: Mapping[tuple[int, int], Cell], tz: tzinfo
+) -> Iterator[tuple[int, int, list[list[Any]]]]:
+    """Group cells into rectangles of consecutive rows; gaps are ``null`` (kept)."""
+    by_row: dict[int, dict[int, Cell]] = {}
+    for (row, col), value in cells.items():
+        by_row.setdefault(row, {})[col] = value
+    run: list[int] = []
+    for row in sorted(by_row):
+        if run and row != run[-1] + 1:
+            yield _block(run, by_row, tz)
+            run = []
+        run.append(row)
+    if run:
+        yield _block(run, by_row, tz)
+
+
+def _block(
+    run: list[int], by_row: dict[int, dict[int, Cell]], tz: tzinfo
+) -> tuple[int, int, list[list[Any]]]:
+    left = min(min(by_row[row]) for row in run)
+    right = max(max(by_row[row]) for row in run)
+    block = []
+    for row in run:
+        line: list[Any] = [None] * (right - left + 1)
+        for col, value in by_row[row].items():
+            # In TabChanges.cells None means "clear"; in the API null means
+            # "leave as is", so a clear is sent as an empty string.
+            line[col - left] = "" if value is None else api_value(value, tz)
+        block.append(line)
+    return run[0], left, block
+
+
+def api_value(value: Cell, tz: tzinfo = UTC) -> Any:
+    """A cell value as JSON for a RAW write: dates as serials, text as text."""
+    if value is None or isinstance(value, bool | str | int):
+        return value
+    if isinstance(value, float):
+        return value
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, datetime | date):
+        return to_serial(value, tz)
+    return str(value)
+
+
+def _delete_requests(
+    changes: Mapping[str, TabChanges], sheets: dict[str, Json]
+) -> list[Json]:
+    requests: list[Json] = []
+    for tab, ch in changes.items():
+        props = _find(sheets, tab)
+        if props is None or not ch.delete_rows:
+            continue
+        # Highest first: deleting a row shifts every row below it up.
+        for start, end in _runs(sorted(set(ch.delete_rows), reverse=True)):
+            requests.append(
+                {
+                    "deleteDimension": {
+                        "range": {
+                            "sheetId": props["sheetId"],
+                            "dimension": "ROWS",
+                            "startIndex": start - 1,
+                            "endIndex": end,
+                        }
+                    }
+                }
+            )
+    return requests
+
+
+def _runs(rows_desc: list[int]) -> Iterator[tuple[int, int]]:
+    """Consecutive runs of descending row numbers as (first, last) ascending."""
+    start = end = rows_desc[0]
+    for row in rows_desc[1:]:
+        if row == start - 1:
+            start = row
+            continue
+        yield start, end
+        start = end = row
+    yield start, end

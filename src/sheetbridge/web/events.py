@@ -1,0 +1,89 @@
+"""Server-sent events: a user's job transitions, pushed as they happen."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from anyio import to_thread
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from sheetbridge.queue.errors import JobNotFound
+from sheetbridge.queue.models import Job
+from sheetbridge.web.deps import CurrentUser, Runtime, RuntimeDep
+from sheetbridge.web.sync_api import job_view
+
+router = APIRouter(prefix="/api/insurance/sync", tags=["sync"])
+
+KEEPALIVE_S = 15.0
+
+
+def _frame(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+@router.get("/events")
+async def sync_events(
+    request: Request, user: CurrentUser, rt: RuntimeDep, all_users: bool = False
+) -> StreamingResponse:
+    """Stream the caller's job events (admins may ask for everyone's).
+
+    The stream opens with a ``status`` event holding the full current state, so
+    a client that reconnects after a drop misses no final state.
+    """
+    owner = None if (all_users and user.is_admin) else user.id
+    return StreamingResponse(
+        _stream(request, rt, owner),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _stream(
+    request: Request, rt: Runtime, owner: int | None
+) -> AsyncIterator[bytes]:
+    loop = asyncio.get_running_loop()
+    changed: asyncio.Queue[int] = asyncio.Queue()
+
+    def on_event(_event: str, job: Job) -> None:
+        if owner is None or job.owner_id == owner:
+            loop.call_soon_threadsafe(changed.put_nowait, job.id)
+
+    unsubscribe = rt.queue.subscribe(on_event)
+    try:
+        status = await to_thread.run_sync(_status, rt, owner)
+        yield _frame("status", status)
+        while not await request.is_disconnected():
+            try:
+                job_id = await asyncio.wait_for(changed.get(), KEEPALIVE_S)
+            except TimeoutError:
+                yield b": keepalive\n\n"
+                continue
+            # Progress comes in bursts: send each changed job once per burst.
+            pending = {job_id}
+            while not changed.empty():
+                pending.add(changed.get_nowait())
+            for view in await to_thread.run_sync(_views, rt, sorted(pending)):
+                yield _frame("job", view)
+    finally:
+        unsubscribe()
+
+
+def _status(rt: Runtime, owner: int | None) -> dict[str, Any]:
+    jobs = rt.queue.status(owner, recent=rt.settings.recent_jobs)
+    return {
+        name: [job_view(rt.queue, job) for job in group] for name, group in jobs.items()
+    }
+
+
+def _views(rt: Runtime, job_ids: list[int]) -> list[dict[str, Any]]:
+    views = []
+    for job_id in job_ids:
+        try:
+            views.append(job_view(rt.queue, rt.queue.get(job_id)))
+        except JobNotFound:
+            continue
+    return views

@@ -1,0 +1,468 @@
+"""The request's scenarios in a real browser, against the live dashboard.
+
+Each test starts its own server and checks outcomes through the API (job
+times, stored values), not only what the page says.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import statistics
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect
+
+from sheetbridge.config import Settings
+from sheetbridge.insurance.sync_jobs import TO_SHEET
+from sheetbridge.web.deps import Runtime
+from sheetbridge.web.security import add_user
+from tests.conftest import api_client
+from tests.insurance.test_review import edit_sheet_cell
+from tests.insurance.test_workbook_sync import run_sync, workbook_path
+from tests.support.server import live_server
+
+pytestmark = pytest.mark.browser
+
+EVENTS_URL = "**/api/insurance/sync/events*"
+FINAL = ("succeeded", "failed", "cancelled")
+
+# Registered before any page script runs: every long task of the dashboard.
+LONG_TASKS = """
+window.__longTasks = [];
+try {
+  new PerformanceObserver((list) => {
+    for (const entry of list.getEntries()) window.__longTasks.push(entry.duration);
+  }).observe({ type: "longtask", buffered: true });
+} catch (err) {
+  window.__longTasks = null;
+}
+"""
+
+
+@pytest.fixture
+def sheet_latency_ms() -> int:
+    """Per workbook call; a first sync to a sheet makes two (read, write)."""
+    return 500
+
+
+@pytest.fixture
+def settings(settings: Settings, sheet_latency_ms: int) -> Settings:
+    return settings.model_copy(update={"sheet_latency_ms": sheet_latency_ms})
+
+
+def start_sign_in(
+    browser: Browser,
+    base_url: str,
+    username: str,
+    password: str | None = None,
+    *,
+    setup: Callable[[Page], object] | None = None,
+) -> Page:
+    """Submit the login form on a fresh browser context; don't wait for the page."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    if setup is not None:
+        setup(page)
+    page.goto(f"{base_url}/login")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password or f"{username}-demo")
+    page.click("button[type=submit]", no_wait_after=True)
+    return page
+
+
+def dashboard_ready(page: Page, *, stream: bool = True) -> Page:
+    """Wait for the dashboard (and its live stream, if asked); mark the document."""
+    page.wait_for_selector("#main[data-username]")
+    if stream:
+        expect(page.locator("#live-state")).to_have_attribute("data-mode", "live")
+    page.evaluate("window.__sameDocument = 'still here'")
+    return page
+
+
+def open_dashboard(
+    browser: Browser,
+    base_url: str,
+    username: str,
+    password: str | None = None,
+    *,
+    setup: Callable[[Page], object] | None = None,
+    stream: bool = True,
+) -> Page:
+    page = start_sign_in(browser, base_url, username, password, setup=setup)
+    return dashboard_ready(page, stream=stream)
+
+
+def assert_not_reloaded(page: Page) -> None:
+    assert page.evaluate("window.__sameDocument") == "still here"
+
+
+def watch_status_requests(page: Page, into: list[str]) -> None:
+    """Record every request the page makes to the status endpoint."""
+    page.on(
+        "request",
+        lambda request: (
+            into.append(request.url)
+            if "/api/insurance/sync/status" in request.url
+            else None
+        ),
+    )
+
+
+def job_ids(page: Page, selector: str = "#jobs li.job") -> list[int]:
+    return [
+        int(value)
+        for value in page.locator(selector).evaluate_all(
+            "items => items.map(li => li.dataset.jobId)"
+        )
+    ]
+
+
+def final_job(api: httpx.Client, job_id: int, timeout_s: float = 20) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job: dict[str, Any] = api.get(f"/api/insurance/sync/jobs/{job_id}").json()
+        if job["state"] in FINAL:
+            return job
+        assert time.monotonic() < deadline, f"job {job_id} is still {job['state']}"
+        time.sleep(0.1)
+
+
+def when(value: str) -> float:
+    return datetime.fromisoformat(value).timestamp()
+
+
+def test_three_quick_clicks_queue_three_syncs_that_run_one_after_another(
+    browser: Browser, runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    with live_server(runtime) as url:
+        page = open_dashboard(browser, url, "alice")
+        button = page.locator("#sync-to-sheet")
+        for _ in range(3):
+            button.click()
+
+        expect(page.locator("#sync-message")).to_have_text("Sync queued (position 3)")
+        expect(page.locator("#jobs li.job")).to_have_count(3)
+        expect(page.locator("#active-jobs")).to_contain_text(
+            "waiting for your earlier sync"
+        )
+        expect(page.locator("#recent-jobs li[data-state=succeeded]")).to_have_count(
+            3, timeout=20_000
+        )
+
+        ids = job_ids(page)
+        assert len(set(ids)) == 3
+        expect(page.locator("#jobs li.job")).to_have_count(3)
+        expect(page.locator("#sync-message[data-kind=error]")).to_have_count(0)
+        expect(page.locator("#jobs .job-error")).to_have_count(0)
+        with api_client(url, tokens["alice"]) as api:
+            jobs = [final_job(api, job_id) for job_id in sorted(ids)]
+            recent = api.get("/api/insurance/sync/status").json()["recent"]
+        assert len(recent) == 3
+        assert [job["state"] for job in jobs] == ["succeeded"] * 3
+        for earlier, later in itertools.pairwise(jobs):
+            assert when(later["started_at"]) >= when(earlier["finished_at"])
+        assert_not_reloaded(page)
+        page.close()
+
+
+def test_ten_users_click_sync_at_once_and_their_syncs_run_in_parallel(
+    browser: Browser, runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    names = [f"agent{n:02d}" for n in range(10)]
+    with runtime.db.session() as session:
+        for name in names:
+            add_user(session, name, "password-123", role="agent")
+    assert runtime.settings.worker_concurrency >= 10
+    with live_server(runtime) as url:
+        pages = [start_sign_in(browser, url, name, "password-123") for name in names]
+        for page in pages:
+            dashboard_ready(page)
+        # One wall-clock moment for every browser context.
+        fire_at = pages[0].evaluate("Date.now()") + 600
+        for page in pages:
+            page.evaluate(
+                """at => setTimeout(
+                    () => document.querySelector('#sync-to-sheet').click(),
+                    at - Date.now())""",
+                fire_at,
+            )
+        for page in pages:
+            expect(page.locator("#sync-message")).to_have_text("Sync queued")
+        for page in pages:
+            expect(page.locator("#recent-jobs li[data-state=succeeded]")).to_have_count(
+                1, timeout=20_000
+            )
+            expect(page.locator("#jobs li.job")).to_have_count(1)
+
+        ids = [job_ids(page)[0] for page in pages]
+        with api_client(url, tokens["admin"]) as api:
+            jobs = [final_job(api, job_id) for job_id in ids]
+        for page in pages:
+            page.close()
+
+    assert len(set(ids)) == 10
+    assert len({job["owner_id"] for job in jobs}) == 10
+    assert all(job["state"] == "succeeded" for job in jobs)
+    starts = [when(job["started_at"]) for job in jobs]
+    ends = [when(job["finished_at"]) for job in jobs]
+    # Every job was running at one common moment.
+    assert max(starts) < min(ends)
+    durations = [end - start for start, end in zip(starts, ends, strict=True)]
+    span = max(ends) - min(starts)
+    assert span < 3 * statistics.median(durations), (span, durations)
+
+
+@pytest.mark.parametrize("sheet_latency_ms", [1200])
+def test_customer_saved_while_own_sync_runs_without_reload_or_long_tasks(
+    browser: Browser, runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    with live_server(runtime) as url:
+        page = open_dashboard(
+            browser, url, "alice", setup=lambda page: page.add_init_script(LONG_TASKS)
+        )
+        assert page.evaluate("window.__longTasks") is not None, "no Long Tasks API"
+        row = page.locator("#customers-table tr[data-id]").first
+        customer_id = int(row.get_attribute("data-id") or 0)
+
+        page.click("#sync-to-sheet")
+        expect(page.locator("#sync-message")).to_have_text("Sync queued")
+        expect(page.locator("#active-jobs li[data-state=running]")).to_have_count(1)
+        job_id = job_ids(page, "#active-jobs li.job")[0]
+
+        row.get_by_role("button", name="Edit").click()
+        page.fill("#record-form [name=city]", "Edited While Syncing")
+        with page.expect_response(
+            lambda r: (
+                r.url.endswith(f"/api/customers/{customer_id}")
+                and r.request.method == "PATCH"
+            )
+        ) as saved:
+            page.click("#save-record")
+        saved_at = time.time()
+        assert saved.value.status == 200
+        expect(
+            page.locator(f"#customers-table tr[data-id='{customer_id}']")
+        ).to_contain_text("Edited While Syncing")
+        expect(
+            page.locator(f"#recent-jobs li[data-job-id='{job_id}']")
+        ).to_have_attribute("data-state", "succeeded", timeout=20_000)
+
+        with api_client(url, tokens["alice"]) as api:
+            job = final_job(api, job_id)
+            customer = api.get(f"/api/customers/{customer_id}").json()
+        assert job["state"] == "succeeded"
+        assert when(job["started_at"]) < saved_at < when(job["finished_at"])
+        assert customer["city"] == "Edited While Syncing"
+        assert_not_reloaded(page)
+        long_tasks: list[float] = page.evaluate("window.__longTasks")
+        assert max(long_tasks, default=0) <= 200, long_tasks
+        page.close()
+
+
+def test_conflict_is_resolved_in_the_page_by_button_and_by_keyboard(
+    browser: Browser, runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    run_sync(runtime, "alice", TO_SHEET)
+    record_id = edit_sheet_cell(runtime, 2, "City", "Sheet City")
+    edit_sheet_cell(runtime, 2, "Email", "sheet@example.com")
+    with live_server(runtime) as url, api_client(url, tokens["alice"]) as api:
+        before = api.get(f"/api/customers/{record_id}").json()
+        edited = api.patch(
+            f"/api/customers/{record_id}",
+            json={
+                "version": before["version"],
+                "city": "App City",
+                "email": "app@example.com",
+            },
+        )
+        assert edited.status_code == 200, edited.text
+
+        page = open_dashboard(browser, url, "alice")
+        expect(page.locator("#no-conflicts")).to_be_visible()
+        page.click("#sync-from-sheet")
+
+        items = page.locator("#conflict-list li.conflict")
+        expect(items).to_have_count(2, timeout=20_000)
+        expect(page.locator("#conflicts-count")).to_have_text("2")
+        expect(page.locator("#conflicts-link")).to_have_text("2 conflicts to resolve")
+        city = page.locator("#conflict-list li[data-field=city]")
+        expect(city.locator(".is-app dd")).to_have_text("App City")
+        expect(city.locator(".is-sheet dd")).to_have_text("Sheet City")
+        expect(city.locator(".is-base dd")).to_have_text(before["city"])
+        expect(city).to_contain_text(before["name"])
+
+        city.get_by_role("button", name=re.compile("^Keep the sheet's value")).click()
+        expect(city).to_have_count(0)
+        expect(page.locator("#conflicts-count")).to_have_text("1")
+        assert api.get(f"/api/customers/{record_id}").json()["city"] == "Sheet City"
+        expect(
+            page.locator(f"#customers-table tr[data-id='{record_id}']")
+        ).to_contain_text("Sheet City")
+
+        # The email conflict, by keyboard only: an invalid value first.
+        email = page.locator("#conflict-list li[data-field=email]")
+        email.locator("button.conflict-edit").focus()
+        page.keyboard.press("Enter")
+        value = email.locator("input[name=value]")
+        expect(value).to_be_focused()
+        expect(value).to_have_value("app@example.com")
+        page.keyboard.press("Control+A")
+        page.keyboard.type("not an email")
+        page.keyboard.press("Enter")
+        expect(email.locator(".conflict-editor .field-error")).to_contain_text(
+            "valid email"
+        )
+        expect(value).to_have_attribute("aria-invalid", "true")
+        expect(value).to_be_focused()
+        page.keyboard.press("Control+A")
+        page.keyboard.type("fixed@example.com")
+        page.keyboard.press("Enter")
+
+        expect(items).to_have_count(0)
+        expect(page.locator("#no-conflicts")).to_be_visible()
+        expect(page.locator("#conflicts-count")).to_be_hidden()
+        after = api.get(f"/api/customers/{record_id}").json()
+        assert (after["city"], after["email"]) == ("Sheet City", "fixed@example.com")
+        assert api.get("/api/insurance/sync/conflicts").json()["conflicts"] == []
+        assert_not_reloaded(page)
+        page.close()
+
+
+def test_import_is_undone_from_the_history(
+    browser: Browser, runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    run_sync(runtime, "alice", TO_SHEET)
+    record_id = edit_sheet_cell(runtime, 2, "City", "Imported City")
+    with live_server(runtime) as url, api_client(url, tokens["alice"]) as api:
+        original = api.get(f"/api/customers/{record_id}").json()["city"]
+        page = open_dashboard(browser, url, "alice")
+        row = page.locator(f"#customers-table tr[data-id='{record_id}']")
+        page.click("#sync-from-sheet")
+        expect(row).to_contain_text("Imported City", timeout=20_000)
+
+        job = page.locator("#recent-jobs li[data-kind=from_sheet]").first
+        expect(job).to_contain_text("1 record updated")
+        job.get_by_role("button", name=re.compile("^Undo import")).click()
+        job.get_by_role("button", name=re.compile("^Confirm: undo import")).click()
+        expect(job.locator(".undo-report")).to_contain_text("1 record restored")
+        expect(job.get_by_role("button", name=re.compile("Undo import"))).to_have_count(
+            0
+        )
+        expect(row).to_contain_text(original)
+        assert api.get(f"/api/customers/{record_id}").json()["city"] == original
+        assert_not_reloaded(page)
+        page.close()
+
+
+def test_failed_sync_shows_the_reason_and_what_to_do(
+    browser: Browser, runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    path = workbook_path(runtime, "alice")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"these bytes are not a workbook")
+    with live_server(runtime) as url, api_client(url, tokens["alice"]) as api:
+        queued = api.post("/api/insurance/sync/from-sheet").json()
+        job = final_job(api, queued["job_id"])
+        assert job["state"] == "failed"
+        assert "not a readable .xlsx workbook" in job["error"]
+        reason = job["error"].replace(f"{path.parent}/", "")
+
+        page = open_dashboard(browser, url, "alice")
+        item = page.locator(f"#recent-jobs li[data-job-id='{job['id']}']")
+        expect(item.locator(".job-state")).to_have_text("Failed")
+        expect(item.locator(".job-error")).to_have_text(f"Reason: {reason}")
+        expect(item.locator(".job-advice")).to_contain_text("not an Excel (.xlsx) file")
+        assert str(path.parent) not in item.inner_text()
+
+        # Live: the retried sync fails the same way, and the page says so.
+        item.get_by_role("button", name="Try Sync from sheet again").click()
+        expect(page.locator("#recent-jobs li[data-state=failed]")).to_have_count(
+            2, timeout=20_000
+        )
+        retried = page.locator("#recent-jobs li.job").first
+        expect(retried.locator(".job-error")).to_have_text(f"Reason: {reason}")
+        expect(page.locator("#page-status")).to_contain_text("failed")
+        page.close()
+
+
+def test_retry_waiting_shows_the_reason_and_next_try_then_succeeds(
+    browser: Browser, runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    # Excel's lock file: writing now would be lost at Excel's next save.
+    lock = workbook_path(runtime, "alice").parent / "~$alice.xlsx"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_bytes(b"")
+    with live_server(runtime) as url:
+        page = open_dashboard(browser, url, "alice")
+        page.click("#sync-to-sheet")
+        job = page.locator("#jobs li.job")
+        expect(job).to_have_attribute("data-display", "retry", timeout=10_000)
+        expect(job.locator(".job-state")).to_have_text("Retry waiting")
+        expect(job).to_contain_text("Attempt 1 did not finish: alice.xlsx is open")
+        expect(job).to_contain_text("Next try at")
+        lock.unlink()
+
+        expect(job).to_have_attribute("data-state", "succeeded", timeout=15_000)
+        job_id = job_ids(page)[0]
+        with api_client(url, tokens["alice"]) as api:
+            done = final_job(api, job_id)
+        assert done["state"] == "succeeded"
+        assert done["attempts"] >= 2
+        expect(page.locator("#jobs li.job")).to_have_count(1)
+        page.close()
+
+
+def test_job_changes_arrive_over_the_stream_without_polling(
+    browser: Browser, runtime: Runtime
+) -> None:
+    with live_server(runtime) as url:
+        seen: list[str] = []
+        page = open_dashboard(
+            browser, url, "alice", setup=lambda p: watch_status_requests(p, seen)
+        )
+        page.click("#sync-to-sheet")
+        job = page.locator("#jobs li.job")
+        expect(job).to_have_attribute("data-state", "running", timeout=2_000)
+        expect(job).to_have_attribute("data-state", "succeeded", timeout=3_000)
+        assert seen == []
+        assert page.evaluate("window.sheetbridge.transport") == "stream"
+        page.close()
+
+
+def test_polling_covers_a_dropped_stream_until_it_reconnects(
+    browser: Browser, runtime: Runtime
+) -> None:
+    requests: list[str] = []
+
+    def cut_stream(page: Page) -> None:
+        watch_status_requests(page, requests)
+        page.route(EVENTS_URL, lambda route: route.abort())
+
+    with live_server(runtime) as url:
+        page = open_dashboard(browser, url, "alice", setup=cut_stream, stream=False)
+        expect(page.locator("#live-state")).to_have_attribute("data-mode", "polling")
+        expect(page.locator("#live-state")).to_contain_text("Reconnecting")
+
+        page.click("#sync-to-sheet")
+        first = page.locator("#jobs li.job")
+        expect(first).to_have_attribute("data-state", "succeeded", timeout=10_000)
+        assert requests, "the page did not fall back to polling"
+
+        page.unroute(EVENTS_URL)
+        page.evaluate("window.dispatchEvent(new Event('online'))")
+        expect(page.locator("#live-state")).to_have_attribute("data-mode", "live")
+        polled = len(requests)
+
+        page.click("#sync-to-sheet")
+        expect(page.locator("#jobs li.job[data-state=succeeded]")).to_have_count(
+            2, timeout=10_000
+        )
+        ids = job_ids(page)
+        assert len(ids) == len(set(ids)) == 2
+        assert len(requests) == polled, "still polling while the stream is live"
+        page.close()

@@ -1,0 +1,125 @@
+"""A user's book synced with a Google spreadsheet, on the local API emulator."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from sheetbridge.config import Settings
+from sheetbridge.insurance.models import Customer
+from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
+from sheetbridge.sheets.base import TabChanges
+from sheetbridge.testing.emulator import EmulatorServer
+from sheetbridge.testing.harness import GoogleHarness
+from sheetbridge.web.app import create_app
+from sheetbridge.web.deps import Runtime
+from tests.conftest import bearer
+from tests.insurance.test_workbook_sync import run_sync
+
+
+@pytest.fixture
+def emulator() -> Iterator[EmulatorServer]:
+    with EmulatorServer() as server:
+        yield server
+
+
+@pytest.fixture
+def settings(settings: Settings, emulator: EmulatorServer) -> Settings:
+    return settings.model_copy(
+        update={
+            "google_sheets_base_url": emulator.base_url,
+            "google_backoff_base_s": 0.01,
+            "google_backoff_max_s": 0.05,
+        }
+    )
+
+
+@pytest.fixture
+def spreadsheet_id(
+    runtime: Runtime, tokens: dict[str, str], emulator: EmulatorServer
+) -> str:
+    book = GoogleHarness(emulator).spreadsheet("Alice's book")
+    with TestClient(create_app(runtime, workers=False)) as client:
+        answer = client.patch(
+            "/api/insurance/sync/target",
+            json={"backend": "google", "spreadsheet_id": book.spreadsheet_id},
+            headers=bearer(tokens["alice"]),
+        )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["backend"] == "google"
+    return book.spreadsheet_id
+
+
+def test_to_sheet_writes_the_book_and_an_unchanged_resync_only_reads(
+    runtime: Runtime, spreadsheet_id: str, emulator: EmulatorServer
+) -> None:
+    first = run_sync(runtime, "alice", TO_SHEET)
+    assert first["summary"]["appended"] > 0
+    before = len(emulator.state.log)
+
+    again = run_sync(runtime, "alice", TO_SHEET)
+
+    calls = emulator.state.log[before:]
+    assert again["summary"]["written_cells"] == 0
+    assert all(entry.method == "GET" for entry in calls), [
+        (c.method, c.path) for c in calls
+    ]
+    assert len(calls) <= 2
+
+
+def test_sheet_edits_import_and_text_stays_text(
+    runtime: Runtime, spreadsheet_id: str, emulator: EmulatorServer
+) -> None:
+    run_sync(runtime, "alice", TO_SHEET)
+    backend = GoogleHarness(emulator).backend(spreadsheet_id)
+    tab = backend.read_tabs(["Customers"])["Customers"]
+    assert tab is not None
+    header = [str(cell) for cell in tab.rows[0]]
+    record_id = int(tab.rows[1][0])  # type: ignore[arg-type]
+    backend.write(
+        {
+            "Customers": TabChanges(
+                cells={
+                    (2, header.index("ZIP") + 1): "04001",
+                    (2, header.index("Notes") + 1): "=1+1",
+                }
+            )
+        }
+    )
+
+    result = run_sync(runtime, "alice", FROM_SHEET)
+
+    assert result["summary"]["updated"] == 1
+    with runtime.db.read_session() as session:
+        customer = session.get(Customer, record_id)
+    assert customer is not None
+    assert (customer.zip_code, customer.notes) == ("04001", "=1+1")
+
+
+def test_a_503_on_read_is_retried_and_the_job_succeeds(
+    runtime: Runtime, spreadsheet_id: str, emulator: EmulatorServer
+) -> None:
+    emulator.state.inject(503, count=2, method="GET")
+    result = run_sync(runtime, "alice", TO_SHEET)
+    assert result["summary"]["appended"] > 0
+
+
+def test_a_missing_spreadsheet_fails_the_job_naming_it(
+    runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    with TestClient(create_app(runtime, workers=False)) as client:
+        client.patch(
+            "/api/insurance/sync/target",
+            json={"backend": "google", "spreadsheet_id": "no-such-spreadsheet-id"},
+            headers=bearer(tokens["alice"]),
+        )
+        bad = client.patch(
+            "/api/insurance/sync/target",
+            json={"backend": "google", "spreadsheet_id": "x y"},
+            headers=bearer(tokens["alice"]),
+        )
+    assert bad.status_code == 422
+    with pytest.raises(AssertionError, match="no-such-spreadsheet-id"):
+        run_sync(runtime, "alice", TO_SHEET)

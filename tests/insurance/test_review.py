@@ -1,0 +1,167 @@
+"""Conflicts wait for a person; an import can be undone."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+from openpyxl import load_workbook
+
+from sheetbridge.insurance.models import Customer
+from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
+from sheetbridge.web.app import create_app
+from sheetbridge.web.deps import Runtime
+from tests.conftest import bearer
+from tests.insurance.test_workbook_sync import columns, run_sync, workbook_path
+
+
+def edit_sheet_cell(runtime: Runtime, row: int, header: str, value: object) -> int:
+    """Edit one Customers cell in alice's workbook; returns that row's record ID."""
+    path = workbook_path(runtime, "alice")
+    book = load_workbook(path)
+    sheet = book["Customers"]
+    sheet.cell(row, columns(sheet)[header]).value = value
+    book.save(path)
+    return int(sheet.cell(row, 1).value)
+
+
+def edit_app_city(runtime: Runtime, record_id: int, city: str) -> None:
+    with runtime.db.session() as session:
+        customer = session.get(Customer, record_id)
+        assert customer is not None
+        customer.city = city
+
+
+def sheet_city(runtime: Runtime, record_id: int) -> object:
+    sheet = load_workbook(workbook_path(runtime, "alice"))["Customers"]
+    for row in range(2, sheet.max_row + 1):
+        if sheet.cell(row, 1).value == record_id:
+            return sheet.cell(row, columns(sheet)["City"]).value
+    raise AssertionError(record_id)
+
+
+def app_city(runtime: Runtime, record_id: int) -> str:
+    with runtime.db.read_session() as session:
+        customer = session.get(Customer, record_id)
+        assert customer is not None
+        return customer.city
+
+
+def make_conflict(runtime: Runtime) -> tuple[TestClient, int, int]:
+    run_sync(runtime, "alice", TO_SHEET)
+    record_id = edit_sheet_cell(runtime, 2, "City", "Sheet City")
+    edit_app_city(runtime, record_id, "App City")
+    run_sync(runtime, "alice", FROM_SHEET)
+    client = TestClient(create_app(runtime, workers=False))
+    return client, record_id, 0
+
+
+def test_conflict_is_stored_once_with_both_values_and_the_base(
+    runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    client, record_id, _ = make_conflict(runtime)
+    run_sync(runtime, "alice", TO_SHEET)
+
+    listed = client.get(
+        "/api/insurance/sync/conflicts", headers=bearer(tokens["alice"])
+    ).json()["conflicts"]
+
+    assert len(listed) == 1
+    conflict = listed[0]
+    assert (conflict["record_id"], conflict["field"], conflict["column"]) == (
+        record_id,
+        "city",
+        "City",
+    )
+    assert (conflict["app"], conflict["sheet"]) == ("App City", "Sheet City")
+    assert conflict["base"] not in ("App City", "Sheet City")
+    others = client.get("/api/insurance/sync/conflicts", headers=bearer(tokens["bob"]))
+    assert others.json()["conflicts"] == []
+
+
+def test_keep_app_is_written_to_the_sheet_by_the_next_sync(
+    runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    client, record_id, _ = make_conflict(runtime)
+    conflict = client.get(
+        "/api/insurance/sync/conflicts", headers=bearer(tokens["alice"])
+    ).json()["conflicts"][0]
+
+    resolved = client.post(
+        f"/api/insurance/sync/conflicts/{conflict['id']}/resolve",
+        json={"choice": "app"},
+        headers=bearer(tokens["alice"]),
+    )
+    run_sync(runtime, "alice", TO_SHEET)
+
+    assert resolved.status_code == 200
+    assert sheet_city(runtime, record_id) == "App City"
+    assert app_city(runtime, record_id) == "App City"
+    again = client.get("/api/insurance/sync/conflicts", headers=bearer(tokens["alice"]))
+    assert again.json()["conflicts"] == []
+
+
+def test_keep_sheet_and_edit_settle_both_sides(
+    runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    client, record_id, _ = make_conflict(runtime)
+    alice = bearer(tokens["alice"])
+    conflict = client.get("/api/insurance/sync/conflicts", headers=alice).json()[
+        "conflicts"
+    ][0]
+    client.post(
+        f"/api/insurance/sync/conflicts/{conflict['id']}/resolve",
+        json={"choice": "sheet"},
+        headers=alice,
+    )
+    assert app_city(runtime, record_id) == "Sheet City"
+    summary = run_sync(runtime, "alice", TO_SHEET)["summary"]
+    assert summary["conflicts"] == 0 and summary["written_cells"] == 0
+
+    edit_app_city(runtime, record_id, "App Again")
+    edit_sheet_cell(runtime, 2, "City", "Sheet Again")
+    run_sync(runtime, "alice", FROM_SHEET)
+    second = client.get("/api/insurance/sync/conflicts", headers=alice).json()[
+        "conflicts"
+    ][0]
+    bad = client.post(
+        f"/api/insurance/sync/conflicts/{second['id']}/resolve",
+        json={"choice": "edit", "value": "x" * 101},
+        headers=alice,
+    )
+    assert bad.status_code == 422
+    client.post(
+        f"/api/insurance/sync/conflicts/{second['id']}/resolve",
+        json={"choice": "edit", "value": "Agreed City"},
+        headers=alice,
+    )
+    run_sync(runtime, "alice", TO_SHEET)
+    assert app_city(runtime, record_id) == "Agreed City"
+    assert sheet_city(runtime, record_id) == "Agreed City"
+
+
+def test_undo_import_restores_changed_records_but_not_ones_edited_since(
+    runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    run_sync(runtime, "alice", TO_SHEET)
+    first = edit_sheet_cell(runtime, 2, "City", "Imported One")
+    second = edit_sheet_cell(runtime, 3, "City", "Imported Two")
+    before_first = app_city(runtime, first)
+    run_sync(runtime, "alice", FROM_SHEET)
+    client = TestClient(create_app(runtime, workers=False))
+    alice = bearer(tokens["alice"])
+    recent = client.get("/api/insurance/sync/status", headers=alice).json()["recent"]
+    job_id = next(job["id"] for job in recent if job["kind"] == FROM_SHEET)
+    edit_app_city(runtime, second, "Edited After Import")
+
+    undone = client.post(f"/api/insurance/sync/jobs/{job_id}/undo", headers=alice)
+
+    assert undone.status_code == 200
+    body = undone.json()
+    assert body["restored"] == [{"entity": "customer", "record_id": first}]
+    assert body["left_alone"][0]["record_id"] == second
+    assert app_city(runtime, first) == before_first
+    assert app_city(runtime, second) == "Edited After Import"
+    run_sync(runtime, "alice", TO_SHEET)
+    assert sheet_city(runtime, first) == before_first
+    twice = client.post(f"/api/insurance/sync/jobs/{job_id}/undo", headers=alice)
+    assert twice.json()["restored"] == []
+    assert [r["record_id"] for r in twice.json()["left_alone"]] == [second]

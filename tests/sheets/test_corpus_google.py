@@ -1,0 +1,304 @@
+"""Corpus cases C01-C12 (``../shared/corpus/sheet-cases.md``) through the Google
+backend on the emulator."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import date
+
+import pytest
+
+from sheetbridge.sheets.base import Cell, TabChanges, TabData
+from sheetbridge.sheets.errors import (
+    SheetError,
+    SheetInvalidRequest,
+    SheetNotFound,
+    SheetRateLimited,
+)
+from sheetbridge.sheets.quota import InProcessQuotaLimiter, QuotaLimits
+from sheetbridge.sync.columns import Column, ColumnType
+from sheetbridge.sync.engine import TabMapping, plan_from_sheet
+from sheetbridge.testing.cells import Rich
+from sheetbridge.testing.emulator import EmulatorServer
+from sheetbridge.testing.harness import GoogleHarness
+
+PEOPLE = TabMapping(
+    tab="People",
+    id_header="ID",
+    columns=(
+        Column("Name", "name"),
+        Column("ZIP", "zip_code"),
+        Column("Born", "born", ColumnType.DATE),
+    ),
+)
+
+
+@pytest.fixture
+def emulator() -> Iterator[EmulatorServer]:
+    with EmulatorServer() as server:
+        yield server
+
+
+@pytest.fixture
+def harness(emulator: EmulatorServer) -> GoogleHarness:
+    return GoogleHarness(emulator)
+
+
+def tab(data: dict[str, TabData | None], name: str) -> TabData:
+    found = data[name]
+    assert found is not None
+    return found
+
+
+def test_c01_date_serial_reads_as_date_and_dates_are_written_as_serials(
+    harness: GoogleHarness,
+) -> None:
+    book = harness.spreadsheet()
+    backend = harness.backend(book)
+    backend.write(
+        {
+            "People": TabChanges(
+                cells={(1, 1): "ID", (1, 2): "Name", (1, 3): "ZIP", (1, 4): "Born"}
+            )
+        }
+    )
+    # a person types a date in the sheet UI
+    backend.client.batch_update_values(
+        book.spreadsheet_id,
+        [{"range": "'People'!B2:D2", "values": [["Ann", "04001", "2020-01-01"]]}],
+        value_input="USER_ENTERED",
+    )
+    rows = tab(backend.read_tabs(["People"]), "People")
+    assert rows.rows[1][3] == 43831
+    plan = plan_from_sheet(PEOPLE, rows, {}, {})
+    assert plan.creates[0].values["born"] == "2020-01-01"
+    backend.write({"People": TabChanges(cells={(2, 4): date(2021, 2, 3)})})
+    stored = book.sheet_by_title("People").cell(2, 4)  # type: ignore[union-attr]
+    assert stored == 44230  # a serial number, not a locale string
+
+
+@pytest.mark.parametrize("text", ["04001", "+15551234", "+Dri7abc"])
+def test_c02_c03_codes_and_phones_stay_literal_text(
+    harness: GoogleHarness, text: str
+) -> None:
+    book = harness.spreadsheet()
+    backend = harness.backend(book)
+    backend.write({"T": TabChanges(cells={(1, 1): text})})
+    assert tab(backend.read_tabs(["T"]), "T").rows == [[text]]
+    shown = backend.client.batch_get(
+        book.spreadsheet_id, ["'T'!A1"], value_render="FORMATTED_VALUE"
+    )
+    assert shown[0]["values"] == [[text]]  # no #ERROR!, no 4001
+
+
+@pytest.mark.parametrize("text", ['=HYPERLINK("http://x","prize")', "@SUM(A1)", "-1+1"])
+def test_c04_formula_like_notes_are_stored_as_text_never_evaluated(
+    harness: GoogleHarness, text: str
+) -> None:
+    book = harness.spreadsheet()
+    backend = harness.backend(book)
+    backend.write({"T": TabChanges(cells={(1, 1): text})})
+    cell = book.sheet_by_title("T").cell(1, 1)  # type: ignore[union-attr]
+    assert cell == text and not isinstance(cell, Rich)
+    formula_view = backend.client.batch_get(
+        book.spreadsheet_id, ["'T'!A1"], value_render="FORMATTED_VALUE"
+    )
+    assert formula_view[0]["values"] == [[text]]
+
+
+def test_emulator_evaluates_the_same_text_when_user_entered() -> None:
+    # the contrast that makes C04 meaningful: USER_ENTERED would run formulas
+    from sheetbridge.testing.model import new_spreadsheet
+
+    book = new_spreadsheet("x", {})
+    book.update_values(
+        "A1",
+        [['=HYPERLINK("http://x","prize")', "-1+1"]],
+        user_entered=True,
+        major="ROWS",
+    )
+    shown = book.get_values("A1:B1")
+    assert shown["values"] == [["prize", "0"]]
+
+
+def test_c05_quota_exhaustion_waits_and_retries_without_losing_rows(
+    harness: GoogleHarness,
+) -> None:
+    # 60 writes/min per user, scaled down to 10 per second to keep the test fast
+    harness.state.knobs.write_quota_per_user = 10
+    harness.state.knobs.quota_window_s = 1.0
+    retries: list[SheetError] = []
+    backend = harness.backend(
+        on_retry=lambda attempt, delay_s, error: retries.append(error),
+        max_retries=6,
+    )
+    for n in range(13):
+        backend.write({"T": TabChanges(append=[[n, f"row {n}"]])})
+    assert any(isinstance(error, SheetRateLimited) for error in retries)
+    rows = tab(backend.read_tabs(["T"]), "T").rows
+    assert rows == [[n, f"row {n}"] for n in range(13)]  # none lost or doubled
+
+
+def test_c05_limiter_turns_the_burst_into_waiting_for_quota(
+    harness: GoogleHarness,
+) -> None:
+    harness.state.knobs.write_quota_per_user = 10
+    harness.state.knobs.quota_window_s = 1.0
+    statuses: list[str] = []
+    limiter = InProcessQuotaLimiter(
+        QuotaLimits(
+            reads_per_minute_project=None,
+            writes_per_minute_project=None,
+            reads_per_minute_user=None,
+            writes_per_minute_user=10,
+            window_s=1.0,
+        )
+    )
+    backend = harness.backend(
+        limiter=limiter,
+        on_wait=lambda wait_s: statuses.append(f"waiting for quota ({wait_s:.1f} s)"),
+    )
+    started = time.monotonic()
+    for n in range(13):
+        backend.write({"T": TabChanges(append=[[n]])})
+    assert statuses and statuses[0].startswith("waiting for quota")
+    assert not [entry for entry in harness.state.log if entry.status == 429]
+    assert time.monotonic() - started < 10
+    assert tab(backend.read_tabs(["T"]), "T").rows == [[n] for n in range(13)]
+
+
+def test_c06_trailing_empty_cell_omitted_reads_as_short_row(
+    harness: GoogleHarness,
+) -> None:
+    backend = harness.backend()
+    backend.write(
+        {
+            "People": TabChanges(
+                cells={
+                    (1, 1): "ID",
+                    (1, 2): "Name",
+                    (1, 3): "ZIP",
+                    (2, 2): "a",
+                    (2, 3): None,
+                }
+            )
+        }
+    )
+    rows = tab(backend.read_tabs(["People"]), "People")
+    assert rows.rows == [["ID", "Name", "ZIP"], [None, "a"]]
+    plan = plan_from_sheet(PEOPLE, rows, {}, {})
+    assert plan.creates[0].values["zip_code"] in ("", None)
+
+
+def test_c07_header_only_tab_has_no_rows_and_import_changes_nothing(
+    harness: GoogleHarness,
+) -> None:
+    book = harness.spreadsheet()
+    backend = harness.backend(book)
+    backend.write({"People": TabChanges(cells={(1, 1): "ID", (1, 2): "Name"})})
+    answer = backend.client.batch_get(book.spreadsheet_id, ["'People'!A2:Z"])
+    assert "values" not in answer[0]
+    rows = tab(backend.read_tabs(["People"]), "People")
+    plan = plan_from_sheet(PEOPLE, rows, {}, {})
+    assert not plan.updates and not plan.creates
+
+
+def test_c08_duplicate_and_blank_headers_are_named_with_column_letters(
+    harness: GoogleHarness,
+) -> None:
+    backend = harness.backend()
+    header: list[Cell] = ["ID", None, None, "Name", "Name"]
+    cells = {(1, col): value for col, value in enumerate(header, 1)}
+    cells.update({(2, 4): "x", (2, 5): "y"})
+    backend.write({"People": TabChanges(cells=cells)})
+    plan = plan_from_sheet(PEOPLE, tab(backend.read_tabs(["People"]), "People"), {}, {})
+    reasons = " | ".join(issue.reason for issue in plan.issues)
+    assert "D and E" in reasons and "column B has no header" in reasons
+    assert all(
+        "name" not in row.values or not row.values["name"] for row in plan.creates
+    )
+
+
+def test_c09_deleted_tab_reads_missing_and_a_racing_read_names_it(
+    harness: GoogleHarness,
+) -> None:
+    book = harness.spreadsheet("Agency book")
+    backend = harness.backend(book)
+    backend.write({"Policies": TabChanges(cells={(1, 1): "ID"})})
+    sheet_id = book.sheet_by_title("Policies").sheet_id  # type: ignore[union-attr]
+    backend.client.batch_update(
+        book.spreadsheet_id, [{"deleteSheet": {"sheetId": sheet_id}}]
+    )
+    assert backend.read_tabs(["Policies"]) == {"Policies": None}
+    with pytest.raises(SheetNotFound) as info:
+        backend.client.batch_get(book.spreadsheet_id, ["'Policies'"])
+    assert info.value.tab == "Policies" and book.spreadsheet_id in str(info.value)
+    backend.write({"Policies": TabChanges(cells={(1, 1): "ID"})})  # recreated
+    assert tab(backend.read_tabs(["Policies"]), "Policies").rows == [["ID"]]
+
+
+def test_c10_awkward_titles_are_quoted_and_echoed_ranges_parse(
+    harness: GoogleHarness,
+) -> None:
+    book = harness.spreadsheet()
+    backend = harness.backend(book)
+    titles = ["Jon's Data", "CRM26", "Q1 2025"]
+    backend.write({t: TabChanges(cells={(1, 1): t}) for t in titles})
+    data = backend.read_tabs(titles)
+    assert {t: tab(data, t).rows for t in titles} == {t: [[t]] for t in titles}
+    echoed = backend.client.batch_get(book.spreadsheet_id, ["'Jon''s Data'"])
+    assert echoed[0]["range"] == "'Jon''s Data'!A1:Z1000"
+    assert harness.state.calls(contains="values:batchGet") >= 2
+
+
+def test_c11_unavailable_on_a_large_read_is_retried_and_counted(
+    harness: GoogleHarness,
+) -> None:
+    retries: list[int] = []
+    backend = harness.backend(
+        on_retry=lambda attempt, delay_s, error: retries.append(attempt)
+    )
+    rows: list[list[Cell]] = [[n, f"p{n}"] for n in range(4000)]
+    backend.write({"T": TabChanges(cells={(1, 1): "ID"}, append=rows)})
+    harness.state.inject(503, path_contains="values:batchGet")
+    data = tab(backend.read_tabs(["T"]), "T")
+    assert len(data.rows) == 4001
+    assert retries == [1]
+
+
+def test_c12_oversized_note_is_rejected_before_any_call(harness: GoogleHarness) -> None:
+    backend = harness.backend()
+    before = len(harness.state.log)
+    with pytest.raises(SheetInvalidRequest, match="row 2, column C") as info:
+        backend.write({"T": TabChanges(cells={(2, 3): "x" * 50_001})})
+    assert info.value.tab == "T"
+    assert len(harness.state.log) == before
+
+
+def test_c12_rows_past_the_grid_are_added_before_writing(
+    harness: GoogleHarness,
+) -> None:
+    book = harness.spreadsheet()
+    backend = harness.backend(book)
+    backend.client.batch_update(
+        book.spreadsheet_id,
+        [
+            {
+                "addSheet": {
+                    "properties": {
+                        "title": "Small",
+                        "gridProperties": {"rowCount": 5, "columnCount": 2},
+                    }
+                }
+            }
+        ],
+    )
+    harness.state.log.clear()
+    backend.write({"Small": TabChanges(append=[[n, n, n] for n in range(8)])})
+    posts = [entry.path for entry in harness.state.log if entry.method == "POST"]
+    assert posts[0].endswith(":batchUpdate") and "/values" not in posts[0]
+    assert posts[1].endswith("values:batchUpdate")
+    small = book.sheet_by_title("Small")
+    assert small is not None and small.row_count == 8 and small.col_count == 3
+    assert len(tab(backend.read_tabs(["Small"]), "Small").rows) == 8

@@ -1,0 +1,277 @@
+"""The Google Sheets client on the emulator: errors, retries, auth, ranges, serials."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from sheetbridge.sheets.base import TabChanges
+from sheetbridge.sheets.errors import (
+    SheetError,
+    SheetInvalidRequest,
+    SheetNotFound,
+    SheetPermissionDenied,
+    SheetRateLimited,
+    SheetTransientError,
+)
+from sheetbridge.sheets.google import (
+    GoogleSheetsBackend,
+    StaticToken,
+    oauth_user_token,
+    serial_to_date,
+    serial_to_datetime,
+    service_account_token,
+    to_serial,
+)
+from sheetbridge.sheets.ranges import a1_range, parse_range, quote_title
+from sheetbridge.testing.emulator import EmulatorServer, Knobs
+from sheetbridge.testing.harness import GoogleHarness
+
+
+@pytest.fixture
+def emulator() -> Iterator[EmulatorServer]:
+    with EmulatorServer() as server:
+        yield server
+
+
+@pytest.fixture
+def harness(emulator: EmulatorServer) -> GoogleHarness:
+    return GoogleHarness(emulator)
+
+
+# -- ranges and serials -----------------------------------------------------------
+
+
+def test_titles_are_quoted_with_doubled_apostrophes() -> None:
+    assert quote_title("Jon's Data") == "'Jon''s Data'"
+    assert a1_range("Jon's Data", 1, 1, 1000, 26) == "'Jon''s Data'!A1:Z1000"
+    assert a1_range("CRM26", 2, 3) == "'CRM26'!C2"
+
+
+@pytest.mark.parametrize(
+    ("echoed", "title"),
+    [
+        ("'Jon''s Data'!A1:Z1000", "Jon's Data"),
+        ("Sheet1!A1:D4", "Sheet1"),
+        ("'CRM26'!A2:Z", "CRM26"),
+        ("'Q1 2025'!A1", "Q1 2025"),
+        ("'a!b'!B2", "a!b"),
+    ],
+)
+def test_ranges_echoed_by_the_service_parse(echoed: str, title: str) -> None:
+    assert parse_range(echoed).title == title
+
+
+def test_open_ended_ranges_bound_to_the_grid() -> None:
+    span = parse_range("'T'!A2:Z").cells
+    assert span is not None and span.bounded(1000, 26) == (2, 1, 1000, 26)
+
+
+def test_serial_numbers_convert_to_dates_and_datetimes_in_the_sheet_zone() -> None:
+    assert serial_to_date(43831) == date(2020, 1, 1)
+    paris = ZoneInfo("Europe/Paris")
+    assert serial_to_datetime(43831.5, paris) == datetime(2020, 1, 1, 12, tzinfo=paris)
+    assert to_serial(date(2020, 1, 1)) == 43831
+    assert to_serial(datetime(2020, 1, 1, 11, tzinfo=UTC), paris) == 43831.5
+
+
+# -- errors ---------------------------------------------------------------------------
+
+
+def test_missing_spreadsheet_is_not_found_naming_it(harness: GoogleHarness) -> None:
+    backend = harness.backend("no-such-id")
+    with pytest.raises(SheetNotFound, match="no-such-id") as info:
+        backend.read_tabs(["T"])
+    assert not info.value.transient
+
+
+def test_unshared_spreadsheet_says_whom_to_share_it_with(
+    harness: GoogleHarness,
+) -> None:
+    book = harness.spreadsheet()
+    harness.state.share(book.spreadsheet_id, "someone@example.com")
+    backend = harness.backend(book, tokens=StaticToken("t", "robot@proj.iam.example"))
+    with pytest.raises(
+        SheetPermissionDenied, match="share the spreadsheet with robot@"
+    ):
+        backend.read_tabs(["T"])
+    assert harness.state.calls("GET") == 1  # not retried
+
+
+def test_unparsable_range_becomes_not_found_naming_the_tab(
+    harness: GoogleHarness,
+) -> None:
+    book = harness.spreadsheet()
+    client = harness.client()
+    with pytest.raises(SheetNotFound) as info:
+        client.batch_get(book.spreadsheet_id, ["'Gone Tab'!A1:B2"])
+    assert info.value.tab == "Gone Tab"
+    assert "Gone Tab" in str(info.value)
+
+
+def test_invalid_request_is_permanent(harness: GoogleHarness) -> None:
+    book = harness.spreadsheet()
+    with pytest.raises(SheetInvalidRequest, match="exceeds grid limits"):
+        harness.client().batch_update_values(
+            book.spreadsheet_id, [{"range": "'Sheet1'!A1001", "values": [["x"]]}]
+        )
+
+
+def test_server_errors_are_retried_then_succeed(harness: GoogleHarness) -> None:
+    book = harness.spreadsheet()
+    retries: list[tuple[int, float, SheetError]] = []
+    backend = harness.backend(book, on_retry=lambda *args: retries.append(args))
+    harness.state.inject(503, count=1, method="GET")
+    harness.state.inject(500, count=1, method="GET")
+    assert backend.read_tabs(["Sheet1"]) == {
+        "Sheet1": backend.read_tabs(["Sheet1"])["Sheet1"]
+    }
+    assert [attempt for attempt, _, _ in retries] == [1, 2]
+    assert all(isinstance(error, SheetTransientError) for _, _, error in retries)
+
+
+def test_persistent_server_errors_give_up_as_transient(harness: GoogleHarness) -> None:
+    book = harness.spreadsheet()
+    backend = harness.backend(book, max_retries=2)
+    harness.state.inject(503, count=10)
+    with pytest.raises(SheetTransientError) as info:
+        backend.read_tabs(["Sheet1"])
+    assert info.value.transient
+    assert harness.state.calls("GET") == 3
+
+
+def test_rate_limit_is_transient_and_retry_waits_retry_after(
+    harness: GoogleHarness,
+) -> None:
+    book = harness.spreadsheet()
+    harness.state.knobs.read_quota_per_user = 1
+    harness.client().get_spreadsheet(book.spreadsheet_id)
+    with pytest.raises(SheetRateLimited) as info:
+        harness.client(max_retries=0).get_spreadsheet(book.spreadsheet_id)
+    assert info.value.transient
+    assert info.value.retry_after is not None and info.value.retry_after >= 1
+    slept: list[float] = []
+    with pytest.raises(SheetRateLimited):
+        harness.client(max_retries=1, sleep=slept.append).get_spreadsheet(
+            book.spreadsheet_id
+        )
+    assert slept and slept[0] >= info.value.retry_after - 1
+
+
+def test_random_failures_knob_is_survived_by_retries(harness: GoogleHarness) -> None:
+    harness.state.knobs.error_rate = 0.3
+    harness.state.rng.seed(7)
+    backend = harness.backend(max_retries=8)
+    for n in range(10):
+        backend.write({"T": TabChanges(append=[[n]])})
+    harness.state.knobs.error_rate = 0.0
+    data = backend.read_tabs(["T"])["T"]
+    assert data is not None and data.rows == [[n] for n in range(10)]
+
+
+# -- credentials ----------------------------------------------------------------------
+
+
+def _key_file(tmp_path: Path, token_uri: str) -> Path:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    info = {
+        "type": "service_account",
+        "project_id": "local-test",
+        "private_key_id": "k1",
+        "private_key": pem,
+        "client_email": "sync-bot@local-test.iam.gserviceaccount.com",
+        "client_id": "1",
+        "token_uri": token_uri,
+    }
+    path = tmp_path / "key.json"
+    path.write_text(json.dumps(info))
+    return path
+
+
+def test_service_account_key_gets_a_token_from_the_local_endpoint(
+    harness: GoogleHarness, tmp_path: Path
+) -> None:
+    harness.state.knobs.require_auth = True
+    tokens = service_account_token(
+        _key_file(tmp_path, f"{harness.server.base_url}/token")
+    )
+    assert tokens.principal == "sync-bot@local-test.iam.gserviceaccount.com"
+    book = harness.spreadsheet()
+    harness.state.share(book.spreadsheet_id, tokens.principal)
+    backend = harness.backend(book, tokens=tokens)
+    backend.write({"T": TabChanges(cells={(1, 1): "ok"})})
+    data = backend.read_tabs(["T"])["T"]
+    assert data is not None and data.rows == [["ok"]]
+    assert harness.state.log[-1].user == tokens.principal
+
+
+def test_oauth_user_token_file_refreshes_locally(
+    harness: GoogleHarness, tmp_path: Path
+) -> None:
+    harness.state.knobs.require_auth = True
+    path = tmp_path / "user.json"
+    path.write_text(
+        json.dumps(
+            {
+                "type": "authorized_user",
+                "client_id": "desktop-app",
+                "client_secret": "s",
+                "refresh_token": "r",
+                "token_uri": f"{harness.server.base_url}/token",
+            }
+        )
+    )
+    backend = harness.backend(tokens=oauth_user_token(path))
+    assert backend.read_tabs(["Sheet1"])["Sheet1"] is not None
+
+
+def test_wrong_static_token_is_permission_denied(harness: GoogleHarness) -> None:
+    harness.state.knobs = Knobs(required_token="right")
+    book = harness.spreadsheet()
+    with pytest.raises(SheetPermissionDenied, match="credentials"):
+        harness.backend(book, tokens=StaticToken("wrong")).read_tabs(["T"])
+    ok = harness.backend(book, tokens=StaticToken("right"))
+    assert ok.read_tabs(["T"]) == {"T": None}
+
+
+def test_backend_read_is_two_calls_and_write_at_most_five(
+    harness: GoogleHarness,
+) -> None:
+    backend = harness.backend()
+    backend.write({"T": TabChanges(cells={(1, 1): "ID", (2, 1): 1, (3, 1): 2})})
+    tabs = backend.read_tabs(["T"])
+    assert backend.client.calls == {
+        "spreadsheets.get": 2,
+        "spreadsheets.batchUpdate": 1,
+        "values.batchUpdate": 1,
+        "values.batchGet": 1,
+    }
+    backend.client.calls.clear()
+    backend.write(
+        {"T": TabChanges(cells={(2, 2): "x"}, append=[[3]], delete_rows=[3])},
+        expected_version=tabs["T"].version if tabs["T"] else None,
+    )
+    assert backend.client.calls == {
+        "spreadsheets.get": 1,
+        "values.batchGet": 1,
+        "values.batchUpdate": 1,
+        "spreadsheets.batchUpdate": 1,
+    }
+
+
+def test_backend_location_names_the_spreadsheet(harness: GoogleHarness) -> None:
+    backend = harness.backend("abc")
+    assert isinstance(backend, GoogleSheetsBackend)
+    assert backend.location == "Google spreadsheet abc"

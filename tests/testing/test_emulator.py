@@ -1,0 +1,169 @@
+"""The emulator's own behaviour, over HTTP, beyond what the recordings cover."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from sheetbridge.testing.emulator import EmulatorServer, Knobs
+
+
+@pytest.fixture
+def server() -> Iterator[EmulatorServer]:
+    with EmulatorServer() as running:
+        yield running
+
+
+@pytest.fixture
+def http(server: EmulatorServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.base_url) as client:
+        yield client
+
+
+def new_book(http: httpx.Client, **props: object) -> str:
+    answer = http.post("/v4/spreadsheets", json={"properties": {"title": "t", **props}})
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["sheets"][0]["properties"]["gridProperties"] == {
+        "rowCount": 1000,
+        "columnCount": 26,
+    }
+    assert body["properties"]["timeZone"] == props.get("timeZone", "Etc/GMT")
+    return str(body["spreadsheetId"])
+
+
+def put(
+    http: httpx.Client,
+    book: str,
+    rng: str,
+    values: list[list[object]],
+    option: str = "RAW",
+) -> httpx.Response:
+    return http.put(
+        f"/v4/spreadsheets/{book}/values/{rng}",
+        params={"valueInputOption": option},
+        json={"values": values},
+    )
+
+
+def test_create_honours_body_time_zone_and_drive_deletes(http: httpx.Client) -> None:
+    book = new_book(http, timeZone="Europe/Paris")
+    assert http.delete(f"/drive/v3/files/{book}").status_code == 204
+    missing = http.get(f"/v4/spreadsheets/{book}")
+    assert missing.status_code == 404
+    assert missing.json() == {
+        "error": {
+            "code": 404,
+            "message": "Requested entity was not found.",
+            "status": "NOT_FOUND",
+        }
+    }
+
+
+def test_user_entered_parses_numbers_dates_formulas_and_apostrophes(
+    http: httpx.Client,
+) -> None:
+    book = new_book(http)
+    put(
+        http,
+        book,
+        "A1:F1",
+        [["0042", "2020-01-01", "=2*3", "'=1+1", "TRUE", "x"]],
+        "USER_ENTERED",
+    )
+    raw = http.get(
+        f"/v4/spreadsheets/{book}/values/A1:F1",
+        params={"valueRenderOption": "UNFORMATTED_VALUE"},
+    ).json()
+    assert raw["values"] == [[42, 43831, 6, "=1+1", True, "x"]]
+    formula = http.get(
+        f"/v4/spreadsheets/{book}/values/A1:F1", params={"valueRenderOption": "FORMULA"}
+    ).json()
+    assert formula["values"][0][2] == "=2*3"
+    dates = http.get(
+        f"/v4/spreadsheets/{book}/values/A1:F1",
+        params={
+            "valueRenderOption": "UNFORMATTED_VALUE",
+            "dateTimeRenderOption": "FORMATTED_STRING",
+        },
+    ).json()
+    assert dates["values"][0][1] == "2020-01-01"
+
+
+def test_raw_keeps_text_literal(http: httpx.Client) -> None:
+    book = new_book(http)
+    put(http, book, "A1:C1", [["0042", "=2*3", "+1555"]])
+    shown = http.get(f"/v4/spreadsheets/{book}/values/A1:C1").json()
+    assert shown["values"] == [["0042", "=2*3", "+1555"]]
+
+
+def test_fifty_thousand_character_limit_and_grid_limits(http: httpx.Client) -> None:
+    book = new_book(http)
+    too_long = put(http, book, "A1", [["x" * 50_001]])
+    assert too_long.status_code == 400
+    assert "50000 characters" in too_long.json()["error"]["message"]
+    assert put(http, book, "A1", [["x" * 50_000]]).status_code == 200
+    past = put(http, book, "A1001", [["x"]])
+    assert past.status_code == 400
+    assert past.json()["error"]["status"] == "INVALID_ARGUMENT"
+
+
+def test_structural_batch_update_is_atomic(http: httpx.Client) -> None:
+    book = new_book(http)
+    answer = http.post(
+        f"/v4/spreadsheets/{book}:batchUpdate",
+        json={
+            "requests": [
+                {"addSheet": {"properties": {"title": "New"}}},
+                {"deleteSheet": {"sheetId": 12345}},
+            ]
+        },
+    )
+    assert answer.status_code == 400
+    titles = [
+        s["properties"]["title"]
+        for s in http.get(f"/v4/spreadsheets/{book}").json()["sheets"]
+    ]
+    assert titles == ["Sheet1"]
+
+
+def test_open_ended_and_column_major_reads(http: httpx.Client) -> None:
+    book = new_book(http)
+    put(http, book, "A1:B3", [["h1", "h2"], ["a"], ["b", "c"]])
+    rows = http.get(f"/v4/spreadsheets/{book}/values/'Sheet1'!A2:Z").json()
+    assert rows == {
+        "range": "Sheet1!A2:Z1000",
+        "majorDimension": "ROWS",
+        "values": [["a"], ["b", "c"]],
+    }
+    cols = http.get(
+        f"/v4/spreadsheets/{book}/values/Sheet1!A1:B3",
+        params={"majorDimension": "COLUMNS"},
+    ).json()
+    assert cols["values"] == [["h1", "a", "b"], ["h2", "", "c"]]
+
+
+def test_quota_knob_answers_resource_exhausted(
+    server: EmulatorServer, http: httpx.Client
+) -> None:
+    book = new_book(http)
+    server.state.knobs = Knobs(read_quota_per_project=2)
+    assert http.get(f"/v4/spreadsheets/{book}").status_code == 200
+    assert http.get(f"/v4/spreadsheets/{book}").status_code == 200
+    refused = http.get(f"/v4/spreadsheets/{book}")
+    assert refused.status_code == 429
+    assert refused.json()["error"]["status"] == "RESOURCE_EXHAUSTED"
+    assert int(refused.headers["retry-after"]) >= 1
+
+
+def test_required_token_knob(server: EmulatorServer, http: httpx.Client) -> None:
+    server.state.knobs = Knobs(required_token="s3cret")
+    answer = http.post("/v4/spreadsheets", json={})
+    assert answer.status_code == 401
+    assert answer.json()["error"]["status"] == "UNAUTHENTICATED"
+    ok = http.post(
+        "/v4/spreadsheets", json={}, headers={"Authorization": "Bearer s3cret"}
+    )
+    assert ok.status_code == 200
