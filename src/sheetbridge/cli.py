@@ -59,12 +59,16 @@ def serve(
     typer.echo(f"Database: {_redacted(settings)}; workbooks in {settings.workbook_dir}")
     for username, password, role in logins:
         typer.echo(f"  demo {role:<5} {username} / {password}")
-    uvicorn.run(
-        create_app(runtime, workers=workers),
-        host=host,
-        port=port,
-        log_level=settings.log_level.lower(),
-    )
+    try:
+        uvicorn.run(
+            create_app(runtime, workers=workers),
+            host=host,
+            port=port,
+            log_level=settings.log_level.lower(),
+        )
+    finally:
+        runtime.queue.close()
+        runtime.db.dispose()
 
 
 @app.command()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from openpyxl import load_workbook
 from playwright.sync_api import Browser, Page, expect
@@ -10,6 +13,7 @@ from sheetbridge.config import Settings
 from sheetbridge.insurance.sync_jobs import TO_SHEET
 from sheetbridge.web.deps import Runtime
 from tests.browser.conftest import sign_in
+from tests.conftest import api_client
 from tests.insurance.test_workbook_sync import run_sync, workbook_path
 from tests.support.server import live_server
 
@@ -85,4 +89,35 @@ def test_sync_from_sheet_patches_changed_rows_in_place(
             page.locator(f"#customers-table tr[data-id='{customer_id}']")
         ).to_contain_text("Patched From Sheet", timeout=30_000)
         assert_not_reloaded(page)
+        page.close()
+
+
+def test_sheet_settings_point_the_book_at_a_google_spreadsheet(
+    browser: Browser, runtime: Runtime, tokens: dict[str, str], tmp_path: Path
+) -> None:
+    key_file = tmp_path / "service-account.json"
+    key_file.write_text(
+        json.dumps({"type": "service_account", "client_email": "sync@agency.test"})
+    )
+    runtime.settings = runtime.settings.model_copy(
+        update={"google_credentials_file": key_file}
+    )
+    with live_server(runtime) as url:
+        page = sign_in(browser, url, "alice")
+        page.click("#sheet-settings summary")
+        expect(page.locator("#target-now")).to_contain_text("workbook")
+        page.check("#target-form input[value=google]")
+        page.fill("#target-spreadsheet", "not valid!")
+        page.click("#save-target")
+        expect(page.locator("#err-spreadsheet_id")).not_to_be_empty()
+        page.fill("#target-spreadsheet", "1AbCdEfGhIjKlMnOpQrStUvWxYz")
+        page.select_option("#target-delete-mode", "delete")
+        page.click("#save-target")
+        expect(page.locator("#target-now")).to_contain_text(
+            "1AbCdEfGhIjKlMnOpQrStUvWxYz"
+        )
+        expect(page.locator("#target-share")).to_contain_text("sync@agency.test")
+        with api_client(url, tokens["alice"]) as client:
+            target = client.get("/api/insurance/sync/target").json()
+        assert (target["backend"], target["delete_mode"]) == ("google", "delete")
         page.close()

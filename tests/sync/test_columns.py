@@ -220,3 +220,12 @@ def test_render_gives_sheet_types() -> None:
 )
 def test_render_then_parse_round_trips(column: Column, value: Canonical) -> None:
     assert parse_cell(column, render_cell(column, value)) == value
+
+
+def test_a_code_typed_as_a_number_gets_its_leading_zeros_back() -> None:
+    zip_code = Column("ZIP", "zip_code", digits=5)
+    assert parse_cell(zip_code, 4001) == "04001"
+    assert parse_cell(zip_code, 4001.0) == "04001"
+    assert parse_cell(zip_code, "04001") == "04001"
+    assert parse_cell(zip_code, "04001-1234") == "04001-1234"
+    assert parse_cell(Column("Note", "note"), 4001) == "4001"

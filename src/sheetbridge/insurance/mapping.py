@@ -25,7 +25,7 @@ CUSTOMERS = TabMapping(
         Column("Address", "address", max_length=300),
         Column("City", "city", max_length=100),
         Column("State", "state", max_length=2),
-        Column("ZIP", "zip_code", max_length=10),
+        Column("ZIP", "zip_code", max_length=10, digits=5),
         Column("Date of Birth", "date_of_birth", ColumnType.DATE),
         Column("Notes", "notes"),
         Column("Agent", "agent", readonly=True),

@@ -488,7 +488,7 @@ class _Importer:
             return
         except (DomainError, ValidationError) as exc:
             self.snapshots.pop(record_id, None)
-            self._reject(self._row_of(record_id), exc)
+            self._reject(self._row_of(record_id), exc, values)
             return
         self.changed.append(record_id)
         self.plan.counts["updated"] += 1
@@ -515,7 +515,7 @@ class _Importer:
                 else:
                     created = self.book.create_policy(PolicyCreate(**fields))
         except (DomainError, ValidationError) as exc:
-            self._reject(row, exc)
+            self._reject(row, exc, values)
             return
         self.changed.append(created.id)
         self.snapshots[created.id] = self._record(created)
@@ -543,8 +543,9 @@ class _Importer:
         )
         self.plan.counts["conflicts"] = self.plan.counts.get("conflicts", 0) + 1
 
-    def _reject(self, row: int | None, exc: Exception) -> None:
+    def _reject(self, row: int | None, exc: Exception, values: Record) -> None:
         for field, reason in _reasons(exc):
+            value = values.get(field) if field else None
             column = next(
                 (c.header for c in self.mapping.columns if c.field == field), field
             )
@@ -553,7 +554,7 @@ class _Importer:
                     tab=self.mapping.tab,
                     row=row,
                     column=column,
-                    value=None,
+                    value=None if value is None else str(value),
                     reason=reason,
                     kind="error",
                 )
@@ -564,7 +565,10 @@ class _Importer:
 def _reasons(exc: Exception) -> list[tuple[str | None, str]]:
     if isinstance(exc, ValidationError):
         return [
-            (str(error["loc"][0]) if error["loc"] else None, error["msg"])
+            (
+                str(error["loc"][0]) if error["loc"] else None,
+                error["msg"].removeprefix("Value error, "),
+            )
             for error in exc.errors()
         ]
     field = getattr(exc, "field", None)

@@ -56,6 +56,9 @@ class Column:
     readonly: bool = False
     choices: tuple[str, ...] = ()
     max_length: int | None = None
+    # Codes of a fixed width, like ZIP codes: a number typed in (the sheet
+    # program dropped its leading zeros) is padded back to this many digits.
+    digits: int | None = None
 
 
 class CellError(ValueError):
@@ -112,6 +115,8 @@ def render_cell(column: Column, value: Canonical) -> Cell:
 
 def _parse_text(column: Column, raw: Cell) -> str:
     text = _as_text(raw)
+    if column.digits and isinstance(raw, int | float) and text.isdigit():
+        text = text.zfill(column.digits)
     if len(text) > MAX_TEXT_LENGTH:
         raise CellError("cell text is longer than 50,000 characters")
     if column.max_length is not None and len(text) > column.max_length:

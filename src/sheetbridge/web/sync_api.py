@@ -37,6 +37,7 @@ def job_view(queue: JobQueue, job: Job) -> dict[str, Any]:
         "position": queue.position(job) if job.state == "queued" else None,
         "waiting_for": queue.waiting_for(job),
         "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
         "progress": job.progress,
         "result": job.result,
         "error": job.error,

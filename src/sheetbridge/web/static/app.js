@@ -1673,6 +1673,50 @@
     return { refresh, refreshSoon };
   })();
 
+  // ---------------------------------------------------------------- sheet settings
+
+  function sheetSettings() {
+    const form = $("#target-form");
+    const now = $("#target-now");
+    const share = $("#target-share");
+    const idInput = $("#target-spreadsheet");
+    const idError = $("#err-spreadsheet_id");
+    const showIdField = () => {
+      const google = form.elements.backend.value === "google";
+      idInput.disabled = !google;
+      share.hidden = !google;
+    };
+    const render = (target) => {
+      form.elements.backend.value = target.backend;
+      idInput.value = target.backend === "google" ? target.location : "";
+      form.elements.delete_mode.value = target.delete_mode;
+      now.textContent = target.backend === "google"
+        ? `Syncing with Google spreadsheet ${target.location}.`
+        : "Syncing with your workbook in the data folder.";
+      share.textContent = target.share_with
+        ? `Share the spreadsheet with ${target.share_with} (editor).`
+        : "No service account is configured; share the spreadsheet with the account the server signs in as.";
+      showIdField();
+    };
+    form.addEventListener("change", showIdField);
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      idError.textContent = "";
+      const body = { backend: form.elements.backend.value, delete_mode: form.elements.delete_mode.value };
+      if (body.backend === "google") body.spreadsheet_id = idInput.value.trim();
+      try {
+        render(await api("PATCH", "/api/insurance/sync/target", body));
+        announce("Sheet settings saved.");
+      } catch (err) {
+        const detail = err.body && Array.isArray(err.body.detail) ? err.body.detail : [];
+        const onId = detail.find((d) => (d.loc || []).includes("spreadsheet_id"));
+        if (onId) idError.textContent = onId.msg;
+        else announce(err.message, "error");
+      }
+    });
+    api("GET", "/api/insurance/sync/target").then(render).catch(() => {});
+  }
+
   // ---------------------------------------------------------------- start
 
   for (const list of Object.values(lists)) wireList(list);
@@ -1691,6 +1735,7 @@
   loadList(lists.policy);
   connectStream();
   conflicts.refresh();
+  sheetSettings();
 
   // Expose a tiny hook for debugging in the console (no data, just state).
   window.sheetbridge = {
