@@ -34,3 +34,5 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Migration chatter on every start would bury the URL and demo logins.
+    logging.getLogger("alembic").setLevel(max(root.level, logging.WARNING))
