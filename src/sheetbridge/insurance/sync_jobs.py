@@ -66,6 +66,7 @@ from sheetbridge.sync.engine import (
     Issue,
     Record,
     TabMapping,
+    ToSheetPlan,
     plan_from_sheet,
     plan_to_sheet,
 )
@@ -205,11 +206,7 @@ class SyncService:
 
     def to_sheet(self, context: JobContext) -> dict[str, Any]:
         target, user = self._load(context)
-        backend = self.backend_for(target, context)
-        context.progress("reading")
-        with _sheet_errors():
-            tabs = backend.read_tabs([mapping.tab for mapping in MAPPINGS])
-        context.progress("comparing")
+        backend, tabs = self._read_sheet(context, target)
         app, base = self._app_and_base(target, user)
         plans = {
             mapping.tab: plan_to_sheet(
@@ -233,26 +230,14 @@ class SyncService:
         with self.db.session() as session:
             for mapping in MAPPINGS:
                 plan = plans[mapping.tab]
-                self._store_snapshots(
-                    session, target.id, mapping, plan.snapshots, plan.drop_snapshots
-                )
-                record_conflicts(
-                    session,
-                    target.id,
-                    ENTITY[mapping.tab],
-                    plan.conflicts,
-                    plan.snapshots,
-                    context.job.id,
+                self._remember(
+                    session, target.id, mapping, plan, plan.snapshots, context.job.id
                 )
         return _report(TO_SHEET, backend, plans)
 
     def from_sheet(self, context: JobContext) -> dict[str, Any]:
         target, user = self._load(context)
-        backend = self.backend_for(target, context)
-        context.progress("reading")
-        with _sheet_errors():
-            tabs = backend.read_tabs([mapping.tab for mapping in MAPPINGS])
-        context.progress("comparing")
+        backend, tabs = self._read_sheet(context, target)
         app, base, versions = self._app_base_versions(target, user)
         plans = {
             mapping.tab: plan_from_sheet(
@@ -278,13 +263,12 @@ class SyncService:
                 )
                 importer.run()
                 changed[ENTITY[mapping.tab]] = importer.changed
-                self._store_snapshots(session, target.id, mapping, importer.snapshots)
-                record_conflicts(
+                self._remember(
                     session,
                     target.id,
-                    ENTITY[mapping.tab],
-                    plan.conflicts,
-                    plan.snapshots,
+                    mapping,
+                    plan,
+                    importer.snapshots,
                     context.job.id,
                 )
                 if importer.id_cells:
@@ -301,6 +285,32 @@ class SyncService:
         return {**_report(FROM_SHEET, backend, plans), "changed": changed}
 
     # -- loading and storing --------------------------------------------------
+
+    def _read_sheet(
+        self, context: JobContext, target: SyncTarget
+    ) -> tuple[SheetBackend, dict[str, TabData | None]]:
+        """One read of every tab the sync needs."""
+        backend = self.backend_for(target, context)
+        context.progress("reading")
+        with _sheet_errors():
+            tabs = backend.read_tabs([mapping.tab for mapping in MAPPINGS])
+        context.progress("comparing")
+        return backend, tabs
+
+    def _remember(
+        self,
+        session: Session,
+        target_id: int,
+        mapping: TabMapping,
+        plan: ToSheetPlan | FromSheetPlan,
+        snapshots: dict[int, Record],
+        job_id: int,
+    ) -> None:
+        """Store what both sides now agree on, and the conflicts that remain."""
+        dropped = plan.drop_snapshots if isinstance(plan, ToSheetPlan) else None
+        self._store_snapshots(session, target_id, mapping, snapshots, dropped)
+        entity = ENTITY[mapping.tab]
+        record_conflicts(session, target_id, entity, plan.conflicts, snapshots, job_id)
 
     def _load(self, context: JobContext) -> tuple[SyncTarget, User]:
         with self.db.read_session() as session:
