@@ -246,7 +246,7 @@ def test_wrong_static_token_is_permission_denied(harness: GoogleHarness) -> None
     assert ok.read_tabs(["T"]) == {"T": None}
 
 
-def test_backend_read_is_two_calls_and_write_at_most_five(
+def test_backend_read_is_two_calls_and_a_write_after_it_reuses_its_titles(
     harness: GoogleHarness,
 ) -> None:
     backend = harness.backend()
@@ -264,7 +264,6 @@ def test_backend_read_is_two_calls_and_write_at_most_five(
         expected_version=tabs["T"].version if tabs["T"] else None,
     )
     assert backend.client.calls == {
-        "spreadsheets.get": 1,
         "values.batchGet": 1,
         "values.batchUpdate": 1,
         "spreadsheets.batchUpdate": 1,

@@ -602,7 +602,8 @@ class GoogleSheetsBackend:
     A read is two calls (``spreadsheets.get`` for titles and grid, one
     ``values.batchGet`` for every tab, UNFORMATTED_VALUE with SERIAL_NUMBER
     dates, so numbers and date serials come back as numbers). A write is
-    ``spreadsheets.get``, a ``values.batchGet`` when it must check the version
+    ``spreadsheets.get`` (skipped right after a read of the same backend, whose
+    titles and grids it reuses), a ``values.batchGet`` when it must check the version
     or find where appends go, then at most three writes: one
     ``spreadsheets.batchUpdate`` creating missing tabs and growing grids, one
     ``values.batchUpdate`` (RAW) with all cells and appended rows, and one
@@ -615,10 +616,15 @@ class GoogleSheetsBackend:
         self.client = client
         self.spreadsheet_id = spreadsheet_id
         self.location = f"Google spreadsheet {spreadsheet_id}"
+        # Tab titles and grids as the last read saw them: the write that
+        # follows a read uses them instead of asking again. The values are
+        # still read again when a version must be checked.
+        self._read_meta: Json | None = None
 
     def read_tabs(self, tabs: Sequence[str]) -> dict[str, TabData | None]:
         """Read the named tabs in one batchGet; a missing tab maps to ``None``."""
         meta = self._metadata()
+        self._read_meta = meta
         rows = self._read_rows(meta, tabs)
         version = _version(tabs, rows)
         return {
@@ -637,7 +643,7 @@ class GoogleSheetsBackend:
         if not changes:
             return
         _check_cell_sizes(changes, self.location)
-        meta = self._metadata()
+        meta, self._read_meta = self._read_meta or self._metadata(), None
         tz = _zone(meta)
         read_for = {tab for tab, ch in changes.items() if ch.append}
         checked_tabs = _version_tabs(expected_version)

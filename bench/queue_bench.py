@@ -1,6 +1,6 @@
 """Queue benchmark: no-op jobs with per-key locking, Sheetbridge vs Procrastinate.
 
-    python -m bench.queue [--pg-url URL] [--scale 1.0] [--concurrency 8]
+    python bench/queue_bench.py [--pg-url URL] [--scale 1.0] [--concurrency 8]
 
 For 1, 100 and 10,000 keys it measures, on SQLite and on PostgreSQL for the
 Sheetbridge queue and on the same PostgreSQL for Procrastinate (``lock=`` per
@@ -20,14 +20,6 @@ Needs the ``bench`` extra (Procrastinate).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# Run as a script, this file's folder would come first on sys.path and this
-# module would shadow the standard library's ``queue``; prefer ``-m bench.queue``.
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).parent.resolve():
-    del sys.path[0]
-
 import argparse
 import asyncio
 import contextlib
@@ -38,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg
