@@ -95,6 +95,12 @@ class SyncService:
 
     def target_for(self, user: User) -> SyncTarget:
         """The user's sync target, created on first use (a workbook per user)."""
+        with self.db.read_session() as session:
+            found = session.scalar(
+                select(SyncTarget).where(SyncTarget.user_id == user.id)
+            )
+        if found is not None:
+            return found
         with self.db.session() as session:
             target = session.scalar(
                 select(SyncTarget).where(SyncTarget.user_id == user.id)

@@ -91,12 +91,7 @@ _COLUMNS = ", ".join(column.name for column in _JOBS.c)
 # (state, queue_key, id) however many jobs the key has. The literal states
 # match the partial index over ready heads. {lock} is "FOR UPDATE SKIP LOCKED"
 # on PostgreSQL, so competing workers pass over a head another one claims.
-_CLAIM_SQL = f"""
-UPDATE jobs SET
-  state = 'running', attempts = attempts + 1, epoch = epoch + 1,
-  lease_owner = :worker, lease_expires_at = :expires, started_at = :now,
-  cancel_requested = false
-WHERE id = (
+_RUNNABLE_HEAD_SQL = """
   SELECT head.id FROM jobs AS head
   WHERE head.state = 'queued'
     AND head.ready_at IS NOT NULL
@@ -110,7 +105,14 @@ WHERE id = (
       SELECT 1 FROM jobs AS holder
       WHERE holder.state = 'running' AND holder.resource_key = head.resource_key)
   ORDER BY head.ready_at, head.id
-  LIMIT 1
+  LIMIT 1"""
+
+_CLAIM_SQL = f"""
+UPDATE jobs SET
+  state = 'running', attempts = attempts + 1, epoch = epoch + 1,
+  lease_owner = :worker, lease_expires_at = :expires, started_at = :now,
+  cancel_requested = false
+WHERE id = ({_RUNNABLE_HEAD_SQL}
   {{lock}})
 RETURNING {_COLUMNS}
 """
@@ -195,6 +197,9 @@ class JobQueue:
                 bindparam("expires", type_=DateTime(timezone=True)),
             )
             .columns(*_JOBS.c)
+        )
+        self._probe = text(_RUNNABLE_HEAD_SQL).bindparams(
+            bindparam("now", type_=DateTime(timezone=True))
         )
         self._key_state = text(_KEY_STATE_SQL).columns(
             column("ahead", Integer), column("served", DateTime(timezone=True))
@@ -445,6 +450,8 @@ class JobQueue:
         return None
 
     def _claim_once(self, worker_id: str) -> Claimed | None:
+        if not self._postgres and not self._anything_runnable():
+            return None
         with self.db.session() as session:
             connection = session.connection()  # begin (on SQLite: lock) first
             now = self.now()
@@ -473,6 +480,13 @@ class JobQueue:
             epoch=job.epoch,
             enqueued_at=clock.as_utc(job.enqueued_at),
         )
+
+    def _anything_runnable(self) -> bool:
+        """A look without the write lock, so idle workers on SQLite do not queue
+        for it (and delay every request that writes) only to find nothing."""
+        with self.db.read_session() as session:
+            head = session.execute(self._probe, {"now": self.now()}).first()
+        return head is not None
 
     def heartbeat(self, job_id: int, epoch: int) -> None:
         """Extend the lease; raises LeaseLost if the job was taken over."""
