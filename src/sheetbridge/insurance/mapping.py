@@ -6,11 +6,15 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session, aliased
+
 from sheetbridge.insurance.models import (
     LINES_OF_BUSINESS,
     POLICY_STATUSES,
     Customer,
     Policy,
+    User,
 )
 from sheetbridge.sync.columns import Canonical, Column, ColumnType
 from sheetbridge.sync.engine import Record, TabMapping
@@ -112,3 +116,57 @@ def to_python(mapping: TabMapping, values: Record) -> dict[str, Any]:
         else:
             converted[field] = value
     return converted
+
+
+def book_records(
+    session: Session, user: User
+) -> tuple[dict[str, dict[int, Record]], dict[str, dict[int, int]]]:
+    """Every record of the user's book as sheet values, and each one's version.
+
+    Plain rows rather than ORM objects: a large book loads several times faster.
+    """
+    agent = aliased(User)
+    records: dict[str, dict[int, Record]] = {CUSTOMERS.tab: {}, POLICIES.tab: {}}
+    versions: dict[str, dict[int, int]] = {CUSTOMERS.tab: {}, POLICIES.tab: {}}
+    customer_fields = _fields(CUSTOMERS)
+    customers = select(
+        Customer.id,
+        Customer.version,
+        agent.username,
+        *(getattr(Customer, name) for name in customer_fields),
+    ).join(agent, Customer.agent_id == agent.id)
+    policy_fields = _fields(POLICIES)
+    policies = (
+        select(
+            Policy.id,
+            Policy.version,
+            agent.username,
+            Customer.name,
+            *(getattr(Policy, name) for name in policy_fields),
+        )
+        .join(agent, Policy.agent_id == agent.id)
+        .join(Customer, Policy.customer_id == Customer.id)
+    )
+    if not user.is_admin:
+        customers = customers.where(Customer.agent_id == user.id)
+        policies = policies.where(Policy.agent_id == user.id)
+    for record_id, version, username, *values in session.execute(customers):
+        record = {
+            name: _canonical(v) for name, v in zip(customer_fields, values, strict=True)
+        }
+        record["agent"] = username
+        records[CUSTOMERS.tab][record_id] = record
+        versions[CUSTOMERS.tab][record_id] = version
+    for record_id, version, username, customer, *values in session.execute(policies):
+        record = {
+            name: _canonical(v) for name, v in zip(policy_fields, values, strict=True)
+        }
+        record["customer"] = customer
+        record["agent"] = username
+        records[POLICIES.tab][record_id] = record
+        versions[POLICIES.tab][record_id] = version
+    return records, versions
+
+
+def _fields(mapping: TabMapping) -> list[str]:
+    return [column.field for column in mapping.columns if not column.readonly]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlalchemy.orm import Session
@@ -33,6 +33,7 @@ from sheetbridge.insurance.mapping import (
     ENTITY,
     MAPPINGS,
     POLICIES,
+    book_records,
     customer_record,
     policy_record,
     to_python,
@@ -50,7 +51,6 @@ from sheetbridge.insurance.services import (
     DomainError,
     InvalidField,
     StaleVersion,
-    scoped,
 )
 from sheetbridge.queue.errors import PermanentJobError, RetryableJobError
 from sheetbridge.queue.store import Enqueued, JobQueue
@@ -237,7 +237,13 @@ class SyncService:
             for mapping in MAPPINGS:
                 plan = plans[mapping.tab]
                 self._remember(
-                    session, target.id, mapping, plan, plan.snapshots, context.job.id
+                    session,
+                    target.id,
+                    mapping,
+                    plan,
+                    plan.snapshots,
+                    base[mapping.tab],
+                    context.job.id,
                 )
         return _report(TO_SHEET, backend, plans)
 
@@ -275,6 +281,7 @@ class SyncService:
                     mapping,
                     plan,
                     importer.snapshots,
+                    base[mapping.tab],
                     context.job.id,
                 )
                 if importer.id_cells:
@@ -310,11 +317,12 @@ class SyncService:
         mapping: TabMapping,
         plan: ToSheetPlan | FromSheetPlan,
         snapshots: dict[int, Record],
+        base: dict[int, Record],
         job_id: int,
     ) -> None:
         """Store what both sides now agree on, and the conflicts that remain."""
         dropped = plan.drop_snapshots if isinstance(plan, ToSheetPlan) else None
-        self._store_snapshots(session, target_id, mapping, snapshots, dropped)
+        self._store_snapshots(session, target_id, mapping, snapshots, base, dropped)
         entity = ENTITY[mapping.tab]
         record_conflicts(session, target_id, entity, plan.conflicts, snapshots, job_id)
 
@@ -340,20 +348,7 @@ class SyncService:
         dict[str, dict[int, int]],
     ]:
         with self.db.read_session() as session:
-            customers = session.scalars(
-                scoped(select(Customer), Customer, user).order_by(Customer.id)
-            ).unique()
-            policies = session.scalars(
-                scoped(select(Policy), Policy, user).order_by(Policy.id)
-            ).unique()
-            app: dict[str, dict[int, Record]] = {CUSTOMERS.tab: {}, POLICIES.tab: {}}
-            versions: dict[str, dict[int, int]] = {CUSTOMERS.tab: {}, POLICIES.tab: {}}
-            for customer in customers:
-                app[CUSTOMERS.tab][customer.id] = customer_record(customer)
-                versions[CUSTOMERS.tab][customer.id] = customer.version
-            for policy in policies:
-                app[POLICIES.tab][policy.id] = policy_record(policy)
-                versions[POLICIES.tab][policy.id] = policy.version
+            app, versions = book_records(session, user)
             base: dict[str, dict[int, Record]] = {CUSTOMERS.tab: {}, POLICIES.tab: {}}
             snapshots = session.scalars(
                 select(SyncSnapshot).where(SyncSnapshot.target_id == target.id)
@@ -371,6 +366,7 @@ class SyncService:
         target_id: int,
         mapping: TabMapping,
         snapshots: dict[int, Record],
+        base: dict[int, Record],
         dropped: set[int] | None = None,
     ) -> None:
         entity = ENTITY[mapping.tab]
@@ -382,32 +378,33 @@ class SyncService:
                     SyncSnapshot.record_id.in_(dropped),
                 )
             )
-        if not snapshots:
-            return
-        existing = {
-            row.record_id: row
-            for row in session.scalars(
-                select(SyncSnapshot).where(
-                    SyncSnapshot.target_id == target_id, SyncSnapshot.entity == entity
-                )
-            )
-        }
+        # Write only what differs from the snapshot this job read: a big book
+        # changes a few records per sync, not thousands.
         now = clock.now()
+        new = [
+            {
+                "target_id": target_id,
+                "entity": entity,
+                "record_id": record_id,
+                "fields": fields,
+                "synced_at": now,
+            }
+            for record_id, fields in snapshots.items()
+            if record_id not in base
+        ]
+        if new:
+            session.execute(insert(SyncSnapshot), new)
         for record_id, fields in snapshots.items():
-            row = existing.get(record_id)
-            if row is None:
-                session.add(
-                    SyncSnapshot(
-                        target_id=target_id,
-                        entity=entity,
-                        record_id=record_id,
-                        fields=fields,
-                        synced_at=now,
+            if record_id in base and base[record_id] != fields:
+                session.execute(
+                    update(SyncSnapshot)
+                    .where(
+                        SyncSnapshot.target_id == target_id,
+                        SyncSnapshot.entity == entity,
+                        SyncSnapshot.record_id == record_id,
                     )
+                    .values(fields=fields, synced_at=now)
                 )
-            elif row.fields != fields:
-                row.fields = fields
-                row.synced_at = now
 
 
 @dataclass
