@@ -41,6 +41,27 @@ def row_of(sheet: Any, record_id: int) -> int:
     raise AssertionError(f"record {record_id} is not in the sheet")
 
 
+def edit_both_sides(
+    runtime: Runtime, sheet: dict[str, object], app: dict[str, object]
+) -> tuple[int, dict[str, int]]:
+    """Edit the first customer row of alice's workbook and, separately, that
+    customer in the app; returns its ID and the sheet's header columns."""
+    path = workbook_path(runtime, "alice")
+    book = load_workbook(path)
+    customers = book["Customers"]
+    header = columns(customers)
+    record_id = int(customers.cell(2, 1).value)
+    for name, value in sheet.items():
+        customers.cell(2, header[name]).value = value
+    book.save(path)
+    with runtime.db.session() as session:
+        customer = session.get(Customer, record_id)
+        assert customer is not None
+        for field, value in app.items():
+            setattr(customer, field, value)
+    return record_id, header
+
+
 @pytest.fixture
 def synced(runtime: Runtime) -> Runtime:
     run_sync(runtime, "alice", TO_SHEET)
@@ -165,16 +186,9 @@ def test_neither_direction_overwrites_a_change_from_the_other_side(
     synced: Runtime,
 ) -> None:
     path = workbook_path(synced, "alice")
-    book = load_workbook(path)
-    customers = book["Customers"]
-    header = columns(customers)
-    record_id = customers.cell(2, 1).value
-    customers.cell(2, header["City"]).value = "Sheet City"
-    book.save(path)
-    with synced.db.session() as session:
-        customer = session.get(Customer, record_id)
-        assert customer is not None
-        customer.city = "App City"
+    record_id, header = edit_both_sides(
+        synced, sheet={"City": "Sheet City"}, app={"city": "App City"}
+    )
 
     pushed = run_sync(synced, "alice", TO_SHEET)
     pulled = run_sync(synced, "alice", FROM_SHEET)
@@ -209,16 +223,9 @@ def test_app_edit_survives_an_import_of_another_field_of_the_same_row(
     synced: Runtime,
 ) -> None:
     path = workbook_path(synced, "alice")
-    book = load_workbook(path)
-    customers = book["Customers"]
-    header = columns(customers)
-    record_id = customers.cell(2, 1).value
-    customers.cell(2, header["Address"]).value = "1 Sheet Street"
-    book.save(path)
-    with synced.db.session() as session:
-        customer = session.get(Customer, record_id)
-        assert customer is not None
-        customer.phone = "207-555-1111"
+    record_id, header = edit_both_sides(
+        synced, sheet={"Address": "1 Sheet Street"}, app={"phone": "207-555-1111"}
+    )
 
     run_sync(synced, "alice", FROM_SHEET)
     pushed = run_sync(synced, "alice", TO_SHEET)
@@ -235,17 +242,11 @@ def test_app_edit_survives_an_import_of_another_field_of_the_same_row(
 
 def test_a_conflict_stays_a_conflict_until_resolved(synced: Runtime) -> None:
     path = workbook_path(synced, "alice")
-    book = load_workbook(path)
-    customers = book["Customers"]
-    header = columns(customers)
-    record_id = customers.cell(2, 1).value
-    customers.cell(2, header["City"]).value = "Sheet City"
-    customers.cell(2, header["Address"]).value = "2 Sheet Street"
-    book.save(path)
-    with synced.db.session() as session:
-        customer = session.get(Customer, record_id)
-        assert customer is not None
-        customer.city = "App City"
+    record_id, header = edit_both_sides(
+        synced,
+        sheet={"City": "Sheet City", "Address": "2 Sheet Street"},
+        app={"city": "App City"},
+    )
 
     results = [
         run_sync(synced, "alice", direction)
