@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import signal
+import subprocess
+import sys
 import threading
 from typing import Annotated
 
@@ -59,14 +61,17 @@ def serve(
     typer.echo(f"Database: {_redacted(settings)}; workbooks in {settings.workbook_dir}")
     for username, password, role in logins:
         typer.echo(f"  demo {role:<5} {username} / {password}")
+    child = WorkerProcess(runtime) if workers and settings.worker_process else None
     try:
         uvicorn.run(
-            create_app(runtime, workers=workers),
+            create_app(runtime, workers=workers and child is None),
             host=host,
             port=port,
             log_level=settings.log_level.lower(),
         )
     finally:
+        if child is not None:
+            child.stop()
         runtime.queue.close()
         runtime.db.dispose()
 
@@ -81,6 +86,14 @@ def worker(
         float,
         typer.Option(min=0, help="On SIGTERM, how long running jobs may finish"),
     ] = 30.0,
+    wake_on_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--wake-on-stdin",
+            hidden=True,
+            help="Each line on stdin wakes idle workers; end of input drains",
+        ),
+    ] = False,
 ) -> None:
     """Run sync workers without the web server (scale-out on PostgreSQL).
 
@@ -98,6 +111,10 @@ def worker(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if wake_on_stdin:
+        threading.Thread(
+            target=_wake_on_lines, args=(runtime, stop), daemon=True
+        ).start()
     pool.start()
     typer.echo(f"worker {pool.name} running {concurrency} slots; SIGTERM drains")
     stop.wait()
@@ -106,6 +123,13 @@ def worker(
     if released:
         typer.echo(f"handed back unfinished jobs {released}")
     runtime.queue.close()
+
+
+def _wake_on_lines(runtime: Runtime, stop: threading.Event) -> None:
+    """``serve`` writes a line here whenever it queues a job."""
+    for _ in sys.stdin.buffer:
+        runtime.queue.nudge()
+    stop.set()  # the server went away: drain and exit
 
 
 @app.command()
@@ -216,6 +240,61 @@ def users_token(
             raise typer.BadParameter(f"no user {username!r}")
         token = issue_token(session, user, name)
     typer.echo(token)
+
+
+class WorkerProcess:
+    """``sheetbridge worker`` as a child of ``serve``.
+
+    Sync jobs spend CPU (parsing, comparing, building workbooks); in their own
+    process they do not compete with web requests for one interpreter lock.
+    Every job queued here is announced on the child's stdin, so it starts at
+    once rather than at the next poll. A child that dies is started again.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._process = self._spawn()
+        runtime.queue.subscribe(self._on_event)
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        concurrency = str(self.runtime.settings.worker_concurrency)
+        command = [sys.executable, "-m", "sheetbridge", "worker", "--wake-on-stdin"]
+        return subprocess.Popen(
+            [*command, "--concurrency", concurrency], stdin=subprocess.PIPE
+        )
+
+    def _on_event(self, event: str, _job: object) -> None:
+        if event != "queued":
+            return
+        with self._lock:
+            stdin = self._process.stdin
+            try:
+                if stdin is not None:
+                    stdin.write(b"\n")
+                    stdin.flush()
+            except (BrokenPipeError, ValueError):
+                pass  # restarting; the new child finds the job on its first look
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(1.0):
+            if self._process.poll() is not None:
+                with self._lock:
+                    if not self._stopping.is_set():
+                        self._process = self._spawn()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Close the child's stdin, so it drains and exits; kill it if it hangs."""
+        self._stopping.set()
+        with self._lock:
+            if self._process.stdin is not None:
+                self._process.stdin.close()
+        try:
+            self._process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
 
 
 def _redacted(settings: Settings) -> str:

@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     session_max_age_s: int = 8 * 3600
     cookie_secure: bool = False
     worker_concurrency: int = Field(default=8, ge=1, le=256)
+    worker_process: bool = Field(
+        default=True,
+        description="serve runs sync workers in a child process, off the web's core",
+    )
     lease_s: float = Field(default=30.0, gt=0)
     poll_interval_s: float = Field(default=1.0, gt=0)
     recent_jobs: int = Field(default=20, ge=1, le=500)

@@ -310,6 +310,10 @@ class JobQueue:
             except Exception:
                 log.exception("job.listener_failed", extra={"action": "listener"})
 
+    def nudge(self) -> None:
+        """Another process says work may be waiting: wake idle workers now."""
+        self._signal("queued", True)
+
     def _signal(self, event: str, remote: bool) -> None:
         with self._changed:
             self._generation += 1

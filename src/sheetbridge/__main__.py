@@ -1,0 +1,5 @@
+"""``python -m sheetbridge``: the same commands as ``sheetbridge``."""
+
+from sheetbridge.cli import app
+
+app()
