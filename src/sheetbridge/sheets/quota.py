@@ -97,15 +97,7 @@ class InProcessQuotaLimiter:
 
     def acquire(self, kind: Kind, user: str, *, on_wait: OnWait | None = None) -> float:
         """Block until the request fits every window; see :class:`QuotaLimiter`."""
-        waited_s = 0.0
-        while True:
-            wait_s = self._try_grant(kind, user)
-            if wait_s <= 0:
-                return waited_s
-            _report_wait(kind, user, wait_s, on_wait)
-            # Sleep outside the lock so other threads' grants are not held up.
-            self._sleep(wait_s)
-            waited_s += wait_s
+        return _wait_for_grant(self._try_grant, self._sleep, kind, user, on_wait)
 
     def _try_grant(self, kind: Kind, user: str) -> float:
         now = self._clock()
@@ -163,14 +155,7 @@ class PostgresQuotaLimiter:
 
     def acquire(self, kind: Kind, user: str, *, on_wait: OnWait | None = None) -> float:
         """Block until the request fits every window; see :class:`QuotaLimiter`."""
-        waited_s = 0.0
-        while True:
-            wait_s = self._try_grant(kind, user)
-            if wait_s <= 0:
-                return waited_s
-            _report_wait(kind, user, wait_s, on_wait)
-            self._sleep(wait_s)
-            waited_s += wait_s
+        return _wait_for_grant(self._try_grant, self._sleep, kind, user, on_wait)
 
     def _try_grant(self, kind: Kind, user: str) -> float:
         buckets = sorted(self.limits.buckets(kind, user))
@@ -229,6 +214,27 @@ def table_ddl(table: str = PostgresQuotaLimiter.TABLE) -> list[str]:
         f"CREATE INDEX IF NOT EXISTS {table.replace('.', '_')}_bucket_time"
         f" ON {table} (bucket, granted_at)",
     ]
+
+
+def _wait_for_grant(
+    try_grant: Callable[[Kind, str], float],
+    sleep: Callable[[float], None],
+    kind: Kind,
+    user: str,
+    on_wait: OnWait | None,
+) -> float:
+    """Ask for a grant until one comes; returns the seconds spent waiting.
+
+    The sleep happens outside any lock, so other callers' grants go on.
+    """
+    waited_s = 0.0
+    while True:
+        wait_s = try_grant(kind, user)
+        if wait_s <= 0:
+            return waited_s
+        _report_wait(kind, user, wait_s, on_wait)
+        sleep(wait_s)
+        waited_s += wait_s
 
 
 def _report_wait(kind: Kind, user: str, wait_s: float, on_wait: OnWait | None) -> None:
