@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, status
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 
 from sheetbridge.insurance.schemas import (
     MAX_ID,
@@ -57,14 +59,32 @@ def _ids(value: str | None) -> tuple[int, ...]:
     return tuple(int(part) for part in value.split(",")) if value else ()
 
 
-def _stale(exc: StaleVersion, current: Any) -> JSONResponse:
+def _change(
+    rt: RuntimeDep,
+    user: CurrentUser,
+    change: Callable[[Book], Any],
+    current: Callable[[Book], BaseModel],
+) -> Any:
+    """Apply an edit based on a version; a stale one answers 409 with the record
+    as it is now."""
+    try:
+        with rt.db.session() as session:
+            return change(Book(session, user))
+    except StaleVersion:
+        with rt.db.read_session() as session:
+            now = current(Book(session, user)).model_dump(mode="json")
     return JSONResponse(
         status_code=status.HTTP_409_CONFLICT,
         content={
             "detail": "this record was changed by someone else since you loaded it",
-            "current": current.model_dump(mode="json") if current else None,
+            "current": now,
         },
     )
+
+
+def _deleted(delete: Callable[[], None]) -> Response:
+    delete()
+    return Response(status_code=204)
 
 
 @router.get("/customers", response_model=Page[CustomerOut])
@@ -109,13 +129,12 @@ def create_customer(
 def update_customer(
     customer_id: CustomerId, data: CustomerUpdate, user: CurrentUser, rt: RuntimeDep
 ) -> Any:
-    try:
-        with rt.db.session() as session:
-            return customer_out(Book(session, user).update_customer(customer_id, data))
-    except StaleVersion as exc:
-        with rt.db.read_session() as session:
-            current = customer_out(Book(session, user).get_customer(customer_id))
-        return _stale(exc, current)
+    return _change(
+        rt,
+        user,
+        lambda book: customer_out(book.update_customer(customer_id, data)),
+        lambda book: customer_out(book.get_customer(customer_id)),
+    )
 
 
 @router.delete("/customers/{customer_id}", status_code=204, response_model=None)
@@ -125,14 +144,12 @@ def delete_customer(
     rt: RuntimeDep,
     version: VersionQuery = None,
 ) -> Any:
-    try:
-        with rt.db.session() as session:
-            Book(session, user).delete_customer(customer_id, version)
-    except StaleVersion as exc:
-        with rt.db.read_session() as session:
-            current = customer_out(Book(session, user).get_customer(customer_id))
-        return _stale(exc, current)
-    return Response(status_code=204)
+    return _change(
+        rt,
+        user,
+        lambda book: _deleted(lambda: book.delete_customer(customer_id, version)),
+        lambda book: customer_out(book.get_customer(customer_id)),
+    )
 
 
 @router.get("/policies", response_model=Page[PolicyOut])
@@ -186,24 +203,21 @@ def create_policy(data: PolicyCreate, user: CurrentUser, rt: RuntimeDep) -> Poli
 def update_policy(
     policy_id: PolicyId, data: PolicyUpdate, user: CurrentUser, rt: RuntimeDep
 ) -> Any:
-    try:
-        with rt.db.session() as session:
-            return policy_out(Book(session, user).update_policy(policy_id, data))
-    except StaleVersion as exc:
-        with rt.db.read_session() as session:
-            current = policy_out(Book(session, user).get_policy(policy_id))
-        return _stale(exc, current)
+    return _change(
+        rt,
+        user,
+        lambda book: policy_out(book.update_policy(policy_id, data)),
+        lambda book: policy_out(book.get_policy(policy_id)),
+    )
 
 
 @router.delete("/policies/{policy_id}", status_code=204, response_model=None)
 def delete_policy(
     policy_id: PolicyId, user: CurrentUser, rt: RuntimeDep, version: VersionQuery = None
 ) -> Any:
-    try:
-        with rt.db.session() as session:
-            Book(session, user).delete_policy(policy_id, version)
-    except StaleVersion as exc:
-        with rt.db.read_session() as session:
-            current = policy_out(Book(session, user).get_policy(policy_id))
-        return _stale(exc, current)
-    return Response(status_code=204)
+    return _change(
+        rt,
+        user,
+        lambda book: _deleted(lambda: book.delete_policy(policy_id, version)),
+        lambda book: policy_out(book.get_policy(policy_id)),
+    )
