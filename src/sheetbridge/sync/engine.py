@@ -22,7 +22,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import TypeAlias
+from typing import Generic, TypeAlias, TypeVar
 
 from sheetbridge.sheets.base import Cell, TabChanges, TabData
 from sheetbridge.sync.columns import (
@@ -119,6 +119,9 @@ class FromSheetPlan:
     id_column: int
     header_changes: TabChanges
     rows: dict[int, int] = dataclasses.field(default_factory=dict)
+
+
+PlanT = TypeVar("PlanT", ToSheetPlan, FromSheetPlan)
 
 
 class _Outcome(Enum):
@@ -364,14 +367,19 @@ def _missing_header_issue(
 
 
 @dataclass
-class _ToSheet:
+class _Pass(Generic[PlanT]):
+    """One planning pass over a tab: what it reads and the plan it fills."""
+
     mapping: TabMapping
     layout: _Layout
-    plan: ToSheetPlan
+    plan: PlanT
 
     def issue(self, issue: Issue, count: str) -> None:
         self.plan.issues.append(issue)
         self.plan.counts[count] += 1
+
+
+_ToSheet: TypeAlias = _Pass[ToSheetPlan]
 
 
 def _to_sheet_counts() -> dict[str, int]:
@@ -401,7 +409,7 @@ def plan_to_sheet(
     rows = tab.rows if tab is not None else []
     plan = ToSheetPlan(TabChanges(), {}, set(), [], [], _to_sheet_counts())
     layout = _read_layout(mapping, rows[0] if rows else [])
-    ctx = _ToSheet(mapping, layout, plan)
+    ctx = _Pass(mapping, layout, plan)
     plan.issues.extend(layout.issues)
     if not _to_sheet_header_usable(ctx, rows, base):
         plan.counts["errors"] += 1
@@ -700,15 +708,7 @@ def _report_conflict(
 # from-sheet
 
 
-@dataclass
-class _FromSheet:
-    mapping: TabMapping
-    layout: _Layout
-    plan: FromSheetPlan
-
-    def issue(self, issue: Issue, count: str) -> None:
-        self.plan.issues.append(issue)
-        self.plan.counts[count] += 1
+_FromSheet: TypeAlias = _Pass[FromSheetPlan]
 
 
 def _from_sheet_counts() -> dict[str, int]:
@@ -729,7 +729,7 @@ def plan_from_sheet(
     rows = tab.rows if tab is not None else []
     layout = _read_layout(mapping, rows[0] if rows else [])
     plan = FromSheetPlan({}, [], {}, [], [], _from_sheet_counts(), 0, TabChanges())
-    ctx = _FromSheet(mapping, layout, plan)
+    ctx = _Pass(mapping, layout, plan)
     plan.issues.extend(layout.issues)
     if tab is None:
         plan.issues.append(_missing_tab_issue(mapping))
