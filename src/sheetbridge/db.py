@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,11 +29,19 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL; None for other databases and memory."""
+    if not url.startswith("sqlite"):
+        return None
+    path = url.split("///", 1)[-1].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = sqlite_file(url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
         # SQLite connections are cheap and writers queue on a lock anyway, so
         # the pool never makes a request wait for a free connection.
         engine = create_engine(
@@ -69,6 +79,47 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
+class WriterTurn:
+    """One SQLite writer at a time, handed over at once, across threads and
+    processes.
+
+    SQLite itself makes a writer that finds the file locked sleep in growing
+    steps (up to 100 ms) before it looks again, so a web request queued behind
+    the worker process's writes would wait far longer than the writes take.
+    Here the threads of a process queue on a lock and the processes on an
+    exclusive ``flock`` of a file beside the database; both wake the next
+    writer the moment the turn is free.
+    """
+
+    def __init__(self, database_file: Path | None) -> None:
+        self._threads = threading.RLock()
+        self._depth = 0
+        self._fd: int | None = None
+        if database_file is not None:
+            lock_file = database_file.with_name(database_file.name + ".writer")
+            self._fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._threads:
+            self._depth += 1
+            try:
+                if self._depth == 1 and self._fd is not None:
+                    fcntl.flock(self._fd, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    if self._depth == 1 and self._fd is not None:
+                        fcntl.flock(self._fd, fcntl.LOCK_UN)
+            finally:
+                self._depth -= 1
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class Database:
     """The app database: one engine and a session factory."""
 
@@ -76,7 +127,9 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self._writer_lock = threading.RLock() if is_sqlite(self.engine) else None
+        self._write_turn = (
+            WriterTurn(sqlite_file(url)) if is_sqlite(self.engine) else None
+        )
         self.read_sessions = sessionmaker(
             self.engine.execution_options(**{READONLY: True}), expire_on_commit=False
         )
@@ -84,19 +137,12 @@ class Database:
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A session whose transaction commits on success and rolls back on error."""
+        if self._write_turn is None:
+            with self.sessions() as session, session.begin():
+                yield session
+            return
         with self._write_turn(), self.sessions() as session, session.begin():
             yield session
-
-    @contextmanager
-    def _write_turn(self) -> Iterator[None]:
-        # SQLite allows one writer; a thread that finds the file locked sleeps in
-        # growing steps before it retries. Queueing this process's writers on a
-        # lock first hands the turn over at once instead.
-        if self._writer_lock is None:
-            yield
-            return
-        with self._writer_lock:
-            yield
 
     @contextmanager
     def read_session(self) -> Iterator[Session]:
@@ -115,6 +161,8 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._write_turn is not None:
+            self._write_turn.close()
 
 
 def alembic_config(url: str) -> Any:
