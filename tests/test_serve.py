@@ -2,20 +2,55 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 
 from tests.support.server import free_port
 
+DEADLINE_S = 60.0
 
-def test_serve_starts_the_demo_and_its_worker_process_runs_syncs(
-    tmp_path: Path,
-) -> None:
+
+@dataclass
+class Served:
+    """A running ``serve`` with alice signed in."""
+
+    client: httpx.Client
+    csrf: str
+    data_dir: Path
+
+    def enqueue_to_sheet(self) -> dict[str, Any]:
+        queued = self.client.post(
+            "/api/insurance/sync/to-sheet", headers={"X-CSRF-Token": self.csrf}
+        )
+        assert queued.status_code == 202, queued.text
+        answer: dict[str, Any] = queued.json()
+        return answer
+
+    def wait_until_finished(self, status_url: str) -> dict[str, Any]:
+        deadline = time.monotonic() + DEADLINE_S
+        while (job := self.client.get(status_url).json())["state"] not in (
+            "succeeded",
+            "failed",
+        ):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.1)
+        found: dict[str, Any] = job
+        return found
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
     port = free_port()
     env = {
         **os.environ,
@@ -38,7 +73,7 @@ def test_serve_starts_the_demo_and_its_worker_process_runs_syncs(
         assert f"http://127.0.0.1:{port}/" in printed[0]
         assert any("alice / alice-demo" in line for line in printed)
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + DEADLINE_S
         with httpx.Client(base_url=base, timeout=10) as client:
             while True:
                 try:
@@ -56,19 +91,51 @@ def test_serve_starts_the_demo_and_its_worker_process_runs_syncs(
             )
             page = client.get("/")
             token = page.text.split('name="csrf-token" content="', 1)[1].split('"')[0]
-            queued = client.post(
-                "/api/insurance/sync/to-sheet", headers={"X-CSRF-Token": token}
-            )
-            assert queued.status_code == 202
-            url = queued.json()["status_url"]
-            while (job := client.get(url).json())["state"] not in (
-                "succeeded",
-                "failed",
-            ):
-                assert time.monotonic() < deadline, job
-                time.sleep(0.1)
-        assert job["state"] == "succeeded", job
-        assert (tmp_path / "data" / "workbooks" / "alice.xlsx").exists()
+            yield Served(client, token, tmp_path / "data")
     finally:
         server.terminate()
         server.wait(60)
+
+
+def test_serve_starts_the_demo_and_its_worker_process_runs_syncs(
+    served: Served,
+) -> None:
+    queued = served.enqueue_to_sheet()
+    job = served.wait_until_finished(queued["status_url"])
+    assert job["state"] == "succeeded", job
+    assert (served.data_dir / "workbooks" / "alice.xlsx").exists()
+
+
+def test_serve_pushes_the_worker_process_transitions_as_server_sent_events(
+    served: Served,
+) -> None:
+    frames: list[tuple[str, dict[str, Any]]] = []
+    opened = threading.Event()
+
+    def listen() -> None:
+        with served.client.stream(
+            "GET", "/api/insurance/sync/events", timeout=DEADLINE_S
+        ) as stream:
+            event = ""
+            for line in stream.iter_lines():
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    frames.append((event, json.loads(line[6:])))
+                    opened.set()
+                    if event == "job" and frames[-1][1]["state"] == "succeeded":
+                        return
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    assert opened.wait(DEADLINE_S), "the event stream sent no status"
+    queued = served.enqueue_to_sheet()
+    listener.join(DEADLINE_S)
+
+    states = [data["state"] for event, data in frames if event == "job"]
+    assert frames[0][0] == "status"
+    assert "running" in states, frames
+    assert states[-1] == "succeeded", frames
+    assert {data["id"] for event, data in frames if event == "job"} == {
+        queued["job_id"]
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -13,10 +14,12 @@ import typer
 from sqlalchemy import select
 
 from sheetbridge.config import Settings, get_settings
+from sheetbridge.db import is_sqlite
 from sheetbridge.insurance.demo import has_any_user, seed_demo
 from sheetbridge.insurance.models import User
 from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
 from sheetbridge.logs import configure_logging
+from sheetbridge.queue.relay import EventSender, receive_events
 from sheetbridge.queue.worker import WorkerPool
 from sheetbridge.web.app import build_runtime, create_app, worker_pool
 from sheetbridge.web.deps import Runtime
@@ -94,6 +97,14 @@ def worker(
             help="Each line on stdin wakes idle workers; end of input drains",
         ),
     ] = False,
+    events_fd: Annotated[
+        int | None,
+        typer.Option(
+            "--events-fd",
+            hidden=True,
+            help="Write every job transition to this pipe, one JSON line each",
+        ),
+    ] = None,
 ) -> None:
     """Run sync workers without the web server (scale-out on PostgreSQL).
 
@@ -115,6 +126,9 @@ def worker(
         threading.Thread(
             target=_wake_on_lines, args=(runtime, stop), daemon=True
         ).start()
+    sender = None
+    if events_fd is not None:
+        sender = EventSender(runtime.queue, os.fdopen(events_fd, "wb"))
     pool.start()
     typer.echo(f"worker {pool.name} running {concurrency} slots; SIGTERM drains")
     stop.wait()
@@ -122,6 +136,8 @@ def worker(
     released = pool.stop(drain_timeout_s)
     if released:
         typer.echo(f"handed back unfinished jobs {released}")
+    if sender is not None:
+        sender.close()
     runtime.queue.close()
 
 
@@ -248,7 +264,9 @@ class WorkerProcess:
     Sync jobs spend CPU (parsing, comparing, building workbooks); in their own
     process they do not compete with web requests for one interpreter lock.
     Every job queued here is announced on the child's stdin, so it starts at
-    once rather than at the next poll. A child that dies is started again.
+    once rather than at the next poll. On SQLite the child sends its job
+    transitions back over a pipe, for the dashboard's live stream (PostgreSQL
+    carries them to every process already). A child that dies is started again.
     """
 
     def __init__(self, runtime: Runtime) -> None:
@@ -262,9 +280,28 @@ class WorkerProcess:
     def _spawn(self) -> subprocess.Popen[bytes]:
         concurrency = str(self.runtime.settings.worker_concurrency)
         command = [sys.executable, "-m", "sheetbridge", "worker", "--wake-on-stdin"]
-        return subprocess.Popen(
-            [*command, "--concurrency", concurrency], stdin=subprocess.PIPE
-        )
+        command += ["--concurrency", concurrency]
+        if not is_sqlite(self.runtime.db.engine):
+            return subprocess.Popen(command, stdin=subprocess.PIPE)
+        events, child_end = os.pipe()
+        try:
+            child = subprocess.Popen(
+                [*command, "--events-fd", str(child_end)],
+                stdin=subprocess.PIPE,
+                pass_fds=(child_end,),
+            )
+        except BaseException:
+            os.close(events)
+            raise
+        finally:
+            os.close(child_end)
+        threading.Thread(
+            target=receive_events,
+            args=(self.runtime.queue, os.fdopen(events, "rb")),
+            name="worker-events",
+            daemon=True,
+        ).start()
+        return child
 
     def _on_event(self, event: str, _job: object) -> None:
         if event != "queued":

@@ -266,7 +266,7 @@ class JobQueue:
             self._bridge_users += 1
             if self._bridge is None:
                 self._bridge = PgEventBridge(
-                    self.db.url, self._on_remote_event, self._on_reconnect
+                    self.db.url, self.receive_event, self._on_reconnect
                 )
                 self._bridge.start()
 
@@ -282,17 +282,27 @@ class JobQueue:
         """Send the event to other processes when this transaction commits."""
         if not self._postgres:
             return
-        message = {"origin": self.origin, "event": event, "job": _job_fields(job)}
-        payload = json.dumps(message, default=str)
+        payload = json.dumps(self.event_message(event, job), default=str)
         if len(payload.encode()) > MAX_PAYLOAD_BYTES:
-            message["job"] = _job_fields(job, small=True)
+            message = self.event_message(event, job, small=True)
             payload = json.dumps(message, default=str)
         connection.execute(
             text("SELECT pg_notify(:channel, :payload)"),
             {"channel": CHANNEL, "payload": payload},
         )
 
-    def _on_remote_event(self, message: dict[str, Any]) -> None:
+    def event_message(
+        self, event: str, job: Job, *, small: bool = False
+    ) -> dict[str, Any]:
+        """A transition as other processes receive it (JSON-ready)."""
+        return {
+            "origin": self.origin,
+            "event": event,
+            "job": _job_fields(job, small=small),
+        }
+
+    def receive_event(self, message: dict[str, Any]) -> None:
+        """Publish another process's transition (an ``event_message``) here."""
         if message.get("origin") == self.origin:
             return  # published locally already
         self._publish(str(message["event"]), _job_from_fields(message["job"]), True)
