@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
@@ -14,9 +15,34 @@ from sheetbridge.db import Database
 from sheetbridge.insurance.models import User
 from sheetbridge.insurance.sync_jobs import SyncService
 from sheetbridge.queue.store import JobQueue
-from sheetbridge.web.security import csrf_matches, user_for_token
+from sheetbridge.web.security import csrf_matches, token_digest, user_for_token
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class SignedInUsers:
+    """Who an API token or a session belongs to, remembered for a few seconds.
+
+    Every request proves who is calling, and looking that up costs more than a
+    status poll itself. A user's new role, or their removal, takes effect
+    within ``ttl_s``. Only hits are kept: a wrong token is looked up each time.
+    """
+
+    def __init__(self, ttl_s: float = 5.0, max_entries: int = 10_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._users: dict[str, tuple[User, float]] = {}
+
+    def get(self, key: str) -> User | None:
+        found = self._users.get(key)
+        if found is None or found[1] < time.monotonic():
+            return None
+        return found[0]
+
+    def put(self, key: str, user: User) -> None:
+        if len(self._users) >= self.max_entries:
+            self._users.clear()
+        self._users[key] = (user, time.monotonic() + self.ttl_s)
 
 
 @dataclass
@@ -27,15 +53,21 @@ class Runtime:
     db: Database
     queue: JobQueue
     sync: SyncService
+    users: SignedInUsers = field(default_factory=SignedInUsers)
 
 
-def runtime(request: Request) -> Runtime:
+def _runtime(request: Request) -> Runtime:
     value: Runtime = request.app.state.runtime
     return value
 
 
+async def runtime(request: Request) -> Runtime:
+    # async: a plain function would cost every request a trip to the threadpool
+    return _runtime(request)
+
+
 def reader(request: Request) -> Iterator[Session]:
-    with runtime(request).db.read_session() as session:
+    with _runtime(request).db.read_session() as session:
         yield session
 
 
@@ -43,15 +75,25 @@ class NotSignedIn(Exception):
     """Raised for page requests without a session; answered with a redirect."""
 
 
-def _user(request: Request, session: Session) -> User:
+def current_user(request: Request) -> User:
+    """The caller, by API token or by session cookie (with its CSRF token)."""
     header = request.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
-        user = user_for_token(session, header[7:].strip())
+        token = header[7:].strip()
+        user = _known_user(
+            request,
+            f"token:{token_digest(token)}",
+            lambda session: user_for_token(session, token),
+        )
         if user is None:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid API token")
         return user
     user_id = request.session.get("uid")
-    user = session.get(User, user_id) if isinstance(user_id, int) else None
+    user = None
+    if isinstance(user_id, int):
+        user = _known_user(
+            request, f"user:{user_id}", lambda session: session.get(User, user_id)
+        )
     if user is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "sign in first")
     if request.method not in SAFE_METHODS and not csrf_matches(
@@ -61,11 +103,19 @@ def _user(request: Request, session: Session) -> User:
     return user
 
 
-def current_user(request: Request) -> User:
-    """The signed-in user; the session used to find them is closed at once, so
-    a request never holds two database connections."""
-    with runtime(request).db.read_session() as session:
-        return _user(request, session)
+def _known_user(
+    request: Request, key: str, look_up: Callable[[Session], User | None]
+) -> User | None:
+    # The session used for the look-up is closed at once, so a request never
+    # holds two database connections.
+    rt = _runtime(request)
+    user = rt.users.get(key)
+    if user is None:
+        with rt.db.read_session() as session:
+            user = look_up(session)
+        if user is not None:
+            rt.users.put(key, user)
+    return user
 
 
 def page_user(request: Request) -> User:

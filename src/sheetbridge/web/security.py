@@ -67,21 +67,21 @@ def add_user(
     return user
 
 
-def _token_digest(token: str) -> str:
+def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
 def issue_token(session: Session, user: User, name: str = "") -> str:
     """Create an API token; only its hash is stored, so show it once."""
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    session.add(ApiToken(user_id=user.id, name=name, token_hash=_token_digest(token)))
+    session.add(ApiToken(user_id=user.id, name=name, token_hash=token_digest(token)))
     session.flush()
     return token
 
 
 def user_for_token(session: Session, token: str) -> User | None:
     row = session.scalar(
-        select(ApiToken).where(ApiToken.token_hash == _token_digest(token))
+        select(ApiToken).where(ApiToken.token_hash == token_digest(token))
     )
     return session.get(User, row.user_id) if row else None
 
