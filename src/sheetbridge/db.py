@@ -5,11 +5,13 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import Histogram
 from sqlalchemy import Engine, MetaData, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -23,6 +25,12 @@ NAMING = {
 
 
 READONLY = "sheetbridge_readonly"
+
+WRITE_TURN_WAIT_SECONDS = Histogram(
+    "sheetbridge_sqlite_write_wait_seconds",
+    "Time a SQLite write transaction waited for its turn (threads and processes).",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+)
 
 
 class Base(DeclarativeBase):
@@ -101,11 +109,14 @@ class WriterTurn:
 
     @contextmanager
     def __call__(self) -> Iterator[None]:
+        asked = time.perf_counter()
         with self._threads:
             self._depth += 1
             try:
                 if self._depth == 1 and self._fd is not None:
                     fcntl.flock(self._fd, fcntl.LOCK_EX)
+                if self._depth == 1:
+                    WRITE_TURN_WAIT_SECONDS.observe(time.perf_counter() - asked)
                 try:
                     yield
                 finally:
