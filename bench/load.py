@@ -63,6 +63,8 @@ from loadkit import (
     user_client,
 )
 
+from sheetbridge.config import Settings
+
 SB = "sheetbridge"
 NAIVE = "naive"
 SYNC = "sync request (POST to-sheet)"
@@ -70,6 +72,7 @@ EDIT = "edit (PATCH policy)"
 STATUS = "status poll (GET status)"
 BURST_DEADLINE_S = 150.0
 DRAIN_S = 60.0
+DEFAULT_CONCURRENCY: int = Settings.model_fields["worker_concurrency"].default
 POLL_S = 1.0  # like a page polling its status; wall times use job timestamps
 
 
@@ -512,13 +515,18 @@ def main() -> None:
         "--concurrency",
         type=int,
         nargs="*",
-        default=[100, 8],
+        default=[DEFAULT_CONCURRENCY],
         help="SHEETBRIDGE_WORKER_CONCURRENCY values to run",
     )
     parser.add_argument("--no-naive", action="store_true")
     args = parser.parse_args()
     configs = [
-        Config(f"Sheetbridge, {n} workers{' (default)' if n == 8 else ''}", SB, n)
+        Config(
+            f"Sheetbridge, {n} workers"
+            + (" (default)" if n == DEFAULT_CONCURRENCY else ""),
+            SB,
+            n,
+        )
         for n in args.concurrency
     ]
     if not args.no_naive:

@@ -81,7 +81,12 @@ def serve(
 
 @app.command()
 def worker(
-    concurrency: Annotated[int, typer.Option(min=1, max=256)] = 8,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            min=1, max=256, help="Jobs at once [default: worker_concurrency setting]"
+        ),
+    ] = None,
     until_empty: Annotated[
         bool, typer.Option("--until-empty", help="Stop when nothing is runnable")
     ] = False,
@@ -118,6 +123,7 @@ def worker(
         pool = WorkerPool(runtime.queue, runtime.sync.handlers)
         typer.echo(f"ran {pool.run_until_empty()} jobs")
         return
+    concurrency = concurrency or runtime.settings.worker_concurrency
     pool = worker_pool(runtime, concurrency)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -33,7 +33,15 @@ class Settings(BaseSettings):
     )
     session_max_age_s: int = 8 * 3600
     cookie_secure: bool = False
-    worker_concurrency: int = Field(default=8, ge=1, le=256)
+    worker_concurrency: int = Field(
+        default=32,
+        ge=1,
+        le=256,
+        description=(
+            "sync jobs running at once per worker process; they mostly wait on "
+            "the Sheets API, so this is about users served at once, not cores"
+        ),
+    )
     worker_process: bool = Field(
         default=True,
         description="serve runs sync workers in a child process, off the web's core",
