@@ -1,8 +1,9 @@
 """Load benchmark (issue 6 item 6): many users syncing, polling and editing.
 
 ``sheetbridge serve`` runs as a subprocess (its own interpreter, configured
-by ``SHEETBRIDGE_*`` variables, the realistic deployment), SQLite in a
-temporary folder, every user's sync target an own Google spreadsheet on the
+by ``SHEETBRIDGE_*`` variables, the realistic deployment), on SQLite in a
+temporary folder (the default) and again on a scratch PostgreSQL database (the
+scale-out path), every user's sync target an own Google spreadsheet on the
 Sheets API emulator, which runs in another subprocess with 300 ms latency on
 every API call and its quota knobs off. The app's own quota limiter is off too
 (``SHEETBRIDGE_SHEETS_*_PER_MINUTE_* = 0``): with its defaults and one shared
@@ -28,7 +29,7 @@ the naive baseline from ``bench/naive_baseline.py`` under the same load):
 
 Figures are printed, never asserted::
 
-    /work/venv/bin/python bench/load.py [--users 100] [--seconds 20]
+    python bench/load.py [--users 100] [--seconds 20] [--databases sqlite postgres]
 """
 
 from __future__ import annotations
@@ -57,8 +58,10 @@ from loadkit import (
     job_seconds,
     load_average,
     percentile,
+    postgres_database,
     prepare,
     process,
+    sqlite_url,
     timed,
     user_client,
 )
@@ -73,6 +76,8 @@ STATUS = "status poll (GET status)"
 BURST_DEADLINE_S = 150.0
 DRAIN_S = 60.0
 DEFAULT_CONCURRENCY: int = Settings.model_fields["worker_concurrency"].default
+SQLITE = "sqlite"
+POSTGRES = "postgres"
 POLL_S = 1.0  # like a page polling its status; wall times use job timestamps
 
 
@@ -83,6 +88,7 @@ class Config:
     label: str
     kind: str
     concurrency: int
+    database: str = SQLITE
 
 
 @dataclass
@@ -290,25 +296,46 @@ def run_config(
     args: argparse.Namespace,
 ) -> Result:
     """Seed, start the server, run the bursts and the mixed load, stop."""
+    name = f"{config.kind}-{config.database}-{config.concurrency}"
+    data_dir = work / name
+    if config.database == POSTGRES:
+        with postgres_database(args.pg_url, name.replace("-", "_")) as url:
+            return run_server(config, emulator, work, data_dir, url, args)
+    return run_server(config, emulator, work, data_dir, sqlite_url(data_dir), args)
+
+
+def run_server(
+    config: Config,
+    emulator: Emulator,
+    work: Path,
+    data_dir: Path,
+    database_url: str,
+    args: argparse.Namespace,
+) -> Result:
+    """Seed the database, start the server, run the bursts and the mixed load."""
     result = Result(config)
-    data_dir = work / f"{config.kind}-{config.concurrency}"
     started = time.monotonic()
     users = prepare(
         data_dir,
+        database_url,
         emulator,
         users=args.users,
         customers=args.customers,
         policies=args.policies,
     )
     port = free_port()
-    env = clean_env(app_settings(data_dir, emulator.base_url, port, config.concurrency))
+    env = clean_env(
+        app_settings(
+            data_dir, database_url, emulator.base_url, port, config.concurrency
+        )
+    )
     if config.kind == SB:
         command = [str(Path(sys.executable).parent / "sheetbridge"), "serve"]
     else:
         command = [sys.executable, str(Path(__file__).parent / "naive_baseline.py")]
         command.append("--serve")
     base_url = f"http://127.0.0.1:{port}"
-    log = work / f"{config.kind}-{config.concurrency}.log"
+    log = work / f"{data_dir.name}.log"
     with process(command, env, f"{base_url}/healthz", log) as server:
         print(
             f"[{config.label}] ready after {time.monotonic() - started:.0f} s "
@@ -518,15 +545,29 @@ def main() -> None:
         default=[DEFAULT_CONCURRENCY],
         help="SHEETBRIDGE_WORKER_CONCURRENCY values to run",
     )
+    parser.add_argument(
+        "--databases",
+        nargs="*",
+        choices=[SQLITE, POSTGRES],
+        default=[SQLITE, POSTGRES],
+        help="databases to run Sheetbridge on (the naive baseline uses SQLite)",
+    )
+    parser.add_argument(
+        "--pg-url",
+        default="postgresql+psycopg://root@127.0.0.1:5432/postgres",
+        help="a PostgreSQL server to create a scratch database on",
+    )
     parser.add_argument("--no-naive", action="store_true")
     args = parser.parse_args()
     configs = [
         Config(
-            f"Sheetbridge, {n} workers"
+            f"Sheetbridge, {database}, {n} workers"
             + (" (default)" if n == DEFAULT_CONCURRENCY else ""),
             SB,
             n,
+            database,
         )
+        for database in args.databases
         for n in args.concurrency
     ]
     if not args.no_naive:

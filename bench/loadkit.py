@@ -32,7 +32,8 @@ from typing import Any
 
 import httpx
 from seedbook import add_agents, add_book
-from sqlalchemy import select
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.engine import make_url
 
 from sheetbridge.config import Settings
 from sheetbridge.insurance.models import User
@@ -221,13 +222,40 @@ class SimUser:
     versions: dict[int, int] = field(default_factory=dict)
 
 
+def sqlite_url(data_dir: Path) -> str:
+    """The app's default database in ``data_dir``."""
+    return f"sqlite:///{(data_dir / 'sheetbridge.db').resolve()}"
+
+
+@contextmanager
+def postgres_database(server_url: str, label: str) -> Iterator[str]:
+    """A new, empty database on the PostgreSQL server of ``server_url``,
+    dropped afterwards; yields its URL."""
+    name = f"sheetbridge_bench_{label}_{os.getpid()}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield (
+            make_url(server_url)
+            .set(database=name)
+            .render_as_string(hide_password=False)
+        )
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 def app_settings(
-    data_dir: Path, emulator_url: str, port: int, concurrency: int
+    data_dir: Path, database_url: str, emulator_url: str, port: int, concurrency: int
 ) -> dict[str, str]:
-    """The app's environment: SQLite in ``data_dir``, Google on the emulator,
-    the app's own quota limiter off (0 = no limit), no demo data."""
+    """The app's environment: the database, Google on the emulator, the app's
+    own quota limiter off (0 = no limit), no demo data."""
     return {
         "SHEETBRIDGE_DATA_DIR": str(data_dir),
+        "SHEETBRIDGE_DATABASE_URL": database_url,
         "SHEETBRIDGE_DEMO": "false",
         "SHEETBRIDGE_HOST": "127.0.0.1",
         "SHEETBRIDGE_PORT": str(port),
@@ -244,6 +272,7 @@ def app_settings(
 
 def prepare(
     data_dir: Path,
+    database_url: str,
     emulator: Emulator,
     *,
     users: int,
@@ -255,7 +284,7 @@ def prepare(
     before any server starts), so later syncs are the everyday kind."""
     settings = Settings(
         data_dir=data_dir,
-        database_url=f"sqlite:///{(data_dir / 'sheetbridge.db').resolve()}",
+        database_url=database_url,
         demo=False,
         google_sheets_base_url=emulator.base_url,
         sheets_reads_per_minute_project=0,

@@ -42,6 +42,7 @@ from loadkit import (
     percentile,
     prepare,
     process,
+    sqlite_url,
     user_client,
 )
 
@@ -141,11 +142,19 @@ def demo() -> None:
     with tempfile.TemporaryDirectory(prefix="sheetbridge-naive-") as folder:
         work = Path(folder)
         with emulator_process(300, work) as emulator:
+            database_url = sqlite_url(work / "naive")
             users = prepare(
-                work / "naive", emulator, users=10, customers=20, policies=50
+                work / "naive",
+                database_url,
+                emulator,
+                users=10,
+                customers=20,
+                policies=50,
             )
             port = free_port()
-            env = clean_env(app_settings(work / "naive", emulator.base_url, port, 1))
+            env = clean_env(
+                app_settings(work / "naive", database_url, emulator.base_url, port, 1)
+            )
             command = [sys.executable, __file__, "--serve"]
             base_url = f"http://127.0.0.1:{port}"
             with process(command, env, f"{base_url}/healthz", work / "naive.log"):
