@@ -65,3 +65,44 @@ def test_events_stream_status_then_each_transition_of_the_callers_jobs(
     assert {e["data"]["id"] for e in alices if e["event"] == "job"} == {job_id}
     assert states[-1] == "succeeded" and "running" in states
     assert all(e["data"]["owner_id"] != alices[1]["data"]["owner_id"] for e in bobs[1:])
+
+
+def test_events_bring_queued_jobs_new_positions_when_an_earlier_job_ends(
+    runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    frames: list[dict[str, Any]] = []
+    with live_server(runtime, workers=False) as url:
+        with api_client(url, tokens["alice"]) as alice:
+            ids = [
+                alice.post("/api/insurance/sync/to-sheet").json()["job_id"]
+                for _ in range(3)
+            ]
+        reader = threading.Thread(
+            target=read_events,
+            args=(url, tokens["alice"], "never", frames),
+            daemon=True,
+        )
+        reader.start()
+        while not frames:
+            threading.Event().wait(0.02)
+        claimed = runtime.queue.claim("test-worker")
+        assert claimed is not None and claimed.id == ids[0]
+        runtime.queue.succeed(claimed.id, claimed.epoch, {})
+
+        def last_position(job_id: int) -> int | None:
+            views = [
+                f["data"]
+                for f in frames
+                if f["event"] == "job" and f["data"]["id"] == job_id
+            ]
+            return views[-1]["position"] if views else None
+
+        deadline = threading.Event()
+        for _ in range(200):
+            if last_position(ids[2]) == 2:
+                break
+            deadline.wait(0.025)
+    assert frames[0]["event"] == "status"
+    assert [j["position"] for j in frames[0]["data"]["queued"]] == [1, 2, 3]
+    assert last_position(ids[1]) == 1
+    assert last_position(ids[2]) == 2

@@ -19,6 +19,9 @@ from sheetbridge.web.sync_api import job_view
 router = APIRouter(prefix="/api/insurance/sync", tags=["sync"])
 
 KEEPALIVE_S = 15.0
+QUIET_EVENTS = frozenset({"progress", "queued"})
+QUEUED_JOBS = 0  # not a job id: "the user's queued jobs"
+MAX_REFRESHED = 50
 
 
 def _frame(event: str, data: Any) -> bytes:
@@ -48,9 +51,12 @@ async def _stream(
     loop = asyncio.get_running_loop()
     changed: asyncio.Queue[int] = asyncio.Queue()
 
-    def on_event(_event: str, job: Job) -> None:
+    def on_event(event: str, job: Job) -> None:
         if owner is None or job.owner_id == owner:
             loop.call_soon_threadsafe(changed.put_nowait, job.id)
+            if event not in QUIET_EVENTS:
+                # A job that started or ended moves the ones queued behind it.
+                loop.call_soon_threadsafe(changed.put_nowait, QUEUED_JOBS)
 
     unsubscribe = rt.queue.subscribe(on_event)
     try:
@@ -66,7 +72,8 @@ async def _stream(
             pending = {job_id}
             while not changed.empty():
                 pending.add(changed.get_nowait())
-            for view in await to_thread.run_sync(_views, rt, sorted(pending)):
+            views = await to_thread.run_sync(_views, rt, owner, pending)
+            for view in views:
                 yield _frame("job", view)
     finally:
         unsubscribe()
@@ -79,11 +86,17 @@ def _status(rt: Runtime, owner: int | None) -> dict[str, Any]:
     }
 
 
-def _views(rt: Runtime, job_ids: list[int]) -> list[dict[str, Any]]:
-    views = []
-    for job_id in job_ids:
+def _views(rt: Runtime, owner: int | None, job_ids: set[int]) -> list[dict[str, Any]]:
+    """The changed jobs as they are now; QUEUED_JOBS stands for every queued job
+    of the stream's user (up to MAX_REFRESHED), whose positions may have moved."""
+    ids = job_ids - {QUEUED_JOBS}
+    jobs = []
+    for job_id in sorted(ids):
         try:
-            views.append(job_view(rt.queue, rt.queue.get(job_id)))
+            jobs.append(rt.queue.get(job_id))
         except JobNotFound:
             continue
-    return views
+    if QUEUED_JOBS in job_ids:
+        queued = rt.queue.status(owner, recent=1)["queued"][:MAX_REFRESHED]
+        jobs += [job for job in queued if job.id not in ids]
+    return [job_view(rt.queue, job) for job in jobs]
