@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -12,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from sheetbridge.config import Settings
 from sheetbridge.sheets.base import TabChanges
 from sheetbridge.sheets.errors import (
     SheetError,
@@ -24,6 +27,7 @@ from sheetbridge.sheets.errors import (
 from sheetbridge.sheets.google import (
     GoogleSheetsBackend,
     StaticToken,
+    client_from_settings,
     oauth_user_token,
     serial_to_date,
     serial_to_datetime,
@@ -274,3 +278,41 @@ def test_backend_location_names_the_spreadsheet(harness: GoogleHarness) -> None:
     backend = harness.backend("abc")
     assert isinstance(backend, GoogleSheetsBackend)
     assert backend.location == "Google spreadsheet abc"
+
+
+def test_clients_made_for_each_sync_share_one_token_and_one_connection_pool(
+    harness: GoogleHarness, tmp_path: Path
+) -> None:
+    harness.state.knobs.require_auth = True
+    settings = Settings(
+        data_dir=tmp_path,
+        google_sheets_base_url=harness.server.base_url,
+        google_credentials_file=_key_file(tmp_path, f"{harness.server.base_url}/token"),
+    )
+    book = harness.spreadsheet()
+    harness.state.share(
+        book.spreadsheet_id, "sync-bot@local-test.iam.gserviceaccount.com"
+    )
+    clients = [client_from_settings(settings) for _ in range(3)]
+    for client in clients:
+        backend = GoogleSheetsBackend(client, book.spreadsheet_id)
+        assert backend.read_tabs(["Sheet1"])["Sheet1"] is not None
+        client.close()  # what a finished sync does; the pool stays open
+    assert len(harness.state.tokens) == 1
+    assert clients[0].http is clients[2].http
+
+
+def test_a_replaced_key_file_is_read_again(
+    harness: GoogleHarness, tmp_path: Path
+) -> None:
+    token_uri = f"{harness.server.base_url}/token"
+    settings = Settings(
+        data_dir=tmp_path,
+        google_sheets_base_url=harness.server.base_url,
+        google_credentials_file=_key_file(tmp_path, token_uri),
+    )
+    first = client_from_settings(settings).tokens
+    assert client_from_settings(settings).tokens is first
+    key = _key_file(tmp_path, token_uri)
+    os.utime(key, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
+    assert client_from_settings(settings).tokens is not first

@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import random
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -143,21 +144,30 @@ class GoogleAuthToken:
         self.principal = principal or getattr(credentials, "service_account_email", "")
         self.principal = self.principal or "oauth-user"
         self._request = _HttpxAuthRequest(timeout_s)
+        self._refreshing = threading.Lock()
 
     def headers(self, *, force_refresh: bool = False) -> dict[str, str]:
-        """A fresh bearer header; refreshes via the credentials' token URI."""
-        if force_refresh or not self.credentials.valid:
-            try:
-                self.credentials.refresh(self._request)  # type: ignore[no-untyped-call]
-            except GoogleAuthError as exc:
-                raise SheetPermissionDenied(
-                    f"cannot get a Google access token for {self.principal}: {exc}"
-                ) from exc
-            except httpx.HTTPError as exc:
-                raise SheetTransientError(
-                    f"token endpoint unreachable for {self.principal}: {exc}"
-                ) from exc
-        return {"Authorization": f"Bearer {self.credentials.token}"}
+        """A fresh bearer header; refreshes via the credentials' token URI.
+
+        Syncs running at once share one token: one of them refreshes it while
+        the others wait for the new one.
+        """
+        with self._refreshing:
+            if force_refresh or not self.credentials.valid:
+                self._refresh()
+            return {"Authorization": f"Bearer {self.credentials.token}"}
+
+    def _refresh(self) -> None:
+        try:
+            self.credentials.refresh(self._request)  # type: ignore[no-untyped-call]
+        except GoogleAuthError as exc:
+            raise SheetPermissionDenied(
+                f"cannot get a Google access token for {self.principal}: {exc}"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise SheetTransientError(
+                f"token endpoint unreachable for {self.principal}: {exc}"
+            ) from exc
 
 
 class _AuthResponse(google.auth.transport.Response):
@@ -277,6 +287,7 @@ class SheetsClient:
         on_wait: OnWait | None = None,
         on_retry: OnRetry | None = None,
         transport: httpx.BaseTransport | None = None,
+        http: httpx.Client | None = None,
         sleep: Callable[[float], None] = time.sleep,
         jitter: Callable[[], float] = random.random,
     ) -> None:
@@ -285,6 +296,8 @@ class SheetsClient:
         ``quota_user`` keys the per-user quota; it defaults to the credentials'
         principal, which is what Google counts. ``on_wait(s)`` is called while
         waiting for quota, ``on_retry(attempt, delay_s, error)`` before retries.
+        ``http`` is a connection pool to share (its base URL is used, and
+        ``close`` leaves it open); without it the client makes its own.
         """
         self.tokens = tokens or StaticToken("")
         self.limiter = limiter or UnlimitedQuota()
@@ -298,13 +311,15 @@ class SheetsClient:
         self.retries = 0
         self._sleep = sleep
         self._jitter = jitter
-        self._http = httpx.Client(
+        self._owns_http = http is None
+        self.http = http or httpx.Client(
             base_url=base_url.rstrip("/"), timeout=timeout_s, transport=transport
         )
 
     def close(self) -> None:
-        """Close the connection pool."""
-        self._http.close()
+        """Close the connection pool, unless it is shared."""
+        if self._owns_http:
+            self.http.close()
 
     def __enter__(self) -> SheetsClient:
         return self
@@ -472,7 +487,7 @@ class SheetsClient:
         started = time.perf_counter()
         status: int | str = "error"
         try:
-            response = self._http.request(
+            response = self.http.request(
                 method, path, params=params, json=json_body, headers=headers
             )
             status = response.status_code
@@ -762,16 +777,17 @@ def client_from_settings(
     on_wait: OnWait | None = None,
     on_retry: OnRetry | None = None,
 ) -> SheetsClient:
-    """A :class:`SheetsClient` from the ``google_*`` settings."""
-    tokens = token_source(
-        static_token=settings.google_static_token,
-        credentials_file=settings.google_credentials_file,
-        oauth_token_file=settings.google_oauth_token_file,
-        timeout_s=settings.google_timeout_s,
-    )
+    """A :class:`SheetsClient` from the ``google_*`` settings.
+
+    Clients made this way share, per process, one connection pool and one
+    token source per configuration: a sync then costs neither a TLS set-up nor
+    a trip to the token endpoint, and a key file replaced on disk is read again.
+    """
+    base_url = settings.google_sheets_base_url.rstrip("/")
     return SheetsClient(
-        base_url=settings.google_sheets_base_url,
-        tokens=tokens,
+        base_url=base_url,
+        tokens=_shared_tokens(settings),
+        http=_shared_http(base_url, settings.google_timeout_s),
         limiter=limiter,
         timeout_s=settings.google_timeout_s,
         max_retries=settings.google_max_retries,
@@ -780,6 +796,50 @@ def client_from_settings(
         on_wait=on_wait,
         on_retry=on_retry,
     )
+
+
+_shared_guard = threading.Lock()
+_shared_pools: dict[tuple[str, float], httpx.Client] = {}
+_shared_token_sources: dict[tuple[object, ...], TokenSource] = {}
+
+
+def _shared_http(base_url: str, timeout_s: float) -> httpx.Client:
+    with _shared_guard:
+        pool = _shared_pools.get((base_url, timeout_s))
+        if pool is None or pool.is_closed:
+            pool = httpx.Client(base_url=base_url, timeout=timeout_s)
+            _shared_pools[(base_url, timeout_s)] = pool
+        return pool
+
+
+def _shared_tokens(settings: Settings) -> TokenSource:
+    files = (
+        settings.google_credentials_file or _env_path("GOOGLE_APPLICATION_CREDENTIALS"),
+        settings.google_oauth_token_file,
+    )
+    key = (
+        settings.google_static_token,
+        *((str(path), _modified_ns(path)) for path in files if path is not None),
+        settings.google_timeout_s,
+    )
+    with _shared_guard:
+        tokens = _shared_token_sources.get(key)
+        if tokens is None:
+            tokens = token_source(
+                static_token=settings.google_static_token,
+                credentials_file=settings.google_credentials_file,
+                oauth_token_file=settings.google_oauth_token_file,
+                timeout_s=settings.google_timeout_s,
+            )
+            _shared_token_sources[key] = tokens
+        return tokens
+
+
+def _modified_ns(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None  # token_source names the missing file
 
 
 def service_account_email(settings: Settings) -> str | None:
