@@ -5,12 +5,14 @@ one job runs. Partial unique indexes over running jobs make the database refuse
 any claim that would break either rule, so no race between workers or machines
 can.
 
-The first active job of each key, its *head*, carries ``ready_at``: when the
-key was last served. Claiming scans only heads, in ``ready_at`` order, so keys
-take turns (a key that just ran goes behind keys that waited) and a claim costs
-the same with one queued job or ten thousand. Whatever leaves the active set
-(success, final failure, cancel) promotes the next job of its key in the same
-transaction, so it is claimable the moment that transaction commits.
+The first active job of each key is its *head*. While it waits, it carries
+``ready_at``, the key's turn: when the key was last served, or the time of its
+retry. Claiming walks waiting heads in turn order on an index that holds
+nothing else, so keys take turns (a key that just ran goes behind keys that
+waited) and a claim reads the same few rows whether one key waits or ten
+thousand do. Whatever leaves the active set (success, final failure, cancel)
+promotes the next job of its key in the same transaction, so it is claimable
+the moment that transaction commits.
 """
 
 from __future__ import annotations
@@ -85,22 +87,20 @@ Listener = Callable[[str, Job], None]
 _JOBS: Table = Job.__table__  # type: ignore[assignment]
 _COLUMNS = ", ".join(column.name for column in _JOBS.c)
 
-# The claim, in SQL: the oldest-served head whose key and resource are free
-# becomes running, in one statement. "No earlier active job of the key" also
-# rules out a running one (it is always earlier) and costs an index probe on
-# (state, queue_key, id) however many jobs the key has. The literal states
-# match the partial index over ready heads. {lock} is "FOR UPDATE SKIP LOCKED"
-# on PostgreSQL, so competing workers pass over a head another one claims.
+# The claim, in SQL: the waiting head whose turn came first and whose
+# resource is free becomes running, in one statement. Only waiting heads have
+# a turn (a check constraint), so the query walks ix_jobs_waiting_heads from
+# the front and stops at the first head it can run. It passes over heads whose
+# resource a running job holds (each costs a probe among running jobs), but
+# never over heads backing off (their turn is their retry time, beyond the
+# range) nor over any other job. The run_after condition only matters for a
+# job handed back by a process whose clock runs ahead. {lock} is "FOR UPDATE
+# SKIP LOCKED" on PostgreSQL, so competing workers pass over a head another
+# one claims.
 _RUNNABLE_HEAD_SQL = """
   SELECT head.id FROM jobs AS head
-  WHERE head.state = 'queued'
-    AND head.ready_at IS NOT NULL
+  WHERE head.ready_at <= :now
     AND head.run_after <= :now
-    AND NOT EXISTS (
-      SELECT 1 FROM jobs AS earlier
-      WHERE earlier.state IN ('queued', 'running')
-        AND earlier.queue_key = head.queue_key
-        AND earlier.id < head.id)
     AND NOT EXISTS (
       SELECT 1 FROM jobs AS holder
       WHERE holder.state = 'running' AND holder.resource_key = head.resource_key)
@@ -111,11 +111,18 @@ _CLAIM_SQL = f"""
 UPDATE jobs SET
   state = 'running', attempts = attempts + 1, epoch = epoch + 1,
   lease_owner = :worker, lease_expires_at = :expires, started_at = :now,
-  cancel_requested = false
+  cancel_requested = false, ready_at = NULL
 WHERE id = ({_RUNNABLE_HEAD_SQL}
   {{lock}})
 RETURNING {_COLUMNS}
 """
+
+# PostgreSQL plans by its statistics, and a queue's are often stale: taken
+# while the table was quiet, they make a partial index look empty, and then
+# sorting every waiting head looks as cheap as walking the index. Sorting is
+# never the right plan for the claim, so the claim's transaction rules it out
+# (and nothing else: SET LOCAL ends with the transaction).
+_CLAIM_PLAN_SQL = "SET LOCAL enable_sort = off"
 
 # What an enqueue needs to know of its key: how many active jobs are ahead,
 # and when the key was last served.
@@ -198,6 +205,7 @@ class JobQueue:
             )
             .columns(*_JOBS.c)
         )
+        self._claim_plan = [text(_CLAIM_PLAN_SQL)] if self._postgres else []
         self._probe = text(_RUNNABLE_HEAD_SQL).bindparams(
             bindparam("now", type_=DateTime(timezone=True))
         )
@@ -458,6 +466,8 @@ class JobQueue:
             return None
         with self.db.session() as session:
             connection = session.connection()  # begin (on SQLite: lock) first
+            for statement in self._claim_plan:
+                connection.execute(statement)
             now = self.now()
             row = connection.execute(
                 self._claim_statement,
@@ -559,13 +569,16 @@ class JobQueue:
                 delay_s = self.backoff.delay_s(job.attempts, retry_after_s)
                 job.state = QUEUED
                 job.run_after = now + timedelta(seconds=delay_s)
-                job.ready_at = job.started_at  # the key's turn was just now
+                # Its turn comes with its retry time: until then the claim's
+                # walk does not reach it, and then it queues behind keys that
+                # were waiting already.
+                job.ready_at = job.run_after
                 entry["retry_at"] = clock.as_utc(job.run_after).isoformat()
                 event = "retry_scheduled"
             else:
                 job.state = FAILED
                 job.finished_at = now
-                self._promote_next(session.connection(), job)
+                self._promote_next(session, job)
                 event = "failed"
             job.errors = [*job.errors, entry]
             self._notify(session.connection(), event, job)
@@ -586,6 +599,7 @@ class JobQueue:
             ]
             job.state = QUEUED
             job.run_after = self.now()
+            job.ready_at = job.started_at  # its turn: when its key was served
             job.attempts = max(job.attempts - 1, 0)
             job.error = reason
             job.lease_owner = None
@@ -619,7 +633,7 @@ class JobQueue:
             if row is None:
                 raise LeaseLost(f"job {job_id} epoch {epoch} is no longer ours")
             job = _job_from_row(row)
-            self._promote_next(connection, job)
+            self._promote_next(session, job)
             self._notify(connection, state, job)
         self._publish(state, job)
 
@@ -652,11 +666,15 @@ class JobQueue:
             raise LeaseLost(f"job {job_id} epoch {epoch} is no longer ours")
         return job
 
-    def _promote_next(self, connection: Connection, job: Job) -> None:
-        """Make the next queued job of ``job``'s key its head (caller holds the
-        key lock). Its turn is when this key was served last."""
-        if job.ready_at is None:
-            return  # not the head: the head stays where it is
+    def _promote_next(self, session: Session, job: Job) -> None:
+        """``job``, its key's head, has just finished: make the next queued job
+        of the key the waiting head (the caller holds the key lock). Its turn
+        is when this key was served last."""
+        turn = job.started_at or job.ready_at
+        # A cancelled waiting head gives up its turn before the next job
+        # takes one: the database allows one waiting head per key.
+        job.ready_at = None
+        session.flush()
         # The head has the lowest id of its key's active jobs, so the next
         # one is the first queued id above it: one probe on (state, key, id).
         following = (
@@ -670,10 +688,8 @@ class JobQueue:
             .limit(1)
             .scalar_subquery()
         )
-        connection.execute(
-            update(_JOBS)
-            .where(_JOBS.c.id == following)
-            .values(ready_at=job.started_at or job.ready_at)
+        session.connection().execute(
+            update(_JOBS).where(_JOBS.c.id == following).values(ready_at=turn)
         )
 
     def cancel(self, job_id: int, *, owner_id: int | None = None) -> Job:
@@ -694,7 +710,8 @@ class JobQueue:
             if job.state == QUEUED:
                 job.state = CANCELLED
                 job.finished_at = self.now()
-                self._promote_next(session.connection(), job)
+                if job.ready_at is not None:  # it was its key's waiting head
+                    self._promote_next(session, job)
                 event = "cancelled"
             elif job.state == RUNNING:
                 job.cancel_requested = True
@@ -742,10 +759,11 @@ class JobQueue:
                 if job.attempts >= job.max_attempts:
                     job.state = FAILED
                     job.finished_at = now
-                    self._promote_next(session.connection(), job)
+                    self._promote_next(session, job)
                 else:
                     job.state = QUEUED
                     job.run_after = now
+                    job.ready_at = job.started_at  # when its key was served
                 self._notify(session.connection(), "lease_expired", job)
             taken += 1
             self._publish("lease_expired", job)
