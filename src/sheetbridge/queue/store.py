@@ -77,12 +77,21 @@ WAKING_EVENTS = frozenset(
         "reconnected",
     }
 )
+# Events a worker publishes and then claims its next job: it looks for the
+# work they make claimable itself.
+FINISHING_EVENTS = frozenset({"succeeded", "failed", "cancelled", "retry_scheduled"})
 # Events that end an attempt: their log line and metrics carry its duration.
 _ENDING_EVENTS = frozenset({"succeeded", "failed", "cancelled", "retry_scheduled"})
 # Namespace of the per-queue-key advisory locks (PostgreSQL).
 _KEY_LOCK_CLASS = 0x5B17
 
 Listener = Callable[[str, Job], None]
+# Called on every event: (event, remote, wake); for another process's event,
+# ``wake`` says whether it asks idle workers elsewhere to look for work.
+Waker = Callable[[str, bool, bool], None]
+# Whether a worker of this process will look for work after an event it
+# publishes, so that other processes need not.
+Lookout = Callable[[str], bool]
 
 _JOBS: Table = Job.__table__  # type: ignore[assignment]
 _COLUMNS = ", ".join(column.name for column in _JOBS.c)
@@ -123,6 +132,49 @@ RETURNING {_COLUMNS}
 # never the right plan for the claim, so the claim's transaction rules it out
 # (and nothing else: SET LOCAL ends with the transaction).
 _CLAIM_PLAN_SQL = "SET LOCAL enable_sort = off"
+
+# Statements every transition runs, built once.
+_NOTIFY = text("SELECT pg_notify(:channel, :payload)")
+_LOCK_KEY = text("SELECT pg_advisory_xact_lock(:cls, hashtext(:key))")
+_LOCK_KEY_OF_JOB = text(
+    "SELECT pg_advisory_xact_lock(:cls, hashtext(queue_key)) FROM jobs WHERE id = :id"
+)
+# Ends a running job if this epoch still owns it. The epoch and state
+# conditions are rechecked under the row lock the UPDATE takes, so a takeover
+# cannot slip in between.
+_FINISH = (
+    update(_JOBS)
+    .where(
+        _JOBS.c.id == bindparam("job_id"),
+        _JOBS.c.epoch == bindparam("owner_epoch"),
+        _JOBS.c.state == RUNNING,
+    )
+    .values(
+        state=bindparam("final_state"),
+        result=bindparam("final_result"),
+        finished_at=bindparam("now"),
+        lease_owner=None,
+    )
+    .returning(*_JOBS.c)
+)
+# The head has the lowest id of its key's active jobs, so the next one is the
+# first queued id above it: one probe on (state, queue_key, id).
+_PROMOTE = (
+    update(_JOBS)
+    .where(
+        _JOBS.c.id
+        == select(_JOBS.c.id)
+        .where(
+            _JOBS.c.state == QUEUED,
+            _JOBS.c.queue_key == bindparam("key"),
+            _JOBS.c.id > bindparam("after_id"),
+        )
+        .order_by(_JOBS.c.id)
+        .limit(1)
+        .scalar_subquery()
+    )
+    .values(ready_at=bindparam("turn"))
+)
 
 # What an enqueue needs to know of its key: how many active jobs are ahead,
 # and when the key was last served.
@@ -215,7 +267,8 @@ class JobQueue:
         self._changed = threading.Condition()
         self._generation = 0
         self._listeners: list[Listener] = []
-        self._wakers: list[Callable[[str, bool], None]] = []
+        self._wakers: list[Waker] = []
+        self._lookouts: list[Lookout] = []
         self._bridge: PgEventBridge | None = None
         self._bridge_users = 0
         self._bridge_lock = threading.Lock()
@@ -256,13 +309,16 @@ class JobQueue:
         if bridge is not None:
             bridge.stop()
 
-    def _add_waker(self, waker: Callable[[str, bool], None]) -> None:
-        """Call ``waker(event, remote)`` on every event (worker pools)."""
+    def _add_waker(self, waker: Waker, lookout: Lookout) -> None:
+        """Wake a worker pool on events; ``lookout`` tells whether it takes
+        care of an event this process publishes (see ``_others_should_look``)."""
         self._wakers.append(waker)
+        self._lookouts.append(lookout)
         self._use_bridge()
 
-    def _remove_waker(self, waker: Callable[[str, bool], None]) -> None:
+    def _remove_waker(self, waker: Waker, lookout: Lookout) -> None:
         self._wakers.remove(waker)
+        self._lookouts.remove(lookout)
         self._release_bridge()
 
     def _use_bridge(self) -> None:
@@ -286,32 +342,59 @@ class JobQueue:
             bridge, self._bridge = self._bridge, None
         bridge.stop()
 
-    def _notify(self, connection: Connection, event: str, job: Job) -> None:
+    def _notify(
+        self, connection: Connection, event: str, job: Job, *, more: bool = False
+    ) -> None:
         """Send the event to other processes when this transaction commits."""
         if not self._postgres:
             return
-        message = {"origin": self.origin, "event": event, "job": _job_fields(job)}
+        message = {
+            "origin": self.origin,
+            "event": event,
+            "wake": self._others_should_look(event, more),
+            "job": _job_fields(job),
+        }
         payload = json.dumps(message, default=str)
         if len(payload.encode()) > MAX_PAYLOAD_BYTES:
             message["job"] = _job_fields(job, small=True)
             payload = json.dumps(message, default=str)
-        connection.execute(
-            text("SELECT pg_notify(:channel, :payload)"),
-            {"channel": CHANNEL, "payload": payload},
-        )
+        connection.execute(_NOTIFY, {"channel": CHANNEL, "payload": payload})
+
+    def _others_should_look(self, event: str, more: bool) -> bool:
+        """Whether idle workers of other processes should look for work after
+        this process publishes ``event``.
+
+        Every process hears every event, so each would send a worker to claim
+        the one job an event made claimable. Not when a worker here looks for
+        it anyway: the worker that finished a job claims its next one, and an
+        idle worker here is woken. A claim that leaves ``more`` claimable work
+        behind asks others to look when no worker here is idle to.
+        """
+        if event == "started" and not more:
+            return False
+        if event not in WAKING_EVENTS and event != "started":
+            return False
+        return not any(lookout(event) for lookout in self._lookouts)
 
     def _on_remote_event(self, message: dict[str, Any]) -> None:
         if message.get("origin") == self.origin:
             return  # published locally already
-        self._publish(str(message["event"]), _job_from_fields(message["job"]), True)
+        event = str(message["event"])
+        wake = bool(message.get("wake", event in WAKING_EVENTS))
+        if not self._listeners:  # a worker process: its pool needs no more
+            self._signal(event, True, wake)
+            return
+        self._publish(event, _job_from_fields(message["job"]), True, wake)
 
     def _on_reconnect(self) -> None:
-        self._signal("reconnected", True)
+        self._signal("reconnected", True, True)
 
-    def _publish(self, event: str, job: Job, remote: bool = False) -> None:
+    def _publish(
+        self, event: str, job: Job, remote: bool = False, wake: bool = False
+    ) -> None:
         if not remote:
             self._log_and_measure(event, job)
-        self._signal(event, remote)
+        self._signal(event, remote, wake)
         for listener in list(self._listeners):
             try:
                 listener(event, job)
@@ -320,14 +403,14 @@ class JobQueue:
 
     def nudge(self) -> None:
         """Another process says work may be waiting: wake idle workers now."""
-        self._signal("queued", True)
+        self._signal("queued", True, True)
 
-    def _signal(self, event: str, remote: bool) -> None:
+    def _signal(self, event: str, remote: bool, wake: bool) -> None:
         with self._changed:
             self._generation += 1
             self._changed.notify_all()
         for waker in list(self._wakers):
-            waker(event, remote)
+            waker(event, remote, wake)
 
     def _log_and_measure(self, event: str, job: Job) -> None:
         """One log line per transition; metrics of this process's transitions."""
@@ -440,10 +523,7 @@ class JobQueue:
         runs one writer at a time, which serialises them already.
         """
         if self._postgres:
-            connection.execute(
-                text("SELECT pg_advisory_xact_lock(:cls, hashtext(:key))"),
-                {"cls": _KEY_LOCK_CLASS, "key": queue_key},
-            )
+            connection.execute(_LOCK_KEY, {"cls": _KEY_LOCK_CLASS, "key": queue_key})
 
     # -- consuming ------------------------------------------------------------
 
@@ -480,8 +560,11 @@ class JobQueue:
             if row is None:
                 return None
             job = _job_from_row(row)
-            self._notify(connection, "started", job)
-        self._publish("started", job)
+            # Whether another job is claimable too: then one more worker
+            # should look, here if one is idle, else in another process.
+            more = connection.execute(self._probe, {"now": now}).first() is not None
+            self._notify(connection, "started", job, more=more)
+        self._publish("started", job, wake=more)
         return Claimed(
             id=job.id,
             kind=job.kind,
@@ -613,22 +696,15 @@ class JobQueue:
         with self.db.session() as session:
             connection = session.connection()
             self._lock_key_of(connection, job_id)
-            # The epoch and state conditions are rechecked under the row lock
-            # the UPDATE takes, so a takeover cannot slip in between.
             row = connection.execute(
-                update(_JOBS)
-                .where(
-                    _JOBS.c.id == job_id,
-                    _JOBS.c.epoch == epoch,
-                    _JOBS.c.state == RUNNING,
-                )
-                .values(
-                    state=state,
-                    result=result,
-                    finished_at=self.now(),
-                    lease_owner=None,
-                )
-                .returning(*_JOBS.c)
+                _FINISH,
+                {
+                    "job_id": job_id,
+                    "owner_epoch": epoch,
+                    "final_state": state,
+                    "final_result": result,
+                    "now": self.now(),
+                },
             ).first()
             if row is None:
                 raise LeaseLost(f"job {job_id} epoch {epoch} is no longer ours")
@@ -640,13 +716,7 @@ class JobQueue:
     def _lock_key_of(self, connection: Connection, job_id: int) -> None:
         """Take the key lock of a job known by id only (PostgreSQL)."""
         if self._postgres:
-            connection.execute(
-                text(
-                    "SELECT pg_advisory_xact_lock(:cls, hashtext(queue_key))"
-                    " FROM jobs WHERE id = :id"
-                ),
-                {"cls": _KEY_LOCK_CLASS, "id": job_id},
-            )
+            connection.execute(_LOCK_KEY_OF_JOB, {"cls": _KEY_LOCK_CLASS, "id": job_id})
 
     def _owned(
         self, session: Session, job_id: int, epoch: int, *, lock_key: bool = False
@@ -675,21 +745,8 @@ class JobQueue:
         # takes one: the database allows one waiting head per key.
         job.ready_at = None
         session.flush()
-        # The head has the lowest id of its key's active jobs, so the next
-        # one is the first queued id above it: one probe on (state, key, id).
-        following = (
-            select(_JOBS.c.id)
-            .where(
-                _JOBS.c.state == QUEUED,
-                _JOBS.c.queue_key == job.queue_key,
-                _JOBS.c.id > job.id,
-            )
-            .order_by(_JOBS.c.id)
-            .limit(1)
-            .scalar_subquery()
-        )
         session.connection().execute(
-            update(_JOBS).where(_JOBS.c.id == following).values(ready_at=turn)
+            _PROMOTE, {"key": job.queue_key, "after_id": job.id, "turn": turn}
         )
 
     def cancel(self, job_id: int, *, owner_id: int | None = None) -> Job:
