@@ -493,3 +493,27 @@ def test_metrics_count_states_retries_and_takeovers(queue: JobQueue) -> None:
     )
     assert sample("sheetbridge_job_wait_seconds_count", kind="metered") == waits + 2
     assert sample("sheetbridge_jobs", state="queued") >= 2
+
+
+def test_a_job_that_finished_is_never_reported_as_having_lost_its_lease(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = JobQueue(db, lease_s=0.15)  # its keeper renews leases every 50 ms
+    settled = threading.Event()
+
+    def slow_subscriber(event: str, job: Job) -> None:
+        if event == "succeeded":
+            time.sleep(0.3)  # the worker is still settling the job meanwhile
+            settled.set()
+
+    unsubscribe = queue.subscribe(slow_subscriber)
+    queue.enqueue("noop", queue_key="user:1")
+    pool = WorkerPool(queue, {"noop": lambda context: {}}, concurrency=1)
+    with caplog.at_level("WARNING", logger="sheetbridge.queue.worker"):
+        pool.start()
+        try:
+            assert settled.wait(10)
+        finally:
+            pool.stop()
+            unsubscribe()
+    assert [r.getMessage() for r in caplog.records] == []

@@ -227,7 +227,14 @@ class WorkerPool:
         with self._lock:
             self._running[job.id] = job
         try:
-            self._settle(job, self._outcome(context))
+            try:
+                outcome = self._outcome(context)
+            finally:
+                # Settling ends the lease: no more renewals, and a stopping
+                # pool has nothing to hand back.
+                with self._lock:
+                    self._running.pop(job.id, None)
+            self._settle(job, outcome)
         except LeaseLost:
             log.warning(
                 "job.lease_lost",
@@ -238,9 +245,6 @@ class WorkerPool:
                     "queue_key": job.queue_key,
                 },
             )
-        finally:
-            with self._lock:
-                self._running.pop(job.id, None)
 
     def _outcome(self, context: JobContext) -> dict[str, Any] | BaseException:
         """The handler's result, or the exception it ended with."""
