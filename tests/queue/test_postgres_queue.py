@@ -12,7 +12,7 @@ import pytest
 
 from sheetbridge.db import Database
 from sheetbridge.queue.errors import RetryableJobError
-from sheetbridge.queue.store import Backoff, JobQueue
+from sheetbridge.queue.store import Backoff, Claimed, JobQueue
 from sheetbridge.queue.worker import JobContext, WorkerPool
 from tests.conftest import truncate_all
 
@@ -116,3 +116,101 @@ def test_events_cross_processes_and_wake_their_workers_at_once(
         worker_side.close()
     assert ("queued", job_id) in heard
     assert ("started", job_id) in heard and ("succeeded", job_id) in heard
+
+
+class CountingQueue(JobQueue):
+    """A queue that counts its claims, standing in for one worker process."""
+
+    claims = 0
+
+    def claim(self, worker_id: str) -> Claimed | None:
+        self.claims += 1
+        return super().claim(worker_id)
+
+
+def test_a_worker_that_finishes_a_job_claims_the_next_without_waking_others(
+    pg_queue: JobQueue,
+) -> None:
+    done = threading.Event()
+    ran: list[int] = []
+
+    def work(context: JobContext) -> dict[str, int]:
+        ran.append(context.job.id)
+        if len(ran) == 20:
+            done.set()
+        return {}
+
+    for _ in range(20):
+        pg_queue.enqueue("work", queue_key="user:1")
+    processes = [CountingQueue(Database(pg_queue.db.url), lease_s=10) for _ in "ab"]
+    pools = [
+        WorkerPool(queue, {"work": work}, concurrency=1, poll_interval_s=30)
+        for queue in processes
+    ]
+    for pool in pools:
+        pool.start()
+    try:
+        assert done.wait(20)
+    finally:
+        for pool in pools:
+            pool.stop()
+        for queue in processes:
+            queue.close()
+    # Each job is claimed once; beyond that, each process looks once when it
+    # starts and once more when it runs out of work.
+    assert sum(queue.claims for queue in processes) <= 20 + 4
+
+
+def test_work_a_busy_process_cannot_take_starts_at_once_on_an_idle_one(
+    pg_queue: JobQueue,
+) -> None:
+    release = threading.Event()
+    started: dict[str, float] = {}
+
+    def work(context: JobContext) -> dict[str, int]:
+        started[context.payload["name"]] = time.monotonic()
+        if context.payload["name"] == "first":
+            assert release.wait(10)
+        return {}
+
+    busy = JobQueue(Database(pg_queue.db.url), lease_s=10)
+    idle = JobQueue(Database(pg_queue.db.url), lease_s=10)
+    pools = [
+        WorkerPool(queue, {"work": work}, concurrency=1, poll_interval_s=30)
+        for queue in (busy, idle)
+    ]
+    pools[0].start()
+    try:
+        pg_queue.enqueue(
+            "work",
+            queue_key="user:1",
+            resource_key="sheet:a",
+            payload={"name": "first"},
+        )
+        deadline = time.monotonic() + 10
+        while "first" not in started:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        # Both wait for the first job: one for its key, one for its sheet.
+        for key, sheet, name in (
+            ("user:1", None, "same key"),
+            ("user:2", "a", "sheet"),
+        ):
+            resource = f"sheet:{sheet}" if sheet else None
+            pg_queue.enqueue(
+                "work", queue_key=key, resource_key=resource, payload={"name": name}
+            )
+        pools[1].start()
+        time.sleep(0.3)  # the idle process looked, found nothing, and waits
+        finished = time.monotonic()
+        release.set()
+        deadline = time.monotonic() + 10
+        while len(started) < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        for pool in pools:
+            pool.stop()
+        busy.close()
+        idle.close()
+    assert max(started.values()) - finished < 2, "the idle process waited for a poll"

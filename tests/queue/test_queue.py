@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 import time
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import update
+from sqlalchemy import text, update
 from sqlalchemy.exc import IntegrityError
 
 from sheetbridge import clock
-from sheetbridge.db import Database
+from sheetbridge.db import Database, is_sqlite
 from sheetbridge.queue.errors import LeaseLost, RetryableJobError
 from sheetbridge.queue.models import Job
 from sheetbridge.queue.store import Backoff, Claimed, Enqueued, JobQueue
@@ -32,6 +34,48 @@ def claim_within(queue: JobQueue, timeout_s: float) -> Claimed:
         assert time.monotonic() < deadline, "nothing became claimable"
         time.sleep(0.01)
     return claimed
+
+
+def claim_cost(queue: JobQueue) -> int:
+    """The work of one claim statement, rolled back afterwards: rows read from
+    the jobs table on PostgreSQL, virtual machine steps on SQLite."""
+    params = {"worker": "probe", "now": clock.now(), "expires": clock.now()}
+    with queue.db.engine.connect() as connection:
+        for statement in queue._claim_plan:
+            connection.execute(statement)
+        if not is_sqlite(queue.db.engine):
+            explain = f"EXPLAIN (ANALYZE, FORMAT JSON) {queue._claim_statement}"
+            plan = connection.execute(text(explain), params).scalar_one()
+            connection.rollback()
+            return _rows_read(json.loads(plan) if isinstance(plan, str) else plan)
+        steps = 0
+
+        def count_step() -> int:
+            nonlocal steps
+            steps += 1
+            return 0
+
+        raw: Any = connection.connection.driver_connection
+        raw.set_progress_handler(count_step, 1)
+        try:
+            connection.execute(queue._claim_statement, params).all()
+        finally:
+            raw.set_progress_handler(None, 1)
+        connection.rollback()
+        return steps
+
+
+def _rows_read(node: Any) -> int:
+    """Rows that scans of the jobs table read, in an EXPLAIN ANALYZE plan."""
+    if isinstance(node, list):
+        return sum(_rows_read(item) for item in node)
+    if not isinstance(node, dict):
+        return 0
+    read = 0
+    if node.get("Relation Name") == "jobs" and "Actual Rows" in node:
+        per_loop = node["Actual Rows"] + node.get("Rows Removed by Filter", 0)
+        read = per_loop * node["Actual Loops"]
+    return read + sum(_rows_read(value) for value in node.values())
 
 
 def test_jobs_of_one_key_are_claimed_in_order_and_one_at_a_time(
@@ -79,6 +123,23 @@ def test_database_refuses_a_second_running_job_for_a_key(
         session.execute(update(Job).values(state="running"))
 
 
+def test_database_lets_a_key_offer_one_job_to_claim_and_only_a_queued_one(
+    queue: JobQueue, db: Database
+) -> None:
+    first = queue.enqueue("noop", queue_key="user:1")
+    second = queue.enqueue("noop", queue_key="user:1")
+
+    def give_a_turn(job_id: int) -> None:
+        with pytest.raises(IntegrityError), db.session() as session:
+            session.execute(
+                update(Job).where(Job.id == job_id).values(ready_at=clock.now())
+            )
+
+    give_a_turn(second.job_id)  # a second waiting head
+    assert queue.claim("w") is not None
+    give_a_turn(first.job_id)  # a running job
+
+
 def test_key_served_least_recently_goes_first(queue: JobQueue) -> None:
     busy = [queue.enqueue("noop", queue_key="user:busy").job_id for _ in range(3)]
     first = queue.claim("w")
@@ -88,6 +149,42 @@ def test_key_served_least_recently_goes_first(queue: JobQueue) -> None:
 
     after = queue.claim("w")
     assert after is not None and after.id == late.job_id
+
+
+def test_a_claim_costs_no_more_with_hundreds_of_keys_waiting_or_backing_off(
+    queue: JobQueue,
+) -> None:
+    def run_one(key: str) -> None:
+        queue.enqueue("noop", queue_key=key)
+        claimed = queue.claim("w")
+        assert claimed is not None and claimed.queue_key == key
+        queue.succeed(claimed.id, claimed.epoch, {})
+
+    for n in range(100):
+        run_one(f"done:{n}")
+    if not is_sqlite(queue.db.engine):
+        # PostgreSQL plans by statistics from a quiet moment, as a busy
+        # database often has them; SQLite keeps none unless asked to.
+        with queue.db.engine.begin() as connection:
+            connection.execute(text("ANALYZE jobs"))
+    backing_off = []
+    for n in range(50):
+        backing_off.append(queue.enqueue("noop", queue_key=f"backing-off:{n}").job_id)
+        claimed = queue.claim("w")
+        assert claimed is not None
+        queue.fail(claimed.id, claimed.epoch, "429", retry=True, retry_after_s=600)
+    for n in range(150):
+        run_one(f"waiting:{n}")  # served after the keys now backing off
+    waiting = [queue.enqueue("noop", queue_key=f"waiting:{n}") for n in range(150)]
+    many_keys = claim_cost(queue)
+
+    for job_id in [*backing_off, *(job.job_id for job in waiting[1:])]:
+        queue.cancel(job_id)
+    one_key = claim_cost(queue)
+
+    assert many_keys <= 1.2 * one_key, f"{one_key} for one key, {many_keys} for 200"
+    first = queue.claim("w")
+    assert first is not None and first.id == waiting[0].job_id
 
 
 def test_retry_keeps_the_key_and_its_order(queue: JobQueue) -> None:
@@ -396,3 +493,27 @@ def test_metrics_count_states_retries_and_takeovers(queue: JobQueue) -> None:
     )
     assert sample("sheetbridge_job_wait_seconds_count", kind="metered") == waits + 2
     assert sample("sheetbridge_jobs", state="queued") >= 2
+
+
+def test_a_job_that_finished_is_never_reported_as_having_lost_its_lease(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = JobQueue(db, lease_s=0.15)  # its keeper renews leases every 50 ms
+    settled = threading.Event()
+
+    def slow_subscriber(event: str, job: Job) -> None:
+        if event == "succeeded":
+            time.sleep(0.3)  # the worker is still settling the job meanwhile
+            settled.set()
+
+    unsubscribe = queue.subscribe(slow_subscriber)
+    queue.enqueue("noop", queue_key="user:1")
+    pool = WorkerPool(queue, {"noop": lambda context: {}}, concurrency=1)
+    with caplog.at_level("WARNING", logger="sheetbridge.queue.worker"):
+        pool.start()
+        try:
+            assert settled.wait(10)
+        finally:
+            pool.stop()
+            unsubscribe()
+    assert [r.getMessage() for r in caplog.records] == []

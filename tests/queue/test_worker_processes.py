@@ -30,14 +30,19 @@ from tests.queue.worker_process import RUNS_TABLE
 pytestmark = pytest.mark.postgres
 
 ROOT = Path(__file__).resolve().parents[2]
-# The issue asks for 10,000 jobs over 200 keys. That passes here but takes
-# about 5 minutes on a 2-core machine (the test process enqueues while 16
-# workers compete for the same cores), so the suite runs 2,000 jobs over the
-# same 200 keys (10 per key, the same contention per key and resource) to stay
-# within its time budget; SHEETBRIDGE_STRESS_JOBS=10000 runs the full size.
-STRESS_JOBS = int(os.environ.get("SHEETBRIDGE_STRESS_JOBS", "2000"))
+# The issue asks for 10,000 jobs over 200 keys, and CI runs that many (about
+# two minutes on a 2-core machine, where the test process enqueues while 16
+# workers compete for the same cores). Elsewhere the suite runs 2,000 jobs over
+# the same 200 keys and resources, the same contention per key and resource
+# for a fifth of the time; SHEETBRIDGE_STRESS_JOBS sets any other number.
+STRESS_JOBS = int(
+    os.environ.get("SHEETBRIDGE_STRESS_JOBS")
+    or (10_000 if os.environ.get("CI") == "true" else 2_000)
+)
 STRESS_KEYS = 200
 STRESS_RESOURCES = 150
+# Generous bounds: a hang fails the test, a slow machine does not.
+STRESS_TIMEOUT_S = 60 + STRESS_JOBS * 0.05
 
 
 @pytest.fixture
@@ -103,6 +108,7 @@ def job_states(db: Database) -> dict[str, int]:
         return {state: count for state, count in rows}
 
 
+@pytest.mark.timeout(2 * STRESS_TIMEOUT_S)
 def test_four_worker_processes_keep_every_key_exclusive_fifo_and_exactly_once(
     pg_db: Database, spawn: Callable[..., subprocess.Popen[str]]
 ) -> None:
@@ -122,7 +128,7 @@ def test_four_worker_processes_keep_every_key_exclusive_fifo_and_exactly_once(
         expected_attempts[queued.job_id] = fail_attempts + 1
     wait_until(
         lambda: job_states(pg_db) == {"succeeded": STRESS_JOBS},
-        90,
+        STRESS_TIMEOUT_S,
         f"{STRESS_JOBS} jobs to succeed",
     )
     for worker in workers:

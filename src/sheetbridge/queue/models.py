@@ -5,7 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Index, Integer, String, Text, text
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    Index,
+    Integer,
+    String,
+    Text,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sheetbridge.db import Base
@@ -18,7 +27,7 @@ CANCELLED = "cancelled"
 FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
 
 _RUNNING_ONLY = text("state = 'running'")
-_READY_HEADS = text("state = 'queued' AND ready_at IS NOT NULL")
+_WAITING_HEADS = text("ready_at IS NOT NULL")
 _UNSTARTED = text("state = 'queued' AND attempts = 0")
 
 
@@ -49,10 +58,10 @@ class Job(Base):
     errors: Mapped[list[dict[str, Any]]] = mapped_column(
         JSON, default=list, server_default=text("'[]'")
     )
-    # Set on the first active job of its queue key only (its "head"), to the
-    # time the key was last served: the claim query scans heads in this order,
-    # which makes keys take turns and keeps the scan as short as the number of
-    # keys with work. NULL for jobs waiting behind an earlier job of their key.
+    # The key's turn, set only while the job is its key's *waiting head*: the
+    # first active job of the key, queued. Claims walk waiting heads in this
+    # order, so keys take turns. NULL on every other job: one behind an
+    # earlier job of its key, a running one, a finished one.
     ready_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Kind, keys, owner and payload hashed, for kinds that coalesce identical
     # requests; unique among queued jobs that never started.
@@ -75,19 +84,32 @@ class Job(Base):
             sqlite_where=_RUNNING_ONLY,
             postgresql_where=_RUNNING_ONLY,
         ),
+        # It also lets a key offer one job at a time to claim, its waiting
+        # head, and only a queued job hold a turn.
+        Index(
+            "uq_jobs_waiting_head_queue_key",
+            "queue_key",
+            unique=True,
+            sqlite_where=_WAITING_HEADS,
+            postgresql_where=_WAITING_HEADS,
+        ),
+        CheckConstraint(
+            "ready_at IS NULL OR state = 'queued'", name="waiting_head_is_queued"
+        ),
+        # Waiting heads in turn order: a claim walks it from the front.
+        Index(
+            "ix_jobs_waiting_heads",
+            "ready_at",
+            "id",
+            sqlite_where=_WAITING_HEADS,
+            postgresql_where=_WAITING_HEADS,
+        ),
         Index(
             "uq_jobs_unstarted_coalesce_key",
             "coalesce_key",
             unique=True,
             sqlite_where=_UNSTARTED,
             postgresql_where=_UNSTARTED,
-        ),
-        Index(
-            "ix_jobs_ready_heads",
-            "ready_at",
-            "id",
-            sqlite_where=_READY_HEADS,
-            postgresql_where=_READY_HEADS,
         ),
         Index("ix_jobs_queue_key_started_at", "queue_key", "started_at"),
         Index("ix_jobs_state_queue_key_id", "state", "queue_key", "id"),

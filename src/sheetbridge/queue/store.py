@@ -5,12 +5,14 @@ one job runs. Partial unique indexes over running jobs make the database refuse
 any claim that would break either rule, so no race between workers or machines
 can.
 
-The first active job of each key, its *head*, carries ``ready_at``: when the
-key was last served. Claiming scans only heads, in ``ready_at`` order, so keys
-take turns (a key that just ran goes behind keys that waited) and a claim costs
-the same with one queued job or ten thousand. Whatever leaves the active set
-(success, final failure, cancel) promotes the next job of its key in the same
-transaction, so it is claimable the moment that transaction commits.
+The first active job of each key is its *head*. While it waits, it carries
+``ready_at``, the key's turn: when the key was last served, or the time of its
+retry. Claiming walks waiting heads in turn order on an index that holds
+nothing else, so keys take turns (a key that just ran goes behind keys that
+waited) and a claim reads the same few rows whether one key waits or ten
+thousand do. Whatever leaves the active set (success, final failure, cancel)
+promotes the next job of its key in the same transaction, so it is claimable
+the moment that transaction commits.
 """
 
 from __future__ import annotations
@@ -75,32 +77,39 @@ WAKING_EVENTS = frozenset(
         "reconnected",
     }
 )
+# Events a worker publishes and then claims its next job: it looks for the
+# work they make claimable itself.
+FINISHING_EVENTS = frozenset({"succeeded", "failed", "cancelled", "retry_scheduled"})
 # Events that end an attempt: their log line and metrics carry its duration.
 _ENDING_EVENTS = frozenset({"succeeded", "failed", "cancelled", "retry_scheduled"})
 # Namespace of the per-queue-key advisory locks (PostgreSQL).
 _KEY_LOCK_CLASS = 0x5B17
 
 Listener = Callable[[str, Job], None]
+# Called on every event: (event, remote, wake); for another process's event,
+# ``wake`` says whether it asks idle workers elsewhere to look for work.
+Waker = Callable[[str, bool, bool], None]
+# Whether a worker of this process will look for work after an event it
+# publishes, so that other processes need not.
+Lookout = Callable[[str], bool]
 
 _JOBS: Table = Job.__table__  # type: ignore[assignment]
 _COLUMNS = ", ".join(column.name for column in _JOBS.c)
 
-# The claim, in SQL: the oldest-served head whose key and resource are free
-# becomes running, in one statement. "No earlier active job of the key" also
-# rules out a running one (it is always earlier) and costs an index probe on
-# (state, queue_key, id) however many jobs the key has. The literal states
-# match the partial index over ready heads. {lock} is "FOR UPDATE SKIP LOCKED"
-# on PostgreSQL, so competing workers pass over a head another one claims.
+# The claim, in SQL: the waiting head whose turn came first and whose
+# resource is free becomes running, in one statement. Only waiting heads have
+# a turn (a check constraint), so the query walks ix_jobs_waiting_heads from
+# the front and stops at the first head it can run. It passes over heads whose
+# resource a running job holds (each costs a probe among running jobs), but
+# never over heads backing off (their turn is their retry time, beyond the
+# range) nor over any other job. The run_after condition only matters for a
+# job handed back by a process whose clock runs ahead. {lock} is "FOR UPDATE
+# SKIP LOCKED" on PostgreSQL, so competing workers pass over a head another
+# one claims.
 _RUNNABLE_HEAD_SQL = """
   SELECT head.id FROM jobs AS head
-  WHERE head.state = 'queued'
-    AND head.ready_at IS NOT NULL
+  WHERE head.ready_at <= :now
     AND head.run_after <= :now
-    AND NOT EXISTS (
-      SELECT 1 FROM jobs AS earlier
-      WHERE earlier.state IN ('queued', 'running')
-        AND earlier.queue_key = head.queue_key
-        AND earlier.id < head.id)
     AND NOT EXISTS (
       SELECT 1 FROM jobs AS holder
       WHERE holder.state = 'running' AND holder.resource_key = head.resource_key)
@@ -111,11 +120,61 @@ _CLAIM_SQL = f"""
 UPDATE jobs SET
   state = 'running', attempts = attempts + 1, epoch = epoch + 1,
   lease_owner = :worker, lease_expires_at = :expires, started_at = :now,
-  cancel_requested = false
+  cancel_requested = false, ready_at = NULL
 WHERE id = ({_RUNNABLE_HEAD_SQL}
   {{lock}})
 RETURNING {_COLUMNS}
 """
+
+# PostgreSQL plans by its statistics, and a queue's are often stale: taken
+# while the table was quiet, they make a partial index look empty, and then
+# sorting every waiting head looks as cheap as walking the index. Sorting is
+# never the right plan for the claim, so the claim's transaction rules it out
+# (and nothing else: SET LOCAL ends with the transaction).
+_CLAIM_PLAN_SQL = "SET LOCAL enable_sort = off"
+
+# Statements every transition runs, built once.
+_NOTIFY = text("SELECT pg_notify(:channel, :payload)")
+_LOCK_KEY = text("SELECT pg_advisory_xact_lock(:cls, hashtext(:key))")
+_LOCK_KEY_OF_JOB = text(
+    "SELECT pg_advisory_xact_lock(:cls, hashtext(queue_key)) FROM jobs WHERE id = :id"
+)
+# Ends a running job if this epoch still owns it. The epoch and state
+# conditions are rechecked under the row lock the UPDATE takes, so a takeover
+# cannot slip in between.
+_FINISH = (
+    update(_JOBS)
+    .where(
+        _JOBS.c.id == bindparam("job_id"),
+        _JOBS.c.epoch == bindparam("owner_epoch"),
+        _JOBS.c.state == RUNNING,
+    )
+    .values(
+        state=bindparam("final_state"),
+        result=bindparam("final_result"),
+        finished_at=bindparam("now"),
+        lease_owner=None,
+    )
+    .returning(*_JOBS.c)
+)
+# The head has the lowest id of its key's active jobs, so the next one is the
+# first queued id above it: one probe on (state, queue_key, id).
+_PROMOTE = (
+    update(_JOBS)
+    .where(
+        _JOBS.c.id
+        == select(_JOBS.c.id)
+        .where(
+            _JOBS.c.state == QUEUED,
+            _JOBS.c.queue_key == bindparam("key"),
+            _JOBS.c.id > bindparam("after_id"),
+        )
+        .order_by(_JOBS.c.id)
+        .limit(1)
+        .scalar_subquery()
+    )
+    .values(ready_at=bindparam("turn"))
+)
 
 # What an enqueue needs to know of its key: how many active jobs are ahead,
 # and when the key was last served.
@@ -198,6 +257,7 @@ class JobQueue:
             )
             .columns(*_JOBS.c)
         )
+        self._claim_plan = [text(_CLAIM_PLAN_SQL)] if self._postgres else []
         self._probe = text(_RUNNABLE_HEAD_SQL).bindparams(
             bindparam("now", type_=DateTime(timezone=True))
         )
@@ -207,7 +267,8 @@ class JobQueue:
         self._changed = threading.Condition()
         self._generation = 0
         self._listeners: list[Listener] = []
-        self._wakers: list[Callable[[str, bool], None]] = []
+        self._wakers: list[Waker] = []
+        self._lookouts: list[Lookout] = []
         self._bridge: PgEventBridge | None = None
         self._bridge_users = 0
         self._bridge_lock = threading.Lock()
@@ -248,13 +309,16 @@ class JobQueue:
         if bridge is not None:
             bridge.stop()
 
-    def _add_waker(self, waker: Callable[[str, bool], None]) -> None:
-        """Call ``waker(event, remote)`` on every event (worker pools)."""
+    def _add_waker(self, waker: Waker, lookout: Lookout) -> None:
+        """Wake a worker pool on events; ``lookout`` tells whether it takes
+        care of an event this process publishes (see ``_others_should_look``)."""
         self._wakers.append(waker)
+        self._lookouts.append(lookout)
         self._use_bridge()
 
-    def _remove_waker(self, waker: Callable[[str, bool], None]) -> None:
+    def _remove_waker(self, waker: Waker, lookout: Lookout) -> None:
         self._wakers.remove(waker)
+        self._lookouts.remove(lookout)
         self._release_bridge()
 
     def _use_bridge(self) -> None:
@@ -278,42 +342,70 @@ class JobQueue:
             bridge, self._bridge = self._bridge, None
         bridge.stop()
 
-    def _notify(self, connection: Connection, event: str, job: Job) -> None:
+    def _notify(
+        self, connection: Connection, event: str, job: Job, *, more: bool = False
+    ) -> None:
         """Send the event to other processes when this transaction commits."""
         if not self._postgres:
             return
-        payload = json.dumps(self.event_message(event, job), default=str)
+        wake = self._others_should_look(event, more)
+        payload = json.dumps(self.event_message(event, job, wake=wake), default=str)
         if len(payload.encode()) > MAX_PAYLOAD_BYTES:
-            message = self.event_message(event, job, small=True)
+            message = self.event_message(event, job, small=True, wake=wake)
             payload = json.dumps(message, default=str)
-        connection.execute(
-            text("SELECT pg_notify(:channel, :payload)"),
-            {"channel": CHANNEL, "payload": payload},
-        )
+        connection.execute(_NOTIFY, {"channel": CHANNEL, "payload": payload})
+
+    def _others_should_look(self, event: str, more: bool) -> bool:
+        """Whether idle workers of other processes should look for work after
+        this process publishes ``event``.
+
+        Every process hears every event, so each would send a worker to claim
+        the one job an event made claimable. Not when a worker here looks for
+        it anyway: the worker that finished a job claims its next one, and an
+        idle worker here is woken. A claim that leaves ``more`` claimable work
+        behind asks others to look when no worker here is idle to.
+        """
+        if event == "started" and not more:
+            return False
+        if event not in WAKING_EVENTS and event != "started":
+            return False
+        return not any(lookout(event) for lookout in self._lookouts)
 
     def event_message(
-        self, event: str, job: Job, *, small: bool = False
+        self, event: str, job: Job, *, small: bool = False, wake: bool | None = None
     ) -> dict[str, Any]:
-        """A transition as other processes receive it (JSON-ready)."""
-        return {
+        """A transition as other processes receive it (JSON-ready); ``wake``
+        says whether their idle workers should look for work (None: if the
+        event may have made a job claimable)."""
+        message: dict[str, Any] = {
             "origin": self.origin,
             "event": event,
             "job": _job_fields(job, small=small),
         }
+        if wake is not None:
+            message["wake"] = wake
+        return message
 
     def receive_event(self, message: dict[str, Any]) -> None:
         """Publish another process's transition (an ``event_message``) here."""
         if message.get("origin") == self.origin:
             return  # published locally already
-        self._publish(str(message["event"]), _job_from_fields(message["job"]), True)
+        event = str(message["event"])
+        wake = bool(message.get("wake", event in WAKING_EVENTS))
+        if not self._listeners:  # a worker process: its pool needs no more
+            self._signal(event, True, wake)
+            return
+        self._publish(event, _job_from_fields(message["job"]), True, wake)
 
     def _on_reconnect(self) -> None:
-        self._signal("reconnected", True)
+        self._signal("reconnected", True, True)
 
-    def _publish(self, event: str, job: Job, remote: bool = False) -> None:
+    def _publish(
+        self, event: str, job: Job, remote: bool = False, wake: bool = False
+    ) -> None:
         if not remote:
             self._log_and_measure(event, job)
-        self._signal(event, remote)
+        self._signal(event, remote, wake)
         for listener in list(self._listeners):
             try:
                 listener(event, job)
@@ -322,14 +414,14 @@ class JobQueue:
 
     def nudge(self) -> None:
         """Another process says work may be waiting: wake idle workers now."""
-        self._signal("queued", True)
+        self._signal("queued", True, True)
 
-    def _signal(self, event: str, remote: bool) -> None:
+    def _signal(self, event: str, remote: bool, wake: bool) -> None:
         with self._changed:
             self._generation += 1
             self._changed.notify_all()
         for waker in list(self._wakers):
-            waker(event, remote)
+            waker(event, remote, wake)
 
     def _log_and_measure(self, event: str, job: Job) -> None:
         """One log line per transition; metrics of this process's transitions."""
@@ -442,10 +534,7 @@ class JobQueue:
         runs one writer at a time, which serialises them already.
         """
         if self._postgres:
-            connection.execute(
-                text("SELECT pg_advisory_xact_lock(:cls, hashtext(:key))"),
-                {"cls": _KEY_LOCK_CLASS, "key": queue_key},
-            )
+            connection.execute(_LOCK_KEY, {"cls": _KEY_LOCK_CLASS, "key": queue_key})
 
     # -- consuming ------------------------------------------------------------
 
@@ -468,6 +557,8 @@ class JobQueue:
             return None
         with self.db.session() as session:
             connection = session.connection()  # begin (on SQLite: lock) first
+            for statement in self._claim_plan:
+                connection.execute(statement)
             now = self.now()
             row = connection.execute(
                 self._claim_statement,
@@ -480,8 +571,11 @@ class JobQueue:
             if row is None:
                 return None
             job = _job_from_row(row)
-            self._notify(connection, "started", job)
-        self._publish("started", job)
+            # Whether another job is claimable too: then one more worker
+            # should look, here if one is idle, else in another process.
+            more = connection.execute(self._probe, {"now": now}).first() is not None
+            self._notify(connection, "started", job, more=more)
+        self._publish("started", job, wake=more)
         return Claimed(
             id=job.id,
             kind=job.kind,
@@ -569,13 +663,16 @@ class JobQueue:
                 delay_s = self.backoff.delay_s(job.attempts, retry_after_s)
                 job.state = QUEUED
                 job.run_after = now + timedelta(seconds=delay_s)
-                job.ready_at = job.started_at  # the key's turn was just now
+                # Its turn comes with its retry time: until then the claim's
+                # walk does not reach it, and then it queues behind keys that
+                # were waiting already.
+                job.ready_at = job.run_after
                 entry["retry_at"] = clock.as_utc(job.run_after).isoformat()
                 event = "retry_scheduled"
             else:
                 job.state = FAILED
                 job.finished_at = now
-                self._promote_next(session.connection(), job)
+                self._promote_next(session, job)
                 event = "failed"
             job.errors = [*job.errors, entry]
             self._notify(session.connection(), event, job)
@@ -596,6 +693,7 @@ class JobQueue:
             ]
             job.state = QUEUED
             job.run_after = self.now()
+            job.ready_at = job.started_at  # its turn: when its key was served
             job.attempts = max(job.attempts - 1, 0)
             job.error = reason
             job.lease_owner = None
@@ -609,40 +707,27 @@ class JobQueue:
         with self.db.session() as session:
             connection = session.connection()
             self._lock_key_of(connection, job_id)
-            # The epoch and state conditions are rechecked under the row lock
-            # the UPDATE takes, so a takeover cannot slip in between.
             row = connection.execute(
-                update(_JOBS)
-                .where(
-                    _JOBS.c.id == job_id,
-                    _JOBS.c.epoch == epoch,
-                    _JOBS.c.state == RUNNING,
-                )
-                .values(
-                    state=state,
-                    result=result,
-                    finished_at=self.now(),
-                    lease_owner=None,
-                )
-                .returning(*_JOBS.c)
+                _FINISH,
+                {
+                    "job_id": job_id,
+                    "owner_epoch": epoch,
+                    "final_state": state,
+                    "final_result": result,
+                    "now": self.now(),
+                },
             ).first()
             if row is None:
                 raise LeaseLost(f"job {job_id} epoch {epoch} is no longer ours")
             job = _job_from_row(row)
-            self._promote_next(connection, job)
+            self._promote_next(session, job)
             self._notify(connection, state, job)
         self._publish(state, job)
 
     def _lock_key_of(self, connection: Connection, job_id: int) -> None:
         """Take the key lock of a job known by id only (PostgreSQL)."""
         if self._postgres:
-            connection.execute(
-                text(
-                    "SELECT pg_advisory_xact_lock(:cls, hashtext(queue_key))"
-                    " FROM jobs WHERE id = :id"
-                ),
-                {"cls": _KEY_LOCK_CLASS, "id": job_id},
-            )
+            connection.execute(_LOCK_KEY_OF_JOB, {"cls": _KEY_LOCK_CLASS, "id": job_id})
 
     def _owned(
         self, session: Session, job_id: int, epoch: int, *, lock_key: bool = False
@@ -662,28 +747,17 @@ class JobQueue:
             raise LeaseLost(f"job {job_id} epoch {epoch} is no longer ours")
         return job
 
-    def _promote_next(self, connection: Connection, job: Job) -> None:
-        """Make the next queued job of ``job``'s key its head (caller holds the
-        key lock). Its turn is when this key was served last."""
-        if job.ready_at is None:
-            return  # not the head: the head stays where it is
-        # The head has the lowest id of its key's active jobs, so the next
-        # one is the first queued id above it: one probe on (state, key, id).
-        following = (
-            select(_JOBS.c.id)
-            .where(
-                _JOBS.c.state == QUEUED,
-                _JOBS.c.queue_key == job.queue_key,
-                _JOBS.c.id > job.id,
-            )
-            .order_by(_JOBS.c.id)
-            .limit(1)
-            .scalar_subquery()
-        )
-        connection.execute(
-            update(_JOBS)
-            .where(_JOBS.c.id == following)
-            .values(ready_at=job.started_at or job.ready_at)
+    def _promote_next(self, session: Session, job: Job) -> None:
+        """``job``, its key's head, has just finished: make the next queued job
+        of the key the waiting head (the caller holds the key lock). Its turn
+        is when this key was served last."""
+        turn = job.started_at or job.ready_at
+        # A cancelled waiting head gives up its turn before the next job
+        # takes one: the database allows one waiting head per key.
+        job.ready_at = None
+        session.flush()
+        session.connection().execute(
+            _PROMOTE, {"key": job.queue_key, "after_id": job.id, "turn": turn}
         )
 
     def cancel(self, job_id: int, *, owner_id: int | None = None) -> Job:
@@ -704,7 +778,8 @@ class JobQueue:
             if job.state == QUEUED:
                 job.state = CANCELLED
                 job.finished_at = self.now()
-                self._promote_next(session.connection(), job)
+                if job.ready_at is not None:  # it was its key's waiting head
+                    self._promote_next(session, job)
                 event = "cancelled"
             elif job.state == RUNNING:
                 job.cancel_requested = True
@@ -752,10 +827,11 @@ class JobQueue:
                 if job.attempts >= job.max_attempts:
                     job.state = FAILED
                     job.finished_at = now
-                    self._promote_next(session.connection(), job)
+                    self._promote_next(session, job)
                 else:
                     job.state = QUEUED
                     job.run_after = now
+                    job.ready_at = job.started_at  # when its key was served
                 self._notify(session.connection(), "lease_expired", job)
             taken += 1
             self._publish("lease_expired", job)

@@ -18,7 +18,13 @@ from sheetbridge.queue.errors import (
     PermanentJobError,
     RetryableJobError,
 )
-from sheetbridge.queue.store import WAITING_FOR_QUOTA, WAKING_EVENTS, Claimed, JobQueue
+from sheetbridge.queue.store import (
+    FINISHING_EVENTS,
+    WAITING_FOR_QUOTA,
+    WAKING_EVENTS,
+    Claimed,
+    JobQueue,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +69,17 @@ Handler = Callable[[JobContext], dict[str, Any]]
 class _Doorbell:
     """Wakes idle workers one at a time.
 
-    Each event that may have made a job claimable rings once; a worker that
-    wakes and claims a job rings again for the next idle worker, so a burst
-    of work fans out while a single job wakes a single worker instead of
-    sending every idle thread to the database at once.
+    Each event that may have made a job claimable rings once, and so does a
+    claim that leaves more claimable work behind: a burst of work fans out
+    while a single job wakes a single worker instead of sending every idle
+    thread to the database at once.
     """
 
     def __init__(self, limit: int) -> None:
         self._condition = threading.Condition()
         self._rings = 0
         self._limit = limit
+        self.idle = 0  # workers waiting for a ring
 
     def ring(self, times: int = 1) -> None:
         with self._condition:
@@ -82,7 +89,9 @@ class _Doorbell:
     def wait(self, timeout_s: float) -> None:
         with self._condition:
             if not self._rings:
+                self.idle += 1
                 self._condition.wait(timeout_s)
+                self.idle -= 1
             self._rings = max(self._rings - 1, 0)
 
 
@@ -94,6 +103,10 @@ class WorkerPool:
     NOTIFY). So a job starts at once, and the next job of a key whose job just
     finished starts without waiting for a poll; ``poll_interval_s`` only
     bounds how late a retry time or a lost notification is noticed.
+
+    Processes spare each other needless looks: a worker that finishes a job
+    claims its next one itself, so other processes are only woken by events
+    no worker here takes care of (see ``JobQueue._others_should_look``).
     """
 
     def __init__(
@@ -123,7 +136,7 @@ class WorkerPool:
         """Start the worker threads and the lease keeper."""
         self._stopping.clear()
         self._keeper_stopping.clear()
-        self.queue._add_waker(self._on_event)
+        self.queue._add_waker(self._on_event, self._looks_after)
         for index in range(self.concurrency):
             thread = threading.Thread(
                 target=self._work, args=(f"{self.name}-{index}",), daemon=True
@@ -160,7 +173,7 @@ class WorkerPool:
         self._keeper_stopping.set()
         if self._keeper is not None:
             self._keeper.join(5.0)
-        self.queue._remove_waker(self._on_event)
+        self.queue._remove_waker(self._on_event, self._looks_after)
         self._workers.clear()
         return released
 
@@ -172,13 +185,29 @@ class WorkerPool:
             count += 1
         return count
 
-    def _on_event(self, event: str, remote: bool) -> None:
-        # Wakers run in the publishing thread. One of our workers that ends a
-        # job claims the next one itself, so only its enqueues need to wake
-        # an idle worker; anything else (other threads or processes) does.
+    def _on_event(self, event: str, remote: bool, wake: bool) -> None:
+        # Wakers run in the publishing thread. Another process's event says
+        # whether it wants workers elsewhere to look for work, and a claim
+        # here whether it left more claimable work behind. One of our workers
+        # that ends a job claims the next one itself, so only its enqueues
+        # need to wake an idle worker; other threads' events do.
+        if remote or event == "started":
+            if wake:
+                self._doorbell.ring()
+            return
         from_our_worker = getattr(self._thread_state, "worker", False)
         if event in WAKING_EVENTS and (event == "queued" or not from_our_worker):
             self._doorbell.ring()
+
+    def _looks_after(self, event: str) -> bool:
+        """Whether a worker here looks for work after ``event``, published in
+        this process: its own worker claims next after finishing a job, an
+        idle one is woken by the event (or, after a claim, by the claimer)."""
+        if self._stopping.is_set():
+            return False
+        if event in FINISHING_EVENTS and getattr(self._thread_state, "worker", False):
+            return True
+        return self._doorbell.idle > 0
 
     def _work(self, worker_id: str) -> None:
         self._thread_state.worker = True
@@ -191,7 +220,6 @@ class WorkerPool:
             if job is None:
                 self._doorbell.wait(self.poll_interval_s)
                 continue
-            self._doorbell.ring()  # there may be more: let an idle worker look
             self._run(job)
 
     def _run(self, job: Claimed) -> None:
@@ -199,7 +227,14 @@ class WorkerPool:
         with self._lock:
             self._running[job.id] = job
         try:
-            self._settle(job, self._outcome(context))
+            try:
+                outcome = self._outcome(context)
+            finally:
+                # Settling ends the lease: no more renewals, and a stopping
+                # pool has nothing to hand back.
+                with self._lock:
+                    self._running.pop(job.id, None)
+            self._settle(job, outcome)
         except LeaseLost:
             log.warning(
                 "job.lease_lost",
@@ -210,9 +245,6 @@ class WorkerPool:
                     "queue_key": job.queue_key,
                 },
             )
-        finally:
-            with self._lock:
-                self._running.pop(job.id, None)
 
     def _outcome(self, context: JobContext) -> dict[str, Any] | BaseException:
         """The handler's result, or the exception it ended with."""
