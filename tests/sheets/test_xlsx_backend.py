@@ -9,8 +9,15 @@ from pathlib import Path
 
 import openpyxl
 import pytest
+import xlsxwriter
 
-from sheetbridge.sheets.base import Cell, TabChanges, TabData
+from sheetbridge.sheets.base import (
+    XLSX_CELL_LIMIT,
+    Cell,
+    ClippedText,
+    TabChanges,
+    TabData,
+)
 from sheetbridge.sheets.errors import (
     SheetChanged,
     SheetError,
@@ -135,6 +142,79 @@ def _inject_cached_formula(
     with zipfile.ZipFile(path, "w") as target:
         for name, data in files.items():
             target.writestr(name, data)
+
+
+def test_error_cells_read_as_their_error_text_never_as_empty(tmp_path: Path) -> None:
+    # An error a formula shows is not a cleared cell: reading it as empty
+    # would import a blank over the app's value.
+    path = tmp_path / "e.xlsx"
+    make_book(path, {"T": [["ID", "Email", "Note"], [1, "#N/A", "#DIV/0!"], [2]]})
+    assert openpyxl.load_workbook(path)["T"]["B2"].data_type == "e"
+    assert read(XlsxBackend(path)).rows == [
+        ["ID", "Email", "Note"],
+        [1, "#N/A", "#DIV/0!"],
+        [2],
+    ]
+
+
+def test_shared_strings_books_read_like_inline_strings_books(tmp_path: Path) -> None:
+    # Spreadsheet programs save text in a shared table; openpyxl inside each
+    # cell. Both read the same.
+    rows: list[list[Cell]] = [
+        ["ID", "Policy Number", "Premium", "Start", "Active", None, "Note"],
+        [1, "00123", 1234.5, datetime(2020, 1, 1), True, None, "=1+2"],
+        [None, None, None, None, None, None, None],
+        [12, "+15551234", 7, datetime(1999, 12, 31), False, "mine", "  spaced  "],
+    ]
+    inline = tmp_path / "inline.xlsx"
+    make_book(inline, {"T": rows})
+    sheet = openpyxl.load_workbook(inline)
+    for cell in ("D2", "D4"):
+        sheet["T"][cell].number_format = "yyyy-mm-dd"
+    sheet["T"]["G2"].data_type = "s"
+    sheet.save(inline)
+    shared = tmp_path / "shared.xlsx"
+    book = xlsxwriter.Workbook(str(shared))
+    tab = book.add_worksheet("T")
+    dates = book.add_format({"num_format": "yyyy-mm-dd"})
+    for r, values in enumerate(rows):
+        for c, value in enumerate(values):
+            if isinstance(value, datetime):
+                tab.write_datetime(r, c, value, dates)
+            elif isinstance(value, str):
+                tab.write_string(r, c, value)
+            elif value is not None:
+                tab.write(r, c, value)
+    book.close()
+    expected = [rows[0], rows[1], [], rows[3]]
+    assert read(XlsxBackend(inline)).rows == expected
+    assert read(XlsxBackend(shared)).rows == expected
+
+
+def test_text_cells_are_formatted_as_text_in_new_and_existing_books(
+    tmp_path: Path,
+) -> None:
+    # so a ZIP code a person later types over one keeps its leading zero
+    path = tmp_path / "t.xlsx"
+    backend = XlsxBackend(path)
+    backend.write({"T": TabChanges(cells={(1, 1): "04001"}, append=[["02108"]])})
+    backend.write({"T": TabChanges(cells={(3, 1): "00901"})})
+    sheet = openpyxl.load_workbook(path)["T"]
+    assert [sheet[ref].number_format for ref in ("A1", "A2", "A3")] == ["@"] * 3
+
+
+def test_text_longer_than_a_cell_holds_reads_back_marked_as_clipped(
+    tmp_path: Path,
+) -> None:
+    # Workbook writers keep 32,767 characters; the read says so, so that the
+    # cut text is never imported as if it were whole.
+    path = tmp_path / "long.xlsx"
+    backend = XlsxBackend(path)
+    backend.write({"T": TabChanges(cells={(1, 1): "x" * 40_000})})
+    backend.write({"T": TabChanges(cells={(2, 1): "y" * 40_000})})
+    rows = read(backend).rows
+    assert [type(row[0]) for row in rows] == [ClippedText, ClippedText]
+    assert [len(str(row[0])) for row in rows] == [XLSX_CELL_LIMIT] * 2
 
 
 def test_formulas_in_columns_people_added_survive_a_write(tmp_path: Path) -> None:

@@ -565,6 +565,34 @@ def test_bad_sheet_cell_is_not_overwritten_by_to_sheet() -> None:
     assert plan.snapshots[1]["status"] == "active"
 
 
+def test_equal_values_of_different_cell_types_are_each_parsed_by_their_type() -> None:
+    # True == 1 == 1.0 in Python; a tab full of repeated values must not let
+    # one stand in for another.
+    app = {1: rec("Ann"), 2: rec("Bob"), 3: rec("Cy")}
+    tab, base = synced(app)
+    tab.rows[1][7], tab.rows[2][7], tab.rows[3][7] = True, 1, 1.5
+    tab.rows[1][3], tab.rows[2][3] = True, 1
+    plan = plan_from_sheet(MAPPING, tab, app, base)
+    assert plan.updates == {2: {"premium": "1.00", "note": "1"}, 3: {"note": "1.5"}}
+    [issue] = [i for i in plan.issues if i.kind == "error"]
+    assert (issue.row, issue.column) == (2, "Premium")
+
+
+def test_the_same_bad_value_in_many_rows_is_an_error_on_each_row() -> None:
+    app = {i: rec(f"N{i}") for i in range(1, 4)}
+    tab, base = synced(app)
+    for row in tab.rows[1:]:
+        row[5] = "someday"
+    for plan in (
+        plan_from_sheet(MAPPING, tab, app, base),
+        plan_to_sheet(MAPPING, tab, app, base),
+    ):
+        errors = [i for i in plan.issues if i.kind == "error"]
+        assert [(i.row, i.column, i.value) for i in errors] == [
+            (row, "Status", "someday") for row in (2, 3, 4)
+        ]
+
+
 def test_required_value_cleared_in_sheet_is_an_error() -> None:
     app = {1: rec("Ann")}
     tab, base = synced(app)

@@ -10,17 +10,18 @@ without records.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlalchemy.orm import Session
@@ -80,6 +81,7 @@ SPREADSHEET_ID = re.compile(r"[A-Za-z0-9_-]{10,128}")
 TO_SHEET = "to_sheet"
 FROM_SHEET = "from_sheet"
 MAX_REPORTED_ISSUES = 500
+_LOAD_BATCH = 500
 
 
 class SyncService:
@@ -350,14 +352,16 @@ class SyncService:
         with self.db.read_session() as session:
             app, versions = book_records(session, user)
             base: dict[str, dict[int, Record]] = {CUSTOMERS.tab: {}, POLICIES.tab: {}}
-            snapshots = session.scalars(
-                select(SyncSnapshot).where(SyncSnapshot.target_id == target.id)
+            # Plain rows: a big book has a snapshot per record, and ORM objects
+            # for each would cost more than the rest of the comparison.
+            snapshots = session.execute(
+                select(
+                    SyncSnapshot.entity, SyncSnapshot.record_id, SyncSnapshot.fields
+                ).where(SyncSnapshot.target_id == target.id)
             )
             tab_of = {entity: tab for tab, entity in ENTITY.items()}
-            for snapshot in snapshots:
-                base[tab_of[snapshot.entity]][snapshot.record_id] = dict(
-                    snapshot.fields
-                )
+            for entity, record_id, fields in snapshots:
+                base[tab_of[entity]][record_id] = dict(fields)
         return app, base, versions
 
     @staticmethod
@@ -394,52 +398,64 @@ class SyncService:
         ]
         if new:
             session.execute(insert(SyncSnapshot), new)
-        for record_id, fields in snapshots.items():
-            if record_id in base and base[record_id] != fields:
-                session.execute(
-                    update(SyncSnapshot)
-                    .where(
-                        SyncSnapshot.target_id == target_id,
-                        SyncSnapshot.entity == entity,
-                        SyncSnapshot.record_id == record_id,
-                    )
-                    .values(fields=fields, synced_at=now)
+        changed = [
+            {"record": record_id, "new_fields": fields}
+            for record_id, fields in snapshots.items()
+            if record_id in base and base[record_id] != fields
+        ]
+        if changed:
+            table = SyncSnapshot.__table__
+            assert isinstance(table, Table)
+            session.execute(
+                update(table)
+                .where(
+                    table.c.target_id == target_id,
+                    table.c.entity == entity,
+                    table.c.record_id == bindparam("record"),
                 )
+                .values(fields=bindparam("new_fields"), synced_at=now),
+                changed,
+            )
 
 
 @dataclass
 class _Audit:
-    """Writes what an import changed, field by field, so it can be undone."""
+    """Records what an import changed, field by field, so it can be undone.
+
+    The changes are kept in order and written in one batch by :meth:`save`,
+    in the import's transaction.
+    """
 
     target_id: int
     job_id: int
     entity: str
     before: dict[int, Record]
+    changes: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
-    def updated(
-        self, session: Session, record_id: int, after: Record, fields: Record
-    ) -> None:
+    def updated(self, record_id: int, after: Record, fields: Record) -> None:
         before = self.before.get(record_id, {})
-        for field in fields:
-            if before.get(field) != after.get(field):
-                session.add(
-                    self._change(record_id, field, before.get(field), after.get(field))
-                )
+        for name in fields:
+            if before.get(name) != after.get(name):
+                self._add(record_id, name, before.get(name), after.get(name))
 
-    def created(self, session: Session, record_id: int) -> None:
-        session.add(self._change(record_id, CREATED, None, None))
+    def created(self, record_id: int) -> None:
+        self._add(record_id, CREATED, None, None)
 
-    def _change(
-        self, record_id: int, field: str, before: Any, after: Any
-    ) -> ImportChange:
-        return ImportChange(
-            job_id=self.job_id,
-            target_id=self.target_id,
-            entity=self.entity,
-            record_id=record_id,
-            field=field,
-            before=before,
-            after=after,
+    def save(self, session: Session) -> None:
+        if self.changes:
+            session.execute(insert(ImportChange), self.changes)
+
+    def _add(self, record_id: int, name: str, before: Any, after: Any) -> None:
+        self.changes.append(
+            {
+                "job_id": self.job_id,
+                "target_id": self.target_id,
+                "entity": self.entity,
+                "record_id": record_id,
+                "field": name,
+                "before": before,
+                "after": after,
+            }
         )
 
 
@@ -468,30 +484,45 @@ class _Importer:
         self.id_cells: dict[tuple[int, int], Any] = {}
         self.changed: list[int] = []
         self.rows = {issue.row for issue in plan.issues if issue.row is not None}
+        self._loaded: list[Any] = []
 
     def run(self) -> None:
         # The plan counts what it intends; count what the app accepted instead.
         self.plan.counts["updated"] = 0
         self.plan.counts["created"] = 0
+        # The session holds records only while something else does.
+        self._loaded = self._load(self.plan.updates)
         for record_id, values in self.plan.updates.items():
             self._update(record_id, values)
         for new_row in self.plan.creates:
             self._create(new_row.row, new_row.values)
+        self.audit.save(self.book.session)
+
+    def _load(self, record_ids: Iterable[int]) -> list[Any]:
+        """Load the records to update in a few queries instead of one each."""
+        model: Any = Customer if self.mapping is CUSTOMERS else Policy
+        ids = sorted(record_ids)
+        loaded: list[Any] = []
+        for start in range(0, len(ids), _LOAD_BATCH):
+            batch = ids[start : start + _LOAD_BATCH]
+            loaded += self.book.session.scalars(
+                select(model).where(model.id.in_(batch))
+            ).unique()
+        return loaded
 
     def _update(self, record_id: int, values: Record) -> None:
         session = self.book.session
         fields = to_python(self.mapping, values)
+        record: Customer | Policy
         try:
             with session.begin_nested():
                 if self.mapping is CUSTOMERS:
-                    model: Any = Customer
-                    self.book.update_customer(
+                    record = self.book.update_customer(
                         record_id,
                         CustomerUpdate(version=self.versions[record_id], **fields),
                     )
                 else:
-                    model = Policy
-                    self.book.update_policy(
+                    record = self.book.update_policy(
                         record_id,
                         PolicyUpdate(version=self.versions[record_id], **fields),
                     )
@@ -505,18 +536,16 @@ class _Importer:
             return
         self.changed.append(record_id)
         self.plan.counts["updated"] += 1
-        record = session.get(model, record_id)
-        if record is not None:
-            after = self._record(record)
-            # Only the imported fields now agree with the sheet; an app edit
-            # still waiting to be written there keeps its old base, or the next
-            # import would take the sheet's stale value for a sheet edit.
-            agreed = self.snapshots.get(record_id, {})
-            self.snapshots[record_id] = {
-                **agreed,
-                **{name: after.get(name) for name in values},
-            }
-            self.audit.updated(session, record_id, after, values)
+        after = self._record(record)
+        # Only the imported fields now agree with the sheet; an app edit still
+        # waiting to be written there keeps its old base, or the next import
+        # would take the sheet's stale value for a sheet edit.
+        agreed = self.snapshots.get(record_id, {})
+        self.snapshots[record_id] = {
+            **agreed,
+            **{name: after.get(name) for name in values},
+        }
+        self.audit.updated(record_id, after, values)
 
     def _create(self, row: int, values: Record) -> None:
         session = self.book.session
@@ -532,7 +561,7 @@ class _Importer:
             return
         self.changed.append(created.id)
         self.snapshots[created.id] = self._record(created)
-        self.audit.created(session, created.id)
+        self.audit.created(created.id)
         self.id_cells[(row, self.plan.id_column)] = created.id
         self.plan.counts["created"] += 1
 

@@ -100,6 +100,51 @@ def parse_value(column: Column, raw: Cell) -> Canonical:
     return _PARSERS[column.type](column, raw)
 
 
+class CellParser:
+    """:func:`parse_value` that remembers its answers for one planning pass.
+
+    A tab repeats the same carriers, states, statuses and dates thousands of
+    times. ``str``, ``int``, ``float`` and ``date`` cells are remembered per
+    column and exact type, since ``True == 1 == 1.0`` in Python yet each parses
+    its own way; other cells (datetimes that may carry a zone, decimals) are
+    parsed every time.
+    """
+
+    def __init__(self) -> None:
+        self._memos: dict[int, dict[tuple[type, Cell], Canonical | _Rejected]] = {}
+
+    def parse(self, column: Column, raw: Cell) -> Canonical:
+        """Like :func:`parse_value`, raising a fresh CellError for a bad cell."""
+        kind = type(raw)
+        if kind not in _REMEMBERED:
+            return parse_value(column, raw)
+        memo = self._memos.get(id(column))
+        if memo is None:
+            memo = self._memos[id(column)] = {}
+        key = (kind, raw)
+        found = memo.get(key, _UNSEEN)
+        if found is _UNSEEN:
+            try:
+                found = parse_value(column, raw)
+            except CellError as exc:
+                found = _Rejected(exc.reason)
+            memo[key] = found
+        if isinstance(found, _Rejected):
+            raise CellError(found.reason)
+        return found
+
+
+_REMEMBERED = frozenset({str, int, float, date})
+
+
+@dataclass(frozen=True)
+class _Rejected:
+    reason: str
+
+
+_UNSEEN = _Rejected("")
+
+
 def render_cell(column: Column, value: Canonical) -> Cell:
     """Return what to write to the sheet for a canonical value."""
     if value is None:

@@ -18,6 +18,7 @@ cell or field loses nothing); two different non-empty values are a conflict.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -28,10 +29,10 @@ from sheetbridge.sheets.base import Cell, TabChanges, TabData
 from sheetbridge.sync.columns import (
     Canonical,
     CellError,
+    CellParser,
     Column,
     ColumnType,
     normalize_header,
-    parse_value,
     render_cell,
 )
 
@@ -268,7 +269,10 @@ def _is_blank(value: Cell) -> bool:
 
 
 def _scan_rows(
-    mapping: TabMapping, layout: _Layout, rows: Sequence[list[Cell]]
+    mapping: TabMapping,
+    layout: _Layout,
+    rows: Sequence[list[Cell]],
+    parser: CellParser,
 ) -> _Rows:
     ours = [index for _, index in layout.columns(mapping)]
     id_index = layout.id_index
@@ -280,7 +284,7 @@ def _scan_rows(
             if any(not _is_blank(_cell(cells, i)) for i in ours):
                 result.new.append((number, cells))
             continue
-        record_id = _parse_id(raw_id)
+        record_id = _parse_id(raw_id, parser)
         if record_id is None:
             result.issues.append(
                 Issue(
@@ -303,9 +307,9 @@ def _scan_rows(
     return result
 
 
-def _parse_id(raw: Cell) -> int | None:
+def _parse_id(raw: Cell, parser: CellParser) -> int | None:
     try:
-        value = parse_value(_ID_COLUMN, raw)
+        value = parser.parse(_ID_COLUMN, raw)
     except CellError:
         return None
     return value if isinstance(value, int) and value > 0 else None
@@ -373,6 +377,12 @@ class _Pass(Generic[PlanT]):
     mapping: TabMapping
     layout: _Layout
     plan: PlanT
+    parser: CellParser = dataclasses.field(default_factory=CellParser)
+
+    @functools.cached_property
+    def columns(self) -> list[tuple[Column, int]]:
+        """Our columns and their indexes; read once the header is settled."""
+        return self.layout.columns(self.mapping)
 
     def issue(self, issue: Issue, count: str) -> None:
         self.plan.issues.append(issue)
@@ -414,7 +424,7 @@ def plan_to_sheet(
     if not _to_sheet_header_usable(ctx, rows, base):
         plan.counts["errors"] += 1
         return plan
-    scanned = _scan_rows(mapping, layout, rows)
+    scanned = _scan_rows(mapping, layout, rows, ctx.parser)
     if layout.id_index is None:
         _add_id_header(mapping, layout, plan.changes)
     _add_headers(layout, layout.missing, plan.changes)
@@ -470,7 +480,7 @@ def _sync_row_to_sheet(
     old = base.get(record_id)
     writes: dict[int, Cell] = {}
     snapshot: Record = {}
-    for column, index in ctx.layout.columns(ctx.mapping):
+    for column, index in ctx.columns:
         write = _field_to_sheet(
             ctx, record_id, number, column, _cell(cells, index), record, old, snapshot
         )
@@ -498,15 +508,16 @@ def _field_to_sheet(
     app_value = record.get(name)
     base_value = _base_value(old, name)
     try:
-        sheet_value = parse_value(column, raw)
+        sheet_value = ctx.parser.parse(column, raw)
     except CellError as exc:
         ctx.issue(_cell_issue(ctx.mapping, number, column, raw, exc), "errors")
         _keep_base(snapshot, name, base_value)
         return None
+    if sheet_value == app_value:
+        snapshot[name] = app_value
+        return None
     if column.readonly:
         snapshot[name] = app_value
-        if sheet_value == app_value:
-            return None
         if not isinstance(base_value, _Missing) and sheet_value != base_value:
             ctx.issue(_readonly_issue(ctx.mapping, number, column, raw), "readonly")
         return (render_cell(column, app_value),)
@@ -547,11 +558,11 @@ def _app_values_valid(
 ) -> bool:
     """Check app values before writing; a bad one stops the whole row."""
     ok = True
-    for column, index in ctx.layout.columns(ctx.mapping):
+    for column, index in ctx.columns:
         if index not in writes:
             continue
         try:
-            parse_value(column, writes[index])
+            ctx.parser.parse(column, writes[index])
         except CellError as exc:
             value = record.get(column.field)
             ctx.issue(
@@ -608,9 +619,9 @@ def _deleted_in_app(
 
 
 def _matches_base(ctx: _ToSheet, cells: list[Cell], old: Record) -> bool:
-    for column, index in ctx.layout.columns(ctx.mapping):
+    for column, index in ctx.columns:
         try:
-            value = parse_value(column, _cell(cells, index))
+            value = ctx.parser.parse(column, _cell(cells, index))
         except CellError:
             return False
         if value != old.get(column.field):
@@ -635,7 +646,7 @@ def _append_or_report(
             "deleted_in_sheet",
         )
         return
-    columns = ctx.layout.columns(ctx.mapping)
+    columns = ctx.columns
     writes = {index: render_cell(col, record.get(col.field)) for col, index in columns}
     if not _app_values_valid(ctx, None, record, writes):
         return
@@ -737,7 +748,7 @@ def plan_from_sheet(
     if not _prepare_from_sheet_header(ctx, rows, base):
         plan.counts["errors"] += 1
         return plan
-    scanned = _scan_rows(mapping, layout, rows)
+    scanned = _scan_rows(mapping, layout, rows, ctx.parser)
     for issue in scanned.issues:
         ctx.issue(issue, "errors")
     for record_id, (number, cells) in scanned.by_id.items():
@@ -797,10 +808,11 @@ def _parse_row(
     """Parse the importable cells of a row; None (and issues) if any is bad."""
     values: dict[str, Canonical] = {}
     ok = True
-    for column, index in ctx.layout.columns(ctx.mapping):
-        raw = _cell(cells, index)
+    width = len(cells)
+    for column, index in ctx.columns:
+        raw = cells[index] if index < width else None
         try:
-            values[column.field] = parse_value(column, raw)
+            values[column.field] = ctx.parser.parse(column, raw)
         except CellError as exc:
             if column.readonly:
                 continue  # never imported, so a bad value there blocks nothing
@@ -827,11 +839,16 @@ def _import_row(
     old = base.get(record_id)
     updates: Record = {}
     snapshot: Record = {}
-    for column, _ in ctx.layout.columns(ctx.mapping):
-        if column.field in values:
-            _field_from_sheet(
-                ctx, record_id, number, column, values, record, old, updates, snapshot
-            )
+    for column, _ in ctx.columns:
+        name = column.field
+        if name not in values:
+            continue
+        if values[name] == record.get(name):
+            snapshot[name] = values[name]  # the common case, decided at once
+            continue
+        _field_from_sheet(
+            ctx, record_id, number, column, values, record, old, updates, snapshot
+        )
     if updates and not _required_present(ctx, number, updates):
         return
     _finish_import(ctx, record_id, updates)
