@@ -649,6 +649,25 @@ def test_counts_summarise_the_job() -> None:
     assert plan.counts["unchanged"] == 1
 
 
+def test_plans_count_the_rows_they_compared() -> None:
+    # rows with an ID or values in our columns; not empty rows, nor rows that
+    # hold only people's own columns
+    app = {1: rec("Ann"), 2: rec("Bob")}
+    header = [*HEADER, "Mine"]
+    rows: list[list[Cell]] = [
+        row_of(1, app[1]),
+        [],
+        [None] * len(HEADER) + ["my note"],
+        [None, "Typed"],
+        row_of(2, app[2]),
+        ["not an id"],
+    ]
+    tab = TabData([header, *rows], "v")
+    base = copy.deepcopy(app)
+    assert plan_from_sheet(MAPPING, tab, app, base).compared == 4
+    assert plan_to_sheet(MAPPING, tab, app, base).compared == 4
+
+
 def test_column_letters() -> None:
     assert [column_letter(n) for n in (1, 26, 27, 52, 703)] == [
         "A",

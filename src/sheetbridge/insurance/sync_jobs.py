@@ -187,9 +187,9 @@ class SyncService:
         }
 
     def backend_for(
-        self, target: SyncTarget, context: JobContext | None = None
+        self, target: SyncTarget, progress: _Progress | None = None
     ) -> SheetBackend:
-        """The target's sheet; with ``context``, quota waits and retries show in
+        """The target's sheet; with ``progress``, quota waits and retries show in
         the job's progress."""
         if target.backend == GOOGLE:
             engine = (
@@ -201,8 +201,8 @@ class SyncService:
                 self.settings,
                 target.location,
                 limiter=limiter_from_settings(self.settings, engine),
-                on_wait=_quota_reporter(context),
-                on_retry=_retry_reporter(context),
+                on_wait=_quota_reporter(progress),
+                on_retry=_retry_reporter(progress),
             )
         if target.backend != XLSX:
             raise PermanentJobError(f"unknown sheet backend {target.backend!r}")
@@ -213,8 +213,9 @@ class SyncService:
     # -- handlers -------------------------------------------------------------
 
     def to_sheet(self, context: JobContext) -> dict[str, Any]:
+        progress = _Progress(context)
         target, user = self._load(context)
-        backend, tabs = self._read_sheet(context, target)
+        backend, tabs = self._read_sheet(progress, target)
         app, base = self._app_and_base(target, user)
         plans = {
             mapping.tab: plan_to_sheet(
@@ -231,10 +232,27 @@ class SyncService:
             for tab, plan in plans.items()
             if not plan.changes.is_empty()
         }
-        context.progress("writing", total=sum(_size(c) for c in changes.values()))
+        cells, appended, deleted = _sizes(changes.values())
+        total = cells + appended + deleted
+        progress.report(
+            "writing",
+            total=total,
+            rows_compared=sum(plan.compared for plan in plans.values()),
+            cells_to_write=cells,
+            rows_to_append=appended,
+            rows_to_delete=deleted,
+        )
         if changes:
             with _sheet_errors():
                 backend.write(changes, expected_version=_version(tabs))
+        progress.finished(
+            "writing",
+            done=total,
+            total=total,
+            cells_written=cells,
+            rows_appended=appended,
+            rows_deleted=deleted,
+        )
         with self.db.session() as session:
             for mapping in MAPPINGS:
                 plan = plans[mapping.tab]
@@ -250,8 +268,9 @@ class SyncService:
         return _report(TO_SHEET, backend, plans)
 
     def from_sheet(self, context: JobContext) -> dict[str, Any]:
+        progress = _Progress(context)
         target, user = self._load(context)
-        backend, tabs = self._read_sheet(context, target)
+        backend, tabs = self._read_sheet(progress, target)
         app, base, versions = self._app_base_versions(target, user)
         plans = {
             mapping.tab: plan_from_sheet(
@@ -259,7 +278,16 @@ class SyncService:
             )
             for mapping in MAPPINGS
         }
-        context.progress("importing")
+        compared = sum(plan.compared for plan in plans.values())
+        to_import = sum(
+            len(plan.updates) + len(plan.creates) for plan in plans.values()
+        )
+        progress.report(
+            "importing",
+            total=to_import,
+            rows_compared=compared,
+            rows_to_import=to_import,
+        )
         changed: dict[str, list[int]] = {}
         with self.db.session() as session:
             book = Book(session, user)
@@ -297,19 +325,33 @@ class SyncService:
                 quiet = self.backend_for(target)
                 with _sheet_errors():
                     quiet.write(writes, expected_version=_version(tabs))
+        imported = sum(
+            p.counts["updated"] + p.counts["created"] for p in plans.values()
+        )
+        with_errors = _rows_with_errors(plans.values())
+        progress.finished(
+            "importing",
+            done=to_import,
+            total=to_import,
+            rows_imported=imported,
+            rows_skipped=max(0, compared - imported - with_errors),
+            rows_with_errors=with_errors,
+            cells_written=_sizes(writes.values())[0],
+        )
         return {**_report(FROM_SHEET, backend, plans), "changed": changed}
 
     # -- loading and storing --------------------------------------------------
 
     def _read_sheet(
-        self, context: JobContext, target: SyncTarget
+        self, progress: _Progress, target: SyncTarget
     ) -> tuple[SheetBackend, dict[str, TabData | None]]:
         """One read of every tab the sync needs."""
-        backend = self.backend_for(target, context)
-        context.progress("reading")
+        backend = self.backend_for(target, progress)
+        progress.report("reading")
         with _sheet_errors():
             tabs = backend.read_tabs([mapping.tab for mapping in MAPPINGS])
-        context.progress("comparing")
+        rows = sum(len(tab.rows[1:]) for tab in tabs.values() if tab is not None)
+        progress.report("comparing", rows_read=rows)
         return backend, tabs
 
     def _remember(
@@ -644,18 +686,47 @@ def _sheet_errors() -> Iterator[None]:
         raise RetryableJobError(f"workbook not accessible: {exc}") from exc
 
 
-def _quota_reporter(context: JobContext | None) -> Callable[[float], None] | None:
-    if context is None:
+class _Progress:
+    """A sync job's progress reports: the phase and every count so far.
+
+    Each report repeats the counts of the phases before it, so the status
+    endpoint shows all of them whatever phase the job is in.
+    """
+
+    def __init__(self, context: JobContext) -> None:
+        self.context = context
+        self.counts: dict[str, Any] = {}
+
+    def report(self, phase: str, done: int = 0, total: int = 0, **counts: Any) -> None:
+        """Report at a safe point: a cancel requested meanwhile stops the job."""
+        self.counts.update(counts)
+        self.context.progress(phase, done, total, **self.counts)
+
+    def note(self, phase: str, **details: Any) -> None:
+        """Report a passing state (a quota wait, a retry) without keeping it."""
+        self.context.progress(phase, **{**self.counts, **details})
+
+    def finished(self, phase: str, done: int, total: int, **counts: Any) -> None:
+        """Report work that is done and cannot be taken back: a cancel requested
+        now comes too late to stop anything, so it is not acted on here."""
+        self.counts.update(counts)
+        state = {"phase": phase, "done": done, "total": total, **self.counts}
+        job = self.context.job
+        self.context.queue.report_progress(job.id, job.epoch, state)
+
+
+def _quota_reporter(progress: _Progress | None) -> Callable[[float], None] | None:
+    if progress is None:
         return None
-    return lambda wait_s: context.progress("waiting for quota", wait_s=round(wait_s, 1))
+    return lambda wait_s: progress.note("waiting for quota", wait_s=round(wait_s, 1))
 
 
 def _retry_reporter(
-    context: JobContext | None,
+    progress: _Progress | None,
 ) -> Callable[[int, float, BaseException], None] | None:
-    if context is None:
+    if progress is None:
         return None
-    return lambda attempt, delay_s, error: context.progress(
+    return lambda attempt, delay_s, error: progress.note(
         "retrying", retries=attempt, reason=str(error), delay_s=round(delay_s, 1)
     )
 
@@ -664,8 +735,26 @@ def _version(tabs: dict[str, TabData | None]) -> str:
     return next((tab.version for tab in tabs.values() if tab is not None), "")
 
 
-def _size(changes: TabChanges) -> int:
-    return len(changes.cells) + len(changes.append) + len(changes.delete_rows)
+def _sizes(changes: Iterable[TabChanges]) -> tuple[int, int, int]:
+    """Cells, appended rows and deleted rows in ``changes``."""
+    cells = appended = deleted = 0
+    for tab in changes:
+        cells += len(tab.cells)
+        appended += len(tab.append)
+        deleted += len(tab.delete_rows)
+    return cells, appended, deleted
+
+
+def _rows_with_errors(plans: Iterable[ToSheetPlan | FromSheetPlan]) -> int:
+    """Sheet rows with at least one error (the header row aside)."""
+    return len(
+        {
+            (issue.tab, issue.row)
+            for plan in plans
+            for issue in plan.issues
+            if issue.kind == "error" and issue.row is not None and issue.row > 1
+        }
+    )
 
 
 def _report(

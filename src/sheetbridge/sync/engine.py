@@ -91,6 +91,7 @@ class ToSheetPlan:
     issues: list[Issue]
     conflicts: list[Conflict]
     counts: dict[str, int]
+    compared: int = 0  # rows of the tab that hold an ID or values
 
 
 @dataclass
@@ -120,6 +121,7 @@ class FromSheetPlan:
     id_column: int
     header_changes: TabChanges
     rows: dict[int, int] = dataclasses.field(default_factory=dict)
+    compared: int = 0  # rows of the tab that hold an ID or values
 
 
 PlanT = TypeVar("PlanT", ToSheetPlan, FromSheetPlan)
@@ -258,6 +260,7 @@ class _Rows:
     new: list[tuple[int, list[Cell]]]
     seen: set[int]  # every valid ID present, duplicates included
     issues: list[Issue]
+    examined: int = 0  # rows with an ID or values in our columns
 
 
 def _cell(cells: Sequence[Cell], index: int) -> Cell:
@@ -283,7 +286,9 @@ def _scan_rows(
         if _is_blank(raw_id):
             if any(not _is_blank(_cell(cells, i)) for i in ours):
                 result.new.append((number, cells))
+                result.examined += 1
             continue
+        result.examined += 1
         record_id = _parse_id(raw_id, parser)
         if record_id is None:
             result.issues.append(
@@ -425,6 +430,7 @@ def plan_to_sheet(
         plan.counts["errors"] += 1
         return plan
     scanned = _scan_rows(mapping, layout, rows, ctx.parser)
+    plan.compared = scanned.examined
     if layout.id_index is None:
         _add_id_header(mapping, layout, plan.changes)
     _add_headers(layout, layout.missing, plan.changes)
@@ -749,6 +755,7 @@ def plan_from_sheet(
         plan.counts["errors"] += 1
         return plan
     scanned = _scan_rows(mapping, layout, rows, ctx.parser)
+    plan.compared = scanned.examined
     for issue in scanned.issues:
         ctx.issue(issue, "errors")
     for record_id, (number, cells) in scanned.by_id.items():
