@@ -944,8 +944,13 @@
     } else {
       wrap.append(el("progress", { "aria-labelledby": id }));
     }
-    const extra = Object.entries(p).filter(([k, v]) => !["phase", "done", "total", "until"].includes(k) && typeof v === "number" && v > 0);
-    if (extra.length) wrap.append(el("span", { className: "muted", text: extra.map(([k, v]) => `${v.toLocaleString()} ${k.replace(/_/g, " ")}`).join(", ") }));
+    // Counts such as rows_read or cells_to_write read "1 row read", "2 cells to write".
+    const counts = Object.entries(p).filter(([k, v]) => /^(rows|cells)_/.test(k) && typeof v === "number" && v > 0);
+    const words = ([k, v]) => {
+      const [noun, ...rest] = k.split("_");
+      return `${v.toLocaleString()} ${v === 1 ? noun.slice(0, -1) : noun} ${rest.join(" ")}`;
+    };
+    if (counts.length) wrap.append(el("span", { className: "muted", text: counts.map(words).join(", ") }));
     return wrap;
   }
 
