@@ -135,6 +135,7 @@ def test_policy_dates_and_unknown_customer_are_rejected_by_field(
         "/api/policies", json={**body, "expiration_date": "2027-05-01"}
     )
     assert duplicate.status_code == 422
+    assert duplicate.json()["detail"][0]["field"] == "policy_number"
 
 
 def test_customer_with_policies_cannot_be_deleted_but_an_empty_one_can(
@@ -268,3 +269,40 @@ def test_search_treats_wildcards_literally(alice: TestClient) -> None:
     everyone = alice.get("/api/customers").json()
     assert underscored["total"] < everyone["total"]
     assert all("_" in c["email"] for c in underscored["items"])
+
+
+def test_a_deleted_records_id_is_never_given_to_a_new_one(alice: TestClient) -> None:
+    # A row kept in the sheet for a deleted record must never be taken over by
+    # a new record that happens to get the same ID.
+    first = alice.post("/api/customers", json={"name": "Reuse A"}).json()
+    assert alice.delete(f"/api/customers/{first['id']}").status_code == 204
+    second = alice.post("/api/customers", json={"name": "Reuse B"}).json()
+    assert second["id"] > first["id"]
+    customer = second["id"]
+    body = {
+        "policy_number": "R-1",
+        "customer_id": customer,
+        "carrier": "Harbor Mutual",
+        "line_of_business": "auto",
+        "effective_date": "2026-05-01",
+        "expiration_date": "2027-05-01",
+        "premium": "100.00",
+    }
+    policy = alice.post("/api/policies", json=body).json()
+    assert alice.delete(f"/api/policies/{policy['id']}").status_code == 204
+    again = alice.post("/api/policies", json={**body, "policy_number": "R-2"}).json()
+    assert again["id"] > policy["id"]
+
+
+def test_malformed_json_names_no_field_and_says_where_it_broke(
+    alice: TestClient,
+) -> None:
+    answer = alice.post(
+        "/api/customers",
+        content=b'{"name": ',
+        headers={"content-type": "application/json"},
+    )
+    assert answer.status_code == 422
+    detail = answer.json()["detail"][0]
+    assert detail["field"] == ""
+    assert "JSON" in detail["msg"] and "9" in detail["msg"]

@@ -52,6 +52,9 @@ class User(Base):
 
 class Customer(Base):
     __tablename__ = "customers"
+    # IDs are never handed out again: a row kept in the sheet for a deleted
+    # record must not be taken over by a new one (SQLite would reuse the top ID).
+    __table_args__ = {"sqlite_autoincrement": True}  # noqa: RUF012
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), index=True)
@@ -79,6 +82,9 @@ class Customer(Base):
 
 class Policy(Base):
     __tablename__ = "policies"
+    # IDs are never handed out again: a row kept in the sheet for a deleted
+    # record must not be taken over by a new one (SQLite would reuse the top ID).
+    __table_args__ = {"sqlite_autoincrement": True}  # noqa: RUF012
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     policy_number: Mapped[str] = mapped_column(String(40), unique=True)

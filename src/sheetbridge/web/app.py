@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
@@ -108,23 +109,37 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(InvalidField)
     async def _invalid(request: Request, exc: InvalidField) -> JSONResponse:
-        detail = [{"loc": ["body", exc.field], "msg": exc.message, "type": "invalid"}]
+        detail = [
+            {
+                "loc": ["body", exc.field],
+                "field": exc.field,
+                "msg": exc.message,
+                "type": "invalid",
+            }
+        ]
         return JSONResponse({"detail": detail}, status_code=422)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(
         request: Request, exc: RequestValidationError
     ) -> JSONResponse:
-        detail = [
-            {
-                "loc": list(error.get("loc", ())),
-                "field": ".".join(str(part) for part in error.get("loc", ())[1:]),
-                "msg": error.get("msg", "invalid"),
-                "type": error.get("type", "invalid"),
-            }
-            for error in exc.errors()
-        ]
+        detail = [_validation_error(error) for error in exc.errors()]
         return JSONResponse({"detail": detail}, status_code=422)
+
+
+def _validation_error(error: Mapping[str, Any]) -> dict[str, Any]:
+    """One invalid input, with the dotted ``field`` it concerns ("" for a body
+    that is not JSON at all, whose message says where it broke)."""
+    loc = list(error.get("loc", ()))
+    kind = error.get("type", "invalid")
+    message = error.get("msg", "invalid")
+    if kind == "json_invalid":
+        position = loc[1] if len(loc) > 1 else "?"
+        reason = (error.get("ctx") or {}).get("error", "")
+        message = f"the body is not valid JSON ({reason} at character {position})"
+        return {"loc": loc[:1], "field": "", "msg": message, "type": kind}
+    field = ".".join(str(part) for part in loc[1:])
+    return {"loc": loc, "field": field, "msg": message, "type": kind}
 
 
 def _add_health(app: FastAPI, runtime: Runtime) -> None:
