@@ -7,7 +7,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +165,10 @@ class Database:
         """Bring the schema to the newest migration."""
         from alembic import command
 
-        with self.engine.begin() as connection:
+        # Processes starting at once (serve, workers, CLI commands) each
+        # upgrade; on SQLite they take the writer turn like any other write.
+        turn = self._write_turn() if self._write_turn is not None else nullcontext()
+        with turn, self.engine.begin() as connection:
             config = alembic_config(self.url)
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
