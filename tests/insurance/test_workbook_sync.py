@@ -286,3 +286,36 @@ def test_text_cut_at_the_workbook_cell_limit_is_never_imported(
     with synced.db.read_session() as session:
         customer = session.get(Customer, record_id)
     assert customer is not None and customer.notes == notes_before
+
+
+def test_a_formula_without_a_saved_result_is_reported_and_never_imported(
+    synced: Runtime,
+) -> None:
+    # openpyxl (and so any script, or a save by the app itself) stores formulas
+    # without their results; reading one as empty would clear the app's value.
+    path = workbook_path(synced, "alice")
+    book = load_workbook(path)
+    customers = book["Customers"]
+    header = columns(customers)
+    record_id = customers.cell(3, 1).value
+    customers.cell(3, header["City"]).value = '=UPPER("boston")'
+    customers.cell(4, header["Notes"]).value = "typed notes"
+    book.save(path)
+    with synced.db.read_session() as session:
+        customer = session.get(Customer, record_id)
+        assert customer is not None
+        city_before = customer.city
+
+    result = run_sync(synced, "alice", FROM_SHEET)
+
+    errors = [i for i in result["tabs"]["Customers"]["issues"] if i["kind"] == "error"]
+    assert [(i["row"], i["column"]) for i in errors] == [(3, "City")]
+    assert "formula" in errors[0]["reason"]
+    assert result["tabs"]["Customers"]["counts"]["updated"] >= 1
+    with synced.db.read_session() as session:
+        customer = session.get(Customer, record_id)
+    assert customer is not None and customer.city == city_before
+
+    run_sync(synced, "alice", TO_SHEET)
+    sheet = load_workbook(path)["Customers"]
+    assert sheet.cell(3, header["City"]).value == '=UPPER("boston")'

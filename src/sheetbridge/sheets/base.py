@@ -77,6 +77,16 @@ class SheetBackend(Protocol):
 XLSX_CELL_LIMIT = 32_767
 
 
+class UncomputedFormula(str):
+    """A formula cell whose workbook holds no result for it (the formula text).
+
+    Programs that do not calculate (openpyxl, scripts built on it) save
+    formulas without results; such a cell's value is unknown, not empty.
+    """
+
+    __slots__ = ()
+
+
 class ClippedText(str):
     """Text read from a cell that holds the workbook limit of 32,767 characters.
 

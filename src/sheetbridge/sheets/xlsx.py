@@ -43,6 +43,7 @@ from sheetbridge.sheets.base import (
     ClippedText,
     TabChanges,
     TabData,
+    UncomputedFormula,
 )
 from sheetbridge.sheets.errors import (
     SheetChanged,
@@ -64,6 +65,11 @@ TEXT_FORMAT = "@"
 
 # A cell whose value is an error (t="e"), with any quoting XML allows.
 _ERROR_CELL = re.compile(rb"""\st\s*=\s*["']e["']""")
+# A formula cell saved without a cached result: <f>..</f> (or <f/>) followed by
+# the cell's end, or by an empty <v/> or <v></v> (openpyxl writes the latter).
+_FORMULA_WITHOUT_VALUE = re.compile(
+    rb"(?:</f>|<f\b[^>]*/>)\s*(?:<v\s*/>|<v>\s*</v>)?\s*</c>"
+)
 # Whole numbers a float holds exactly; larger ones stay floats.
 _EXACT_INTEGERS = 2**53
 
@@ -142,7 +148,7 @@ class XlsxBackend:
     def _read_values(
         self, tabs: Sequence[str], version: str
     ) -> dict[str, TabData | None]:
-        if self._has_error_cells():
+        if self._needs_openpyxl():
             return self._read_with_openpyxl(tabs, version)
         try:
             workbook = python_calamine.CalamineWorkbook.from_path(self.path)
@@ -163,13 +169,18 @@ class XlsxBackend:
         finally:
             workbook.close()
 
-    def _has_error_cells(self) -> bool:
+    def _needs_openpyxl(self) -> bool:
+        """Whether a cell holds an error or a formula without a result: calamine
+        reads both as empty, openpyxl tells them apart."""
         try:
             with zipfile.ZipFile(self.path) as archive:
                 return any(
-                    _ERROR_CELL.search(archive.read(name))
-                    for name in archive.namelist()
-                    if name.endswith(".xml")
+                    _ERROR_CELL.search(xml) or _FORMULA_WITHOUT_VALUE.search(xml)
+                    for xml in (
+                        archive.read(name)
+                        for name in archive.namelist()
+                        if name.endswith(".xml")
+                    )
                 )
         except OSError as exc:
             raise self._unreadable(exc) from exc
@@ -180,19 +191,24 @@ class XlsxBackend:
         self, tabs: Sequence[str], version: str
     ) -> dict[str, TabData | None]:
         workbook = self._open(read_only=True, data_only=True)
+        formulas = self._open(read_only=True, data_only=False)
         try:
             result: dict[str, TabData | None] = {}
             for tab in tabs:
                 if tab not in workbook.sheetnames:
                     result[tab] = None
                     continue
-                sheet = workbook[tab]
-                sheet.reset_dimensions()  # stored dimensions are often wrong
-                values = sheet.iter_rows(values_only=True)
-                result[tab] = TabData(_trimmed(values, _openpyxl_cell), version)
+                values = _sheet_rows(workbook[tab])
+                typed = _sheet_rows(formulas[tab])
+                rows = (
+                    map(_unknown_if_uncomputed, value_row, typed_row)
+                    for value_row, typed_row in zip(values, typed, strict=True)
+                )
+                result[tab] = TabData(_trimmed(rows, _openpyxl_cell), version)
             return result
         finally:
             workbook.close()
+            formulas.close()
 
     def _open(self, *, read_only: bool, data_only: bool) -> Any:
         try:
@@ -306,6 +322,18 @@ def _trimmed(
             last_used = len(rows)
     del rows[last_used:]
     return rows
+
+
+def _sheet_rows(sheet: Any) -> Iterator[tuple[Any, ...]]:
+    sheet.reset_dimensions()  # stored dimensions are often wrong
+    return sheet.iter_rows(values_only=True)  # type: ignore[no-any-return]
+
+
+def _unknown_if_uncomputed(value: Any, typed: Any) -> Any:
+    """A cell's saved value; a formula saved without one is marked unknown."""
+    if value is None and isinstance(typed, str) and typed.startswith("="):
+        return UncomputedFormula(typed)
+    return value
 
 
 def _openpyxl_cell(value: Cell) -> Cell:

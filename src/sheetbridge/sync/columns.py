@@ -16,7 +16,12 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import TypeAlias
 
-from sheetbridge.sheets.base import XLSX_CELL_LIMIT, Cell, ClippedText
+from sheetbridge.sheets.base import (
+    XLSX_CELL_LIMIT,
+    Cell,
+    ClippedText,
+    UncomputedFormula,
+)
 
 Canonical: TypeAlias = str | int | None
 """The canonical, JSON-able and comparable value of one field."""
@@ -92,6 +97,11 @@ def parse_value(column: Column, raw: Cell) -> Canonical:
     """Like :func:`parse_cell`, but an empty value is ``None`` even if required."""
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return None
+    if isinstance(raw, UncomputedFormula):
+        raise CellError(
+            f"is a formula ({raw}) saved without its result, so its value is "
+            "unknown; open the workbook in Excel or LibreOffice and save it"
+        )
     if isinstance(raw, ClippedText):
         raise CellError(
             f"holds {XLSX_CELL_LIMIT:,} characters, the most a workbook cell can; "
