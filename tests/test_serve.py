@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -28,6 +29,7 @@ class Served:
     client: httpx.Client
     csrf: str
     data_dir: Path
+    pid: int
 
     def enqueue_to_sheet(self) -> dict[str, Any]:
         queued = self.client.post(
@@ -50,13 +52,14 @@ class Served:
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
+def served(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Served]:
     port = free_port()
     env = {
         **os.environ,
         "SHEETBRIDGE_DATA_DIR": str(tmp_path / "data"),
         "SHEETBRIDGE_PORT": str(port),
         "SHEETBRIDGE_LOG_LEVEL": "WARNING",
+        **getattr(request, "param", {}),
     }
     env.pop("SHEETBRIDGE_TEST_DATABASE_URL", None)
     server = subprocess.Popen(
@@ -91,7 +94,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
             )
             page = client.get("/")
             token = page.text.split('name="csrf-token" content="', 1)[1].split('"')[0]
-            yield Served(client, token, tmp_path / "data")
+            yield Served(client, token, tmp_path / "data", server.pid)
     finally:
         server.terminate()
         server.wait(60)
@@ -139,3 +142,33 @@ def test_serve_pushes_the_worker_process_transitions_as_server_sent_events(
     assert {data["id"] for event, data in frames if event == "job"} == {
         queued["job_id"]
     }
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+@pytest.mark.parametrize(
+    "served", [{"SHEETBRIDGE_SHEET_LATENCY_MS": "1500"}], indirect=True
+)
+def test_a_job_of_a_killed_worker_process_is_run_again_at_once_not_after_its_lease(
+    served: Served,
+) -> None:
+    queued = served.enqueue_to_sheet()
+    deadline = time.monotonic() + DEADLINE_S
+    while served.client.get(queued["status_url"]).json()["state"] != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    (worker,) = _children(served.pid)
+    os.kill(worker, signal.SIGKILL)
+    killed_at = time.monotonic()
+
+    job = served.wait_until_finished(queued["status_url"])
+
+    assert job["state"] == "succeeded", job
+    # The lease is 30 s; the job was handed back as soon as serve saw the death.
+    assert time.monotonic() - killed_at < 15
+    assert [e["error"] for e in job["errors"]] == ["the worker process died"]

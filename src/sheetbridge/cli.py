@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,12 +21,14 @@ from sheetbridge.insurance.demo import has_any_user, seed_demo
 from sheetbridge.insurance.models import User
 from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
 from sheetbridge.logs import configure_logging
+from sheetbridge.queue.errors import LeaseLost
 from sheetbridge.queue.relay import EventSender, receive_events
 from sheetbridge.queue.worker import WorkerPool
 from sheetbridge.web.app import build_runtime, create_app, worker_pool
 from sheetbridge.web.deps import Runtime
 from sheetbridge.web.security import UserError, add_user, hash_password, issue_token
 
+log = logging.getLogger(__name__)
 app = typer.Typer(help="Sheetbridge: the agency's book, in sync with its sheets.")
 db_app = typer.Typer(help="Database schema.")
 users_app = typer.Typer(help="Users and API tokens.")
@@ -264,6 +268,9 @@ def users_token(
     typer.echo(token)
 
 
+WATCH_INTERVAL_S = 0.5
+
+
 class WorkerProcess:
     """``sheetbridge worker`` as a child of ``serve``.
 
@@ -322,11 +329,27 @@ class WorkerProcess:
                 pass  # restarting; the new child finds the job on its first look
 
     def _watch(self) -> None:
-        while not self._stopping.wait(1.0):
+        while not self._stopping.wait(WATCH_INTERVAL_S):
             if self._process.poll() is not None:
+                self._hand_back_jobs_of(self._process.pid)
                 with self._lock:
                     if not self._stopping.is_set():
                         self._process = self._spawn()
+
+    def _hand_back_jobs_of(self, pid: int) -> None:
+        """Queue again at once the jobs a dead child was running, rather than
+        leave them to wait out their leases (the child's workers are named
+        ``<host>-<pid>-<n>``)."""
+        prefix = f"{socket.gethostname()}-{pid}-"
+        queue = self.runtime.queue
+        try:
+            running = queue.status(None, recent=0)["running"]
+            for job in running:
+                if (job.lease_owner or "").startswith(prefix):
+                    with contextlib.suppress(LeaseLost):
+                        queue.release(job.id, job.epoch, "the worker process died")
+        except Exception:
+            log.exception("worker.hand_back_failed", extra={"action": "worker"})
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Close the child's stdin, so it drains and exits; kill it if it hangs."""

@@ -41,6 +41,7 @@ def job_view(queue: JobQueue, job: Job) -> dict[str, Any]:
         "progress": job.progress,
         "result": job.result,
         "error": job.error,
+        "errors": job.errors,  # every attempt's error, oldest first
         "cancel_requested": job.cancel_requested,
         "enqueued_at": _iso(job.enqueued_at),
         "started_at": _iso(job.started_at),
