@@ -319,3 +319,27 @@ def test_a_formula_without_a_saved_result_is_reported_and_never_imported(
     run_sync(synced, "alice", TO_SHEET)
     sheet = load_workbook(path)["Customers"]
     assert sheet.cell(3, header["City"]).value == '=UPPER("boston")'
+
+
+def test_a_renamed_tab_fails_the_import_naming_the_workbook_and_tab(
+    synced: Runtime,
+) -> None:
+    path = workbook_path(synced, "alice")
+    book = load_workbook(path)
+    book["Policies"].title = "Policies 2026"
+    customers = book["Customers"]
+    customers.cell(2, columns(customers)["City"]).value = "Renamedville"
+    book.save(path)
+
+    with synced.db.read_session() as session:
+        user = session.scalars(select(User).where(User.username == "alice")).one()
+    queued = synced.sync.enqueue(user, FROM_SHEET)
+    WorkerPool(synced.queue, synced.sync.handlers).run_until_empty()
+    job = synced.queue.get(queued.job_id)
+
+    assert job.state == "failed"
+    assert job.error is not None
+    assert "'Policies'" in job.error and path.name in job.error
+    with synced.db.read_session() as session:
+        cities = session.scalars(select(Customer.city)).all()
+    assert "Renamedville" not in cities

@@ -271,6 +271,14 @@ class SyncService:
         progress = _Progress(context)
         target, user = self._load(context)
         backend, tabs = self._read_sheet(progress, target)
+        missing = [mapping.tab for mapping in MAPPINGS if tabs[mapping.tab] is None]
+        if missing:
+            names = " and ".join(repr(tab) for tab in missing)
+            raise PermanentJobError(
+                f"{backend.location} has no tab {names}: was it renamed or "
+                "deleted? Rename it back, or run Sync to sheet to create it. "
+                "Nothing was imported."
+            )
         app, base, versions = self._app_base_versions(target, user)
         plans = {
             mapping.tab: plan_from_sheet(
