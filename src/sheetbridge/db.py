@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy import Connection, Engine, MetaData, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 NAMING = {
@@ -86,6 +86,13 @@ class Database:
         """A session whose transaction commits on success and rolls back on error."""
         with self._write_turn(), self.sessions() as session, session.begin():
             yield session
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A Core connection whose transaction commits on success and rolls back
+        on error: a session's lighter sibling for statements without ORM objects."""
+        with self._write_turn(), self.engine.begin() as connection:
+            yield connection
 
     @contextmanager
     def _write_turn(self) -> Iterator[None]:
