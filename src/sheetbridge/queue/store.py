@@ -34,6 +34,8 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Json
 from sqlalchemy import (
     JSON,
+    Column,
+    ColumnClause,
     Connection,
     DateTime,
     Integer,
@@ -41,7 +43,6 @@ from sqlalchemy import (
     bindparam,
     column,
     func,
-    insert,
     select,
     text,
     update,
@@ -174,6 +175,17 @@ SELECT
    WHERE queue_key = :key AND state IN ('queued', 'running')) AS ahead,
   (SELECT max(started_at) FROM jobs WHERE queue_key = :key) AS served
 """
+_ENQUEUE_SQL = """
+INSERT INTO jobs (
+  kind, owner_id, queue_key, resource_key, payload, state, attempts,
+  max_attempts, enqueued_at, run_after, epoch, cancel_requested, errors,
+  ready_at, coalesce_key)
+VALUES (
+  :kind, :owner_id, :queue_key, :resource_key, :payload, :state, :attempts,
+  :max_attempts, :enqueued_at, :run_after, :epoch, :cancel_requested, :errors,
+  :ready_at, :coalesce_key)
+RETURNING id
+"""
 
 
 class _Statement:
@@ -188,12 +200,12 @@ class _Statement:
         *,
         times: Iterable[str] = (),
         documents: Iterable[str] = (),
-        returns_jobs: bool = False,
+        columns: Iterable[ColumnClause[Any] | Column[Any]] = (),
     ) -> None:
         binds = [bindparam(name, type_=DateTime(timezone=True)) for name in times]
         binds += [bindparam(name, type_=JSON) for name in documents]
         typed = text(sql).bindparams(*binds)
-        self.typed = typed.columns(*_JOBS.c) if returns_jobs else typed
+        self.typed = typed.columns(*columns) if columns else typed
         self.documents = frozenset(documents)
         self.pg = re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", sql)
 
@@ -209,6 +221,15 @@ class _Statement:
             _execute_pg(cursor, self.pg, self._adapted(params))
             found: dict[str, Any] | None = cursor.fetchone()
         return found
+
+    def one(
+        self, connection: Connection, params: dict[str, Any], postgres: bool
+    ) -> dict[str, Any]:
+        """The row a statement that always returns one row returns."""
+        row = self.first(connection, params, postgres)
+        if row is None:
+            raise RuntimeError(f"no row from {self.pg}")
+        return row
 
     def run(
         self, connection: Connection, params: dict[str, Any], postgres: bool
@@ -227,9 +248,18 @@ class _Statement:
 
 
 _FINISH = _Statement(
-    _FINISH_SQL, times=["now"], documents=["final_result"], returns_jobs=True
+    _FINISH_SQL, times=["now"], documents=["final_result"], columns=_JOBS.c
 )
 _PROMOTE = _Statement(_PROMOTE_SQL, times=["turn"])
+_KEY_STATE = _Statement(
+    _KEY_STATE_SQL,
+    columns=[column("ahead", Integer), column("served", DateTime(timezone=True))],
+)
+_ENQUEUE = _Statement(
+    _ENQUEUE_SQL,
+    times=["enqueued_at", "run_after", "ready_at"],
+    documents=["payload", "errors"],
+)
 
 
 @dataclass(frozen=True)
@@ -304,12 +334,9 @@ class JobQueue:
         self._postgres = not is_sqlite(db.engine)
         lock = "FOR UPDATE OF head SKIP LOCKED" if self._postgres else ""
         self._claim = _Statement(
-            _CLAIM_SQL.format(lock=lock), times=["now", "expires"], returns_jobs=True
+            _CLAIM_SQL.format(lock=lock), times=["now", "expires"], columns=_JOBS.c
         )
         self._runnable = _Statement(_RUNNABLE_HEAD_SQL, times=["now"])
-        self._key_state = text(_KEY_STATE_SQL).columns(
-            column("ahead", Integer), column("served", DateTime(timezone=True))
-        )
         self._changed = threading.Condition()
         self._generation = 0
         self._listeners: list[Listener] = []
@@ -515,8 +542,7 @@ class JobQueue:
             coalesce_key = _coalesce_key(
                 kind, queue_key, resource_key, owner_id, payload
             )
-        with self.db.session() as session:
-            connection = session.connection()
+        with self.db.transaction() as connection:
             self._lock_key(connection, queue_key)
             if coalesce_key is not None:
                 twin = connection.execute(
@@ -529,9 +555,8 @@ class JobQueue:
                 if twin is not None:
                     position = self._position(connection, Job(**twin._mapping))
                     return Enqueued(twin.id, position, coalesced=True)
-            ahead, served = connection.execute(
-                self._key_state, {"key": queue_key}
-            ).one()
+            key_state = _KEY_STATE.one(connection, {"key": queue_key}, self._postgres)
+            ahead, served = key_state["ahead"], key_state["served"]
             now = self.now()
             values: dict[str, Any] = {
                 "kind": kind,
@@ -552,9 +577,7 @@ class JobQueue:
                 "ready_at": None if ahead else clock.as_utc(served or _NEVER),
                 "coalesce_key": coalesce_key,
             }
-            job_id = connection.execute(
-                insert(_JOBS).values(**values).returning(_JOBS.c.id)
-            ).scalar_one()
+            job_id = _ENQUEUE.one(connection, values, self._postgres)["id"]
             job = Job(id=job_id, **values)
             self._notify(connection, "queued", job)
         self._publish("queued", job)
