@@ -248,8 +248,13 @@ class WorkerPool:
                 },
             )
         except Exception:
-            # The job stays running until its lease runs out, and is retried.
-            log.exception("worker.settle_failed", extra={"action": "worker"})
+            # Not a final failure: the job stays running until its lease runs
+            # out, and is retried.
+            log.warning(
+                "worker.settle_failed",
+                exc_info=True,
+                extra={"action": "worker.settle_failed", "job_id": job.id},
+            )
         return None
 
     def _hand_back(self, job: Claimed) -> bool:
