@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from sheetbridge import clock
 from sheetbridge.db import Database, is_sqlite
@@ -557,3 +557,31 @@ def test_a_job_that_finished_is_never_reported_as_having_lost_its_lease(
             pool.stop()
             unsubscribe()
     assert [r.getMessage() for r in caplog.records] == []
+
+
+def test_a_worker_whose_settling_fails_goes_on_and_the_job_is_retried(
+    db: Database,
+) -> None:
+    class QueueLosingOneWrite(JobQueue):
+        lost = False
+
+        def succeed(self, *args: Any, **kwargs: Any) -> Claimed | None:
+            if not self.lost:
+                self.lost = True
+                raise OperationalError("UPDATE jobs", {}, Exception("server gone"))
+            return super().succeed(*args, **kwargs)
+
+    queue = QueueLosingOneWrite(db, lease_s=0.3)
+    ids = [queue.enqueue("noop", queue_key=f"user:{n}").job_id for n in range(2)]
+    pool = WorkerPool(
+        queue, {"noop": lambda context: {}}, concurrency=1, poll_interval_s=0.05
+    )
+    pool.start()
+    try:
+        deadline = time.monotonic() + 10
+        while any(queue.get(job_id).state != "succeeded" for job_id in ids):
+            assert time.monotonic() < deadline, "the worker stopped"
+            time.sleep(0.02)
+    finally:
+        pool.stop()
+    assert queue.get(ids[0]).attempts == 2
