@@ -7,12 +7,12 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import Histogram
-from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy import Connection, Engine, MetaData, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 NAMING = {
@@ -148,12 +148,19 @@ class Database:
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A session whose transaction commits on success and rolls back on error."""
-        if self._write_turn is None:
-            with self.sessions() as session, session.begin():
-                yield session
-            return
-        with self._write_turn(), self.sessions() as session, session.begin():
+        with self._turn(), self.sessions() as session, session.begin():
             yield session
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A Core connection whose transaction commits on success and rolls back
+        on error: a session's lighter sibling for statements without ORM objects."""
+        with self._turn(), self.engine.begin() as connection:
+            yield connection
+
+    def _turn(self) -> AbstractContextManager[None]:
+        """This writer's turn on SQLite; nothing to wait for on PostgreSQL."""
+        return self._write_turn() if self._write_turn is not None else nullcontext()
 
     @contextmanager
     def read_session(self) -> Iterator[Session]:
@@ -167,8 +174,7 @@ class Database:
 
         # Processes starting at once (serve, workers, CLI commands) each
         # upgrade; on SQLite they take the writer turn like any other write.
-        turn = self._write_turn() if self._write_turn is not None else nullcontext()
-        with turn, self.engine.begin() as connection:
+        with self._turn(), self.engine.begin() as connection:
             config = alembic_config(self.url)
             config.attributes["connection"] = connection
             command.upgrade(config, "head")

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from sheetbridge import clock
 from sheetbridge.db import Database, is_sqlite
@@ -41,10 +41,9 @@ def claim_cost(queue: JobQueue) -> int:
     the jobs table on PostgreSQL, virtual machine steps on SQLite."""
     params = {"worker": "probe", "now": clock.now(), "expires": clock.now()}
     with queue.db.engine.connect() as connection:
-        for statement in queue._claim_plan:
-            connection.execute(statement)
+        queue._plan_claim(connection)
         if not is_sqlite(queue.db.engine):
-            explain = f"EXPLAIN (ANALYZE, FORMAT JSON) {queue._claim_statement}"
+            explain = f"EXPLAIN (ANALYZE, FORMAT JSON) {queue._claim.typed}"
             plan = connection.execute(text(explain), params).scalar_one()
             connection.rollback()
             return _rows_read(json.loads(plan) if isinstance(plan, str) else plan)
@@ -58,7 +57,7 @@ def claim_cost(queue: JobQueue) -> int:
         raw: Any = connection.connection.driver_connection
         raw.set_progress_handler(count_step, 1)
         try:
-            connection.execute(queue._claim_statement, params).all()
+            connection.execute(queue._claim.typed, params).all()
         finally:
             raw.set_progress_handler(None, 1)
         connection.rollback()
@@ -90,6 +89,47 @@ def test_jobs_of_one_key_are_claimed_in_order_and_one_at_a_time(
     queue.succeed(claimed.id, claimed.epoch, {})
     following = queue.claim("w2")
     assert following is not None and following.id == second.job_id
+
+
+def test_settling_a_job_can_claim_the_workers_next_one_in_the_same_step(
+    queue: JobQueue,
+) -> None:
+    events: list[tuple[str, int]] = []
+    unsubscribe = queue.subscribe(lambda event, job: events.append((event, job.id)))
+    first, second = (queue.enqueue("noop", queue_key="user:1") for _ in "12")
+    other = queue.enqueue("noop", queue_key="user:2")
+    claimed = queue.claim("w")
+    assert claimed is not None and claimed.id == first.job_id
+
+    # user:2 waited while user:1 was served, so its turn comes first.
+    after_success = queue.succeed(claimed.id, claimed.epoch, {}, then_claim="w")
+    assert after_success is not None and after_success.id == other.job_id
+    after_retry = queue.fail(
+        after_success.id,
+        after_success.epoch,
+        "429",
+        retry=True,
+        retry_after_s=60,
+        then_claim="w",
+    )
+    assert after_retry is not None and after_retry.id == second.job_id
+    queue.cancel(second.job_id)
+    assert queue.cancelled(after_retry.id, after_retry.epoch, then_claim="w") is None
+    unsubscribe()
+
+    assert [queue.get(job.job_id).state for job in (first, second, other)] == [
+        "succeeded",
+        "cancelled",
+        "queued",
+    ]
+    assert events[-6:] == [
+        ("succeeded", first.job_id),
+        ("started", other.job_id),
+        ("retry_scheduled", other.job_id),
+        ("started", second.job_id),
+        ("cancel_requested", second.job_id),
+        ("cancelled", second.job_id),
+    ]
 
 
 def test_enqueue_reports_position_behind_earlier_jobs(queue: JobQueue) -> None:
@@ -517,3 +557,31 @@ def test_a_job_that_finished_is_never_reported_as_having_lost_its_lease(
             pool.stop()
             unsubscribe()
     assert [r.getMessage() for r in caplog.records] == []
+
+
+def test_a_worker_whose_settling_fails_goes_on_and_the_job_is_retried(
+    db: Database,
+) -> None:
+    class QueueLosingOneWrite(JobQueue):
+        lost = False
+
+        def succeed(self, *args: Any, **kwargs: Any) -> Claimed | None:
+            if not self.lost:
+                self.lost = True
+                raise OperationalError("UPDATE jobs", {}, Exception("server gone"))
+            return super().succeed(*args, **kwargs)
+
+    queue = QueueLosingOneWrite(db, lease_s=0.3)
+    ids = [queue.enqueue("noop", queue_key=f"user:{n}").job_id for n in range(2)]
+    pool = WorkerPool(
+        queue, {"noop": lambda context: {}}, concurrency=1, poll_interval_s=0.05
+    )
+    pool.start()
+    try:
+        deadline = time.monotonic() + 10
+        while any(queue.get(job_id).state != "succeeded" for job_id in ids):
+            assert time.monotonic() < deadline, "the worker stopped"
+            time.sleep(0.02)
+    finally:
+        pool.stop()
+    assert queue.get(ids[0]).attempts == 2

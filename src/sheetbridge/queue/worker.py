@@ -161,13 +161,7 @@ class WorkerPool:
             thread.join(max(deadline - time.monotonic(), 0.0))
         with self._lock:
             unfinished = list(self._running.values())
-        released = []
-        for job in unfinished:
-            try:
-                self.queue.release(job.id, job.epoch, f"worker {self.name} stopped")
-                released.append(job.id)
-            except LeaseLost:
-                pass  # it finished (or was taken over) meanwhile
+        released = [job.id for job in unfinished if self._hand_back(job)]
         # Leases are renewed until the drain is over, so no running job is
         # taken over (and run twice at once) while this pool still waits on it.
         self._keeper_stopping.set()
@@ -179,9 +173,11 @@ class WorkerPool:
 
     def run_until_empty(self) -> int:
         """Run jobs in this thread until nothing is runnable; returns how many ran."""
+        worker_id = f"{self.name}-inline"
         count = 0
-        while (job := self.queue.claim(f"{self.name}-inline")) is not None:
-            self._run(job)
+        job = self.queue.claim(worker_id)
+        while job is not None:
+            job = self._run(job, worker_id)
             count += 1
         return count
 
@@ -211,18 +207,23 @@ class WorkerPool:
 
     def _work(self, worker_id: str) -> None:
         self._thread_state.worker = True
+        job: Claimed | None = None
         while not self._stopping.is_set():
-            try:
-                job = self.queue.claim(worker_id)
-            except Exception:
-                log.exception("worker.claim_failed", extra={"action": "worker"})
-                job = None
             if job is None:
-                self._doorbell.wait(self.poll_interval_s)
-                continue
-            self._run(job)
+                try:
+                    job = self.queue.claim(worker_id)
+                except Exception:
+                    log.exception("worker.claim_failed", extra={"action": "worker"})
+                if job is None:
+                    self._doorbell.wait(self.poll_interval_s)
+                    continue
+            job = self._run(job, worker_id)
+        if job is not None:  # claimed while the pool began to stop
+            self._hand_back(job)
 
-    def _run(self, job: Claimed) -> None:
+    def _run(self, job: Claimed, worker_id: str) -> Claimed | None:
+        """Run the job and settle it; returns the worker's next job, claimed
+        in the same transaction as the settling, if there is one."""
         context = JobContext(job, self.queue)
         with self._lock:
             self._running[job.id] = job
@@ -234,7 +235,8 @@ class WorkerPool:
                 # pool has nothing to hand back.
                 with self._lock:
                     self._running.pop(job.id, None)
-            self._settle(job, outcome)
+            then_claim = None if self._stopping.is_set() else worker_id
+            return self._settle(job, outcome, then_claim)
         except LeaseLost:
             log.warning(
                 "job.lease_lost",
@@ -245,6 +247,24 @@ class WorkerPool:
                     "queue_key": job.queue_key,
                 },
             )
+        except Exception:
+            # Not a final failure: the job stays running until its lease runs
+            # out, and is retried.
+            log.warning(
+                "worker.settle_failed",
+                exc_info=True,
+                extra={"action": "worker.settle_failed", "job_id": job.id},
+            )
+        return None
+
+    def _hand_back(self, job: Claimed) -> bool:
+        """Queue the job again for another worker; False if it is no longer
+        ours (it finished, or was taken over, meanwhile)."""
+        try:
+            self.queue.release(job.id, job.epoch, f"worker {self.name} stopped")
+        except LeaseLost:
+            return False
+        return True
 
     def _outcome(self, context: JobContext) -> dict[str, Any] | BaseException:
         """The handler's result, or the exception it ended with."""
@@ -268,24 +288,30 @@ class WorkerPool:
                 )
             return exc
 
-    def _settle(self, job: Claimed, outcome: dict[str, Any] | BaseException) -> None:
+    def _settle(
+        self,
+        job: Claimed,
+        outcome: dict[str, Any] | BaseException,
+        then_claim: str | None,
+    ) -> Claimed | None:
         if isinstance(outcome, dict):
-            self.queue.succeed(job.id, job.epoch, outcome)
-        elif isinstance(outcome, JobCancelled):
-            self.queue.cancelled(job.id, job.epoch)
-        elif isinstance(outcome, RetryableJobError):
-            self.queue.fail(
+            return self.queue.succeed(job.id, job.epoch, outcome, then_claim=then_claim)
+        if isinstance(outcome, JobCancelled):
+            return self.queue.cancelled(job.id, job.epoch, then_claim=then_claim)
+        if isinstance(outcome, RetryableJobError):
+            return self.queue.fail(
                 job.id,
                 job.epoch,
                 str(outcome),
                 retry=True,
                 retry_after_s=outcome.retry_after_s,
+                then_claim=then_claim,
             )
-        elif isinstance(outcome, PermanentJobError):
-            self.queue.fail(job.id, job.epoch, str(outcome))
+        if isinstance(outcome, PermanentJobError):
+            message = str(outcome)
         else:
             message = f"unexpected error: {type(outcome).__name__}: {outcome}"
-            self.queue.fail(job.id, job.epoch, message)
+        return self.queue.fail(job.id, job.epoch, message, then_claim=then_claim)
 
     def _keep_leases(self) -> None:
         """Renew the leases of running jobs and take back expired ones."""
