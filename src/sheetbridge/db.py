@@ -111,19 +111,24 @@ class WriterTurn:
     def __call__(self) -> Iterator[None]:
         asked = time.perf_counter()
         with self._threads:
+            # A thread that holds the turn already (a nested write) keeps it.
+            outermost = self._depth == 0
             self._depth += 1
             try:
-                if self._depth == 1 and self._fd is not None:
-                    fcntl.flock(self._fd, fcntl.LOCK_EX)
-                if self._depth == 1:
+                if outermost:
+                    self._flock(fcntl.LOCK_EX)
                     WRITE_TURN_WAIT_SECONDS.observe(time.perf_counter() - asked)
                 try:
                     yield
                 finally:
-                    if self._depth == 1 and self._fd is not None:
-                        fcntl.flock(self._fd, fcntl.LOCK_UN)
+                    if outermost:
+                        self._flock(fcntl.LOCK_UN)
             finally:
                 self._depth -= 1
+
+    def _flock(self, operation: int) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, operation)
 
     def close(self) -> None:
         if self._fd is not None:
