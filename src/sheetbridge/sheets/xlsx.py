@@ -179,7 +179,8 @@ class XlsxBackend:
                     for xml in (
                         archive.read(name)
                         for name in archive.namelist()
-                        if name.endswith(".xml")
+                        # cells live in the worksheets, not in shared strings
+                        if name.startswith("xl/worksheets/") and name.endswith(".xml")
                     )
                 )
         except OSError as exc:
