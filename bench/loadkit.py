@@ -333,15 +333,30 @@ def prepare(
 
 @dataclass
 class Samples:
-    """Latencies in ms per action, with error counts."""
+    """Latencies in ms per action, with error counts.
+
+    ``server_ms`` holds what the server itself says it spent (its
+    ``Server-Timing`` header): the rest of ``ms`` is time on the wire, in the
+    server's and this client's event loops, and waiting for a CPU.
+    """
 
     ms: dict[str, list[float]] = field(default_factory=dict)
+    server_ms: dict[str, list[float]] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     codes: dict[str, dict[int, int]] = field(default_factory=dict)
 
-    def add(self, action: str, seconds: float, status: int, ok: bool) -> None:
+    def add(
+        self,
+        action: str,
+        seconds: float,
+        status: int,
+        ok: bool,
+        server_ms: float | None = None,
+    ) -> None:
         """Record one request."""
         self.ms.setdefault(action, []).append(seconds * 1000)
+        if server_ms is not None:
+            self.server_ms.setdefault(action, []).append(server_ms)
         codes = self.codes.setdefault(action, {})
         codes[status] = codes.get(status, 0) + 1
         if not ok:
@@ -361,8 +376,18 @@ async def timed(
     except httpx.HTTPError:
         samples.add(action, time.perf_counter() - started, 0, False)
         return None
-    samples.add(action, time.perf_counter() - started, answer.status_code, ok(answer))
+    seconds = time.perf_counter() - started
+    samples.add(action, seconds, answer.status_code, ok(answer), server_ms(answer))
     return answer
+
+
+def server_ms(answer: httpx.Response) -> float | None:
+    """The server's own time for an answer, from ``Server-Timing: app;dur=N``."""
+    for metric in answer.headers.get("server-timing", "").split(","):
+        name, _, duration = metric.strip().partition(";dur=")
+        if name == "app" and duration:
+            return float(duration)
+    return None
 
 
 async def edit_one(client: httpx.AsyncClient, user: SimUser, samples: Samples) -> None:

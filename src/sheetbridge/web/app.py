@@ -26,6 +26,7 @@ from sheetbridge.queue.worker import WorkerPool
 from sheetbridge.web import api, events, pages, sync_api
 from sheetbridge.web.deps import CurrentUser, NotSignedIn, Runtime
 from sheetbridge.web.security import load_or_create_secret
+from sheetbridge.web.timing import RequestTiming
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ def create_app(runtime: Runtime, *, workers: bool = True) -> FastAPI:
         same_site="lax",
         https_only=settings.cookie_secure,
     )
+    app.add_middleware(RequestTiming)  # outermost: it times the session too
     app.mount(
         "/static",
         StaticFiles(directory=Path(__file__).parent / "static"),
