@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from sheetbridge.config import Settings, get_settings
 from sheetbridge.db import is_sqlite
+from sheetbridge.heap import settle_after_startup
 from sheetbridge.insurance.demo import has_any_user, seed_demo
 from sheetbridge.insurance.models import User
 from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
@@ -69,9 +70,11 @@ def serve(
     for username, password, role in logins:
         typer.echo(f"  demo {role:<5} {username} / {password}")
     child = WorkerProcess(runtime) if workers and settings.worker_process else None
+    web_app = create_app(runtime, workers=workers and child is None)
+    settle_after_startup()
     try:
         uvicorn.run(
-            create_app(runtime, workers=workers and child is None),
+            web_app,
             host=host,
             port=port,
             log_level=settings.log_level.lower(),
@@ -139,6 +142,7 @@ def worker(
     sender = None
     if events_fd is not None:
         sender = EventSender(runtime.queue, os.fdopen(events_fd, "wb"))
+    settle_after_startup()
     pool.start()
     typer.echo(f"worker {pool.name} running {concurrency} slots; SIGTERM drains")
     stop.wait()
