@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from sheetbridge.config import Settings
@@ -75,12 +76,16 @@ class NotSignedIn(Exception):
     """Raised for page requests without a session; answered with a redirect."""
 
 
-def current_user(request: Request) -> User:
-    """The caller, by API token or by session cookie (with its CSRF token)."""
+async def current_user(request: Request) -> User:
+    """The caller, by API token or by session cookie (with its CSRF token).
+
+    async: a remembered caller is known without a trip to the threadpool,
+    which under load costs a request more than the look-up itself.
+    """
     header = request.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
         token = header[7:].strip()
-        user = _known_user(
+        user = await _known_user(
             request,
             f"token:{token_digest(token)}",
             lambda session: user_for_token(session, token),
@@ -91,7 +96,7 @@ def current_user(request: Request) -> User:
     user_id = request.session.get("uid")
     user = None
     if isinstance(user_id, int):
-        user = _known_user(
+        user = await _known_user(
             request, f"user:{user_id}", lambda session: session.get(User, user_id)
         )
     if user is None:
@@ -103,24 +108,27 @@ def current_user(request: Request) -> User:
     return user
 
 
-def _known_user(
+async def _known_user(
     request: Request, key: str, look_up: Callable[[Session], User | None]
 ) -> User | None:
-    # The session used for the look-up is closed at once, so a request never
-    # holds two database connections.
     rt = _runtime(request)
     user = rt.users.get(key)
     if user is None:
-        with rt.db.read_session() as session:
-            user = look_up(session)
+        user = await run_in_threadpool(_look_up, rt.db, look_up)
         if user is not None:
             rt.users.put(key, user)
     return user
 
 
-def page_user(request: Request) -> User:
+def _look_up(db: Database, look_up: Callable[[Session], User | None]) -> User | None:
+    # The session is closed at once, so a request never holds two connections.
+    with db.read_session() as session:
+        return look_up(session)
+
+
+async def page_user(request: Request) -> User:
     try:
-        return current_user(request)
+        return await current_user(request)
     except HTTPException as exc:
         raise NotSignedIn from exc
 
