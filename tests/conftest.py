@@ -126,6 +126,7 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         secret_key="test-secret",
         demo=False,
         poll_interval_s=0.05,
+        progress_interval_s=0.05,
         lease_s=10,
         worker_concurrency=12,
     )

@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     )
     lease_s: float = Field(default=30.0, gt=0)
     poll_interval_s: float = Field(default=1.0, gt=0)
+    progress_interval_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="how often a worker process stores its running jobs' progress",
+    )
     recent_jobs: int = Field(default=20, ge=1, le=500)
     demo: bool = Field(
         default=True, description="Seed the demo agency into an empty DB"

@@ -718,9 +718,9 @@ class _Progress:
         """Report work that is done and cannot be taken back: a cancel requested
         now comes too late to stop anything, so it is not acted on here."""
         self.counts.update(counts)
-        state = {"phase": phase, "done": done, "total": total, **self.counts}
-        job = self.context.job
-        self.context.queue.report_progress(job.id, job.epoch, state)
+        self.context.progress(
+            phase, done, total, stop_if_cancelled=False, **self.counts
+        )
 
 
 def _quota_reporter(progress: _Progress | None) -> Callable[[float], None] | None:

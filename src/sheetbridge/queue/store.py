@@ -34,6 +34,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Json
 from sqlalchemy import (
     JSON,
+    Boolean,
     Column,
     ColumnClause,
     Connection,
@@ -187,6 +188,19 @@ VALUES (
 RETURNING id
 """
 
+# A running job's newer progress and a longer lease, while this epoch owns it;
+# or only the longer lease.
+_KEEP_SQL = f"""
+UPDATE jobs SET progress = :progress, lease_expires_at = :expires
+WHERE id = :job_id AND epoch = :owner_epoch AND state = 'running'
+RETURNING {_COLUMNS}
+"""
+_RENEW_SQL = """
+UPDATE jobs SET lease_expires_at = :expires
+WHERE id = :job_id AND epoch = :owner_epoch AND state = 'running'
+RETURNING cancel_requested
+"""
+
 
 class _Statement:
     """One of the statements every claim or finish runs: SQL with ``:name``
@@ -251,6 +265,12 @@ _FINISH = _Statement(
     _FINISH_SQL, times=["now"], documents=["final_result"], columns=_JOBS.c
 )
 _PROMOTE = _Statement(_PROMOTE_SQL, times=["turn"])
+_KEEP = _Statement(
+    _KEEP_SQL, times=["expires"], documents=["progress"], columns=_JOBS.c
+)
+_RENEW = _Statement(
+    _RENEW_SQL, times=["expires"], columns=[column("cancel_requested", Boolean)]
+)
 _KEY_STATE = _Statement(
     _KEY_STATE_SQL,
     columns=[column("ahead", Integer), column("served", DateTime(timezone=True))],
@@ -285,6 +305,15 @@ class Claimed:
     max_attempts: int
     epoch: int
     enqueued_at: datetime
+
+
+@dataclass(frozen=True)
+class Kept:
+    """What keeping several running jobs found: which were asked to cancel,
+    and which their epoch no longer owns (taken over or handed back)."""
+
+    cancel_requested: frozenset[int]
+    lost: frozenset[int]
 
 
 @dataclass(frozen=True)
@@ -682,6 +711,43 @@ class JobQueue:
         with self.db.read_session() as session:
             head = session.execute(self._runnable.typed, {"now": self.now()}).first()
         return head is not None
+
+    def keep_running(
+        self, jobs: Iterable[tuple[int, int, dict[str, Any] | None]]
+    ) -> Kept:
+        """For running jobs ``(id, epoch, newest progress or None)``, in one
+        transaction: store each progress, extend each lease, and note which
+        jobs were asked to cancel and which are no longer this epoch's.
+
+        A worker process reports all its jobs' progress this way, a few times a
+        second, instead of in a transaction per report.
+        """
+        expires = self.now() + timedelta(seconds=self.lease_s)
+        cancel: set[int] = set()
+        lost: set[int] = set()
+        reported: list[Job] = []
+        with self.db.transaction() as connection:
+            # In id order: transactions that lock several job rows never wait
+            # for each other in a circle.
+            for job_id, epoch, progress in sorted(jobs, key=lambda job: job[0]):
+                params = {"job_id": job_id, "owner_epoch": epoch, "expires": expires}
+                if progress is None:
+                    row = _RENEW.first(connection, params, self._postgres)
+                else:
+                    params["progress"] = progress
+                    row = _KEEP.first(connection, params, self._postgres)
+                if row is None:
+                    lost.add(job_id)
+                    continue
+                if row["cancel_requested"]:
+                    cancel.add(job_id)
+                if progress is not None:
+                    job = Job(**row)
+                    self._notify(connection, "progress", job)
+                    reported.append(job)
+        for job in reported:
+            self._publish("progress", job)
+        return Kept(frozenset(cancel), frozenset(lost))
 
     def heartbeat(self, job_id: int, epoch: int) -> None:
         """Extend the lease; raises LeaseLost if the job was taken over."""

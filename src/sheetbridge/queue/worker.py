@@ -31,26 +31,50 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class JobContext:
-    """What a handler sees of its job: payload, progress reports, cancellation."""
+    """What a handler sees of its job: payload, progress reports, cancellation.
+
+    Alone, a context stores each report at once. In a started ``WorkerPool``
+    it hands reports to the pool, which stores those of all its jobs together
+    a few times a second (``progress_interval_s``); a cancel or a takeover is
+    then seen at the first report after that store.
+    """
 
     job: Claimed
     queue: JobQueue
+    pool: WorkerPool | None = None
     _cancel: bool = field(default=False, init=False)
+    _lost: bool = field(default=False, init=False)
 
     @property
     def payload(self) -> dict[str, Any]:
         return self.job.payload
 
     def progress(
-        self, phase: str, done: int = 0, total: int = 0, **counts: Any
+        self,
+        phase: str,
+        done: int = 0,
+        total: int = 0,
+        *,
+        stop_if_cancelled: bool = True,
+        **counts: Any,
     ) -> None:
-        """Report progress; also a safe point where a requested cancel takes effect.
+        """Report progress; also a safe point where a requested cancel takes
+        effect, unless the work reported cannot be taken back
+        (``stop_if_cancelled=False``).
 
         Raises LeaseLost if the job was taken over: the handler must stop.
         """
         state = {"phase": phase, "done": done, "total": total, **counts}
-        self._cancel = self.queue.report_progress(self.job.id, self.job.epoch, state)
-        self.check_cancelled()
+        if self.pool is None:
+            self._cancel = self.queue.report_progress(
+                self.job.id, self.job.epoch, state
+            )
+        else:
+            self.pool._report(self, state)
+        if stop_if_cancelled:
+            self.check_cancelled()
+        elif self._lost:
+            raise LeaseLost(f"job {self.job.id} epoch {self.job.epoch} was taken over")
 
     def waiting_for_quota(self, until: datetime | None = None) -> None:
         """Tell the job's watchers it waits for the API quota (until ``until``)."""
@@ -58,7 +82,10 @@ class JobContext:
         self.progress(WAITING_FOR_QUOTA, until=until_text)
 
     def check_cancelled(self) -> None:
-        """Raise JobCancelled if a cancel was requested (seen at the last report)."""
+        """Raise JobCancelled if a cancel was requested (as last seen), and
+        LeaseLost if the job is no longer this worker's."""
+        if self._lost:
+            raise LeaseLost(f"job {self.job.id} epoch {self.job.epoch} was taken over")
         if self._cancel:
             raise JobCancelled(f"job {self.job.id} was cancelled")
 
@@ -107,6 +134,12 @@ class WorkerPool:
     Processes spare each other needless looks: a worker that finishes a job
     claims its next one itself, so other processes are only woken by events
     no worker here takes care of (see ``JobQueue._others_should_look``).
+
+    One keeper thread stores the progress its jobs reported and renews their
+    leases, for all of them in one transaction every ``progress_interval_s``:
+    on SQLite, where writers take turns, a job then costs about two writes
+    (its claim with the previous job's settling, and its own data) instead of
+    one more per progress report.
     """
 
     def __init__(
@@ -116,26 +149,31 @@ class WorkerPool:
         *,
         concurrency: int = 8,
         poll_interval_s: float = 1.0,
+        progress_interval_s: float = 0.5,
         name: str | None = None,
     ) -> None:
         self.queue = queue
         self.handlers = dict(handlers)
         self.concurrency = concurrency
         self.poll_interval_s = poll_interval_s
+        self.progress_interval_s = progress_interval_s
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self._stopping = threading.Event()
         self._keeper_stopping = threading.Event()
         self._doorbell = _Doorbell(concurrency)
         self._workers: list[threading.Thread] = []
         self._keeper: threading.Thread | None = None
-        self._running: dict[int, Claimed] = {}
+        self._running: dict[int, JobContext] = {}
+        self._reports: dict[int, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._thread_state = threading.local()
 
     def start(self) -> None:
-        """Start the worker threads and the lease keeper."""
+        """Start the keeper, then the worker threads."""
         self._stopping.clear()
         self._keeper_stopping.clear()
+        self._keeper = threading.Thread(target=self._keep_running, daemon=True)
+        self._keeper.start()
         self.queue._add_waker(self._on_event, self._looks_after)
         for index in range(self.concurrency):
             thread = threading.Thread(
@@ -143,8 +181,6 @@ class WorkerPool:
             )
             thread.start()
             self._workers.append(thread)
-        self._keeper = threading.Thread(target=self._keep_leases, daemon=True)
-        self._keeper.start()
 
     def stop(self, timeout_s: float = 30.0) -> list[int]:
         """Drain: stop claiming, let running jobs finish for up to ``timeout_s``,
@@ -161,7 +197,11 @@ class WorkerPool:
             thread.join(max(deadline - time.monotonic(), 0.0))
         with self._lock:
             unfinished = list(self._running.values())
-        released = [job.id for job in unfinished if self._hand_back(job)]
+        released = []
+        for context in unfinished:
+            if self._hand_back(context.job):
+                context._lost = True  # its handler may still run: stop it
+                released.append(context.job.id)
         # Leases are renewed until the drain is over, so no running job is
         # taken over (and run twice at once) while this pool still waits on it.
         self._keeper_stopping.set()
@@ -224,17 +264,20 @@ class WorkerPool:
     def _run(self, job: Claimed, worker_id: str) -> Claimed | None:
         """Run the job and settle it; returns the worker's next job, claimed
         in the same transaction as the settling, if there is one."""
-        context = JobContext(job, self.queue)
+        # A started pool's keeper stores progress; run_until_empty has none.
+        kept = self._keeper is not None and not self._keeper_stopping.is_set()
+        context = JobContext(job, self.queue, self if kept else None)
         with self._lock:
-            self._running[job.id] = job
+            self._running[job.id] = context
         try:
             try:
                 outcome = self._outcome(context)
             finally:
-                # Settling ends the lease: no more renewals, and a stopping
-                # pool has nothing to hand back.
+                # Settling ends the lease: no more renewals or progress, and a
+                # stopping pool has nothing to hand back.
                 with self._lock:
                     self._running.pop(job.id, None)
+                    self._reports.pop(job.id, None)
             then_claim = None if self._stopping.is_set() else worker_id
             return self._settle(job, outcome, then_claim)
         except LeaseLost:
@@ -313,26 +356,70 @@ class WorkerPool:
             message = f"unexpected error: {type(outcome).__name__}: {outcome}"
         return self.queue.fail(job.id, job.epoch, message, then_claim=then_claim)
 
-    def _keep_leases(self) -> None:
-        """Renew the leases of running jobs and take back expired ones."""
-        interval_s = max(self.queue.lease_s / 3, 0.05)
-        while not self._keeper_stopping.wait(interval_s):
+    def _report(self, context: JobContext, progress: dict[str, Any]) -> None:
+        """Keep a job's newest progress for the keeper's next store."""
+        with self._lock:
+            if context.job.id in self._running:
+                self._reports[context.job.id] = progress
+
+    def _keep_running(self) -> None:
+        """Store reported progress and renew leases of running jobs, all in one
+        transaction; now and then take back other workers' expired jobs."""
+        lease_every_s = max(self.queue.lease_s / 3, 0.05)
+        renewed_at = expired_at = time.monotonic()
+        while not self._keeper_stopping.wait(self.progress_interval_s):
+            now = time.monotonic()
+            renew = now - renewed_at >= lease_every_s
             with self._lock:
-                running = list(self._running.values())
-            for job in running:
+                reports, self._reports = self._reports, {}
+                contexts = dict(self._running)
+            jobs = [
+                (job_id, context.job.epoch, reports.get(job_id))
+                for job_id, context in contexts.items()
+                if (renew or job_id in reports) and not context._lost
+            ]
+            if jobs:
+                self._keep(jobs, contexts)
+            if renew:
+                renewed_at = now
+            if now - expired_at >= lease_every_s:
+                expired_at = now
                 try:
-                    self.queue.heartbeat(job.id, job.epoch)
-                except LeaseLost:
-                    with self._lock:
-                        still_running = job.id in self._running
-                    if still_running:  # else it just finished: nothing lost
-                        log.warning(
-                            "job.lease_lost",
-                            extra={"action": "job.lease_lost", "job_id": job.id},
-                        )
+                    self.queue.requeue_expired()
                 except Exception:
-                    log.exception("worker.heartbeat_failed", extra={"action": "hb"})
-            try:
-                self.queue.requeue_expired()
-            except Exception:
-                log.exception("worker.requeue_failed", extra={"action": "requeue"})
+                    log.exception("worker.requeue_failed", extra={"action": "requeue"})
+        # Stopping: what the last jobs reported still reaches their watchers.
+        with self._lock:
+            reports, self._reports = self._reports, {}
+            contexts = dict(self._running)
+        jobs = [
+            (job_id, context.job.epoch, reports[job_id])
+            for job_id, context in contexts.items()
+            if job_id in reports and not context._lost
+        ]
+        if jobs:
+            self._keep(jobs, contexts)
+
+    def _keep(
+        self,
+        jobs: list[tuple[int, int, dict[str, Any] | None]],
+        contexts: dict[int, JobContext],
+    ) -> None:
+        try:
+            kept = self.queue.keep_running(jobs)
+        except Exception:
+            # Nothing is lost: leases outlast several tries, and a job's next
+            # report is stored by the next one.
+            log.exception("worker.keep_failed", extra={"action": "keep"})
+            return
+        for job_id in kept.cancel_requested:
+            contexts[job_id]._cancel = True
+        for job_id in kept.lost:
+            with self._lock:
+                still_running = job_id in self._running
+            if still_running:  # else it just finished: nothing lost
+                contexts[job_id]._lost = True
+                log.warning(
+                    "job.lease_lost",
+                    extra={"action": "job.lease_lost", "job_id": job_id},
+                )

@@ -46,6 +46,7 @@ def worker_pool(runtime: Runtime, concurrency: int) -> WorkerPool:
         runtime.sync.handlers,
         concurrency=concurrency,
         poll_interval_s=runtime.settings.poll_interval_s,
+        progress_interval_s=runtime.settings.progress_interval_s,
     )
 
 

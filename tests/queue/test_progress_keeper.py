@@ -1,0 +1,213 @@
+"""A pool stores its running jobs' progress together, a few times a second,
+and still stops a job that was cancelled or taken over."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, update
+
+from sheetbridge.db import Database
+from sheetbridge.queue.errors import JobCancelled, LeaseLost
+from sheetbridge.queue.models import Job
+from sheetbridge.queue.store import JobQueue
+from sheetbridge.queue.worker import JobContext, WorkerPool
+
+INTERVAL_S = 0.1
+
+
+@pytest.fixture
+def queue(db: Database) -> JobQueue:
+    return JobQueue(db, lease_s=5)
+
+
+@pytest.fixture
+def writes(queue: JobQueue, monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The time of every write transaction the queue's database begins."""
+    seen: list[float] = []
+    begin = queue.db.transaction
+    open_session = queue.db.session
+
+    @contextmanager
+    def counted_transaction() -> Iterator[Connection]:
+        seen.append(time.monotonic())
+        with begin() as connection:
+            yield connection
+
+    @contextmanager
+    def counted_session() -> Iterator[Any]:
+        seen.append(time.monotonic())
+        with open_session() as session:
+            yield session
+
+    monkeypatch.setattr(queue.db, "transaction", counted_transaction)
+    monkeypatch.setattr(queue.db, "session", counted_session)
+    return seen
+
+
+def wait_until(condition: Any, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def start_pool(queue: JobQueue, handler: Any, concurrency: int) -> WorkerPool:
+    pool = WorkerPool(
+        queue,
+        {"work": handler},
+        concurrency=concurrency,
+        poll_interval_s=0.05,
+        progress_interval_s=INTERVAL_S,
+    )
+    pool.start()
+    return pool
+
+
+def test_many_jobs_reports_are_stored_in_a_few_transactions(
+    queue: JobQueue, writes: list[float]
+) -> None:
+    jobs, reports_each = 8, 20
+    release = threading.Event()
+    reported = threading.Barrier(jobs + 1)
+
+    def work(context: JobContext) -> dict[str, Any]:
+        for step in range(1, reports_each + 1):
+            context.progress("writing", step, reports_each)
+        reported.wait(10)
+        release.wait(10)
+        return {}
+
+    ids = [queue.enqueue("work", queue_key=f"user:{n}").job_id for n in range(jobs)]
+    writes_before = len(writes)
+    pool = start_pool(queue, work, jobs)
+    try:
+        reported.wait(10)
+        wait_until(
+            lambda: all(
+                (queue.get(job_id).progress or {}).get("done") == reports_each
+                for job_id in ids
+            )
+        )
+        claimed_and_stored_with = len(writes) - writes_before
+    finally:
+        release.set()
+        pool.stop(5)
+    # A claim per job, then 160 reports: each keeper round stores the newest
+    # report of every job at once.
+    assert claimed_and_stored_with <= jobs + 4
+    assert all(queue.get(job_id).state == "succeeded" for job_id in ids)
+
+
+def test_progress_reaches_listeners_once_it_is_stored(queue: JobQueue) -> None:
+    seen: list[tuple[dict[str, Any] | None, dict[str, Any] | None]] = []
+
+    def on_event(event: str, job: Job) -> None:
+        if event == "progress":
+            seen.append((job.progress, queue.get(job.id).progress))
+
+    queue.subscribe(on_event)
+
+    def work(context: JobContext) -> dict[str, Any]:
+        context.progress("reading", 1, 2)
+        time.sleep(INTERVAL_S * 3)
+        return {}
+
+    job_id = queue.enqueue("work", queue_key="user:1").job_id
+    pool = start_pool(queue, work, 1)
+    try:
+        wait_until(lambda: queue.get(job_id).state == "succeeded")
+    finally:
+        pool.stop(5)
+    assert seen, "no progress event"
+    assert all(sent == stored for sent, stored in seen)
+    assert seen[0][0] == {"phase": "reading", "done": 1, "total": 2}
+
+
+def test_a_cancel_stops_a_running_job_at_its_next_report(queue: JobQueue) -> None:
+    started = threading.Event()
+
+    def work(context: JobContext) -> dict[str, Any]:
+        started.set()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            context.progress("writing")
+            time.sleep(0.01)
+        return {"ran": "to the end"}
+
+    job_id = queue.enqueue("work", queue_key="user:1").job_id
+    pool = start_pool(queue, work, 1)
+    try:
+        assert started.wait(10)
+        asked = time.monotonic()
+        queue.cancel(job_id)
+        wait_until(lambda: queue.get(job_id).state == "cancelled")
+        took_s = time.monotonic() - asked
+    finally:
+        pool.stop(5)
+    assert took_s < 2.0
+
+
+def test_a_job_taken_over_stops_at_its_next_report(
+    queue: JobQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    started = threading.Event()
+    ended: list[str] = []
+
+    def work(context: JobContext) -> dict[str, Any]:
+        started.set()
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                context.progress("writing")
+                time.sleep(0.01)
+        except LeaseLost:
+            ended.append("lease lost")
+            raise
+        except JobCancelled:
+            ended.append("cancelled")
+            raise
+        ended.append("ran to the end")
+        return {}
+
+    job_id = queue.enqueue("work", queue_key="user:1").job_id
+    pool = start_pool(queue, work, 1)
+    try:
+        assert started.wait(10)
+        with queue.db.session() as session:  # another worker's takeover
+            session.execute(
+                update(Job).where(Job.id == job_id).values(epoch=Job.epoch + 1)
+            )
+        wait_until(lambda: bool(ended))
+    finally:
+        pool.stop(5)
+    assert ended == ["lease lost"]
+    assert "job.lease_lost" in caplog.text
+
+
+def test_a_job_ending_with_a_report_unstored_ends_as_it_ended(
+    queue: JobQueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+
+    def work(context: JobContext) -> dict[str, Any]:
+        context.progress("writing", 5, 5)
+        return {"rows": 5}
+
+    ids = [queue.enqueue("work", queue_key=f"user:{n}").job_id for n in range(20)]
+    pool = start_pool(queue, work, 4)
+    try:
+        wait_until(lambda: all(queue.get(i).state == "succeeded" for i in ids))
+        time.sleep(INTERVAL_S * 3)  # keeper rounds after the ends
+    finally:
+        pool.stop(5)
+    assert all(queue.get(i).result == {"rows": 5} for i in ids)
+    assert all(queue.get(i).state == "succeeded" for i in ids)
+    assert "lease_lost" not in caplog.text
+    assert "keep_failed" not in caplog.text
