@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Connection, update
+from sqlalchemy.exc import OperationalError
 
 from sheetbridge.db import Database
 from sheetbridge.queue.errors import JobCancelled, LeaseLost
@@ -211,3 +212,33 @@ def test_a_job_ending_with_a_report_unstored_ends_as_it_ended(
     assert all(queue.get(i).state == "succeeded" for i in ids)
     assert "lease_lost" not in caplog.text
     assert "keep_failed" not in caplog.text
+
+
+def test_a_report_whose_store_failed_is_stored_by_a_later_round(
+    queue: JobQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keep = queue.keep_running
+    failures = [OperationalError("UPDATE jobs", {}, Exception("disk I/O error"))]
+
+    def failing_once(jobs: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return keep(jobs)
+
+    monkeypatch.setattr(queue, "keep_running", failing_once)
+    release = threading.Event()
+
+    def work(context: JobContext) -> dict[str, Any]:
+        context.progress("reading", 3, 7)  # once only
+        release.wait(10)
+        return {}
+
+    job_id = queue.enqueue("work", queue_key="user:1").job_id
+    pool = start_pool(queue, work, 1)
+    try:
+        wait_until(lambda: queue.get(job_id).progress is not None)
+        assert not failures
+        assert queue.get(job_id).progress == {"phase": "reading", "done": 3, "total": 7}
+    finally:
+        release.set()
+        pool.stop(5)

@@ -363,24 +363,15 @@ class WorkerPool:
                 self._reports[context.job.id] = progress
 
     def _keep_running(self) -> None:
-        """Store reported progress and renew leases of running jobs, all in one
-        transaction; now and then take back other workers' expired jobs."""
+        """Every ``progress_interval_s``, store the reported progress, and now
+        and then renew every running job's lease and take back other workers'
+        expired jobs."""
         lease_every_s = max(self.queue.lease_s / 3, 0.05)
         renewed_at = expired_at = time.monotonic()
         while not self._keeper_stopping.wait(self.progress_interval_s):
             now = time.monotonic()
             renew = now - renewed_at >= lease_every_s
-            with self._lock:
-                reports, self._reports = self._reports, {}
-                contexts = dict(self._running)
-            jobs = [
-                (job_id, context.job.epoch, reports.get(job_id))
-                for job_id, context in contexts.items()
-                if (renew or job_id in reports) and not context._lost
-            ]
-            if jobs:
-                self._keep(jobs, contexts)
-            if renew:
+            if self._keep_round(renew) and renew:
                 renewed_at = now
             if now - expired_at >= lease_every_s:
                 expired_at = now
@@ -388,30 +379,31 @@ class WorkerPool:
                     self.queue.requeue_expired()
                 except Exception:
                     log.exception("worker.requeue_failed", extra={"action": "requeue"})
-        # Stopping: what the last jobs reported still reaches their watchers.
+        self._keep_round(renew=False)  # the last reports still reach watchers
+
+    def _keep_round(self, renew: bool) -> bool:
+        """In one transaction, each running job's newest report and, with
+        ``renew``, every running job's lease. False if the store failed: its
+        reports wait for the next round, and leases outlast several rounds."""
         with self._lock:
             reports, self._reports = self._reports, {}
-            contexts = dict(self._running)
+            contexts = {i: c for i, c in self._running.items() if not c._lost}
         jobs = [
-            (job_id, context.job.epoch, reports[job_id])
+            (job_id, context.job.epoch, reports.get(job_id))
             for job_id, context in contexts.items()
-            if job_id in reports and not context._lost
+            if renew or job_id in reports
         ]
-        if jobs:
-            self._keep(jobs, contexts)
-
-    def _keep(
-        self,
-        jobs: list[tuple[int, int, dict[str, Any] | None]],
-        contexts: dict[int, JobContext],
-    ) -> None:
+        if not jobs:
+            return True
         try:
             kept = self.queue.keep_running(jobs)
         except Exception:
-            # Nothing is lost: leases outlast several tries, and a job's next
-            # report is stored by the next one.
             log.exception("worker.keep_failed", extra={"action": "keep"})
-            return
+            with self._lock:
+                for job_id, progress in reports.items():
+                    if job_id in self._running:  # a newer report wins
+                        self._reports.setdefault(job_id, progress)
+            return False
         for job_id in kept.cancel_requested:
             contexts[job_id]._cancel = True
         for job_id in kept.lost:
@@ -423,3 +415,4 @@ class WorkerPool:
                     "job.lease_lost",
                     extra={"action": "job.lease_lost", "job_id": job_id},
                 )
+        return True
