@@ -242,3 +242,99 @@ def test_a_report_whose_store_failed_is_stored_by_a_later_round(
     finally:
         release.set()
         pool.stop(5)
+
+
+def slow_keeper_pool(queue: JobQueue, handler: Any) -> WorkerPool:
+    """A pool whose keeper would store nothing for a minute."""
+    pool = WorkerPool(queue, {"work": handler}, concurrency=1, progress_interval_s=60)
+    pool.start()
+    return pool
+
+
+def test_a_cancel_during_a_long_step_stops_the_job_at_the_next_report(
+    queue: JobQueue,
+) -> None:
+    reading = threading.Event()
+    cancelled = threading.Event()
+    steps: list[str] = []
+
+    def work(context: JobContext) -> dict[str, Any]:
+        context.progress("reading")
+        reading.set()
+        cancelled.wait(10)  # a long read, during which the user cancels
+        context.progress("writing")
+        steps.append("wrote the sheet")
+        return {}
+
+    job_id = queue.enqueue("work", queue_key="user:1").job_id
+    pool = slow_keeper_pool(queue, work)
+    try:
+        assert reading.wait(10)
+        queue.cancel(job_id)
+        cancelled.set()
+        wait_until(lambda: queue.get(job_id).state != "running")
+    finally:
+        pool.stop(5)
+    assert queue.get(job_id).state == "cancelled"
+    assert steps == []
+
+
+def test_a_takeover_during_a_long_step_stops_the_job_at_the_next_report(
+    queue: JobQueue,
+) -> None:
+    reading = threading.Event()
+    taken = threading.Event()
+    ended: list[str] = []
+
+    def work(context: JobContext) -> dict[str, Any]:
+        context.progress("reading")
+        reading.set()
+        taken.wait(10)
+        try:
+            context.progress("writing")
+        except LeaseLost:
+            ended.append("lease lost")
+            raise
+        ended.append("wrote the sheet")
+        return {}
+
+    job_id = queue.enqueue("work", queue_key="user:1").job_id
+    pool = slow_keeper_pool(queue, work)
+    try:
+        assert reading.wait(10)
+        with queue.db.session() as session:
+            session.execute(
+                update(Job).where(Job.id == job_id).values(epoch=Job.epoch + 1)
+            )
+        taken.set()
+        wait_until(lambda: bool(ended))
+    finally:
+        pool.stop(5)
+    assert ended == ["lease lost"]
+
+
+def test_a_finished_job_keeps_its_last_report_though_the_keeper_never_stored_it(
+    queue: JobQueue,
+) -> None:
+    def work(context: JobContext) -> dict[str, Any]:
+        context.progress("reading", 0, 7)
+        context.progress("writing", 7, 7, rows_written=7, stop_if_cancelled=False)
+        if context.job.kind == "work" and context.payload.get("fail"):
+            raise RuntimeError("the sheet went away")
+        return {"rows": 7}
+
+    done = queue.enqueue("work", queue_key="user:1").job_id
+    failed = queue.enqueue("work", queue_key="user:2", payload={"fail": True}).job_id
+    pool = slow_keeper_pool(queue, work)
+    try:
+        wait_until(
+            lambda: (
+                queue.get(done).state == "succeeded"
+                and queue.get(failed).state == "failed"
+            )
+        )
+    finally:
+        pool.stop(5)
+    last = {"phase": "writing", "done": 7, "total": 7, "rows_written": 7}
+    assert queue.get(done).progress == last
+    assert queue.get(failed).progress == last

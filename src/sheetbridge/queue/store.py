@@ -153,7 +153,8 @@ _LOCK_KEY_OF_JOB_SQL = (
 _FINISH_SQL = f"""
 UPDATE jobs SET
   state = :final_state, result = :final_result, finished_at = :now,
-  lease_owner = NULL
+  lease_owner = NULL,
+  progress = CASE WHEN :has_progress THEN :final_progress ELSE progress END
 WHERE id = :job_id AND epoch = :owner_epoch AND state = 'running'
 RETURNING {_COLUMNS}
 """
@@ -262,7 +263,10 @@ class _Statement:
 
 
 _FINISH = _Statement(
-    _FINISH_SQL, times=["now"], documents=["final_result"], columns=_JOBS.c
+    _FINISH_SQL,
+    times=["now"],
+    documents=["final_result", "final_progress"],
+    columns=_JOBS.c,
 )
 _PROMOTE = _Statement(_PROMOTE_SQL, times=["turn"])
 _KEEP = _Statement(
@@ -712,6 +716,19 @@ class JobQueue:
             head = session.execute(self._runnable.typed, {"now": self.now()}).first()
         return head is not None
 
+    def ownership(self, job_id: int, epoch: int) -> tuple[bool, bool]:
+        """Whether a running job was asked to cancel, and whether ``epoch``
+        lost it: a read, so a safe point never waits for the write turn."""
+        with self.db.read_session() as session:
+            row = session.execute(
+                select(Job.cancel_requested, Job.epoch, Job.state).where(
+                    Job.id == job_id
+                )
+            ).first()
+        if row is None or row.epoch != epoch or row.state != RUNNING:
+            return False, True
+        return bool(row.cancel_requested), False
+
     def keep_running(
         self, jobs: Iterable[tuple[int, int, dict[str, Any] | None]]
     ) -> Kept:
@@ -787,19 +804,28 @@ class JobQueue:
         result: dict[str, Any],
         *,
         then_claim: str | None = None,
+        progress: dict[str, Any] | None = None,
     ) -> Claimed | None:
-        """Finish the job with its result; LeaseLost if it is no longer ours."""
+        """Finish the job with its result (and its last ``progress``, if not
+        stored yet); LeaseLost if it is no longer ours."""
         return self._settle(
-            lambda claim: self._finish(job_id, epoch, SUCCEEDED, result, claim),
+            lambda claim: self._finish(
+                job_id, epoch, SUCCEEDED, result, claim, progress
+            ),
             then_claim,
         )
 
     def cancelled(
-        self, job_id: int, epoch: int, *, then_claim: str | None = None
+        self,
+        job_id: int,
+        epoch: int,
+        *,
+        then_claim: str | None = None,
+        progress: dict[str, Any] | None = None,
     ) -> Claimed | None:
         """Record that a running job stopped at a safe point after a cancel."""
         return self._settle(
-            lambda claim: self._finish(job_id, epoch, CANCELLED, None, claim),
+            lambda claim: self._finish(job_id, epoch, CANCELLED, None, claim, progress),
             then_claim,
         )
 
@@ -813,6 +839,7 @@ class JobQueue:
         retry_after_s: float | None = None,
         result: dict[str, Any] | None = None,
         then_claim: str | None = None,
+        progress: dict[str, Any] | None = None,
     ) -> Claimed | None:
         """Fail the job, or keep it at the front of its key for another attempt.
 
@@ -822,7 +849,7 @@ class JobQueue:
         """
         return self._settle(
             lambda claim: self._fail(
-                job_id, epoch, error, retry, retry_after_s, result, claim
+                job_id, epoch, error, retry, retry_after_s, result, claim, progress
             ),
             then_claim,
         )
@@ -849,12 +876,15 @@ class JobQueue:
         retry_after_s: float | None,
         result: dict[str, Any] | None,
         then_claim: str | None,
+        progress: dict[str, Any] | None = None,
     ) -> Claimed | None:
         with self.db.session() as session:
             job = self._owned(session, job_id, epoch, lock_key=True)
             now = self.now()
             job.error = error
             job.result = result
+            if progress is not None:
+                job.progress = progress
             job.lease_owner = None
             job.lease_expires_at = None
             entry: dict[str, Any] = {
@@ -916,6 +946,7 @@ class JobQueue:
         state: str,
         result: dict[str, Any] | None,
         then_claim: str | None,
+        progress: dict[str, Any] | None = None,
     ) -> Claimed | None:
         with self.db.transaction() as connection:
             self._lock_key_of(connection, job_id)
@@ -926,6 +957,8 @@ class JobQueue:
                     "owner_epoch": epoch,
                     "final_state": state,
                     "final_result": result,
+                    "has_progress": progress is not None,
+                    "final_progress": progress,
                     "now": self.now(),
                 },
                 self._postgres,

@@ -71,6 +71,10 @@ class JobContext:
             )
         else:
             self.pool._report(self, state)
+            # The store waits for the keeper; a cancel or a takeover must not.
+            cancel, lost = self.queue.ownership(self.job.id, self.job.epoch)
+            self._cancel = self._cancel or cancel
+            self._lost = self._lost or lost
         if stop_if_cancelled:
             self.check_cancelled()
         elif self._lost:
@@ -277,9 +281,9 @@ class WorkerPool:
                 # stopping pool has nothing to hand back.
                 with self._lock:
                     self._running.pop(job.id, None)
-                    self._reports.pop(job.id, None)
+                    last_report = self._reports.pop(job.id, None)
             then_claim = None if self._stopping.is_set() else worker_id
-            return self._settle(job, outcome, then_claim)
+            return self._settle(job, outcome, then_claim, last_report)
         except LeaseLost:
             log.warning(
                 "job.lease_lost",
@@ -336,25 +340,36 @@ class WorkerPool:
         job: Claimed,
         outcome: dict[str, Any] | BaseException,
         then_claim: str | None,
+        progress: dict[str, Any] | None = None,
     ) -> Claimed | None:
+        """Settle the job; ``progress`` is its last report if the keeper has
+        not stored it yet, so a finished job shows its final counts."""
+        queue, job_id, epoch = self.queue, job.id, job.epoch
         if isinstance(outcome, dict):
-            return self.queue.succeed(job.id, job.epoch, outcome, then_claim=then_claim)
+            return queue.succeed(
+                job_id, epoch, outcome, then_claim=then_claim, progress=progress
+            )
         if isinstance(outcome, JobCancelled):
-            return self.queue.cancelled(job.id, job.epoch, then_claim=then_claim)
+            return queue.cancelled(
+                job_id, epoch, then_claim=then_claim, progress=progress
+            )
         if isinstance(outcome, RetryableJobError):
-            return self.queue.fail(
-                job.id,
-                job.epoch,
+            return queue.fail(
+                job_id,
+                epoch,
                 str(outcome),
                 retry=True,
                 retry_after_s=outcome.retry_after_s,
                 then_claim=then_claim,
+                progress=progress,
             )
         if isinstance(outcome, PermanentJobError):
             message = str(outcome)
         else:
             message = f"unexpected error: {type(outcome).__name__}: {outcome}"
-        return self.queue.fail(job.id, job.epoch, message, then_claim=then_claim)
+        return queue.fail(
+            job_id, epoch, message, then_claim=then_claim, progress=progress
+        )
 
     def _report(self, context: JobContext, progress: dict[str, Any]) -> None:
         """Keep a job's newest progress for the keeper's next store."""
