@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import Table, bindparam, delete, insert, select, update
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlalchemy.orm import Session
 
@@ -97,25 +97,35 @@ class SyncService:
 
     def target_for(self, user: User) -> SyncTarget:
         """The user's sync target, created on first use (a workbook per user)."""
-        with self.db.read_session() as session:
-            found = session.scalar(
-                select(SyncTarget).where(SyncTarget.user_id == user.id)
-            )
+        found = self._stored_target(user)
         if found is not None:
             return found
-        with self.db.session() as session:
-            target = session.scalar(
+        try:
+            with self.db.session() as session:
+                target = session.scalar(
+                    select(SyncTarget).where(SyncTarget.user_id == user.id)
+                )
+                if target is None:
+                    target = SyncTarget(
+                        user_id=user.id,
+                        backend=XLSX,
+                        location=str(self._workbook_path(user)),
+                    )
+                    session.add(target)
+                    session.flush()
+                return target
+        except IntegrityError:
+            # Another request created it at the same moment (PostgreSQL).
+            found = self._stored_target(user)
+            if found is None:
+                raise
+            return found
+
+    def _stored_target(self, user: User) -> SyncTarget | None:
+        with self.db.read_session() as session:
+            return session.scalar(
                 select(SyncTarget).where(SyncTarget.user_id == user.id)
             )
-            if target is None:
-                target = SyncTarget(
-                    user_id=user.id,
-                    backend=XLSX,
-                    location=str(self._workbook_path(user)),
-                )
-                session.add(target)
-                session.flush()
-            return target
 
     def update_target(
         self,
