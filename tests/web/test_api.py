@@ -306,3 +306,18 @@ def test_malformed_json_names_no_field_and_says_where_it_broke(
     detail = answer.json()["detail"][0]
     assert detail["field"] == ""
     assert "JSON" in detail["msg"] and "9" in detail["msg"]
+
+
+def test_a_nul_character_in_a_search_answers_422_naming_the_parameter(
+    alice: TestClient,
+) -> None:
+    for path, name in (
+        ("/api/customers?q=%00", "q"),
+        ("/api/policies?q=a%00", "q"),
+        ("/api/policies?carrier=a%00b", "carrier"),
+    ):
+        answer = alice.get(path)
+        assert answer.status_code == 422, (path, answer.text)
+        detail = answer.json()["detail"]
+        assert [error["field"] for error in detail] == [name]
+        assert "not text" in detail[0]["msg"]

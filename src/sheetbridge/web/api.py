@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, status
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel
 
 from sheetbridge.insurance.schemas import (
     MAX_ID,
@@ -38,7 +38,17 @@ RefId = Annotated[int | None, Query(ge=1, le=MAX_ID)]
 CustomerId = Annotated[int, Path(ge=1, le=MAX_ID)]
 PolicyId = Annotated[int, Path(ge=1, le=MAX_ID)]
 VersionQuery = Annotated[int | None, Query(ge=1, le=MAX_ID)]
-Search = Annotated[str, Query(max_length=200)]
+
+
+def _plain_text(value: str | None) -> str | None:
+    # PostgreSQL refuses NUL in text; refuse it here, naming the parameter.
+    if value is not None and "\x00" in value:
+        raise ValueError("contains characters that are not text")
+    return value
+
+
+PlainText = AfterValidator(_plain_text)
+Search = Annotated[str, Query(max_length=200), PlainText]
 Ids = Annotated[
     str,
     Query(
@@ -159,7 +169,7 @@ def list_policies(
     q: Search = "",
     status: PolicyStatus | None = None,
     line_of_business: LineOfBusiness | None = None,
-    carrier: Annotated[str | None, Query(max_length=100)] = None,
+    carrier: Annotated[str | None, Query(max_length=100), PlainText] = None,
     agent_id: RefId = None,
     customer_id: RefId = None,
     ids: Ids | None = None,
