@@ -53,3 +53,14 @@ def test_a_rejected_request_is_timed_with_its_status(alice: TestClient) -> None:
     assert answer.status_code == 422
     assert "server-timing" in answer.headers
     assert _count("PATCH", route, "422") == before + 1
+
+
+def test_static_files_and_the_api_schema_get_labels_of_their_own(
+    alice: TestClient,
+) -> None:
+    schema = _count("GET", "/openapi.json", "200")
+    static = _count("GET", "/static/{path}", "200")
+    assert alice.get("/openapi.json").status_code == 200
+    assert alice.get("/static/app.js").status_code == 200
+    assert _count("GET", "/openapi.json", "200") == schema + 1
+    assert _count("GET", "/static/{path}", "200") == static + 1

@@ -27,9 +27,11 @@ def route_label(scope: Scope) -> str:
     path = getattr(route, "path", None)
     if isinstance(path, str):
         return path
-    if "endpoint" in scope:
-        mount = scope.get("root_path", "")[len(scope.get("app_root_path", "")) :]
+    if "app_root_path" in scope:  # inside a mount (the static files)
+        mount = scope.get("root_path", "")[len(scope["app_root_path"]) :]
         return f"{mount}/{{path}}"
+    if "endpoint" in scope:  # the framework's own fixed paths: /docs, /openapi.json
+        return str(scope["path"])
     return UNMATCHED
 
 
