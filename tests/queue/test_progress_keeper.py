@@ -251,66 +251,63 @@ def slow_keeper_pool(queue: JobQueue, handler: Any) -> WorkerPool:
     return pool
 
 
-def test_a_cancel_during_a_long_step_stops_the_job_at_the_next_report(
-    queue: JobQueue,
-) -> None:
+def long_step_job(
+    queue: JobQueue, during_the_step: Any
+) -> tuple[list[str], dict[str, Any]]:
+    """Run a job that reports, takes a long step (several keeper rounds,
+    ``during_the_step`` runs at its start), then reports and writes."""
     reading = threading.Event()
-    cancelled = threading.Event()
-    steps: list[str] = []
-
-    def work(context: JobContext) -> dict[str, Any]:
-        context.progress("reading")
-        reading.set()
-        cancelled.wait(10)  # a long read, during which the user cancels
-        context.progress("writing")
-        steps.append("wrote the sheet")
-        return {}
-
-    job_id = queue.enqueue("work", queue_key="user:1").job_id
-    pool = slow_keeper_pool(queue, work)
-    try:
-        assert reading.wait(10)
-        queue.cancel(job_id)
-        cancelled.set()
-        wait_until(lambda: queue.get(job_id).state != "running")
-    finally:
-        pool.stop(5)
-    assert queue.get(job_id).state == "cancelled"
-    assert steps == []
-
-
-def test_a_takeover_during_a_long_step_stops_the_job_at_the_next_report(
-    queue: JobQueue,
-) -> None:
-    reading = threading.Event()
-    taken = threading.Event()
+    stepped = threading.Event()
     ended: list[str] = []
 
     def work(context: JobContext) -> dict[str, Any]:
         context.progress("reading")
         reading.set()
-        taken.wait(10)
+        stepped.wait(10)
+        time.sleep(INTERVAL_S * 4)  # a long read: the keeper has looked since
         try:
-            context.progress("writing")
-        except LeaseLost:
-            ended.append("lease lost")
+            context.progress("writing")  # a report made before no store
+        except (JobCancelled, LeaseLost) as exc:
+            ended.append(type(exc).__name__)
             raise
         ended.append("wrote the sheet")
         return {}
 
     job_id = queue.enqueue("work", queue_key="user:1").job_id
-    pool = slow_keeper_pool(queue, work)
+    pool = start_pool(queue, work, 1)
     try:
         assert reading.wait(10)
+        # Its report is stored before the cancel or takeover: only a look at
+        # the jobs that reported nothing new can see it.
+        wait_until(lambda: (queue.get(job_id).progress or {}).get("phase") == "reading")
+        during_the_step(job_id)
+        stepped.set()
+        wait_until(lambda: bool(ended))
+        wait_until(lambda: queue.get(job_id).state != "running" or "Lease" in ended[0])
+    finally:
+        pool.stop(5)
+    return ended, {"state": queue.get(job_id).state}
+
+
+def test_a_cancel_during_a_long_step_stops_the_job_at_the_next_report(
+    queue: JobQueue,
+) -> None:
+    ended, job = long_step_job(queue, queue.cancel)
+    assert ended == ["JobCancelled"]
+    assert job["state"] == "cancelled"
+
+
+def test_a_takeover_during_a_long_step_stops_the_job_at_the_next_report(
+    queue: JobQueue,
+) -> None:
+    def take_over(job_id: int) -> None:
         with queue.db.session() as session:
             session.execute(
                 update(Job).where(Job.id == job_id).values(epoch=Job.epoch + 1)
             )
-        taken.set()
-        wait_until(lambda: bool(ended))
-    finally:
-        pool.stop(5)
-    assert ended == ["lease lost"]
+
+    ended, _ = long_step_job(queue, take_over)
+    assert ended == ["LeaseLost"]
 
 
 def test_a_finished_job_keeps_its_last_report_though_the_keeper_never_stored_it(

@@ -43,6 +43,10 @@ def test_events_stream_status_then_each_transition_of_the_callers_jobs(
 ) -> None:
     alices: list[dict[str, Any]] = []
     bobs: list[dict[str, Any]] = []
+    # A sync slow enough to be seen running: the stream sends each job as it
+    # is when an event about it arrives, so a job done within milliseconds
+    # may go from queued straight to succeeded.
+    runtime.settings.sheet_latency_ms = 200
     with live_server(runtime) as url:
         with api_client(url, tokens["bob"]) as bob:
             bob.post("/api/insurance/sync/to-sheet")

@@ -716,18 +716,25 @@ class JobQueue:
             head = session.execute(self._runnable.typed, {"now": self.now()}).first()
         return head is not None
 
-    def ownership(self, job_id: int, epoch: int) -> tuple[bool, bool]:
-        """Whether a running job was asked to cancel, and whether ``epoch``
-        lost it: a read, so a safe point never waits for the write turn."""
+    def look_at_running(self, jobs: dict[int, int]) -> Kept:
+        """For running jobs ``{id: epoch}``: which were asked to cancel and
+        which their epoch no longer owns. One read, no write turn."""
         with self.db.read_session() as session:
-            row = session.execute(
-                select(Job.cancel_requested, Job.epoch, Job.state).where(
-                    Job.id == job_id
+            rows = session.execute(
+                select(Job.id, Job.cancel_requested, Job.epoch, Job.state).where(
+                    Job.id.in_(jobs)
                 )
-            ).first()
-        if row is None or row.epoch != epoch or row.state != RUNNING:
-            return False, True
-        return bool(row.cancel_requested), False
+            ).all()
+        found = {row.id: row for row in rows}
+        cancel: set[int] = set()
+        lost: set[int] = set()
+        for job_id, epoch in jobs.items():
+            row = found.get(job_id)
+            if row is None or row.epoch != epoch or row.state != RUNNING:
+                lost.add(job_id)
+            elif row.cancel_requested:
+                cancel.add(job_id)
+        return Kept(frozenset(cancel), frozenset(lost))
 
     def keep_running(
         self, jobs: Iterable[tuple[int, int, dict[str, Any] | None]]

@@ -24,6 +24,7 @@ from sheetbridge.queue.store import (
     WAKING_EVENTS,
     Claimed,
     JobQueue,
+    Kept,
 )
 
 log = logging.getLogger(__name__)
@@ -34,9 +35,9 @@ class JobContext:
     """What a handler sees of its job: payload, progress reports, cancellation.
 
     Alone, a context stores each report at once. In a started ``WorkerPool``
-    it hands reports to the pool, which stores those of all its jobs together
-    a few times a second (``progress_interval_s``); a cancel or a takeover is
-    then seen at the first report after that store.
+    it hands reports to the pool, whose keeper stores those of all its jobs
+    together every ``progress_interval_s`` and looks for cancels and takeovers
+    of them all; the job acts on one at its first report after that round.
     """
 
     job: Claimed
@@ -71,10 +72,6 @@ class JobContext:
             )
         else:
             self.pool._report(self, state)
-            # The store waits for the keeper; a cancel or a takeover must not.
-            cancel, lost = self.queue.ownership(self.job.id, self.job.epoch)
-            self._cancel = self._cancel or cancel
-            self._lost = self._lost or lost
         if stop_if_cancelled:
             self.check_cancelled()
         elif self._lost:
@@ -397,21 +394,28 @@ class WorkerPool:
         self._keep_round(renew=False)  # the last reports still reach watchers
 
     def _keep_round(self, renew: bool) -> bool:
-        """In one transaction, each running job's newest report and, with
-        ``renew``, every running job's lease. False if the store failed: its
-        reports wait for the next round, and leases outlast several rounds."""
+        """Store each running job's newest report and, with ``renew``, every
+        running job's lease, in one transaction; look at the other running
+        jobs with a read. So every job sees a cancel or a takeover within a
+        round. False if the store failed: its reports wait for the next round,
+        and leases outlast several rounds."""
         with self._lock:
             reports, self._reports = self._reports, {}
             contexts = {i: c for i, c in self._running.items() if not c._lost}
-        jobs = [
+        if not contexts:
+            return True
+        stored = [
             (job_id, context.job.epoch, reports.get(job_id))
             for job_id, context in contexts.items()
             if renew or job_id in reports
         ]
-        if not jobs:
-            return True
+        looked_at = {
+            job_id: context.job.epoch
+            for job_id, context in contexts.items()
+            if not (renew or job_id in reports)
+        }
         try:
-            kept = self.queue.keep_running(jobs)
+            found = [self.queue.keep_running(stored)] if stored else []
         except Exception:
             log.exception("worker.keep_failed", extra={"action": "keep"})
             with self._lock:
@@ -419,6 +423,17 @@ class WorkerPool:
                     if job_id in self._running:  # a newer report wins
                         self._reports.setdefault(job_id, progress)
             return False
+        if looked_at:
+            try:
+                found.append(self.queue.look_at_running(looked_at))
+            except Exception:
+                log.exception("worker.look_failed", extra={"action": "keep"})
+        for kept in found:
+            self._apply(kept, contexts)
+        return True
+
+    def _apply(self, kept: Kept, contexts: dict[int, JobContext]) -> None:
+        """Tell running jobs what the keeper found: a cancel, or a takeover."""
         for job_id in kept.cancel_requested:
             contexts[job_id]._cancel = True
         for job_id in kept.lost:
@@ -430,4 +445,3 @@ class WorkerPool:
                     "job.lease_lost",
                     extra={"action": "job.lease_lost", "job_id": job_id},
                 )
-        return True
