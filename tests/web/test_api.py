@@ -321,3 +321,19 @@ def test_a_nul_character_in_a_search_answers_422_naming_the_parameter(
         detail = answer.json()["detail"]
         assert [error["field"] for error in detail] == [name]
         assert "not text" in detail[0]["msg"]
+
+
+def test_true_or_false_for_a_version_or_an_id_answers_422_naming_the_field(
+    alice: TestClient,
+) -> None:
+    policy = alice.get("/api/policies?limit=1").json()["items"][0]
+    answer = alice.patch(f"/api/policies/{policy['id']}", json={"version": True})
+    assert answer.status_code == 422
+    assert [error["field"] for error in answer.json()["detail"]] == ["version"]
+    answer = alice.patch(
+        f"/api/policies/{policy['id']}",
+        json={"version": policy["version"], "customer_id": True},
+    )
+    assert answer.status_code == 422
+    assert [error["field"] for error in answer.json()["detail"]] == ["customer_id"]
+    assert alice.get(f"/api/policies/{policy['id']}").json() == policy

@@ -10,6 +10,7 @@ from typing import Annotated, Generic, Literal, Self, TypeVar
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
@@ -84,8 +85,20 @@ ShortText = Annotated[str, AfterValidator(_text), Field(min_length=1, max_length
 
 
 MAX_ID = 2**31 - 1
-RecordId = Annotated[int, Field(ge=1, le=MAX_ID)]
-Version = Annotated[int, Field(ge=1, le=MAX_ID, description="The version edited")]
+
+
+def _not_true_or_false(value: object) -> object:
+    # JSON true would otherwise pass as the number 1: record 1, version 1.
+    if isinstance(value, bool):
+        raise ValueError("must be a whole number, not true or false")
+    return value
+
+
+WholeNumber = BeforeValidator(_not_true_or_false)
+RecordId = Annotated[int, WholeNumber, Field(ge=1, le=MAX_ID)]
+Version = Annotated[
+    int, WholeNumber, Field(ge=1, le=MAX_ID, description="The version edited")
+]
 NULLABLE = frozenset({"date_of_birth", "agent_id"})
 
 
