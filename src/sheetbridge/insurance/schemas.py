@@ -115,6 +115,16 @@ BirthDate = Annotated[date, _plausible_date(date(1900, 1, 1), date(2100, 1, 1))]
 PolicyDate = Annotated[date, _plausible_date(date(1900, 1, 1), date(2200, 12, 31))]
 
 
+def plain_text(value: object) -> object:
+    """Refuse a string that databases cannot store as text (NUL, lone
+    surrogates); anything else passes unchanged."""
+    if isinstance(value, str) and (
+        "\x00" in value or (not value.isprintable() and _unencodable(value))
+    ):
+        raise ValueError("contains characters that are not text")
+    return value
+
+
 class _Input(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
@@ -123,11 +133,7 @@ class _Input(BaseModel):
     def _sane(cls, value: object, info: ValidationInfo) -> object:
         if value is None and info.field_name not in NULLABLE:
             raise ValueError("may not be empty")
-        if isinstance(value, str) and (
-            "\x00" in value or (not value.isprintable() and _unencodable(value))
-        ):
-            raise ValueError("contains characters that are not text")
-        return value
+        return plain_text(value)
 
 
 def _unencodable(value: str) -> bool:

@@ -46,7 +46,6 @@ from sqlalchemy import (
     func,
     select,
     text,
-    update,
 )
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
@@ -775,14 +774,8 @@ class JobQueue:
 
     def heartbeat(self, job_id: int, epoch: int) -> None:
         """Extend the lease; raises LeaseLost if the job was taken over."""
-        with self.db.session() as session:
-            renewed = session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.epoch == epoch, Job.state == RUNNING)
-                .values(lease_expires_at=self.now() + timedelta(seconds=self.lease_s))
-            ).rowcount  # type: ignore[attr-defined]
-            if not renewed:
-                raise LeaseLost(f"job {job_id} epoch {epoch} lost its lease")
+        if self.keep_running([(job_id, epoch, None)]).lost:
+            raise LeaseLost(f"job {job_id} epoch {epoch} lost its lease")
 
     def report_progress(
         self, job_id: int, epoch: int, progress: dict[str, Any]
@@ -791,14 +784,10 @@ class JobQueue:
 
         Raises LeaseLost if the job was taken over (the epoch moved on).
         """
-        with self.db.session() as session:
-            job = self._owned(session, job_id, epoch)
-            job.progress = progress
-            job.lease_expires_at = self.now() + timedelta(seconds=self.lease_s)
-            cancel = job.cancel_requested
-            self._notify(session.connection(), "progress", job)
-        self._publish("progress", job)
-        return cancel
+        kept = self.keep_running([(job_id, epoch, progress)])
+        if kept.lost:
+            raise LeaseLost(f"job {job_id} epoch {epoch} lost its lease")
+        return job_id in kept.cancel_requested
 
     # Settling a job: with ``then_claim`` (a worker id), that worker's next job
     # is claimed in the same transaction and returned, so a busy worker needs

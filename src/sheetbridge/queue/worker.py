@@ -74,8 +74,8 @@ class JobContext:
             self.pool._report(self, state)
         if stop_if_cancelled:
             self.check_cancelled()
-        elif self._lost:
-            raise LeaseLost(f"job {self.job.id} epoch {self.job.epoch} was taken over")
+        else:
+            self._stop_if_lost()
 
     def waiting_for_quota(self, until: datetime | None = None) -> None:
         """Tell the job's watchers it waits for the API quota (until ``until``)."""
@@ -85,10 +85,13 @@ class JobContext:
     def check_cancelled(self) -> None:
         """Raise JobCancelled if a cancel was requested (as last seen), and
         LeaseLost if the job is no longer this worker's."""
-        if self._lost:
-            raise LeaseLost(f"job {self.job.id} epoch {self.job.epoch} was taken over")
+        self._stop_if_lost()
         if self._cancel:
             raise JobCancelled(f"job {self.job.id} was cancelled")
+
+    def _stop_if_lost(self) -> None:
+        if self._lost:
+            raise LeaseLost(f"job {self.job.id} epoch {self.job.epoch} was taken over")
 
 
 Handler = Callable[[JobContext], dict[str, Any]]

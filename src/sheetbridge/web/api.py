@@ -20,6 +20,7 @@ from sheetbridge.insurance.schemas import (
     PolicyOut,
     PolicyStatus,
     PolicyUpdate,
+    plain_text,
 )
 from sheetbridge.insurance.services import (
     Book,
@@ -38,16 +39,8 @@ RefId = Annotated[int | None, Query(ge=1, le=MAX_ID)]
 CustomerId = Annotated[int, Path(ge=1, le=MAX_ID)]
 PolicyId = Annotated[int, Path(ge=1, le=MAX_ID)]
 VersionQuery = Annotated[int | None, Query(ge=1, le=MAX_ID)]
-
-
-def _plain_text(value: str | None) -> str | None:
-    # PostgreSQL refuses NUL in text; refuse it here, naming the parameter.
-    if value is not None and "\x00" in value:
-        raise ValueError("contains characters that are not text")
-    return value
-
-
-PlainText = AfterValidator(_plain_text)
+# Query text is held to the same rule as body text: PostgreSQL refuses NUL.
+PlainText = AfterValidator(plain_text)
 Search = Annotated[str, Query(max_length=200), PlainText]
 Ids = Annotated[
     str,
