@@ -59,6 +59,12 @@ def wait_until(condition: Any, timeout_s: float = 10.0) -> None:
         time.sleep(0.01)
 
 
+def take_over(queue: JobQueue, job_id: int) -> None:
+    """What another worker's takeover does to a running job: a new epoch."""
+    with queue.db.session() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(epoch=Job.epoch + 1))
+
+
 def start_pool(queue: JobQueue, handler: Any, concurrency: int) -> WorkerPool:
     pool = WorkerPool(
         queue,
@@ -181,10 +187,7 @@ def test_a_job_taken_over_stops_at_its_next_report(
     pool = start_pool(queue, work, 1)
     try:
         assert started.wait(10)
-        with queue.db.session() as session:  # another worker's takeover
-            session.execute(
-                update(Job).where(Job.id == job_id).values(epoch=Job.epoch + 1)
-            )
+        take_over(queue, job_id)
         wait_until(lambda: bool(ended))
     finally:
         pool.stop(5)
@@ -300,13 +303,7 @@ def test_a_cancel_during_a_long_step_stops_the_job_at_the_next_report(
 def test_a_takeover_during_a_long_step_stops_the_job_at_the_next_report(
     queue: JobQueue,
 ) -> None:
-    def take_over(job_id: int) -> None:
-        with queue.db.session() as session:
-            session.execute(
-                update(Job).where(Job.id == job_id).values(epoch=Job.epoch + 1)
-            )
-
-    ended, _ = long_step_job(queue, take_over)
+    ended, _ = long_step_job(queue, lambda job_id: take_over(queue, job_id))
     assert ended == ["LeaseLost"]
 
 
