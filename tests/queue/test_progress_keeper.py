@@ -11,10 +11,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, update
+from sqlalchemy import Connection, event, update
 from sqlalchemy.exc import OperationalError
 
-from sheetbridge.db import Database
+from sheetbridge.db import Database, is_sqlite
+from sheetbridge.queue import store
 from sheetbridge.queue.errors import JobCancelled, LeaseLost
 from sheetbridge.queue.models import Job
 from sheetbridge.queue.store import JobQueue
@@ -332,3 +333,54 @@ def test_a_finished_job_keeps_its_last_report_though_the_keeper_never_stored_it(
     last = {"phase": "writing", "done": 7, "total": 7, "rows_written": 7}
     assert queue.get(done).progress == last
     assert queue.get(failed).progress == last
+
+
+def test_keeping_many_running_jobs_is_one_statement_that_tells_each_jobs_fate(
+    queue: JobQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = [queue.enqueue("work", queue_key=f"user:{n}").job_id for n in range(8)]
+    claimed = {job.id: job for job in iter(lambda: queue.claim("w"), None)}
+    assert sorted(claimed) == ids
+    reported, taken, cancelled = ids[:3], ids[5], ids[6]
+    before = {job_id: queue.get(job_id) for job_id in ids}
+    take_over(queue, taken)
+    queue.cancel(cancelled)
+
+    statements: list[str] = []
+    engine = queue.db.engine
+    execute_pg = store._execute_pg
+
+    def count(_conn: Any, _cursor: Any, sql: str, *_args: Any) -> None:
+        statements.append(sql)
+
+    def count_pg(cursor: Any, sql: str, params: Any) -> None:
+        statements.append(sql)
+        execute_pg(cursor, sql, params)
+
+    event.listen(engine, "before_cursor_execute", count)
+    monkeypatch.setattr(store, "_execute_pg", count_pg)
+    try:
+        kept = queue.keep_running(
+            [(job_id, claimed[job_id].epoch, {"step": job_id}) for job_id in reported]
+            + [(job_id, claimed[job_id].epoch, None) for job_id in ids[3:]]
+        )
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+
+    # SQLite: BEGIN IMMEDIATE and the update. PostgreSQL: the row locks in id
+    # order, the update, and the reported jobs' events to other processes.
+    assert len(statements) == (2 if is_sqlite(engine) else 3), statements
+    assert kept.lost == {taken}
+    assert kept.cancel_requested == {cancelled}
+    for job_id in ids:
+        job = queue.get(job_id)
+        if job_id in reported:
+            assert job.progress == {"step": job_id}
+        else:
+            assert job.progress == before[job_id].progress
+        if job_id == taken:
+            assert job.lease_expires_at == before[job_id].lease_expires_at
+        else:
+            assert job.lease_expires_at is not None
+            assert before[job_id].lease_expires_at is not None
+            assert job.lease_expires_at > before[job_id].lease_expires_at

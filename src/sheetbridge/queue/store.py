@@ -17,6 +17,7 @@ the moment that transaction commits.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -34,7 +35,6 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Json
 from sqlalchemy import (
     JSON,
-    Boolean,
     Column,
     ColumnClause,
     Connection,
@@ -140,7 +140,10 @@ RETURNING {_COLUMNS}
 _CLAIM_PLAN_SQL = "SET LOCAL enable_sort = off"
 
 # PostgreSQL only, run on the driver's connection (see _run_pg).
-_NOTIFY_SQL = "SELECT pg_notify(%(channel)s, %(payload)s)"
+_NOTIFY_SQL = (
+    "SELECT pg_notify(%(channel)s, payload)"
+    " FROM unnest(%(payloads)s::text[]) AS payload"
+)
 _LOCK_KEY_SQL = "SELECT pg_advisory_xact_lock(%(cls)s, hashtext(%(key)s))"
 _LOCK_KEY_OF_JOB_SQL = (
     "SELECT pg_advisory_xact_lock(%(cls)s, hashtext(queue_key))"
@@ -188,18 +191,23 @@ VALUES (
 RETURNING id
 """
 
-# A running job's newer progress and a longer lease, while this epoch owns it;
-# or only the longer lease.
-_KEEP_SQL = f"""
-UPDATE jobs SET progress = :progress, lease_expires_at = :expires
-WHERE id = :job_id AND epoch = :owner_epoch AND state = 'running'
-RETURNING {_COLUMNS}
+# Running jobs' newer progress (where ``has_progress``) and a longer lease,
+# for each job this epoch still owns, in one statement: a worker process keeps
+# all its running jobs at once, and on SQLite every statement inside the
+# write turn makes other writers wait longer.
+_KEEP_SQL = """
+WITH kept(job_id, owner_epoch, has_progress, new_progress) AS (VALUES {rows})
+UPDATE jobs SET
+  lease_expires_at = :expires,
+  progress = CASE WHEN kept.has_progress THEN kept.new_progress ELSE progress END
+FROM kept
+WHERE jobs.id = kept.job_id AND jobs.epoch = kept.owner_epoch
+  AND jobs.state = 'running'
+RETURNING {columns}
 """
-_RENEW_SQL = """
-UPDATE jobs SET lease_expires_at = :expires
-WHERE id = :job_id AND epoch = :owner_epoch AND state = 'running'
-RETURNING cancel_requested
-"""
+# PostgreSQL: the rows a keep updates, locked in id order first, so that
+# transactions locking several jobs never wait for each other in a circle.
+_LOCK_JOBS_SQL = "SELECT id FROM jobs WHERE id = ANY(%(ids)s) ORDER BY id FOR UPDATE"
 
 
 class _Statement:
@@ -236,6 +244,19 @@ class _Statement:
             found: dict[str, Any] | None = cursor.fetchone()
         return found
 
+    def all(
+        self, connection: Connection, params: dict[str, Any], postgres: bool
+    ) -> list[dict[str, Any]]:
+        """Every row the statement returns, as dicts."""
+        if not postgres:
+            rows = connection.execute(self.typed, params).mappings().all()
+            return [dict(row) for row in rows]
+        driver: Any = connection.connection.driver_connection
+        with driver.cursor(row_factory=dict_row) as cursor:
+            _execute_pg(cursor, self.pg, self._adapted(params))
+            found: list[dict[str, Any]] = cursor.fetchall()
+        return found
+
     def one(
         self, connection: Connection, params: dict[str, Any], postgres: bool
     ) -> dict[str, Any]:
@@ -268,12 +289,6 @@ _FINISH = _Statement(
     columns=_JOBS.c,
 )
 _PROMOTE = _Statement(_PROMOTE_SQL, times=["turn"])
-_KEEP = _Statement(
-    _KEEP_SQL, times=["expires"], documents=["progress"], columns=_JOBS.c
-)
-_RENEW = _Statement(
-    _RENEW_SQL, times=["expires"], columns=[column("cancel_requested", Boolean)]
-)
 _KEY_STATE = _Statement(
     _KEY_STATE_SQL,
     columns=[column("ahead", Integer), column("served", DateTime(timezone=True))],
@@ -283,6 +298,22 @@ _ENQUEUE = _Statement(
     times=["enqueued_at", "run_after", "ready_at"],
     documents=["payload", "errors"],
 )
+
+
+@functools.cache
+def _keep(count: int) -> _Statement:
+    """The statement keeping ``count`` running jobs."""
+    rows = ", ".join(
+        f"(:job_id{i}, :owner_epoch{i}, :has_progress{i}, :new_progress{i})"
+        for i in range(count)
+    )
+    columns = ", ".join(f"jobs.{column.name}" for column in _JOBS.c)
+    return _Statement(
+        _KEEP_SQL.format(rows=rows, columns=columns),
+        times=["expires"],
+        documents=[f"new_progress{i}" for i in range(count)],
+        columns=_JOBS.c,
+    )
 
 
 @dataclass(frozen=True)
@@ -448,17 +479,21 @@ class JobQueue:
         bridge.stop()
 
     def _notify(
-        self, connection: Connection, event: str, job: Job, *, more: bool = False
+        self, connection: Connection, event: str, *jobs: Job, more: bool = False
     ) -> None:
-        """Send the event to other processes when this transaction commits."""
-        if not self._postgres:
+        """Send the event of each job to other processes when this transaction
+        commits (one statement for all)."""
+        if not self._postgres or not jobs:
             return
         wake = self._others_should_look(event, more)
-        payload = json.dumps(self.event_message(event, job, wake=wake), default=str)
-        if len(payload.encode()) > MAX_PAYLOAD_BYTES:
-            message = self.event_message(event, job, small=True, wake=wake)
-            payload = json.dumps(message, default=str)
-        _run_pg(connection, _NOTIFY_SQL, {"channel": CHANNEL, "payload": payload})
+        payloads = []
+        for job in jobs:
+            payload = json.dumps(self.event_message(event, job, wake=wake), default=str)
+            if len(payload.encode()) > MAX_PAYLOAD_BYTES:
+                message = self.event_message(event, job, small=True, wake=wake)
+                payload = json.dumps(message, default=str)
+            payloads.append(payload)
+        _run_pg(connection, _NOTIFY_SQL, {"channel": CHANNEL, "payloads": payloads})
 
     def _others_should_look(self, event: str, more: bool) -> bool:
         """Whether idle workers of other processes should look for work after
@@ -745,32 +780,33 @@ class JobQueue:
         A worker process reports all its jobs' progress this way, a few times a
         second, instead of in a transaction per report.
         """
-        expires = self.now() + timedelta(seconds=self.lease_s)
-        cancel: set[int] = set()
-        lost: set[int] = set()
-        reported: list[Job] = []
+        ordered = sorted(jobs, key=lambda job: job[0])
+        if not ordered:
+            return Kept(frozenset(), frozenset())
+        params: dict[str, Any] = {
+            "expires": self.now() + timedelta(seconds=self.lease_s)
+        }
+        for i, (job_id, epoch, progress) in enumerate(ordered):
+            params[f"job_id{i}"] = job_id
+            params[f"owner_epoch{i}"] = epoch
+            params[f"has_progress{i}"] = progress is not None
+            params[f"new_progress{i}"] = progress
+        reporting = {job_id for job_id, _, progress in ordered if progress is not None}
+        statement = _keep(len(ordered))
         with self.db.transaction() as connection:
-            # In id order: transactions that lock several job rows never wait
-            # for each other in a circle.
-            for job_id, epoch, progress in sorted(jobs, key=lambda job: job[0]):
-                params = {"job_id": job_id, "owner_epoch": epoch, "expires": expires}
-                if progress is None:
-                    row = _RENEW.first(connection, params, self._postgres)
-                else:
-                    params["progress"] = progress
-                    row = _KEEP.first(connection, params, self._postgres)
-                if row is None:
-                    lost.add(job_id)
-                    continue
-                if row["cancel_requested"]:
-                    cancel.add(job_id)
-                if progress is not None:
-                    job = Job(**row)
-                    self._notify(connection, "progress", job)
-                    reported.append(job)
+            if self._postgres:
+                ids = [job_id for job_id, _, _ in ordered]
+                _run_pg(connection, _LOCK_JOBS_SQL, {"ids": ids})
+            rows = statement.all(connection, params, self._postgres)
+            reported = [Job(**row) for row in rows if row["id"] in reporting]
+            self._notify(connection, "progress", *reported)
         for job in reported:
             self._publish("progress", job)
-        return Kept(frozenset(cancel), frozenset(lost))
+        kept = {row["id"] for row in rows}
+        return Kept(
+            frozenset(row["id"] for row in rows if row["cancel_requested"]),
+            frozenset(job_id for job_id, _, _ in ordered if job_id not in kept),
+        )
 
     def heartbeat(self, job_id: int, epoch: int) -> None:
         """Extend the lease; raises LeaseLost if the job was taken over."""
