@@ -351,7 +351,9 @@ class WorkerProcess:
             for job in running:
                 if (job.lease_owner or "").startswith(prefix):
                     with contextlib.suppress(LeaseLost):
-                        queue.release(job.id, job.epoch, "the worker process died")
+                        queue.release(
+                            job.id, job.epoch, "the worker process died", crashed=True
+                        )
         except Exception:
             log.exception("worker.hand_back_failed", extra={"action": "worker"})
 

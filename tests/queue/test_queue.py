@@ -344,6 +344,38 @@ def test_identical_request_coalesces_only_for_its_kind_and_only_before_start(
     assert not after_start.coalesced and after_start.job_id != first.job_id
 
 
+def test_a_job_handed_back_by_a_stopping_worker_keeps_its_attempts(
+    queue: JobQueue,
+) -> None:
+    queued = queue.enqueue("noop", queue_key="user:1", max_attempts=1)
+    for _ in range(3):
+        claimed = claim_within(queue, 5)
+        queue.release(claimed.id, claimed.epoch, "worker w stopped")
+
+    job = queue.get(queued.job_id)
+    assert (job.state, job.attempts) == ("queued", 0)
+
+
+def test_a_job_whose_worker_process_keeps_dying_fails_after_its_attempts(
+    queue: JobQueue,
+) -> None:
+    poison = queue.enqueue("noop", queue_key="user:1", max_attempts=2)
+    behind = queue.enqueue("noop", queue_key="user:1")
+    for attempt in (1, 2):
+        claimed = claim_within(queue, 5)
+        assert (claimed.id, claimed.attempts) == (poison.job_id, attempt)
+        queue.release(
+            claimed.id, claimed.epoch, "the worker process died", crashed=True
+        )
+
+    job = queue.get(poison.job_id)
+    assert job.state == "failed" and job.finished_at is not None
+    assert job.error == "the worker process died"
+    assert [e["attempt"] for e in job.errors] == [1, 2]
+    # The user's queue moves on to the job behind it.
+    assert claim_within(queue, 5).id == behind.job_id
+
+
 def test_every_failed_attempt_is_kept_with_its_retry_time(queue: JobQueue) -> None:
     queued = queue.enqueue("noop", queue_key="user:1", max_attempts=2)
     for error in ("HTTP 429", "HTTP 503"):

@@ -948,28 +948,44 @@ class JobQueue:
         self._publish(event, job)
         return self._started(started)
 
-    def release(self, job_id: int, epoch: int, reason: str) -> None:
-        """Hand a running job back (a worker shutting down): it is queued again
-        at once at the front of its key; the attempt does not count."""
+    def release(
+        self, job_id: int, epoch: int, reason: str, *, crashed: bool = False
+    ) -> None:
+        """Hand a running job back: it is queued again at once at the front of
+        its key. A worker shutting down hands back an attempt that does not
+        count; with ``crashed`` (the worker process died running it) the
+        attempt counts, as for an expired lease, so a job that kills its
+        worker every time fails after its attempts instead of blocking its
+        key for good."""
         with self.db.session() as session:
             job = self._owned(session, job_id, epoch, lock_key=True)
-            job.errors = [
-                *job.errors,
-                {
-                    "attempt": job.attempts,
-                    "error": reason,
-                    "at": self.now().isoformat(),
-                },
-            ]
-            job.state = QUEUED
-            job.run_after = self.now()
-            job.ready_at = job.started_at  # its turn: when its key was served
-            job.attempts = max(job.attempts - 1, 0)
-            job.error = reason
-            job.lease_owner = None
-            job.lease_expires_at = None
+            if not crashed:
+                job.attempts = max(job.attempts - 1, 0)
+            self._requeue_or_fail(session, job, reason)
             self._notify(session.connection(), "released", job)
         self._publish("released", job)
+        if job.state == FAILED:
+            self._publish("failed", job)
+
+    def _requeue_or_fail(self, session: Session, job: Job, reason: str) -> None:
+        """End a running job's attempt that ended without a result: queued
+        again at the front of its key, or failed when it was the last."""
+        now = self.now()
+        job.error = reason
+        job.errors = [
+            *job.errors,
+            {"attempt": job.attempts, "error": reason, "at": now.isoformat()},
+        ]
+        job.lease_owner = None
+        job.lease_expires_at = None
+        if job.attempts >= job.max_attempts:
+            job.state = FAILED
+            job.finished_at = now
+            self._promote_next(session.connection(), job, job.started_at)
+        else:
+            job.state = QUEUED
+            job.run_after = now
+            job.ready_at = job.started_at  # its turn: when its key was served
 
     def _finish(
         self,
@@ -1100,25 +1116,8 @@ class JobQueue:
                 now = self.now()
                 if clock.as_utc(job.lease_expires_at or now) >= now:
                     continue  # renewed after our read
-                job.error = f"worker {job.lease_owner} stopped responding"
-                job.errors = [
-                    *job.errors,
-                    {
-                        "attempt": job.attempts,
-                        "error": job.error,
-                        "at": now.isoformat(),
-                    },
-                ]
-                job.lease_owner = None
-                job.lease_expires_at = None
-                if job.attempts >= job.max_attempts:
-                    job.state = FAILED
-                    job.finished_at = now
-                    self._promote_next(session.connection(), job, job.started_at)
-                else:
-                    job.state = QUEUED
-                    job.run_after = now
-                    job.ready_at = job.started_at  # when its key was served
+                reason = f"worker {job.lease_owner} stopped responding"
+                self._requeue_or_fail(session, job, reason)
                 self._notify(session.connection(), "lease_expired", job)
             taken += 1
             self._publish("lease_expired", job)
