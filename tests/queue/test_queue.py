@@ -376,6 +376,20 @@ def test_a_job_whose_worker_process_keeps_dying_fails_after_its_attempts(
     assert claim_within(queue, 5).id == behind.job_id
 
 
+def test_a_job_that_succeeds_on_a_retry_has_no_error_but_keeps_its_history(
+    queue: JobQueue,
+) -> None:
+    queued = queue.enqueue("noop", queue_key="user:1")
+    claimed = claim_within(queue, 5)
+    queue.fail(claimed.id, claimed.epoch, "HTTP 503", retry=True, retry_after_s=0.01)
+    claimed = claim_within(queue, 5)
+    queue.succeed(claimed.id, claimed.epoch, {"rows": 1})
+
+    job = queue.get(queued.job_id)
+    assert (job.state, job.error) == ("succeeded", None)
+    assert [e["error"] for e in job.errors] == ["HTTP 503"]
+
+
 def test_every_failed_attempt_is_kept_with_its_retry_time(queue: JobQueue) -> None:
     queued = queue.enqueue("noop", queue_key="user:1", max_attempts=2)
     for error in ("HTTP 429", "HTTP 503"):

@@ -151,12 +151,14 @@ _LOCK_KEY_OF_JOB_SQL = (
 )
 # Ends a running job if this epoch still owns it. The epoch and state
 # conditions are rechecked under the row lock the UPDATE takes, so a takeover
-# cannot slip in between.
+# cannot slip in between. A success clears the error of an earlier attempt
+# (``errors`` keeps every attempt's).
 _FINISH_SQL = f"""
 UPDATE jobs SET
   state = :final_state, result = :final_result, finished_at = :now,
   lease_owner = NULL,
-  progress = CASE WHEN :has_progress THEN :final_progress ELSE progress END
+  progress = CASE WHEN :has_progress THEN :final_progress ELSE progress END,
+  error = CASE WHEN :keep_error THEN error ELSE NULL END
 WHERE id = :job_id AND epoch = :owner_epoch AND state = 'running'
 RETURNING {_COLUMNS}
 """
@@ -1007,6 +1009,7 @@ class JobQueue:
                     "final_result": result,
                     "has_progress": progress is not None,
                     "final_progress": progress,
+                    "keep_error": state != SUCCEEDED,
                     "now": self.now(),
                 },
                 self._postgres,
