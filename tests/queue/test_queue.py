@@ -390,6 +390,15 @@ def test_a_job_that_succeeds_on_a_retry_has_no_error_but_keeps_its_history(
     assert [e["error"] for e in job.errors] == ["HTTP 503"]
 
 
+def test_a_job_read_as_queued_never_waits_for_its_own_sheet(queue: JobQueue) -> None:
+    queued = queue.enqueue("noop", queue_key="user:1", resource_key="sheet:1")
+    read_while_queued = queue.get(queued.job_id)
+    claimed = claim_within(queue, 5)  # it starts before its event is shown
+    assert claimed.id == queued.job_id
+
+    assert queue.waiting_for(read_while_queued) is None
+
+
 def test_every_failed_attempt_is_kept_with_its_retry_time(queue: JobQueue) -> None:
     queued = queue.enqueue("noop", queue_key="user:1", max_attempts=2)
     for error in ("HTTP 429", "HTTP 503"):

@@ -1221,6 +1221,8 @@ class JobQueue:
                         Job.resource_key == job.resource_key, Job.state == RUNNING
                     )
                 )
+            if holder == job.id:
+                return None  # read while queued, it has started since
             if holder is not None:
                 return f"the sheet, in use by sync #{holder}"
         run_after = clock.as_utc(job.run_after)
