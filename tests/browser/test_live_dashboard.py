@@ -17,9 +17,12 @@ from typing import Any
 import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
+from sqlalchemy import select
 
 from sheetbridge.config import Settings
+from sheetbridge.insurance.models import User
 from sheetbridge.insurance.sync_jobs import TO_SHEET
+from sheetbridge.queue.worker import JobContext
 from sheetbridge.web.deps import Runtime
 from sheetbridge.web.security import add_user
 from tests.conftest import api_client
@@ -387,6 +390,29 @@ def test_failed_sync_shows_the_reason_and_what_to_do(
         retried = page.locator("#recent-jobs li.job").first
         expect(retried.locator(".job-error")).to_have_text(f"Reason: {reason}")
         expect(page.locator("#page-status")).to_contain_text("failed")
+        page.close()
+
+
+def test_a_stop_that_came_too_late_is_told_on_the_finished_sync(
+    browser: Browser, runtime: Runtime
+) -> None:
+    with runtime.db.read_session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+    queued = runtime.sync.enqueue(alice, TO_SHEET)
+    claimed = runtime.queue.claim("test-worker")
+    assert claimed is not None and claimed.id == queued.job_id
+    result = runtime.sync.handlers[TO_SHEET](JobContext(claimed, runtime.queue))
+    # The stop arrives after the sheet was written, before the job settles.
+    runtime.queue.cancel(claimed.id)
+    runtime.queue.succeed(claimed.id, claimed.epoch, result)
+
+    with live_server(runtime) as url:
+        page = open_dashboard(browser, url, "alice")
+        item = page.locator(f"#recent-jobs li[data-job-id='{claimed.id}']")
+        expect(item.locator(".job-state")).to_have_text("Done")
+        expect(item.locator(".job-late-stop")).to_have_text(
+            "Your stop came too late: the sheet was already written."
+        )
         page.close()
 
 

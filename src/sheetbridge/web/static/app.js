@@ -1025,6 +1025,10 @@
       if (job.finished_at) body.push(el("p", { className: "job-line muted", text: `Finished ${fmtDateTime(job.finished_at)}${duration(job)}` }));
       if (job.state === "succeeded") {
         body.push(el("p", { className: "job-summary", text: job.result ? summaryWords(job.result.summary) : "Finished." }));
+        if (job.cancel_requested) {
+          const done = job.kind === "from_sheet" ? "the import was already saved" : "the sheet was already written";
+          body.push(el("p", { className: "job-line job-late-stop", text: `Your stop came too late: ${done}.` }));
+        }
         if (job.kind === "from_sheet" && changedCount(job) > 0) {
           const u = undoState.get(job.id);
           if (!u || u.error) {
