@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -316,3 +319,55 @@ def test_a_replaced_key_file_is_read_again(
     key = _key_file(tmp_path, token_uri)
     os.utime(key, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
     assert client_from_settings(settings).tokens is not first
+
+
+def test_syncs_at_once_reuse_their_connections_to_the_api(tmp_path: Path) -> None:
+    """As many syncs as workers call the API at once, again and again: after
+    the first round every call goes over a connection already open (a new
+    one costs a TLS set-up with Google)."""
+    opened: list[int] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep connections open
+
+        def setup(self) -> None:
+            opened.append(1)
+            super().setup()
+
+        def do_GET(self) -> None:
+            time.sleep(0.05)  # every call overlaps with the others
+            body = b'{"ok": true}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    settings = Settings(
+        data_dir=tmp_path,
+        google_sheets_base_url=f"http://127.0.0.1:{server.server_port}",
+        google_static_token="test-token",
+    )
+    workers = settings.worker_concurrency
+    http_pool = client_from_settings(settings).http
+
+    def one_round() -> None:
+        with ThreadPoolExecutor(workers) as calls:
+            answers = list(calls.map(lambda _: http_pool.get("/v4/ok"), range(workers)))
+        assert all(answer.status_code == 200 for answer in answers)
+
+    try:
+        one_round()
+        after_first = len(opened)
+        one_round()
+        one_round()
+    finally:
+        server.shutdown()
+        http_pool.close()
+    assert after_first <= workers
+    assert len(opened) == after_first

@@ -803,11 +803,23 @@ _shared_pools: dict[tuple[str, float], httpx.Client] = {}
 _shared_token_sources: dict[tuple[object, ...], TokenSource] = {}
 
 
+# Every connection a sync opened stays open until idle this long: httpx's
+# default keeps 20, so with more syncs at once than that, each round of calls
+# closed the extra ones and the next round paid for new connections (with
+# Google, a TLS set-up each).
+KEEPALIVE_S = 5.0
+
+
 def _shared_http(base_url: str, timeout_s: float) -> httpx.Client:
     with _shared_guard:
         pool = _shared_pools.get((base_url, timeout_s))
         if pool is None or pool.is_closed:
-            pool = httpx.Client(base_url=base_url, timeout=timeout_s)
+            limits = httpx.Limits(
+                max_connections=None,
+                max_keepalive_connections=None,
+                keepalive_expiry=KEEPALIVE_S,
+            )
+            pool = httpx.Client(base_url=base_url, timeout=timeout_s, limits=limits)
             _shared_pools[(base_url, timeout_s)] = pool
         return pool
 
