@@ -7,9 +7,11 @@ import threading
 import time
 from pathlib import Path
 
-from sqlalchemy import text
+from sqlalchemy import QueuePool, text
 
+from sheetbridge.config import Settings
 from sheetbridge.db import Database
+from sheetbridge.web.app import build_runtime
 
 HOLD_S = 0.24
 
@@ -55,3 +57,21 @@ def test_a_writer_of_another_process_gets_the_turn_as_soon_as_it_is_free(
     finally:
         web.dispose()
         worker.dispose()
+
+
+def test_each_process_keeps_the_postgresql_connections_its_settings_allow(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url="postgresql+psycopg://root@127.0.0.1:5432/not_opened",
+        database_pool_size=4,
+        database_max_overflow=2,
+    )
+    runtime = build_runtime(settings)  # builds the engine; connects to nothing
+    try:
+        pool = runtime.db.engine.pool
+        assert isinstance(pool, QueuePool)
+        assert (pool.size(), pool._max_overflow) == (4, 2)
+    finally:
+        runtime.db.dispose()

@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sheetbridge.db import PG_MAX_OVERFLOW, PG_POOL_SIZE
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
@@ -24,6 +26,21 @@ class Settings(BaseSettings):
         default="",
         validation_alias=AliasChoices("SHEETBRIDGE_DATABASE_URL", "DATABASE_URL"),
         description="SQLAlchemy URL; empty means SQLite in the data folder",
+    )
+    database_pool_size: int = Field(
+        default=PG_POOL_SIZE,
+        ge=1,
+        le=1000,
+        description=(
+            "PostgreSQL connections each process keeps open; with "
+            "database_max_overflow, what each process may open at most"
+        ),
+    )
+    database_max_overflow: int = Field(
+        default=PG_MAX_OVERFLOW,
+        ge=0,
+        le=1000,
+        description="PostgreSQL connections a process opens beyond its pool at peaks",
     )
     host: str = "127.0.0.1"
     port: int = 8000

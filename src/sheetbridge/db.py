@@ -29,6 +29,7 @@ READONLY = "sheetbridge_readonly"
 # server's threadpool (40) and the worker threads (32 by default) with room.
 SQLITE_POOL_SIZE = 100
 PG_POOL_SIZE = 30
+PG_MAX_OVERFLOW = 10
 
 WRITE_TURN_WAIT_SECONDS = Histogram(
     "sheetbridge_sqlite_write_wait_seconds",
@@ -49,7 +50,9 @@ def sqlite_file(url: str) -> Path | None:
     return Path(path) if path and path != ":memory:" else None
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(
+    url: str, *, pool_size: int = PG_POOL_SIZE, max_overflow: int = PG_MAX_OVERFLOW
+) -> Engine:
     if url.startswith("sqlite"):
         path = sqlite_file(url)
         if path is not None:
@@ -69,10 +72,11 @@ def make_engine(url: str) -> Engine:
         return engine
     # Connections are kept for every thread that uses one at a time (a new
     # one costs a server process; under load a pool of 10 opening and closing
-    # the rest doubled the slowest requests), and capped so that a web and a
-    # worker process stay within PostgreSQL's default 100 connections.
+    # the rest doubled the slowest requests), and capped: by default a web and
+    # a worker process stay within PostgreSQL's default 100 connections (the
+    # settings database_pool_size and database_max_overflow change both).
     return create_engine(
-        url, pool_size=PG_POOL_SIZE, max_overflow=10, pool_pre_ping=True
+        url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True
     )
 
 
@@ -152,9 +156,15 @@ class WriterTurn:
 class Database:
     """The app database: one engine and a session factory."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = PG_POOL_SIZE,
+        max_overflow: int = PG_MAX_OVERFLOW,
+    ) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, pool_size=pool_size, max_overflow=max_overflow)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write_turn = (
             WriterTurn(sqlite_file(url)) if is_sqlite(self.engine) else None

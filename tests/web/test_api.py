@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy.exc import OperationalError
 
 from sheetbridge.web.deps import Runtime
 from tests.conftest import bearer
@@ -337,3 +339,20 @@ def test_true_or_false_for_a_version_or_an_id_answers_422_naming_the_field(
     assert answer.status_code == 422
     assert [error["field"] for error in answer.json()["detail"]] == ["customer_id"]
     assert alice.get(f"/api/policies/{policy['id']}").json() == policy
+
+
+def test_a_database_that_is_full_or_down_answers_503_with_a_retry_time(
+    alice: TestClient, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(*_args: object) -> None:
+        raise OperationalError(
+            "INSERT INTO jobs ...", {}, Exception("sorry, too many clients already")
+        )
+
+    monkeypatch.setattr(runtime.sync, "enqueue", refused)
+    answer = alice.post("/api/insurance/sync/to-sheet")
+
+    assert answer.status_code == 503
+    assert answer.headers["retry-after"] == "5"
+    assert "try again" in answer.json()["detail"]
+    assert "too many clients" not in answer.text  # no server internals

@@ -14,6 +14,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.middleware.sessions import SessionMiddleware
 
 from sheetbridge.config import Settings
@@ -30,9 +32,17 @@ from sheetbridge.web.timing import RequestTiming
 
 log = logging.getLogger(__name__)
 
+# What a client is told when the database is unavailable.
+DATABASE_UNAVAILABLE = "the database is busy or unreachable; try again in a few seconds"
+RETRY_AFTER_S = 5
+
 
 def build_runtime(settings: Settings) -> Runtime:
-    db = Database(settings.effective_database_url)
+    db = Database(
+        settings.effective_database_url,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+    )
     queue = JobQueue(db, lease_s=settings.lease_s)
     return Runtime(
         settings=settings, db=db, queue=queue, sync=SyncService(settings, db, queue)
@@ -121,6 +131,22 @@ def _add_error_handlers(app: FastAPI) -> None:
             }
         ]
         return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(SQLAlchemyTimeoutError)
+    async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # The database refused or dropped the connection, has no connection
+        # left for this process (its pool or the server's limit), or stayed
+        # locked: nothing was wrong with the request, and it may work soon.
+        log.warning(
+            "database.unavailable",
+            extra={"action": "request", "error": str(exc).splitlines()[0]},
+        )
+        return JSONResponse(
+            {"detail": DATABASE_UNAVAILABLE},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(
