@@ -399,6 +399,35 @@ def test_a_job_read_as_queued_never_waits_for_its_own_sheet(queue: JobQueue) -> 
     assert queue.waiting_for(read_while_queued) is None
 
 
+@pytest.mark.parametrize("ending", ["worker died", "lease expired", "retryable error"])
+def test_a_job_asked_to_stop_is_cancelled_not_run_again_when_its_attempt_ends(
+    queue: JobQueue, ending: str
+) -> None:
+    stopped = queue.enqueue("noop", queue_key="user:1")
+    behind = queue.enqueue("noop", queue_key="user:1")
+    claimed = claim_within(queue, 5)
+    queue.cancel(stopped.job_id)  # running: it will stop at its next safe point
+    if ending == "worker died":
+        queue.release(
+            claimed.id, claimed.epoch, "the worker process died", crashed=True
+        )
+    elif ending == "lease expired":
+        with queue.db.session() as session:
+            session.execute(
+                update(Job)
+                .where(Job.id == claimed.id)
+                .values(lease_expires_at=clock.now() - timedelta(seconds=1))
+            )
+        assert queue.requeue_expired() == 1
+    else:
+        queue.fail(claimed.id, claimed.epoch, "HTTP 503", retry=True, retry_after_s=0)
+
+    job = queue.get(stopped.job_id)
+    assert (job.state, job.cancel_requested) == ("cancelled", True)
+    assert job.finished_at is not None
+    assert claim_within(queue, 5).id == behind.job_id
+
+
 def test_every_failed_attempt_is_kept_with_its_retry_time(queue: JobQueue) -> None:
     queued = queue.enqueue("noop", queue_key="user:1", max_attempts=2)
     for error in ("HTTP 429", "HTTP 503"):

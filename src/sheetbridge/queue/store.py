@@ -926,7 +926,13 @@ class JobQueue:
                 "error": error,
                 "at": now.isoformat(),
             }
-            if retry and job.attempts < job.max_attempts:
+            if retry and job.cancel_requested:
+                # Asked to stop: the stop is kept instead of another attempt.
+                job.state = CANCELLED
+                job.finished_at = now
+                self._promote_next(session.connection(), job, job.started_at)
+                event = CANCELLED
+            elif retry and job.attempts < job.max_attempts:
                 delay_s = self.backoff.delay_s(job.attempts, retry_after_s)
                 job.state = QUEUED
                 job.run_after = now + timedelta(seconds=delay_s)
@@ -966,12 +972,13 @@ class JobQueue:
             self._requeue_or_fail(session, job, reason)
             self._notify(session.connection(), "released", job)
         self._publish("released", job)
-        if job.state == FAILED:
-            self._publish("failed", job)
+        if job.state in FINAL_STATES:
+            self._publish(job.state, job)
 
     def _requeue_or_fail(self, session: Session, job: Job, reason: str) -> None:
-        """End a running job's attempt that ended without a result: queued
-        again at the front of its key, or failed when it was the last."""
+        """End a running job's attempt that ended without a result: cancelled
+        if its user asked it to stop, failed if it was the last attempt, else
+        queued again at the front of its key."""
         now = self.now()
         job.error = reason
         job.errors = [
@@ -980,8 +987,8 @@ class JobQueue:
         ]
         job.lease_owner = None
         job.lease_expires_at = None
-        if job.attempts >= job.max_attempts:
-            job.state = FAILED
+        if job.cancel_requested or job.attempts >= job.max_attempts:
+            job.state = CANCELLED if job.cancel_requested else FAILED
             job.finished_at = now
             self._promote_next(session.connection(), job, job.started_at)
         else:
@@ -1124,8 +1131,8 @@ class JobQueue:
                 self._notify(session.connection(), "lease_expired", job)
             taken += 1
             self._publish("lease_expired", job)
-            if job.state == FAILED:
-                self._publish("failed", job)
+            if job.state in FINAL_STATES:
+                self._publish(job.state, job)
         return taken
 
     # -- inspecting -----------------------------------------------------------
