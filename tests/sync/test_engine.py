@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import copy
-from datetime import date, datetime
+from datetime import date, datetime, time
 from decimal import Decimal
 from pathlib import Path
 
@@ -900,3 +900,18 @@ def test_random_edits_on_both_sides_never_lose_an_edit(
                 assert latest in (app_value, sheet_value)
             if (record_id, name) not in model.conflicts:
                 assert app_value == sheet_value
+
+
+@pytest.mark.parametrize(
+    ("cell", "shown"),
+    [(time(0, 0), "00:00:00"), (datetime(1800, 1, 1, 9, 30), "1800-01-01 09:30:00")],
+)
+def test_a_bad_cell_is_quoted_as_the_sheet_shows_it_never_as_python(
+    cell: Cell, shown: str
+) -> None:
+    app = {1: rec("Ann", start="2020-01-01")}
+    row = row_of(1, app[1])
+    row[4] = cell
+    plan = plan_from_sheet(MAPPING, tab_of(row), app, app)
+    (issue,) = [i for i in plan.issues if i.kind == "error"]
+    assert (issue.column, issue.value) == ("Start", shown)

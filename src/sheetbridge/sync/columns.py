@@ -169,7 +169,7 @@ def render_cell(column: Column, value: Canonical) -> Cell:
 
 
 def _parse_text(column: Column, raw: Cell) -> str:
-    text = _as_text(raw)
+    text = cell_text(raw)
     if column.digits and isinstance(raw, int | float) and text.isdigit():
         text = text.zfill(column.digits)
     if len(text) > MAX_TEXT_LENGTH:
@@ -181,7 +181,10 @@ def _parse_text(column: Column, raw: Cell) -> str:
     return text
 
 
-def _as_text(raw: Cell) -> str:
+def cell_text(raw: Cell) -> str:
+    """A cell as text, spelled as a spreadsheet shows it (never as Python)."""
+    if raw is None:
+        return ""
     if isinstance(raw, bool):
         return "TRUE" if raw else "FALSE"
     if isinstance(raw, float):
@@ -315,7 +318,7 @@ def _date_text(text: str) -> date:
 
 
 def _parse_enum(column: Column, raw: Cell) -> str:
-    folded = _fold(_as_text(raw))
+    folded = _fold(cell_text(raw))
     for choice in column.choices:
         if _fold(choice) == folded:
             return choice

@@ -32,6 +32,7 @@ from sheetbridge.sync.columns import (
     CellParser,
     Column,
     ColumnType,
+    cell_text,
     normalize_header,
     render_cell,
 )
@@ -338,7 +339,7 @@ def _duplicate_issues(
 
 
 def _show(value: Cell, limit: int = 80) -> str:
-    text = repr(value) if not isinstance(value, str) else value
+    text = value if isinstance(value, str) else cell_text(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
