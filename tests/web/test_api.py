@@ -356,3 +356,24 @@ def test_a_database_that_is_full_or_down_answers_503_with_a_retry_time(
     assert answer.headers["retry-after"] == "5"
     assert "try again" in answer.json()["detail"]
     assert "too many clients" not in answer.text  # no server internals
+
+
+@pytest.mark.parametrize("zero", [-0.0, "-0", "-0.00"])
+def test_a_premium_of_minus_zero_is_stored_as_zero(
+    alice: TestClient, zero: object
+) -> None:
+    customer = alice.post("/api/customers", json={"name": "Zero Premium"}).json()
+    body = {
+        "policy_number": f"Z-{zero}",
+        "customer_id": customer["id"],
+        "carrier": "Harbor Mutual",
+        "line_of_business": "auto",
+        "effective_date": "2026-05-01",
+        "expiration_date": "2027-05-01",
+        "premium": zero,
+    }
+    created = alice.post("/api/policies", json=body)
+    assert created.status_code == 201, created.text
+    assert created.json()["premium"] == "0.00"
+    stored = alice.get(f"/api/policies/{created.json()['id']}").json()
+    assert stored["premium"] == "0.00"

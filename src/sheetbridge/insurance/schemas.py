@@ -78,6 +78,7 @@ Notes = Annotated[str, Field(max_length=50_000)]
 Money = Annotated[
     Decimal,
     Field(ge=0, max_digits=12, decimal_places=2),
+    AfterValidator(lambda value: value + 0),  # "+ 0" turns -0.00 into 0.00
     PlainSerializer(lambda value: f"{value:.2f}", return_type=str),
 ]
 PolicyNumber = Annotated[str, AfterValidator(_text), Field(min_length=1, max_length=40)]
