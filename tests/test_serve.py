@@ -172,3 +172,43 @@ def test_a_job_of_a_killed_worker_process_is_run_again_at_once_not_after_its_lea
     # The lease is 30 s; the job was handed back as soon as serve saw the death.
     assert time.monotonic() - killed_at < 15
     assert [e["error"] for e in job["errors"]] == ["the worker process died"]
+
+
+def test_a_worker_woken_through_its_stdin_drains_and_exits_cleanly_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    env = {
+        **os.environ,
+        "SHEETBRIDGE_DATA_DIR": str(tmp_path / "data"),
+        "SHEETBRIDGE_DEMO": "false",
+    }
+    env.pop("SHEETBRIDGE_DATABASE_URL", None)
+    events, child_end = os.pipe()  # as serve starts it: events come back here
+    command = [sys.executable, "-m", "sheetbridge", "worker", "--wake-on-stdin"]
+    worker = subprocess.Popen(
+        [*command, "--events-fd", str(child_end)],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        pass_fds=(child_end,),
+    )
+    os.close(child_end)
+    try:
+        assert worker.stdout is not None and worker.stdin is not None
+        assert "running" in worker.stdout.readline()
+        worker.stdin.write("\n")  # what serve writes when it queues a job
+        worker.stdin.flush()
+        time.sleep(0.2)
+        worker.send_signal(signal.SIGTERM)
+        # Its stdin stays open, as serve keeps it: the reader is still waiting.
+        worker.wait(DEADLINE_S)
+        assert worker.stderr is not None
+        errors = worker.stderr.read()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        os.close(events)
+    assert worker.returncode == 0, errors
+    assert "Fatal Python error" not in errors

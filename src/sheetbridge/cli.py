@@ -156,9 +156,16 @@ def worker(
 
 
 def _wake_on_lines(runtime: Runtime, stop: threading.Event) -> None:
-    """``serve`` writes a line here whenever it queues a job."""
-    for _ in sys.stdin.buffer:
-        runtime.queue.nudge()
+    """``serve`` writes a line here whenever it queues a job.
+
+    Read from the descriptor, not through ``sys.stdin``: a daemon thread
+    waiting inside the buffered reader holds its lock, and the interpreter
+    aborts at exit when it cannot take that lock to close stdin.
+    """
+    fd = sys.stdin.fileno()
+    while chunk := os.read(fd, 4096):
+        for _ in range(chunk.count(b"\n")):
+            runtime.queue.nudge()
     stop.set()  # the server went away: drain and exit
 
 
