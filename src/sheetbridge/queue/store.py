@@ -928,9 +928,7 @@ class JobQueue:
             }
             if retry and job.cancel_requested:
                 # Asked to stop: the stop is kept instead of another attempt.
-                job.state = CANCELLED
-                job.finished_at = now
-                self._promote_next(session.connection(), job, job.started_at)
+                self._end(session, job, CANCELLED, now)
                 event = CANCELLED
             elif retry and job.attempts < job.max_attempts:
                 delay_s = self.backoff.delay_s(job.attempts, retry_after_s)
@@ -943,9 +941,7 @@ class JobQueue:
                 entry["retry_at"] = clock.as_utc(job.run_after).isoformat()
                 event = "retry_scheduled"
             else:
-                job.state = FAILED
-                job.finished_at = now
-                self._promote_next(session.connection(), job, job.started_at)
+                self._end(session, job, FAILED, now)
                 event = "failed"
             job.errors = [*job.errors, entry]
             self._notify(session.connection(), event, job)
@@ -960,22 +956,22 @@ class JobQueue:
         self, job_id: int, epoch: int, reason: str, *, crashed: bool = False
     ) -> None:
         """Hand a running job back: it is queued again at once at the front of
-        its key. A worker shutting down hands back an attempt that does not
-        count; with ``crashed`` (the worker process died running it) the
-        attempt counts, as for an expired lease, so a job that kills its
-        worker every time fails after its attempts instead of blocking its
-        key for good."""
+        its key (or cancelled, if it was asked to stop). A worker shutting
+        down hands back an attempt that does not count; with ``crashed`` (the
+        worker process died running it) the attempt counts, as for an expired
+        lease, so a job that kills its worker every time fails after its
+        attempts instead of crashing the worker without end."""
         with self.db.session() as session:
             job = self._owned(session, job_id, epoch, lock_key=True)
             if not crashed:
                 job.attempts = max(job.attempts - 1, 0)
-            self._requeue_or_fail(session, job, reason)
+            self._retry_or_end(session, job, reason)
             self._notify(session.connection(), "released", job)
         self._publish("released", job)
         if job.state in FINAL_STATES:
             self._publish(job.state, job)
 
-    def _requeue_or_fail(self, session: Session, job: Job, reason: str) -> None:
+    def _retry_or_end(self, session: Session, job: Job, reason: str) -> None:
         """End a running job's attempt that ended without a result: cancelled
         if its user asked it to stop, failed if it was the last attempt, else
         queued again at the front of its key."""
@@ -987,14 +983,20 @@ class JobQueue:
         ]
         job.lease_owner = None
         job.lease_expires_at = None
-        if job.cancel_requested or job.attempts >= job.max_attempts:
-            job.state = CANCELLED if job.cancel_requested else FAILED
-            job.finished_at = now
-            self._promote_next(session.connection(), job, job.started_at)
+        if job.cancel_requested:
+            self._end(session, job, CANCELLED, now)
+        elif job.attempts >= job.max_attempts:
+            self._end(session, job, FAILED, now)
         else:
             job.state = QUEUED
             job.run_after = now
             job.ready_at = job.started_at  # its turn: when its key was served
+
+    def _end(self, session: Session, job: Job, state: str, now: datetime) -> None:
+        """A running job is over (``state``): its key's next job may start."""
+        job.state = state
+        job.finished_at = now
+        self._promote_next(session.connection(), job, job.started_at)
 
     def _finish(
         self,
@@ -1127,7 +1129,7 @@ class JobQueue:
                 if clock.as_utc(job.lease_expires_at or now) >= now:
                     continue  # renewed after our read
                 reason = f"worker {job.lease_owner} stopped responding"
-                self._requeue_or_fail(session, job, reason)
+                self._retry_or_end(session, job, reason)
                 self._notify(session.connection(), "lease_expired", job)
             taken += 1
             self._publish("lease_expired", job)
