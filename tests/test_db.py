@@ -1,4 +1,5 @@
-"""The SQLite write turn: one writer at a time, handed over at once."""
+"""The database layer: the SQLite write turn (one writer at a time, handed over
+at once) and the PostgreSQL connections each process keeps."""
 
 from __future__ import annotations
 
