@@ -13,6 +13,8 @@ from typing import Any
 
 from prometheus_client import Histogram
 from sqlalchemy import Connection, Engine, MetaData, create_engine, event
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 NAMING = {
@@ -30,6 +32,11 @@ READONLY = "sheetbridge_readonly"
 SQLITE_POOL_SIZE = 100
 PG_POOL_SIZE = 30
 PG_MAX_OVERFLOW = 10
+
+# The database refused or dropped a connection, has none left for this
+# process (its pool, or the server's limit), or stayed locked: nothing was
+# wrong with the request, and it may work in a moment.
+DATABASE_UNAVAILABLE_ERRORS = (OperationalError, PoolTimeoutError)
 
 WRITE_TURN_WAIT_SECONDS = Histogram(
     "sheetbridge_sqlite_write_wait_seconds",

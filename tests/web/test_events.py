@@ -8,6 +8,8 @@ import threading
 from typing import Any
 
 import httpx
+import pytest
+from sqlalchemy.exc import OperationalError
 
 from sheetbridge.web.deps import Runtime
 from tests.conftest import api_client, bearer
@@ -110,3 +112,44 @@ def test_events_bring_queued_jobs_new_positions_when_an_earlier_job_ends(
     assert [j["position"] for j in frames[0]["data"]["queued"]] == [1, 2, 3]
     assert last_position(ids[1]) == 1
     assert last_position(ids[2]) == 2
+
+
+def _database_down(*_args: object, **_kwargs: object) -> None:
+    raise OperationalError("SELECT ...", {}, Exception("connection refused"))
+
+
+def test_a_stream_opened_while_the_database_is_down_answers_503_not_a_broken_200(
+    runtime: Runtime, tokens: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with (
+        live_server(runtime, workers=False) as url,
+        api_client(url, tokens["alice"]) as alice,
+    ):
+        assert alice.get("/api/insurance/sync/status").status_code == 200
+        monkeypatch.setattr(runtime.queue, "status", _database_down)
+        answer = alice.get("/api/insurance/sync/events")
+    assert answer.status_code == 503
+    assert answer.headers["retry-after"] == "5"
+
+
+def test_a_stream_whose_database_goes_down_ends_cleanly_for_the_page_to_poll(
+    runtime: Runtime, tokens: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    frames: list[str] = []
+    with (
+        live_server(runtime, workers=False) as url,
+        httpx.stream(
+            "GET",
+            f"{url}/api/insurance/sync/events",
+            headers=bearer(tokens["alice"]),
+            timeout=30,
+        ) as stream,
+    ):
+        lines = stream.iter_lines()
+        frames.append(next(line for line in lines if line.startswith("event:")))
+        monkeypatch.setattr(runtime.queue, "get", _database_down)
+        with api_client(url, tokens["alice"]) as alice:
+            assert alice.post("/api/insurance/sync/to-sheet").status_code == 202
+        frames += list(lines)  # ends: the server closed the stream cleanly
+    assert frames[0] == "event: status"
+    assert not any(line.startswith("event: job") for line in frames)

@@ -14,12 +14,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.middleware.sessions import SessionMiddleware
 
 from sheetbridge.config import Settings
-from sheetbridge.db import Database
+from sheetbridge.db import DATABASE_UNAVAILABLE_ERRORS, Database
 from sheetbridge.insurance.review import ReviewError
 from sheetbridge.insurance.services import InUse, InvalidField, RecordNotFound
 from sheetbridge.insurance.sync_jobs import SyncService
@@ -132,12 +130,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         ]
         return JSONResponse({"detail": detail}, status_code=422)
 
-    @app.exception_handler(OperationalError)
-    @app.exception_handler(SQLAlchemyTimeoutError)
     async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-        # The database refused or dropped the connection, has no connection
-        # left for this process (its pool or the server's limit), or stayed
-        # locked: nothing was wrong with the request, and it may work soon.
         log.warning(
             "database.unavailable",
             extra={"action": "request", "error": str(exc).splitlines()[0]},
@@ -147,6 +140,9 @@ def _add_error_handlers(app: FastAPI) -> None:
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
             headers={"Retry-After": str(RETRY_AFTER_S)},
         )
+
+    for error in DATABASE_UNAVAILABLE_ERRORS:
+        app.add_exception_handler(error, _database_unavailable)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from anyio import to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from sheetbridge.db import DATABASE_UNAVAILABLE_ERRORS
 from sheetbridge.queue.errors import JobNotFound
 from sheetbridge.queue.models import Job
 from sheetbridge.web.deps import CurrentUser, Runtime, RuntimeDep
 from sheetbridge.web.sync_api import job_view
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/insurance/sync", tags=["sync"])
 
 KEEPALIVE_S = 15.0
@@ -38,16 +41,30 @@ async def sync_events(
     a client that reconnects after a drop misses no final state.
     """
     owner = None if (all_users and user.is_admin) else user.id
+    stream = _stream(request, rt, owner)
+    # The status is read before anything is answered: with the database
+    # down, the caller gets its 503 instead of a 200 whose stream breaks.
+    status = await anext(stream)
     return StreamingResponse(
-        _stream(request, rt, owner),
+        _after(status, stream),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
 
 
+async def _after(first: bytes, rest: AsyncGenerator[bytes]) -> AsyncIterator[bytes]:
+    """``first``, then the frames of ``rest``, closing it however this ends."""
+    try:
+        yield first
+        async for frame in rest:
+            yield frame
+    finally:
+        await rest.aclose()
+
+
 async def _stream(
     request: Request, rt: Runtime, owner: int | None
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes]:
     loop = asyncio.get_running_loop()
     changed: asyncio.Queue[int] = asyncio.Queue()
 
@@ -72,7 +89,16 @@ async def _stream(
             pending = {job_id}
             while not changed.empty():
                 pending.add(changed.get_nowait())
-            views = await to_thread.run_sync(_views, rt, owner, pending)
+            try:
+                views = await to_thread.run_sync(_views, rt, owner, pending)
+            except DATABASE_UNAVAILABLE_ERRORS as exc:
+                # The stream ends cleanly: the page polls the status until
+                # it can open a new one.
+                log.warning(
+                    "events.database_unavailable",
+                    extra={"action": "events", "error": str(exc).splitlines()[0]},
+                )
+                return
             for view in views:
                 yield _frame("job", view)
     finally:
