@@ -212,3 +212,26 @@ def test_a_worker_woken_through_its_stdin_drains_and_exits_cleanly_on_sigterm(
         os.close(events)
     assert worker.returncode == 0, errors
     assert "Fatal Python error" not in errors
+
+
+@pytest.mark.parametrize("command", [["serve"], ["worker"], ["db", "upgrade"]])
+def test_a_database_that_cannot_be_reached_is_one_clear_line_not_a_traceback(
+    tmp_path: Path, command: list[str]
+) -> None:
+    nowhere = f"postgresql+psycopg://someone:secret@127.0.0.1:{free_port()}/books"
+    env = {
+        **os.environ,
+        "SHEETBRIDGE_DATA_DIR": str(tmp_path / "data"),
+        "SHEETBRIDGE_DATABASE_URL": nowhere,
+    }
+    ran = subprocess.run(
+        [sys.executable, "-m", "sheetbridge", *command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_S,
+    )
+    assert ran.returncode == 1
+    (line,) = ran.stderr.strip().splitlines()
+    assert line.startswith("cannot use the database postgresql+psycopg://***@127.0.0.1")
+    assert "refused" in line and "secret" not in line

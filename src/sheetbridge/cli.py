@@ -16,7 +16,7 @@ import typer
 from sqlalchemy import select
 
 from sheetbridge.config import Settings, get_settings
-from sheetbridge.db import is_sqlite
+from sheetbridge.db import DATABASE_UNAVAILABLE_ERRORS, is_sqlite
 from sheetbridge.heap import settle_after_startup
 from sheetbridge.insurance.demo import has_any_user, seed_demo
 from sheetbridge.insurance.models import User
@@ -38,9 +38,18 @@ app.add_typer(users_app, name="users")
 
 
 def _runtime() -> Runtime:
+    """The app's parts, with the database schema brought up to date; a
+    database that cannot be reached is one line on stderr, not a traceback."""
     settings = get_settings()
     configure_logging(settings.log_level)
-    return build_runtime(settings)
+    runtime = build_runtime(settings)
+    try:
+        runtime.db.upgrade()
+    except DATABASE_UNAVAILABLE_ERRORS as exc:
+        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        typer.echo(f"cannot use the database {_redacted(settings)}: {reason}", err=True)
+        raise typer.Exit(1) from None
+    return runtime
 
 
 def _seed_if_empty(runtime: Runtime) -> list[tuple[str, str, str]]:
@@ -61,7 +70,6 @@ def serve(
 
     runtime = _runtime()
     settings = runtime.settings
-    runtime.db.upgrade()
     logins = _seed_if_empty(runtime) if settings.demo else []
     host = host or settings.host
     port = port or settings.port
@@ -125,7 +133,6 @@ def worker(
     at once (another worker retries them; none is lost).
     """
     runtime = _runtime()
-    runtime.db.upgrade()
     if until_empty:
         pool = WorkerPool(runtime.queue, runtime.sync.handlers)
         typer.echo(f"ran {pool.run_until_empty()} jobs")
@@ -179,7 +186,6 @@ def sync(
     if direction not in kinds:
         raise typer.BadParameter("direction must be to-sheet or from-sheet")
     runtime = _runtime()
-    runtime.db.upgrade()
     with runtime.db.read_session() as session:
         user = session.scalar(select(User).where(User.username == username))
     if user is None:
@@ -229,7 +235,6 @@ def emulator(
 def demo() -> None:
     """Seed the demo agency into an empty database."""
     runtime = _runtime()
-    runtime.db.upgrade()
     logins = _seed_if_empty(runtime)
     if not logins:
         typer.echo("the database already has users; nothing seeded")
@@ -241,7 +246,6 @@ def demo() -> None:
 def db_upgrade() -> None:
     """Apply every pending migration."""
     runtime = _runtime()
-    runtime.db.upgrade()
     typer.echo(f"database at the newest schema: {_redacted(runtime.settings)}")
 
 
@@ -256,7 +260,6 @@ def users_add(
 ) -> None:
     """Add a user who signs in with a password."""
     runtime = _runtime()
-    runtime.db.upgrade()
     try:
         with runtime.db.session() as session:
             add_user(session, username, password, role=role, full_name=full_name)
