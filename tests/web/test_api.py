@@ -122,6 +122,9 @@ def test_policy_dates_and_unknown_customer_are_rejected_by_field(
     }
     backwards = alice.post("/api/policies", json=body)
     assert backwards.status_code == 422
+    (error,) = backwards.json()["detail"]
+    assert error["field"] == "expiration_date"
+    assert "before effective_date" in error["msg"]
     unknown = alice.post(
         "/api/policies",
         json={**body, "expiration_date": "2027-05-01", "customer_id": 999999},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Annotated, Generic, Literal, Self, TypeVar
+from typing import Annotated, Generic, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -16,7 +16,6 @@ from pydantic import (
     PlainSerializer,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 
 PolicyStatus = Literal["active", "pending", "cancelled", "expired", "non-renewed"]
@@ -185,11 +184,13 @@ class PolicyFields(_Input):
     premium: Money
     status: PolicyStatus = "active"
 
-    @model_validator(mode="after")
-    def _dates_in_order(self) -> Self:
-        if self.expiration_date < self.effective_date:
-            raise ValueError("expiration_date is before effective_date")
-        return self
+    @field_validator("expiration_date")
+    @classmethod
+    def _dates_in_order(cls, value: date, info: ValidationInfo) -> date:
+        effective = info.data.get("effective_date")  # absent if itself invalid
+        if effective is not None and value < effective:
+            raise ValueError("is before effective_date")
+        return value
 
 
 class PolicyCreate(PolicyFields):
