@@ -15,8 +15,9 @@ spreadsheet happen from this process before the server starts, so every
 measured sync is the everyday kind: read the sheet, write one changed cell
 (5 API calls, 1.5 s of latency).
 
-For each server configuration (Sheetbridge with several worker counts, then
-the naive baseline from ``bench/naive_baseline.py`` under the same load):
+For each server configuration (Sheetbridge with several worker counts, or
+its worker process at several CPU priorities, then the naive baseline from
+``bench/naive_baseline.py`` under the same load):
 
 1. bursts: 1, 2, 10 and 100 users each edit one policy and press "Sync to
    sheet" at the same moment; per user the enqueue latency and the sync wall
@@ -34,6 +35,7 @@ the naive baseline from ``bench/naive_baseline.py`` under the same load):
 Figures are printed, never asserted::
 
     python bench/load.py [--users 100] [--seconds 20] [--databases sqlite postgres]
+                         [--concurrency 32] [--worker-nice 0 10] [--no-naive]
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ ENQUEUE_TARGET_MS = 10.0
 BURST_DEADLINE_S = 150.0
 DRAIN_S = 60.0
 DEFAULT_CONCURRENCY: int = Settings.model_fields["worker_concurrency"].default
+DEFAULT_NICE: int = Settings.model_fields["worker_nice"].default
 SQLITE = "sqlite"
 POSTGRES = "postgres"
 POLL_S = 1.0  # like a page polling its status; wall times use job timestamps
@@ -97,6 +100,7 @@ class Config:
     kind: str
     concurrency: int
     database: str = SQLITE
+    nice: int = 0
 
 
 @dataclass
@@ -321,7 +325,7 @@ def run_config(
     args: argparse.Namespace,
 ) -> Result:
     """Seed, start the server, run the bursts and the mixed load, stop."""
-    name = f"{config.kind}-{config.database}-{config.concurrency}"
+    name = f"{config.kind}-{config.database}-{config.concurrency}-{config.nice}"
     data_dir = work / name
     if config.database == POSTGRES:
         with postgres_database(args.pg_url, name.replace("-", "_")) as url:
@@ -358,6 +362,7 @@ def run_server(
         app_settings(
             data_dir, database_url, emulator.base_url, port, config.concurrency
         )
+        | {"SHEETBRIDGE_WORKER_NICE": str(config.nice)}
     )
     if config.kind == SB:
         command = [str(Path(sys.executable).parent / "sheetbridge"), "serve"]
@@ -583,6 +588,13 @@ def main() -> None:
         help="SHEETBRIDGE_WORKER_CONCURRENCY values to run",
     )
     parser.add_argument(
+        "--worker-nice",
+        type=int,
+        nargs="*",
+        default=[DEFAULT_NICE],
+        help="SHEETBRIDGE_WORKER_NICE values to run (0 = the web's priority)",
+    )
+    parser.add_argument(
         "--databases",
         nargs="*",
         choices=[SQLITE, POSTGRES],
@@ -599,13 +611,16 @@ def main() -> None:
     configs = [
         Config(
             f"Sheetbridge, {database}, {n} workers"
-            + (" (default)" if n == DEFAULT_CONCURRENCY else ""),
+            + (" (default)" if n == DEFAULT_CONCURRENCY else "")
+            + (f", nice {nice}" if len(args.worker_nice) > 1 else ""),
             SB,
             n,
             database,
+            nice,
         )
         for database in args.databases
         for n in args.concurrency
+        for nice in args.worker_nice
     ]
     if not args.no_naive:
         configs.append(Config("naive baseline (global lock)", NAIVE, 1))

@@ -151,6 +151,42 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _worker_of(pid: int, not_pid: int | None = None) -> int:
+    deadline = time.monotonic() + DEADLINE_S
+    while not (found := [child for child in _children(pid) if child != not_pid]):
+        assert time.monotonic() < deadline, "serve started no worker process"
+        time.sleep(0.05)
+    (worker,) = found
+    return worker
+
+
+def _niceness_settles_at(pid: int, expected: int) -> bool:
+    """The worker lowers its priority first thing once Python has started."""
+    deadline = time.monotonic() + DEADLINE_S
+    while os.getpriority(os.PRIO_PROCESS, pid) != expected:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.mark.parametrize("served", [{"SHEETBRIDGE_WORKER_NICE": "7"}], indirect=True)
+def test_the_worker_process_and_its_restarts_run_below_the_web_process_cpu_priority(
+    served: Served,
+) -> None:
+    web_niceness = os.getpriority(os.PRIO_PROCESS, served.pid)
+    worker = _worker_of(served.pid)
+    assert _niceness_settles_at(worker, web_niceness + 7)
+
+    os.kill(worker, signal.SIGKILL)
+    restarted = _worker_of(served.pid, not_pid=worker)
+
+    assert _niceness_settles_at(restarted, web_niceness + 7)
+    assert os.getpriority(os.PRIO_PROCESS, served.pid) == web_niceness
+    job = served.wait_until_finished(served.enqueue_to_sheet()["status_url"])
+    assert job["state"] == "succeeded", job
+
+
 @pytest.mark.parametrize(
     "served", [{"SHEETBRIDGE_SHEET_LATENCY_MS": "1500"}], indirect=True
 )

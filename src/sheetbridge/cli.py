@@ -109,6 +109,14 @@ def worker(
         float,
         typer.Option(min=0, help="On SIGTERM, how long running jobs may finish"),
     ] = 30.0,
+    nice: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=19,
+            help="Lower this process's CPU priority by this much (beside a web server)",
+        ),
+    ] = 0,
     wake_on_stdin: Annotated[
         bool,
         typer.Option(
@@ -132,6 +140,7 @@ def worker(
     ``--drain-timeout-s`` to finish, and the rest are handed back to the queue
     at once (another worker retries them; none is lost).
     """
+    os.nice(nice)
     runtime = _runtime()
     if until_empty:
         pool = WorkerPool(runtime.queue, runtime.sync.handlers)
@@ -308,6 +317,7 @@ class WorkerProcess:
         concurrency = str(self.runtime.settings.worker_concurrency)
         command = [sys.executable, "-m", "sheetbridge", "worker", "--wake-on-stdin"]
         command += ["--concurrency", concurrency]
+        command += ["--nice", str(self.runtime.settings.worker_nice)]
         if not is_sqlite(self.runtime.db.engine):
             return subprocess.Popen(command, stdin=subprocess.PIPE)
         events, child_end = os.pipe()

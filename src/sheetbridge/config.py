@@ -63,6 +63,15 @@ class Settings(BaseSettings):
         default=True,
         description="serve runs sync workers in a child process, off the web's core",
     )
+    worker_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description=(
+            "how much lower the CPU priority of serve's worker process is than the "
+            "web process's, so a click is answered before sync work goes on"
+        ),
+    )
     lease_s: float = Field(default=30.0, gt=0)
     poll_interval_s: float = Field(default=1.0, gt=0)
     progress_interval_s: float = Field(
