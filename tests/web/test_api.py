@@ -97,6 +97,51 @@ def test_update_with_a_stale_version_answers_409_with_the_current_record(
     assert stale.json()["current"]["version"] == policy["version"] + 1  # type: ignore[operator]
 
 
+def test_saving_a_record_unchanged_keeps_its_version_so_other_editors_are_not_refused(
+    alice: TestClient,
+) -> None:
+    policy = _first_policy(alice)
+    customer = alice.get(f"/api/customers/{policy['customer_id']}").json()
+    fields = ("carrier", "status", "effective_date", "expiration_date")
+    same_policy = {name: policy[name] for name in fields}
+    same_customer = {k: customer[k] for k in ("name", "email", "phone", "notes")}
+
+    saved_policy = alice.patch(
+        f"/api/policies/{policy['id']}",
+        # the same amount written differently is the same premium
+        json={
+            "version": policy["version"],
+            **same_policy,
+            "premium": f"{policy['premium']}0",
+        },
+    )
+    saved_customer = alice.patch(
+        f"/api/customers/{customer['id']}",
+        json={"version": customer["version"], **same_customer},
+    )
+
+    assert saved_policy.status_code == 200, saved_policy.text
+    assert saved_policy.json() == policy
+    assert saved_customer.status_code == 200, saved_customer.text
+    assert saved_customer.json() == customer
+
+
+def test_updated_at_is_the_same_utc_instant_whether_read_back_or_just_saved(
+    alice: TestClient,
+) -> None:
+    policy = _first_policy(alice)
+    saved = alice.patch(
+        f"/api/policies/{policy['id']}",
+        json={"version": policy["version"], "carrier": "Harbor Mutual"},
+    ).json()
+    read_back = alice.get(f"/api/policies/{policy['id']}").json()
+    listed = alice.get("/api/policies", params={"q": policy["policy_number"]}).json()
+
+    assert saved["updated_at"].endswith("Z"), saved["updated_at"]
+    assert read_back["updated_at"] == saved["updated_at"]
+    assert listed["items"][0]["updated_at"] == saved["updated_at"]
+
+
 def test_invalid_input_answers_422_naming_each_field(alice: TestClient) -> None:
     response = alice.post(
         "/api/customers",

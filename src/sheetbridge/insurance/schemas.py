@@ -18,6 +18,8 @@ from pydantic import (
     field_validator,
 )
 
+from sheetbridge import clock
+
 PolicyStatus = Literal["active", "pending", "cancelled", "expired", "non-renewed"]
 LineOfBusiness = Literal[
     "auto",
@@ -74,11 +76,15 @@ Phone = Annotated[str, Field(max_length=40), AfterValidator(_phone)]
 Zip = Annotated[str, Field(max_length=10), AfterValidator(_zip)]
 State = Annotated[str, Field(max_length=2), AfterValidator(_state)]
 Notes = Annotated[str, Field(max_length=50_000)]
+# SQLite gives back naive datetimes; every time the API shows is UTC, marked so.
+UtcTime = Annotated[datetime, AfterValidator(clock.as_utc)]
 Money = Annotated[
     Decimal,
     Field(ge=0, max_digits=12, decimal_places=2),
     AfterValidator(lambda value: value + 0),  # "+ 0" turns -0.00 into 0.00
-    PlainSerializer(lambda value: f"{value:.2f}", return_type=str),
+    # Text with two decimals in JSON; a Decimal to the models, which compare
+    # it with the stored amount (an unchanged premium is no change).
+    PlainSerializer(lambda value: f"{value:.2f}", return_type=str, when_used="json"),
 ]
 PolicyNumber = Annotated[str, AfterValidator(_text), Field(min_length=1, max_length=40)]
 ShortText = Annotated[str, AfterValidator(_text), Field(min_length=1, max_length=100)]
@@ -226,7 +232,7 @@ class CustomerOut(BaseModel):
     agent_id: int
     agent: str
     version: int
-    updated_at: datetime
+    updated_at: UtcTime
 
 
 class PolicyOut(BaseModel):
@@ -245,7 +251,7 @@ class PolicyOut(BaseModel):
     agent_id: int
     agent: str
     version: int
-    updated_at: datetime
+    updated_at: UtcTime
 
 
 T = TypeVar("T")
