@@ -6,6 +6,7 @@ import re
 
 import pytest
 from fastapi.testclient import TestClient
+from httpx import Response
 from sqlalchemy.exc import OperationalError
 
 from sheetbridge.web.deps import Runtime
@@ -15,6 +16,15 @@ from tests.conftest import bearer
 def _first_policy(client: TestClient) -> dict[str, object]:
     page = client.get("/api/policies", params={"limit": 1}).json()
     return page["items"][0]  # type: ignore[no-any-return]
+
+
+def _save_policy(
+    client: TestClient, policy: dict[str, object], **changes: object
+) -> Response:
+    """PATCH ``changes`` onto ``policy``, based on the version it was read at."""
+    return client.patch(
+        f"/api/policies/{policy['id']}", json={"version": policy["version"], **changes}
+    )
 
 
 def test_every_api_endpoint_needs_auth_but_health_does_not(client: TestClient) -> None:
@@ -83,15 +93,9 @@ def test_update_with_a_stale_version_answers_409_with_the_current_record(
     alice: TestClient,
 ) -> None:
     policy = _first_policy(alice)
-    first = alice.patch(
-        f"/api/policies/{policy['id']}",
-        json={"version": policy["version"], "carrier": "Harbor Mutual"},
-    )
+    first = _save_policy(alice, policy, carrier="Harbor Mutual")
     assert first.status_code == 200
-    stale = alice.patch(
-        f"/api/policies/{policy['id']}",
-        json={"version": policy["version"], "carrier": "Lost Edit Insurance"},
-    )
+    stale = _save_policy(alice, policy, carrier="Lost Edit Insurance")
     assert stale.status_code == 409
     assert stale.json()["current"]["carrier"] == "Harbor Mutual"
     assert stale.json()["current"]["version"] == policy["version"] + 1  # type: ignore[operator]
@@ -106,14 +110,9 @@ def test_saving_a_record_unchanged_keeps_its_version_so_other_editors_are_not_re
     same_policy = {name: policy[name] for name in fields}
     same_customer = {k: customer[k] for k in ("name", "email", "phone", "notes")}
 
-    saved_policy = alice.patch(
-        f"/api/policies/{policy['id']}",
-        # the same amount written differently is the same premium
-        json={
-            "version": policy["version"],
-            **same_policy,
-            "premium": f"{policy['premium']}0",
-        },
+    # the same amount written differently is the same premium
+    saved_policy = _save_policy(
+        alice, policy, **same_policy, premium=f"{policy['premium']}0"
     )
     saved_customer = alice.patch(
         f"/api/customers/{customer['id']}",
@@ -130,10 +129,7 @@ def test_updated_at_is_the_same_utc_instant_whether_read_back_or_just_saved(
     alice: TestClient,
 ) -> None:
     policy = _first_policy(alice)
-    saved = alice.patch(
-        f"/api/policies/{policy['id']}",
-        json={"version": policy["version"], "carrier": "Harbor Mutual"},
-    ).json()
+    saved = _save_policy(alice, policy, carrier="Harbor Mutual").json()
     read_back = alice.get(f"/api/policies/{policy['id']}").json()
     listed = alice.get("/api/policies", params={"q": policy["policy_number"]}).json()
 
