@@ -195,6 +195,27 @@ def test_customer_with_policies_cannot_be_deleted_but_an_empty_one_can(
     assert alice.get(f"/api/customers/{created['id']}").status_code == 404
 
 
+def test_an_unknown_user_is_refused_in_the_same_words_as_a_wrong_password(
+    client: TestClient,
+) -> None:
+    answers = []
+    for username, password in (("alice", "wrong-password"), ("nobody", "whatever1")):
+        page = client.get("/login")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert csrf is not None
+        answers.append(
+            client.post(
+                "/login",
+                data={"username": username, "password": password, "csrf": csrf[1]},
+            )
+        )
+
+    assert [answer.status_code for answer in answers] == [400, 400]
+    wrong, unknown = (re.sub(r'value="[^"]*"', "", a.text) for a in answers)
+    assert unknown.replace("nobody", "alice") == wrong
+    assert client.get("/api/customers").status_code == 401
+
+
 def test_browser_session_needs_csrf_token_for_changes(client: TestClient) -> None:
     page = client.get("/login")
     csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
@@ -34,15 +35,17 @@ def verify_password(password_hash: str, password: str) -> bool:
         return False
 
 
-_DUMMY_HASH = hash_password("not-a-real-password")
+@functools.cache
+def _dummy_hash() -> str:
+    # Made on the first failed sign-in, not at import: hashing takes about
+    # 100 ms, which every process (and every CLI command) would pay at start.
+    return hash_password("not-a-real-password")
 
 
 def authenticate(session: Session, username: str, password: str) -> User | None:
     user = session.scalar(select(User).where(User.username == username.strip()))
     if user is None:
-        verify_password(
-            _DUMMY_HASH, password
-        )  # same cost whether or not the user exists
+        verify_password(_dummy_hash(), password)  # same cost, user or not
         return None
     return user if verify_password(user.password_hash, password) else None
 
