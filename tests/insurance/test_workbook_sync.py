@@ -321,6 +321,43 @@ def test_a_formula_without_a_saved_result_is_reported_and_never_imported(
     assert sheet.cell(3, header["City"]).value == '=UPPER("boston")'
 
 
+def test_a_cell_showing_a_spreadsheet_error_is_reported_and_never_imported(
+    synced: Runtime,
+) -> None:
+    # A lookup that failed leaves #N/A in the cell: the value is missing, and
+    # importing the error's text would overwrite the app's real one.
+    path = workbook_path(synced, "alice")
+    book = load_workbook(path)
+    customers = book["Customers"]
+    header = columns(customers)
+    record_id = customers.cell(2, 1).value
+    city = customers.cell(2, header["City"])
+    city.value, city.data_type = "#N/A", "e"
+    notes = customers.cell(3, header["Notes"])
+    notes.value, notes.data_type = "#REF!", "e"
+    customers.cell(4, header["Notes"]).value = "typed notes"
+    book.save(path)
+    with synced.db.read_session() as session:
+        customer = session.get(Customer, record_id)
+        assert customer is not None
+        city_before = customer.city
+
+    result = run_sync(synced, "alice", FROM_SHEET)
+
+    errors = [i for i in result["tabs"]["Customers"]["issues"] if i["kind"] == "error"]
+    assert [(i["row"], i["column"]) for i in errors] == [(2, "City"), (3, "Notes")]
+    assert "#N/A" in errors[0]["reason"] and "#REF!" in errors[1]["reason"]
+    assert result["tabs"]["Customers"]["counts"]["updated"] == 1
+    with synced.db.read_session() as session:
+        customer = session.get(Customer, record_id)
+        notes_found = session.scalars(select(Customer.notes)).all()
+    assert customer is not None and customer.city == city_before
+    assert "#REF!" not in notes_found and "typed notes" in notes_found
+    # The sheet keeps the error for its owner to fix; nothing overwrites it.
+    run_sync(synced, "alice", TO_SHEET)
+    assert load_workbook(path)["Customers"].cell(2, header["City"]).value == "#N/A"
+
+
 def test_a_renamed_tab_fails_the_import_naming_the_workbook_and_tab(
     synced: Runtime,
 ) -> None:

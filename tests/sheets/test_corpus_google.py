@@ -122,6 +122,27 @@ def test_emulator_evaluates_the_same_text_when_user_entered() -> None:
     assert shown["values"] == [["prize", "0"]]
 
 
+def test_a_cell_showing_a_formula_error_is_an_error_of_its_row_never_a_value(
+    harness: GoogleHarness,
+) -> None:
+    book = harness.spreadsheet()
+    backend = harness.backend(book)
+    header = {(1, 1): "ID", (1, 2): "Name", (1, 3): "ZIP"}
+    backend.write({"People": TabChanges(cells={**header, (2, 2): "Ann"})})
+    book.update_values(
+        "'People'!C2:C3", [["=1/0"], ["#N/A"]], user_entered=True, major="ROWS"
+    )
+    book.update_values("'People'!B3", [["Bo"]], user_entered=True, major="ROWS")
+
+    rows = tab(backend.read_tabs(["People"]), "People")
+    plan = plan_from_sheet(PEOPLE, rows, {}, {})
+
+    assert rows.rows[1:] == [[None, "Ann", "#DIV/0!"], [None, "Bo", "#N/A"]]
+    assert [(i.row, i.column) for i in plan.issues] == [(2, "ZIP"), (3, "ZIP")]
+    assert all("spreadsheet error" in i.reason for i in plan.issues)
+    assert not plan.creates
+
+
 def test_c05_quota_exhaustion_waits_and_retries_without_losing_rows(
     harness: GoogleHarness,
 ) -> None:

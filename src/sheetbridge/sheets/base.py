@@ -95,3 +95,40 @@ class ClippedText(str):
     """
 
     __slots__ = ()
+
+
+class ErrorValue(str):
+    """A cell showing a spreadsheet error (``#N/A``, ``#REF!``, …): a formula
+    that failed, so the cell's value is missing, not this text."""
+
+    __slots__ = ()
+
+
+# What Excel, LibreOffice and Google Sheets show in a cell whose formula failed.
+# Both programs turn these typed into a cell into the error itself, and the
+# Sheets API gives an error back as its bare text, so such text is an error.
+ERROR_TEXTS = frozenset(
+    {
+        "#NULL!",
+        "#DIV/0!",
+        "#VALUE!",
+        "#REF!",
+        "#NAME?",
+        "#NUM!",
+        "#N/A",
+        "#ERROR!",
+        "#GETTING_DATA",
+        "#SPILL!",
+        "#CALC!",
+        "#FIELD!",
+        "#BLOCKED!",
+        "#CONNECT!",
+        "#BUSY!",
+        "#UNKNOWN!",
+    }
+)
+
+
+def marked_error(text: str) -> str:
+    """``text``, as an :class:`ErrorValue` when it is a spreadsheet error."""
+    return ErrorValue(text) if text in ERROR_TEXTS else text

@@ -42,7 +42,7 @@ from google.auth.exceptions import GoogleAuthError
 from google.oauth2 import credentials as user_credentials
 from google.oauth2 import service_account
 
-from sheetbridge.sheets.base import Cell, TabChanges, TabData
+from sheetbridge.sheets.base import Cell, TabChanges, TabData, marked_error
 from sheetbridge.sheets.errors import (
     SheetChanged,
     SheetError,
@@ -888,10 +888,16 @@ def _find(sheets: dict[str, Json], tab: str) -> Json | None:
 
 
 def _clean_row(line: list[Any]) -> list[Cell]:
-    row: list[Cell] = [None if value == "" else value for value in line]
+    row: list[Cell] = [_cell(value) for value in line]
     while row and row[-1] is None:
         row.pop()
     return row
+
+
+def _cell(value: Any) -> Cell:
+    if isinstance(value, str):
+        return marked_error(value) if value else None
+    return value  # type: ignore[no-any-return]
 
 
 def _version(tabs: Sequence[str], rows: Mapping[str, list[list[Cell]] | None]) -> str:

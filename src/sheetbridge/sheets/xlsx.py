@@ -4,7 +4,8 @@ Reads return each formula's cached value, so a formula a person typed imports
 as its result. They go through python-calamine, a compiled reader about eight
 times faster than openpyxl's read-only mode on a 10,000-row tab; it reads
 error cells (``#N/A``) as empty, though, so a workbook that has any is read
-by openpyxl instead, which keeps the error text.
+by openpyxl instead, which keeps the error text; it reads as an
+:class:`~sheetbridge.sheets.base.ErrorValue`, which no import takes as a value.
 
 Writes to an existing workbook load it whole with openpyxl (formulas kept),
 change only the given cells and save. A workbook that does not exist yet is
@@ -44,6 +45,7 @@ from sheetbridge.sheets.base import (
     TabChanges,
     TabData,
     UncomputedFormula,
+    marked_error,
 )
 from sheetbridge.sheets.errors import (
     SheetChanged,
@@ -338,8 +340,10 @@ def _unknown_if_uncomputed(value: Any, typed: Any) -> Any:
 
 
 def _openpyxl_cell(value: Cell) -> Cell:
-    if isinstance(value, str) and len(value) >= XLSX_CELL_LIMIT:
-        return ClippedText(value)
+    if isinstance(value, str):
+        return (
+            ClippedText(value) if len(value) >= XLSX_CELL_LIMIT else marked_error(value)
+        )
     return value
 
 
@@ -349,7 +353,9 @@ def _calamine_cell(value: Cell) -> Cell:
     if isinstance(value, str):
         if not value:
             return None
-        return ClippedText(value) if len(value) >= XLSX_CELL_LIMIT else value
+        return (
+            ClippedText(value) if len(value) >= XLSX_CELL_LIMIT else marked_error(value)
+        )
     if isinstance(value, float):
         if value.is_integer() and abs(value) < _EXACT_INTEGERS:
             return int(value)

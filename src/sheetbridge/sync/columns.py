@@ -20,6 +20,7 @@ from sheetbridge.sheets.base import (
     XLSX_CELL_LIMIT,
     Cell,
     ClippedText,
+    ErrorValue,
     UncomputedFormula,
 )
 
@@ -101,6 +102,11 @@ def parse_value(column: Column, raw: Cell) -> Canonical:
         raise CellError(
             f"is a formula ({raw}) saved without its result, so its value is "
             "unknown; open the workbook in Excel or LibreOffice and save it"
+        )
+    if isinstance(raw, ErrorValue):
+        raise CellError(
+            f"shows the spreadsheet error {raw}, so its value is missing; fix the "
+            "formula or type the value"
         )
     if isinstance(raw, ClippedText):
         raise CellError(
