@@ -358,6 +358,53 @@ def test_a_cell_showing_a_spreadsheet_error_is_reported_and_never_imported(
     assert load_workbook(path)["Customers"].cell(2, header["City"]).value == "#N/A"
 
 
+def _ids_in(sheet: Any) -> set[int]:
+    return {row[0] for row in sheet.iter_rows(min_row=2, values_only=True)}
+
+
+def _alices_ids(runtime: Runtime) -> tuple[set[int], set[int]]:
+    with runtime.db.read_session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+        customers = session.scalars(
+            select(Customer.id).where(Customer.agent_id == alice.id)
+        )
+        policies = session.scalars(select(Policy.id).where(Policy.agent_id == alice.id))
+        return set(customers), set(policies)
+
+
+def test_a_sync_to_a_deleted_workbook_writes_the_whole_book_again(
+    synced: Runtime,
+) -> None:
+    workbook_path(synced, "alice").unlink()
+
+    result = run_sync(synced, "alice", TO_SHEET)
+
+    customers, policies = _alices_ids(synced)
+    book = load_workbook(workbook_path(synced, "alice"))
+    assert _ids_in(book["Customers"]) == customers
+    assert _ids_in(book["Policies"]) == policies
+    assert result["summary"]["appended"] == len(customers) + len(policies)
+    assert result["summary"]["issues"] == 0
+
+
+def test_a_sync_to_a_renamed_tab_writes_it_again_whole_and_leaves_the_renamed_one(
+    synced: Runtime,
+) -> None:
+    path = workbook_path(synced, "alice")
+    book = load_workbook(path)
+    book["Customers"].title = "Jon's Data"
+    book.save(path)
+
+    result = run_sync(synced, "alice", TO_SHEET)
+
+    customers, policies = _alices_ids(synced)
+    book = load_workbook(path)
+    assert _ids_in(book["Customers"]) == customers == _ids_in(book["Jon's Data"])
+    assert _ids_in(book["Policies"]) == policies
+    assert result["tabs"]["Customers"]["counts"]["deleted_in_sheet"] == 0
+    assert result["summary"]["appended"] == len(customers)
+
+
 def test_a_renamed_tab_fails_the_import_naming_the_workbook_and_tab(
     synced: Runtime,
 ) -> None:

@@ -422,6 +422,11 @@ def plan_to_sheet(
     """
     if delete_mode not in DELETE_MODES:
         raise ValueError(f"delete_mode must be one of {', '.join(DELETE_MODES)}")
+    if tab is None:
+        # The tab (or its whole book) is gone and is written anew: what the
+        # last sync wrote is no longer there, and none of it was deleted by
+        # hand row by row, so every record is written again.
+        base = {}
     rows = tab.rows if tab is not None else []
     plan = ToSheetPlan(TabChanges(), {}, set(), [], [], _to_sheet_counts())
     layout = _read_layout(mapping, rows[0] if rows else [])
