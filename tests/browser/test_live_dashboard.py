@@ -416,6 +416,41 @@ def test_a_stop_that_came_too_late_is_told_on_the_finished_sync(
         page.close()
 
 
+@pytest.mark.parametrize(
+    ("reason", "told"),
+    [
+        (
+            "Google Sheets quota exceeded for book-1: Quota exceeded.",
+            "Waiting for quota: Google Sheets asked to slow down. Retry 2 in 4 s.",
+        ),
+        (
+            "Google Sheets error 503 for book-1: The service is unavailable.",
+            "The sheet service had a problem: Google Sheets error 503 for book-1: "
+            "The service is unavailable. Retry 2 in 4 s.",
+        ),
+    ],
+)
+def test_a_sync_retrying_a_sheets_call_shows_why_and_its_retry_count(
+    browser: Browser, runtime: Runtime, reason: str, told: str
+) -> None:
+    with runtime.db.read_session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+    queued = runtime.sync.enqueue(alice, TO_SHEET)
+    claimed = runtime.queue.claim("test-worker")
+    assert claimed is not None and claimed.id == queued.job_id
+    # What a worker reports when the Sheets API answered 429 or 503 twice.
+    JobContext(claimed, runtime.queue).progress(
+        "retrying", rows_read=70, retries=2, reason=reason, delay_s=4.0
+    )
+
+    with live_server(runtime) as url:
+        page = open_dashboard(browser, url, "alice")
+        item = page.locator(f"#jobs li[data-job-id='{claimed.id}']")
+        expect(item.locator(".job-progress > span").first).to_have_text(told)
+        expect(item).to_contain_text("70 rows read")
+        page.close()
+
+
 def test_retry_waiting_shows_the_reason_and_next_try_then_succeeds(
     browser: Browser, runtime: Runtime, tokens: dict[str, str]
 ) -> None:

@@ -929,6 +929,17 @@
       wrap.append(el("span", { id, text: `Paused: waiting for ${job.waiting_for}` }), el("progress", { "aria-labelledby": id }));
       return wrap;
     }
+    if (p.phase === "retrying") {
+      // A Sheets API call failed for a moment; the worker tries it again by itself.
+      const why = /quota/i.test(p.reason || "")
+        ? "Waiting for quota: Google Sheets asked to slow down."
+        : `The sheet service had a problem: ${plainReason(p.reason).replace(/\.$/, "")}.`;
+      const delay = Number(p.delay_s);
+      const when = Number.isFinite(delay) && delay > 0 ? ` in ${Math.round(delay)} s` : "";
+      wrap.append(el("span", { id, text: `${why} Retry ${p.retries || 1}${when}.` }), el("progress", { "aria-labelledby": id }));
+      wrap.append(...countsLine(p));
+      return wrap;
+    }
     const step = phases.indexOf(p.phase);
     const total = Number(p.total || 0);
     const done = Number(p.done || 0);
@@ -944,14 +955,18 @@
     } else {
       wrap.append(el("progress", { "aria-labelledby": id }));
     }
-    // Counts such as rows_read or cells_to_write read "1 row read", "2 cells to write".
-    const counts = Object.entries(p).filter(([k, v]) => /^(rows|cells)_/.test(k) && typeof v === "number" && v > 0);
+    wrap.append(...countsLine(p));
+    return wrap;
+  }
+
+  // Counts such as rows_read or cells_to_write read "1 row read", "2 cells to write".
+  function countsLine(progress) {
+    const counts = Object.entries(progress).filter(([k, v]) => /^(rows|cells)_/.test(k) && typeof v === "number" && v > 0);
     const words = ([k, v]) => {
       const [noun, ...rest] = k.split("_");
       return `${v.toLocaleString()} ${v === 1 ? noun.slice(0, -1) : noun} ${rest.join(" ")}`;
     };
-    if (counts.length) wrap.append(el("span", { className: "muted", text: counts.map(words).join(", ") }));
-    return wrap;
+    return counts.length ? [el("span", { className: "muted", text: counts.map(words).join(", ") })] : [];
   }
 
   function duration(job) {
