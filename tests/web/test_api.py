@@ -195,6 +195,29 @@ def test_customer_with_policies_cannot_be_deleted_but_an_empty_one_can(
     assert alice.get(f"/api/customers/{created['id']}").status_code == 404
 
 
+def test_refusing_to_delete_a_customer_counts_its_policies_in_plain_words(
+    alice: TestClient,
+) -> None:
+    customer = alice.post("/api/customers", json={"name": "One Policy"}).json()
+    policy = {
+        "customer_id": customer["id"],
+        "carrier": "Harbor Mutual",
+        "line_of_business": "auto",
+        "effective_date": "2026-01-01",
+        "expiration_date": "2027-01-01",
+        "premium": "100.00",
+    }
+    alice.post("/api/policies", json={**policy, "policy_number": "ONE-1"})
+    one = alice.delete(f"/api/customers/{customer['id']}")
+    alice.post("/api/policies", json={**policy, "policy_number": "ONE-2"})
+    two = alice.delete(f"/api/customers/{customer['id']}")
+
+    assert one.json()["detail"].endswith("still has 1 policy; delete or move it first")
+    assert two.json()["detail"].endswith(
+        "still has 2 policies; delete or move them first"
+    )
+
+
 def test_an_unknown_user_is_refused_in_the_same_words_as_a_wrong_password(
     client: TestClient,
 ) -> None:

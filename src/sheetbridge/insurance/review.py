@@ -20,7 +20,12 @@ from sheetbridge.insurance.mapping import (
 )
 from sheetbridge.insurance.models import Customer, Policy, User
 from sheetbridge.insurance.schemas import CustomerUpdate, PolicyUpdate
-from sheetbridge.insurance.services import Book, DomainError, InvalidField
+from sheetbridge.insurance.services import (
+    Book,
+    DomainError,
+    InvalidField,
+    RecordNotFound,
+)
 from sheetbridge.sync.columns import CellError, parse_cell
 from sheetbridge.sync.engine import Conflict, Record, TabMapping
 from sheetbridge.sync.models import ImportChange, SyncConflict, SyncSnapshot, SyncTarget
@@ -157,7 +162,7 @@ def _own_conflict(session: Session, user: User, conflict_id: int) -> SyncConflic
         or target is None
         or not (user.is_admin or target.user_id == user.id)
     ):
-        raise ReviewError(f"conflict {conflict_id} does not exist")
+        raise RecordNotFound("conflict", conflict_id)
     if row.resolved_at is not None:
         raise ReviewError(f"conflict {conflict_id} was already resolved")
     return row

@@ -160,8 +160,12 @@ class Book:
         )
         if policies:
             raise InUse(
-                f"customer {customer_id} still has {policies} policies; "
-                "delete or move them first"
+                f"customer {customer_id} still has "
+                + (
+                    "1 policy; delete or move it first"
+                    if policies == 1
+                    else f"{policies} policies; delete or move them first"
+                )
             )
         self.session.delete(customer)
         self.session.flush()
