@@ -358,6 +358,31 @@ def test_a_cell_showing_a_spreadsheet_error_is_reported_and_never_imported(
     assert load_workbook(path)["Customers"].cell(2, header["City"]).value == "#N/A"
 
 
+def test_a_sheet_edit_the_import_would_refuse_is_told_as_an_error_by_to_sheet(
+    synced: Runtime,
+) -> None:
+    path = workbook_path(synced, "alice")
+    book = load_workbook(path)
+    customers = book["Customers"]
+    header = columns(customers)
+    customers.cell(2, header["State"]).value = "12"
+    customers.cell(3, header["City"]).value = "Newtown"
+    customers.cell(4, header["ZIP"]).value = 4001  # a number: imported as 04001
+    book.save(path)
+
+    pushed = run_sync(synced, "alice", TO_SHEET)
+    pulled = run_sync(synced, "alice", FROM_SHEET)
+
+    told = {(i["row"], i["column"]): i for i in pushed["tabs"]["Customers"]["issues"]}
+    assert told[(2, "State")]["kind"] == "error"
+    assert "fix it in the sheet" in told[(2, "State")]["reason"]
+    assert told[(3, "City")]["kind"] == "pending_import"
+    assert told[(4, "ZIP")]["kind"] == "pending_import"
+    refused = [i for i in pulled["tabs"]["Customers"]["issues"] if i["kind"] == "error"]
+    assert [(i["row"], i["column"]) for i in refused] == [(2, "State")]
+    assert pushed["tabs"]["Customers"]["counts"]["errors"] == 1
+
+
 def _ids_in(sheet: Any) -> set[int]:
     return {row[0] for row in sheet.iter_rows(min_row=2, values_only=True)}
 

@@ -61,6 +61,7 @@ from sheetbridge.sheets.errors import SheetError
 from sheetbridge.sheets.google import GoogleSheetsBackend
 from sheetbridge.sheets.quota import limiter_from_settings
 from sheetbridge.sheets.xlsx import XlsxBackend
+from sheetbridge.sync.columns import CellError, parse_cell
 from sheetbridge.sync.engine import (
     DELETE_MODES,
     FromSheetPlan,
@@ -237,6 +238,8 @@ class SyncService:
             )
             for mapping in MAPPINGS
         }
+        for mapping in MAPPINGS:
+            _tell_refused_edits(mapping, plans[mapping.tab])
         changes = {
             tab: plan.changes
             for tab, plan in plans.items()
@@ -662,6 +665,45 @@ class _Importer:
                 )
             )
         self.plan.counts["errors"] = self.plan.counts.get("errors", 0) + 1
+
+
+def _tell_refused_edits(mapping: TabMapping, plan: ToSheetPlan) -> None:
+    """Sheet edits still to import that the import would refuse (a state
+    "12", a negative premium) are errors to fix in the sheet, not edits
+    waiting for a sync from the sheet, which would only refuse them again.
+
+    Each edited cell is checked alone, as the record's schema checks it;
+    what only the whole record or the database can refuse (dates out of
+    order, a policy number in use) is found by the import itself.
+    """
+    schema = CustomerUpdate if mapping is CUSTOMERS else PolicyUpdate
+    by_header = {column.header: column for column in mapping.columns}
+    for index, issue in enumerate(plan.issues):
+        column = by_header.get(issue.column or "")
+        if issue.kind != "pending_import" or column is None or column.readonly:
+            continue
+        text = issue.value or ""
+        if column.digits and text.isdigit():
+            text = text.zfill(column.digits)  # as the import pads a number typed in
+        try:
+            value = parse_cell(column, text)
+            schema.model_validate(
+                {"version": 1, **to_python(mapping, {column.field: value})}
+            )
+        except CellError as exc:
+            reason = exc.reason
+        except ValidationError as exc:
+            reason = "; ".join(why for _, why in _reasons(exc))
+        else:
+            continue
+        plan.issues[index] = dataclasses.replace(
+            issue,
+            reason=f"edited in the sheet, but cannot be imported: {reason}; "
+            "fix it in the sheet",
+            kind="error",
+        )
+        plan.counts["pending_import"] -= 1
+        plan.counts["errors"] += 1
 
 
 def _reasons(exc: Exception) -> list[tuple[str | None, str]]:
