@@ -405,6 +405,16 @@ def test_readonly_column_is_written_but_never_imported() -> None:
     assert "readonly" in kinds(to)
 
 
+def test_a_blank_readonly_cell_is_filled_in_without_a_warning() -> None:
+    # Rows typed into the sheet and created by an import have no agent yet.
+    app = {1: rec("Ann")}
+    tab, base = synced(app)
+    tab.rows[1][8] = None
+    to = plan_to_sheet(MAPPING, tab, app, base)
+    assert to.changes.cells == {(2, 9): "Kim"}
+    assert to.issues == []
+
+
 def test_readonly_column_is_not_part_of_new_rows() -> None:
     tab = tab_of([None, "New", None, None, None, None, None, None, "Me"])
     plan = plan_from_sheet(MAPPING, tab, {}, {})

@@ -530,7 +530,10 @@ def _field_to_sheet(
         return None
     if column.readonly:
         snapshot[name] = app_value
-        if not isinstance(base_value, _Missing) and sheet_value != base_value:
+        # A blank cell is filled in without a word: rows typed into the sheet
+        # and created by an import have none of the app's values yet.
+        edited = sheet_value is not None and sheet_value != base_value
+        if edited and not isinstance(base_value, _Missing):
             ctx.issue(_readonly_issue(ctx.mapping, number, column, raw), "readonly")
         return (render_cell(column, app_value),)
     outcome = _merge(app_value, sheet_value, base_value)
