@@ -106,6 +106,38 @@ def test_a_503_on_read_is_retried_and_the_job_succeeds(
     assert result["summary"]["appended"] > 0
 
 
+def test_a_spreadsheet_id_alone_moves_a_google_book_and_is_refused_for_a_workbook(
+    runtime: Runtime, tokens: dict[str, str], spreadsheet_id: str
+) -> None:
+    alice = bearer(tokens["alice"])
+    with TestClient(create_app(runtime, workers=False)) as client:
+        moved = client.patch(
+            "/api/insurance/sync/target",
+            json={"spreadsheet_id": "other-book"},
+            headers=alice,
+        )
+        client.patch(
+            "/api/insurance/sync/target", json={"backend": "xlsx"}, headers=alice
+        )
+        refused = [
+            client.patch("/api/insurance/sync/target", json=body, headers=alice)
+            for body in (
+                {"spreadsheet_id": spreadsheet_id},
+                {"backend": "xlsx", "spreadsheet_id": spreadsheet_id},
+            )
+        ]
+        now = client.get("/api/insurance/sync/target", headers=alice).json()
+
+    assert moved.status_code == 200, moved.text
+    assert (moved.json()["backend"], moved.json()["location"]) == (
+        "google",
+        "other-book",
+    )
+    assert [answer.status_code for answer in refused] == [422, 422]
+    assert refused[0].json()["detail"][0]["field"] == "spreadsheet_id"
+    assert now["backend"] == "xlsx"
+
+
 def test_a_missing_spreadsheet_fails_the_job_naming_it(
     runtime: Runtime, tokens: dict[str, str]
 ) -> None:

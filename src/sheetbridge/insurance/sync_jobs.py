@@ -147,6 +147,12 @@ class SyncService:
             )
         current = self.target_for(user)
         location = current.location
+        if spreadsheet_id is not None and backend is None and current.backend == GOOGLE:
+            backend = GOOGLE  # another spreadsheet for a book already on Google
+        if spreadsheet_id is not None and backend != GOOGLE:
+            raise InvalidField(
+                "spreadsheet_id", "goes with backend google; a workbook has none"
+            )
         if backend == GOOGLE:
             if not spreadsheet_id or not SPREADSHEET_ID.fullmatch(spreadsheet_id):
                 raise InvalidField(
