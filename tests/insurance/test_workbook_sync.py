@@ -383,6 +383,29 @@ def test_a_sheet_edit_the_import_would_refuse_is_told_as_an_error_by_to_sheet(
     assert pushed["tabs"]["Customers"]["counts"]["errors"] == 1
 
 
+def test_a_code_typed_as_a_number_is_imported_padded_and_written_back_as_text(
+    synced: Runtime,
+) -> None:
+    path = workbook_path(synced, "alice")
+    book = load_workbook(path)
+    customers = book["Customers"]
+    header = columns(customers)
+    record_id = customers.cell(2, 1).value
+    customers.cell(2, header["ZIP"]).value = 4001  # the program dropped the 0
+    book.save(path)
+
+    run_sync(synced, "alice", FROM_SHEET)
+    pushed = run_sync(synced, "alice", TO_SHEET)
+    again = run_sync(synced, "alice", TO_SHEET)
+
+    with synced.db.read_session() as session:
+        customer = session.get(Customer, record_id)
+    assert customer is not None and customer.zip_code == "04001"
+    assert load_workbook(path)["Customers"].cell(2, header["ZIP"]).value == "04001"
+    assert pushed["summary"]["written_cells"] == 1
+    assert again["summary"]["written_cells"] == 0
+
+
 def _ids_in(sheet: Any) -> set[int]:
     return {row[0] for row in sheet.iter_rows(min_row=2, values_only=True)}
 

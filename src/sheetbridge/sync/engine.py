@@ -527,6 +527,10 @@ def _field_to_sheet(
         return None
     if sheet_value == app_value:
         snapshot[name] = app_value
+        if column.digits and isinstance(raw, int | float) and app_value is not None:
+            # A code typed as a number lost its leading zeros on screen; the
+            # import padded it, and the cell gets it back as text.
+            return (render_cell(column, app_value),)
         return None
     if column.readonly:
         snapshot[name] = app_value
