@@ -420,6 +420,24 @@ def _alices_ids(runtime: Runtime) -> tuple[set[int], set[int]]:
         return set(customers), set(policies)
 
 
+def test_an_import_from_a_deleted_workbook_fails_saying_the_file_is_gone(
+    synced: Runtime,
+) -> None:
+    path = workbook_path(synced, "alice")
+    path.unlink()
+    with synced.db.read_session() as session:
+        user = session.scalars(select(User).where(User.username == "alice")).one()
+
+    queued = synced.sync.enqueue(user, FROM_SHEET)
+    WorkerPool(synced.queue, synced.sync.handlers).run_until_empty()
+    job = synced.queue.get(queued.job_id)
+
+    assert job.state == "failed"
+    assert job.error is not None
+    assert f"{path.name} does not exist" in job.error
+    assert "Sync to sheet" in job.error and "no tab" not in job.error
+
+
 def test_a_sync_to_a_deleted_workbook_writes_the_whole_book_again(
     synced: Runtime,
 ) -> None:

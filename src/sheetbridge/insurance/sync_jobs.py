@@ -291,6 +291,12 @@ class SyncService:
         target, user = self._load(context)
         backend, tabs = self._read_sheet(progress, target)
         missing = [mapping.tab for mapping in MAPPINGS if tabs[mapping.tab] is None]
+        if isinstance(backend, XlsxBackend) and not backend.path.exists():
+            raise PermanentJobError(
+                f"{backend.location} does not exist: was the workbook moved or "
+                "deleted? Put it back, or run Sync to sheet to write it anew. "
+                "Nothing was imported."
+            )
         if missing:
             names = " and ".join(repr(tab) for tab in missing)
             raise PermanentJobError(
