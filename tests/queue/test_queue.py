@@ -273,6 +273,8 @@ def test_cancel_queued_job_is_immediate_and_running_one_stops_at_safe_point(
     assert claimed is not None and claimed.id == running.job_id
 
     assert queue.cancel(waiting.job_id).state == "cancelled"
+    stored = queue.get(waiting.job_id)
+    assert (stored.state, stored.cancel_requested) == ("cancelled", True)
     queue.cancel(running.job_id)
     context = JobContext(claimed, queue)
     with pytest.raises(Exception, match="cancelled"):

@@ -1087,7 +1087,7 @@ class JobQueue:
             if owner_id is not None and job.owner_id != owner_id:
                 raise JobNotFound(job_id)
             if job.state == QUEUED:
-                job.state = CANCELLED
+                job.state, job.cancel_requested = CANCELLED, True
                 job.finished_at = self.now()
                 if job.ready_at is not None:  # it was its key's waiting head
                     # It gives up its turn before the next job takes one: the
