@@ -22,6 +22,7 @@ from sqlalchemy import select
 from sheetbridge.config import Settings
 from sheetbridge.insurance.models import User
 from sheetbridge.insurance.sync_jobs import TO_SHEET
+from sheetbridge.queue.store import Claimed
 from sheetbridge.queue.worker import JobContext
 from sheetbridge.web.deps import Runtime
 from sheetbridge.web.security import add_user
@@ -393,14 +394,20 @@ def test_failed_sync_shows_the_reason_and_what_to_do(
         page.close()
 
 
-def test_a_stop_that_came_too_late_is_told_on_the_finished_sync(
-    browser: Browser, runtime: Runtime
-) -> None:
+def claim_alices_sync(runtime: Runtime) -> Claimed:
+    """Queue a sync to alice's sheet and claim it as a worker would."""
     with runtime.db.read_session() as session:
         alice = session.scalars(select(User).where(User.username == "alice")).one()
     queued = runtime.sync.enqueue(alice, TO_SHEET)
     claimed = runtime.queue.claim("test-worker")
     assert claimed is not None and claimed.id == queued.job_id
+    return claimed
+
+
+def test_a_stop_that_came_too_late_is_told_on_the_finished_sync(
+    browser: Browser, runtime: Runtime
+) -> None:
+    claimed = claim_alices_sync(runtime)
     result = runtime.sync.handlers[TO_SHEET](JobContext(claimed, runtime.queue))
     # The stop arrives after the sheet was written, before the job settles.
     runtime.queue.cancel(claimed.id)
@@ -433,11 +440,7 @@ def test_a_stop_that_came_too_late_is_told_on_the_finished_sync(
 def test_a_sync_retrying_a_sheets_call_shows_why_and_its_retry_count(
     browser: Browser, runtime: Runtime, reason: str, told: str
 ) -> None:
-    with runtime.db.read_session() as session:
-        alice = session.scalars(select(User).where(User.username == "alice")).one()
-    queued = runtime.sync.enqueue(alice, TO_SHEET)
-    claimed = runtime.queue.claim("test-worker")
-    assert claimed is not None and claimed.id == queued.job_id
+    claimed = claim_alices_sync(runtime)
     # What a worker reports when the Sheets API answered 429 or 503 twice.
     JobContext(claimed, runtime.queue).progress(
         "retrying", rows_read=70, retries=2, reason=reason, delay_s=4.0

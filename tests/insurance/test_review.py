@@ -77,13 +77,16 @@ def test_conflict_is_stored_once_with_both_values_and_the_base(
     assert others.json()["conflicts"] == []
 
 
+def open_conflict_ids(client: TestClient, token: str) -> list[int]:
+    listed = client.get("/api/insurance/sync/conflicts", headers=bearer(token))
+    return [conflict["id"] for conflict in listed.json()["conflicts"]]
+
+
 def test_another_users_or_a_missing_conflict_is_not_found(
     runtime: Runtime, tokens: dict[str, str]
 ) -> None:
     client, _, _ = make_conflict(runtime)
-    conflict = client.get(
-        "/api/insurance/sync/conflicts", headers=bearer(tokens["alice"])
-    ).json()["conflicts"][0]
+    (alices,) = open_conflict_ids(client, tokens["alice"])
 
     answers = [
         client.post(
@@ -91,13 +94,12 @@ def test_another_users_or_a_missing_conflict_is_not_found(
             json={"choice": "sheet"},
             headers=bearer(tokens["bob"]),
         )
-        for conflict_id in (conflict["id"], conflict["id"] + 1000)
+        for conflict_id in (alices, alices + 1000)
     ]
 
     assert [answer.status_code for answer in answers] == [404, 404]
-    assert answers[0].json()["detail"] == f"conflict {conflict['id']} does not exist"
-    still = client.get("/api/insurance/sync/conflicts", headers=bearer(tokens["alice"]))
-    assert [c["id"] for c in still.json()["conflicts"]] == [conflict["id"]]
+    assert answers[0].json()["detail"] == f"conflict {alices} does not exist"
+    assert open_conflict_ids(client, tokens["alice"]) == [alices]
 
 
 def test_keep_app_is_written_to_the_sheet_by_the_next_sync(

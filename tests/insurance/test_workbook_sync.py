@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ from sqlalchemy import select
 
 from sheetbridge.insurance.models import Customer, Policy, User
 from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
+from sheetbridge.queue.models import Job
 from sheetbridge.queue.worker import WorkerPool
 from sheetbridge.web.deps import Runtime
 
@@ -263,29 +266,59 @@ def test_a_conflict_stays_a_conflict_until_resolved(synced: Runtime) -> None:
     )
 
 
+@contextmanager
+def alices_customers(runtime: Runtime) -> Iterator[tuple[Any, dict[str, int]]]:
+    """alice's Customers tab and its columns by header; saved on leaving."""
+    path = workbook_path(runtime, "alice")
+    book = load_workbook(path)
+    sheet = book["Customers"]
+    yield sheet, columns(sheet)
+    book.save(path)
+
+
+def customer_field(runtime: Runtime, record_id: int, name: str) -> Any:
+    with runtime.db.read_session() as session:
+        customer = session.get(Customer, record_id)
+        assert customer is not None
+        return getattr(customer, name)
+
+
+def sheet_cell(runtime: Runtime, row: int, column: int) -> Any:
+    return (
+        load_workbook(workbook_path(runtime, "alice"))["Customers"]
+        .cell(row, column)
+        .value
+    )
+
+
+def errors_of(result: dict[str, Any]) -> list[dict[str, Any]]:
+    return [i for i in result["tabs"]["Customers"]["issues"] if i["kind"] == "error"]
+
+
+def failed_import(runtime: Runtime) -> Job:
+    """Run an import of alice's book that must fail; the failed job."""
+    with runtime.db.read_session() as session:
+        user = session.scalars(select(User).where(User.username == "alice")).one()
+    queued = runtime.sync.enqueue(user, FROM_SHEET)
+    WorkerPool(runtime.queue, runtime.sync.handlers).run_until_empty()
+    job = runtime.queue.get(queued.job_id)
+    assert job.state == "failed" and job.error is not None
+    return job
+
+
 def test_text_cut_at_the_workbook_cell_limit_is_never_imported(
     synced: Runtime,
 ) -> None:
-    path = workbook_path(synced, "alice")
-    book = load_workbook(path)
-    customers = book["Customers"]
-    header = columns(customers)
-    record_id = customers.cell(2, 1).value
-    customers.cell(2, header["Notes"]).value = "n" * 50_001
-    book.save(path)
-    with synced.db.read_session() as session:
-        customer = session.get(Customer, record_id)
-        assert customer is not None
-        notes_before = customer.notes
+    with alices_customers(synced) as (customers, header):
+        record_id = customers.cell(2, 1).value
+        customers.cell(2, header["Notes"]).value = "n" * 50_001
+    notes_before = customer_field(synced, record_id, "notes")
 
-    result = run_sync(synced, "alice", FROM_SHEET)
+    errors = errors_of(run_sync(synced, "alice", FROM_SHEET))
 
-    errors = [i for i in result["tabs"]["Customers"]["issues"] if i["kind"] == "error"]
     assert [(i["row"], i["column"]) for i in errors] == [(2, "Notes")]
     assert "32,767" in errors[0]["reason"]
-    with synced.db.read_session() as session:
-        customer = session.get(Customer, record_id)
-    assert customer is not None and customer.notes == notes_before
+    assert customer_field(synced, record_id, "notes") == notes_before
 
 
 def test_a_formula_without_a_saved_result_is_reported_and_never_imported(
@@ -293,32 +326,21 @@ def test_a_formula_without_a_saved_result_is_reported_and_never_imported(
 ) -> None:
     # openpyxl (and so any script, or a save by the app itself) stores formulas
     # without their results; reading one as empty would clear the app's value.
-    path = workbook_path(synced, "alice")
-    book = load_workbook(path)
-    customers = book["Customers"]
-    header = columns(customers)
-    record_id = customers.cell(3, 1).value
-    customers.cell(3, header["City"]).value = '=UPPER("boston")'
-    customers.cell(4, header["Notes"]).value = "typed notes"
-    book.save(path)
-    with synced.db.read_session() as session:
-        customer = session.get(Customer, record_id)
-        assert customer is not None
-        city_before = customer.city
+    with alices_customers(synced) as (customers, header):
+        record_id = customers.cell(3, 1).value
+        customers.cell(3, header["City"]).value = '=UPPER("boston")'
+        customers.cell(4, header["Notes"]).value = "typed notes"
+    city_before = customer_field(synced, record_id, "city")
 
     result = run_sync(synced, "alice", FROM_SHEET)
 
-    errors = [i for i in result["tabs"]["Customers"]["issues"] if i["kind"] == "error"]
+    errors = errors_of(result)
     assert [(i["row"], i["column"]) for i in errors] == [(3, "City")]
     assert "formula" in errors[0]["reason"]
     assert result["tabs"]["Customers"]["counts"]["updated"] >= 1
-    with synced.db.read_session() as session:
-        customer = session.get(Customer, record_id)
-    assert customer is not None and customer.city == city_before
-
+    assert customer_field(synced, record_id, "city") == city_before
     run_sync(synced, "alice", TO_SHEET)
-    sheet = load_workbook(path)["Customers"]
-    assert sheet.cell(3, header["City"]).value == '=UPPER("boston")'
+    assert sheet_cell(synced, 3, header["City"]) == '=UPPER("boston")'
 
 
 def test_a_cell_showing_a_spreadsheet_error_is_reported_and_never_imported(
@@ -326,49 +348,37 @@ def test_a_cell_showing_a_spreadsheet_error_is_reported_and_never_imported(
 ) -> None:
     # A lookup that failed leaves #N/A in the cell: the value is missing, and
     # importing the error's text would overwrite the app's real one.
-    path = workbook_path(synced, "alice")
-    book = load_workbook(path)
-    customers = book["Customers"]
-    header = columns(customers)
-    record_id = customers.cell(2, 1).value
-    city = customers.cell(2, header["City"])
-    city.value, city.data_type = "#N/A", "e"
-    notes = customers.cell(3, header["Notes"])
-    notes.value, notes.data_type = "#REF!", "e"
-    customers.cell(4, header["Notes"]).value = "typed notes"
-    book.save(path)
-    with synced.db.read_session() as session:
-        customer = session.get(Customer, record_id)
-        assert customer is not None
-        city_before = customer.city
+    with alices_customers(synced) as (customers, header):
+        record_id = customers.cell(2, 1).value
+        city = customers.cell(2, header["City"])
+        city.value, city.data_type = "#N/A", "e"
+        notes = customers.cell(3, header["Notes"])
+        notes.value, notes.data_type = "#REF!", "e"
+        customers.cell(4, header["Notes"]).value = "typed notes"
+    city_before = customer_field(synced, record_id, "city")
 
     result = run_sync(synced, "alice", FROM_SHEET)
 
-    errors = [i for i in result["tabs"]["Customers"]["issues"] if i["kind"] == "error"]
+    errors = errors_of(result)
     assert [(i["row"], i["column"]) for i in errors] == [(2, "City"), (3, "Notes")]
     assert "#N/A" in errors[0]["reason"] and "#REF!" in errors[1]["reason"]
     assert result["tabs"]["Customers"]["counts"]["updated"] == 1
+    assert customer_field(synced, record_id, "city") == city_before
     with synced.db.read_session() as session:
-        customer = session.get(Customer, record_id)
         notes_found = session.scalars(select(Customer.notes)).all()
-    assert customer is not None and customer.city == city_before
     assert "#REF!" not in notes_found and "typed notes" in notes_found
     # The sheet keeps the error for its owner to fix; nothing overwrites it.
     run_sync(synced, "alice", TO_SHEET)
-    assert load_workbook(path)["Customers"].cell(2, header["City"]).value == "#N/A"
+    assert sheet_cell(synced, 2, header["City"]) == "#N/A"
 
 
 def test_a_sheet_edit_the_import_would_refuse_is_told_as_an_error_by_to_sheet(
     synced: Runtime,
 ) -> None:
-    path = workbook_path(synced, "alice")
-    book = load_workbook(path)
-    customers = book["Customers"]
-    header = columns(customers)
-    customers.cell(2, header["State"]).value = "12"
-    customers.cell(3, header["City"]).value = "Newtown"
-    customers.cell(4, header["ZIP"]).value = 4001  # a number: imported as 04001
-    book.save(path)
+    with alices_customers(synced) as (customers, header):
+        customers.cell(2, header["State"]).value = "12"
+        customers.cell(3, header["City"]).value = "Newtown"
+        customers.cell(4, header["ZIP"]).value = 4001  # a number: imported as 04001
 
     pushed = run_sync(synced, "alice", TO_SHEET)
     pulled = run_sync(synced, "alice", FROM_SHEET)
@@ -378,30 +388,23 @@ def test_a_sheet_edit_the_import_would_refuse_is_told_as_an_error_by_to_sheet(
     assert "fix it in the sheet" in told[(2, "State")]["reason"]
     assert told[(3, "City")]["kind"] == "pending_import"
     assert told[(4, "ZIP")]["kind"] == "pending_import"
-    refused = [i for i in pulled["tabs"]["Customers"]["issues"] if i["kind"] == "error"]
-    assert [(i["row"], i["column"]) for i in refused] == [(2, "State")]
+    assert [(i["row"], i["column"]) for i in errors_of(pulled)] == [(2, "State")]
     assert pushed["tabs"]["Customers"]["counts"]["errors"] == 1
 
 
 def test_a_code_typed_as_a_number_is_imported_padded_and_written_back_as_text(
     synced: Runtime,
 ) -> None:
-    path = workbook_path(synced, "alice")
-    book = load_workbook(path)
-    customers = book["Customers"]
-    header = columns(customers)
-    record_id = customers.cell(2, 1).value
-    customers.cell(2, header["ZIP"]).value = 4001  # the program dropped the 0
-    book.save(path)
+    with alices_customers(synced) as (customers, header):
+        record_id = customers.cell(2, 1).value
+        customers.cell(2, header["ZIP"]).value = 4001  # the program dropped the 0
 
     run_sync(synced, "alice", FROM_SHEET)
     pushed = run_sync(synced, "alice", TO_SHEET)
     again = run_sync(synced, "alice", TO_SHEET)
 
-    with synced.db.read_session() as session:
-        customer = session.get(Customer, record_id)
-    assert customer is not None and customer.zip_code == "04001"
-    assert load_workbook(path)["Customers"].cell(2, header["ZIP"]).value == "04001"
+    assert customer_field(synced, record_id, "zip_code") == "04001"
+    assert sheet_cell(synced, 2, header["ZIP"]) == "04001"
     assert pushed["summary"]["written_cells"] == 1
     assert again["summary"]["written_cells"] == 0
 
@@ -425,17 +428,11 @@ def test_an_import_from_a_deleted_workbook_fails_saying_the_file_is_gone(
 ) -> None:
     path = workbook_path(synced, "alice")
     path.unlink()
-    with synced.db.read_session() as session:
-        user = session.scalars(select(User).where(User.username == "alice")).one()
 
-    queued = synced.sync.enqueue(user, FROM_SHEET)
-    WorkerPool(synced.queue, synced.sync.handlers).run_until_empty()
-    job = synced.queue.get(queued.job_id)
+    error = failed_import(synced).error or ""
 
-    assert job.state == "failed"
-    assert job.error is not None
-    assert f"{path.name} does not exist" in job.error
-    assert "Sync to sheet" in job.error and "no tab" not in job.error
+    assert f"{path.name} does not exist" in error
+    assert "Sync to sheet" in error and "no tab" not in error
 
 
 def test_a_sync_to_a_deleted_workbook_writes_the_whole_book_again(
@@ -456,40 +453,29 @@ def test_a_sync_to_a_deleted_workbook_writes_the_whole_book_again(
 def test_a_sync_to_a_renamed_tab_writes_it_again_whole_and_leaves_the_renamed_one(
     synced: Runtime,
 ) -> None:
-    path = workbook_path(synced, "alice")
-    book = load_workbook(path)
-    book["Customers"].title = "Jon's Data"
-    book.save(path)
+    with alices_customers(synced) as (customers, _):
+        customers.title = "Jon's Data"
 
     result = run_sync(synced, "alice", TO_SHEET)
 
-    customers, policies = _alices_ids(synced)
-    book = load_workbook(path)
-    assert _ids_in(book["Customers"]) == customers == _ids_in(book["Jon's Data"])
+    customers_ids, policies = _alices_ids(synced)
+    book = load_workbook(workbook_path(synced, "alice"))
+    assert _ids_in(book["Customers"]) == customers_ids == _ids_in(book["Jon's Data"])
     assert _ids_in(book["Policies"]) == policies
     assert result["tabs"]["Customers"]["counts"]["deleted_in_sheet"] == 0
-    assert result["summary"]["appended"] == len(customers)
+    assert result["summary"]["appended"] == len(customers_ids)
 
 
 def test_a_renamed_tab_fails_the_import_naming_the_workbook_and_tab(
     synced: Runtime,
 ) -> None:
-    path = workbook_path(synced, "alice")
-    book = load_workbook(path)
-    book["Policies"].title = "Policies 2026"
-    customers = book["Customers"]
-    customers.cell(2, columns(customers)["City"]).value = "Renamedville"
-    book.save(path)
+    with alices_customers(synced) as (customers, header):
+        customers.parent["Policies"].title = "Policies 2026"
+        customers.cell(2, header["City"]).value = "Renamedville"
 
-    with synced.db.read_session() as session:
-        user = session.scalars(select(User).where(User.username == "alice")).one()
-    queued = synced.sync.enqueue(user, FROM_SHEET)
-    WorkerPool(synced.queue, synced.sync.handlers).run_until_empty()
-    job = synced.queue.get(queued.job_id)
+    error = failed_import(synced).error or ""
 
-    assert job.state == "failed"
-    assert job.error is not None
-    assert "'Policies'" in job.error and path.name in job.error
+    assert "'Policies'" in error and workbook_path(synced, "alice").name in error
     with synced.db.read_session() as session:
         cities = session.scalars(select(Customer.city)).all()
     assert "Renamedville" not in cities
