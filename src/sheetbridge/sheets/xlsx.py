@@ -339,23 +339,20 @@ def _unknown_if_uncomputed(value: Any, typed: Any) -> Any:
     return value
 
 
+def _text(value: str) -> str:
+    """Text as read: possibly cut at the cell limit, or a spreadsheet error."""
+    return ClippedText(value) if len(value) >= XLSX_CELL_LIMIT else marked_error(value)
+
+
 def _openpyxl_cell(value: Cell) -> Cell:
-    if isinstance(value, str):
-        return (
-            ClippedText(value) if len(value) >= XLSX_CELL_LIMIT else marked_error(value)
-        )
-    return value
+    return _text(value) if isinstance(value, str) else value
 
 
 def _calamine_cell(value: Cell) -> Cell:
     """A value as openpyxl reads it: empty cells as ``None``, whole numbers as
     ``int``, dates as datetimes at midnight."""
     if isinstance(value, str):
-        if not value:
-            return None
-        return (
-            ClippedText(value) if len(value) >= XLSX_CELL_LIMIT else marked_error(value)
-        )
+        return _text(value) if value else None
     if isinstance(value, float):
         if value.is_integer() and abs(value) < _EXACT_INTEGERS:
             return int(value)
