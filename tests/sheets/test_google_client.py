@@ -326,6 +326,10 @@ def test_syncs_at_once_reuse_their_connections_to_the_api(tmp_path: Path) -> Non
     the first round every call goes over a connection already open (a new
     one costs a TLS set-up with Google)."""
     opened: list[int] = []
+    workers = Settings.model_fields["worker_concurrency"].default
+    # Every call waits for all of its round's calls to arrive: each round has
+    # them all in flight at once, however slowly a busy machine starts them.
+    in_flight = threading.Barrier(workers, timeout=30)
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep connections open
@@ -335,7 +339,7 @@ def test_syncs_at_once_reuse_their_connections_to_the_api(tmp_path: Path) -> Non
             super().setup()
 
         def do_GET(self) -> None:
-            time.sleep(0.05)  # every call overlaps with the others
+            in_flight.wait()
             body = b'{"ok": true}'
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -353,7 +357,7 @@ def test_syncs_at_once_reuse_their_connections_to_the_api(tmp_path: Path) -> Non
         google_sheets_base_url=f"http://127.0.0.1:{server.server_port}",
         google_static_token="test-token",
     )
-    workers = settings.worker_concurrency
+    assert settings.worker_concurrency == workers
     http_pool = client_from_settings(settings).http
 
     def one_round() -> None:
@@ -369,5 +373,5 @@ def test_syncs_at_once_reuse_their_connections_to_the_api(tmp_path: Path) -> Non
     finally:
         server.shutdown()
         http_pool.close()
-    assert after_first <= workers
+    assert after_first == workers
     assert len(opened) == after_first
