@@ -372,6 +372,31 @@ def test_a_cell_showing_a_spreadsheet_error_is_reported_and_never_imported(
     assert sheet_cell(synced, 2, header["City"]) == "#N/A"
 
 
+@pytest.mark.parametrize("error_cell_elsewhere", [False, True])
+def test_text_that_reads_like_a_spreadsheet_error_round_trips_as_text(
+    synced: Runtime, error_cell_elsewhere: bool
+) -> None:
+    # Only a real error cell is an error: a note the app wrote stays a note,
+    # whichever reader the workbook needs.
+    with alices_customers(synced) as (customers, header):
+        record_id = customers.cell(2, 1).value
+        if error_cell_elsewhere:
+            city = customers.cell(3, header["City"])
+            city.value, city.data_type = "#N/A", "e"
+    with synced.db.session() as session:
+        customer = session.get(Customer, record_id)
+        assert customer is not None
+        customer.notes = "#N/A"
+
+    pushed = run_sync(synced, "alice", TO_SHEET)
+    pulled = run_sync(synced, "alice", FROM_SHEET)
+
+    assert sheet_cell(synced, 2, header["Notes"]) == "#N/A"
+    assert [i for i in errors_of(pushed) if i["row"] == 2] == []
+    assert [i for i in errors_of(pulled) if i["row"] == 2] == []
+    assert customer_field(synced, record_id, "notes") == "#N/A"
+
+
 def test_a_sheet_edit_the_import_would_refuse_is_told_as_an_error_by_to_sheet(
     synced: Runtime,
 ) -> None:

@@ -104,9 +104,10 @@ class ErrorValue(str):
     __slots__ = ()
 
 
-# What Excel, LibreOffice and Google Sheets show in a cell whose formula failed.
-# Both programs turn these typed into a cell into the error itself, and the
-# Sheets API gives an error back as its bare text, so such text is an error.
+# What Google Sheets (and Excel, LibreOffice) show in a cell whose formula
+# failed. The Sheets API gives an error back as its bare text, and Sheets turns
+# these typed into a cell into the error itself, so from Google such text is
+# read as an error. A workbook marks its error cells and needs no such guess.
 ERROR_TEXTS = frozenset(
     {
         "#NULL!",

@@ -4,8 +4,9 @@ Reads return each formula's cached value, so a formula a person typed imports
 as its result. They go through python-calamine, a compiled reader about eight
 times faster than openpyxl's read-only mode on a 10,000-row tab; it reads
 error cells (``#N/A``) as empty, though, so a workbook that has any is read
-by openpyxl instead, which keeps the error text; it reads as an
-:class:`~sheetbridge.sheets.base.ErrorValue`, which no import takes as a value.
+by openpyxl instead, which tells them apart: an error cell reads as an
+:class:`~sheetbridge.sheets.base.ErrorValue`, which no import takes as a value,
+while text that only looks like one stays text.
 
 Writes to an existing workbook load it whole with openpyxl (formulas kept),
 change only the given cells and save. A workbook that does not exist yet is
@@ -42,10 +43,10 @@ from sheetbridge.sheets.base import (
     XLSX_CELL_LIMIT,
     Cell,
     ClippedText,
+    ErrorValue,
     TabChanges,
     TabData,
     UncomputedFormula,
-    marked_error,
 )
 from sheetbridge.sheets.errors import (
     SheetChanged,
@@ -201,7 +202,7 @@ class XlsxBackend:
                 if tab not in workbook.sheetnames:
                     result[tab] = None
                     continue
-                values = _sheet_rows(workbook[tab])
+                values = _sheet_values(workbook[tab])
                 typed = _sheet_rows(formulas[tab])
                 rows = (
                     map(_unknown_if_uncomputed, value_row, typed_row)
@@ -340,8 +341,19 @@ def _unknown_if_uncomputed(value: Any, typed: Any) -> Any:
 
 
 def _text(value: str) -> str:
-    """Text as read: possibly cut at the cell limit, or a spreadsheet error."""
-    return ClippedText(value) if len(value) >= XLSX_CELL_LIMIT else marked_error(value)
+    """Text as read, marked when it may have been cut at the cell limit."""
+    return ClippedText(value) if len(value) >= XLSX_CELL_LIMIT else value
+
+
+def _sheet_values(sheet: Any) -> Iterator[list[Any]]:
+    """Rows of values; an error cell's (t="e") as an ErrorValue, so that only
+    a real error is one, not text that reads like one."""
+    sheet.reset_dimensions()  # stored dimensions are often wrong
+    for cells in sheet.iter_rows():
+        yield [
+            ErrorValue(cell.value) if cell.data_type == "e" else cell.value
+            for cell in cells
+        ]
 
 
 def _openpyxl_cell(value: Cell) -> Cell:
