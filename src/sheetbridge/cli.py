@@ -16,7 +16,7 @@ import typer
 from sqlalchemy import select
 
 from sheetbridge.config import Settings, get_settings
-from sheetbridge.db import DATABASE_UNAVAILABLE_ERRORS, is_sqlite
+from sheetbridge.db import DATABASE_UNAVAILABLE_ERRORS, is_sqlite, unavailable_reason
 from sheetbridge.heap import settle_after_startup
 from sheetbridge.insurance.demo import has_any_user, seed_demo
 from sheetbridge.insurance.models import User
@@ -46,7 +46,7 @@ def _runtime() -> Runtime:
     try:
         runtime.db.upgrade()
     except DATABASE_UNAVAILABLE_ERRORS as exc:
-        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        reason = unavailable_reason(exc)
         typer.echo(f"cannot use the database {_redacted(settings)}: {reason}", err=True)
         raise typer.Exit(1) from None
     return runtime

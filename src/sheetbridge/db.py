@@ -38,6 +38,13 @@ PG_MAX_OVERFLOW = 10
 # wrong with the request, and it may work in a moment.
 DATABASE_UNAVAILABLE_ERRORS = (OperationalError, PoolTimeoutError)
 
+
+def unavailable_reason(exc: BaseException) -> str:
+    """The first line of what the driver said, without SQLAlchemy's wrapping."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 WRITE_TURN_WAIT_SECONDS = Histogram(
     "sheetbridge_sqlite_write_wait_seconds",
     "Time a SQLite write transaction waited for its turn (threads and processes).",

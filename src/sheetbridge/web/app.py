@@ -17,7 +17,7 @@ from sqlalchemy import text
 from starlette.middleware.sessions import SessionMiddleware
 
 from sheetbridge.config import Settings
-from sheetbridge.db import DATABASE_UNAVAILABLE_ERRORS, Database
+from sheetbridge.db import DATABASE_UNAVAILABLE_ERRORS, Database, unavailable_reason
 from sheetbridge.insurance.review import ReviewError
 from sheetbridge.insurance.services import InUse, InvalidField, RecordNotFound
 from sheetbridge.insurance.sync_jobs import SyncService
@@ -133,7 +133,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
         log.warning(
             "database.unavailable",
-            extra={"action": "request", "error": str(exc).splitlines()[0]},
+            extra={"action": "request", "error": unavailable_reason(exc)},
         )
         return JSONResponse(
             {"detail": DATABASE_UNAVAILABLE},

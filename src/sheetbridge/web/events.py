@@ -12,7 +12,7 @@ from anyio import to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from sheetbridge.db import DATABASE_UNAVAILABLE_ERRORS
+from sheetbridge.db import DATABASE_UNAVAILABLE_ERRORS, unavailable_reason
 from sheetbridge.queue.errors import JobNotFound
 from sheetbridge.queue.models import Job
 from sheetbridge.web.deps import CurrentUser, Runtime, RuntimeDep
@@ -96,7 +96,7 @@ async def _stream(
                 # it can open a new one.
                 log.warning(
                     "events.database_unavailable",
-                    extra={"action": "events", "error": str(exc).splitlines()[0]},
+                    extra={"action": "events", "error": unavailable_reason(exc)},
                 )
                 return
             for view in views:
