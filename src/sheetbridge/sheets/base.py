@@ -102,34 +102,3 @@ class ErrorValue(str):
     that failed, so the cell's value is missing, not this text."""
 
     __slots__ = ()
-
-
-# What Google Sheets (and Excel, LibreOffice) show in a cell whose formula
-# failed. The Sheets API gives an error back as its bare text, and Sheets turns
-# these typed into a cell into the error itself, so from Google such text is
-# read as an error. A workbook marks its error cells and needs no such guess.
-ERROR_TEXTS = frozenset(
-    {
-        "#NULL!",
-        "#DIV/0!",
-        "#VALUE!",
-        "#REF!",
-        "#NAME?",
-        "#NUM!",
-        "#N/A",
-        "#ERROR!",
-        "#GETTING_DATA",
-        "#SPILL!",
-        "#CALC!",
-        "#FIELD!",
-        "#BLOCKED!",
-        "#CONNECT!",
-        "#BUSY!",
-        "#UNKNOWN!",
-    }
-)
-
-
-def marked_error(text: str) -> str:
-    """``text``, as an :class:`ErrorValue` when it is a spreadsheet error."""
-    return ErrorValue(text) if text in ERROR_TEXTS else text

@@ -42,7 +42,7 @@ from google.auth.exceptions import GoogleAuthError
 from google.oauth2 import credentials as user_credentials
 from google.oauth2 import service_account
 
-from sheetbridge.sheets.base import Cell, TabChanges, TabData, marked_error
+from sheetbridge.sheets.base import Cell, ErrorValue, TabChanges, TabData
 from sheetbridge.sheets.errors import (
     SheetChanged,
     SheetError,
@@ -894,9 +894,37 @@ def _clean_row(line: list[Any]) -> list[Cell]:
     return row
 
 
+# What Google Sheets (and Excel, LibreOffice) show in a cell whose formula
+# failed. The Sheets API gives an error back as its bare text, and Sheets turns
+# these typed into a cell into the error itself, so from Google such text is
+# read as an error. A workbook marks its error cells and needs no such guess.
+ERROR_TEXTS = frozenset(
+    {
+        "#NULL!",
+        "#DIV/0!",
+        "#VALUE!",
+        "#REF!",
+        "#NAME?",
+        "#NUM!",
+        "#N/A",
+        "#ERROR!",
+        "#GETTING_DATA",
+        "#SPILL!",
+        "#CALC!",
+        "#FIELD!",
+        "#BLOCKED!",
+        "#CONNECT!",
+        "#BUSY!",
+        "#UNKNOWN!",
+    }
+)
+
+
 def _cell(value: Any) -> Cell:
     if isinstance(value, str):
-        return marked_error(value) if value else None
+        if not value:
+            return None
+        return ErrorValue(value) if value in ERROR_TEXTS else value
     return value  # type: ignore[no-any-return]
 
 
