@@ -102,6 +102,36 @@ def test_another_users_or_a_missing_conflict_is_not_found(
     assert open_conflict_ids(client, tokens["alice"]) == [alices]
 
 
+def test_a_resolution_the_record_would_refuse_is_a_422_and_the_conflict_stays_open(
+    runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    run_sync(runtime, "alice", TO_SHEET)
+    record_id = edit_sheet_cell(runtime, 2, "State", "12")
+    with runtime.db.session() as session:
+        customer = session.get(Customer, record_id)
+        assert customer is not None
+        customer.state = "CA"
+    run_sync(runtime, "alice", FROM_SHEET)
+    client = TestClient(create_app(runtime, workers=False))
+    (conflict_id,) = open_conflict_ids(client, tokens["alice"])
+
+    answers = [
+        client.post(
+            f"/api/insurance/sync/conflicts/{conflict_id}/resolve",
+            json=body,
+            headers=bearer(tokens["alice"]),
+        )
+        for body in ({"choice": "edit", "value": "12"}, {"choice": "sheet"})
+    ]
+
+    assert [answer.status_code for answer in answers] == [422, 422]
+    assert all("state" in answer.text for answer in answers)
+    assert open_conflict_ids(client, tokens["alice"]) == [conflict_id]
+    with runtime.db.read_session() as session:
+        customer = session.get(Customer, record_id)
+    assert customer is not None and customer.state == "CA"
+
+
 def test_keep_app_is_written_to_the_sheet_by_the_next_sync(
     runtime: Runtime, tokens: dict[str, str]
 ) -> None:

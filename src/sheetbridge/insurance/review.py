@@ -6,6 +6,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
@@ -130,14 +131,14 @@ def resolve_conflict(
         raise InvalidField("choice", f"must be one of {', '.join(CHOICES)}")
     mapping = _MAPPING[row.entity]
     if choice == "sheet":
-        _set_app_value(session, user, mapping, row, row.sheet_value)
+        _set_app_value(session, user, mapping, row, row.sheet_value, asked="choice")
     elif choice == "edit":
         column = next(c for c in mapping.columns if c.field == row.field)
         try:
             parsed = parse_cell(column, value)
         except CellError as exc:
             raise InvalidField("value", exc.reason) from exc
-        _set_app_value(session, user, mapping, row, parsed)
+        _set_app_value(session, user, mapping, row, parsed, asked="value")
         row.resolved_value = parsed
     snapshot = session.scalar(
         select(SyncSnapshot).where(
@@ -169,20 +170,36 @@ def _own_conflict(session: Session, user: User, conflict_id: int) -> SyncConflic
 
 
 def _set_app_value(
-    session: Session, user: User, mapping: TabMapping, row: SyncConflict, value: Any
+    session: Session,
+    user: User,
+    mapping: TabMapping,
+    row: SyncConflict,
+    value: Any,
+    *,
+    asked: str,
 ) -> None:
+    """Store ``value`` in the app; one the record refuses is an error of the
+    request's ``asked`` field, and the conflict stays open."""
     book = Book(session, user)
     fields = to_python(mapping, {row.field: value})
-    if mapping is CUSTOMERS:
-        customer = book.get_customer(row.record_id)
-        book.update_customer(
-            row.record_id, CustomerUpdate(version=customer.version, **fields)
+    try:
+        if mapping is CUSTOMERS:
+            customer = book.get_customer(row.record_id)
+            book.update_customer(
+                row.record_id, CustomerUpdate(version=customer.version, **fields)
+            )
+        else:
+            policy = book.get_policy(row.record_id)
+            book.update_policy(
+                row.record_id, PolicyUpdate(version=policy.version, **fields)
+            )
+    except ValidationError as exc:
+        reasons = "; ".join(
+            error["msg"].removeprefix("Value error, ") for error in exc.errors()
         )
-    else:
-        policy = book.get_policy(row.record_id)
-        book.update_policy(
-            row.record_id, PolicyUpdate(version=policy.version, **fields)
-        )
+        raise InvalidField(
+            asked, f"{row.field} {value!r} is refused: {reasons}"
+        ) from exc
 
 
 @dataclass
