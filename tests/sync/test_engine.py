@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sheetbridge.sheets.base import Cell, TabChanges, TabData
+from sheetbridge.sheets.base import Cell, ErrorValue, TabChanges, TabData
 from sheetbridge.sheets.xlsx import XlsxBackend
 from sheetbridge.sync.columns import Canonical, Column, ColumnType, parse_value
 from sheetbridge.sync.engine import (
@@ -452,6 +452,39 @@ def test_invalid_new_row_is_an_error_and_not_created() -> None:
     assert [c.values["name"] for c in plan.creates] == ["Fine"]
     errors = [(i.row, i.column) for i in plan.issues if i.kind == "error"]
     assert errors == [(2, "Name"), (3, "Premium")]
+
+
+def test_a_new_row_the_import_would_refuse_is_an_error_in_to_sheet_too() -> None:
+    app = {1: rec("Ann")}
+    tab, base = synced(app)
+    tab.rows.append([None, "Zed", None, "abc"])
+    tab.rows.append([None, "Yan", None, ErrorValue("#N/A")])
+    tab.rows.append([None, None, "04002"])
+    tab.rows.append([None, "Fine"])
+
+    to = plan_to_sheet(MAPPING, tab, app, base)
+    frm = plan_from_sheet(MAPPING, tab, app, base)
+
+    for plan in (to, frm):
+        errors = [(i.row, i.column) for i in plan.issues if i.kind == "error"]
+        assert errors == [(3, "Premium"), (4, "Premium"), (5, "Name")]
+    assert to.counts["pending_import"] == 1 and to.counts["errors"] == 3
+    assert [(i.row, i.kind) for i in to.issues if i.row == 6] == [(6, "pending_import")]
+
+
+def test_a_record_whose_id_cell_cannot_be_read_may_be_that_row_both_ways() -> None:
+    app = {1: rec("Ann"), 2: rec("Bob")}
+    tab, base = synced(app)
+    tab.rows[2][0] = ErrorValue("#REF!")
+
+    to = plan_to_sheet(MAPPING, tab, app, base)
+    frm = plan_from_sheet(MAPPING, tab, app, base)
+
+    assert to.changes.is_empty(), "record 2 would be duplicated if appended"
+    for plan in (to, frm):
+        (missing,) = [i for i in plan.issues if i.kind == "deleted_in_sheet"]
+        assert missing.value == "2"
+        assert "row 3" in missing.reason and "kept in the app" in missing.reason
 
 
 def test_duplicate_ids_are_errors_and_neither_row_is_synced() -> None:

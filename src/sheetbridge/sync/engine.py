@@ -23,7 +23,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Generic, TypeAlias, TypeVar
+from typing import Any, Generic, TypeAlias, TypeVar
 
 from sheetbridge.sheets.base import Cell, TabChanges, TabData
 from sheetbridge.sync.columns import (
@@ -262,6 +262,7 @@ class _Rows:
     seen: set[int]  # every valid ID present, duplicates included
     issues: list[Issue]
     examined: int = 0  # rows with an ID or values in our columns
+    unreadable: list[int] = dataclasses.field(default_factory=list)  # rows
 
 
 def _cell(cells: Sequence[Cell], index: int) -> Cell:
@@ -292,6 +293,7 @@ def _scan_rows(
         result.examined += 1
         record_id = _parse_id(raw_id, parser)
         if record_id is None:
+            result.unreadable.append(number)
             result.issues.append(
                 Issue(
                     mapping.tab,
@@ -442,12 +444,17 @@ def plan_to_sheet(
     _add_headers(layout, layout.missing, plan.changes)
     for issue in scanned.issues:
         ctx.issue(issue, "errors")
-    for number, _ in scanned.new:
-        ctx.issue(_pending_new_row_issue(mapping, number), "pending_import")
+    for number, cells in scanned.new:
+        if _new_row_values(ctx, number, cells) is not None:
+            ctx.issue(_pending_new_row_issue(mapping, number), "pending_import")
     for record_id, (number, cells) in scanned.by_id.items():
         _sync_row_to_sheet(ctx, record_id, number, cells, app, base, delete_mode)
     for record_id in sorted(app.keys() - scanned.seen):
-        _append_or_report(ctx, record_id, app[record_id], base)
+        if record_id in base:
+            issue = _gone_from_sheet_issue(mapping, record_id, scanned.unreadable)
+            ctx.issue(issue, "deleted_in_sheet")
+        else:
+            _append(ctx, record_id, app[record_id])
     return plan
 
 
@@ -648,23 +655,7 @@ def _matches_base(ctx: _ToSheet, cells: list[Cell], old: Record) -> bool:
     return True
 
 
-def _append_or_report(
-    ctx: _ToSheet, record_id: int, record: Record, base: dict[int, Record]
-) -> None:
-    if record_id in base:
-        ctx.issue(
-            Issue(
-                ctx.mapping.tab,
-                None,
-                None,
-                str(record_id),
-                f"record {record_id} was deleted from the sheet; it was kept in the "
-                "app and not added back",
-                "deleted_in_sheet",
-            ),
-            "deleted_in_sheet",
-        )
-        return
+def _append(ctx: _ToSheet, record_id: int, record: Record) -> None:
     columns = ctx.columns
     writes = {index: render_cell(col, record.get(col.field)) for col, index in columns}
     if not _app_values_valid(ctx, None, record, writes):
@@ -782,7 +773,8 @@ def plan_from_sheet(
             # a tab typed by hand without an ID column: add it for the new IDs
             plan.header_changes.cells[(1, plan.id_column)] = mapping.id_header
     for record_id in sorted((app.keys() & base.keys()) - scanned.seen):
-        ctx.issue(_deleted_in_sheet_issue(mapping, record_id), "deleted_in_sheet")
+        issue = _gone_from_sheet_issue(mapping, record_id, scanned.unreadable)
+        ctx.issue(issue, "deleted_in_sheet")
     return plan
 
 
@@ -823,7 +815,7 @@ def _ambiguous(mapping: TabMapping, layout: _Layout) -> list[Column]:
 
 
 def _parse_row(
-    ctx: _FromSheet, number: int, cells: list[Cell]
+    ctx: _Pass[Any], number: int, cells: list[Cell]
 ) -> dict[str, Canonical] | None:
     """Parse the importable cells of a row; None (and issues) if any is bad."""
     values: dict[str, Canonical] = {}
@@ -959,7 +951,7 @@ def _readonly_from_sheet(
     ctx.issue(_readonly_issue(ctx.mapping, number, column, raw), "readonly")
 
 
-def _required_present(ctx: _FromSheet, number: int, values: Record) -> bool:
+def _required_present(ctx: _Pass[Any], number: int, values: Record) -> bool:
     ok = True
     for column in ctx.mapping.columns:
         if column.required and column.field in values and values[column.field] is None:
@@ -971,28 +963,48 @@ def _required_present(ctx: _FromSheet, number: int, values: Record) -> bool:
     return ok
 
 
-def _create_row(ctx: _FromSheet, number: int, cells: list[Cell]) -> None:
+def _new_row_values(
+    ctx: _Pass[Any], number: int, cells: list[Cell]
+) -> dict[str, Canonical] | None:
+    """The values a row typed into the sheet creates a record with; None (and
+    issues) if the import would refuse it."""
     values = _parse_row(ctx, number, cells)
     if values is None:
-        return
+        return None
     for column in ctx.mapping.columns:
         if column.readonly:
             values.pop(column.field, None)
         elif column.required:
             values.setdefault(column.field, None)
-    if not _required_present(ctx, number, values):
-        return
-    ctx.plan.creates.append(NewRow(number, values))
-    ctx.plan.counts["created"] += 1
+    return values if _required_present(ctx, number, values) else None
 
 
-def _deleted_in_sheet_issue(mapping: TabMapping, record_id: int) -> Issue:
+def _create_row(ctx: _FromSheet, number: int, cells: list[Cell]) -> None:
+    values = _new_row_values(ctx, number, cells)
+    if values is not None:
+        ctx.plan.creates.append(NewRow(number, values))
+        ctx.plan.counts["created"] += 1
+
+
+def _gone_from_sheet_issue(
+    mapping: TabMapping, record_id: int, unreadable: list[int]
+) -> Issue:
+    """A synced record no row carries any more: deleted from the sheet, or
+    one of the rows whose ID cannot be read. It is kept in the app and not
+    written back, which could give it two rows."""
+    reason = f"record {record_id} is no longer in the sheet"
+    if unreadable:
+        rows = ", ".join(str(number) for number in unreadable)
+        reason = (
+            f"no row has ID {record_id}; if it is row {rows}, whose ID cannot be "
+            f"read, put {record_id} back in its ID cell"
+        )
     return Issue(
         mapping.tab,
         None,
         None,
         str(record_id),
-        f"record {record_id} is no longer in the sheet; it was kept in the app",
+        f"{reason}; it was kept in the app and not written back to the sheet",
         "deleted_in_sheet",
     )
 
