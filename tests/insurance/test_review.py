@@ -73,6 +73,7 @@ def test_conflict_is_stored_once_with_both_values_and_the_base(
     )
     assert (conflict["app"], conflict["sheet"]) == ("App City", "Sheet City")
     assert conflict["base"] not in ("App City", "Sheet City")
+    assert conflict["detected_at"].endswith("Z"), conflict["detected_at"]
     others = client.get("/api/insurance/sync/conflicts", headers=bearer(tokens["bob"]))
     assert others.json()["conflicts"] == []
 
@@ -130,6 +131,30 @@ def test_a_resolution_the_record_would_refuse_is_a_422_and_the_conflict_stays_op
     with runtime.db.read_session() as session:
         customer = session.get(Customer, record_id)
     assert customer is not None and customer.state == "CA"
+
+
+def test_an_edit_without_a_value_or_a_keep_with_one_is_a_422_naming_value(
+    runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    client, record_id, _ = make_conflict(runtime)
+    (conflict_id,) = open_conflict_ids(client, tokens["alice"])
+
+    answers = [
+        client.post(
+            f"/api/insurance/sync/conflicts/{conflict_id}/resolve",
+            json=body,
+            headers=bearer(tokens["alice"]),
+        )
+        for body in ({"choice": "edit"}, {"choice": "app", "value": "Elm Town"})
+    ]
+
+    assert [answer.status_code for answer in answers] == [422, 422]
+    assert [answer.json()["detail"][0]["field"] for answer in answers] == [
+        "value",
+        "value",
+    ]
+    assert open_conflict_ids(client, tokens["alice"]) == [conflict_id]
+    assert app_city(runtime, record_id) == "App City"
 
 
 def test_keep_app_is_written_to_the_sheet_by_the_next_sync(

@@ -184,6 +184,58 @@ def test_policy_dates_and_unknown_customer_are_rejected_by_field(
     assert duplicate.json()["detail"][0]["field"] == "policy_number"
 
 
+def test_a_premium_out_of_bounds_is_refused_in_the_agencys_words(
+    alice: TestClient,
+) -> None:
+    policy = _first_policy(alice)
+    messages = {
+        premium: _save_policy(alice, policy, premium=premium).json()["detail"][0]["msg"]
+        for premium in ("-5", "12.345", "12345678901.00")
+    }
+
+    assert messages == {
+        "-5": "a premium cannot be negative",
+        "12.345": "a premium has at most 2 decimal places (cents)",
+        "12345678901.00": "a premium is at most 9999999999.99",
+    }
+
+
+def test_text_is_saved_without_surrounding_spaces_as_the_sheet_shows_it(
+    alice: TestClient,
+) -> None:
+    created = alice.post(
+        "/api/customers",
+        json={"name": " Ann Lee ", "city": " Portland ", "notes": "  call back\n "},
+    )
+
+    assert created.status_code == 201, created.text
+    saved = created.json()
+    assert (saved["name"], saved["city"], saved["notes"]) == (
+        "Ann Lee",
+        "Portland",
+        "call back",
+    )
+
+
+def test_null_clears_an_optional_text_field_but_not_a_required_one(
+    alice: TestClient,
+) -> None:
+    customer = alice.get("/api/customers", params={"limit": 1}).json()["items"][0]
+    cleared = alice.patch(
+        f"/api/customers/{customer['id']}",
+        json={"version": customer["version"], "state": None, "notes": None},
+    )
+    created = alice.post("/api/customers", json={"name": "Ann Lee", "email": None})
+    nameless = alice.post("/api/customers", json={"name": None})
+
+    assert cleared.status_code == 200, cleared.text
+    assert (cleared.json()["state"], cleared.json()["notes"]) == ("", "")
+    assert created.status_code == 201, created.text
+    assert created.json()["email"] == ""
+    assert nameless.status_code == 422
+    assert nameless.json()["detail"][0]["field"] == "name"
+
+
 def test_customer_with_policies_cannot_be_deleted_but_an_empty_one_can(
     alice: TestClient,
 ) -> None:
@@ -288,6 +340,15 @@ def test_sync_endpoints_queue_at_once_and_status_lists_the_jobs(
     assert one["state"] == "queued" and one["position"] == 3
     cancelled = alice.post(f"/api/insurance/sync/jobs/{bodies[2]['job_id']}/cancel")
     assert cancelled.json()["state"] == "cancelled"
+
+
+def test_job_times_are_utc_with_a_z_like_every_record_time(alice: TestClient) -> None:
+    queued = alice.post("/api/insurance/sync/to-sheet").json()
+    alice.post(f"/api/insurance/sync/jobs/{queued['job_id']}/cancel")
+    job = alice.get(queued["status_url"]).json()
+
+    for name in ("enqueued_at", "run_after", "finished_at"):
+        assert job[name].endswith("Z"), (name, job[name])
 
 
 def test_a_user_cannot_see_or_cancel_another_users_job(

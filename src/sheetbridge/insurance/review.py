@@ -20,7 +20,7 @@ from sheetbridge.insurance.mapping import (
     to_python,
 )
 from sheetbridge.insurance.models import Customer, Policy, User
-from sheetbridge.insurance.schemas import CustomerUpdate, PolicyUpdate
+from sheetbridge.insurance.schemas import CustomerUpdate, PolicyUpdate, error_message
 from sheetbridge.insurance.services import (
     Book,
     DomainError,
@@ -105,7 +105,7 @@ def conflict_view(row: SyncConflict) -> dict[str, Any]:
         "sheet": row.sheet_value,
         "base": row.base_value,
         "job_id": row.job_id,
-        "detected_at": clock.as_utc(row.detected_at).isoformat(),
+        "detected_at": clock.iso(row.detected_at),
         "resolution": row.resolution,
     }
 
@@ -194,9 +194,7 @@ def _set_app_value(
                 row.record_id, PolicyUpdate(version=policy.version, **fields)
             )
     except ValidationError as exc:
-        reasons = "; ".join(
-            error["msg"].removeprefix("Value error, ") for error in exc.errors()
-        )
+        reasons = "; ".join(error_message(error) for error in exc.errors())
         raise InvalidField(
             asked, f"{row.field} {value!r} is refused: {reasons}"
         ) from exc

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Annotated, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -75,13 +76,29 @@ Email = Annotated[str, Field(max_length=254), AfterValidator(_email)]
 Phone = Annotated[str, Field(max_length=40), AfterValidator(_phone)]
 Zip = Annotated[str, Field(max_length=10), AfterValidator(_zip)]
 State = Annotated[str, Field(max_length=2), AfterValidator(_state)]
-Notes = Annotated[str, Field(max_length=50_000)]
+# Free text loses its surrounding spaces, as the sheet's copy (and every
+# comparison with it) does.
+Address = Annotated[str, AfterValidator(_text), Field(max_length=300)]
+City = Annotated[str, AfterValidator(_text), Field(max_length=100)]
+Notes = Annotated[str, AfterValidator(_text), Field(max_length=50_000)]
 # SQLite gives back naive datetimes; every time the API shows is UTC, marked so.
 UtcTime = Annotated[datetime, AfterValidator(clock.as_utc)]
-Money = Annotated[
+MAX_PREMIUM = Decimal("9999999999.99")  # the column holds 12 digits, 2 of them cents
+
+
+def _premium(value: Decimal) -> Decimal:
+    if value < 0:
+        raise ValueError("a premium cannot be negative")
+    if value > MAX_PREMIUM:
+        raise ValueError(f"a premium is at most {MAX_PREMIUM}")
+    if value != value.quantize(Decimal("0.01")):
+        raise ValueError("a premium has at most 2 decimal places (cents)")
+    return value + 0  # "+ 0" turns -0.00 into 0.00
+
+
+Premium = Annotated[
     Decimal,
-    Field(ge=0, max_digits=12, decimal_places=2),
-    AfterValidator(lambda value: value + 0),  # "+ 0" turns -0.00 into 0.00
+    AfterValidator(_premium),
     # Text with two decimals in JSON; a Decimal to the models, which compare
     # it with the stored amount (an unchanged premium is no change).
     PlainSerializer(lambda value: f"{value:.2f}", return_type=str, when_used="json"),
@@ -106,6 +123,10 @@ Version = Annotated[
     int, WholeNumber, Field(ge=1, le=MAX_ID, description="The version edited")
 ]
 NULLABLE = frozenset({"date_of_birth", "agent_id"})
+# Text a record may leave blank: null clears it, as "" does.
+BLANKABLE = frozenset(
+    {"email", "phone", "address", "city", "state", "zip_code", "notes"}
+)
 
 
 def _plausible_date(earliest: date, latest: date) -> AfterValidator:
@@ -137,9 +158,17 @@ class _Input(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _sane(cls, value: object, info: ValidationInfo) -> object:
+        if value is None and info.field_name in BLANKABLE:
+            return ""
         if value is None and info.field_name not in NULLABLE:
             raise ValueError("may not be empty")
         return plain_text(value)
+
+
+def error_message(error: Mapping[str, Any]) -> str:
+    """A validation error's message in the agency's words, without the
+    "Value error, " pydantic puts before a validator's own message."""
+    return str(error["msg"]).removeprefix("Value error, ")
 
 
 def _unencodable(value: str) -> bool:
@@ -154,8 +183,8 @@ class CustomerFields(_Input):
     name: Name
     email: Email = ""
     phone: Phone = ""
-    address: Annotated[str, Field(max_length=300)] = ""
-    city: Annotated[str, Field(max_length=100)] = ""
+    address: Address = ""
+    city: City = ""
     state: State = ""
     zip_code: Zip = ""
     date_of_birth: BirthDate | None = None
@@ -171,8 +200,8 @@ class CustomerUpdate(_Input):
     name: Name | None = None
     email: Email | None = None
     phone: Phone | None = None
-    address: Annotated[str, Field(max_length=300)] | None = None
-    city: Annotated[str, Field(max_length=100)] | None = None
+    address: Address | None = None
+    city: City | None = None
     state: State | None = None
     zip_code: Zip | None = None
     date_of_birth: BirthDate | None = None
@@ -187,7 +216,7 @@ class PolicyFields(_Input):
     line_of_business: LineOfBusiness
     effective_date: PolicyDate
     expiration_date: PolicyDate
-    premium: Money
+    premium: Premium
     status: PolicyStatus = "active"
 
     @field_validator("expiration_date")
@@ -211,7 +240,7 @@ class PolicyUpdate(_Input):
     line_of_business: LineOfBusiness | None = None
     effective_date: PolicyDate | None = None
     expiration_date: PolicyDate | None = None
-    premium: Money | None = None
+    premium: Premium | None = None
     status: PolicyStatus | None = None
     agent_id: RecordId | None = None
 
@@ -246,7 +275,7 @@ class PolicyOut(BaseModel):
     line_of_business: str
     effective_date: date
     expiration_date: date
-    premium: Money
+    premium: Premium
     status: str
     agent_id: int
     agent: str

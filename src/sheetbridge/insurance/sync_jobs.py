@@ -46,6 +46,7 @@ from sheetbridge.insurance.schemas import (
     CustomerUpdate,
     PolicyCreate,
     PolicyUpdate,
+    error_message,
 )
 from sheetbridge.insurance.services import (
     Book,
@@ -723,7 +724,7 @@ def _reasons(exc: Exception) -> list[tuple[str | None, str]]:
         return [
             (
                 str(error["loc"][0]) if error["loc"] else None,
-                error["msg"].removeprefix("Value error, "),
+                error_message(error),
             )
             for error in exc.errors()
         ]

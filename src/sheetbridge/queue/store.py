@@ -590,7 +590,7 @@ class JobQueue:
             fields["duration_ms"] = round(run_s * 1000)
         if event == "retry_scheduled":
             metrics.JOB_RETRIES.labels(job.kind).inc()
-            fields["retry_at"] = clock.as_utc(job.run_after).isoformat()
+            fields["retry_at"] = clock.iso(job.run_after)
         if event == "lease_expired":
             metrics.LEASE_TAKEOVERS.labels(job.kind).inc()
         if event in ("failed", "retry_scheduled", "lease_expired", "released"):
@@ -924,7 +924,7 @@ class JobQueue:
             entry: dict[str, Any] = {
                 "attempt": job.attempts,
                 "error": error,
-                "at": now.isoformat(),
+                "at": clock.iso(now),
             }
             if retry and job.cancel_requested:
                 # Asked to stop: the stop is kept instead of another attempt.
@@ -938,7 +938,7 @@ class JobQueue:
                 # walk does not reach it, and then it queues behind keys that
                 # were waiting already.
                 job.ready_at = job.run_after
-                entry["retry_at"] = clock.as_utc(job.run_after).isoformat()
+                entry["retry_at"] = clock.iso(job.run_after)
                 event = "retry_scheduled"
             else:
                 self._end(session, job, FAILED, now)
@@ -979,7 +979,7 @@ class JobQueue:
         job.error = reason
         job.errors = [
             *job.errors,
-            {"attempt": job.attempts, "error": reason, "at": now.isoformat()},
+            {"attempt": job.attempts, "error": reason, "at": clock.iso(now)},
         ]
         job.lease_owner = None
         job.lease_expires_at = None
@@ -1298,7 +1298,7 @@ def _job_fields(job: Job, *, small: bool = False) -> dict[str, Any]:
     fields = {name: getattr(job, name) for name in _EVENT_FIELDS}
     for name in _EVENT_TIMES:
         if fields[name] is not None:
-            fields[name] = clock.as_utc(fields[name]).isoformat()
+            fields[name] = clock.iso(fields[name])
     if small:
         fields["progress"] = None
         fields["error"] = (job.error or "")[:500] or None

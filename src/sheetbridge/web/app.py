@@ -19,6 +19,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from sheetbridge.config import Settings
 from sheetbridge.db import DATABASE_UNAVAILABLE_ERRORS, Database, unavailable_reason
 from sheetbridge.insurance.review import ReviewError
+from sheetbridge.insurance.schemas import error_message
 from sheetbridge.insurance.services import InUse, InvalidField, RecordNotFound
 from sheetbridge.insurance.sync_jobs import SyncService
 from sheetbridge.queue.store import JobQueue
@@ -157,7 +158,7 @@ def _validation_error(error: Mapping[str, Any]) -> dict[str, Any]:
     that is not JSON at all, whose message says where it broke)."""
     loc = list(error.get("loc", ()))
     kind = error.get("type", "invalid")
-    message = error.get("msg", "invalid")
+    message = error_message(error) if "msg" in error else "invalid"
     if kind == "json_invalid":
         position = loc[1] if len(loc) > 1 else "?"
         reason = (error.get("ctx") or {}).get("error", "")

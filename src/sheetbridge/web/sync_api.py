@@ -11,6 +11,7 @@ from sheetbridge import clock
 from sheetbridge.insurance import review
 from sheetbridge.insurance.models import User
 from sheetbridge.insurance.schemas import MAX_ID
+from sheetbridge.insurance.services import InvalidField
 from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
 from sheetbridge.queue.errors import JobNotFound
 from sheetbridge.queue.models import Job
@@ -24,7 +25,7 @@ JobId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 def _iso(value: Any) -> str | None:
-    return clock.as_utc(value).isoformat() if value is not None else None
+    return clock.iso(value) if value is not None else None
 
 
 def job_view(queue: JobQueue, job: Job) -> dict[str, Any]:
@@ -128,6 +129,11 @@ def resolve_conflict(
     conflict_id: JobId, body: Resolution, user: CurrentUser, rt: RuntimeDep
 ) -> dict[str, Any]:
     """Keep the app's value, the sheet's, or an edited one."""
+    given = "value" in body.model_fields_set
+    if body.choice == "edit" and not given:
+        raise InvalidField("value", "an edit needs the value to keep (null clears)")
+    if body.choice != "edit" and given:
+        raise InvalidField("value", f"a value is only for 'edit', not '{body.choice}'")
     with rt.db.session() as session:
         row = review.resolve_conflict(
             session, user, conflict_id, body.choice, body.value
