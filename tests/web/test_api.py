@@ -404,6 +404,27 @@ def test_out_of_range_ids_and_nulls_answer_422_never_500(alice: TestClient) -> N
     assert named.json()["detail"][0]["field"] == "premium"
 
 
+def test_a_body_not_sent_as_json_is_a_415_saying_how_to_send_it(
+    alice: TestClient,
+) -> None:
+    answers = [
+        alice.post("/api/customers", content=b'{"name": "Ann"}', headers=headers)
+        for headers in ({"Content-Type": "text/plain"}, {})
+    ]
+
+    for answer in answers:
+        assert answer.status_code == 415, answer.text
+        (error,) = answer.json()["detail"]
+        assert "Content-Type: application/json" in error["msg"]
+
+
+def test_a_json_body_that_is_not_an_object_says_so(alice: TestClient) -> None:
+    answer = alice.post("/api/customers", json=[{"name": "Ann"}])
+
+    assert answer.status_code == 422
+    assert answer.json()["detail"][0]["msg"] == "the body must be a JSON object, {…}"
+
+
 def test_lone_surrogate_in_json_is_rejected_as_text(alice: TestClient) -> None:
     answer = alice.post(
         "/api/customers",

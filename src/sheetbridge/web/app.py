@@ -149,8 +149,23 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def _validation(
         request: Request, exc: RequestValidationError
     ) -> JSONResponse:
-        detail = [_validation_error(error) for error in exc.errors()]
+        errors = exc.errors()
+        if any(_whole_body(error) for error in errors):
+            kind = request.headers.get("content-type", "").split(";")[0].strip()
+            if kind != "application/json":
+                message = "send the body as JSON, with Content-Type: application/json"
+                detail = [{"loc": ["body"], "field": "", "msg": message}]
+                return JSONResponse({"detail": detail}, status_code=415)
+        detail = [_validation_error(error) for error in errors]
         return JSONResponse({"detail": detail}, status_code=422)
+
+
+def _whole_body(error: Mapping[str, Any]) -> bool:
+    """The body as a whole is not the JSON object a route takes."""
+    return tuple(error.get("loc", ())) == ("body",) and error.get("type") in (
+        "model_attributes_type",
+        "dict_type",
+    )
 
 
 def _validation_error(error: Mapping[str, Any]) -> dict[str, Any]:
@@ -164,6 +179,8 @@ def _validation_error(error: Mapping[str, Any]) -> dict[str, Any]:
         reason = (error.get("ctx") or {}).get("error", "")
         message = f"the body is not valid JSON ({reason} at character {position})"
         return {"loc": loc[:1], "field": "", "msg": message, "type": kind}
+    if _whole_body(error):
+        message = "the body must be a JSON object, {…}"
     field = ".".join(str(part) for part in loc[1:])
     return {"loc": loc, "field": field, "msg": message, "type": kind}
 
