@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date, datetime, time
 from decimal import Decimal
 
 import pytest
@@ -150,6 +150,14 @@ def test_dates_become_iso_text(raw: Cell, expected: str) -> None:
 )
 def test_bad_dates_are_rejected_with_a_format_hint(raw: Cell) -> None:
     assert reason(DATE, raw) == "not a date; use YYYY-MM-DD"
+
+
+def test_a_time_in_a_date_column_says_dates_before_1900_cannot_be_held() -> None:
+    # A workbook reader gives a time of day for a date before 1900, a
+    # negative serial number no spreadsheet shows as a date.
+    message = reason(DATE, time(0, 0))  # type: ignore[arg-type]
+
+    assert message.startswith("not a date: a time of day, or a date before 1900")
 
 
 def test_date_with_a_time_of_day_is_rejected() -> None:

@@ -11,7 +11,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import TypeAlias
@@ -287,6 +287,11 @@ def _parse_date(column: Column, raw: Cell) -> str:
         return _from_serial(raw).isoformat()
     if isinstance(raw, str):
         return _date_text(raw.strip()).isoformat()
+    if isinstance(raw, time):  # what a reader makes of a serial number below 1
+        raise CellError(
+            "not a date: a time of day, or a date before 1900, which a "
+            "spreadsheet cannot hold as a date; use YYYY-MM-DD"
+        )
     raise CellError("not a date; use YYYY-MM-DD")
 
 
