@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi.testclient import TestClient
+from httpx import Response
 from openpyxl import load_workbook
 
 from sheetbridge.insurance.models import Customer
@@ -83,6 +84,16 @@ def open_conflict_ids(client: TestClient, token: str) -> list[int]:
     return [conflict["id"] for conflict in listed.json()["conflicts"]]
 
 
+def resolve(
+    client: TestClient, token: str, conflict_id: int, body: dict[str, object]
+) -> Response:
+    return client.post(
+        f"/api/insurance/sync/conflicts/{conflict_id}/resolve",
+        json=body,
+        headers=bearer(token),
+    )
+
+
 def test_another_users_or_a_missing_conflict_is_not_found(
     runtime: Runtime, tokens: dict[str, str]
 ) -> None:
@@ -90,11 +101,7 @@ def test_another_users_or_a_missing_conflict_is_not_found(
     (alices,) = open_conflict_ids(client, tokens["alice"])
 
     answers = [
-        client.post(
-            f"/api/insurance/sync/conflicts/{conflict_id}/resolve",
-            json={"choice": "sheet"},
-            headers=bearer(tokens["bob"]),
-        )
+        resolve(client, tokens["bob"], conflict_id, {"choice": "sheet"})
         for conflict_id in (alices, alices + 1000)
     ]
 
@@ -117,11 +124,7 @@ def test_a_resolution_the_record_would_refuse_is_a_422_and_the_conflict_stays_op
     (conflict_id,) = open_conflict_ids(client, tokens["alice"])
 
     answers = [
-        client.post(
-            f"/api/insurance/sync/conflicts/{conflict_id}/resolve",
-            json=body,
-            headers=bearer(tokens["alice"]),
-        )
+        resolve(client, tokens["alice"], conflict_id, body)
         for body in ({"choice": "edit", "value": "12"}, {"choice": "sheet"})
     ]
 
@@ -140,11 +143,7 @@ def test_an_edit_without_a_value_or_a_keep_with_one_is_a_422_naming_value(
     (conflict_id,) = open_conflict_ids(client, tokens["alice"])
 
     answers = [
-        client.post(
-            f"/api/insurance/sync/conflicts/{conflict_id}/resolve",
-            json=body,
-            headers=bearer(tokens["alice"]),
-        )
+        resolve(client, tokens["alice"], conflict_id, body)
         for body in ({"choice": "edit"}, {"choice": "app", "value": "Elm Town"})
     ]
 
@@ -165,11 +164,7 @@ def test_keep_app_is_written_to_the_sheet_by_the_next_sync(
         "/api/insurance/sync/conflicts", headers=bearer(tokens["alice"])
     ).json()["conflicts"][0]
 
-    resolved = client.post(
-        f"/api/insurance/sync/conflicts/{conflict['id']}/resolve",
-        json={"choice": "app"},
-        headers=bearer(tokens["alice"]),
-    )
+    resolved = resolve(client, tokens["alice"], conflict["id"], {"choice": "app"})
     run_sync(runtime, "alice", TO_SHEET)
 
     assert resolved.status_code == 200
@@ -187,11 +182,7 @@ def test_keep_sheet_and_edit_settle_both_sides(
     conflict = client.get("/api/insurance/sync/conflicts", headers=alice).json()[
         "conflicts"
     ][0]
-    client.post(
-        f"/api/insurance/sync/conflicts/{conflict['id']}/resolve",
-        json={"choice": "sheet"},
-        headers=alice,
-    )
+    resolve(client, tokens["alice"], conflict["id"], {"choice": "sheet"})
     assert app_city(runtime, record_id) == "Sheet City"
     summary = run_sync(runtime, "alice", TO_SHEET)["summary"]
     assert summary["conflicts"] == 0 and summary["written_cells"] == 0
@@ -202,17 +193,11 @@ def test_keep_sheet_and_edit_settle_both_sides(
     second = client.get("/api/insurance/sync/conflicts", headers=alice).json()[
         "conflicts"
     ][0]
-    bad = client.post(
-        f"/api/insurance/sync/conflicts/{second['id']}/resolve",
-        json={"choice": "edit", "value": "x" * 101},
-        headers=alice,
-    )
+    edit = {"choice": "edit", "value": "x" * 101}
+    bad = resolve(client, tokens["alice"], second["id"], edit)
     assert bad.status_code == 422
-    client.post(
-        f"/api/insurance/sync/conflicts/{second['id']}/resolve",
-        json={"choice": "edit", "value": "Agreed City"},
-        headers=alice,
-    )
+    edit = {"choice": "edit", "value": "Agreed City"}
+    resolve(client, tokens["alice"], second["id"], edit)
     run_sync(runtime, "alice", TO_SHEET)
     assert app_city(runtime, record_id) == "Agreed City"
     assert sheet_city(runtime, record_id) == "Agreed City"
