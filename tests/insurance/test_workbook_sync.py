@@ -434,6 +434,33 @@ def test_a_code_typed_as_a_number_is_imported_padded_and_written_back_as_text(
     assert again["summary"]["written_cells"] == 0
 
 
+def test_a_new_sheet_row_the_import_would_refuse_is_told_as_an_error_by_to_sheet(
+    synced: Runtime,
+) -> None:
+    path = workbook_path(synced, "alice")
+    book = load_workbook(path)
+    customers = book["Customers"]
+    header = columns(customers)
+    last = customers.max_row
+    customers.cell(last + 1, header["Name"]).value = "Ann Lee"
+    customers.cell(last + 1, header["State"]).value = "12"
+    customers.cell(last + 2, header["Name"]).value = "Bo Chan"
+    customers.cell(last + 2, header["State"]).value = "me"
+    book.save(path)
+
+    pushed = run_sync(synced, "alice", TO_SHEET)
+    pulled = run_sync(synced, "alice", FROM_SHEET)
+
+    told = {(i["row"], i["column"]): i for i in pushed["tabs"]["Customers"]["issues"]}
+    assert told[(last + 1, "State")]["kind"] == "error"
+    assert "fix it in the sheet" in told[(last + 1, "State")]["reason"]
+    assert told[(last + 2, None)]["kind"] == "pending_import"
+    assert pushed["tabs"]["Customers"]["counts"]["pending_import"] == 1
+    refused = [i for i in pulled["tabs"]["Customers"]["issues"] if i["kind"] == "error"]
+    assert [(i["row"], i["column"]) for i in refused] == [(last + 1, "State")]
+    assert pulled["tabs"]["Customers"]["counts"]["created"] == 1
+
+
 def _ids_in(sheet: Any) -> set[int]:
     return {row[0] for row in sheet.iter_rows(min_row=2, values_only=True)}
 

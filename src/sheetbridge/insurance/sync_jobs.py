@@ -663,7 +663,6 @@ class _Importer:
 
     def _reject(self, row: int | None, exc: Exception, values: Record) -> None:
         for field, reason in _reasons(exc):
-            value = values.get(field) if field else None
             column = next(
                 (c.header for c in self.mapping.columns if c.field == field), field
             )
@@ -672,12 +671,16 @@ class _Importer:
                     tab=self.mapping.tab,
                     row=row,
                     column=column,
-                    value=None if value is None else str(value),
+                    value=_text_of(values.get(field or "")),
                     reason=reason,
                     kind="error",
                 )
             )
         self.plan.counts["errors"] = self.plan.counts.get("errors", 0) + 1
+
+
+def _text_of(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 def _tell_refused_edits(mapping: TabMapping, plan: ToSheetPlan) -> None:
@@ -714,6 +717,40 @@ def _tell_refused_edits(mapping: TabMapping, plan: ToSheetPlan) -> None:
             reason=f"edited in the sheet, but cannot be imported: {reason}; "
             "fix it in the sheet",
             kind="error",
+        )
+        plan.counts["pending_import"] -= 1
+        plan.counts["errors"] += 1
+    _tell_refused_new_rows(mapping, plan)
+
+
+def _tell_refused_new_rows(mapping: TabMapping, plan: ToSheetPlan) -> None:
+    """Rows typed into the sheet that the import would refuse as records
+    (a state "12" in a new row) are errors to fix in the sheet, as above."""
+    schema = CustomerCreate if mapping is CUSTOMERS else PolicyCreate
+    header = {column.field: column.header for column in mapping.columns}
+    for new in plan.new_rows:
+        try:
+            schema.model_validate(to_python(mapping, new.values))
+        except ValidationError as exc:
+            refusals = _reasons(exc)
+        else:
+            continue
+        plan.issues = [
+            issue
+            for issue in plan.issues
+            if not (issue.kind == "pending_import" and issue.row == new.row)
+        ]
+        plan.issues.extend(
+            Issue(
+                tab=mapping.tab,
+                row=new.row,
+                column=header.get(field or "", field),
+                value=_text_of(new.values.get(field or "")),
+                reason=f"a new row that cannot be imported: {reason}; "
+                "fix it in the sheet",
+                kind="error",
+            )
+            for field, reason in refusals
         )
         plan.counts["pending_import"] -= 1
         plan.counts["errors"] += 1

@@ -93,6 +93,8 @@ class ToSheetPlan:
     conflicts: list[Conflict]
     counts: dict[str, int]
     compared: int = 0  # rows of the tab that hold an ID or values
+    # Rows typed into the sheet, left for the next sync from the sheet.
+    new_rows: list[NewRow] = dataclasses.field(default_factory=list)
 
 
 @dataclass
@@ -445,7 +447,9 @@ def plan_to_sheet(
     for issue in scanned.issues:
         ctx.issue(issue, "errors")
     for number, cells in scanned.new:
-        if _new_row_values(ctx, number, cells) is not None:
+        values = _new_row_values(ctx, number, cells)
+        if values is not None:
+            plan.new_rows.append(NewRow(number, values))
             ctx.issue(_pending_new_row_issue(mapping, number), "pending_import")
     for record_id, (number, cells) in scanned.by_id.items():
         _sync_row_to_sheet(ctx, record_id, number, cells, app, base, delete_mode)
