@@ -29,7 +29,8 @@ from sheetbridge.insurance.services import (
     customer_out,
     policy_out,
 )
-from sheetbridge.web.deps import CurrentUser, Reader, RuntimeDep
+from sheetbridge.web.answers import JsonAnswer
+from sheetbridge.web.deps import CurrentUser, RuntimeDep
 
 router = APIRouter(prefix="/api", tags=["records"])
 
@@ -72,7 +73,8 @@ def _change(
     as it is now."""
     try:
         with rt.db.session() as session:
-            return change(Book(session, user))
+            changed = change(Book(session, user))
+        return changed if isinstance(changed, Response) else JsonAnswer(changed)
     except StaleVersion:
         with rt.db.read_session() as session:
             now = current(Book(session, user)).model_dump(mode="json")
@@ -93,39 +95,34 @@ def _deleted(delete: Callable[[], None]) -> Response:
 @router.get("/customers", response_model=Page[CustomerOut])
 def list_customers(
     user: CurrentUser,
-    session: Reader,
+    rt: RuntimeDep,
     q: Search = "",
     agent_id: RefId = None,
     ids: Ids | None = None,
     limit: Limit = 50,
     offset: Offset = 0,
     sort: CustomerSort = "name",
-) -> Page[CustomerOut]:
+) -> Any:
     query = ListQuery(
         q=q, agent_id=agent_id, ids=_ids(ids), limit=limit, offset=offset, sort=sort
     )
-    rows, total = Book(session, user).list_customers(query)
-    return Page[CustomerOut](
-        items=[customer_out(row) for row in rows],
-        total=total,
-        limit=limit,
-        offset=offset,
-    )
+    with rt.db.read_session() as session:
+        rows, total = Book(session, user).list_customers(query)
+        items = [customer_out(row) for row in rows]
+    return JsonAnswer(Page(items=items, total=total, limit=limit, offset=offset))
 
 
 @router.get("/customers/{customer_id}", response_model=CustomerOut)
-def get_customer(
-    customer_id: CustomerId, user: CurrentUser, session: Reader
-) -> CustomerOut:
-    return customer_out(Book(session, user).get_customer(customer_id))
+def get_customer(customer_id: CustomerId, user: CurrentUser, rt: RuntimeDep) -> Any:
+    with rt.db.read_session() as session:
+        return JsonAnswer(customer_out(Book(session, user).get_customer(customer_id)))
 
 
 @router.post("/customers", status_code=201, response_model=CustomerOut)
-def create_customer(
-    data: CustomerCreate, user: CurrentUser, rt: RuntimeDep
-) -> CustomerOut:
+def create_customer(data: CustomerCreate, user: CurrentUser, rt: RuntimeDep) -> Any:
     with rt.db.session() as session:
-        return customer_out(Book(session, user).create_customer(data))
+        created = customer_out(Book(session, user).create_customer(data))
+    return JsonAnswer(created, status_code=status.HTTP_201_CREATED)
 
 
 @router.patch("/customers/{customer_id}", response_model=CustomerOut)
@@ -158,7 +155,7 @@ def delete_customer(
 @router.get("/policies", response_model=Page[PolicyOut])
 def list_policies(
     user: CurrentUser,
-    session: Reader,
+    rt: RuntimeDep,
     q: Search = "",
     status: PolicyStatus | None = None,
     line_of_business: LineOfBusiness | None = None,
@@ -169,7 +166,7 @@ def list_policies(
     limit: Limit = 50,
     offset: Offset = 0,
     sort: PolicySort = "policy_number",
-) -> Page[PolicyOut]:
+) -> Any:
     query = ListQuery(
         q=q,
         status=status,
@@ -182,24 +179,23 @@ def list_policies(
         offset=offset,
         sort=sort,
     )
-    rows, total = Book(session, user).list_policies(query)
-    return Page[PolicyOut](
-        items=[policy_out(row) for row in rows],
-        total=total,
-        limit=limit,
-        offset=offset,
-    )
+    with rt.db.read_session() as session:
+        rows, total = Book(session, user).list_policies(query)
+        items = [policy_out(row) for row in rows]
+    return JsonAnswer(Page(items=items, total=total, limit=limit, offset=offset))
 
 
 @router.get("/policies/{policy_id}", response_model=PolicyOut)
-def get_policy(policy_id: PolicyId, user: CurrentUser, session: Reader) -> PolicyOut:
-    return policy_out(Book(session, user).get_policy(policy_id))
+def get_policy(policy_id: PolicyId, user: CurrentUser, rt: RuntimeDep) -> Any:
+    with rt.db.read_session() as session:
+        return JsonAnswer(policy_out(Book(session, user).get_policy(policy_id)))
 
 
 @router.post("/policies", status_code=201, response_model=PolicyOut)
-def create_policy(data: PolicyCreate, user: CurrentUser, rt: RuntimeDep) -> PolicyOut:
+def create_policy(data: PolicyCreate, user: CurrentUser, rt: RuntimeDep) -> Any:
     with rt.db.session() as session:
-        return policy_out(Book(session, user).create_policy(data))
+        created = policy_out(Book(session, user).create_policy(data))
+    return JsonAnswer(created, status_code=status.HTTP_201_CREATED)
 
 
 @router.patch("/policies/{policy_id}", response_model=PolicyOut)

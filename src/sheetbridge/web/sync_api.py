@@ -18,6 +18,7 @@ from sheetbridge.queue.models import Job
 from sheetbridge.queue.store import JobQueue
 from sheetbridge.sheets.google import service_account_email
 from sheetbridge.sync.models import SyncTarget
+from sheetbridge.web.answers import JsonAnswer
 from sheetbridge.web.deps import CurrentUser, RuntimeDep
 
 router = APIRouter(prefix="/api/insurance/sync", tags=["sync"])
@@ -52,24 +53,25 @@ def job_view(queue: JobQueue, job: Job) -> dict[str, Any]:
     }
 
 
-def _enqueue(kind: str, user: CurrentUser, rt: RuntimeDep) -> dict[str, Any]:
+def _enqueue(kind: str, user: CurrentUser, rt: RuntimeDep) -> JsonAnswer:
     queued = rt.sync.enqueue(user, kind)
-    return {
+    answer = {
         "queued": True,
         "job_id": queued.job_id,
         "position": queued.position,
         "status_url": f"/api/insurance/sync/jobs/{queued.job_id}",
     }
+    return JsonAnswer(answer, status_code=status.HTTP_202_ACCEPTED)
 
 
 @router.post("/to-sheet", status_code=status.HTTP_202_ACCEPTED)
-def sync_to_sheet(user: CurrentUser, rt: RuntimeDep) -> dict[str, Any]:
+def sync_to_sheet(user: CurrentUser, rt: RuntimeDep) -> JsonAnswer:
     """Queue a sync of the caller's book to their sheet; never waits for it."""
     return _enqueue(TO_SHEET, user, rt)
 
 
 @router.post("/from-sheet", status_code=status.HTTP_202_ACCEPTED)
-def sync_from_sheet(user: CurrentUser, rt: RuntimeDep) -> dict[str, Any]:
+def sync_from_sheet(user: CurrentUser, rt: RuntimeDep) -> JsonAnswer:
     """Queue an import of the caller's sheet into the app; never waits for it."""
     return _enqueue(FROM_SHEET, user, rt)
 
@@ -77,13 +79,16 @@ def sync_from_sheet(user: CurrentUser, rt: RuntimeDep) -> dict[str, Any]:
 @router.get("/status")
 def sync_status(
     user: CurrentUser, rt: RuntimeDep, all_users: bool = False
-) -> dict[str, Any]:
+) -> JsonAnswer:
     """The caller's running, queued and recent jobs (admins may ask for all)."""
     owner = None if (all_users and user.is_admin) else user.id
     jobs = rt.queue.status(owner, recent=rt.settings.recent_jobs)
-    return {
-        name: [job_view(rt.queue, job) for job in group] for name, group in jobs.items()
-    }
+    return JsonAnswer(
+        {
+            name: [job_view(rt.queue, job) for job in group]
+            for name, group in jobs.items()
+        }
+    )
 
 
 def _own_job(job_id: JobId, user: CurrentUser, rt: RuntimeDep) -> Job:
@@ -97,8 +102,8 @@ def _own_job(job_id: JobId, user: CurrentUser, rt: RuntimeDep) -> Job:
 
 
 @router.get("/jobs/{job_id}")
-def get_job(job_id: JobId, user: CurrentUser, rt: RuntimeDep) -> dict[str, Any]:
-    return job_view(rt.queue, _own_job(job_id, user, rt))
+def get_job(job_id: JobId, user: CurrentUser, rt: RuntimeDep) -> JsonAnswer:
+    return JsonAnswer(job_view(rt.queue, _own_job(job_id, user, rt)))
 
 
 @router.post("/jobs/{job_id}/cancel")
