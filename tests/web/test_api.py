@@ -291,6 +291,26 @@ def test_an_unknown_user_is_refused_in_the_same_words_as_a_wrong_password(
     assert client.get("/api/customers").status_code == 401
 
 
+def test_an_overlong_or_missing_sign_in_field_shows_the_sign_in_page_again(
+    client: TestClient,
+) -> None:
+    answers = []
+    for form in (
+        {"username": "alice", "password": "p" * 300},
+        {"username": "a" * 100, "password": "whatever1"},
+        {"username": "alice"},
+    ):
+        page = client.get("/login")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert csrf is not None
+        answers.append(client.post("/login", data={**form, "csrf": csrf[1]}))
+
+    assert [answer.status_code for answer in answers] == [400, 400, 400]
+    for answer in answers:
+        assert answer.headers["content-type"].startswith("text/html")
+        assert "Wrong username or password." in answer.text
+
+
 def test_browser_session_needs_csrf_token_for_changes(client: TestClient) -> None:
     page = client.get("/login")
     csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)

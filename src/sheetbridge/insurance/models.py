@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
 from decimal import Decimal
 
@@ -20,6 +21,8 @@ from sheetbridge import clock
 from sheetbridge.db import Base
 
 ROLES = ("admin", "agent")
+# A user's workbook is named after them, so a user name is a plain file name.
+USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 POLICY_STATUSES = ("active", "pending", "cancelled", "expired", "non-renewed")
 LINES_OF_BUSINESS = (
     "auto",

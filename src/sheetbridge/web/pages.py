@@ -11,7 +11,12 @@ from fastapi.templating import Jinja2Templates
 
 from sheetbridge.insurance.models import LINES_OF_BUSINESS, POLICY_STATUSES
 from sheetbridge.web.deps import PageUser, Reader
-from sheetbridge.web.security import authenticate, csrf_matches, new_csrf_token
+from sheetbridge.web.security import (
+    MAX_PASSWORD,
+    authenticate,
+    csrf_matches,
+    new_csrf_token,
+)
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -36,12 +41,15 @@ def login_form(request: Request, error: str = "") -> Response:
 def login(
     request: Request,
     session: Reader,
-    username: Annotated[str, Form(max_length=64)],
-    password: Annotated[str, Form(max_length=200)],
-    csrf: Annotated[str, Form(max_length=100)] = "",
+    username: Annotated[str, Form()] = "",
+    password: Annotated[str, Form()] = "",
+    csrf: Annotated[str, Form()] = "",
 ) -> Response:
     if not csrf_matches(request.session.get("csrf"), csrf):
         return _login_again(request, "Your sign-in form expired; please try again.")
+    # No user has a longer name or password: refused without hashing it.
+    if not 1 <= len(username) <= 64 or len(password) > MAX_PASSWORD:
+        return _login_again(request, "Wrong username or password.")
     user = authenticate(session, username, password)
     if user is None:
         return _login_again(request, "Wrong username or password.")

@@ -13,8 +13,10 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from sheetbridge.insurance.models import ROLES, User
+from sheetbridge.insurance.models import ROLES, USERNAME, User
 from sheetbridge.web.models import ApiToken
+
+MAX_PASSWORD = 200  # longer is no password anyone types; refused unhashed
 
 TOKEN_PREFIX = "sb_"
 _hasher = PasswordHasher()
@@ -53,10 +55,15 @@ def authenticate(session: Session, username: str, password: str) -> User | None:
 def add_user(
     session: Session, username: str, password: str, *, role: str, full_name: str = ""
 ) -> User:
+    if not USERNAME.fullmatch(username):
+        raise UserError(
+            "a user name is 1 to 64 letters, digits, '.', '_' or '-' (a to z "
+            "only), starting with a letter or digit"
+        )
     if role not in ROLES:
         raise UserError(f"role must be one of {', '.join(ROLES)}")
-    if len(password) < 8:
-        raise UserError("the password needs at least 8 characters")
+    if not 8 <= len(password) <= MAX_PASSWORD:
+        raise UserError(f"a password has 8 to {MAX_PASSWORD} characters")
     if session.scalar(select(User.id).where(User.username == username)) is not None:
         raise UserError(f"user {username!r} already exists")
     user = User(
@@ -94,7 +101,10 @@ def new_csrf_token() -> str:
 
 
 def csrf_matches(expected: str | None, given: str | None) -> bool:
-    return bool(expected and given and hmac.compare_digest(expected, given))
+    # As bytes: compare_digest refuses text that is not ASCII.
+    return bool(
+        expected and given and hmac.compare_digest(expected.encode(), given.encode())
+    )
 
 
 def load_or_create_secret(data_dir: Path) -> str:

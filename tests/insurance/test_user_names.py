@@ -1,0 +1,47 @@
+"""A user name becomes a workbook's file name: it must stay one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sheetbridge.insurance.models import User
+from sheetbridge.web.deps import Runtime
+from sheetbridge.web.security import UserError, add_user
+
+
+@pytest.mark.parametrize(
+    "name", ["", "../../outside", "x/../alice", ".hidden", "a b", "back\\slash", "é"]
+)
+def test_a_user_name_that_is_not_a_plain_file_name_is_refused(
+    runtime: Runtime, name: str
+) -> None:
+    with runtime.db.session() as session, pytest.raises(UserError) as refused:
+        add_user(session, name, "long-enough-1", role="agent")
+
+    assert "letters, digits" in str(refused.value)
+
+
+def test_plain_names_with_dots_dashes_and_underscores_are_accepted(
+    runtime: Runtime,
+) -> None:
+    with runtime.db.session() as session:
+        for name in ("kim.lee", "kim_lee-2", "K9"):
+            add_user(session, name, "long-enough-1", role="agent")
+
+
+def test_a_stored_name_unfit_for_a_file_gets_a_workbook_inside_the_folder(
+    runtime: Runtime,
+) -> None:
+    with runtime.db.session() as session:
+        # As a name stored before names were checked would be.
+        session.add(User(username="x/../alice", password_hash="-", role="agent"))
+    with runtime.db.read_session() as session:
+        user = session.query(User).filter_by(username="x/../alice").one()
+
+    location = Path(runtime.sync.target_for(user).location)
+
+    folder = runtime.settings.workbook_dir.resolve()
+    assert location.parent == folder
+    assert location.name == f"user-{user.id}.xlsx"
