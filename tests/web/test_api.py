@@ -311,6 +311,18 @@ def test_an_overlong_or_missing_sign_in_field_shows_the_sign_in_page_again(
         assert "Wrong username or password." in answer.text
 
 
+def test_a_sign_in_with_a_csrf_token_that_is_not_ascii_is_refused_not_a_500(
+    client: TestClient,
+) -> None:
+    client.get("/login")
+    answer = client.post(
+        "/login", data={"username": "alice", "password": "x" * 8, "csrf": "é"}
+    )
+
+    assert answer.status_code == 400
+    assert "form expired" in answer.text
+
+
 def test_browser_session_needs_csrf_token_for_changes(client: TestClient) -> None:
     page = client.get("/login")
     csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
