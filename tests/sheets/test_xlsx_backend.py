@@ -385,6 +385,30 @@ def test_not_a_workbook_is_a_permanent_invalid_request(tmp_path: Path) -> None:
     assert not info.value.transient
 
 
+def test_a_workbook_read_while_another_program_saves_it_is_changed_and_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "book.xlsx"
+    make_book(path, {"T": [["a"], [1]]})
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])  # the save has written half
+    backend = XlsxBackend(path)
+    read_values = backend._read_values
+
+    def saved_meanwhile(tabs: list[str], version: str) -> dict[str, TabData | None]:
+        try:
+            return read_values(tabs, version)
+        finally:
+            path.write_bytes(whole)  # ... and ends while the read fails
+
+    monkeypatch.setattr(backend, "_read_values", saved_meanwhile)
+
+    with pytest.raises(SheetChanged) as info:
+        backend.read_tabs(["T"])
+    assert info.value.transient
+    assert read(XlsxBackend(path)).rows == [["a"], [1]]
+
+
 def test_invalid_tab_title_is_an_invalid_request(tmp_path: Path) -> None:
     with pytest.raises(SheetInvalidRequest):
         XlsxBackend(tmp_path / "x.xlsx").write({"a/b": TabChanges(cells={(1, 1): "x"})})

@@ -114,7 +114,14 @@ class XlsxBackend:
         before = self.version()
         if not before:
             return dict.fromkeys(tabs)
-        result = self._read_values(tabs, before)
+        try:
+            result = self._read_values(tabs, before)
+        except SheetInvalidRequest:
+            # Half a file is no workbook: if another program was saving it,
+            # the file has changed by now and the next attempt reads it whole.
+            if self.version() != before:
+                raise SheetChanged(location=self.location) from None
+            raise
         if self.version() != before:
             raise SheetChanged(location=self.location)
         return result
