@@ -30,6 +30,7 @@ class FailingWrites:
         self.inner = inner
         self.error = error
         self.location = inner.location
+        self.cell_limit = inner.cell_limit
 
     def read_tabs(self, tabs: Any) -> dict[str, TabData | None]:
         return self.inner.read_tabs(tabs)

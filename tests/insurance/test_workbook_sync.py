@@ -461,6 +461,33 @@ def test_a_new_sheet_row_the_import_would_refuse_is_told_as_an_error_by_to_sheet
     assert pulled["tabs"]["Customers"]["counts"]["created"] == 1
 
 
+def test_a_renamed_header_never_blanks_that_field_in_the_app(synced: Runtime) -> None:
+    cities = _cities(synced)
+    path = workbook_path(synced, "alice")
+    book = load_workbook(path)
+    customers = book["Customers"]
+    customers.cell(1, columns(customers)["City"]).value = "Town"
+    book.save(path)
+
+    pushed = run_sync(synced, "alice", TO_SHEET)
+    pulled = run_sync(synced, "alice", FROM_SHEET)
+
+    counts = pushed["tabs"]["Customers"]["counts"]
+    assert counts["pending_import"] == 0, pushed["tabs"]["Customers"]["issues"][:3]
+    warned = [
+        i for i in pushed["tabs"]["Customers"]["issues"] if i["kind"] == "warning"
+    ]
+    assert ["'Town'" in i["reason"] for i in warned] == [True]
+    assert pulled["tabs"]["Customers"]["counts"]["updated"] == 0
+    assert _cities(synced) == cities
+
+
+def _cities(runtime: Runtime) -> dict[int, str]:
+    with runtime.db.read_session() as session:
+        rows = session.execute(select(Customer.id, Customer.city))
+        return {record_id: city for record_id, city in rows}
+
+
 def _ids_in(sheet: Any) -> set[int]:
     return {row[0] for row in sheet.iter_rows(min_row=2, values_only=True)}
 

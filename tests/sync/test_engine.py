@@ -191,6 +191,65 @@ def test_missing_optional_header_imports_the_other_columns() -> None:
     assert plan.updates == {1: {"name": "Anna"}}
 
 
+def test_a_renamed_header_gets_its_column_back_with_the_app_values_not_blanks() -> None:
+    app = {1: rec("Ann", note="call back"), 2: rec("Bob", note="paid")}
+    tab, base = synced(app)
+    tab.rows[0][HEADER.index("Note")] = "Remark"
+
+    to = plan_to_sheet(MAPPING, tab, app, base)
+    rows = apply_changes(tab.rows, to.changes)
+    frm = plan_from_sheet(MAPPING, TabData(rows, "v2"), app, to.snapshots)
+
+    added = len(HEADER)  # the first column right of the header
+    assert rows[0][added] == "Note"
+    assert [row[added] if len(row) > added else None for row in rows[1:]] == [
+        "call back",
+        "paid",
+    ]
+    assert to.counts["pending_import"] == 0 and to.snapshots == base
+    assert frm.updates == {} and frm.counts["updated"] == 0
+
+
+def test_an_unknown_header_beside_a_missing_column_is_named_both_ways() -> None:
+    app = {1: rec("Ann", note="call back")}
+    tab, base = synced(app)
+    tab.rows[0][HEADER.index("Note")] = "Remark"
+    tab.rows[0][HEADER.index("Phone")] = ErrorValue("#REF!")
+    tab.rows[1][HEADER.index("Note")] = "edited"
+
+    for plan in (
+        plan_from_sheet(MAPPING, tab, app, base),
+        plan_to_sheet(MAPPING, tab, app, base),
+    ):
+        warned = {i.column: i.reason for i in plan.issues if i.kind == "warning"}
+        assert set(warned) == {"G", "H"}
+        assert "'Remark'" in warned["H"] and "'#REF!'" in warned["G"]
+        assert "'Phone', 'Note'" in warned["H"]
+
+
+def test_a_column_of_peoples_own_is_no_warning_while_ours_are_all_there() -> None:
+    app = {1: rec("Ann")}
+    tab, base = synced(app)
+    tab.rows[0].append("My remarks")
+
+    assert plan_from_sheet(MAPPING, tab, app, base).issues == []
+    assert plan_to_sheet(MAPPING, tab, app, base).issues == []
+
+
+def test_app_text_longer_than_the_sheets_cells_hold_is_an_error_not_cut() -> None:
+    app = {1: rec("Ann"), 2: rec("Bob")}
+    tab, base = synced(app)
+    app[1]["note"] = "x" * 101
+    app[3] = rec("Cy", note="y" * 101)
+
+    plan = plan_to_sheet(MAPPING, tab, app, base, cell_limit=100)
+
+    assert plan.changes.is_empty()
+    refused = [(i.row, i.column) for i in plan.issues if i.kind == "error"]
+    assert refused == [(2, "Note"), (None, "Note")]
+    assert "100 characters" in plan.issues[0].reason
+
+
 def test_missing_id_column_after_a_sync_is_an_error_not_a_duplication() -> None:
     base = {1: rec("Ann")}
     tab = TabData([["Name"], ["Ann"]], "v")

@@ -25,6 +25,7 @@ class HeldWrites:
     def __init__(self, inner: SheetBackend) -> None:
         self.inner = inner
         self.location = inner.location
+        self.cell_limit = inner.cell_limit
         self.writing = threading.Event()
         self.release = threading.Event()
 

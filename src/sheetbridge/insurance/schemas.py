@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from sheetbridge import clock
+from sheetbridge.sheets.base import XLSX_CELL_LIMIT
 
 PolicyStatus = Literal["active", "pending", "cancelled", "expired", "non-renewed"]
 LineOfBusiness = Literal[
@@ -80,7 +81,8 @@ State = Annotated[str, Field(max_length=2), AfterValidator(_state)]
 # comparison with it) does.
 Address = Annotated[str, AfterValidator(_text), Field(max_length=300)]
 City = Annotated[str, AfterValidator(_text), Field(max_length=100)]
-Notes = Annotated[str, AfterValidator(_text), Field(max_length=50_000)]
+# As much as a workbook cell holds: more would be cut in the sheet.
+Notes = Annotated[str, AfterValidator(_text), Field(max_length=XLSX_CELL_LIMIT)]
 # SQLite gives back naive datetimes; every time the API shows is UTC, marked so.
 UtcTime = Annotated[datetime, AfterValidator(clock.as_utc)]
 MAX_PREMIUM = Decimal("9999999999.99")  # the column holds 12 digits, 2 of them cents

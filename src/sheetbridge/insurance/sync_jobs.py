@@ -245,6 +245,7 @@ class SyncService:
                 app[mapping.tab],
                 base[mapping.tab],
                 delete_mode=target.delete_mode,
+                cell_limit=backend.cell_limit,
             )
             for mapping in MAPPINGS
         }

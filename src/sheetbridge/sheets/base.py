@@ -55,6 +55,9 @@ class SheetBackend(Protocol):
     location: str
     """Human-readable place of the data (file path or spreadsheet id)."""
 
+    cell_limit: int
+    """The most characters one cell holds; longer text would be cut."""
+
     def read_tabs(self, tabs: Sequence[str]) -> dict[str, TabData | None]:
         """Read the named tabs; a missing tab (or workbook) maps to ``None``."""
         ...

@@ -626,6 +626,8 @@ class GoogleSheetsBackend:
     a failure part way never loses data: deletes come last.
     """
 
+    cell_limit = MAX_CELL_CHARS
+
     def __init__(self, client: SheetsClient, spreadsheet_id: str) -> None:
         """Use ``client`` for the spreadsheet with this ID."""
         self.client = client

@@ -83,6 +83,8 @@ _thread_locks_guard = threading.Lock()
 class XlsxBackend:
     """Tabs of one local workbook file."""
 
+    cell_limit = XLSX_CELL_LIMIT
+
     def __init__(
         self, path: Path, latency_ms: int = 0, *, respect_lock_files: bool = True
     ) -> None:

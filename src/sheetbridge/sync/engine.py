@@ -27,6 +27,7 @@ from typing import Any, Generic, TypeAlias, TypeVar
 
 from sheetbridge.sheets.base import Cell, TabChanges, TabData
 from sheetbridge.sync.columns import (
+    MAX_TEXT_LENGTH,
     Canonical,
     CellError,
     CellParser,
@@ -174,6 +175,7 @@ class _Layout:
     id_ambiguous: bool
     next_index: int  # right of the last used header cell
     issues: list[Issue]
+    added: set[str] = dataclasses.field(default_factory=set)  # fields, this pass
 
     def columns(self, mapping: TabMapping) -> list[tuple[Column, int]]:
         return [
@@ -201,7 +203,39 @@ def _read_layout(mapping: TabMapping, header: Sequence[Cell]) -> _Layout:
         else:
             layout.missing.append(column)
     layout.issues = _header_issues(mapping, header, positions)
+    if layout.missing:
+        layout.issues.extend(_unknown_header_issues(mapping, header, layout.missing))
     return layout
+
+
+def _unknown_header_issues(
+    mapping: TabMapping, header: Sequence[Cell], missing: list[Column]
+) -> list[Issue]:
+    """Headers that are none of ours while some of ours are missing: most
+    likely ours, renamed (or broken, like a header showing #REF!). People's
+    own columns are no concern while all of ours are there."""
+    ours = {normalize_header(mapping.id_header)}
+    ours.update(normalize_header(column.header) for column in mapping.columns)
+    names = ", ".join(repr(column.header) for column in missing)
+    issues = []
+    for index, text in enumerate(header):
+        if _is_blank(text) or normalize_header(text) in ours:
+            continue
+        letter = column_letter(index + 1)
+        shown = _show(text)
+        issues.append(
+            Issue(
+                mapping.tab,
+                1,
+                letter,
+                shown,
+                f"column {letter} {shown!r} is not a Sheetbridge column and "
+                f"{names} is missing; its values are not synced — if it was "
+                "renamed, give it its name back",
+                "warning",
+            )
+        )
+    return issues
 
 
 def _header_issues(
@@ -242,6 +276,7 @@ def _add_headers(
     layout: _Layout, columns: Iterable[Column], changes: TabChanges
 ) -> None:
     for column in columns:
+        layout.added.add(column.field)
         layout.indexes[column.field] = layout.next_index
         changes.cells[(1, layout.next_index + 1)] = column.header
         layout.next_index += 1
@@ -388,6 +423,7 @@ class _Pass(Generic[PlanT]):
     layout: _Layout
     plan: PlanT
     parser: CellParser = dataclasses.field(default_factory=CellParser)
+    cell_limit: int = MAX_TEXT_LENGTH  # characters a cell of the sheet holds
 
     @functools.cached_property
     def columns(self) -> list[tuple[Column, int]]:
@@ -417,6 +453,7 @@ def plan_to_sheet(
     base: dict[int, Record],
     *,
     delete_mode: str = "flag",
+    cell_limit: int = MAX_TEXT_LENGTH,
 ) -> ToSheetPlan:
     """Plan writing app records to the tab without overwriting sheet edits.
 
@@ -434,7 +471,7 @@ def plan_to_sheet(
     rows = tab.rows if tab is not None else []
     plan = ToSheetPlan(TabChanges(), {}, set(), [], [], _to_sheet_counts())
     layout = _read_layout(mapping, rows[0] if rows else [])
-    ctx = _Pass(mapping, layout, plan)
+    ctx = _Pass(mapping, layout, plan, cell_limit=cell_limit)
     plan.issues.extend(layout.issues)
     if not _to_sheet_header_usable(ctx, rows, base):
         plan.counts["errors"] += 1
@@ -529,7 +566,8 @@ def _field_to_sheet(
     """Decide one field; return (value to write,) or None for no write."""
     name = column.field
     app_value = record.get(name)
-    base_value = _base_value(old, name)
+    # A column added by this sync holds nothing of the sheet's yet: no edits.
+    base_value = _NO_BASE if name in ctx.layout.added else _base_value(old, name)
     try:
         sheet_value = ctx.parser.parse(column, raw)
     except CellError as exc:
@@ -593,6 +631,7 @@ def _app_values_valid(
             continue
         try:
             ctx.parser.parse(column, writes[index])
+            _fits(writes[index], ctx.cell_limit)
         except CellError as exc:
             value = record.get(column.field)
             ctx.issue(
@@ -607,6 +646,13 @@ def _app_values_valid(
             )
             ok = False
     return ok
+
+
+def _fits(value: Cell, limit: int) -> None:
+    if isinstance(value, str) and len(value) > limit:
+        raise CellError(
+            f"is longer than a cell of this sheet holds ({limit:,} characters)"
+        )
 
 
 def _emit_writes(ctx: _ToSheet, number: int, writes: dict[int, Cell]) -> None:
