@@ -203,7 +203,7 @@ def test_keep_sheet_and_edit_settle_both_sides(
     assert sheet_city(runtime, record_id) == "Agreed City"
 
 
-def test_undo_import_restores_changed_records_but_not_ones_edited_since(
+def test_undo_import_restores_imported_values_but_not_ones_edited_since(
     runtime: Runtime, tokens: dict[str, str]
 ) -> None:
     run_sync(runtime, "alice", TO_SHEET)
@@ -216,6 +216,10 @@ def test_undo_import_restores_changed_records_but_not_ones_edited_since(
     recent = client.get("/api/insurance/sync/status", headers=alice).json()["recent"]
     job_id = next(job["id"] for job in recent if job["kind"] == FROM_SHEET)
     edit_app_city(runtime, second, "Edited After Import")
+    with runtime.db.session() as session:
+        customer = session.get(Customer, first)
+        assert customer is not None
+        customer.phone = "207-555-0199"  # not a value the import changed
 
     undone = client.post(f"/api/insurance/sync/jobs/{job_id}/undo", headers=alice)
 
@@ -224,6 +228,8 @@ def test_undo_import_restores_changed_records_but_not_ones_edited_since(
     assert body["restored"] == [{"entity": "customer", "record_id": first}]
     assert body["left_alone"][0]["record_id"] == second
     assert app_city(runtime, first) == before_first
+    with runtime.db.read_session() as session:
+        assert session.get(Customer, first).phone == "207-555-0199"  # type: ignore[union-attr]
     assert app_city(runtime, second) == "Edited After Import"
     run_sync(runtime, "alice", TO_SHEET)
     assert sheet_city(runtime, first) == before_first

@@ -207,7 +207,9 @@ class UndoReport:
 
 
 def undo_import(session: Session, user: User, job_id: int) -> UndoReport:
-    """Put back what one import changed, except records edited since."""
+    """Put back what one import changed. A record whose imported values were
+    edited since is left alone; edits to its other fields stay beside the
+    restored values, so nothing typed since is lost."""
     changes = list(
         session.scalars(
             select(ImportChange)
