@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -459,6 +460,31 @@ def test_a_new_sheet_row_the_import_would_refuse_is_told_as_an_error_by_to_sheet
     refused = [i for i in pulled["tabs"]["Customers"]["issues"] if i["kind"] == "error"]
     assert [(i["row"], i["column"]) for i in refused] == [(last + 1, "State")]
     assert pulled["tabs"]["Customers"]["counts"]["created"] == 1
+
+
+def test_edits_the_record_as_a_whole_would_refuse_are_told_as_errors_by_to_sheet(
+    synced: Runtime,
+) -> None:
+    path = workbook_path(synced, "alice")
+    book = load_workbook(path)
+    policies = book["Policies"]
+    header = columns(policies)
+    policies.cell(2, header["Expiration Date"]).value = date(1990, 1, 1)
+    policies.cell(3, header["Customer ID"]).value = 999999
+    policies.cell(4, header["Carrier"]).value = "Harbor Mutual"
+    book.save(path)
+
+    pushed = run_sync(synced, "alice", TO_SHEET)
+    pulled = run_sync(synced, "alice", FROM_SHEET)
+
+    told = {(i["row"], i["column"]): i for i in pushed["tabs"]["Policies"]["issues"]}
+    assert told[(2, "Expiration Date")]["kind"] == "error"
+    assert "before effective_date" in told[(2, "Expiration Date")]["reason"]
+    assert told[(3, "Customer ID")]["kind"] == "error"
+    assert "customer 999999 does not exist" in told[(3, "Customer ID")]["reason"]
+    assert told[(4, "Carrier")]["kind"] == "pending_import"
+    refused = [i for i in pulled["tabs"]["Policies"]["issues"] if i["kind"] == "error"]
+    assert sorted(i["row"] for i in refused) == [2, 3]
 
 
 def test_a_renamed_header_never_blanks_that_field_in_the_app(synced: Runtime) -> None:

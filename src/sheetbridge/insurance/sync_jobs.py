@@ -14,7 +14,8 @@ import dataclasses
 import functools
 import logging
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections import defaultdict
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -62,7 +63,7 @@ from sheetbridge.sheets.errors import SheetError
 from sheetbridge.sheets.google import GoogleSheetsBackend
 from sheetbridge.sheets.quota import limiter_from_settings
 from sheetbridge.sheets.xlsx import XlsxBackend
-from sheetbridge.sync.columns import CellError, parse_cell
+from sheetbridge.sync.columns import Canonical, CellError, Column, parse_cell
 from sheetbridge.sync.engine import (
     DELETE_MODES,
     FromSheetPlan,
@@ -250,7 +251,7 @@ class SyncService:
             for mapping in MAPPINGS
         }
         for mapping in MAPPINGS:
-            _tell_refused_edits(mapping, plans[mapping.tab])
+            _tell_refused(mapping, plans[mapping.tab], app)
         changes = {
             tab: plan.changes
             for tab, plan in plans.items()
@@ -687,26 +688,29 @@ def _text_of(value: object) -> str | None:
     return None if value is None else str(value)
 
 
-def _tell_refused_edits(mapping: TabMapping, plan: ToSheetPlan) -> None:
-    """Sheet edits still to import that the import would refuse (a state
-    "12", a negative premium) are errors to fix in the sheet, not edits
-    waiting for a sync from the sheet, which would only refuse them again.
+def _tell_refused(
+    mapping: TabMapping, plan: ToSheetPlan, app: dict[str, dict[int, Record]]
+) -> None:
+    """Sheet edits and new rows still to import that the import would refuse
+    are errors to fix in the sheet, not changes waiting for a sync from the
+    sheet, which would only refuse them again. A policy number already in use
+    is left for the import, which alone sees every book."""
+    _tell_refused_edits(mapping, plan)
+    _tell_refused_records(mapping, plan, app[mapping.tab], app[CUSTOMERS.tab])
+    _tell_refused_new_rows(mapping, plan)
 
-    Each edited cell is checked alone, as the record's schema checks it;
-    what only the whole record or the database can refuse (dates out of
-    order, a policy number in use) is found by the import itself.
-    """
+
+def _tell_refused_edits(mapping: TabMapping, plan: ToSheetPlan) -> None:
+    """Each edited cell checked alone, as the record's schema checks it (a
+    state "12", a negative premium)."""
     schema = CustomerUpdate if mapping is CUSTOMERS else PolicyUpdate
     by_header = {column.header: column for column in mapping.columns}
     for index, issue in enumerate(plan.issues):
         column = by_header.get(issue.column or "")
         if issue.kind != "pending_import" or column is None or column.readonly:
             continue
-        text = issue.value or ""
-        if column.digits and text.isdigit():
-            text = text.zfill(column.digits)  # as the import pads a number typed in
         try:
-            value = parse_cell(column, text)
+            value = _pending_value(column, issue)
             schema.model_validate(
                 {"version": 1, **to_python(mapping, {column.field: value})}
             )
@@ -724,12 +728,10 @@ def _tell_refused_edits(mapping: TabMapping, plan: ToSheetPlan) -> None:
         )
         plan.counts["pending_import"] -= 1
         plan.counts["errors"] += 1
-    _tell_refused_new_rows(mapping, plan)
 
 
 def _tell_refused_new_rows(mapping: TabMapping, plan: ToSheetPlan) -> None:
-    """Rows typed into the sheet that the import would refuse as records
-    (a state "12" in a new row) are errors to fix in the sheet, as above."""
+    """Rows typed into the sheet, checked as the records they would create."""
     schema = CustomerCreate if mapping is CUSTOMERS else PolicyCreate
     header = {column.field: column.header for column in mapping.columns}
     for new in plan.new_rows:
@@ -755,6 +757,85 @@ def _tell_refused_new_rows(mapping: TabMapping, plan: ToSheetPlan) -> None:
                 kind="error",
             )
             for field, reason in refusals
+        )
+        plan.counts["pending_import"] -= 1
+        plan.counts["errors"] += 1
+
+
+def _pending_value(column: Column, issue: Issue) -> Canonical:
+    """The value of a pending sheet edit, as the import will read it."""
+    text = issue.value or ""
+    if column.digits and text.isdigit():
+        text = text.zfill(column.digits)  # as the import pads a number typed in
+    return parse_cell(column, text)
+
+
+def _tell_refused_records(
+    mapping: TabMapping,
+    plan: ToSheetPlan,
+    records: dict[int, Record],
+    customers: Collection[int],
+) -> None:
+    """A row's edits, which pass one by one, checked together with the rest of
+    their record (an expiration date before the effective date, a customer
+    that is not in the book)."""
+    schema = CustomerCreate if mapping is CUSTOMERS else PolicyCreate
+    by_header = {column.header: column for column in mapping.columns}
+    record_of = {row: record_id for record_id, row in plan.rows.items()}
+    pending: dict[int, list[int]] = defaultdict(list)  # row -> issue indexes
+    for index, issue in enumerate(plan.issues):
+        if issue.kind == "pending_import" and issue.column in by_header:
+            pending[issue.row or 0].append(index)
+    for row, indexes in pending.items():
+        record = records.get(record_of.get(row, 0))
+        if record is None:
+            continue
+        edited = dict(record)
+        for index in indexes:
+            column = by_header[plan.issues[index].column or ""]
+            edited[column.field] = _pending_value(column, plan.issues[index])
+        refusals = _record_refusals(schema, mapping, edited, customers)
+        if refusals:
+            _refuse_pending(plan, indexes, refusals, by_header)
+
+
+def _record_refusals(
+    schema: type[CustomerCreate] | type[PolicyCreate],
+    mapping: TabMapping,
+    record: Record,
+    customers: Collection[int],
+) -> list[tuple[str | None, str]]:
+    try:
+        schema.model_validate(to_python(mapping, record))
+    except ValidationError as exc:
+        return _reasons(exc)
+    customer_id = record.get("customer_id")
+    if mapping is POLICIES and customer_id not in customers:
+        return [("customer_id", f"customer {customer_id} does not exist")]
+    return []
+
+
+def _refuse_pending(
+    plan: ToSheetPlan,
+    indexes: list[int],
+    refusals: list[tuple[str | None, str]],
+    by_header: dict[str, Column],
+) -> None:
+    """Tell a row's pending edits as errors: those of the fields refused, or
+    all of them when the refusal names a field the sheet did not edit."""
+    field_of = {
+        index: by_header[plan.issues[index].column or ""].field for index in indexes
+    }
+    named = [
+        index for index in indexes if any(f == field_of[index] for f, _ in refusals)
+    ]
+    reason = "; ".join(why for _, why in refusals)
+    for index in named or indexes:
+        plan.issues[index] = dataclasses.replace(
+            plan.issues[index],
+            reason=f"edited in the sheet, but the record cannot take it: {reason}; "
+            "fix it in the sheet",
+            kind="error",
         )
         plan.counts["pending_import"] -= 1
         plan.counts["errors"] += 1

@@ -96,6 +96,7 @@ class ToSheetPlan:
     compared: int = 0  # rows of the tab that hold an ID or values
     # Rows typed into the sheet, left for the next sync from the sheet.
     new_rows: list[NewRow] = dataclasses.field(default_factory=list)
+    rows: dict[int, int] = dataclasses.field(default_factory=dict)  # id -> row
 
 
 @dataclass
@@ -489,6 +490,7 @@ def plan_to_sheet(
             plan.new_rows.append(NewRow(number, values))
             ctx.issue(_pending_new_row_issue(mapping, number), "pending_import")
     for record_id, (number, cells) in scanned.by_id.items():
+        plan.rows[record_id] = number
         _sync_row_to_sheet(ctx, record_id, number, cells, app, base, delete_mode)
     for record_id in sorted(app.keys() - scanned.seen):
         if record_id in base:
