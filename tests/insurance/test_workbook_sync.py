@@ -268,11 +268,13 @@ def test_a_conflict_stays_a_conflict_until_resolved(synced: Runtime) -> None:
 
 
 @contextmanager
-def alices_customers(runtime: Runtime) -> Iterator[tuple[Any, dict[str, int]]]:
-    """alice's Customers tab and its columns by header; saved on leaving."""
+def alices_tab(
+    runtime: Runtime, tab: str = "Customers"
+) -> Iterator[tuple[Any, dict[str, int]]]:
+    """A tab of alice's workbook and its columns by header; saved on leaving."""
     path = workbook_path(runtime, "alice")
     book = load_workbook(path)
-    sheet = book["Customers"]
+    sheet = book[tab]
     yield sheet, columns(sheet)
     book.save(path)
 
@@ -310,7 +312,7 @@ def failed_import(runtime: Runtime) -> Job:
 def test_text_cut_at_the_workbook_cell_limit_is_never_imported(
     synced: Runtime,
 ) -> None:
-    with alices_customers(synced) as (customers, header):
+    with alices_tab(synced) as (customers, header):
         record_id = customers.cell(2, 1).value
         customers.cell(2, header["Notes"]).value = "n" * 50_001
     notes_before = customer_field(synced, record_id, "notes")
@@ -327,7 +329,7 @@ def test_a_formula_without_a_saved_result_is_reported_and_never_imported(
 ) -> None:
     # openpyxl (and so any script, or a save by the app itself) stores formulas
     # without their results; reading one as empty would clear the app's value.
-    with alices_customers(synced) as (customers, header):
+    with alices_tab(synced) as (customers, header):
         record_id = customers.cell(3, 1).value
         customers.cell(3, header["City"]).value = '=UPPER("boston")'
         customers.cell(4, header["Notes"]).value = "typed notes"
@@ -349,7 +351,7 @@ def test_a_cell_showing_a_spreadsheet_error_is_reported_and_never_imported(
 ) -> None:
     # A lookup that failed leaves #N/A in the cell: the value is missing, and
     # importing the error's text would overwrite the app's real one.
-    with alices_customers(synced) as (customers, header):
+    with alices_tab(synced) as (customers, header):
         record_id = customers.cell(2, 1).value
         city = customers.cell(2, header["City"])
         city.value, city.data_type = "#N/A", "e"
@@ -379,7 +381,7 @@ def test_text_that_reads_like_a_spreadsheet_error_round_trips_as_text(
 ) -> None:
     # Only a real error cell is an error: a note the app wrote stays a note,
     # whichever reader the workbook needs.
-    with alices_customers(synced) as (customers, header):
+    with alices_tab(synced) as (customers, header):
         record_id = customers.cell(2, 1).value
         if error_cell_elsewhere:
             city = customers.cell(3, header["City"])
@@ -401,7 +403,7 @@ def test_text_that_reads_like_a_spreadsheet_error_round_trips_as_text(
 def test_a_sheet_edit_the_import_would_refuse_is_told_as_an_error_by_to_sheet(
     synced: Runtime,
 ) -> None:
-    with alices_customers(synced) as (customers, header):
+    with alices_tab(synced) as (customers, header):
         customers.cell(2, header["State"]).value = "12"
         customers.cell(3, header["City"]).value = "Newtown"
         customers.cell(4, header["ZIP"]).value = 4001  # a number: imported as 04001
@@ -421,7 +423,7 @@ def test_a_sheet_edit_the_import_would_refuse_is_told_as_an_error_by_to_sheet(
 def test_a_code_typed_as_a_number_is_imported_padded_and_written_back_as_text(
     synced: Runtime,
 ) -> None:
-    with alices_customers(synced) as (customers, header):
+    with alices_tab(synced) as (customers, header):
         record_id = customers.cell(2, 1).value
         customers.cell(2, header["ZIP"]).value = 4001  # the program dropped the 0
 
@@ -438,16 +440,12 @@ def test_a_code_typed_as_a_number_is_imported_padded_and_written_back_as_text(
 def test_a_new_sheet_row_the_import_would_refuse_is_told_as_an_error_by_to_sheet(
     synced: Runtime,
 ) -> None:
-    path = workbook_path(synced, "alice")
-    book = load_workbook(path)
-    customers = book["Customers"]
-    header = columns(customers)
-    last = customers.max_row
-    customers.cell(last + 1, header["Name"]).value = "Ann Lee"
-    customers.cell(last + 1, header["State"]).value = "12"
-    customers.cell(last + 2, header["Name"]).value = "Bo Chan"
-    customers.cell(last + 2, header["State"]).value = "me"
-    book.save(path)
+    with alices_tab(synced) as (customers, header):
+        last = customers.max_row
+        customers.cell(last + 1, header["Name"]).value = "Ann Lee"
+        customers.cell(last + 1, header["State"]).value = "12"
+        customers.cell(last + 2, header["Name"]).value = "Bo Chan"
+        customers.cell(last + 2, header["State"]).value = "me"
 
     pushed = run_sync(synced, "alice", TO_SHEET)
     pulled = run_sync(synced, "alice", FROM_SHEET)
@@ -465,14 +463,10 @@ def test_a_new_sheet_row_the_import_would_refuse_is_told_as_an_error_by_to_sheet
 def test_edits_the_record_as_a_whole_would_refuse_are_told_as_errors_by_to_sheet(
     synced: Runtime,
 ) -> None:
-    path = workbook_path(synced, "alice")
-    book = load_workbook(path)
-    policies = book["Policies"]
-    header = columns(policies)
-    policies.cell(2, header["Expiration Date"]).value = date(1990, 1, 1)
-    policies.cell(3, header["Customer ID"]).value = 999999
-    policies.cell(4, header["Carrier"]).value = "Harbor Mutual"
-    book.save(path)
+    with alices_tab(synced, "Policies") as (policies, header):
+        policies.cell(2, header["Expiration Date"]).value = date(1990, 1, 1)
+        policies.cell(3, header["Customer ID"]).value = 999999
+        policies.cell(4, header["Carrier"]).value = "Harbor Mutual"
 
     pushed = run_sync(synced, "alice", TO_SHEET)
     pulled = run_sync(synced, "alice", FROM_SHEET)
@@ -489,11 +483,8 @@ def test_edits_the_record_as_a_whole_would_refuse_are_told_as_errors_by_to_sheet
 
 def test_a_renamed_header_never_blanks_that_field_in_the_app(synced: Runtime) -> None:
     cities = _cities(synced)
-    path = workbook_path(synced, "alice")
-    book = load_workbook(path)
-    customers = book["Customers"]
-    customers.cell(1, columns(customers)["City"]).value = "Town"
-    book.save(path)
+    with alices_tab(synced) as (customers, header):
+        customers.cell(1, header["City"]).value = "Town"
 
     pushed = run_sync(synced, "alice", TO_SHEET)
     pulled = run_sync(synced, "alice", FROM_SHEET)
@@ -558,7 +549,7 @@ def test_a_sync_to_a_deleted_workbook_writes_the_whole_book_again(
 def test_a_sync_to_a_renamed_tab_writes_it_again_whole_and_leaves_the_renamed_one(
     synced: Runtime,
 ) -> None:
-    with alices_customers(synced) as (customers, _):
+    with alices_tab(synced) as (customers, _):
         customers.title = "Jon's Data"
 
     result = run_sync(synced, "alice", TO_SHEET)
@@ -574,7 +565,7 @@ def test_a_sync_to_a_renamed_tab_writes_it_again_whole_and_leaves_the_renamed_on
 def test_a_renamed_tab_fails_the_import_naming_the_workbook_and_tab(
     synced: Runtime,
 ) -> None:
-    with alices_customers(synced) as (customers, header):
+    with alices_tab(synced) as (customers, header):
         customers.parent["Policies"].title = "Policies 2026"
         customers.cell(2, header["City"]).value = "Renamedville"
 

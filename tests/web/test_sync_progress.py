@@ -45,7 +45,7 @@ def data_rows(runtime: Runtime) -> int:
     return sum(book[tab].max_row - 1 for tab in ("Customers", "Policies"))
 
 
-def alices_customers(runtime: Runtime) -> list[int]:
+def alices_tab(runtime: Runtime) -> list[int]:
     with runtime.db.read_session() as session:
         alice = session.scalars(select(User).where(User.username == "alice")).one()
         return sorted(
@@ -59,7 +59,7 @@ def test_status_shows_what_a_sync_to_the_sheet_read_compared_and_writes(
     run_sync(runtime, "alice", "to_sheet")
     rows = data_rows(runtime)
     with runtime.db.session() as session:
-        for record_id in alices_customers(runtime)[:2]:
+        for record_id in alices_tab(runtime)[:2]:
             customer = session.get(Customer, record_id)
             assert customer is not None
             customer.city = "Bar Harbor"
