@@ -260,7 +260,8 @@ class XlsxBackend:
             if (self.path.parent / lock).exists():
                 raise SheetLocked(
                     f"{self.location} is open in another program (lock file "
-                    f"{lock}); close it and the sync will continue",
+                    f"{lock}); close it there: the sync's next try goes on, and "
+                    "after its last try, press Sync again",
                     location=self.location,
                 )
 
