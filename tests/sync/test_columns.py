@@ -81,6 +81,9 @@ def test_text_max_length_is_enforced() -> None:
 
 def test_control_characters_are_rejected() -> None:
     assert "control character" in reason(TEXT, "a\x00b")
+    # Not characters in XML: a workbook holding one no longer opens.
+    assert "control character" in reason(TEXT, "a\ufffeb")
+    assert "control character" in reason(TEXT, "\uffff")
 
 
 def test_required_empty_cell_is_an_error_but_parse_value_allows_it() -> None:

@@ -457,6 +457,23 @@ def test_a_json_body_that_is_not_an_object_says_so(alice: TestClient) -> None:
     assert answer.json()["detail"][0]["msg"] == "the body must be a JSON object, {…}"
 
 
+@pytest.mark.parametrize("text", ["a\x07b", "\ufffe", "x\uffffy", "\x1b[0m"])
+def test_characters_no_sheet_can_hold_are_refused_naming_the_field(
+    alice: TestClient, text: str
+) -> None:
+    answer = alice.post("/api/customers", json={"name": "Ann", "city": text})
+
+    assert answer.status_code == 422
+    (error,) = answer.json()["detail"]
+    assert error["field"] == "city" and "not text" in error["msg"]
+
+
+def test_tabs_and_line_breaks_are_text(alice: TestClient) -> None:
+    answer = alice.post("/api/customers", json={"name": "Ann", "notes": "a\tb\r\nc"})
+
+    assert answer.status_code == 201, answer.text
+
+
 def test_lone_surrogate_in_json_is_rejected_as_text(alice: TestClient) -> None:
     answer = alice.post(
         "/api/customers",

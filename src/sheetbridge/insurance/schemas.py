@@ -21,6 +21,7 @@ from pydantic import (
 
 from sheetbridge import clock
 from sheetbridge.sheets.base import XLSX_CELL_LIMIT
+from sheetbridge.sync.columns import NOT_TEXT
 
 PolicyStatus = Literal["active", "pending", "cancelled", "expired", "non-renewed"]
 LineOfBusiness = Literal[
@@ -145,10 +146,11 @@ PolicyDate = Annotated[date, _plausible_date(date(1900, 1, 1), date(2200, 12, 31
 
 
 def plain_text(value: object) -> object:
-    """Refuse a string that databases cannot store as text (NUL, lone
-    surrogates); anything else passes unchanged."""
+    """Refuse a string that databases or sheets cannot store as text (control
+    characters but tab and line breaks, lone surrogates, U+FFFE, U+FFFF);
+    anything else passes unchanged."""
     if isinstance(value, str) and (
-        "\x00" in value or (not value.isprintable() and _unencodable(value))
+        NOT_TEXT.search(value) or (not value.isprintable() and _unencodable(value))
     ):
         raise ValueError("contains characters that are not text")
     return value

@@ -34,7 +34,9 @@ _CENT = Decimal("0.01")
 _MONEY_TOLERANCE = Decimal("1e-9")
 _US_DATE = re.compile(r"(\d{1,2})/(\d{1,2})/(\d{4})")
 _FOLD = re.compile(r"[\s_\-]+")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+# Characters no sheet holds: control characters other than tab and line
+# breaks, and U+FFFE / U+FFFF, which are no characters in a workbook's XML.
+NOT_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _PHONE_CHARS = re.compile(r"[0-9+()\-. ]+")
 _INTEGER_TEXT = re.compile(r"[+-]?\d{1,3}(,\d{3})+|[+-]?\d+")
 
@@ -182,7 +184,7 @@ def _parse_text(column: Column, raw: Cell) -> str:
         raise CellError("cell text is longer than 50,000 characters")
     if column.max_length is not None and len(text) > column.max_length:
         raise CellError(f"is longer than {column.max_length} characters")
-    if _CONTROL.search(text):
+    if NOT_TEXT.search(text):
         raise CellError("contains a control character; remove it")
     return text
 
