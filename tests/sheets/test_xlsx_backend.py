@@ -13,10 +13,12 @@ import xlsxwriter
 
 from sheetbridge.sheets.base import (
     XLSX_CELL_LIMIT,
+    XLSX_TEXT_LIMIT,
     Cell,
     ClippedText,
     TabChanges,
     TabData,
+    cell_length,
 )
 from sheetbridge.sheets.errors import (
     SheetChanged,
@@ -215,6 +217,19 @@ def test_text_longer_than_a_cell_holds_reads_back_marked_as_clipped(
     rows = read(backend).rows
     assert [type(row[0]) for row in rows] == [ClippedText, ClippedText]
     assert [len(str(row[0])) for row in rows] == [XLSX_CELL_LIMIT] * 2
+
+
+def test_emoji_count_twice_toward_the_cell_limit_so_their_cut_is_seen(
+    tmp_path: Path,
+) -> None:
+    # A workbook cell holds 32,767 UTF-16 units: 16,383 emoji, 32,766 units.
+    path = tmp_path / "emoji.xlsx"
+    make_book(path, {"T": [["\N{GRINNING FACE}" * 20_000]]})
+
+    (cell,) = read(XlsxBackend(path)).rows[0]
+
+    assert isinstance(cell, ClippedText)
+    assert cell_length(cell) > XLSX_TEXT_LIMIT
 
 
 def test_formulas_in_columns_people_added_survive_a_write(tmp_path: Path) -> None:

@@ -242,11 +242,12 @@ def test_app_text_longer_than_the_sheets_cells_hold_is_an_error_not_cut() -> Non
     app[1]["note"] = "x" * 101
     app[3] = rec("Cy", note="y" * 101)
 
+    app[2]["note"] = "\N{GRINNING FACE}" * 51  # 102 units, as sheets count
     plan = plan_to_sheet(MAPPING, tab, app, base, cell_limit=100)
 
     assert plan.changes.is_empty()
     refused = [(i.row, i.column) for i in plan.issues if i.kind == "error"]
-    assert refused == [(2, "Note"), (None, "Note")]
+    assert refused == [(2, "Note"), (3, "Note"), (None, "Note")]
     assert "100 characters" in plan.issues[0].reason
 
 

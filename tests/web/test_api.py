@@ -468,6 +468,28 @@ def test_characters_no_sheet_can_hold_are_refused_naming_the_field(
     assert error["field"] == "city" and "not text" in error["msg"]
 
 
+def test_notes_are_held_to_what_a_workbook_cell_holds_emoji_counting_twice(
+    alice: TestClient,
+) -> None:
+    emoji = "\N{GRINNING FACE}"
+    answers = {
+        length: alice.post("/api/customers", json={"name": "Ann", "notes": notes})
+        for length, notes in (
+            ("most", "n" * 32_765),
+            ("one more", "n" * 32_766),
+            ("emoji", emoji * 16_383),
+        )
+    }
+
+    assert {k: a.status_code for k, a in answers.items()} == {
+        "most": 201,
+        "one more": 422,
+        "emoji": 422,
+    }
+    message = answers["emoji"].json()["detail"][0]["msg"]
+    assert message == "at most 32,765 characters, an emoji counting as two"
+
+
 def test_tabs_and_line_breaks_are_text(alice: TestClient) -> None:
     answer = alice.post("/api/customers", json={"name": "Ann", "notes": "a\tb\r\nc"})
 

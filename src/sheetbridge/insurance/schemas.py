@@ -20,7 +20,7 @@ from pydantic import (
 )
 
 from sheetbridge import clock
-from sheetbridge.sheets.base import XLSX_CELL_LIMIT
+from sheetbridge.sheets.base import XLSX_TEXT_LIMIT, cell_length
 from sheetbridge.sync.columns import NOT_TEXT
 
 PolicyStatus = Literal["active", "pending", "cancelled", "expired", "non-renewed"]
@@ -82,8 +82,18 @@ State = Annotated[str, Field(max_length=2), AfterValidator(_state)]
 # comparison with it) does.
 Address = Annotated[str, AfterValidator(_text), Field(max_length=300)]
 City = Annotated[str, AfterValidator(_text), Field(max_length=100)]
-# As much as a workbook cell holds: more would be cut in the sheet.
-Notes = Annotated[str, AfterValidator(_text), Field(max_length=XLSX_CELL_LIMIT)]
+
+
+def _fits_a_cell(value: str) -> str:
+    # As much as the app writes to a workbook cell: more would be cut there.
+    if cell_length(value) > XLSX_TEXT_LIMIT:
+        raise ValueError(
+            f"at most {XLSX_TEXT_LIMIT:,} characters, an emoji counting as two"
+        )
+    return value
+
+
+Notes = Annotated[str, AfterValidator(_text), AfterValidator(_fits_a_cell)]
 # SQLite gives back naive datetimes; every time the API shows is UTC, marked so.
 UtcTime = Annotated[datetime, AfterValidator(clock.as_utc)]
 MAX_PREMIUM = Decimal("9999999999.99")  # the column holds 12 digits, 2 of them cents

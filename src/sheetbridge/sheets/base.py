@@ -78,6 +78,15 @@ class SheetBackend(Protocol):
 
 
 XLSX_CELL_LIMIT = 32_767
+"""UTF-16 units a workbook cell holds (an emoji counts two); readers cut more."""
+XLSX_TEXT_LIMIT = XLSX_CELL_LIMIT - 2
+"""The most the app writes to a workbook cell. Text read back longer than this
+may have been cut: an emoji at the cut leaves a cell one unit short of full."""
+
+
+def cell_length(text: str) -> int:
+    """Length as spreadsheets count it: UTF-16 units, an emoji counting two."""
+    return len(text.encode("utf-16-le")) // 2
 
 
 class UncomputedFormula(str):

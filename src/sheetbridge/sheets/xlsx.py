@@ -40,13 +40,14 @@ from openpyxl.utils.exceptions import IllegalCharacterError, InvalidFileExceptio
 from xlsxwriter.exceptions import XlsxInputError
 
 from sheetbridge.sheets.base import (
-    XLSX_CELL_LIMIT,
+    XLSX_TEXT_LIMIT,
     Cell,
     ClippedText,
     ErrorValue,
     TabChanges,
     TabData,
     UncomputedFormula,
+    cell_length,
 )
 from sheetbridge.sheets.errors import (
     SheetChanged,
@@ -83,7 +84,7 @@ _thread_locks_guard = threading.Lock()
 class XlsxBackend:
     """Tabs of one local workbook file."""
 
-    cell_limit = XLSX_CELL_LIMIT
+    cell_limit = XLSX_TEXT_LIMIT
 
     def __init__(
         self, path: Path, latency_ms: int = 0, *, respect_lock_files: bool = True
@@ -352,7 +353,7 @@ def _unknown_if_uncomputed(value: Any, typed: Any) -> Any:
 
 def _text(value: str) -> str:
     """Text as read, marked when it may have been cut at the cell limit."""
-    return ClippedText(value) if len(value) >= XLSX_CELL_LIMIT else value
+    return ClippedText(value) if cell_length(value) > XLSX_TEXT_LIMIT else value
 
 
 def _sheet_values(sheet: Any) -> Iterator[list[Any]]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Generic, TypeAlias, TypeVar
 
-from sheetbridge.sheets.base import Cell, TabChanges, TabData
+from sheetbridge.sheets.base import Cell, TabChanges, TabData, cell_length
 from sheetbridge.sync.columns import (
     MAX_TEXT_LENGTH,
     Canonical,
@@ -651,9 +651,10 @@ def _app_values_valid(
 
 
 def _fits(value: Cell, limit: int) -> None:
-    if isinstance(value, str) and len(value) > limit:
+    if isinstance(value, str) and cell_length(value) > limit:
         raise CellError(
-            f"is longer than a cell of this sheet holds ({limit:,} characters)"
+            f"is longer than a cell of this sheet holds: at most {limit:,} "
+            "characters, an emoji counting as two"
         )
 
 
