@@ -232,6 +232,24 @@ def test_emoji_count_twice_toward_the_cell_limit_so_their_cut_is_seen(
     assert cell_length(cell) > XLSX_TEXT_LIMIT
 
 
+@pytest.mark.parametrize("book", ["new", "existing", "with a formula"])
+def test_text_that_reads_like_an_xml_escape_round_trips_as_typed(
+    tmp_path: Path, book: str
+) -> None:
+    # Workbooks escape characters as _xHHHH_; a literal one must stay literal.
+    text = "code _x0041_ here, _x005F_ and _X00e9_"
+    path = tmp_path / "esc.xlsx"
+    if book == "with a formula":  # read through openpyxl, not calamine
+        make_book(path, {"T": [["=1+2"]]})
+    elif book == "existing":
+        make_book(path, {"T": [["x"]]})
+    backend = XlsxBackend(path)
+
+    backend.write({"T": TabChanges(cells={(2, 1): text})})
+
+    assert read(backend).rows[1] == [text]
+
+
 def test_formulas_in_columns_people_added_survive_a_write(tmp_path: Path) -> None:
     path = tmp_path / "f.xlsx"
     make_book(path, {"T": [["ID", "Mine"], [1, "=A2*2"]]})

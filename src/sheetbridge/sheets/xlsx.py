@@ -367,8 +367,17 @@ def _sheet_values(sheet: Any) -> Iterator[list[Any]]:
         ]
 
 
+# A workbook's XML writes some characters as _xHHHH_, and text that reads like
+# such an escape as _x005F_ (an escaped "_") followed by the rest. Calamine
+# and XlsxWriter know this; openpyxl leaves it to its caller.
+_ESCAPE_LIKE = re.compile(r"_(?=x[0-9A-Fa-f]{4}_)")
+_ESCAPED = re.compile(r"_x([0-9A-Fa-f]{4})_")
+
+
 def _openpyxl_cell(value: Cell) -> Cell:
-    return _text(value) if isinstance(value, str) else value
+    if not isinstance(value, str):
+        return value
+    return _text(_ESCAPED.sub(lambda found: chr(int(found[1], 16)), value))
 
 
 def _calamine_cell(value: Cell) -> Cell:
@@ -423,7 +432,7 @@ def _last_non_empty_row(sheet: Any) -> int:
 
 def _set_cell(cell: Any, value: Cell) -> None:
     was_date = is_date_format(cell.number_format)
-    cell.value = value
+    cell.value = _ESCAPE_LIKE.sub("_x005F_", value) if isinstance(value, str) else value
     if isinstance(value, str):
         # openpyxl turns a str starting with "=" into a formula; keep it text.
         cell.data_type = "s"
