@@ -375,8 +375,8 @@ _ESCAPED = re.compile(r"_x([0-9A-Fa-f]{4})_")
 
 
 def _openpyxl_cell(value: Cell) -> Cell:
-    if not isinstance(value, str):
-        return value
+    if type(value) is not str:
+        return value  # no text, or marked already (an error, a formula)
     return _text(_ESCAPED.sub(lambda found: chr(int(found[1], 16)), value))
 
 
