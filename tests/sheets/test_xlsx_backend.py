@@ -415,9 +415,26 @@ def test_open_in_libreoffice_or_excel_is_locked_and_transient(tmp_path: Path) ->
 def test_not_a_workbook_is_a_permanent_invalid_request(tmp_path: Path) -> None:
     path = tmp_path / "bad.xlsx"
     path.write_text("not a zip")
+    an_hour_ago = time.time() - 3600
+    os.utime(path, (an_hour_ago, an_hour_ago))
     with pytest.raises(SheetInvalidRequest) as info:
         XlsxBackend(path).read_tabs(["T"])
     assert not info.value.transient
+
+
+def test_half_a_workbook_saved_a_moment_ago_is_retried_as_still_being_saved(
+    tmp_path: Path,
+) -> None:
+    # Another program paused half-way through its save: nothing moves while
+    # the sync looks, but a file written seconds ago is worth another look.
+    path = tmp_path / "book.xlsx"
+    make_book(path, {"T": [["a"]]})
+    path.write_bytes(path.read_bytes()[:300])
+
+    with pytest.raises(SheetChanged) as info:
+        XlsxBackend(path).read_tabs(["T"])
+
+    assert info.value.transient
 
 
 def test_a_workbook_read_while_another_program_saves_it_is_changed_and_retried(

@@ -66,6 +66,9 @@ DATE_FORMAT = "yyyy-mm-dd"
 DATETIME_FORMAT = "yyyy-mm-dd hh:mm:ss"
 MONEY_FORMAT = "#,##0.00"
 TEXT_FORMAT = "@"
+# A workbook that is no zip but was written this recently may be one that
+# another program is still saving: it is read again later, not refused.
+STILL_SAVING_S = 5.0
 
 # A cell whose value is an error (t="e"), with any quoting XML allows.
 _ERROR_CELL = re.compile(rb"""\st\s*=\s*["']e["']""")
@@ -120,14 +123,22 @@ class XlsxBackend:
         try:
             result = self._read_values(tabs, before)
         except SheetInvalidRequest:
-            # Half a file is no workbook: if another program was saving it,
-            # the file has changed by now and the next attempt reads it whole.
-            if self.version() != before:
+            # Half a file is no workbook: if another program is saving it (the
+            # file changed meanwhile, or moments ago), a later attempt reads it
+            # whole. One broken for longer is broken.
+            if self.version() != before or self._saved_moments_ago():
                 raise SheetChanged(location=self.location) from None
             raise
         if self.version() != before:
             raise SheetChanged(location=self.location)
         return result
+
+    def _saved_moments_ago(self) -> bool:
+        try:
+            age_s = time.time() - self.path.stat().st_mtime
+        except OSError:
+            return False
+        return age_s < STILL_SAVING_S
 
     def write(
         self,
