@@ -191,10 +191,11 @@ def test_missing_optional_header_imports_the_other_columns() -> None:
     assert plan.updates == {1: {"name": "Anna"}}
 
 
-def test_a_renamed_header_gets_its_column_back_with_the_app_values_not_blanks() -> None:
+def test_a_deleted_column_comes_back_with_the_app_values_not_blanks() -> None:
     app = {1: rec("Ann", note="call back"), 2: rec("Bob", note="paid")}
     tab, base = synced(app)
-    tab.rows[0][HEADER.index("Note")] = "Remark"
+    for row in tab.rows:
+        row[HEADER.index("Note")] = None
 
     to = plan_to_sheet(MAPPING, tab, app, base)
     rows = apply_changes(tab.rows, to.changes)
@@ -208,6 +209,22 @@ def test_a_renamed_header_gets_its_column_back_with_the_app_values_not_blanks() 
     ]
     assert to.counts["pending_import"] == 0 and to.snapshots == base
     assert frm.updates == {} and frm.counts["updated"] == 0
+
+
+def test_a_renamed_column_is_left_for_its_name_to_come_back_then_syncs() -> None:
+    app = {1: rec("Ann", note="call back"), 2: rec("Bob", note="paid")}
+    tab, base = synced(app)
+    tab.rows[0][HEADER.index("Note")] = "Remark"
+    tab.rows[1][HEADER.index("Note")] = "edited meanwhile"
+
+    renamed = plan_to_sheet(MAPPING, tab, app, base)
+    assert renamed.changes.is_empty(), "no second Note column"
+    assert [i.kind for i in renamed.issues] == ["warning"]
+    tab.rows[0][HEADER.index("Note")] = "Note"
+    again = plan_from_sheet(MAPPING, tab, app, renamed.snapshots)
+
+    assert again.updates == {} and again.counts["conflicts"] == 1
+    assert [c.sheet for c in again.conflicts] == ["edited meanwhile"]
 
 
 def test_an_unknown_header_beside_a_missing_column_is_named_both_ways() -> None:

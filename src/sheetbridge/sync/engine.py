@@ -177,6 +177,8 @@ class _Layout:
     next_index: int  # right of the last used header cell
     issues: list[Issue]
     added: set[str] = dataclasses.field(default_factory=set)  # fields, this pass
+    # Headers none of ours while one of ours is missing: ours, renamed?
+    strangers: list[int] = dataclasses.field(default_factory=list)
 
     def columns(self, mapping: TabMapping) -> list[tuple[Column, int]]:
         return [
@@ -205,23 +207,27 @@ def _read_layout(mapping: TabMapping, header: Sequence[Cell]) -> _Layout:
             layout.missing.append(column)
     layout.issues = _header_issues(mapping, header, positions)
     if layout.missing:
-        layout.issues.extend(_unknown_header_issues(mapping, header, layout.missing))
+        ours = {normalize_header(mapping.id_header)}
+        ours.update(normalize_header(column.header) for column in mapping.columns)
+        layout.strangers = [
+            index
+            for index, text in enumerate(header)
+            if not _is_blank(text) and normalize_header(text) not in ours
+        ]
     return layout
 
 
-def _unknown_header_issues(
-    mapping: TabMapping, header: Sequence[Cell], missing: list[Column]
+def _stranger_issues(
+    mapping: TabMapping, header: Sequence[Cell], layout: _Layout
 ) -> list[Issue]:
     """Headers that are none of ours while some of ours are missing: most
     likely ours, renamed (or broken, like a header showing #REF!). People's
     own columns are no concern while all of ours are there."""
-    ours = {normalize_header(mapping.id_header)}
-    ours.update(normalize_header(column.header) for column in mapping.columns)
-    names = ", ".join(repr(column.header) for column in missing)
+    names = ", ".join(repr(column.header) for column in layout.missing)
+    verb = "are" if len(layout.missing) > 1 else "is"
     issues = []
-    for index, text in enumerate(header):
-        if _is_blank(text) or normalize_header(text) in ours:
-            continue
+    for index in layout.strangers:
+        text = header[index]
         letter = column_letter(index + 1)
         shown = _show(text)
         issues.append(
@@ -231,8 +237,8 @@ def _unknown_header_issues(
                 letter,
                 shown,
                 f"column {letter} {shown!r} is not a Sheetbridge column and "
-                f"{names} is missing; its values are not synced — if it was "
-                "renamed, give it its name back",
+                f"{names} {verb} missing; neither is synced — if it was renamed, "
+                "give it its name back",
                 "warning",
             )
         )
@@ -481,7 +487,13 @@ def plan_to_sheet(
     plan.compared = scanned.examined
     if layout.id_index is None:
         _add_id_header(mapping, layout, plan.changes)
-    _add_headers(layout, layout.missing, plan.changes)
+    # A missing column comes back, unless it may be one renamed after a sync:
+    # a second one would leave the first, and the edits in it, out of every
+    # sync. A tab never synced gets ours beside people's own columns.
+    if layout.strangers and base:
+        plan.issues.extend(_stranger_issues(mapping, rows[0], layout))
+    else:
+        _add_headers(layout, layout.missing, plan.changes)
     for issue in scanned.issues:
         ctx.issue(issue, "errors")
     for number, cells in scanned.new:
@@ -805,6 +817,8 @@ def plan_from_sheet(
     plan = FromSheetPlan({}, [], {}, [], [], _from_sheet_counts(), 0, TabChanges())
     ctx = _Pass(mapping, layout, plan)
     plan.issues.extend(layout.issues)
+    if layout.strangers:
+        plan.issues.extend(_stranger_issues(mapping, rows[0], layout))
     if tab is None:
         plan.issues.append(_missing_tab_issue(mapping))
         return plan
