@@ -266,6 +266,8 @@ def test_app_text_longer_than_the_sheets_cells_hold_is_an_error_not_cut() -> Non
     refused = [(i.row, i.column) for i in plan.issues if i.kind == "error"]
     assert refused == [(2, "Note"), (3, "Note"), (None, "Note")]
     assert "100 characters" in plan.issues[0].reason
+    # A record not in the sheet yet has no row: its ID says which one.
+    assert plan.issues[2].reason.startswith("record 3: app value")
 
 
 def test_missing_id_column_after_a_sync_is_an_error_not_a_duplication() -> None:

@@ -560,7 +560,7 @@ def _sync_row_to_sheet(
         )
         if write is not None:
             writes[index] = write[0]
-    if writes and not _app_values_valid(ctx, number, record, writes):
+    if writes and not _app_values_valid(ctx, record_id, number, record, writes):
         writes = {}
         snapshot = dict(old) if old is not None else {}
     _emit_writes(ctx, number, writes)
@@ -636,7 +636,11 @@ def _keep_base(snapshot: Record, name: str, base_value: Canonical | _Missing) ->
 
 
 def _app_values_valid(
-    ctx: _ToSheet, number: int | None, record: Record, writes: dict[int, Cell]
+    ctx: _ToSheet,
+    record_id: int,
+    number: int | None,
+    record: Record,
+    writes: dict[int, Cell],
 ) -> bool:
     """Check app values before writing; a bad one stops the whole row."""
     ok = True
@@ -654,7 +658,8 @@ def _app_values_valid(
                     number,
                     column.header,
                     _show(value),
-                    f"app value {exc.reason}; the row was not written",
+                    f"record {record_id}: app value {exc.reason}; the row was not "
+                    "written",
                 ),
                 "errors",
             )
@@ -723,7 +728,7 @@ def _matches_base(ctx: _ToSheet, cells: list[Cell], old: Record) -> bool:
 def _append(ctx: _ToSheet, record_id: int, record: Record) -> None:
     columns = ctx.columns
     writes = {index: render_cell(col, record.get(col.field)) for col, index in columns}
-    if not _app_values_valid(ctx, None, record, writes):
+    if not _app_values_valid(ctx, record_id, None, record, writes):
         return
     id_index = ctx.layout.id_index
     assert id_index is not None  # set by plan_to_sheet before appending
