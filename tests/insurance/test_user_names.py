@@ -45,3 +45,23 @@ def test_a_stored_name_unfit_for_a_file_gets_a_workbook_inside_the_folder(
     folder = runtime.settings.workbook_dir.resolve()
     assert location.parent == folder
     assert location.name == f"user-{user.id}.xlsx"
+
+
+def test_a_name_differing_only_in_case_from_a_user_is_refused(
+    runtime: Runtime,
+) -> None:
+    # Two such workbooks would be one file on a case-insensitive disk.
+    with runtime.db.session() as session, pytest.raises(UserError) as refused:
+        add_user(session, "ALICE", "long-enough-1", role="agent")
+
+    assert "already exists" in str(refused.value)
+
+
+@pytest.mark.parametrize("name", ["con", "NUL", "com1", "lpt9.x", "aux"])
+def test_names_windows_keeps_for_devices_are_refused(
+    runtime: Runtime, name: str
+) -> None:
+    with runtime.db.session() as session, pytest.raises(UserError) as refused:
+        add_user(session, name, "long-enough-1", role="agent")
+
+    assert "reserved" in str(refused.value)

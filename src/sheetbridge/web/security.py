@@ -10,13 +10,19 @@ from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from sheetbridge.insurance.models import ROLES, USERNAME, User
 from sheetbridge.web.models import ApiToken
 
 MAX_PASSWORD = 200  # longer is no password anyone types; refused unhashed
+# File names Windows keeps for devices, whatever follows a dot: a user's
+# workbook is named after them.
+DEVICE_NAMES = frozenset(
+    {"con", "prn", "aux", "nul"}
+    | {f"{port}{n}" for port in ("com", "lpt") for n in range(1, 10)}
+)
 
 TOKEN_PREFIX = "sb_"
 _hasher = PasswordHasher()
@@ -60,12 +66,18 @@ def add_user(
             "a user name is 1 to 64 letters, digits, '.', '_' or '-' (a to z "
             "only), starting with a letter or digit"
         )
+    if username.split(".")[0].lower() in DEVICE_NAMES:
+        raise UserError(f"{username!r} is reserved for a device on Windows")
     if role not in ROLES:
         raise UserError(f"role must be one of {', '.join(ROLES)}")
     if not 8 <= len(password) <= MAX_PASSWORD:
         raise UserError(f"a password has 8 to {MAX_PASSWORD} characters")
-    if session.scalar(select(User.id).where(User.username == username)) is not None:
-        raise UserError(f"user {username!r} already exists")
+    # Compared ignoring case: on a case-insensitive disk (macOS, Windows) the
+    # two users' workbooks would be one file.
+    same = func.lower(User.username) == username.lower()
+    existing = session.scalar(select(User.username).where(same))
+    if existing is not None:
+        raise UserError(f"user {existing!r} already exists")
     user = User(
         username=username,
         full_name=full_name or username,
