@@ -311,6 +311,28 @@ def test_an_overlong_or_missing_sign_in_field_shows_the_sign_in_page_again(
         assert "Wrong username or password." in answer.text
 
 
+def test_a_sign_in_body_no_form_sends_shows_the_sign_in_page_again(
+    client: TestClient,
+) -> None:
+    client.get("/login")
+    many = "&".join(f"f{i}=x" for i in range(1_500))
+    bodies = [
+        ({"Content-Type": "multipart/form-data"}, b"--x--"),  # no boundary
+        ({"Content-Type": "application/x-www-form-urlencoded"}, many.encode()),
+        (
+            {"Content-Type": "multipart/form-data; boundary=b"},
+            b'--b\r\nContent-Disposition: form-data; name="password"\r\n\r\n'
+            + b"p" * 1_100_000
+            + b"\r\n--b--\r\n",
+        ),
+    ]
+
+    answers = [client.post("/login", headers=h, content=body) for h, body in bodies]
+
+    assert [answer.status_code for answer in answers] == [400, 400, 400]
+    assert all("text/html" in a.headers["content-type"] for a in answers)
+
+
 def test_a_sign_in_with_a_csrf_token_that_is_not_ascii_is_refused_not_a_500(
     client: TestClient,
 ) -> None:

@@ -8,9 +8,11 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
-from sheetbridge.insurance.models import LINES_OF_BUSINESS, POLICY_STATUSES
-from sheetbridge.web.deps import PageUser, Reader
+from sheetbridge.insurance.models import LINES_OF_BUSINESS, POLICY_STATUSES, User
+from sheetbridge.web.deps import PageUser
 from sheetbridge.web.security import (
     MAX_PASSWORD,
     authenticate,
@@ -38,25 +40,35 @@ def login_form(request: Request, error: str = "") -> Response:
 
 
 @router.post("/login")
-def login(
-    request: Request,
-    session: Reader,
-    username: Annotated[str, Form()] = "",
-    password: Annotated[str, Form()] = "",
-    csrf: Annotated[str, Form()] = "",
-) -> Response:
+async def login(request: Request) -> Response:
+    # The form is read here, not by FastAPI, so that a body the sign-in form
+    # never sends (no multipart boundary, a megabyte field, a thousand fields)
+    # is the sign-in page again, not an error in JSON.
+    try:
+        form = await request.form(max_files=0, max_fields=10)
+    except HTTPException:
+        return _login_again(request, "Wrong username or password.")
+    username, password, csrf = (
+        value if isinstance(value := form.get(name), str) else ""
+        for name in ("username", "password", "csrf")
+    )
     if not csrf_matches(request.session.get("csrf"), csrf):
         return _login_again(request, "Your sign-in form expired; please try again.")
     # No user has a longer name or password: refused without hashing it.
     if not 1 <= len(username) <= 64 or len(password) > MAX_PASSWORD:
         return _login_again(request, "Wrong username or password.")
-    user = authenticate(session, username, password)
+    user = await run_in_threadpool(_authenticate, request, username, password)
     if user is None:
         return _login_again(request, "Wrong username or password.")
     request.session.clear()
     request.session["uid"] = user.id
     request.session["csrf"] = new_csrf_token()
     return RedirectResponse("/", status_code=303)
+
+
+def _authenticate(request: Request, username: str, password: str) -> User | None:
+    with request.app.state.runtime.db.read_session() as session:
+        return authenticate(session, username, password)
 
 
 def _login_again(request: Request, error: str) -> Response:
