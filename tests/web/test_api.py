@@ -512,6 +512,21 @@ def test_notes_are_held_to_what_a_workbook_cell_holds_emoji_counting_twice(
     assert message == "at most 32,765 characters, an emoji counting as two"
 
 
+def test_a_state_is_one_of_the_us_postal_codes(alice: TestClient) -> None:
+    answers = {
+        state: alice.post("/api/customers", json={"name": "Ann", "state": state})
+        for state in ("XX", "pr", "DC")
+    }
+
+    assert {state: a.status_code for state, a in answers.items()} == {
+        "XX": 422,
+        "pr": 201,
+        "DC": 201,
+    }
+    assert answers["XX"].json()["detail"][0]["field"] == "state"
+    assert answers["pr"].json()["state"] == "PR"
+
+
 def test_tabs_and_line_breaks_are_text(alice: TestClient) -> None:
     answer = alice.post("/api/customers", json={"name": "Ann", "notes": "a\tb\r\nc"})
 

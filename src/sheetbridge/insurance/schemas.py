@@ -62,10 +62,76 @@ def _zip(value: str) -> str:
     return value
 
 
+# US postal codes: the states, DC, the territories and the military "states".
+US_STATES = frozenset(
+    [
+        "AL",
+        "AK",
+        "AZ",
+        "AR",
+        "CA",
+        "CO",
+        "CT",
+        "DE",
+        "FL",
+        "GA",
+        "HI",
+        "ID",
+        "IL",
+        "IN",
+        "IA",
+        "KS",
+        "KY",
+        "LA",
+        "ME",
+        "MD",
+        "MA",
+        "MI",
+        "MN",
+        "MS",
+        "MO",
+        "MT",
+        "NE",
+        "NV",
+        "NH",
+        "NJ",
+        "NM",
+        "NY",
+        "NC",
+        "ND",
+        "OH",
+        "OK",
+        "OR",
+        "PA",
+        "RI",
+        "SC",
+        "SD",
+        "TN",
+        "TX",
+        "UT",
+        "VT",
+        "VA",
+        "WA",
+        "WV",
+        "WI",
+        "WY",
+        "DC",
+        "PR",
+        "VI",
+        "GU",
+        "AS",
+        "MP",
+        "AA",
+        "AE",
+        "AP",
+    ]
+)
+
+
 def _state(value: str) -> str:
     value = value.strip().upper()
-    if value and not re.fullmatch(r"[A-Z]{2}", value):
-        raise ValueError("a state is a two-letter code like ME")
+    if value and value not in US_STATES:
+        raise ValueError("a state is a US postal code like ME")
     return value
 
 
