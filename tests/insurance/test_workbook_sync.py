@@ -473,7 +473,7 @@ def test_edits_the_record_as_a_whole_would_refuse_are_told_as_errors_by_to_sheet
 
     told = {(i["row"], i["column"]): i for i in pushed["tabs"]["Policies"]["issues"]}
     assert told[(2, "Expiration Date")]["kind"] == "error"
-    assert "before effective_date" in told[(2, "Expiration Date")]["reason"]
+    assert "before the effective date" in told[(2, "Expiration Date")]["reason"]
     assert told[(3, "Customer ID")]["kind"] == "error"
     assert "customer 999999 does not exist" in told[(3, "Customer ID")]["reason"]
     assert told[(4, "Carrier")]["kind"] == "pending_import"

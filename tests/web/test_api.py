@@ -165,7 +165,7 @@ def test_policy_dates_and_unknown_customer_are_rejected_by_field(
     assert backwards.status_code == 422
     (error,) = backwards.json()["detail"]
     assert error["field"] == "expiration_date"
-    assert "before effective_date" in error["msg"]
+    assert "before the effective date" in error["msg"]
     unknown = alice.post(
         "/api/policies",
         json={**body, "expiration_date": "2027-05-01", "customer_id": 999999},
@@ -510,6 +510,23 @@ def test_notes_are_held_to_what_a_workbook_cell_holds_emoji_counting_twice(
     }
     message = answers["emoji"].json()["detail"][0]["msg"]
     assert message == "at most 32,765 characters, an emoji counting as two"
+
+
+def test_text_too_short_or_long_is_told_in_plain_words(alice: TestClient) -> None:
+    messages = [
+        alice.post("/api/customers", json=body).json()["detail"][0]["msg"]
+        for body in (
+            {"name": " "},
+            {"name": "x" * 201},
+            {"name": "A", "city": "c" * 101},
+        )
+    ]
+
+    assert messages == [
+        "may not be empty",
+        "at most 200 characters",
+        "at most 100 characters",
+    ]
 
 
 def test_a_state_is_one_of_the_us_postal_codes(alice: TestClient) -> None:

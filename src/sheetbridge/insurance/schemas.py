@@ -139,15 +139,28 @@ def _text(value: str) -> str:
     return value.strip()
 
 
-Name = Annotated[str, AfterValidator(_text), Field(min_length=1, max_length=200)]
+def _words(most: int, *, required: bool = False) -> AfterValidator:
+    """Text without its surrounding spaces (as the sheet's copy, and every
+    comparison with it, has it), of at most ``most`` characters."""
+
+    def check(value: str) -> str:
+        value = value.strip()
+        if required and not value:
+            raise ValueError("may not be empty")
+        if len(value) > most:
+            raise ValueError(f"at most {most:,} characters")
+        return value
+
+    return AfterValidator(check)
+
+
+Name = Annotated[str, _words(200, required=True)]
 Email = Annotated[str, Field(max_length=254), AfterValidator(_email)]
 Phone = Annotated[str, Field(max_length=40), AfterValidator(_phone)]
 Zip = Annotated[str, Field(max_length=10), AfterValidator(_zip)]
 State = Annotated[str, Field(max_length=2), AfterValidator(_state)]
-# Free text loses its surrounding spaces, as the sheet's copy (and every
-# comparison with it) does.
-Address = Annotated[str, AfterValidator(_text), Field(max_length=300)]
-City = Annotated[str, AfterValidator(_text), Field(max_length=100)]
+Address = Annotated[str, _words(300)]
+City = Annotated[str, _words(100)]
 
 
 def _fits_a_cell(value: str) -> str:
@@ -182,8 +195,8 @@ Premium = Annotated[
     # it with the stored amount (an unchanged premium is no change).
     PlainSerializer(lambda value: f"{value:.2f}", return_type=str, when_used="json"),
 ]
-PolicyNumber = Annotated[str, AfterValidator(_text), Field(min_length=1, max_length=40)]
-ShortText = Annotated[str, AfterValidator(_text), Field(min_length=1, max_length=100)]
+PolicyNumber = Annotated[str, _words(40, required=True)]
+ShortText = Annotated[str, _words(100, required=True)]
 
 
 MAX_ID = 2**31 - 1
@@ -304,7 +317,7 @@ class PolicyFields(_Input):
     def _dates_in_order(cls, value: date, info: ValidationInfo) -> date:
         effective = info.data.get("effective_date")  # absent if itself invalid
         if effective is not None and value < effective:
-            raise ValueError("is before effective_date")
+            raise ValueError("is before the effective date")
         return value
 
 

@@ -223,7 +223,7 @@ class Book:
         effective = changes.get("effective_date", policy.effective_date)
         expiration = changes.get("expiration_date", policy.expiration_date)
         if expiration < effective:
-            raise InvalidField("expiration_date", "is before effective_date")
+            raise InvalidField("expiration_date", "is before the effective date")
         return self._update(policy, data.version, changes)
 
     def delete_policy(self, policy_id: int, version: int | None) -> None:
