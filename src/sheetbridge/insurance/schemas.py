@@ -136,7 +136,8 @@ def _state(value: str) -> str:
 
 
 def _text(value: str) -> str:
-    return value.strip()
+    # Line breaks as a workbook gives them back, so no sync sees a change.
+    return value.replace("\r\n", "\n").strip()
 
 
 def _words(most: int, *, required: bool = False) -> AfterValidator:
@@ -144,7 +145,7 @@ def _words(most: int, *, required: bool = False) -> AfterValidator:
     comparison with it, has it), of at most ``most`` characters."""
 
     def check(value: str) -> str:
-        value = value.strip()
+        value = _text(value)
         if required and not value:
             raise ValueError("may not be empty")
         if len(value) > most:
