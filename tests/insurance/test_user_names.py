@@ -11,16 +11,20 @@ from sheetbridge.web.deps import Runtime
 from sheetbridge.web.security import UserError, add_user
 
 
+def refusal(runtime: Runtime, name: str) -> str:
+    """Why adding an agent of this name is refused."""
+    with runtime.db.session() as session, pytest.raises(UserError) as refused:
+        add_user(session, name, "long-enough-1", role="agent")
+    return str(refused.value)
+
+
 @pytest.mark.parametrize(
     "name", ["", "../../outside", "x/../alice", ".hidden", "a b", "back\\slash", "é"]
 )
 def test_a_user_name_that_is_not_a_plain_file_name_is_refused(
     runtime: Runtime, name: str
 ) -> None:
-    with runtime.db.session() as session, pytest.raises(UserError) as refused:
-        add_user(session, name, "long-enough-1", role="agent")
-
-    assert "letters, digits" in str(refused.value)
+    assert "letters, digits" in refusal(runtime, name)
 
 
 def test_plain_names_with_dots_dashes_and_underscores_are_accepted(
@@ -51,17 +55,11 @@ def test_a_name_differing_only_in_case_from_a_user_is_refused(
     runtime: Runtime,
 ) -> None:
     # Two such workbooks would be one file on a case-insensitive disk.
-    with runtime.db.session() as session, pytest.raises(UserError) as refused:
-        add_user(session, "ALICE", "long-enough-1", role="agent")
-
-    assert "already exists" in str(refused.value)
+    assert "already exists" in refusal(runtime, "ALICE")
 
 
 @pytest.mark.parametrize("name", ["con", "NUL", "com1", "lpt9.x", "aux"])
 def test_names_windows_keeps_for_devices_are_refused(
     runtime: Runtime, name: str
 ) -> None:
-    with runtime.db.session() as session, pytest.raises(UserError) as refused:
-        add_user(session, name, "long-enough-1", role="agent")
-
-    assert "reserved" in str(refused.value)
+    assert "reserved" in refusal(runtime, name)
