@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -67,11 +67,6 @@ async def runtime(request: Request) -> Runtime:
     return _runtime(request)
 
 
-def reader(request: Request) -> Iterator[Session]:
-    with _runtime(request).db.read_session() as session:
-        yield session
-
-
 class NotSignedIn(Exception):
     """Raised for page requests without a session; answered with a redirect."""
 
@@ -133,7 +128,6 @@ async def page_user(request: Request) -> User:
         raise NotSignedIn from exc
 
 
-Reader = Annotated[Session, Depends(reader)]
 CurrentUser = Annotated[User, Depends(current_user)]
 PageUser = Annotated[User, Depends(page_user)]
 RuntimeDep = Annotated[Runtime, Depends(runtime)]
