@@ -720,14 +720,7 @@ def _tell_refused_edits(mapping: TabMapping, plan: ToSheetPlan) -> None:
             reason = "; ".join(why for _, why in _reasons(exc))
         else:
             continue
-        plan.issues[index] = dataclasses.replace(
-            issue,
-            reason=f"edited in the sheet, but cannot be imported: {reason}; "
-            "fix it in the sheet",
-            kind="error",
-        )
-        plan.counts["pending_import"] -= 1
-        plan.counts["errors"] += 1
+        _pending_to_error(plan, index, f"cannot be imported: {reason}")
 
 
 def _tell_refused_new_rows(mapping: TabMapping, plan: ToSheetPlan) -> None:
@@ -831,14 +824,18 @@ def _refuse_pending(
     ]
     reason = "; ".join(why for _, why in refusals)
     for index in named or indexes:
-        plan.issues[index] = dataclasses.replace(
-            plan.issues[index],
-            reason=f"edited in the sheet, but the record cannot take it: {reason}; "
-            "fix it in the sheet",
-            kind="error",
-        )
-        plan.counts["pending_import"] -= 1
-        plan.counts["errors"] += 1
+        _pending_to_error(plan, index, f"the record cannot take it: {reason}")
+
+
+def _pending_to_error(plan: ToSheetPlan, index: int, why: str) -> None:
+    """Tell a pending sheet edit as an error the import would make of it."""
+    plan.issues[index] = dataclasses.replace(
+        plan.issues[index],
+        reason=f"edited in the sheet, but {why}; fix it in the sheet",
+        kind="error",
+    )
+    plan.counts["pending_import"] -= 1
+    plan.counts["errors"] += 1
 
 
 def _reasons(exc: Exception) -> list[tuple[str | None, str]]:
