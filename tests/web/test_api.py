@@ -674,3 +674,28 @@ def test_a_premium_of_minus_zero_is_stored_as_zero(
     assert created.json()["premium"] == "0.00"
     stored = alice.get(f"/api/policies/{created.json()['id']}").json()
     assert stored["premium"] == "0.00"
+
+
+def test_the_api_docs_show_each_text_fields_length_limits(alice: TestClient) -> None:
+    schemas = alice.get("/openapi.json").json()["components"]["schemas"]
+    customer = schemas["CustomerCreate"]["properties"]
+    policy = schemas["PolicyCreate"]["properties"]
+
+    assert (customer["name"]["minLength"], customer["name"]["maxLength"]) == (1, 200)
+    assert customer["city"]["maxLength"] == 100
+    assert "minLength" not in customer["city"]
+    assert customer["address"]["maxLength"] == 300
+    assert customer["notes"]["maxLength"] == 32_765
+    assert policy["policy_number"]["maxLength"] == 40
+    assert policy["carrier"]["maxLength"] == 100
+
+
+def test_the_api_docs_show_a_record_ids_bounds_as_its_minimum_and_maximum(
+    alice: TestClient,
+) -> None:
+    schemas = alice.get("/openapi.json").json()["components"]["schemas"]
+    customer_id = schemas["PolicyCreate"]["properties"]["customer_id"]
+    version = schemas["PolicyUpdate"]["properties"]["version"]
+
+    assert (customer_id["minimum"], customer_id["maximum"]) == (1, 2**31 - 1)
+    assert (version["minimum"], version["maximum"]) == (1, 2**31 - 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Generic, Literal, TypeVar
@@ -14,10 +15,14 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
     PlainSerializer,
     ValidationInfo,
     field_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
 
 from sheetbridge import clock
 from sheetbridge.sheets.base import XLSX_TEXT_LIMIT, cell_length
@@ -84,28 +89,45 @@ def _text(value: str) -> str:
     return value.replace("\r\n", "\n").strip()
 
 
-def _words(most: int, *, required: bool = False) -> AfterValidator:
+@dataclass(frozen=True)
+class _Words:
     """Text without its surrounding spaces (as the sheet's copy, and every
-    comparison with it, has it), of at most ``most`` characters."""
+    comparison with it, has it), of at most ``most`` characters; the API docs
+    show the limits."""
 
-    def check(value: str) -> str:
+    most: int
+    required: bool = False
+
+    def check(self, value: str) -> str:
         value = _text(value)
-        if required and not value:
+        if self.required and not value:
             raise ValueError("may not be empty")
-        if len(value) > most:
-            raise ValueError(f"at most {most:,} characters")
+        if len(value) > self.most:
+            raise ValueError(f"at most {self.most:,} characters")
         return value
 
-    return AfterValidator(check)
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        return core_schema.no_info_after_validator_function(self.check, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        shown = handler(schema)
+        shown["maxLength"] = self.most
+        if self.required:
+            shown["minLength"] = 1
+        return shown
 
 
-Name = Annotated[str, _words(200, required=True)]
+Name = Annotated[str, _Words(200, required=True)]
 Email = Annotated[str, Field(max_length=254), AfterValidator(_email)]
 Phone = Annotated[str, Field(max_length=40), AfterValidator(_phone)]
 Zip = Annotated[str, Field(max_length=10), AfterValidator(_zip)]
 State = Annotated[str, Field(max_length=2), AfterValidator(_state)]
-Address = Annotated[str, _words(300)]
-City = Annotated[str, _words(100)]
+Address = Annotated[str, _Words(300)]
+City = Annotated[str, _Words(100)]
 
 
 def _fits_a_cell(value: str) -> str:
@@ -117,7 +139,12 @@ def _fits_a_cell(value: str) -> str:
     return value
 
 
-Notes = Annotated[str, AfterValidator(_text), AfterValidator(_fits_a_cell)]
+Notes = Annotated[
+    str,
+    AfterValidator(_text),
+    AfterValidator(_fits_a_cell),
+    Field(json_schema_extra={"maxLength": XLSX_TEXT_LIMIT}),
+]
 # SQLite gives back naive datetimes; every time the API shows is UTC, marked so.
 UtcTime = Annotated[datetime, AfterValidator(clock.as_utc)]
 MAX_PREMIUM = Decimal("9999999999.99")  # the column holds 12 digits, 2 of them cents
@@ -140,8 +167,8 @@ Premium = Annotated[
     # it with the stored amount (an unchanged premium is no change).
     PlainSerializer(lambda value: f"{value:.2f}", return_type=str, when_used="json"),
 ]
-PolicyNumber = Annotated[str, _words(40, required=True)]
-ShortText = Annotated[str, _words(100, required=True)]
+PolicyNumber = Annotated[str, _Words(40, required=True)]
+ShortText = Annotated[str, _Words(100, required=True)]
 
 
 MAX_ID = 2**31 - 1
@@ -155,9 +182,11 @@ def _not_true_or_false(value: object) -> object:
 
 
 WholeNumber = BeforeValidator(_not_true_or_false)
-RecordId = Annotated[int, WholeNumber, Field(ge=1, le=MAX_ID)]
+# The bounds first, so they apply to the number itself (and the API docs show
+# them as its minimum and maximum).
+RecordId = Annotated[int, Field(ge=1, le=MAX_ID), WholeNumber]
 Version = Annotated[
-    int, WholeNumber, Field(ge=1, le=MAX_ID, description="The version edited")
+    int, Field(ge=1, le=MAX_ID, description="The version edited"), WholeNumber
 ]
 NULLABLE = frozenset({"date_of_birth", "agent_id"})
 # Text a record may leave blank: null clears it, as "" does.
