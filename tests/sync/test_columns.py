@@ -132,6 +132,13 @@ def test_money_rejects_text_and_extra_decimals_with_a_reason() -> None:
     assert "not an amount" in reason(MONEY, True)
 
 
+@pytest.mark.parametrize("raw", [1e15, "1000000000000000", -1e20, Decimal("1e300")])
+def test_an_amount_too_large_to_keep_to_the_cent_is_called_too_large(
+    raw: Cell,
+) -> None:
+    assert reason(MONEY, raw) == "too large for an amount"
+
+
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [

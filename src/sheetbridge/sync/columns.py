@@ -238,10 +238,16 @@ def _integral(value: Decimal) -> int:
     return int(value)
 
 
+# From here on a spreadsheet's numbers (doubles) no longer hold every cent.
+_TOO_LARGE = Decimal("1e15")
+
+
 def _parse_money(column: Column, raw: Cell) -> str:
     amount = _to_decimal(raw)
-    if not amount.is_finite() or abs(amount) >= Decimal("1e15"):
+    if not amount.is_finite():
         raise CellError("not an amount; use a number like 1234.50")
+    if abs(amount) >= _TOO_LARGE:
+        raise CellError("too large for an amount")
     cents = amount.quantize(_CENT)
     if abs(amount - cents) > _MONEY_TOLERANCE:
         raise CellError("has more than 2 decimal places; use an amount like 1234.50")
