@@ -152,7 +152,7 @@ NOTES = (
     "Pays annually by check.",
     "Speaks Spanish at home; prefers bilingual agent.",
     "Line one\nLine two: multi-line note.",
-    "  Leading and trailing spaces kept  ",
+    "Inner  double  spaces  stay as typed.",
 )
 # Notes a spreadsheet would take for formulas unless written as text.
 FORMULA_LIKE_NOTES = (
