@@ -499,6 +499,33 @@ def test_a_renamed_header_never_blanks_that_field_in_the_app(synced: Runtime) ->
     assert _cities(synced) == cities
 
 
+def test_edits_made_while_a_header_was_renamed_sync_once_its_name_is_back(
+    synced: Runtime,
+) -> None:
+    with alices_tab(synced) as (customers, header):
+        customers.cell(1, header["City"]).value = "Town"
+        cleared_in_app = int(customers.cell(2, 1).value)
+        edited_in_sheet = int(customers.cell(3, 1).value)
+        customers.cell(3, header["City"]).value = "Edited While Renamed"
+    run_sync(synced, "alice", FROM_SHEET)
+    with synced.db.session() as session:
+        customer = session.get(Customer, cleared_in_app)
+        assert customer is not None
+        customer.city = ""
+    with alices_tab(synced) as (customers, header):
+        customers.cell(1, header["Town"]).value = "City"
+
+    pulled = run_sync(synced, "alice", FROM_SHEET)
+    pushed = run_sync(synced, "alice", TO_SHEET)
+
+    assert pulled["tabs"]["Customers"]["counts"]["conflicts"] == 0
+    assert customer_field(synced, cleared_in_app, "city") == ""
+    assert customer_field(synced, edited_in_sheet, "city") == "Edited While Renamed"
+    assert pushed["tabs"]["Customers"]["counts"]["conflicts"] == 0
+    with alices_tab(synced) as (customers, header):
+        assert customers.cell(2, header["City"]).value is None
+
+
 def _cities(runtime: Runtime) -> dict[int, str]:
     with runtime.db.read_session() as session:
         rows = session.execute(select(Customer.id, Customer.city))

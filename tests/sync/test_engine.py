@@ -4,6 +4,7 @@ import copy
 from datetime import date, datetime, time
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -223,8 +224,40 @@ def test_a_renamed_column_is_left_for_its_name_to_come_back_then_syncs() -> None
     tab.rows[0][HEADER.index("Note")] = "Note"
     again = plan_from_sheet(MAPPING, tab, app, renamed.snapshots)
 
-    assert again.updates == {} and again.counts["conflicts"] == 1
-    assert [c.sheet for c in again.conflicts] == ["edited meanwhile"]
+    assert again.updates == {1: {"note": "edited meanwhile"}}
+    assert again.counts["conflicts"] == 0
+
+
+@pytest.mark.parametrize("plan_while_renamed", [plan_to_sheet, plan_from_sheet])
+def test_syncs_while_a_column_is_renamed_keep_its_last_synced_values(
+    plan_while_renamed: Any,
+) -> None:
+    app = {1: rec("Ann", note="call back"), 2: rec("Bob", note="paid")}
+    tab, base = synced(app)
+    tab.rows[0][HEADER.index("Note")] = "Remark"
+
+    renamed = plan_while_renamed(MAPPING, tab, app, base)
+    app[1]["note"] = None  # cleared in the app meanwhile
+    tab.rows[0][HEADER.index("Note")] = "Note"
+    to = plan_to_sheet(MAPPING, tab, app, renamed.snapshots)
+    frm = plan_from_sheet(MAPPING, tab, app, renamed.snapshots)
+
+    assert renamed.snapshots == base
+    assert to.changes.cells == {(2, HEADER.index("Note") + 1): None}
+    assert frm.updates == {} and frm.counts["conflicts"] == 0
+
+
+@pytest.mark.parametrize("plan_while_doubled", [plan_to_sheet, plan_from_sheet])
+def test_syncs_while_a_header_is_doubled_keep_its_last_synced_values(
+    plan_while_doubled: Any,
+) -> None:
+    app = {1: rec("Ann", note="call back"), 2: rec("Bob", note="paid")}
+    tab, base = synced(app)
+    tab.rows[0][HEADER.index("Phone")] = "Note"
+
+    doubled = plan_while_doubled(MAPPING, tab, app, base)
+
+    assert doubled.snapshots == base
 
 
 def test_an_unknown_header_beside_a_missing_column_is_named_both_ways() -> None:

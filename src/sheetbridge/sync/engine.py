@@ -553,7 +553,7 @@ def _sync_row_to_sheet(
         return
     old = base.get(record_id)
     writes: dict[int, Cell] = {}
-    snapshot: Record = {}
+    snapshot = _last_agreed(old)
     for column, index in ctx.columns:
         write = _field_to_sheet(
             ctx, record_id, number, column, _cell(cells, index), record, old, snapshot
@@ -628,6 +628,14 @@ def _field_to_sheet(
         _report_conflict(ctx.plan.issues, ctx.plan.conflicts, ctx.mapping, conflict)
         ctx.plan.counts["conflicts"] += 1
     return None
+
+
+def _last_agreed(old: Record | None) -> Record:
+    """Where a row's new snapshot starts: what both sides last agreed on. A
+    field this sync does not decide (its column renamed, doubled or unreadable
+    for now) keeps that value, so edits made meanwhile on either side are
+    still told apart when the column is back."""
+    return dict(old) if old is not None else {}
 
 
 def _keep_base(snapshot: Record, name: str, base_value: Canonical | _Missing) -> None:
@@ -922,7 +930,7 @@ def _import_row(
         return
     old = base.get(record_id)
     updates: Record = {}
-    snapshot: Record = {}
+    snapshot = _last_agreed(old)
     for column, _ in ctx.columns:
         name = column.field
         if name not in values:
