@@ -155,3 +155,27 @@ def test_a_missing_spreadsheet_fails_the_job_naming_it(
     assert bad.status_code == 422
     with pytest.raises(AssertionError, match="no-such-spreadsheet-id"):
         run_sync(runtime, "alice", TO_SHEET)
+
+
+def test_a_note_longer_than_the_app_keeps_is_an_error_in_to_sheet_not_pending(
+    runtime: Runtime, spreadsheet_id: str, emulator: EmulatorServer
+) -> None:
+    run_sync(runtime, "alice", TO_SHEET)
+    backend = GoogleHarness(emulator).backend(spreadsheet_id)
+    tab = backend.read_tabs(["Customers"])["Customers"]
+    assert tab is not None
+    notes = [str(cell) for cell in tab.rows[0]].index("Notes") + 1
+    backend.write(
+        {
+            "Customers": TabChanges(
+                cells={(2, notes): "n" * 40_000, (3, notes): "a short note"}
+            )
+        }
+    )
+
+    pushed = run_sync(runtime, "alice", TO_SHEET)
+
+    told = {(i["row"], i["column"]): i for i in pushed["tabs"]["Customers"]["issues"]}
+    assert told[(2, "Notes")]["kind"] == "error"
+    assert "at most 32,765 characters" in told[(2, "Notes")]["reason"]
+    assert told[(3, "Notes")]["kind"] == "pending_import"

@@ -481,6 +481,61 @@ def test_edits_the_record_as_a_whole_would_refuse_are_told_as_errors_by_to_sheet
     assert sorted(i["row"] for i in refused) == [2, 3]
 
 
+def test_a_policy_number_used_twice_in_the_book_is_told_as_an_error_by_to_sheet(
+    synced: Runtime,
+) -> None:
+    with alices_tab(synced, "Policies") as (policies, header):
+        taken = policies.cell(2, header["Policy Number"]).value
+        policies.cell(3, header["Policy Number"]).value = taken
+        policies.cell(4, header["Policy Number"]).value = "NEW-0001"
+        last = policies.max_row
+        for column in ("Customer ID", "Line of Business", "Carrier", "Premium"):
+            policies.cell(last + 1, header[column]).value = policies.cell(
+                2, header[column]
+            ).value
+        policies.cell(last + 1, header["Status"]).value = "active"
+        policies.cell(last + 1, header["Effective Date"]).value = date(2026, 1, 1)
+        policies.cell(last + 1, header["Expiration Date"]).value = date(2027, 1, 1)
+        policies.cell(last + 1, header["Policy Number"]).value = "NEW-0001"
+
+    pushed = run_sync(synced, "alice", TO_SHEET)
+    pulled = run_sync(synced, "alice", FROM_SHEET)
+
+    issues = pushed["tabs"]["Policies"]["issues"]
+    told = {(i["row"], i["column"]): i for i in issues}
+    assert told[(3, "Policy Number")]["kind"] == "error"
+    assert "row 2" in told[(3, "Policy Number")]["reason"]
+    assert told[(4, "Policy Number")]["kind"] == "error"
+    assert f"row {last + 1}" in told[(4, "Policy Number")]["reason"]
+    assert told[(last + 1, "Policy Number")]["kind"] == "error"
+    assert "row 4" in told[(last + 1, "Policy Number")]["reason"]
+    pulled_errors = {
+        i["row"] for i in pulled["tabs"]["Policies"]["issues"] if i["kind"] == "error"
+    }
+    assert {3, last + 1} <= pulled_errors
+
+
+def test_a_new_policy_row_for_a_customer_not_in_the_book_is_an_error_in_to_sheet(
+    synced: Runtime,
+) -> None:
+    with alices_tab(synced, "Policies") as (policies, header):
+        last = policies.max_row
+        for column in header:
+            if column != "ID":
+                policies.cell(last + 1, header[column]).value = policies.cell(
+                    2, header[column]
+                ).value
+        policies.cell(last + 1, header["Policy Number"]).value = "NEW-0002"
+        policies.cell(last + 1, header["Customer ID"]).value = 999999
+
+    pushed = run_sync(synced, "alice", TO_SHEET)
+
+    told = {(i["row"], i["column"]): i for i in pushed["tabs"]["Policies"]["issues"]}
+    assert told[(last + 1, "Customer ID")]["kind"] == "error"
+    assert "customer 999999" in told[(last + 1, "Customer ID")]["reason"]
+    assert pushed["tabs"]["Policies"]["counts"]["pending_import"] == 0
+
+
 def test_a_renamed_header_never_blanks_that_field_in_the_app(synced: Runtime) -> None:
     cities = _cities(synced)
     with alices_tab(synced) as (customers, header):

@@ -63,7 +63,7 @@ from sheetbridge.sheets.errors import SheetError
 from sheetbridge.sheets.google import GoogleSheetsBackend
 from sheetbridge.sheets.quota import limiter_from_settings
 from sheetbridge.sheets.xlsx import XlsxBackend
-from sheetbridge.sync.columns import Canonical, CellError, Column, parse_cell
+from sheetbridge.sync.columns import Canonical, Column
 from sheetbridge.sync.engine import (
     DELETE_MODES,
     FromSheetPlan,
@@ -684,6 +684,10 @@ class _Importer:
         self.plan.counts["errors"] = self.plan.counts.get("errors", 0) + 1
 
 
+# Why the import would refuse a record: the field named (if any), in words.
+Refusal = tuple[str | None, str]
+
+
 def _text_of(value: object) -> str | None:
     return None if value is None else str(value)
 
@@ -693,46 +697,128 @@ def _tell_refused(
 ) -> None:
     """Sheet edits and new rows still to import that the import would refuse
     are errors to fix in the sheet, not changes waiting for a sync from the
-    sheet, which would only refuse them again. A policy number already in use
-    is left for the import, which alone sees every book."""
+    sheet, which would only refuse them again. A policy number used in
+    another agent's book is left for the import, which alone sees every book."""
+    customers = app[CUSTOMERS.tab]
     _tell_refused_edits(mapping, plan)
-    _tell_refused_records(mapping, plan, app[mapping.tab], app[CUSTOMERS.tab])
-    _tell_refused_new_rows(mapping, plan)
+    _tell_refused_records(mapping, plan, app[mapping.tab], customers)
+    taken = _tell_numbers_taken(plan, app[POLICIES.tab]) if mapping is POLICIES else {}
+    _tell_refused_new_rows(mapping, plan, customers, taken)
+
+
+@dataclass
+class _PendingEdit:
+    """A sheet edit waiting for the import: its issue, record, column and value
+    as the import will read it."""
+
+    index: int
+    record_id: int
+    column: Column
+    value: Canonical
+
+
+def _pending_edits(mapping: TabMapping, plan: ToSheetPlan) -> list[_PendingEdit]:
+    by_header = {column.header: column for column in mapping.columns}
+    record_of = {row: record_id for record_id, row in plan.rows.items()}
+    pending = []
+    for index, issue in enumerate(plan.issues):
+        column = by_header.get(issue.column or "")
+        record_id = record_of.get(issue.row or 0)
+        if issue.kind != "pending_import" or column is None or record_id is None:
+            continue
+        edits = plan.edits.get(record_id, {})
+        if column.field in edits:
+            pending.append(_PendingEdit(index, record_id, column, edits[column.field]))
+    return pending
 
 
 def _tell_refused_edits(mapping: TabMapping, plan: ToSheetPlan) -> None:
     """Each edited cell checked alone, as the record's schema checks it (a
     state "12", a negative premium)."""
     schema = CustomerUpdate if mapping is CUSTOMERS else PolicyUpdate
-    by_header = {column.header: column for column in mapping.columns}
-    for index, issue in enumerate(plan.issues):
-        column = by_header.get(issue.column or "")
-        if issue.kind != "pending_import" or column is None or column.readonly:
-            continue
+    for edit in _pending_edits(mapping, plan):
         try:
-            value = _pending_value(column, issue)
             schema.model_validate(
-                {"version": 1, **to_python(mapping, {column.field: value})}
+                {"version": 1, **to_python(mapping, {edit.column.field: edit.value})}
             )
-        except CellError as exc:
-            reason = exc.reason
         except ValidationError as exc:
             reason = "; ".join(why for _, why in _reasons(exc))
         else:
             continue
-        _pending_to_error(plan, index, f"cannot be imported: {reason}")
+        _pending_to_error(plan, edit.index, f"cannot be imported: {reason}")
 
 
-def _tell_refused_new_rows(mapping: TabMapping, plan: ToSheetPlan) -> None:
+def _tell_refused_records(
+    mapping: TabMapping,
+    plan: ToSheetPlan,
+    records: dict[int, Record],
+    customers: Collection[int],
+) -> None:
+    """A row's edits, which pass one by one, checked together with the rest of
+    their record (an expiration date before the effective date, a customer
+    that is not in the book)."""
+    schema = CustomerCreate if mapping is CUSTOMERS else PolicyCreate
+    by_record: dict[int, list[_PendingEdit]] = defaultdict(list)
+    for edit in _pending_edits(mapping, plan):
+        by_record[edit.record_id].append(edit)
+    for record_id, edits in by_record.items():
+        record = records.get(record_id)
+        if record is None:
+            continue
+        edited = record | {edit.column.field: edit.value for edit in edits}
+        refusals = _record_refusals(schema, mapping, edited, customers)
+        if refusals:
+            _refuse_pending(plan, edits, refusals)
+
+
+def _tell_numbers_taken(
+    plan: ToSheetPlan, policies: dict[int, Record]
+) -> dict[int, list[Refusal]]:
+    """A policy number a sheet edit or a new row gives a policy while another
+    policy of the book has it, or will after the import. Edits are told at
+    once; the new rows' refusals are returned by row."""
+    holders: dict[Canonical, list[str]] = defaultdict(list)
+    for record_id, record in policies.items():
+        number = plan.edits.get(record_id, {}).get(
+            "policy_number", record.get("policy_number")
+        )
+        row = plan.rows.get(record_id)
+        holders[number].append(f"row {row}" if row else f"policy {record_id}")
+    for new in plan.new_rows:
+        holders[new.values.get("policy_number")].append(f"row {new.row}")
+
+    def used(number: Canonical, here: str) -> str | None:
+        others = [where for where in holders[number] if where != here]
+        if number is None or not others:
+            return None
+        return f"policy number {number} is already used by {', '.join(others)}"
+
+    for edit in _pending_edits(POLICIES, plan):
+        if edit.column.field == "policy_number":
+            why = used(edit.value, f"row {plan.rows[edit.record_id]}")
+            if why:
+                _pending_to_error(plan, edit.index, f"cannot be imported: {why}")
+    taken: dict[int, list[Refusal]] = {}
+    for new in plan.new_rows:
+        why = used(new.values.get("policy_number"), f"row {new.row}")
+        if why:
+            taken[new.row] = [("policy_number", why)]
+    return taken
+
+
+def _tell_refused_new_rows(
+    mapping: TabMapping,
+    plan: ToSheetPlan,
+    customers: Collection[int],
+    taken: dict[int, list[Refusal]],
+) -> None:
     """Rows typed into the sheet, checked as the records they would create."""
     schema = CustomerCreate if mapping is CUSTOMERS else PolicyCreate
     header = {column.field: column.header for column in mapping.columns}
     for new in plan.new_rows:
-        try:
-            schema.model_validate(to_python(mapping, new.values))
-        except ValidationError as exc:
-            refusals = _reasons(exc)
-        else:
+        refusals = _record_refusals(schema, mapping, new.values, customers)
+        refusals += taken.get(new.row, [])
+        if not refusals:
             continue
         plan.issues = [
             issue
@@ -755,49 +841,12 @@ def _tell_refused_new_rows(mapping: TabMapping, plan: ToSheetPlan) -> None:
         plan.counts["errors"] += 1
 
 
-def _pending_value(column: Column, issue: Issue) -> Canonical:
-    """The value of a pending sheet edit, as the import will read it."""
-    text = issue.value or ""
-    if column.digits and text.isdigit():
-        text = text.zfill(column.digits)  # as the import pads a number typed in
-    return parse_cell(column, text)
-
-
-def _tell_refused_records(
-    mapping: TabMapping,
-    plan: ToSheetPlan,
-    records: dict[int, Record],
-    customers: Collection[int],
-) -> None:
-    """A row's edits, which pass one by one, checked together with the rest of
-    their record (an expiration date before the effective date, a customer
-    that is not in the book)."""
-    schema = CustomerCreate if mapping is CUSTOMERS else PolicyCreate
-    by_header = {column.header: column for column in mapping.columns}
-    record_of = {row: record_id for record_id, row in plan.rows.items()}
-    pending: dict[int, list[int]] = defaultdict(list)  # row -> issue indexes
-    for index, issue in enumerate(plan.issues):
-        if issue.kind == "pending_import" and issue.column in by_header:
-            pending[issue.row or 0].append(index)
-    for row, indexes in pending.items():
-        record = records.get(record_of.get(row, 0))
-        if record is None:
-            continue
-        edited = dict(record)
-        for index in indexes:
-            column = by_header[plan.issues[index].column or ""]
-            edited[column.field] = _pending_value(column, plan.issues[index])
-        refusals = _record_refusals(schema, mapping, edited, customers)
-        if refusals:
-            _refuse_pending(plan, indexes, refusals, by_header)
-
-
 def _record_refusals(
     schema: type[CustomerCreate] | type[PolicyCreate],
     mapping: TabMapping,
     record: Record,
     customers: Collection[int],
-) -> list[tuple[str | None, str]]:
+) -> list[Refusal]:
     try:
         schema.model_validate(to_python(mapping, record))
     except ValidationError as exc:
@@ -809,22 +858,15 @@ def _record_refusals(
 
 
 def _refuse_pending(
-    plan: ToSheetPlan,
-    indexes: list[int],
-    refusals: list[tuple[str | None, str]],
-    by_header: dict[str, Column],
+    plan: ToSheetPlan, edits: list[_PendingEdit], refusals: list[Refusal]
 ) -> None:
     """Tell a row's pending edits as errors: those of the fields refused, or
     all of them when the refusal names a field the sheet did not edit."""
-    field_of = {
-        index: by_header[plan.issues[index].column or ""].field for index in indexes
-    }
-    named = [
-        index for index in indexes if any(f == field_of[index] for f, _ in refusals)
-    ]
+    refused = {field for field, _ in refusals}
+    named = [edit for edit in edits if edit.column.field in refused]
     reason = "; ".join(why for _, why in refusals)
-    for index in named or indexes:
-        _pending_to_error(plan, index, f"the record cannot take it: {reason}")
+    for edit in named or edits:
+        _pending_to_error(plan, edit.index, f"the record cannot take it: {reason}")
 
 
 def _pending_to_error(plan: ToSheetPlan, index: int, why: str) -> None:
@@ -838,7 +880,7 @@ def _pending_to_error(plan: ToSheetPlan, index: int, why: str) -> None:
     plan.counts["errors"] += 1
 
 
-def _reasons(exc: Exception) -> list[tuple[str | None, str]]:
+def _reasons(exc: Exception) -> list[Refusal]:
     if isinstance(exc, ValidationError):
         return [
             (

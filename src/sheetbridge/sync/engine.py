@@ -97,6 +97,9 @@ class ToSheetPlan:
     # Rows typed into the sheet, left for the next sync from the sheet.
     new_rows: list[NewRow] = dataclasses.field(default_factory=list)
     rows: dict[int, int] = dataclasses.field(default_factory=dict)  # id -> row
+    # Sheet edits left for it too, by record: each field's value as the
+    # import will read it (an issue shows only the start of a long one).
+    edits: dict[int, Record] = dataclasses.field(default_factory=dict)
 
 
 @dataclass
@@ -611,6 +614,7 @@ def _field_to_sheet(
         return (render_cell(column, app_value),)
     elif outcome is _Outcome.SHEET:
         _keep_base(snapshot, name, base_value)
+        ctx.plan.edits.setdefault(record_id, {})[name] = sheet_value
         ctx.issue(
             _pending_edit_issue(ctx.mapping, number, column, raw), "pending_import"
         )
