@@ -1070,3 +1070,36 @@ def test_a_bad_cell_is_quoted_as_the_sheet_shows_it_never_as_python(
     plan = plan_from_sheet(MAPPING, tab_of(row), app, app)
     (issue,) = [i for i in plan.issues if i.kind == "error"]
     assert (issue.column, issue.value) == ("Start", shown)
+
+
+@pytest.mark.parametrize("plan", [plan_to_sheet, plan_from_sheet])
+def test_only_a_column_without_header_that_holds_values_is_warned_about(
+    plan: Any,
+) -> None:
+    app = {1: rec("Ann"), 2: rec("Bob")}
+    tab, base = synced(app)
+    tab.rows[0] += [None, None, None, "Helper"]  # J, K, L empty; M has a header
+    tab.rows[2] += [None, "typed", None, "x"]  # a value in K
+
+    warned = [i for i in plan(MAPPING, tab, app, base).issues if i.kind == "warning"]
+
+    assert [(i.column, i.reason) for i in warned] == [
+        ("K", "column K has no header; its values are not synced")
+    ]
+
+
+def test_an_import_without_an_optional_column_says_its_values_were_not_imported() -> (
+    None
+):
+    app = {1: rec("Ann"), 2: rec("Bob")}
+    tab, base = synced(app)
+    phone = HEADER.index("Phone")
+    for row in tab.rows:
+        del row[phone]
+
+    plan = plan_from_sheet(MAPPING, tab, app, base)
+
+    assert [(i.column, i.kind) for i in plan.issues] == [("Phone", "warning")]
+    assert "'Phone' is missing" in plan.issues[0].reason
+    assert "Sync to sheet" in plan.issues[0].reason
+    assert plan.updates == {}

@@ -191,10 +191,22 @@ class _Layout:
         ]
 
 
-def _read_layout(mapping: TabMapping, header: Sequence[Cell]) -> _Layout:
+def _read_layout(mapping: TabMapping, rows: Sequence[list[Cell]]) -> _Layout:
+    header = rows[0] if rows else []
     positions: dict[str, list[int]] = defaultdict(list)
     for index, text in enumerate(header):
         positions[normalize_header(text)].append(index)
+    # A column without a header among ours is told; one past ours only if it
+    # holds something (not the empty gap before someone's own column).
+    ours = {normalize_header(mapping.id_header)}
+    ours.update(normalize_header(column.header) for column in mapping.columns)
+    last_ours = max((i for name in ours for i in positions.get(name, [])), default=-1)
+    positions[""] = [
+        index
+        for index in positions.get("", [])
+        if index < last_ours
+        or any(index < len(row) and not _is_blank(row[index]) for row in rows[1:])
+    ]
     layout = _Layout(None, {}, [], set(), False, len(header), [])
     id_positions = positions.get(normalize_header(mapping.id_header), [])
     layout.id_ambiguous = len(id_positions) > 1
@@ -210,8 +222,6 @@ def _read_layout(mapping: TabMapping, header: Sequence[Cell]) -> _Layout:
             layout.missing.append(column)
     layout.issues = _header_issues(mapping, header, positions)
     if layout.missing:
-        ours = {normalize_header(mapping.id_header)}
-        ours.update(normalize_header(column.header) for column in mapping.columns)
         layout.strangers = [
             index
             for index, text in enumerate(header)
@@ -422,6 +432,19 @@ def _missing_header_issue(
     )
 
 
+def _missing_column_issue(mapping: TabMapping, header: str) -> Issue:
+    return Issue(
+        mapping.tab,
+        1,
+        header,
+        None,
+        f"column {header!r} is missing from the header row of tab "
+        f"{mapping.tab!r}; its values were not imported — Sync to sheet "
+        "adds it back with the app's values",
+        "warning",
+    )
+
+
 # to-sheet
 
 
@@ -480,7 +503,7 @@ def plan_to_sheet(
         base = {}
     rows = tab.rows if tab is not None else []
     plan = ToSheetPlan(TabChanges(), {}, set(), [], [], _to_sheet_counts())
-    layout = _read_layout(mapping, rows[0] if rows else [])
+    layout = _read_layout(mapping, rows)
     ctx = _Pass(mapping, layout, plan, cell_limit=cell_limit)
     plan.issues.extend(layout.issues)
     if not _to_sheet_header_usable(ctx, rows, base):
@@ -830,7 +853,7 @@ def plan_from_sheet(
 ) -> FromSheetPlan:
     """Plan importing sheet edits and new rows without overwriting app edits."""
     rows = tab.rows if tab is not None else []
-    layout = _read_layout(mapping, rows[0] if rows else [])
+    layout = _read_layout(mapping, rows)
     plan = FromSheetPlan({}, [], {}, [], [], _from_sheet_counts(), 0, TabChanges())
     ctx = _Pass(mapping, layout, plan)
     plan.issues.extend(layout.issues)
@@ -887,6 +910,8 @@ def _prepare_from_sheet_header(
         if column.required:
             plan.issues.append(_missing_header_issue(mapping, column.header))
             ok = False
+        elif not layout.strangers:  # else told with the headers in its place
+            plan.issues.append(_missing_column_issue(mapping, column.header))
     if any(mapping_col.required for mapping_col in _ambiguous(mapping, layout)):
         ok = False
     if layout.id_index is not None:
