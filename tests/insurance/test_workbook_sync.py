@@ -475,7 +475,7 @@ def test_edits_the_record_as_a_whole_would_refuse_are_told_as_errors_by_to_sheet
     assert told[(2, "Expiration Date")]["kind"] == "error"
     assert "before the effective date" in told[(2, "Expiration Date")]["reason"]
     assert told[(3, "Customer ID")]["kind"] == "error"
-    assert "customer 999999 does not exist" in told[(3, "Customer ID")]["reason"]
+    assert "no customer 999999 in your book" in told[(3, "Customer ID")]["reason"]
     assert told[(4, "Carrier")]["kind"] == "pending_import"
     refused = [i for i in pulled["tabs"]["Policies"]["issues"] if i["kind"] == "error"]
     assert sorted(i["row"] for i in refused) == [2, 3]

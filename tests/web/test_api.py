@@ -184,6 +184,30 @@ def test_policy_dates_and_unknown_customer_are_rejected_by_field(
     assert duplicate.json()["detail"][0]["field"] == "policy_number"
 
 
+def test_another_agents_customer_is_told_as_not_in_your_book(
+    client: TestClient, tokens: dict[str, str]
+) -> None:
+    bobs = client.get(
+        "/api/customers", params={"limit": 1}, headers=bearer(tokens["bob"])
+    ).json()["items"][0]
+    body = {
+        "policy_number": "00998",
+        "customer_id": bobs["id"],
+        "carrier": "Harbor Mutual",
+        "line_of_business": "auto",
+        "effective_date": "2026-05-01",
+        "expiration_date": "2027-05-01",
+        "premium": "100.00",
+    }
+
+    answer = client.post("/api/policies", json=body, headers=bearer(tokens["alice"]))
+
+    assert answer.status_code == 422
+    assert answer.json()["detail"][0]["msg"] == (
+        f"there is no customer {bobs['id']} in your book"
+    )
+
+
 def test_a_premium_out_of_bounds_is_refused_in_the_agencys_words(
     alice: TestClient,
 ) -> None:

@@ -292,8 +292,9 @@ class Book:
         try:
             return self.get_customer(customer_id)
         except RecordNotFound as exc:
+            # Another agent's customer is as absent as one never created.
             raise InvalidField(
-                "customer_id", f"customer {customer_id} does not exist"
+                "customer_id", f"there is no customer {customer_id} in your book"
             ) from exc
 
     def _check_policy_number(self, number: str, policy_id: int | None) -> None:

@@ -544,7 +544,7 @@ class _Importer:
     """Applies one tab's from-sheet plan to the app, row by row.
 
     Each row runs in a savepoint, so a row the domain rejects (a policy number
-    already used, a customer that does not exist) is reported and skipped while
+    already used, a customer not in the book) is reported and skipped while
     the others import.
     """
 
@@ -853,7 +853,7 @@ def _record_refusals(
         return _reasons(exc)
     customer_id = record.get("customer_id")
     if mapping is POLICIES and customer_id not in customers:
-        return [("customer_id", f"customer {customer_id} does not exist")]
+        return [("customer_id", f"there is no customer {customer_id} in your book")]
     return []
 
 
