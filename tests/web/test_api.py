@@ -200,6 +200,51 @@ def test_a_premium_out_of_bounds_is_refused_in_the_agencys_words(
     }
 
 
+@pytest.mark.parametrize(
+    ("written", "message"),
+    [
+        ("1e-400", "a premium has at most 2 decimal places (cents)"),
+        ("0.001", "a premium has at most 2 decimal places (cents)"),
+        ("100.0000000000000000001", "a premium has at most 2 decimal places (cents)"),
+        ("1e400", "a premium is at most 9999999999.99"),
+    ],
+)
+def test_a_premium_sent_as_a_json_number_is_checked_as_written(
+    alice: TestClient, written: str, message: str
+) -> None:
+    # Not as the float it rounds to: 1e-400 is 0.0 as a float, 1e400 infinity.
+    policy = _first_policy(alice)
+    body = f'{{"version": {policy["version"]}, "premium": {written}}}'
+
+    answer = alice.patch(
+        f"/api/policies/{policy['id']}",
+        content=body,
+        headers={"content-type": "application/json"},
+    )
+
+    assert answer.status_code == 422, answer.text
+    assert [(e["field"], e["msg"]) for e in answer.json()["detail"]] == [
+        ("premium", message)
+    ]
+    assert _first_policy(alice) == policy
+
+
+def test_a_premium_sent_as_a_json_number_of_cents_is_kept_exactly(
+    alice: TestClient,
+) -> None:
+    policy = _first_policy(alice)
+    body = f'{{"version": {policy["version"]}, "premium": 1.2345e3}}'
+
+    answer = alice.patch(
+        f"/api/policies/{policy['id']}",
+        content=body,
+        headers={"content-type": "application/json"},
+    )
+
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["premium"] == "1234.50"
+
+
 def test_text_is_saved_without_surrounding_spaces_as_the_sheet_shows_it(
     alice: TestClient,
 ) -> None:

@@ -11,8 +11,10 @@ from fastapi.testclient import TestClient
 JSON = {"content-type": "application/json"}
 
 
-def refusal(client: TestClient, body: bytes, path: str = "/api/customers") -> Any:
-    answer = client.post(path, content=body, headers=JSON)
+def refusal(
+    client: TestClient, body: bytes, path: str = "/api/customers", method: str = "POST"
+) -> Any:
+    answer = client.request(method, path, content=body, headers=JSON)
     assert answer.status_code == 422, answer.text
     (error,) = answer.json()["detail"]
     assert error["loc"] == ["body"]
@@ -67,3 +69,26 @@ def test_numbers_of_ordinary_length_are_read_as_before(alice: TestClient) -> Non
 
     assert answer.status_code == 200, answer.text
     assert answer.json()["premium"] == "1234.50"
+
+
+@pytest.mark.parametrize("number", ["1e9999999", "-1e-9999999", "0e9999999"])
+def test_a_number_too_large_or_too_small_for_any_field_is_refused_at_once(
+    alice: TestClient, number: str
+) -> None:
+    body = b'{"name": "Ann", "agent_id": ' + number.encode() + b"}"
+
+    error = refusal(alice, body)
+
+    assert "a number too large or too small" in error["msg"]
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_not_json(alice: TestClient, constant: str) -> None:
+    policy = alice.get("/api/policies", params={"limit": 1}).json()["items"][0]
+    body = f'{{"version": {policy["version"]}, "premium": {constant}}}'.encode()
+
+    error = refusal(alice, body, f"/api/policies/{policy['id']}", "PATCH")
+
+    assert error["msg"] == (
+        f"the body is not valid JSON ({constant} is not a JSON number)"
+    )

@@ -1,10 +1,17 @@
 """JSON request bodies, read so that what the parser cannot take is an input
-error like any other (422, where, and what was wrong), not a bare 400."""
+error like any other (422, where, and what was wrong), not a bare 400.
+
+Numbers with a fraction or an exponent are read as :class:`~decimal.Decimal`,
+as written: a premium of ``0.001`` or ``1e-400`` reaches its check with the
+digits the client sent, not as the float they round to (``1e-400`` is 0.0,
+``1e400`` infinity).
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Coroutine
+from decimal import Decimal
 from typing import Any
 
 from fastapi import HTTPException, Request, Response
@@ -13,6 +20,9 @@ from fastapi.routing import APIRoute
 # No field takes a number nearly this long (an amount has at most 13
 # characters); longer ones are refused before they are converted at all.
 MAX_NUMBER_LENGTH = 100
+# Nor one with more digits than this before or after the point: turning
+# 1e9999999 into a whole number would take seconds.
+MAX_EXPONENT = 1_000
 
 
 class UnreadableJson(HTTPException):
@@ -39,10 +49,23 @@ def _whole(text: str) -> int:
     return int(text)
 
 
-def _fraction(text: str) -> float:
+def _fraction(text: str) -> Decimal:
     if len(text) > MAX_NUMBER_LENGTH:
         raise _too_long(text)
-    return float(text)
+    value = Decimal(text)
+    if not -MAX_EXPONENT <= value.adjusted() <= MAX_EXPONENT:
+        raise UnreadableJson(
+            "json_number_out_of_range",
+            f"the body has a number too large or too small ({text}; at most "
+            f"{MAX_EXPONENT:,} digits before or after the point)",
+        )
+    return value
+
+
+def _constant(name: str) -> None:
+    raise UnreadableJson(
+        "json_invalid", f"the body is not valid JSON ({name} is not a JSON number)"
+    )
 
 
 def read_json(body: bytes) -> Any:
@@ -50,7 +73,9 @@ def read_json(body: bytes) -> Any:
     too deeply, or holding a number too long (malformed JSON raises
     :class:`json.JSONDecodeError`, which FastAPI reports with its position)."""
     try:
-        return json.loads(body, parse_int=_whole, parse_float=_fraction)
+        return json.loads(
+            body, parse_int=_whole, parse_float=_fraction, parse_constant=_constant
+        )
     except UnicodeDecodeError as exc:
         byte = exc.object[exc.start : exc.start + 1].hex()
         raise UnreadableJson(
