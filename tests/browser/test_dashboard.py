@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,9 @@ def test_policy_edited_while_sync_runs_and_result_appears_without_reload(
         policy_id = row.get_attribute("data-id")
 
         page.click("#sync-to-sheet")
-        expect(page.locator("#sync-message")).to_contain_text("queued")
+        expect(page.locator("#sync-message")).to_have_text(
+            re.compile(r"^Sync (queued|running)$")
+        )
         expect(page.locator("#jobs [data-state=running]")).to_have_count(1)
 
         row.get_by_role("button", name="Edit").click()
@@ -58,6 +61,7 @@ def test_policy_edited_while_sync_runs_and_result_appears_without_reload(
         expect(page.locator("#jobs [data-state=succeeded]").first).to_be_visible(
             timeout=30_000
         )
+        expect(page.locator("#sync-message")).to_have_text("")
         assert_not_reloaded(page)
         page.close()
 

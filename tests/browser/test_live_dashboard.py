@@ -35,6 +35,8 @@ pytestmark = pytest.mark.browser
 
 EVENTS_URL = "**/api/insurance/sync/events*"
 FINAL = ("succeeded", "failed", "cancelled")
+# The message for a sync just queued: a worker may have started it already.
+QUEUED_OR_RUNNING = re.compile(r"^Sync (queued|running)$")
 
 # Registered before any page script runs: every long task of the dashboard.
 LONG_TASKS = """
@@ -162,6 +164,7 @@ def test_three_quick_clicks_queue_three_syncs_that_run_one_after_another(
         assert len(set(ids)) == 3
         expect(page.locator("#jobs li.job")).to_have_count(3)
         expect(page.locator("#sync-message[data-kind=error]")).to_have_count(0)
+        expect(page.locator("#sync-message")).to_have_text("")
         expect(page.locator("#jobs .job-error")).to_have_count(0)
         with api_client(url, tokens["alice"]) as api:
             jobs = [final_job(api, job_id) for job_id in sorted(ids)]
@@ -196,7 +199,7 @@ def test_ten_users_click_sync_at_once_and_their_syncs_run_in_parallel(
                 fire_at,
             )
         for page in pages:
-            expect(page.locator("#sync-message")).to_have_text("Sync queued")
+            expect(page.locator("#sync-message")).to_have_text(QUEUED_OR_RUNNING)
         for page in pages:
             expect(page.locator("#recent-jobs li[data-state=succeeded]")).to_have_count(
                 1, timeout=20_000
@@ -234,7 +237,7 @@ def test_customer_saved_while_own_sync_runs_without_reload_or_long_tasks(
         customer_id = int(row.get_attribute("data-id") or 0)
 
         page.click("#sync-to-sheet")
-        expect(page.locator("#sync-message")).to_have_text("Sync queued")
+        expect(page.locator("#sync-message")).to_have_text(QUEUED_OR_RUNNING)
         expect(page.locator("#active-jobs li[data-state=running]")).to_have_count(1)
         job_id = job_ids(page, "#active-jobs li.job")[0]
 
@@ -532,4 +535,44 @@ def test_polling_covers_a_dropped_stream_until_it_reconnects(
         ids = job_ids(page)
         assert len(ids) == len(set(ids)) == 2
         assert len(requests) == polled, "still polling while the stream is live"
+        page.close()
+
+
+# Every text the sync message shows, in order, from the page's first script on.
+MESSAGE_LOG = """
+window.__syncMessages = [];
+document.addEventListener("DOMContentLoaded", () => {
+  const message = document.querySelector("#sync-message");
+  new MutationObserver(() => window.__syncMessages.push(message.textContent))
+    .observe(message, { childList: true, characterData: true, subtree: true });
+});
+"""
+
+
+@pytest.mark.parametrize("transport", ["stream", "polling"])
+def test_the_sync_message_follows_the_job_and_clears_once_it_finished(
+    browser: Browser, runtime: Runtime, transport: str
+) -> None:
+    def setup(page: Page) -> None:
+        page.add_init_script(MESSAGE_LOG)
+        if transport == "polling":
+            page.route(EVENTS_URL, lambda route: route.abort())
+
+    with live_server(runtime) as url:
+        page = open_dashboard(
+            browser, url, "alice", setup=setup, stream=transport == "stream"
+        )
+        message = page.locator("#sync-message")
+        page.click("#sync-to-sheet")
+        expect(message).to_have_text(QUEUED_OR_RUNNING)
+        job = page.locator("#jobs li.job")
+        expect(job).to_have_attribute("data-state", "succeeded", timeout=15_000)
+        expect(page.locator("#no-active-jobs")).to_be_visible()
+
+        expect(message).to_have_text("")
+        expect(message).not_to_have_attribute("data-kind", re.compile(".*"))
+        shown = page.evaluate("window.__syncMessages")
+        assert shown[-1] == ""
+        if transport == "stream":  # a poll may miss the running stage
+            assert "Sync running" in shown, shown
         page.close()

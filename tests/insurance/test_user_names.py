@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sheetbridge.insurance.models import User
+from sheetbridge.insurance.models import User, is_device_name
 from sheetbridge.web.deps import Runtime
 from sheetbridge.web.security import UserError, add_user
 
@@ -58,8 +58,38 @@ def test_a_name_differing_only_in_case_from_a_user_is_refused(
     assert "already exists" in refusal(runtime, "ALICE")
 
 
-@pytest.mark.parametrize("name", ["con", "NUL", "com1", "lpt9.x", "aux"])
+@pytest.mark.parametrize(
+    "name", ["con", "NUL", "com1", "lpt9.x", "aux", "com0", "LPT0", "lpt0.xlsx"]
+)
 def test_names_windows_keeps_for_devices_are_refused(
     runtime: Runtime, name: str
 ) -> None:
     assert "reserved" in refusal(runtime, name)
+
+
+@pytest.mark.parametrize(
+    "name", ["COM0", "lpt0", "com\u00b9", "LPT\u00b2", "com\u00b3.txt", "conin$"]
+)
+def test_windows_device_names_include_port_0_and_superscript_digits(
+    name: str,
+) -> None:
+    assert is_device_name(name)
+
+
+@pytest.mark.parametrize("name", ["com10", "lpt", "console", "com\u2074"])
+def test_names_that_only_look_like_devices_are_not_devices(name: str) -> None:
+    assert not is_device_name(name)
+
+
+def test_a_stored_device_name_gets_a_workbook_named_by_the_user_id(
+    runtime: Runtime,
+) -> None:
+    with runtime.db.session() as session:
+        # As a name stored before port 0 was known to be a device.
+        session.add(User(username="lpt0", password_hash="-", role="agent"))
+    with runtime.db.read_session() as session:
+        user = session.query(User).filter_by(username="lpt0").one()
+
+    location = Path(runtime.sync.target_for(user).location)
+
+    assert location.name == f"user-{user.id}.xlsx"

@@ -224,6 +224,51 @@ def test_a_premium_out_of_bounds_is_refused_in_the_agencys_words(
     }
 
 
+@pytest.mark.parametrize(
+    ("written", "message"),
+    [
+        ("1e-400", "a premium has at most 2 decimal places (cents)"),
+        ("0.001", "a premium has at most 2 decimal places (cents)"),
+        ("100.0000000000000000001", "a premium has at most 2 decimal places (cents)"),
+        ("1e400", "a premium is at most 9999999999.99"),
+    ],
+)
+def test_a_premium_sent_as_a_json_number_is_checked_as_written(
+    alice: TestClient, written: str, message: str
+) -> None:
+    # Not as the float it rounds to: 1e-400 is 0.0 as a float, 1e400 infinity.
+    policy = _first_policy(alice)
+    body = f'{{"version": {policy["version"]}, "premium": {written}}}'
+
+    answer = alice.patch(
+        f"/api/policies/{policy['id']}",
+        content=body,
+        headers={"content-type": "application/json"},
+    )
+
+    assert answer.status_code == 422, answer.text
+    assert [(e["field"], e["msg"]) for e in answer.json()["detail"]] == [
+        ("premium", message)
+    ]
+    assert _first_policy(alice) == policy
+
+
+def test_a_premium_sent_as_a_json_number_of_cents_is_kept_exactly(
+    alice: TestClient,
+) -> None:
+    policy = _first_policy(alice)
+    body = f'{{"version": {policy["version"]}, "premium": 1.2345e3}}'
+
+    answer = alice.patch(
+        f"/api/policies/{policy['id']}",
+        content=body,
+        headers={"content-type": "application/json"},
+    )
+
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["premium"] == "1234.50"
+
+
 def test_text_is_saved_without_surrounding_spaces_as_the_sheet_shows_it(
     alice: TestClient,
 ) -> None:
@@ -480,6 +525,71 @@ def test_out_of_range_ids_and_nulls_answer_422_never_500(alice: TestClient) -> N
         json={"version": policy["version"], "premium": None},
     )
     assert named.json()["detail"][0]["field"] == "premium"
+
+
+NOT_A_WRITTEN_DATE = [
+    43831,  # a spreadsheet's serial number for 2020-01-01
+    43831.5,
+    1577836800,  # seconds since 1970: 2020-01-01
+    "43831",
+    "20200101",
+    "2020-01-01T00:00:00",
+    "2020-1-1",
+    "01/02/2020",
+    True,
+]
+
+
+@pytest.mark.parametrize("value", NOT_A_WRITTEN_DATE, ids=repr)
+def test_a_birth_date_not_written_yyyy_mm_dd_is_refused_in_plain_words(
+    alice: TestClient, value: object
+) -> None:
+    answer = alice.post(
+        "/api/customers", json={"name": "Ann Lee", "date_of_birth": value}
+    )
+
+    assert answer.status_code == 422, answer.text
+    assert [(e["field"], e["msg"]) for e in answer.json()["detail"]] == [
+        ("date_of_birth", "must be a date written YYYY-MM-DD")
+    ]
+
+
+@pytest.mark.parametrize("field", ["effective_date", "expiration_date"])
+@pytest.mark.parametrize("value", NOT_A_WRITTEN_DATE, ids=repr)
+def test_a_policy_date_not_written_yyyy_mm_dd_is_refused_in_plain_words(
+    alice: TestClient, field: str, value: object
+) -> None:
+    policy = _first_policy(alice)
+
+    answer = _save_policy(alice, policy, **{field: value})
+
+    assert answer.status_code == 422, answer.text
+    assert [(e["field"], e["msg"]) for e in answer.json()["detail"]] == [
+        (field, "must be a date written YYYY-MM-DD")
+    ]
+    assert _first_policy(alice) == policy
+
+
+def test_a_date_written_yyyy_mm_dd_that_is_not_on_the_calendar_says_so(
+    alice: TestClient,
+) -> None:
+    answer = alice.post(
+        "/api/customers", json={"name": "Ann Lee", "date_of_birth": "1990-02-30"}
+    )
+
+    assert answer.status_code == 422, answer.text
+    assert [(e["field"], e["msg"]) for e in answer.json()["detail"]] == [
+        ("date_of_birth", "1990-02-30 is not a day of the calendar")
+    ]
+
+
+def test_a_birth_date_written_yyyy_mm_dd_is_kept(alice: TestClient) -> None:
+    answer = alice.post(
+        "/api/customers", json={"name": "Ann Lee", "date_of_birth": "1990-02-28"}
+    )
+
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["date_of_birth"] == "1990-02-28"
 
 
 def test_a_body_not_sent_as_json_is_a_415_saying_how_to_send_it(

@@ -23,6 +23,25 @@ from sheetbridge.db import Base
 ROLES = ("admin", "agent")
 # A user's workbook is named after them, so a user name is a plain file name.
 USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# File names Windows keeps for devices, whatever follows a dot: its naming
+# rules list ports 0 to 9 and those numbered with superscript 1, 2 and 3;
+# CONIN$ and CONOUT$ are the console.
+DEVICE_NAMES = frozenset(
+    {"con", "prn", "aux", "nul", "conin$", "conout$"}
+    | {f"{port}{n}" for port in ("com", "lpt") for n in "0123456789\u00b9\u00b2\u00b3"}
+)
+
+
+def is_device_name(name: str) -> bool:
+    """Whether a file of this name would be a device on Windows."""
+    return name.split(".")[0].lower() in DEVICE_NAMES
+
+
+def is_file_name(name: str) -> bool:
+    """Whether a user name can name the user's workbook as it is."""
+    return bool(USERNAME.fullmatch(name)) and not is_device_name(name)
+
+
 POLICY_STATUSES = ("active", "pending", "cancelled", "expired", "non-renewed")
 LINES_OF_BUSINESS = (
     "auto",

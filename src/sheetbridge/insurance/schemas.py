@@ -204,8 +204,30 @@ def _plausible_date(earliest: date, latest: date) -> AfterValidator:
     return AfterValidator(check)
 
 
-BirthDate = Annotated[date, _plausible_date(date(1900, 1, 1), date(2100, 1, 1))]
-PolicyDate = Annotated[date, _plausible_date(date(1900, 1, 1), date(2200, 12, 31))]
+_WRITTEN_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def _written_date(value: object) -> object:
+    """A date as the API takes it: text like 2026-05-01 (or a date, from the
+    app's own code). Not a number (a sheet's day count? seconds since 1970?),
+    nor a date and time."""
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _WRITTEN_DATE.fullmatch(value):
+        raise ValueError("must be a date written YYYY-MM-DD")
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{value} is not a day of the calendar") from None
+
+
+WrittenDate = BeforeValidator(_written_date)
+BirthDate = Annotated[
+    date, WrittenDate, _plausible_date(date(1900, 1, 1), date(2100, 1, 1))
+]
+PolicyDate = Annotated[
+    date, WrittenDate, _plausible_date(date(1900, 1, 1), date(2200, 12, 31))
+]
 
 
 def plain_text(value: object) -> object:

@@ -40,7 +40,7 @@ from sheetbridge.insurance.mapping import (
     policy_record,
     to_python,
 )
-from sheetbridge.insurance.models import USERNAME, Customer, Policy, User
+from sheetbridge.insurance.models import Customer, Policy, User, is_file_name
 from sheetbridge.insurance.review import CREATED, forget_sheet, record_conflicts
 from sheetbridge.insurance.schemas import (
     CustomerCreate,
@@ -182,7 +182,7 @@ class SyncService:
     def _workbook_path(self, user: User) -> Path:
         # Names are checked when users are added; one stored before that, or
         # by other means, that is no plain file name is never made a path.
-        name = user.username if USERNAME.fullmatch(user.username) else f"user-{user.id}"
+        name = user.username if is_file_name(user.username) else f"user-{user.id}"
         return (self.settings.workbook_dir / f"{name}.xlsx").resolve()
 
     def enqueue(self, user: User, kind: str) -> Enqueued:

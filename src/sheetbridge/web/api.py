@@ -30,9 +30,10 @@ from sheetbridge.insurance.services import (
     policy_out,
 )
 from sheetbridge.web.answers import JsonAnswer
+from sheetbridge.web.bodies import JsonRoute
 from sheetbridge.web.deps import CurrentUser, RuntimeDep
 
-router = APIRouter(prefix="/api", tags=["records"])
+router = APIRouter(prefix="/api", tags=["records"], route_class=JsonRoute)
 
 Limit = Annotated[int, Query(ge=1, le=500)]
 Offset = Annotated[int, Query(ge=0, le=MAX_ID)]

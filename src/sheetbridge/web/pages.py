@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
@@ -41,17 +40,10 @@ def login_form(request: Request, error: str = "") -> Response:
 
 @router.post("/login")
 async def login(request: Request) -> Response:
-    # The form is read here, not by FastAPI, so that a body the sign-in form
-    # never sends (no multipart boundary, a megabyte field, a thousand fields)
-    # is the sign-in page again, not an error in JSON.
-    try:
-        form = await request.form(max_files=0, max_fields=10)
-    except HTTPException:
+    form = await _read_form(request, "username", "password", "csrf")
+    if form is None:
         return _login_again(request, "Wrong username or password.")
-    username, password, csrf = (
-        value if isinstance(value := form.get(name), str) else ""
-        for name in ("username", "password", "csrf")
-    )
+    username, password, csrf = form
     if not csrf_matches(request.session.get("csrf"), csrf):
         return _login_again(request, "Your sign-in form expired; please try again.")
     # No user has a longer name or password: refused without hashing it.
@@ -64,6 +56,23 @@ async def login(request: Request) -> Response:
     request.session["uid"] = user.id
     request.session["csrf"] = new_csrf_token()
     return RedirectResponse("/", status_code=303)
+
+
+async def _read_form(request: Request, *names: str) -> tuple[str, ...] | None:
+    """The text of the named fields of a page's form ("" for one missing), or
+    None for a body that no such form sends (no multipart boundary, a
+    megabyte field, a thousand fields).
+
+    Forms are read here, not by FastAPI, so that such a body gets the page's
+    own answer, not an error in JSON.
+    """
+    try:
+        form = await request.form(max_files=0, max_fields=10)
+    except HTTPException:
+        return None
+    return tuple(
+        value if isinstance(value := form.get(name), str) else "" for name in names
+    )
 
 
 def _authenticate(request: Request, username: str, password: str) -> User | None:
@@ -81,8 +90,10 @@ def _login_again(request: Request, error: str) -> Response:
 
 
 @router.post("/logout")
-def logout(request: Request, csrf: Annotated[str, Form()] = "") -> Response:
-    if csrf_matches(request.session.get("csrf"), csrf):
+async def logout(request: Request) -> Response:
+    # A body the sign-out form never sends is a sign-out without its token.
+    form = await _read_form(request, "csrf")
+    if form is not None and csrf_matches(request.session.get("csrf"), form[0]):
         request.session.clear()
     return RedirectResponse("/login", status_code=303)
 

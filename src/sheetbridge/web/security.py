@@ -13,16 +13,10 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from sheetbridge.insurance.models import ROLES, USERNAME, User
+from sheetbridge.insurance.models import ROLES, USERNAME, User, is_device_name
 from sheetbridge.web.models import ApiToken
 
 MAX_PASSWORD = 200  # longer is no password anyone types; refused unhashed
-# File names Windows keeps for devices, whatever follows a dot: a user's
-# workbook is named after them.
-DEVICE_NAMES = frozenset(
-    {"con", "prn", "aux", "nul"}
-    | {f"{port}{n}" for port in ("com", "lpt") for n in range(1, 10)}
-)
 
 TOKEN_PREFIX = "sb_"
 _hasher = PasswordHasher()
@@ -66,7 +60,8 @@ def add_user(
             "a user name is 1 to 64 letters, digits, '.', '_' or '-' (a to z "
             "only), starting with a letter or digit"
         )
-    if username.split(".")[0].lower() in DEVICE_NAMES:
+    # A user's workbook is named after them.
+    if is_device_name(username):
         raise UserError(f"{username!r} is reserved for a device on Windows")
     if role not in ROLES:
         raise UserError(f"role must be one of {', '.join(ROLES)}")

@@ -19,9 +19,10 @@ from sheetbridge.queue.store import JobQueue
 from sheetbridge.sheets.google import service_account_email
 from sheetbridge.sync.models import SyncTarget
 from sheetbridge.web.answers import JsonAnswer
+from sheetbridge.web.bodies import JsonRoute
 from sheetbridge.web.deps import CurrentUser, RuntimeDep
 
-router = APIRouter(prefix="/api/insurance/sync", tags=["sync"])
+router = APIRouter(prefix="/api/insurance/sync", tags=["sync"], route_class=JsonRoute)
 JobId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 

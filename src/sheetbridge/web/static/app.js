@@ -795,6 +795,7 @@
   const refreshed = new Set();   // from_sheet jobs whose rows were patched (once each)
   const undoState = new Map();   // job id -> {busy} | {report} | {error}
   let firstSnapshot = true;
+  let messageJob = 0;            // the job the sync message is about; 0: none (or an error)
 
   const KIND = { to_sheet: "Sync to sheet", from_sheet: "Sync from sheet" };
   const STATE_WORDS = {
@@ -1151,6 +1152,28 @@
     }
     $("#no-active-jobs").hidden = activeOrdered.length > 0;
     $("#no-recent-jobs").hidden = shownRecent.length > 0;
+    showSyncMessage(active);
+  }
+
+  // The message by the sync buttons follows the newest job queued from this
+  // page: its place in the queue, then running; once it finished, the job's
+  // own entry (and the announcement) says how it went, and the message goes.
+  function showSyncMessage(active) {
+    if (!messageJob) return;
+    const job = active.find((j) => j.id === messageJob);
+    let text = "";
+    if (job && job.state === "running") text = "Sync running";
+    else if (job && isRetryWaiting(job)) text = "Sync waiting to try again";
+    else if (job) text = job.position > 1 ? `Sync queued (position ${job.position})` : "Sync queued";
+    if (!text) messageJob = 0;
+    setSyncMessage(text, text ? "ok" : null);
+  }
+
+  function setSyncMessage(text, kind) {
+    // Unchanged text is left alone, so a screen reader does not repeat it.
+    if (syncMessage.textContent !== text) syncMessage.textContent = text;
+    if (kind) syncMessage.dataset.kind = kind;
+    else delete syncMessage.dataset.kind;
   }
 
   function hasActive() {
@@ -1314,16 +1337,16 @@
       // Answers may arrive out of order: show the newest job's position.
       if (res.job_id >= lastQueuedId) {
         lastQueuedId = res.job_id;
-        syncMessage.textContent = res.position > 1 ? `Sync queued (position ${res.position})` : "Sync queued";
-        syncMessage.dataset.kind = "ok";
+        messageJob = res.job_id;
       }
       // Show the job right away; the stream (or a poll) fills in the details.
       if (!jobs.has(res.job_id)) applyJob({ id: res.job_id, kind: kind.replace("-", "_"), state: "queued", position: res.position,
         waiting_for: null, attempts: 0, progress: null, result: null, error: null });
+      render(); // the message, for a job the stream had already shown
       pollSoon();
     } catch (err) {
-      syncMessage.textContent = `Could not queue the sync: ${err.message}`;
-      syncMessage.dataset.kind = "error";
+      messageJob = 0;
+      setSyncMessage(`Could not queue the sync: ${err.message}`, "error");
     }
   }
 

@@ -1,0 +1,108 @@
+"""JSON request bodies, read so that what the parser cannot take is an input
+error like any other (422, where, and what was wrong), not a bare 400.
+
+Numbers with a fraction or an exponent are read as :class:`~decimal.Decimal`,
+as written: a premium of ``0.001`` or ``1e-400`` reaches its check with the
+digits the client sent, not as the float they round to (``1e-400`` is 0.0,
+``1e400`` infinity).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Coroutine
+from decimal import Decimal
+from typing import Any
+
+from fastapi import HTTPException, Request, Response
+from fastapi.routing import APIRoute
+
+# No field takes a number nearly this long (an amount has at most 13
+# characters); longer ones are refused before they are converted at all.
+MAX_NUMBER_LENGTH = 100
+# Nor one with more digits than this before or after the point: turning
+# 1e9999999 into a whole number would take seconds.
+MAX_EXPONENT = 1_000
+
+
+class UnreadableJson(HTTPException):
+    """A body that is JSON by its type but that the app cannot read, in the
+    shape of the app's other input errors."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        detail = [{"loc": ["body"], "field": "", "msg": message, "type": kind}]
+        super().__init__(status_code=422, detail=detail)
+
+
+def _too_long(text: str) -> UnreadableJson:
+    shown = f"{text[:12]}…" if len(text) > 12 else text
+    return UnreadableJson(
+        "json_number_too_long",
+        f"the body has a number too long ({shown}, {len(text):,} characters; "
+        f"at most {MAX_NUMBER_LENGTH})",
+    )
+
+
+def _whole(text: str) -> int:
+    if len(text) > MAX_NUMBER_LENGTH:
+        raise _too_long(text)
+    return int(text)
+
+
+def _fraction(text: str) -> Decimal:
+    if len(text) > MAX_NUMBER_LENGTH:
+        raise _too_long(text)
+    value = Decimal(text)
+    if not -MAX_EXPONENT <= value.adjusted() <= MAX_EXPONENT:
+        raise UnreadableJson(
+            "json_number_out_of_range",
+            f"the body has a number too large or too small ({text}; at most "
+            f"{MAX_EXPONENT:,} digits before or after the point)",
+        )
+    return value
+
+
+def _constant(name: str) -> None:
+    raise UnreadableJson(
+        "json_invalid", f"the body is not valid JSON ({name} is not a JSON number)"
+    )
+
+
+def read_json(body: bytes) -> Any:
+    """The body's JSON value; :class:`UnreadableJson` for one not UTF-8, nested
+    too deeply, or holding a number too long (malformed JSON raises
+    :class:`json.JSONDecodeError`, which FastAPI reports with its position)."""
+    try:
+        return json.loads(
+            body, parse_int=_whole, parse_float=_fraction, parse_constant=_constant
+        )
+    except UnicodeDecodeError as exc:
+        byte = exc.object[exc.start : exc.start + 1].hex()
+        raise UnreadableJson(
+            "json_not_utf8",
+            f"the body is not valid UTF-8 JSON (byte {exc.start} is 0x{byte}); "
+            "send the text encoded as UTF-8",
+        ) from None
+    except RecursionError:
+        raise UnreadableJson(
+            "json_too_deep", "the body is nested too deeply to read"
+        ) from None
+
+
+class JsonRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = read_json(await self.body())
+        return self._json
+
+
+class JsonRoute(APIRoute):
+    """A route whose JSON body is read by :func:`read_json`."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+
+        async def route_handler(request: Request) -> Response:
+            return await handle(JsonRequest(request.scope, request.receive))
+
+        return route_handler

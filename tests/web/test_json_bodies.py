@@ -1,0 +1,94 @@
+"""JSON bodies the parser cannot take get the answer every input error gets:
+422, a ``detail`` list naming where, and a plain message."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+JSON = {"content-type": "application/json"}
+
+
+def refusal(
+    client: TestClient, body: bytes, path: str = "/api/customers", method: str = "POST"
+) -> Any:
+    answer = client.request(method, path, content=body, headers=JSON)
+    assert answer.status_code == 422, answer.text
+    (error,) = answer.json()["detail"]
+    assert error["loc"] == ["body"]
+    assert error["field"] == ""
+    return error
+
+
+def test_a_body_in_latin_1_is_said_not_to_be_utf_8(alice: TestClient) -> None:
+    error = refusal(alice, '{"name": "José"}'.encode("latin-1"))
+
+    assert error["msg"].startswith("the body is not valid UTF-8 JSON")
+    assert "0xe9" in error["msg"]
+
+
+def test_a_body_nested_too_deeply_says_so(alice: TestClient) -> None:
+    depth = 100_000
+    body = b'{"name": "Ann", "notes": ' + b"[" * depth + b"]" * depth + b"}"
+
+    error = refusal(alice, body)
+
+    assert "nested too deeply" in error["msg"]
+
+
+@pytest.mark.parametrize(
+    "number", ["1" * 5_000, "0." + "1" * 5_000, "1" * 101, "-" + "9" * 200]
+)
+def test_a_number_of_thousands_of_digits_is_a_number_too_long(
+    alice: TestClient, number: str
+) -> None:
+    body = b'{"name": "Ann", "agent_id": ' + number.encode() + b"}"
+
+    error = refusal(alice, body)
+
+    assert "a number too long" in error["msg"]
+
+
+def test_sync_requests_get_the_same_answers(alice: TestClient) -> None:
+    error = refusal(
+        alice,
+        b'{"choice": "edit", "value": ' + b"7" * 5_000 + b"}",
+        "/api/insurance/sync/conflicts/1/resolve",
+    )
+
+    assert "a number too long" in error["msg"]
+
+
+def test_numbers_of_ordinary_length_are_read_as_before(alice: TestClient) -> None:
+    policy = alice.get("/api/policies", params={"limit": 1}).json()["items"][0]
+    body = f'{{"version": {policy["version"]}.0, "premium": 1234.5e0}}'
+
+    answer = alice.patch(f"/api/policies/{policy['id']}", content=body, headers=JSON)
+
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["premium"] == "1234.50"
+
+
+@pytest.mark.parametrize("number", ["1e9999999", "-1e-9999999", "0e9999999"])
+def test_a_number_too_large_or_too_small_for_any_field_is_refused_at_once(
+    alice: TestClient, number: str
+) -> None:
+    body = b'{"name": "Ann", "agent_id": ' + number.encode() + b"}"
+
+    error = refusal(alice, body)
+
+    assert "a number too large or too small" in error["msg"]
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_not_json(alice: TestClient, constant: str) -> None:
+    policy = alice.get("/api/policies", params={"limit": 1}).json()["items"][0]
+    body = f'{{"version": {policy["version"]}, "premium": {constant}}}'.encode()
+
+    error = refusal(alice, body, f"/api/policies/{policy['id']}", "PATCH")
+
+    assert error["msg"] == (
+        f"the body is not valid JSON ({constant} is not a JSON number)"
+    )

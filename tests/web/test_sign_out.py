@@ -1,0 +1,89 @@
+"""Signing out: the dashboard's form, and bodies no such form sends."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from fastapi.testclient import TestClient
+
+
+def sign_in(client: TestClient) -> str:
+    """Sign alice in through the form; the sign-out form's CSRF token."""
+    page = client.get("/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert csrf is not None
+    client.post(
+        "/login",
+        data={"username": "alice", "password": "alice-demo", "csrf": csrf[1]},
+        follow_redirects=False,
+    )
+    dashboard = client.get("/", follow_redirects=False)
+    assert dashboard.status_code == 200
+    form = re.search(
+        r'action="/logout".*?name="csrf" value="([^"]+)"', dashboard.text, re.S
+    )
+    assert form is not None
+    return form[1]
+
+
+def signed_in(client: TestClient) -> bool:
+    return client.get("/", follow_redirects=False).status_code == 200
+
+
+def test_the_sign_out_form_signs_out(client: TestClient) -> None:
+    csrf = sign_in(client)
+
+    answer = client.post("/logout", data={"csrf": csrf}, follow_redirects=False)
+
+    assert answer.status_code == 303
+    assert answer.headers["location"] == "/login"
+    assert not signed_in(client)
+
+
+MANY_FIELDS = "&".join(f"f{i}=x" for i in range(2_000)).encode()
+BIG_FIELD = (
+    b'--b\r\nContent-Disposition: form-data; name="csrf"\r\n\r\n'
+    + b"c" * 2_000_000
+    + b"\r\n--b--\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("kind", "body"),
+    [
+        ("multipart/form-data", b"--x--"),  # no boundary
+        ("multipart/form-data; boundary=b", b"--b\r\nbroken"),
+        ("multipart/form-data; boundary=b", BIG_FIELD),
+        ("application/x-www-form-urlencoded", MANY_FIELDS),
+    ],
+    ids=["no-boundary", "malformed", "2-MB-field", "2000-fields"],
+)
+def test_a_sign_out_body_no_form_sends_is_a_refused_sign_out_not_an_error(
+    client: TestClient, kind: str, body: bytes
+) -> None:
+    sign_in(client)
+
+    answer = client.post(
+        "/logout", headers={"Content-Type": kind}, content=body, follow_redirects=False
+    )
+
+    # As a sign-out whose token does not match: no JSON, no sign-out.
+    assert answer.status_code == 303, answer.text
+    assert answer.headers["location"] == "/login"
+    assert signed_in(client)
+
+
+def test_a_sign_out_with_a_wrong_or_missing_token_does_not_sign_out(
+    client: TestClient,
+) -> None:
+    sign_in(client)
+
+    answers = [
+        client.post("/logout", data={"csrf": "wrong"}, follow_redirects=False),
+        client.post("/logout", data={"csrf": "é"}, follow_redirects=False),
+        client.post("/logout", follow_redirects=False),
+    ]
+
+    assert [a.status_code for a in answers] == [303, 303, 303]
+    assert signed_in(client)
