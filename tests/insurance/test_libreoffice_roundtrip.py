@@ -6,9 +6,11 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from openpyxl import load_workbook
 
 from sheetbridge.config import Settings
 from sheetbridge.insurance.demo import seed_demo
+from sheetbridge.insurance.models import Customer
 from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
 from sheetbridge.web.app import build_runtime
 from sheetbridge.web.deps import Runtime
@@ -56,3 +58,50 @@ def test_workbook_saved_by_calc_imports_nothing_and_needs_no_writes(
     assert pushed["summary"]["written_cells"] == 0
     assert pushed["summary"]["appended"] == 0
     assert pushed["summary"]["issues"] == 0, pushed["tabs"]
+
+
+def test_text_calc_saved_keeps_its_exact_characters_through_the_apps_next_save(
+    runtime: Runtime,
+) -> None:
+    # Calc stores text in a shared table, escaped; the app's next save of the
+    # workbook must not change a character of text it did not write.
+    notes = [
+        "code _x0041_ ok",
+        "line1\rline2",
+        "capital _X0041_ and a x005F_ b",
+        "a tab\tand a new\nline",  # Calc itself saves "\r\n" as "\n"
+    ]
+    run_sync(runtime, "admin", TO_SHEET)
+    ids = _customer_ids(runtime)
+    with runtime.db.session() as session:
+        for record_id, note in zip(ids, notes, strict=False):
+            customer = session.get(Customer, record_id)
+            assert customer is not None
+            customer.notes = note
+    run_sync(runtime, "admin", TO_SHEET)
+    resave_xlsx(workbook_path(runtime, "admin"))
+    first = run_sync(runtime, "admin", FROM_SHEET)
+    assert first["summary"]["updated"] == 0, first["tabs"]
+    with runtime.db.session() as session:
+        unrelated = session.get(Customer, ids[len(notes)])
+        assert unrelated is not None
+        unrelated.city = "Somewhere Else"
+
+    pushed = run_sync(runtime, "admin", TO_SHEET)
+    imported = run_sync(runtime, "admin", FROM_SHEET)
+
+    assert pushed["summary"]["issues"] == 0, pushed["tabs"]
+    assert imported["summary"]["updated"] == 0, imported["tabs"]
+    assert imported["summary"]["issues"] == 0, imported["tabs"]
+    with runtime.db.read_session() as session:
+        found = [session.get(Customer, record_id) for record_id in ids[: len(notes)]]
+        assert [customer.notes for customer in found if customer] == notes
+
+
+def _customer_ids(runtime: Runtime) -> list[int]:
+    book = load_workbook(workbook_path(runtime, "admin"), read_only=True)
+    try:
+        rows = book["Customers"].iter_rows(min_row=2, max_col=1, values_only=True)
+        return [int(row[0]) for row in rows if row[0] is not None]
+    finally:
+        book.close()

@@ -3,6 +3,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+import zipfile
+from collections.abc import Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -237,7 +239,7 @@ def test_text_that_reads_like_an_xml_escape_round_trips_as_typed(
     tmp_path: Path, book: str
 ) -> None:
     # Workbooks escape characters as _xHHHH_; a literal one must stay literal.
-    text = "code _x0041_ here, _x005F_ and _X00e9_"
+    text = "code _x0041_ here, _x005F_ and _X00e9_, line1\rline2\r\nline3"
     path = tmp_path / "esc.xlsx"
     if book == "with a formula":  # read through openpyxl, not calamine
         make_book(path, {"T": [["=1+2"]]})
@@ -248,6 +250,74 @@ def test_text_that_reads_like_an_xml_escape_round_trips_as_typed(
     backend.write({"T": TabChanges(cells={(2, 1): text})})
 
     assert read(backend).rows[1] == [text]
+
+
+# Text as a spreadsheet program stores it in the shared strings table, XML
+# escaped (&#13; a lone carriage return) and _xHHHH_ escaped, and as it reads.
+SAVED_TEXT = [
+    ("code _x005F_x0041_ ok", "code _x0041_ ok"),
+    ("line1&#13;line2", "line1\rline2"),
+    ("cr _x000D_ and tab\tend", "cr \r and tab\tend"),
+    ("a x005F_ b", "a x005F_ b"),
+    ("capital _x005F_X0041_ stays", "capital _X0041_ stays"),
+    ("raw _X0041_ stays", "raw _X0041_ stays"),
+    ("plain &amp; &lt;b&gt;", "plain & <b>"),
+    ("  spaced  ", "  spaced  "),
+]
+
+
+def make_shared_strings_book(
+    path: Path, tabs: Sequence[str], *, error_cell: bool = False
+) -> None:
+    """A book whose tabs each hold SAVED_TEXT in column A, rows 1.., stored in
+    the shared strings table exactly as given; with ``error_cell``, C1 of the
+    first tab shows #DIV/0!, so that the book is read through openpyxl."""
+    plain = path.with_suffix(".plain.xlsx")
+    book = xlsxwriter.Workbook(str(plain))
+    for tab in tabs:
+        sheet = book.add_worksheet(tab)
+        for row in range(len(SAVED_TEXT)):
+            sheet.write_string(row, 0, f"placeholder {row}")
+        if error_cell and tab == tabs[0]:
+            sheet.write_formula(0, 2, "=1/0", None, "#DIV/0!")
+    book.close()
+    items = "".join(
+        f'<si><t xml:space="preserve">{stored}</t></si>' for stored, _ in SAVED_TEXT
+    )
+    table = (
+        '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
+        '<sst xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" '
+        f'count="{len(SAVED_TEXT)}" uniqueCount="{len(SAVED_TEXT)}">{items}</sst>'
+    )
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(path, "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            if name == "xl/sharedStrings.xml":
+                data = table.encode()
+            dst.writestr(name, data)
+    plain.unlink()
+
+
+@pytest.mark.parametrize("error_cell", [False, True])
+def test_a_write_keeps_the_exact_text_of_cells_it_did_not_write_on_every_tab(
+    tmp_path: Path, error_cell: bool
+) -> None:
+    # A spreadsheet program stores text escaped in a shared table; the text of
+    # every cell a write re-saves, on every tab, must read back unchanged.
+    path = tmp_path / "saved.xlsx"
+    make_shared_strings_book(path, ["T", "Other"], error_cell=error_cell)
+    expected = [[text] for _, text in SAVED_TEXT]
+    assert [row[:1] for row in read(XlsxBackend(path)).rows] == expected
+    assert read(XlsxBackend(path), "Other").rows == expected
+
+    XlsxBackend(path).write({"T": TabChanges(cells={(1, 2): "written"})})
+
+    tabs = XlsxBackend(path).read_tabs(["T", "Other"])
+
+    assert tabs["Other"] is not None and tabs["Other"].rows == expected
+    assert tabs["T"] is not None
+    assert [row[:1] for row in tabs["T"].rows] == expected
+    assert tabs["T"].rows[0][1] == "written"
 
 
 def test_formulas_in_columns_people_added_survive_a_write(tmp_path: Path) -> None:

@@ -35,8 +35,12 @@ import openpyxl
 import python_calamine
 import xlsxwriter
 from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+from openpyxl.cell.text import Text as OpenpyxlText
+from openpyxl.reader.excel import ExcelReader
 from openpyxl.styles.numbers import is_date_format
 from openpyxl.utils.exceptions import IllegalCharacterError, InvalidFileException
+from openpyxl.xml.constants import SHARED_STRINGS, SHEET_MAIN_NS
+from openpyxl.xml.functions import iterparse
 from xlsxwriter.exceptions import XlsxInputError
 
 from sheetbridge.sheets.base import (
@@ -165,6 +169,7 @@ class XlsxBackend:
                     _apply(sheet, tab_changes)
                 except IllegalCharacterError as exc:
                     raise _control_character(self.location, tab) from exc
+            _store_text_exactly(workbook)
             self._save_atomically(workbook.save, before)
 
     # reading
@@ -237,9 +242,11 @@ class XlsxBackend:
 
     def _open(self, *, read_only: bool, data_only: bool) -> Any:
         try:
-            return openpyxl.load_workbook(
+            reader = _StoredTextReader(
                 self.path, read_only=read_only, data_only=data_only
             )
+            reader.read()
+            return reader.wb
         except (FileNotFoundError, PermissionError) as exc:
             raise self._unreadable(exc) from exc
         except (zipfile.BadZipFile, InvalidFileException, KeyError, OSError) as exc:
@@ -380,15 +387,72 @@ def _sheet_values(sheet: Any) -> Iterator[list[Any]]:
 
 # A workbook's XML writes some characters as _xHHHH_, and text that reads like
 # such an escape as _x005F_ (an escaped "_") followed by the rest. Calamine
-# and XlsxWriter know this; openpyxl leaves it to its caller.
-_ESCAPE_LIKE = re.compile(r"_(?=x[0-9A-Fa-f]{4}_)")
+# and XlsxWriter know this; openpyxl leaves it to its caller. Readers decode
+# only a lowercase "x"; LibreOffice escapes "_X0041_" too, and so does the app,
+# in case a reader takes it for an escape.
+_ESCAPE_LIKE = re.compile(r"_(?=[xX][0-9A-Fa-f]{4}_)")
 _ESCAPED = re.compile(r"_x([0-9A-Fa-f]{4})_")
+# Characters XML itself would change: a parser reads a carriage return, alone
+# or before a line feed, as a line feed.
+_XML_CHANGES = re.compile(r"\r")
+
+
+def _stored(text: str) -> str:
+    """Text as a workbook's XML stores it, escapes and all: what openpyxl
+    writes as given."""
+    text = _ESCAPE_LIKE.sub("_x005F_", text)
+    return _XML_CHANGES.sub(lambda found: f"_x{ord(found[0]):04X}_", text)
 
 
 def _openpyxl_cell(value: Cell) -> Cell:
     if type(value) is not str:
         return value  # no text, or marked already (an error, a formula)
     return _text(_ESCAPED.sub(lambda found: chr(int(found[1], 16)), value))
+
+
+class _StoredTextReader(ExcelReader):  # type: ignore[misc]
+    """openpyxl's reader, but keeping shared strings as the workbook stores
+    them, escapes and all, as it already keeps text stored in the cells.
+
+    openpyxl drops every "x005F_" from shared strings, which turns a literal
+    "_x0041_" (stored "_x005F_x0041_") into an escaped "A" and cuts "x005F_"
+    out of text that merely contains it; a save writes that back changed.
+    """
+
+    def __init__(self, path: Path, *, read_only: bool, data_only: bool) -> None:
+        super().__init__(path, read_only=read_only, data_only=data_only)
+
+    def read_strings(self) -> None:
+        part = self.package.find(SHARED_STRINGS)
+        if part is None:
+            return
+        strings: list[str] = []
+        with self.archive.open(part.PartName[1:]) as source:
+            for _, node in iterparse(source):
+                if node.tag == _SHARED_STRING:
+                    strings.append(OpenpyxlText.from_tree(node).content)
+                    node.clear()
+        self.shared_strings = strings
+
+
+_SHARED_STRING = f"{{{SHEET_MAIN_NS}}}si"
+
+
+def _store_text_exactly(workbook: Any) -> None:
+    """Make every text cell of every tab save as it reads.
+
+    Text loaded from the workbook is as stored, escapes and all, and openpyxl
+    writes it as it is; only characters XML itself changes (a lone carriage
+    return, read back as a line feed) need escaping. Cells the app wrote were
+    stored by :func:`_set_cell` already.
+    """
+    for sheet in workbook.worksheets:
+        for cell in sheet._cells.values():
+            value = cell._value
+            if type(value) is str and cell.data_type == "s" and "\r" in value:
+                cell._value = _XML_CHANGES.sub(
+                    lambda found: f"_x{ord(found[0]):04X}_", value
+                )
 
 
 def _calamine_cell(value: Cell) -> Cell:
@@ -443,7 +507,7 @@ def _last_non_empty_row(sheet: Any) -> int:
 
 def _set_cell(cell: Any, value: Cell) -> None:
     was_date = is_date_format(cell.number_format)
-    cell.value = _ESCAPE_LIKE.sub("_x005F_", value) if isinstance(value, str) else value
+    cell.value = _stored(value) if isinstance(value, str) else value
     if isinstance(value, str):
         # openpyxl turns a str starting with "=" into a formula; keep it text.
         cell.data_type = "s"
