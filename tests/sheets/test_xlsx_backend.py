@@ -4,12 +4,15 @@ import os
 import threading
 import time
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import openpyxl
+import openpyxl.chart
+import openpyxl.drawing.image
 import pytest
 import xlsxwriter
 
@@ -615,3 +618,113 @@ def test_parallel_writers_to_different_tabs_lose_nothing(tmp_path: Path) -> None
     tabs = XlsxBackend(path).read_tabs([f"T{i}" for i in range(4)])
     for data in tabs.values():
         assert data is not None and data.rows == [["ID"], [2], [3], [4], [5]]
+
+
+def picture(path: Path, kind: str = "PNG") -> Path:
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), "navy").save(path, kind)
+    return path
+
+
+def book_with_a_logo_tab(path: Path, add: Callable[[Any, Path], None]) -> None:
+    """A book with a synced tab "T" and a "Logo" tab the person decorated."""
+    book = xlsxwriter.Workbook(str(path))
+    book.add_worksheet("T").write_string(0, 0, "ID")
+    logo = book.add_worksheet("Logo")
+    logo.write_string(0, 0, "Our agency")
+    add(logo, path.parent)
+    book.close()
+
+
+def test_pictures_the_person_inserted_survive_a_write(tmp_path: Path) -> None:
+    path = tmp_path / "logo.xlsx"
+    book_with_a_logo_tab(
+        path,
+        lambda sheet, folder: sheet.insert_image(
+            "B2", str(picture(folder / "logo.png"))
+        ),
+    )
+    jpeg = openpyxl.load_workbook(path)
+    jpeg["T"].add_image(
+        openpyxl.drawing.image.Image(str(picture(tmp_path / "p.jpg", "JPEG"))), "C3"
+    )
+    jpeg.save(path)
+
+    XlsxBackend(path).write({"T": TabChanges(cells={(2, 1): 1})})
+
+    book = openpyxl.load_workbook(path)
+    assert [len(book[tab]._images) for tab in ("T", "Logo")] == [1, 1]
+    with zipfile.ZipFile(path) as archive:
+        media = [name for name in archive.namelist() if name.startswith("xl/media/")]
+    assert len(media) == 2
+    assert read(XlsxBackend(path)).rows == [["ID"], [1]]
+
+
+def _vba(sheet: Any, folder: Path) -> None:
+    del sheet, folder  # the macros are added to the package below
+
+
+@pytest.mark.parametrize(
+    ("add", "told"),
+    [
+        (
+            lambda sheet, folder: sheet.insert_textbox("D2", "Call us"),
+            "tab 'Logo' holds shapes or text boxes",
+        ),
+        (
+            lambda sheet, folder: sheet.insert_button("D2", {"macro": "go"}),
+            "tab 'Logo' holds form controls",
+        ),
+        (
+            lambda sheet, folder: sheet.add_sparkline("D2", {"range": "Logo!A1:A1"}),
+            "tab 'Logo' holds sparklines",
+        ),
+        (_vba, "the workbook holds macros"),
+    ],
+    ids=["text box", "button", "sparkline", "macros"],
+)
+def test_a_write_that_would_delete_what_openpyxl_cannot_keep_is_refused(
+    tmp_path: Path, add: Callable[[Any, Path], None], told: str
+) -> None:
+    # A save through openpyxl drops shapes, form controls, macros and more; the
+    # write says so and leaves the file as it was rather than delete them.
+    path = tmp_path / "decorated.xlsx"
+    book_with_a_logo_tab(path, add)
+    if add is _vba:
+        with zipfile.ZipFile(path, "a") as archive:
+            archive.writestr("xl/vbaProject.bin", b"not run, only kept")
+    saved = path.read_bytes()
+
+    with pytest.raises(SheetInvalidRequest) as refused:
+        XlsxBackend(path).write({"T": TabChanges(cells={(2, 1): 1})})
+
+    assert not refused.value.transient
+    assert told in refused.value.message
+    assert "Nothing was written" in refused.value.message
+    assert "another workbook" in refused.value.message
+    assert path.read_bytes() == saved
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_comments_charts_and_pictures_alone_are_no_reason_to_refuse(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "kept.xlsx"
+
+    def decorate(sheet: Any, folder: Path) -> None:
+        sheet.write_comment("A1", "a note")
+        sheet.insert_image("B2", str(picture(folder / "logo.png")))
+
+    book_with_a_logo_tab(path, decorate)
+    book = openpyxl.load_workbook(path)
+    chart = openpyxl.chart.BarChart()
+    chart.add_data(openpyxl.chart.Reference(book["T"], min_col=1, min_row=1))
+    book["Logo"].add_chart(chart, "E5")
+    book.save(path)
+
+    XlsxBackend(path).write({"T": TabChanges(cells={(2, 1): 1})})
+
+    book = openpyxl.load_workbook(path)
+    assert book["Logo"]["A1"].comment is not None
+    assert len(book["Logo"]._images) == 1 and len(book["Logo"]._charts) == 1

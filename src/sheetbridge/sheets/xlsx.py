@@ -9,11 +9,13 @@ by openpyxl instead, which tells them apart: an error cell reads as an
 while text that only looks like one stays text.
 
 Writes to an existing workbook load it whole with openpyxl (formulas kept),
-change only the given cells and save. A workbook that does not exist yet is
-written by XlsxWriter, which needs about half openpyxl's time for a big first
-sync. Either way the file is written to a temporary file in the same folder
-and ``os.replace``-d over the original, so a crash never leaves a half-written
-workbook.
+change only the given cells and save. openpyxl keeps comments, tables, charts
+and pictures, but not shapes, form controls, macros and some more: a write to
+a workbook holding any is refused, naming what a save would delete. A
+workbook that does not exist yet is written by XlsxWriter, which needs about
+half openpyxl's time for a big first sync. Either way the file is written to
+a temporary file in the same folder and ``os.replace``-d over the original, so
+a crash never leaves a half-written workbook.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from sheetbridge.sheets.errors import (
     SheetNotFound,
     SheetPermissionDenied,
 )
+from sheetbridge.sheets.xlsx_package import unkept_content
 
 try:
     import fcntl
@@ -162,6 +165,8 @@ class XlsxBackend:
             if not before and not any(ch.delete_rows for ch in changes.values()):
                 self._save_atomically(self._new_book_writer(changes), before)
                 return
+            if before:
+                self._refuse_to_delete_content()
             workbook = self._load_for_write(before)
             for tab, tab_changes in changes.items():
                 sheet = _ensure_sheet(workbook, tab, self.location)
@@ -297,6 +302,32 @@ class XlsxBackend:
             finally:
                 if fd is not None:
                     os.close(fd)
+
+    def _refuse_to_delete_content(self) -> None:
+        """Refuse, writing nothing, a save that would delete what the workbook
+        holds beyond cells and what openpyxl keeps (shapes, macros, …)."""
+        try:
+            with zipfile.ZipFile(self.path) as archive:
+                unkept = unkept_content(archive)
+        except (OSError, zipfile.BadZipFile):
+            return  # the load that follows says what is wrong
+        if not unkept:
+            return
+        by_tab: dict[str | None, list[str]] = {}
+        for item in unkept:
+            by_tab.setdefault(item.tab, []).append(item.what)
+        listing = "; ".join(
+            f"{'the workbook' if tab is None else f'tab {tab!r}'} holds " + _and(whats)
+            for tab, whats in by_tab.items()
+        )
+        raise SheetInvalidRequest(
+            f"{self.location} cannot be synced: {listing}, which the app cannot "
+            "keep when it saves the workbook, so saving would delete them. "
+            "Nothing was written. Move them to another workbook (or delete them "
+            "yourself), then press Sync again",
+            location=self.location,
+            tab=next((item.tab for item in unkept if item.tab is not None), None),
+        )
 
     def _load_for_write(self, version: str) -> Any:
         if not version:
@@ -584,6 +615,12 @@ def _put(sheet: Any, row: int, col: int, value: Cell, formats: dict[type, Any]) 
     if isinstance(value, Decimal):
         return int(sheet.write_number(row, col, value, formats[Decimal]))
     return int(sheet.write_number(row, col, value))
+
+
+def _and(items: Sequence[str]) -> str:
+    if len(items) < 2:
+        return "".join(items)
+    return f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 def _control_character(location: str, tab: str) -> SheetInvalidRequest:
