@@ -728,3 +728,51 @@ def test_comments_charts_and_pictures_alone_are_no_reason_to_refuse(
     book = openpyxl.load_workbook(path)
     assert book["Logo"]["A1"].comment is not None
     assert len(book["Logo"]._images) == 1 and len(book["Logo"]._charts) == 1
+
+
+@pytest.mark.parametrize("stored", ["shared", "inline"])
+def test_a_character_xml_forbids_is_a_clear_permanent_error_naming_tab_and_cell(
+    tmp_path: Path, stored: str
+) -> None:
+    # Calamine reads "&#xFFFE;" leniently, openpyxl (which every write loads
+    # the workbook with) does not: the error says where it is, not "ParseError".
+    path = tmp_path / "odd.xlsx"
+    placeholder = "PLACEHOLDER"
+    if stored == "shared":
+        book = xlsxwriter.Workbook(str(path))
+        book.add_worksheet("Other").write_string(0, 0, "fine")
+        sheet = book.add_worksheet("Customers")
+        sheet.write_string(0, 0, "ID")
+        sheet.write_string(3, 1, placeholder)
+        book.close()
+        part = "xl/sharedStrings.xml"
+    else:
+        make_book(
+            path, {"Other": [["fine"]], "Customers": [["ID"], [], [], [placeholder]]}
+        )
+        book = openpyxl.load_workbook(path)
+        book["Customers"]["A4"], book["Customers"]["B4"] = None, placeholder
+        book.save(path)
+        part = "xl/worksheets/sheet2.xml"
+    patched = path.with_suffix(".patched")
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(patched, "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            if name == part:
+                assert placeholder.encode() in data
+                data = data.replace(placeholder.encode(), b"odd &#xFFFE; text")
+            dst.writestr(name, data)
+    patched.replace(path)
+    backend = XlsxBackend(path)
+    assert read(backend, "Customers").rows[3] == [None, "odd \ufffe text"]
+    saved = path.read_bytes()
+
+    with pytest.raises(SheetInvalidRequest) as refused:
+        backend.write({"Customers": TabChanges(cells={(2, 1): 7})})
+
+    message = refused.value.message
+    assert not refused.value.transient
+    assert refused.value.tab == "Customers"
+    assert "tab 'Customers'" in message and "cell B4" in message
+    assert "ParseError" not in message
+    assert path.read_bytes() == saved

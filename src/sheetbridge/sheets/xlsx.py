@@ -32,6 +32,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
+from xml.etree.ElementTree import ParseError
 
 import openpyxl
 import python_calamine
@@ -62,7 +63,7 @@ from sheetbridge.sheets.errors import (
     SheetNotFound,
     SheetPermissionDenied,
 )
-from sheetbridge.sheets.xlsx_package import unkept_content
+from sheetbridge.sheets.xlsx_package import find_bad_xml, unkept_content
 
 try:
     import fcntl
@@ -256,6 +257,8 @@ class XlsxBackend:
             raise self._unreadable(exc) from exc
         except (zipfile.BadZipFile, InvalidFileException, KeyError, OSError) as exc:
             raise self._not_a_workbook(exc) from exc
+        except ParseError as exc:
+            raise self._not_well_formed(exc) from exc
 
     def _unreadable(self, exc: OSError) -> Exception:
         if isinstance(exc, FileNotFoundError):
@@ -263,6 +266,37 @@ class XlsxBackend:
         if isinstance(exc, PermissionError):
             return SheetPermissionDenied(location=self.location)
         return self._not_a_workbook(exc)
+
+    def _not_well_formed(self, exc: ParseError) -> Exception:
+        """What is wrong, and where, in a workbook whose XML openpyxl rejects
+        (calamine, which reads it, is more lenient)."""
+        try:
+            with zipfile.ZipFile(self.path) as archive:
+                bad = find_bad_xml(archive)
+        except (OSError, zipfile.BadZipFile):
+            bad = None
+        if bad is None:
+            return self._not_a_workbook(exc)
+        if bad.tab is not None:
+            where = f"tab {bad.tab!r}"
+            if bad.cell is not None:
+                where += f", cell {bad.cell}"
+            todo = "retype that cell's text"
+        else:
+            where = f"its part {bad.part}"
+            todo = "save it again in Excel or LibreOffice, or rebuild that content"
+        what = (
+            "a character no workbook may contain"
+            if "character" in bad.reason
+            else "text the workbook format does not allow"
+        )
+        return SheetInvalidRequest(
+            f"{self.location} cannot be synced: {where} holds {what} "
+            f"({bad.reason}). Nothing was written. In the workbook, {todo}, "
+            "then press Sync again",
+            location=self.location,
+            tab=bad.tab,
+        )
 
     def _not_a_workbook(self, exc: Exception) -> Exception:
         return SheetInvalidRequest(

@@ -233,3 +233,71 @@ def _relations(
 
 def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
+
+
+@dataclass(frozen=True)
+class BadXml:
+    """Where a workbook part is no well-formed XML, and why."""
+
+    part: str
+    reason: str
+    tab: str | None = None
+    cell: str | None = None
+
+
+_CELL_START = re.compile(rb"""<(?:\w+:)?c\s[^>]*?\br\s*=\s*["']([A-Za-z]+[0-9]+)["']""")
+_SHARED_STRING_START = re.compile(rb"<(?:\w+:)?si[\s>]")
+
+
+def find_bad_xml(archive: zipfile.ZipFile) -> BadXml | None:
+    """The first XML part of ``archive`` that does not parse, with the tab and
+    cell it belongs to when cheaply found."""
+    tabs = tab_parts(archive)
+    for name in archive.namelist():
+        if not name.endswith((".xml", ".rels", ".vml")):
+            continue
+        data = archive.read(name)
+        try:
+            fromstring(data)
+        except ParseError as exc:
+            reason = str(exc).split(":", 1)[0]
+            offset = _offset(data, *getattr(exc, "position", (1, 0)))
+            if name in tabs:
+                found = list(_CELL_START.finditer(data, 0, offset))
+                cell = found[-1][1].decode() if found else None
+                return BadXml(name, reason, tabs[name], cell)
+            if name.endswith("sharedStrings.xml"):
+                index = len(_SHARED_STRING_START.findall(data, 0, offset)) - 1
+                tab, cell = _cell_showing(archive, tabs, index)
+                return BadXml(name, reason, tab, cell)
+            return BadXml(name, reason)
+    return None
+
+
+def _offset(data: bytes, line: int, column: int) -> int:
+    """The byte offset of a parser's (1-based line, 0-based column)."""
+    start = 0
+    for _ in range(line - 1):
+        start = data.index(b"\n", start) + 1
+    return min(len(data), start + column)
+
+
+def _cell_showing(
+    archive: zipfile.ZipFile, tabs: dict[str, str], index: int
+) -> tuple[str | None, str | None]:
+    """The first tab and cell showing shared string number ``index``."""
+    if index < 0:
+        return None, None
+    showing = re.compile(
+        rb"""<(?:\w+:)?c\s[^>]*?\br\s*=\s*["']([A-Za-z]+[0-9]+)["'][^>]*>"""
+        rb"\s*<(?:\w+:)?v>\s*" + str(index).encode() + rb"\s*<"
+    )
+    for part, tab in tabs.items():
+        try:
+            data = archive.read(part)
+        except KeyError:
+            continue
+        for found in showing.finditer(data):
+            if re.search(rb"""\bt\s*=\s*["']s["']""", found[0]):
+                return tab, found[1].decode()
+    return None, None
