@@ -105,3 +105,38 @@ def _customer_ids(runtime: Runtime) -> list[int]:
         return [int(row[0]) for row in rows if row[0] is not None]
     finally:
         book.close()
+
+
+def test_a_formula_calc_computed_still_reads_as_its_result_after_the_apps_save(
+    runtime: Runtime,
+) -> None:
+    # The app's save (through openpyxl) must not leave the formula without its
+    # result, which the next import would report as the user's fault.
+    run_sync(runtime, "admin", TO_SHEET)
+    path = workbook_path(runtime, "admin")
+    book = load_workbook(path)
+    customers = book["Customers"]
+    header = {cell.value: cell.column for cell in customers[1] if cell.value}
+    record_id = int(customers.cell(2, 1).value)
+    customers.cell(2, header["City"]).value = '=UPPER("portland")'
+    book.save(path)
+    resave_xlsx(path)
+    imported = run_sync(runtime, "admin", FROM_SHEET)
+    assert imported["summary"]["updated"] == 1, imported["tabs"]
+    other = next(i for i in _customer_ids(runtime) if i != record_id)
+    with runtime.db.session() as session:
+        unrelated = session.get(Customer, other)
+        assert unrelated is not None
+        unrelated.city = "Somewhere Else"
+
+    pushed = run_sync(runtime, "admin", TO_SHEET)
+    again = run_sync(runtime, "admin", FROM_SHEET)
+
+    assert pushed["summary"]["written_cells"] >= 1
+    assert again["summary"]["issues"] == 0, again["tabs"]
+    assert again["summary"]["updated"] == 0, again["tabs"]
+    with runtime.db.read_session() as session:
+        customer = session.get(Customer, record_id)
+        assert customer is not None and customer.city == "PORTLAND"
+    city = load_workbook(path)["Customers"].cell(2, header["City"])
+    assert city.value == '=UPPER("portland")'

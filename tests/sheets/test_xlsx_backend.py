@@ -776,3 +776,62 @@ def test_a_character_xml_forbids_is_a_clear_permanent_error_naming_tab_and_cell(
     assert "tab 'Customers'" in message and "cell B4" in message
     assert "ParseError" not in message
     assert path.read_bytes() == saved
+
+
+def test_formula_results_a_spreadsheet_program_saved_survive_a_write(
+    tmp_path: Path,
+) -> None:
+    # openpyxl saves formulas without their results; the write puts back the
+    # result each formula it did not touch had, so it reads as it did.
+    path = tmp_path / "calc.xlsx"
+    book = xlsxwriter.Workbook(str(path))
+    sheet = book.add_worksheet("T")
+    values: list[list[Cell]] = [
+        ["ID", "City", "Total", "Flag", "Broken"],
+        [1, "keep", 3, True, "x"],
+        [2, "PORTLAND", 7.5, False, "y"],
+        [3, 'say "hi" & <go>\r', 10, True, "z"],
+    ]
+    for r, row in enumerate(values):
+        for c, value in enumerate(row):
+            sheet.write(r, c, value)
+    sheet.write_formula("B3", '=UPPER("portland")', None, "PORTLAND")
+    sheet.write_formula("C3", "=5*1.5", None, 7.5)
+    sheet.write_formula("D3", "=1>2", None, False)
+    sheet.write_formula("E3", "=1/0", None, "#DIV/0!")
+    sheet.write_formula("B4", '="say ""hi"" & <go>"&CHAR(13)', None, values[3][1])
+    sheet.write_formula("C4", "=5+5", None, 10)
+    book.close()
+    backend = XlsxBackend(path)
+    before = read(backend).rows
+
+    backend.write({"T": TabChanges(cells={(2, 2): "written"}, delete_rows=[2])})
+
+    rows = read(backend).rows
+    assert rows[0] == before[0]
+    assert rows[1] == before[2]
+    assert rows[2] == before[3]
+    assert [type(cell).__name__ for cell in rows[1]] == [
+        "int", "str", "float", "bool", "ErrorValue"
+    ]  # fmt: skip
+    formulas = openpyxl.load_workbook(path)
+    assert formulas["T"]["B2"].value == '=UPPER("portland")'
+    assert formulas["T"]["C3"].value == "=5+5"
+    # results that the write may have made stale are computed anew on opening
+    assert formulas.calculation.fullCalcOnLoad
+
+
+def test_a_formula_the_write_replaced_with_a_value_keeps_no_old_result(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "over.xlsx"
+    book = xlsxwriter.Workbook(str(path))
+    sheet = book.add_worksheet("T")
+    sheet.write_string("A1", "City")
+    sheet.write_formula("A2", '=UPPER("portland")', None, "PORTLAND")
+    sheet.write_formula("A3", '=UPPER("bangor")', None, "BANGOR")
+    book.close()
+
+    XlsxBackend(path).write({"T": TabChanges(cells={(2, 1): "Augusta"})})
+
+    assert read(XlsxBackend(path)).rows == [["City"], ["Augusta"], ["BANGOR"]]

@@ -20,7 +20,9 @@ a crash never leaves a half-written workbook.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import io
 import os
 import re
 import tempfile
@@ -63,7 +65,13 @@ from sheetbridge.sheets.errors import (
     SheetNotFound,
     SheetPermissionDenied,
 )
-from sheetbridge.sheets.xlsx_package import find_bad_xml, unkept_content
+from sheetbridge.sheets.xlsx_package import (
+    FormulaResults,
+    find_bad_xml,
+    formula_results,
+    put_back_formula_results,
+    unkept_content,
+)
 
 try:
     import fcntl
@@ -166,8 +174,10 @@ class XlsxBackend:
             if not before and not any(ch.delete_rows for ch in changes.values()):
                 self._save_atomically(self._new_book_writer(changes), before)
                 return
+            results: dict[str, FormulaResults] = {}
             if before:
                 self._refuse_to_delete_content()
+                results = self._formula_results()
             workbook = self._load_for_write(before)
             for tab, tab_changes in changes.items():
                 sheet = _ensure_sheet(workbook, tab, self.location)
@@ -176,7 +186,8 @@ class XlsxBackend:
                 except IllegalCharacterError as exc:
                     raise _control_character(self.location, tab) from exc
             _store_text_exactly(workbook)
-            self._save_atomically(workbook.save, before)
+            results = _after_changes(results, changes)
+            self._save_atomically(_saver(workbook, results), before)
 
     # reading
 
@@ -362,6 +373,13 @@ class XlsxBackend:
             location=self.location,
             tab=next((item.tab for item in unkept if item.tab is not None), None),
         )
+
+    def _formula_results(self) -> dict[str, FormulaResults]:
+        try:
+            with zipfile.ZipFile(self.path) as archive:
+                return formula_results(archive)
+        except (OSError, zipfile.BadZipFile, ParseError):
+            return {}  # the load that follows says what is wrong
 
     def _load_for_write(self, version: str) -> Any:
         if not version:
@@ -663,6 +681,54 @@ def _control_character(location: str, tab: str) -> SheetInvalidRequest:
         location=location,
         tab=tab,
     )
+
+
+def _after_changes(
+    results: dict[str, FormulaResults], changes: Mapping[str, TabChanges]
+) -> dict[str, FormulaResults]:
+    """The saved formula results, moved to where their cells are once
+    ``changes`` are applied: none for cells written or rows deleted."""
+    moved: dict[str, FormulaResults] = {}
+    for tab, found in results.items():
+        tab_changes = changes.get(tab)
+        if tab_changes is None:
+            moved[tab] = found
+            continue
+        deleted = sorted(set(tab_changes.delete_rows))
+        moved[tab] = {
+            (row - bisect.bisect_left(deleted, row), col): result
+            for (row, col), result in found.items()
+            if (row, col) not in tab_changes.cells and not _in_sorted(deleted, row)
+        }
+    return moved
+
+
+def _in_sorted(items: list[int], item: int) -> bool:
+    at = bisect.bisect_left(items, item)
+    return at < len(items) and items[at] == item
+
+
+def _saver(
+    workbook: Any, results: dict[str, FormulaResults]
+) -> Callable[[IO[bytes]], None]:
+    """Save ``workbook`` with openpyxl, which saves formulas without results,
+    then put back the results the workbook had for the formulas it keeps."""
+    if not any(results.values()):
+        return workbook.save  # type: ignore[no-any-return]
+    # A result may be out of date once the write changed the cells it is
+    # computed from: have Excel and LibreOffice compute every formula anew.
+    workbook.calculation.fullCalcOnLoad = True
+
+    def save(handle: IO[bytes]) -> None:
+        buffer = io.BytesIO()
+        workbook.save(buffer)
+        with (
+            zipfile.ZipFile(buffer) as saved,
+            zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED) as out,
+        ):
+            put_back_formula_results(saved, out, results)
+
+    return save
 
 
 def _lock_folder(folder: Path) -> int | None:

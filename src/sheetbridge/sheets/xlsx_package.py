@@ -8,16 +8,19 @@ it would silently leave out, so that a write can refuse instead.
 
 from __future__ import annotations
 
+import functools
 import posixpath
 import re
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Any
+from typing import Any, TypeAlias
 from xml.etree.ElementTree import ParseError
+from xml.sax.saxutils import escape
 
-from openpyxl.xml.functions import fromstring
+from openpyxl.utils.cell import column_index_from_string, coordinate_to_tuple
+from openpyxl.xml.functions import fromstring, iterparse
 
 try:
     from PIL import Image as PillowImage
@@ -301,3 +304,85 @@ def _cell_showing(
             if re.search(rb"""\bt\s*=\s*["']s["']""", found[0]):
                 return tab, found[1].decode()
     return None, None
+
+
+FormulaResults: TypeAlias = dict[tuple[int, int], tuple[str, str]]
+"""Per (row, column) of a formula cell: the type and text of its saved result."""
+
+_HAS_FORMULA = re.compile(rb"<(?:\w+:)?f[\s>/]")
+_CELL_TAG = f"{{{_MAIN_NS}}}c"
+_ROW_TAG = f"{{{_MAIN_NS}}}row"
+_FORMULA_TAG = f"{{{_MAIN_NS}}}f"
+_VALUE_TAG = f"{{{_MAIN_NS}}}v"
+# Result types a formula cell may have: number, text, boolean, error.
+_RESULT_TYPES = {"n", "str", "b", "e"}
+
+
+def formula_results(archive: zipfile.ZipFile) -> dict[str, FormulaResults]:
+    """Per tab, the results saved with its formula cells."""
+    results: dict[str, FormulaResults] = {}
+    for part, tab in tab_parts(archive).items():
+        try:
+            data = archive.read(part)
+        except KeyError:
+            continue
+        if not _HAS_FORMULA.search(data):
+            continue
+        found: FormulaResults = {}
+        for _, element in iterparse(BytesIO(data)):
+            if element.tag == _CELL_TAG:
+                kind = element.get("t", "n")
+                formula = element.find(_FORMULA_TAG)
+                value = element.find(_VALUE_TAG)
+                ref = element.get("r")
+                if (
+                    formula is not None
+                    and value is not None
+                    and value.text is not None
+                    and kind in _RESULT_TYPES
+                    and ref
+                ):
+                    found[coordinate_to_tuple(ref)] = (kind, value.text)
+                element.clear()
+            elif element.tag == _ROW_TAG:
+                element.clear()
+        if found:
+            results[tab] = found
+    return results
+
+
+# A formula cell as openpyxl writes it: no type, an <f> and an empty <v>.
+_SAVED_FORMULA = re.compile(
+    rb'<c r="([A-Z]+)([0-9]+)"([^>]*)>(<f\b[^>]*(?:/>|>[^<]*</f>))'
+    rb"(?:<v\s*/>|<v>\s*</v>)</c>"
+)
+
+
+def put_back_formula_results(
+    saved: zipfile.ZipFile, out: zipfile.ZipFile, results: dict[str, FormulaResults]
+) -> None:
+    """Copy the package openpyxl ``saved`` to ``out``, giving each formula cell
+    of a tab in ``results`` the result saved for it there."""
+    tabs = tab_parts(saved)
+    for info in saved.infolist():
+        data = saved.read(info.filename)
+        found = results.get(tabs.get(info.filename, ""), {})
+        if found:
+            data = _SAVED_FORMULA.sub(
+                functools.partial(_with_result, results=found), data
+            )
+        out.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED)
+
+
+def _with_result(cell: re.Match[bytes], results: FormulaResults) -> bytes:
+    letters, row, attributes, formula = cell.groups()
+    result = results.get((int(row), column_index_from_string(letters.decode())))
+    if result is None:
+        return cell[0]
+    kind, text = result
+    typed = b"" if kind == "n" else f' t="{kind}"'.encode()
+    value = escape(text).replace("\r", "&#13;").encode()
+    return (
+        b'<c r="' + letters + row + b'"' + attributes + typed + b">"
+        + formula + b"<v>" + value + b"</v></c>"
+    )  # fmt: skip
