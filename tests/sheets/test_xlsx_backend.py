@@ -3,11 +3,16 @@ from __future__ import annotations
 import os
 import threading
 import time
+import zipfile
+from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import openpyxl
+import openpyxl.chart
+import openpyxl.drawing.image
 import pytest
 import xlsxwriter
 
@@ -237,7 +242,7 @@ def test_text_that_reads_like_an_xml_escape_round_trips_as_typed(
     tmp_path: Path, book: str
 ) -> None:
     # Workbooks escape characters as _xHHHH_; a literal one must stay literal.
-    text = "code _x0041_ here, _x005F_ and _X00e9_"
+    text = "code _x0041_ here, _x005F_ and _X00e9_, line1\rline2\r\nline3"
     path = tmp_path / "esc.xlsx"
     if book == "with a formula":  # read through openpyxl, not calamine
         make_book(path, {"T": [["=1+2"]]})
@@ -248,6 +253,74 @@ def test_text_that_reads_like_an_xml_escape_round_trips_as_typed(
     backend.write({"T": TabChanges(cells={(2, 1): text})})
 
     assert read(backend).rows[1] == [text]
+
+
+# Text as a spreadsheet program stores it in the shared strings table, XML
+# escaped (&#13; a lone carriage return) and _xHHHH_ escaped, and as it reads.
+SAVED_TEXT = [
+    ("code _x005F_x0041_ ok", "code _x0041_ ok"),
+    ("line1&#13;line2", "line1\rline2"),
+    ("cr _x000D_ and tab\tend", "cr \r and tab\tend"),
+    ("a x005F_ b", "a x005F_ b"),
+    ("capital _x005F_X0041_ stays", "capital _X0041_ stays"),
+    ("raw _X0041_ stays", "raw _X0041_ stays"),
+    ("plain &amp; &lt;b&gt;", "plain & <b>"),
+    ("  spaced  ", "  spaced  "),
+]
+
+
+def make_shared_strings_book(
+    path: Path, tabs: Sequence[str], *, error_cell: bool = False
+) -> None:
+    """A book whose tabs each hold SAVED_TEXT in column A, rows 1.., stored in
+    the shared strings table exactly as given; with ``error_cell``, C1 of the
+    first tab shows #DIV/0!, so that the book is read through openpyxl."""
+    plain = path.with_suffix(".plain.xlsx")
+    book = xlsxwriter.Workbook(str(plain))
+    for tab in tabs:
+        sheet = book.add_worksheet(tab)
+        for row in range(len(SAVED_TEXT)):
+            sheet.write_string(row, 0, f"placeholder {row}")
+        if error_cell and tab == tabs[0]:
+            sheet.write_formula(0, 2, "=1/0", None, "#DIV/0!")
+    book.close()
+    items = "".join(
+        f'<si><t xml:space="preserve">{stored}</t></si>' for stored, _ in SAVED_TEXT
+    )
+    table = (
+        '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
+        '<sst xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" '
+        f'count="{len(SAVED_TEXT)}" uniqueCount="{len(SAVED_TEXT)}">{items}</sst>'
+    )
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(path, "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            if name == "xl/sharedStrings.xml":
+                data = table.encode()
+            dst.writestr(name, data)
+    plain.unlink()
+
+
+@pytest.mark.parametrize("error_cell", [False, True])
+def test_a_write_keeps_the_exact_text_of_cells_it_did_not_write_on_every_tab(
+    tmp_path: Path, error_cell: bool
+) -> None:
+    # A spreadsheet program stores text escaped in a shared table; the text of
+    # every cell a write re-saves, on every tab, must read back unchanged.
+    path = tmp_path / "saved.xlsx"
+    make_shared_strings_book(path, ["T", "Other"], error_cell=error_cell)
+    expected = [[text] for _, text in SAVED_TEXT]
+    assert [row[:1] for row in read(XlsxBackend(path)).rows] == expected
+    assert read(XlsxBackend(path), "Other").rows == expected
+
+    XlsxBackend(path).write({"T": TabChanges(cells={(1, 2): "written"})})
+
+    tabs = XlsxBackend(path).read_tabs(["T", "Other"])
+
+    assert tabs["Other"] is not None and tabs["Other"].rows == expected
+    assert tabs["T"] is not None
+    assert [row[:1] for row in tabs["T"].rows] == expected
+    assert tabs["T"].rows[0][1] == "written"
 
 
 def test_formulas_in_columns_people_added_survive_a_write(tmp_path: Path) -> None:
@@ -545,3 +618,220 @@ def test_parallel_writers_to_different_tabs_lose_nothing(tmp_path: Path) -> None
     tabs = XlsxBackend(path).read_tabs([f"T{i}" for i in range(4)])
     for data in tabs.values():
         assert data is not None and data.rows == [["ID"], [2], [3], [4], [5]]
+
+
+def picture(path: Path, kind: str = "PNG") -> Path:
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), "navy").save(path, kind)
+    return path
+
+
+def book_with_a_logo_tab(path: Path, add: Callable[[Any, Path], None]) -> None:
+    """A book with a synced tab "T" and a "Logo" tab the person decorated."""
+    book = xlsxwriter.Workbook(str(path))
+    book.add_worksheet("T").write_string(0, 0, "ID")
+    logo = book.add_worksheet("Logo")
+    logo.write_string(0, 0, "Our agency")
+    add(logo, path.parent)
+    book.close()
+
+
+def test_pictures_the_person_inserted_survive_a_write(tmp_path: Path) -> None:
+    path = tmp_path / "logo.xlsx"
+    book_with_a_logo_tab(
+        path,
+        lambda sheet, folder: sheet.insert_image(
+            "B2", str(picture(folder / "logo.png"))
+        ),
+    )
+    jpeg = openpyxl.load_workbook(path)
+    jpeg["T"].add_image(
+        openpyxl.drawing.image.Image(str(picture(tmp_path / "p.jpg", "JPEG"))), "C3"
+    )
+    jpeg.save(path)
+
+    XlsxBackend(path).write({"T": TabChanges(cells={(2, 1): 1})})
+
+    book = openpyxl.load_workbook(path)
+    assert [len(book[tab]._images) for tab in ("T", "Logo")] == [1, 1]
+    with zipfile.ZipFile(path) as archive:
+        media = [name for name in archive.namelist() if name.startswith("xl/media/")]
+    assert len(media) == 2
+    assert read(XlsxBackend(path)).rows == [["ID"], [1]]
+
+
+def _vba(sheet: Any, folder: Path) -> None:
+    del sheet, folder  # the macros are added to the package below
+
+
+@pytest.mark.parametrize(
+    ("add", "told"),
+    [
+        (
+            lambda sheet, folder: sheet.insert_textbox("D2", "Call us"),
+            "tab 'Logo' holds shapes or text boxes",
+        ),
+        (
+            lambda sheet, folder: sheet.insert_button("D2", {"macro": "go"}),
+            "tab 'Logo' holds form controls",
+        ),
+        (
+            lambda sheet, folder: sheet.add_sparkline("D2", {"range": "Logo!A1:A1"}),
+            "tab 'Logo' holds sparklines",
+        ),
+        (_vba, "the workbook holds macros"),
+    ],
+    ids=["text box", "button", "sparkline", "macros"],
+)
+def test_a_write_that_would_delete_what_openpyxl_cannot_keep_is_refused(
+    tmp_path: Path, add: Callable[[Any, Path], None], told: str
+) -> None:
+    # A save through openpyxl drops shapes, form controls, macros and more; the
+    # write says so and leaves the file as it was rather than delete them.
+    path = tmp_path / "decorated.xlsx"
+    book_with_a_logo_tab(path, add)
+    if add is _vba:
+        with zipfile.ZipFile(path, "a") as archive:
+            archive.writestr("xl/vbaProject.bin", b"not run, only kept")
+    saved = path.read_bytes()
+
+    with pytest.raises(SheetInvalidRequest) as refused:
+        XlsxBackend(path).write({"T": TabChanges(cells={(2, 1): 1})})
+
+    assert not refused.value.transient
+    assert told in refused.value.message
+    assert "Nothing was written" in refused.value.message
+    assert "another workbook" in refused.value.message
+    assert path.read_bytes() == saved
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_comments_charts_and_pictures_alone_are_no_reason_to_refuse(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "kept.xlsx"
+
+    def decorate(sheet: Any, folder: Path) -> None:
+        sheet.write_comment("A1", "a note")
+        sheet.insert_image("B2", str(picture(folder / "logo.png")))
+
+    book_with_a_logo_tab(path, decorate)
+    book = openpyxl.load_workbook(path)
+    chart = openpyxl.chart.BarChart()
+    chart.add_data(openpyxl.chart.Reference(book["T"], min_col=1, min_row=1))
+    book["Logo"].add_chart(chart, "E5")
+    book.save(path)
+
+    XlsxBackend(path).write({"T": TabChanges(cells={(2, 1): 1})})
+
+    book = openpyxl.load_workbook(path)
+    assert book["Logo"]["A1"].comment is not None
+    assert len(book["Logo"]._images) == 1 and len(book["Logo"]._charts) == 1
+
+
+@pytest.mark.parametrize("stored", ["shared", "inline"])
+def test_a_character_xml_forbids_is_a_clear_permanent_error_naming_tab_and_cell(
+    tmp_path: Path, stored: str
+) -> None:
+    # Calamine reads "&#xFFFE;" leniently, openpyxl (which every write loads
+    # the workbook with) does not: the error says where it is, not "ParseError".
+    path = tmp_path / "odd.xlsx"
+    placeholder = "PLACEHOLDER"
+    if stored == "shared":
+        book = xlsxwriter.Workbook(str(path))
+        book.add_worksheet("Other").write_string(0, 0, "fine")
+        sheet = book.add_worksheet("Customers")
+        sheet.write_string(0, 0, "ID")
+        sheet.write_string(3, 1, placeholder)
+        book.close()
+        part = "xl/sharedStrings.xml"
+    else:
+        make_book(
+            path, {"Other": [["fine"]], "Customers": [["ID"], [], [], [placeholder]]}
+        )
+        book = openpyxl.load_workbook(path)
+        book["Customers"]["A4"], book["Customers"]["B4"] = None, placeholder
+        book.save(path)
+        part = "xl/worksheets/sheet2.xml"
+    patched = path.with_suffix(".patched")
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(patched, "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            if name == part:
+                assert placeholder.encode() in data
+                data = data.replace(placeholder.encode(), b"odd &#xFFFE; text")
+            dst.writestr(name, data)
+    patched.replace(path)
+    backend = XlsxBackend(path)
+    assert read(backend, "Customers").rows[3] == [None, "odd \ufffe text"]
+    saved = path.read_bytes()
+
+    with pytest.raises(SheetInvalidRequest) as refused:
+        backend.write({"Customers": TabChanges(cells={(2, 1): 7})})
+
+    message = refused.value.message
+    assert not refused.value.transient
+    assert refused.value.tab == "Customers"
+    assert "tab 'Customers'" in message and "cell B4" in message
+    assert "ParseError" not in message
+    assert path.read_bytes() == saved
+
+
+def test_formula_results_a_spreadsheet_program_saved_survive_a_write(
+    tmp_path: Path,
+) -> None:
+    # openpyxl saves formulas without their results; the write puts back the
+    # result each formula it did not touch had, so it reads as it did.
+    path = tmp_path / "calc.xlsx"
+    book = xlsxwriter.Workbook(str(path))
+    sheet = book.add_worksheet("T")
+    values: list[list[Cell]] = [
+        ["ID", "City", "Total", "Flag", "Broken"],
+        [1, "keep", 3, True, "x"],
+        [2, "PORTLAND", 7.5, False, "y"],
+        [3, 'say "hi" & <go>\r', 10, True, "z"],
+    ]
+    for r, row in enumerate(values):
+        for c, value in enumerate(row):
+            sheet.write(r, c, value)
+    sheet.write_formula("B3", '=UPPER("portland")', None, "PORTLAND")
+    sheet.write_formula("C3", "=5*1.5", None, 7.5)
+    sheet.write_formula("D3", "=1>2", None, False)
+    sheet.write_formula("E3", "=1/0", None, "#DIV/0!")
+    sheet.write_formula("B4", '="say ""hi"" & <go>"&CHAR(13)', None, values[3][1])
+    sheet.write_formula("C4", "=5+5", None, 10)
+    book.close()
+    backend = XlsxBackend(path)
+    before = read(backend).rows
+
+    backend.write({"T": TabChanges(cells={(2, 2): "written"}, delete_rows=[2])})
+
+    rows = read(backend).rows
+    assert rows[0] == before[0]
+    assert rows[1] == before[2]
+    assert rows[2] == before[3]
+    assert [type(cell).__name__ for cell in rows[1]] == [
+        "int", "str", "float", "bool", "ErrorValue"
+    ]  # fmt: skip
+    formulas = openpyxl.load_workbook(path)
+    assert formulas["T"]["B2"].value == '=UPPER("portland")'
+    assert formulas["T"]["C3"].value == "=5+5"
+    # results that the write may have made stale are computed anew on opening
+    assert formulas.calculation.fullCalcOnLoad
+
+
+def test_a_formula_the_write_replaced_with_a_value_keeps_no_old_result(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "over.xlsx"
+    book = xlsxwriter.Workbook(str(path))
+    sheet = book.add_worksheet("T")
+    sheet.write_string("A1", "City")
+    sheet.write_formula("A2", '=UPPER("portland")', None, "PORTLAND")
+    sheet.write_formula("A3", '=UPPER("bangor")', None, "BANGOR")
+    book.close()
+
+    XlsxBackend(path).write({"T": TabChanges(cells={(2, 1): "Augusta"})})
+
+    assert read(XlsxBackend(path)).rows == [["City"], ["Augusta"], ["BANGOR"]]

@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import pytest
 
-from sheetbridge.sheets.base import Cell
+from sheetbridge.sheets.base import Cell, ClippedText
 from sheetbridge.sync.columns import (
     Canonical,
     CellError,
@@ -247,3 +247,21 @@ def test_a_code_typed_as_a_number_gets_its_leading_zeros_back() -> None:
     assert parse_cell(zip_code, "04001") == "04001"
     assert parse_cell(zip_code, "04001-1234") == "04001-1234"
     assert parse_cell(Column("Note", "note"), 4001) == "4001"
+
+
+@pytest.mark.parametrize(
+    ("text", "told"),
+    [
+        ("x" * 32_766, "holds 32,766 characters"),
+        ("x" * 32_767, "holds 32,767 characters"),
+        ("x" * 40_000, "holds 40,000 characters"),
+        ("\N{GRINNING FACE}" * 16_383, "holds 32,766 characters"),
+    ],
+)
+def test_text_that_may_have_been_cut_is_told_with_its_real_length(
+    text: str, told: str
+) -> None:
+    # A cell near or over the limit says how long it really is, not the limit.
+    found = reason(TEXT, ClippedText(text))
+    assert told in found
+    assert "may have been cut" in found or "more than" in found

@@ -100,10 +100,10 @@ class UncomputedFormula(str):
 
 
 class ClippedText(str):
-    """Text read from a cell that holds the workbook limit of 32,767 characters.
+    """Text read from a cell at or over the workbook limit of 32,767 characters.
 
-    Workbook readers cut longer text to that length, so such a value may be only
-    the start of what was typed; importing it would lose the rest.
+    Workbook programs cut longer text to that length, so such a value may be
+    only the start of what was typed; importing it would lose the rest.
     """
 
     __slots__ = ()

@@ -9,16 +9,20 @@ by openpyxl instead, which tells them apart: an error cell reads as an
 while text that only looks like one stays text.
 
 Writes to an existing workbook load it whole with openpyxl (formulas kept),
-change only the given cells and save. A workbook that does not exist yet is
-written by XlsxWriter, which needs about half openpyxl's time for a big first
-sync. Either way the file is written to a temporary file in the same folder
-and ``os.replace``-d over the original, so a crash never leaves a half-written
-workbook.
+change only the given cells and save. openpyxl keeps comments, tables, charts
+and pictures, but not shapes, form controls, macros and some more: a write to
+a workbook holding any is refused, naming what a save would delete. A
+workbook that does not exist yet is written by XlsxWriter, which needs about
+half openpyxl's time for a big first sync. Either way the file is written to
+a temporary file in the same folder and ``os.replace``-d over the original, so
+a crash never leaves a half-written workbook.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import io
 import os
 import re
 import tempfile
@@ -30,13 +34,18 @@ from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
+from xml.etree.ElementTree import ParseError
 
 import openpyxl
 import python_calamine
 import xlsxwriter
 from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+from openpyxl.cell.text import Text as OpenpyxlText
+from openpyxl.reader.excel import ExcelReader
 from openpyxl.styles.numbers import is_date_format
 from openpyxl.utils.exceptions import IllegalCharacterError, InvalidFileException
+from openpyxl.xml.constants import SHARED_STRINGS, SHEET_MAIN_NS
+from openpyxl.xml.functions import iterparse
 from xlsxwriter.exceptions import XlsxInputError
 
 from sheetbridge.sheets.base import (
@@ -55,6 +64,13 @@ from sheetbridge.sheets.errors import (
     SheetLocked,
     SheetNotFound,
     SheetPermissionDenied,
+)
+from sheetbridge.sheets.xlsx_package import (
+    FormulaResults,
+    find_bad_xml,
+    formula_results,
+    put_back_formula_results,
+    unkept_content,
 )
 
 try:
@@ -158,6 +174,10 @@ class XlsxBackend:
             if not before and not any(ch.delete_rows for ch in changes.values()):
                 self._save_atomically(self._new_book_writer(changes), before)
                 return
+            results: dict[str, FormulaResults] = {}
+            if before:
+                self._refuse_to_delete_content()
+                results = self._formula_results()
             workbook = self._load_for_write(before)
             for tab, tab_changes in changes.items():
                 sheet = _ensure_sheet(workbook, tab, self.location)
@@ -165,7 +185,9 @@ class XlsxBackend:
                     _apply(sheet, tab_changes)
                 except IllegalCharacterError as exc:
                     raise _control_character(self.location, tab) from exc
-            self._save_atomically(workbook.save, before)
+            _store_text_exactly(workbook)
+            results = _after_changes(results, changes)
+            self._save_atomically(_saver(workbook, results), before)
 
     # reading
 
@@ -237,13 +259,17 @@ class XlsxBackend:
 
     def _open(self, *, read_only: bool, data_only: bool) -> Any:
         try:
-            return openpyxl.load_workbook(
+            reader = _StoredTextReader(
                 self.path, read_only=read_only, data_only=data_only
             )
+            reader.read()
+            return reader.wb
         except (FileNotFoundError, PermissionError) as exc:
             raise self._unreadable(exc) from exc
         except (zipfile.BadZipFile, InvalidFileException, KeyError, OSError) as exc:
             raise self._not_a_workbook(exc) from exc
+        except ParseError as exc:
+            raise self._not_well_formed(exc) from exc
 
     def _unreadable(self, exc: OSError) -> Exception:
         if isinstance(exc, FileNotFoundError):
@@ -251,6 +277,37 @@ class XlsxBackend:
         if isinstance(exc, PermissionError):
             return SheetPermissionDenied(location=self.location)
         return self._not_a_workbook(exc)
+
+    def _not_well_formed(self, exc: ParseError) -> Exception:
+        """What is wrong, and where, in a workbook whose XML openpyxl rejects
+        (calamine, which reads it, is more lenient)."""
+        try:
+            with zipfile.ZipFile(self.path) as archive:
+                bad = find_bad_xml(archive)
+        except (OSError, zipfile.BadZipFile):
+            bad = None
+        if bad is None:
+            return self._not_a_workbook(exc)
+        if bad.tab is not None:
+            where = f"tab {bad.tab!r}"
+            if bad.cell is not None:
+                where += f", cell {bad.cell}"
+            todo = "retype that cell's text"
+        else:
+            where = f"its part {bad.part}"
+            todo = "save it again in Excel or LibreOffice, or rebuild that content"
+        what = (
+            "a character no workbook may contain"
+            if "character" in bad.reason
+            else "text the workbook format does not allow"
+        )
+        return SheetInvalidRequest(
+            f"{self.location} cannot be synced: {where} holds {what} "
+            f"({bad.reason}). Nothing was written. In the workbook, {todo}, "
+            "then press Sync again",
+            location=self.location,
+            tab=bad.tab,
+        )
 
     def _not_a_workbook(self, exc: Exception) -> Exception:
         return SheetInvalidRequest(
@@ -290,6 +347,39 @@ class XlsxBackend:
             finally:
                 if fd is not None:
                     os.close(fd)
+
+    def _refuse_to_delete_content(self) -> None:
+        """Refuse, writing nothing, a save that would delete what the workbook
+        holds beyond cells and what openpyxl keeps (shapes, macros, …)."""
+        try:
+            with zipfile.ZipFile(self.path) as archive:
+                unkept = unkept_content(archive)
+        except (OSError, zipfile.BadZipFile):
+            return  # the load that follows says what is wrong
+        if not unkept:
+            return
+        by_tab: dict[str | None, list[str]] = {}
+        for item in unkept:
+            by_tab.setdefault(item.tab, []).append(item.what)
+        listing = "; ".join(
+            f"{'the workbook' if tab is None else f'tab {tab!r}'} holds " + _and(whats)
+            for tab, whats in by_tab.items()
+        )
+        raise SheetInvalidRequest(
+            f"{self.location} cannot be synced: {listing}, which the app cannot "
+            "keep when it saves the workbook, so saving would delete them. "
+            "Nothing was written. Move them to another workbook (or delete them "
+            "yourself), then press Sync again",
+            location=self.location,
+            tab=next((item.tab for item in unkept if item.tab is not None), None),
+        )
+
+    def _formula_results(self) -> dict[str, FormulaResults]:
+        try:
+            with zipfile.ZipFile(self.path) as archive:
+                return formula_results(archive)
+        except (OSError, zipfile.BadZipFile, ParseError):
+            return {}  # the load that follows says what is wrong
 
     def _load_for_write(self, version: str) -> Any:
         if not version:
@@ -380,15 +470,72 @@ def _sheet_values(sheet: Any) -> Iterator[list[Any]]:
 
 # A workbook's XML writes some characters as _xHHHH_, and text that reads like
 # such an escape as _x005F_ (an escaped "_") followed by the rest. Calamine
-# and XlsxWriter know this; openpyxl leaves it to its caller.
-_ESCAPE_LIKE = re.compile(r"_(?=x[0-9A-Fa-f]{4}_)")
+# and XlsxWriter know this; openpyxl leaves it to its caller. Readers decode
+# only a lowercase "x"; LibreOffice escapes "_X0041_" too, and so does the app,
+# in case a reader takes it for an escape.
+_ESCAPE_LIKE = re.compile(r"_(?=[xX][0-9A-Fa-f]{4}_)")
 _ESCAPED = re.compile(r"_x([0-9A-Fa-f]{4})_")
+# Characters XML itself would change: a parser reads a carriage return, alone
+# or before a line feed, as a line feed.
+_XML_CHANGES = re.compile(r"\r")
+
+
+def _stored(text: str) -> str:
+    """Text as a workbook's XML stores it, escapes and all: what openpyxl
+    writes as given."""
+    text = _ESCAPE_LIKE.sub("_x005F_", text)
+    return _XML_CHANGES.sub(lambda found: f"_x{ord(found[0]):04X}_", text)
 
 
 def _openpyxl_cell(value: Cell) -> Cell:
     if type(value) is not str:
         return value  # no text, or marked already (an error, a formula)
     return _text(_ESCAPED.sub(lambda found: chr(int(found[1], 16)), value))
+
+
+class _StoredTextReader(ExcelReader):  # type: ignore[misc]
+    """openpyxl's reader, but keeping shared strings as the workbook stores
+    them, escapes and all, as it already keeps text stored in the cells.
+
+    openpyxl drops every "x005F_" from shared strings, which turns a literal
+    "_x0041_" (stored "_x005F_x0041_") into an escaped "A" and cuts "x005F_"
+    out of text that merely contains it; a save writes that back changed.
+    """
+
+    def __init__(self, path: Path, *, read_only: bool, data_only: bool) -> None:
+        super().__init__(path, read_only=read_only, data_only=data_only)
+
+    def read_strings(self) -> None:
+        part = self.package.find(SHARED_STRINGS)
+        if part is None:
+            return
+        strings: list[str] = []
+        with self.archive.open(part.PartName[1:]) as source:
+            for _, node in iterparse(source):
+                if node.tag == _SHARED_STRING:
+                    strings.append(OpenpyxlText.from_tree(node).content)
+                    node.clear()
+        self.shared_strings = strings
+
+
+_SHARED_STRING = f"{{{SHEET_MAIN_NS}}}si"
+
+
+def _store_text_exactly(workbook: Any) -> None:
+    """Make every text cell of every tab save as it reads.
+
+    Text loaded from the workbook is as stored, escapes and all, and openpyxl
+    writes it as it is; only characters XML itself changes (a lone carriage
+    return, read back as a line feed) need escaping. Cells the app wrote were
+    stored by :func:`_set_cell` already.
+    """
+    for sheet in workbook.worksheets:
+        for cell in sheet._cells.values():
+            value = cell._value
+            if type(value) is str and cell.data_type == "s" and "\r" in value:
+                cell._value = _XML_CHANGES.sub(
+                    lambda found: f"_x{ord(found[0]):04X}_", value
+                )
 
 
 def _calamine_cell(value: Cell) -> Cell:
@@ -443,7 +590,7 @@ def _last_non_empty_row(sheet: Any) -> int:
 
 def _set_cell(cell: Any, value: Cell) -> None:
     was_date = is_date_format(cell.number_format)
-    cell.value = _ESCAPE_LIKE.sub("_x005F_", value) if isinstance(value, str) else value
+    cell.value = _stored(value) if isinstance(value, str) else value
     if isinstance(value, str):
         # openpyxl turns a str starting with "=" into a formula; keep it text.
         cell.data_type = "s"
@@ -522,12 +669,66 @@ def _put(sheet: Any, row: int, col: int, value: Cell, formats: dict[type, Any]) 
     return int(sheet.write_number(row, col, value))
 
 
+def _and(items: Sequence[str]) -> str:
+    if len(items) < 2:
+        return "".join(items)
+    return f"{', '.join(items[:-1])} and {items[-1]}"
+
+
 def _control_character(location: str, tab: str) -> SheetInvalidRequest:
     return SheetInvalidRequest(
         "a value contains a control character a workbook cannot store",
         location=location,
         tab=tab,
     )
+
+
+def _after_changes(
+    results: dict[str, FormulaResults], changes: Mapping[str, TabChanges]
+) -> dict[str, FormulaResults]:
+    """The saved formula results, moved to where their cells are once
+    ``changes`` are applied: none for cells written or rows deleted."""
+    moved: dict[str, FormulaResults] = {}
+    for tab, found in results.items():
+        tab_changes = changes.get(tab)
+        if tab_changes is None:
+            moved[tab] = found
+            continue
+        deleted = sorted(set(tab_changes.delete_rows))
+        moved[tab] = {
+            (row - bisect.bisect_left(deleted, row), col): result
+            for (row, col), result in found.items()
+            if (row, col) not in tab_changes.cells and not _in_sorted(deleted, row)
+        }
+    return moved
+
+
+def _in_sorted(items: list[int], item: int) -> bool:
+    at = bisect.bisect_left(items, item)
+    return at < len(items) and items[at] == item
+
+
+def _saver(
+    workbook: Any, results: dict[str, FormulaResults]
+) -> Callable[[IO[bytes]], None]:
+    """Save ``workbook`` with openpyxl, which saves formulas without results,
+    then put back the results the workbook had for the formulas it keeps."""
+    if not any(results.values()):
+        return workbook.save  # type: ignore[no-any-return]
+    # A result may be out of date once the write changed the cells it is
+    # computed from: have Excel and LibreOffice compute every formula anew.
+    workbook.calculation.fullCalcOnLoad = True
+
+    def save(handle: IO[bytes]) -> None:
+        buffer = io.BytesIO()
+        workbook.save(buffer)
+        with (
+            zipfile.ZipFile(buffer) as saved,
+            zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED) as out,
+        ):
+            put_back_formula_results(saved, out, results)
+
+    return save
 
 
 def _lock_folder(folder: Path) -> int | None:

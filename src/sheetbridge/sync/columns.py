@@ -22,6 +22,7 @@ from sheetbridge.sheets.base import (
     ClippedText,
     ErrorValue,
     UncomputedFormula,
+    cell_length,
 )
 
 Canonical: TypeAlias = str | int | None
@@ -111,11 +112,24 @@ def parse_value(column: Column, raw: Cell) -> Canonical:
             "formula or type the value"
         )
     if isinstance(raw, ClippedText):
-        raise CellError(
-            f"holds {XLSX_CELL_LIMIT:,} characters, the most a workbook cell can; "
-            "the text may have been cut, so it is not imported"
-        )
+        raise CellError(_clipped_reason(raw))
     return _PARSERS[column.type](column, raw)
+
+
+def _clipped_reason(text: str) -> str:
+    """Why text read at or over the workbook cell limit is not imported."""
+    length = cell_length(text)
+    counted = " (an emoji counting as two)" if length != len(text) else ""
+    if length > XLSX_CELL_LIMIT:
+        return (
+            f"holds {length:,} characters{counted}, more than the "
+            f"{XLSX_CELL_LIMIT:,} a workbook cell can; Excel and LibreOffice cut "
+            "the rest, so it is not imported"
+        )
+    return (
+        f"holds {length:,} characters{counted}, at or near the {XLSX_CELL_LIMIT:,} "
+        "a workbook cell can hold, so the text may have been cut; it is not imported"
+    )
 
 
 class CellParser:
