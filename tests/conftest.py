@@ -129,6 +129,7 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         progress_interval_s=0.05,
         lease_s=10,
         worker_concurrency=12,
+        workbook_locked_retry_s=0.2,
     )
 
 

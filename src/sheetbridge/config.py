@@ -63,6 +63,15 @@ class Settings(BaseSettings):
         default=True,
         description="serve runs sync workers in a child process, off the web's core",
     )
+    workbook_locked_retry_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description=(
+            "how long a sync waits before it tries a workbook open in Excel or "
+            "LibreOffice again (time to close it)"
+        ),
+    )
     worker_nice: int = Field(
         default=10,
         ge=0,

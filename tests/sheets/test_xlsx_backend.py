@@ -477,12 +477,28 @@ def test_open_in_libreoffice_or_excel_is_locked_and_transient(tmp_path: Path) ->
         assert info.value.transient and "book.xlsx" in str(info.value)
         # The sync tries a few times, not for ever: no promise it goes on.
         assert "press Sync again" in str(info.value)
+        assert f"delete {lock.name}" in str(info.value)
         lock.unlink()
     (tmp_path / "~$book.xlsx").write_text("stale")
     XlsxBackend(path, respect_lock_files=False).write(
         {"T": TabChanges(cells={(2, 1): 1})}
     )
     assert read(XlsxBackend(path)).rows == [["ID"], [1]]
+
+
+def test_a_workbook_open_elsewhere_is_tried_again_after_time_to_close_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "book.xlsx"
+    make_book(path, {"T": [["ID"]]})
+    (tmp_path / "~$book.xlsx").write_text("user")
+    waits = []
+    for backend in (XlsxBackend(path), XlsxBackend(path, locked_retry_s=5)):
+        with pytest.raises(SheetLocked) as info:
+            backend.write({"T": TabChanges(cells={(2, 1): 1})})
+        waits.append(info.value.retry_after)
+
+    assert waits == [30.0, 5]
 
 
 def test_not_a_workbook_is_a_permanent_invalid_request(tmp_path: Path) -> None:

@@ -230,7 +230,11 @@ class SyncService:
             raise PermanentJobError(f"unknown sheet backend {target.backend!r}")
         path = Path(target.location)
         path.parent.mkdir(parents=True, exist_ok=True)
-        return XlsxBackend(path, latency_ms=self.settings.sheet_latency_ms)
+        return XlsxBackend(
+            path,
+            latency_ms=self.settings.sheet_latency_ms,
+            locked_retry_s=self.settings.workbook_locked_retry_s,
+        )
 
     # -- handlers -------------------------------------------------------------
 

@@ -100,24 +100,36 @@ _thread_locks: dict[Path, threading.Lock] = {}
 _thread_locks_guard = threading.Lock()
 
 
+# How long a sync waits before it tries a workbook open elsewhere again: time
+# to close it (a job's five tries then span about two minutes).
+LOCKED_RETRY_S = 30.0
+
+
 class XlsxBackend:
     """Tabs of one local workbook file."""
 
     cell_limit = XLSX_TEXT_LIMIT
 
     def __init__(
-        self, path: Path, latency_ms: int = 0, *, respect_lock_files: bool = True
+        self,
+        path: Path,
+        latency_ms: int = 0,
+        *,
+        respect_lock_files: bool = True,
+        locked_retry_s: float = LOCKED_RETRY_S,
     ) -> None:
         """Use the workbook at ``path`` (it need not exist yet).
 
         ``latency_ms`` sleeps that long per call to imitate a slow API.
         ``respect_lock_files`` refuses to write (transient :class:`SheetLocked`)
         while Excel or LibreOffice has the workbook open, since their next save
-        would silently overwrite what the sync wrote.
+        would silently overwrite what the sync wrote; the next try should wait
+        ``locked_retry_s``, time enough to close it.
         """
         self.path = Path(path)
         self.latency_ms = latency_ms
         self.respect_lock_files = respect_lock_files
+        self.locked_retry_s = locked_retry_s
         self.location = str(self.path)
 
     def version(self) -> str:
@@ -329,9 +341,11 @@ class XlsxBackend:
             if (self.path.parent / lock).exists():
                 raise SheetLocked(
                     f"{self.location} is open in another program (lock file "
-                    f"{lock}); close it there: the sync's next try goes on, and "
-                    "after its last try, press Sync again",
+                    f"{lock}); close it there and the sync's next try goes on "
+                    "(after its last, press Sync again). If it is open nowhere, "
+                    f"the lock file was left by a crash: delete {lock}",
                     location=self.location,
+                    retry_after=self.locked_retry_s,
                 )
 
     @contextlib.contextmanager
