@@ -15,7 +15,6 @@ from typing import Annotated
 import typer
 from sqlalchemy import select
 
-from sheetbridge import priority
 from sheetbridge.config import Settings, get_settings
 from sheetbridge.db import DATABASE_UNAVAILABLE_ERRORS, is_sqlite, unavailable_reason
 from sheetbridge.heap import settle_after_startup
@@ -141,7 +140,7 @@ def worker(
     ``--drain-timeout-s`` to finish, and the rest are handed back to the queue
     at once (another worker retries them; none is lost).
     """
-    priority.lower(nice)
+    os.nice(nice)
     runtime = _runtime()
     if until_empty:
         pool = WorkerPool(runtime.queue, runtime.sync.handlers)

@@ -17,8 +17,6 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
-from sheetbridge import priority
-
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -192,19 +190,14 @@ class Database:
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A session whose transaction commits on success and rolls back on error."""
-        with (
-            priority.holding(),
-            self._turn(),
-            self.sessions() as session,
-            session.begin(),
-        ):
+        with self._turn(), self.sessions() as session, session.begin():
             yield session
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         """A Core connection whose transaction commits on success and rolls back
         on error: a session's lighter sibling for statements without ORM objects."""
-        with priority.holding(), self._turn(), self.engine.begin() as connection:
+        with self._turn(), self.engine.begin() as connection:
             yield connection
 
     def _turn(self) -> AbstractContextManager[None]:
