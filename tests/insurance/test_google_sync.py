@@ -10,7 +10,8 @@ from fastapi.testclient import TestClient
 from sheetbridge.config import Settings
 from sheetbridge.insurance.models import Customer
 from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
-from sheetbridge.sheets.base import TabChanges
+from sheetbridge.sheets.base import TabChanges, TabData
+from sheetbridge.sheets.google import GoogleSheetsBackend
 from sheetbridge.testing.emulator import EmulatorServer
 from sheetbridge.testing.harness import GoogleHarness
 from sheetbridge.web.app import create_app
@@ -52,6 +53,16 @@ def spreadsheet_id(
     return book.spreadsheet_id
 
 
+def customers_tab(
+    emulator: EmulatorServer, spreadsheet_id: str
+) -> tuple[GoogleSheetsBackend, TabData, list[str]]:
+    """The backend of alice's spreadsheet, its Customers tab and its header."""
+    backend = GoogleHarness(emulator).backend(spreadsheet_id)
+    tab = backend.read_tabs(["Customers"])["Customers"]
+    assert tab is not None
+    return backend, tab, [str(cell) for cell in tab.rows[0]]
+
+
 def test_to_sheet_writes_the_book_and_an_unchanged_resync_only_reads(
     runtime: Runtime, spreadsheet_id: str, emulator: EmulatorServer
 ) -> None:
@@ -73,10 +84,7 @@ def test_sheet_edits_import_and_text_stays_text(
     runtime: Runtime, spreadsheet_id: str, emulator: EmulatorServer
 ) -> None:
     run_sync(runtime, "alice", TO_SHEET)
-    backend = GoogleHarness(emulator).backend(spreadsheet_id)
-    tab = backend.read_tabs(["Customers"])["Customers"]
-    assert tab is not None
-    header = [str(cell) for cell in tab.rows[0]]
+    backend, tab, header = customers_tab(emulator, spreadsheet_id)
     record_id = int(tab.rows[1][0])  # type: ignore[arg-type]
     backend.write(
         {
@@ -161,10 +169,8 @@ def test_a_note_longer_than_the_app_keeps_is_an_error_in_to_sheet_not_pending(
     runtime: Runtime, spreadsheet_id: str, emulator: EmulatorServer
 ) -> None:
     run_sync(runtime, "alice", TO_SHEET)
-    backend = GoogleHarness(emulator).backend(spreadsheet_id)
-    tab = backend.read_tabs(["Customers"])["Customers"]
-    assert tab is not None
-    notes = [str(cell) for cell in tab.rows[0]].index("Notes") + 1
+    backend, _, header = customers_tab(emulator, spreadsheet_id)
+    notes = header.index("Notes") + 1
     backend.write(
         {
             "Customers": TabChanges(
