@@ -501,6 +501,26 @@ def test_a_workbook_open_elsewhere_is_tried_again_after_time_to_close_it(
     assert waits == [30.0, 5]
 
 
+def test_a_write_clears_the_temporary_file_a_killed_write_left_behind(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "alice.xlsx"
+    make_book(path, {"T": [["ID"]]})
+    left = tmp_path / ".alice-tw207x86.xlsx.tmp"  # a write killed mid-save
+    others = [
+        tmp_path / ".alice-2-k3j9x0qa.xlsx.tmp",  # alice-2.xlsx's
+        tmp_path / "alice-notes.xlsx.tmp",
+    ]
+    for leftover in (left, *others):
+        leftover.write_bytes(b"PK half")
+
+    XlsxBackend(path).write({"T": TabChanges(cells={(2, 1): 1})})
+
+    assert not left.exists()
+    assert all(other.exists() for other in others)
+    assert read(XlsxBackend(path)).rows == [["ID"], [1]]
+
+
 def test_not_a_workbook_is_a_permanent_invalid_request(tmp_path: Path) -> None:
     path = tmp_path / "bad.xlsx"
     path.write_text("not a zip")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import glob
 import io
 import os
 import re
@@ -100,6 +101,8 @@ _thread_locks: dict[Path, threading.Lock] = {}
 _thread_locks_guard = threading.Lock()
 
 
+# A save's temporary file: ".<stem>-" and mkstemp's 8 random characters first.
+TMP_SUFFIX = ".xlsx.tmp"
 # How long a sync waits before it tries a workbook open elsewhere again: time
 # to close it (a job's five tries then span about two minutes).
 LOCKED_RETRY_S = 30.0
@@ -410,13 +413,21 @@ class XlsxBackend:
 
         return write
 
+    def _clear_killed_saves(self) -> None:
+        """Delete the temporary files of this workbook's saves that a killed
+        process left: with the folder's write lock held, no save is under way."""
+        pattern = f".{glob.escape(self.path.stem)}-{'?' * 8}{TMP_SUFFIX}"
+        for leftover in self.path.parent.glob(pattern):
+            leftover.unlink(missing_ok=True)
+
     def _save_atomically(self, save: Callable[[IO[bytes]], None], before: str) -> None:
         folder = self.path.parent
         if not folder.is_dir():
             raise SheetNotFound(f"folder {folder} does not exist", location=str(folder))
+        self._clear_killed_saves()
         try:
             fd, tmp_name = tempfile.mkstemp(
-                prefix=f".{self.path.stem}-", suffix=".xlsx.tmp", dir=folder
+                prefix=f".{self.path.stem}-", suffix=TMP_SUFFIX, dir=folder
             )
         except PermissionError as exc:
             raise SheetPermissionDenied(location=self.location) from exc
