@@ -1103,3 +1103,28 @@ def test_an_import_without_an_optional_column_says_its_values_were_not_imported(
     assert "'Phone' is missing" in plan.issues[0].reason
     assert "Sync to sheet" in plan.issues[0].reason
     assert plan.updates == {}
+
+
+def test_values_right_of_the_last_header_are_warned_about_and_never_overwritten() -> (
+    None
+):
+    app = {1: rec("Ann"), 2: rec("Bob")}
+    tab, base = synced(app)
+    phone = HEADER.index("Phone")
+    for row in tab.rows:
+        del row[phone]  # a column for to-sheet to add back
+    tab.rows[2] += [None, None, "stray"]  # two columns right of the last header
+
+    frm = plan_from_sheet(MAPPING, tab, app, base)
+    to = plan_to_sheet(MAPPING, tab, app, base)
+
+    stray = len(HEADER) - 1 + 2  # the index of "stray"
+    letter = column_letter(stray + 1)
+    for plan in (frm, to):
+        warned = {i.column: i.reason for i in plan.issues if i.kind == "warning"}
+        assert (
+            warned[letter]
+            == f"column {letter} has no header; its values are not synced"
+        )
+    added = {col for (row, col), value in to.changes.cells.items() if row == 1}
+    assert min(added) > stray + 1, "the Phone column goes right of the stray value"

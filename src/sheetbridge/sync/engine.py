@@ -193,8 +193,11 @@ class _Layout:
 
 def _read_layout(mapping: TabMapping, rows: Sequence[list[Cell]]) -> _Layout:
     header = rows[0] if rows else []
+    # Values may stand right of the last header too.
+    width = max((len(row) for row in rows), default=0)
     positions: dict[str, list[int]] = defaultdict(list)
-    for index, text in enumerate(header):
+    for index in range(width):
+        text = header[index] if index < len(header) else None
         positions[normalize_header(text)].append(index)
     # A column without a header among ours is told; one past ours only if it
     # holds something (not the empty gap before someone's own column).
@@ -207,7 +210,8 @@ def _read_layout(mapping: TabMapping, rows: Sequence[list[Cell]]) -> _Layout:
         if index < last_ours
         or any(index < len(row) and not _is_blank(row[index]) for row in rows[1:])
     ]
-    layout = _Layout(None, {}, [], set(), False, len(header), [])
+    # Columns a sync adds go right of everything, never over stray values.
+    layout = _Layout(None, {}, [], set(), False, width, [])
     id_positions = positions.get(normalize_header(mapping.id_header), [])
     layout.id_ambiguous = len(id_positions) > 1
     if len(id_positions) == 1:
