@@ -182,6 +182,9 @@ def test_policy_dates_and_unknown_customer_are_rejected_by_field(
     )
     assert duplicate.status_code == 422
     assert duplicate.json()["detail"][0]["field"] == "policy_number"
+    assert duplicate.json()["detail"][0]["msg"] == (
+        f"'00999' is already used by policy {created.json()['id']}"
+    )
 
 
 def test_another_agents_customer_is_told_as_not_in_your_book(
@@ -205,6 +208,28 @@ def test_another_agents_customer_is_told_as_not_in_your_book(
     assert answer.status_code == 422
     assert answer.json()["detail"][0]["msg"] == (
         f"there is no customer {bobs['id']} in your book"
+    )
+
+
+def test_a_policy_number_another_agent_uses_is_refused_without_naming_their_policy(
+    client: TestClient, tokens: dict[str, str]
+) -> None:
+    alices = client.get(
+        "/api/policies", params={"limit": 1}, headers=bearer(tokens["alice"])
+    ).json()["items"][0]
+    bobs = client.get(
+        "/api/policies", params={"limit": 1}, headers=bearer(tokens["bob"])
+    ).json()["items"][0]
+
+    answer = client.patch(
+        f"/api/policies/{bobs['id']}",
+        json={"version": bobs["version"], "policy_number": alices["policy_number"]},
+        headers=bearer(tokens["bob"]),
+    )
+
+    assert answer.status_code == 422
+    assert answer.json()["detail"][0]["msg"] == (
+        f"{alices['policy_number']!r} is already used"
     )
 
 

@@ -298,8 +298,14 @@ class Book:
             ) from exc
 
     def _check_policy_number(self, number: str, policy_id: int | None) -> None:
-        clash = self.session.scalar(
-            select(Policy.id).where(Policy.policy_number == number)
-        )
-        if clash is not None and clash != policy_id:
-            raise InvalidField("policy_number", f"{number!r} is already used")
+        clash = self.session.execute(
+            select(Policy.id, Policy.agent_id).where(Policy.policy_number == number)
+        ).first()
+        if clash is None or clash.id == policy_id:
+            return
+        # Policy N, where the caller can look it up; another agent's is theirs.
+        if self.user.is_admin or clash.agent_id == self.user.id:
+            raise InvalidField(
+                "policy_number", f"{number!r} is already used by policy {clash.id}"
+            )
+        raise InvalidField("policy_number", f"{number!r} is already used")
