@@ -68,9 +68,10 @@ def test_a_sign_out_body_no_form_sends_is_a_refused_sign_out_not_an_error(
         "/logout", headers={"Content-Type": kind}, content=body, follow_redirects=False
     )
 
-    # As a sign-out whose token does not match: no JSON, no sign-out.
+    # As a sign-out whose token does not match: no JSON, no sign-out, and
+    # back to the dashboard, where the user sees they are still signed in.
     assert answer.status_code == 303, answer.text
-    assert answer.headers["location"] == "/login"
+    assert answer.headers["location"] == "/"
     assert signed_in(client)
 
 
@@ -86,4 +87,5 @@ def test_a_sign_out_with_a_wrong_or_missing_token_does_not_sign_out(
     ]
 
     assert [a.status_code for a in answers] == [303, 303, 303]
+    assert [a.headers["location"] for a in answers] == ["/", "/", "/"]
     assert signed_in(client)

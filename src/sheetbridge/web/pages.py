@@ -95,7 +95,10 @@ async def logout(request: Request) -> Response:
     form = await _read_form(request, "csrf")
     if form is not None and csrf_matches(request.session.get("csrf"), form[0]):
         request.session.clear()
-    return RedirectResponse("/login", status_code=303)
+        return RedirectResponse("/login", status_code=303)
+    # Refused: back to the page, which shows the user is still signed in (or,
+    # without a session, sends them to sign in).
+    return RedirectResponse("/", status_code=303)
 
 
 @router.get("/", response_class=HTMLResponse)
