@@ -249,6 +249,24 @@ def test_a_premium_out_of_bounds_is_refused_in_the_agencys_words(
     }
 
 
+def test_a_premium_sent_as_text_is_written_as_an_amount_is(alice: TestClient) -> None:
+    policy = _first_policy(alice)
+    refused = {
+        premium: _save_policy(alice, policy, premium=premium).json()["detail"][0]["msg"]
+        for premium in ("1e5", "NaN", "Infinity", "0x10", "1_000")
+    }
+    saved = [
+        _save_policy(alice, _first_policy(alice), premium=premium).json()["premium"]
+        for premium in ("1234.5", ".50", " 12 ")
+    ]
+
+    assert refused == dict.fromkeys(
+        ("1e5", "NaN", "Infinity", "0x10", "1_000"),
+        "write a premium as an amount like 1234.50",
+    )
+    assert saved == ["1234.50", "0.50", "12.00"]
+
+
 @pytest.mark.parametrize(
     ("written", "message"),
     [

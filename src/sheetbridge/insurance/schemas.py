@@ -160,9 +160,21 @@ def _premium(value: Decimal) -> Decimal:
     return value + 0  # "+ 0" turns -0.00 into 0.00
 
 
+_AMOUNT_TEXT = re.compile(r"-?(\d+(\.\d*)?|\.\d+)")
+
+
+def _amount_text(value: object) -> object:
+    # Text as an amount is written (as the sheet takes it too): no exponent,
+    # no NaN or Infinity, no hex or digit separators. JSON numbers pass.
+    if isinstance(value, str) and not _AMOUNT_TEXT.fullmatch(value.strip()):
+        raise ValueError("write a premium as an amount like 1234.50")
+    return value
+
+
 Premium = Annotated[
     Decimal,
     AfterValidator(_premium),
+    BeforeValidator(_amount_text),
     # Text with two decimals in JSON; a Decimal to the models, which compare
     # it with the stored amount (an unchanged premium is no change).
     PlainSerializer(lambda value: f"{value:.2f}", return_type=str, when_used="json"),
