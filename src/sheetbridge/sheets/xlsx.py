@@ -500,16 +500,18 @@ def _sheet_values(sheet: Any) -> Iterator[list[Any]]:
 # in case a reader takes it for an escape.
 _ESCAPE_LIKE = re.compile(r"_(?=[xX][0-9A-Fa-f]{4}_)")
 _ESCAPED = re.compile(r"_x([0-9A-Fa-f]{4})_")
-# Characters XML itself would change: a parser reads a carriage return, alone
-# or before a line feed, as a line feed.
-_XML_CHANGES = re.compile(r"\r")
+
+
+def _keep_carriage_returns(text: str) -> str:
+    # The one character XML itself changes: a parser reads a carriage return,
+    # alone or before a line feed, as a line feed.
+    return text.replace("\r", "_x000D_")
 
 
 def _stored(text: str) -> str:
     """Text as a workbook's XML stores it, escapes and all: what openpyxl
     writes as given."""
-    text = _ESCAPE_LIKE.sub("_x005F_", text)
-    return _XML_CHANGES.sub(lambda found: f"_x{ord(found[0]):04X}_", text)
+    return _keep_carriage_returns(_ESCAPE_LIKE.sub("_x005F_", text))
 
 
 def _openpyxl_cell(value: Cell) -> Cell:
@@ -526,9 +528,6 @@ class _StoredTextReader(ExcelReader):  # type: ignore[misc]
     "_x0041_" (stored "_x005F_x0041_") into an escaped "A" and cuts "x005F_"
     out of text that merely contains it; a save writes that back changed.
     """
-
-    def __init__(self, path: Path, *, read_only: bool, data_only: bool) -> None:
-        super().__init__(path, read_only=read_only, data_only=data_only)
 
     def read_strings(self) -> None:
         part = self.package.find(SHARED_STRINGS)
@@ -558,9 +557,7 @@ def _store_text_exactly(workbook: Any) -> None:
         for cell in sheet._cells.values():
             value = cell._value
             if type(value) is str and cell.data_type == "s" and "\r" in value:
-                cell._value = _XML_CHANGES.sub(
-                    lambda found: f"_x{ord(found[0]):04X}_", value
-                )
+                cell._value = _keep_carriage_returns(value)
 
 
 def _calamine_cell(value: Cell) -> Cell:
