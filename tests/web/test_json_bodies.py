@@ -29,6 +29,38 @@ def test_a_body_in_latin_1_is_said_not_to_be_utf_8(alice: TestClient) -> None:
     assert "0xe9" in error["msg"]
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32"])
+def test_a_body_in_utf_16_or_32_is_refused_as_latin_1_is(
+    alice: TestClient, encoding: str
+) -> None:
+    error = refusal(alice, '{"name": "Ann"}'.encode(encoding))
+
+    assert error["msg"].startswith("the body is not valid UTF-8 JSON")
+    assert alice.get("/api/customers", params={"q": "Ann"}).json()["total"] == 0
+
+
+def test_a_body_that_gives_a_field_twice_names_it_and_stores_nothing(
+    alice: TestClient,
+) -> None:
+    error = refusal(alice, b'{"name": "Ann Twice", "notes": "a", "notes": "b"}')
+
+    assert error["type"] == "json_duplicate_key"
+    assert "notes" in error["msg"] and "twice" in error["msg"]
+    assert alice.get("/api/customers", params={"q": "Ann Twice"}).json()["total"] == 0
+
+
+def test_the_same_name_in_two_different_objects_is_not_a_duplicate(
+    alice: TestClient,
+) -> None:
+    body = b'{"choice": "edit", "value": {"a": 1, "b": {"a": 2}}}'
+    answer = alice.post(
+        "/api/insurance/sync/conflicts/999999/resolve", content=body, headers=JSON
+    )
+
+    assert answer.status_code != 500
+    assert "json_duplicate_key" not in answer.text
+
+
 def test_a_body_nested_too_deeply_says_so(alice: TestClient) -> None:
     depth = 100_000
     body = b'{"name": "Ann", "notes": ' + b"[" * depth + b"]" * depth + b"}"

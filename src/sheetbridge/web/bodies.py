@@ -68,14 +68,26 @@ def _constant(name: str) -> None:
     )
 
 
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for name, item in pairs:
+        if name in value:
+            raise UnreadableJson(
+                "json_duplicate_key",
+                f"the body gives {name!r} twice; send each field once",
+            )
+        value[name] = item
+    return value
+
+
 def read_json(body: bytes) -> Any:
-    """The body's JSON value; :class:`UnreadableJson` for one not UTF-8, nested
-    too deeply, or holding a number too long (malformed JSON raises
-    :class:`json.JSONDecodeError`, which FastAPI reports with its position)."""
+    """The body's JSON value; :class:`UnreadableJson` for one not UTF-8 (UTF-16
+    and UTF-32 included: JSON between systems is UTF-8), giving a name twice in
+    one object, nested too deeply, or holding a number too long (malformed JSON
+    raises :class:`json.JSONDecodeError`, which FastAPI reports with its
+    position)."""
     try:
-        return json.loads(
-            body, parse_int=_whole, parse_float=_fraction, parse_constant=_constant
-        )
+        text = body.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         byte = exc.object[exc.start : exc.start + 1].hex()
         raise UnreadableJson(
@@ -83,6 +95,20 @@ def read_json(body: bytes) -> Any:
             f"the body is not valid UTF-8 JSON (byte {exc.start} is 0x{byte}); "
             "send the text encoded as UTF-8",
         ) from None
+    if "\x00" in text:  # UTF-16 or UTF-32 of ASCII text decodes without error
+        raise UnreadableJson(
+            "json_not_utf8",
+            f"the body is not valid UTF-8 JSON (byte {body.index(0)} is 0x00, as "
+            "in UTF-16 or UTF-32); send the text encoded as UTF-8",
+        )
+    try:
+        return json.loads(
+            text,
+            object_pairs_hook=_object,
+            parse_int=_whole,
+            parse_float=_fraction,
+            parse_constant=_constant,
+        )
     except RecursionError:
         raise UnreadableJson(
             "json_too_deep", "the body is nested too deeply to read"
