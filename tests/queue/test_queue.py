@@ -6,12 +6,13 @@ import itertools
 import json
 import threading
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import text, update
+from sqlalchemy import Connection, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from sheetbridge import clock
@@ -262,6 +263,71 @@ def test_late_finish_from_an_expired_owner_is_rejected(queue: JobQueue) -> None:
         queue.heartbeat(stale.id, stale.epoch)
     queue.succeed(fresh.id, fresh.epoch, {"by": "new"})
     assert queue.get(fresh.id).result == {"by": "new"}
+
+
+def _note(connection: Connection, text_: str) -> None:
+    connection.execute(text("INSERT INTO notes (text) VALUES (:text)"), {"text": text_})
+
+
+@pytest.fixture
+def notes(queue: JobQueue) -> Iterator[None]:
+    with queue.db.transaction() as connection:
+        connection.execute(text("CREATE TABLE notes (text VARCHAR(20))"))
+    yield
+    with queue.db.transaction() as connection:
+        connection.execute(text("DROP TABLE notes"))
+
+
+def _notes(queue: JobQueue) -> list[str]:
+    with queue.db.engine.connect() as connection:
+        return list(connection.execute(text("SELECT text FROM notes")).scalars())
+
+
+@pytest.mark.usefixtures("notes")
+def test_a_handlers_success_writes_commit_with_the_jobs_success(
+    queue: JobQueue,
+) -> None:
+    def handler(context: JobContext) -> dict[str, Any]:
+        context.on_success(lambda connection: _note(connection, "remembered"))
+        return {"ok": True}
+
+    job = queue.enqueue("write", queue_key="user:1")
+    pool = WorkerPool(queue, {"write": handler})
+
+    assert pool.run_until_empty() == 1
+    assert queue.get(job.job_id).state == "succeeded"
+    assert _notes(queue) == ["remembered"]
+
+
+@pytest.mark.usefixtures("notes")
+def test_a_taken_over_job_writes_nothing_of_its_success(queue: JobQueue) -> None:
+    def handler(context: JobContext) -> dict[str, Any]:
+        context.on_success(lambda connection: _note(connection, "stale"))
+        with queue.db.session() as session:  # another worker takes the job over
+            session.execute(
+                update(Job).values(lease_expires_at=clock.now() - timedelta(seconds=1))
+            )
+        queue.requeue_expired()
+        return {"ok": True}
+
+    job = queue.enqueue("write", queue_key="user:1")
+    WorkerPool(queue, {"write": handler}).run_until_empty()
+
+    assert queue.get(job.job_id).state == "queued"
+    assert _notes(queue) == []
+
+
+@pytest.mark.usefixtures("notes")
+def test_a_failed_job_writes_nothing_of_its_success(queue: JobQueue) -> None:
+    def handler(context: JobContext) -> dict[str, Any]:
+        context.on_success(lambda connection: _note(connection, "half"))
+        raise RetryableJobError("the sheet went away")
+
+    job = queue.enqueue("write", queue_key="user:1", max_attempts=1)
+    WorkerPool(queue, {"write": handler}).run_until_empty()
+
+    assert queue.get(job.job_id).state == "failed"
+    assert _notes(queue) == []
 
 
 def test_cancel_queued_job_is_immediate_and_running_one_stops_at_safe_point(

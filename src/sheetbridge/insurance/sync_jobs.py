@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Table, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlalchemy.orm import Session
@@ -282,18 +282,25 @@ class SyncService:
             rows_appended=appended,
             rows_deleted=deleted,
         )
-        with self.db.session() as session:
-            for mapping in MAPPINGS:
-                plan = plans[mapping.tab]
-                self._remember(
-                    session,
-                    target.id,
-                    mapping,
-                    plan,
-                    plan.snapshots,
-                    base[mapping.tab],
-                    context.job.id,
-                )
+
+        def remember(connection: Connection) -> None:
+            with Session(connection) as session:
+                for mapping in MAPPINGS:
+                    plan = plans[mapping.tab]
+                    self._remember(
+                        session,
+                        target.id,
+                        mapping,
+                        plan,
+                        plan.snapshots,
+                        base[mapping.tab],
+                        context.job.id,
+                    )
+                session.flush()
+
+        # What both sides now agree on is stored as the job succeeds, in one
+        # commit: a job that was taken over meanwhile stores nothing.
+        context.on_success(remember)
         return _report(TO_SHEET, backend, plans)
 
     def from_sheet(self, context: JobContext) -> dict[str, Any]:

@@ -92,6 +92,9 @@ _ENDING_EVENTS = frozenset({"succeeded", "failed", "cancelled", "retry_scheduled
 _KEY_LOCK_CLASS = 0x5B17
 
 Listener = Callable[[str, Job], None]
+# A handler's last database write, made in the transaction that records its
+# job's success (see ``JobContext.on_success``).
+SuccessWrite = Callable[[Connection], None]
 # Called on every event: (event, remote, wake); for another process's event,
 # ``wake`` says whether it asks idle workers elsewhere to look for work.
 Waker = Callable[[str, bool, bool], None]
@@ -839,12 +842,14 @@ class JobQueue:
         *,
         then_claim: str | None = None,
         progress: dict[str, Any] | None = None,
+        writes: Iterable[SuccessWrite] = (),
     ) -> Claimed | None:
         """Finish the job with its result (and its last ``progress``, if not
-        stored yet); LeaseLost if it is no longer ours."""
+        stored yet) and make the handler's ``writes`` in the same transaction;
+        LeaseLost, and none of them, if it is no longer ours."""
         return self._settle(
             lambda claim: self._finish(
-                job_id, epoch, SUCCEEDED, result, claim, progress
+                job_id, epoch, SUCCEEDED, result, claim, progress, writes
             ),
             then_claim,
         )
@@ -1006,6 +1011,7 @@ class JobQueue:
         result: dict[str, Any] | None,
         then_claim: str | None,
         progress: dict[str, Any] | None = None,
+        writes: Iterable[SuccessWrite] = (),
     ) -> Claimed | None:
         with self.db.transaction() as connection:
             self._lock_key_of(connection, job_id)
@@ -1025,6 +1031,8 @@ class JobQueue:
             )
             if row is None:
                 raise LeaseLost(f"job {job_id} epoch {epoch} is no longer ours")
+            for write in writes:
+                write(connection)
             job = Job(**row)
             self._promote_next(connection, job, job.started_at)
             self._notify(connection, state, job)

@@ -25,6 +25,7 @@ from sheetbridge.queue.store import (
     Claimed,
     JobQueue,
     Kept,
+    SuccessWrite,
 )
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class JobContext:
     pool: WorkerPool | None = None
     _cancel: bool = field(default=False, init=False)
     _lost: bool = field(default=False, init=False)
+    success_writes: list[SuccessWrite] = field(default_factory=list, init=False)
 
     @property
     def payload(self) -> dict[str, Any]:
@@ -76,6 +78,13 @@ class JobContext:
             self.check_cancelled()
         else:
             self._stop_if_lost()
+
+    def on_success(self, write: SuccessWrite) -> None:
+        """Make ``write`` in the transaction that records the job's success,
+        after the check that the job is still this worker's: the handler's
+        last writes and the job's end are one commit, and a job that failed
+        or was taken over writes nothing of them."""
+        self.success_writes.append(write)
 
     def waiting_for_quota(self, until: datetime | None = None) -> None:
         """Tell the job's watchers it waits for the API quota (until ``until``)."""
@@ -283,7 +292,7 @@ class WorkerPool:
                     self._running.pop(job.id, None)
                     last_report = self._reports.pop(job.id, None)
             then_claim = None if self._stopping.is_set() else worker_id
-            return self._settle(job, outcome, then_claim, last_report)
+            return self._settle(context, outcome, then_claim, last_report)
         except LeaseLost:
             log.warning(
                 "job.lease_lost",
@@ -337,17 +346,22 @@ class WorkerPool:
 
     def _settle(
         self,
-        job: Claimed,
+        context: JobContext,
         outcome: dict[str, Any] | BaseException,
         then_claim: str | None,
         progress: dict[str, Any] | None = None,
     ) -> Claimed | None:
         """Settle the job; ``progress`` is its last report if the keeper has
         not stored it yet, so a finished job shows its final counts."""
-        queue, job_id, epoch = self.queue, job.id, job.epoch
+        queue, job_id, epoch = self.queue, context.job.id, context.job.epoch
         if isinstance(outcome, dict):
             return queue.succeed(
-                job_id, epoch, outcome, then_claim=then_claim, progress=progress
+                job_id,
+                epoch,
+                outcome,
+                then_claim=then_claim,
+                progress=progress,
+                writes=context.success_writes,
             )
         if isinstance(outcome, JobCancelled):
             return queue.cancelled(
