@@ -242,7 +242,8 @@ class SyncService:
         progress = _Progress(context)
         target, user = self._load(context)
         backend, tabs = self._read_sheet(progress, target)
-        app, base = self._app_and_base(target, user)
+        sides = self._sides(target, user)
+        app, base = sides.app, sides.base
         plans = {
             mapping.tab: plan_to_sheet(
                 mapping,
@@ -307,24 +308,14 @@ class SyncService:
         progress = _Progress(context)
         target, user = self._load(context)
         backend, tabs = self._read_sheet(progress, target)
-        missing = [mapping.tab for mapping in MAPPINGS if tabs[mapping.tab] is None]
-        if isinstance(backend, XlsxBackend) and not backend.path.exists():
-            raise PermanentJobError(
-                f"{backend.location} does not exist: was the workbook moved or "
-                "deleted? Put it back, or run Sync to sheet to write it anew. "
-                "Nothing was imported."
-            )
-        if missing:
-            names = " and ".join(repr(tab) for tab in missing)
-            raise PermanentJobError(
-                f"{backend.location} has no tab {names}: was it renamed or "
-                "deleted? Rename it back, or run Sync to sheet to create it. "
-                "Nothing was imported."
-            )
-        app, base, versions = self._app_base_versions(target, user)
+        _require_tabs(backend, tabs)
+        sides = self._sides(target, user)
         plans = {
             mapping.tab: plan_from_sheet(
-                mapping, tabs[mapping.tab], app[mapping.tab], base[mapping.tab]
+                mapping,
+                tabs[mapping.tab],
+                sides.app[mapping.tab],
+                sides.base[mapping.tab],
             )
             for mapping in MAPPINGS
         }
@@ -338,43 +329,7 @@ class SyncService:
             rows_compared=compared,
             rows_to_import=to_import,
         )
-        changed: dict[str, list[int]] = {}
-        with self.db.session() as session:
-            book = Book(session, user)
-            writes: dict[str, TabChanges] = {}
-            for mapping in MAPPINGS:
-                plan = plans[mapping.tab]
-                importer = _Importer(
-                    book,
-                    mapping,
-                    plan,
-                    versions[mapping.tab],
-                    _Audit(
-                        target.id, context.job.id, ENTITY[mapping.tab], app[mapping.tab]
-                    ),
-                )
-                importer.run()
-                changed[ENTITY[mapping.tab]] = importer.changed
-                self._remember(
-                    session,
-                    target.id,
-                    mapping,
-                    plan,
-                    importer.snapshots,
-                    base[mapping.tab],
-                    context.job.id,
-                )
-                if importer.id_cells:
-                    cells = {**plan.header_changes.cells, **importer.id_cells}
-                    writes[mapping.tab] = TabChanges(
-                        cells=cells, append=[], delete_rows=[]
-                    )
-            if writes:
-                # A backend that reports no progress: a report would need a
-                # second write transaction while this one holds the write lock.
-                quiet = self.backend_for(target)
-                with _sheet_errors():
-                    quiet.write(writes, expected_version=_version(tabs))
+        changed, writes = self._import(context.job.id, target, user, sides, plans, tabs)
         imported = sum(
             p.counts["updated"] + p.counts["created"] for p in plans.values()
         )
@@ -389,6 +344,56 @@ class SyncService:
             cells_written=_sizes(writes.values())[0],
         )
         return {**_report(FROM_SHEET, backend, plans), "changed": changed}
+
+    def _import(
+        self,
+        job_id: int,
+        target: SyncTarget,
+        user: User,
+        sides: _Sides,
+        plans: dict[str, FromSheetPlan],
+        tabs: dict[str, TabData | None],
+    ) -> tuple[dict[str, list[int]], dict[str, TabChanges]]:
+        """Apply the plans and store the new snapshots in one transaction,
+        which writes new records' IDs back to the sheet before it commits; the
+        IDs of the records changed by tab, and the cells written."""
+        changed: dict[str, list[int]] = {}
+        writes: dict[str, TabChanges] = {}
+        with self.db.session() as session:
+            book = Book(session, user)
+            for mapping in MAPPINGS:
+                plan, app = plans[mapping.tab], sides.app[mapping.tab]
+                entity = ENTITY[mapping.tab]
+                importer = _Importer(
+                    book,
+                    mapping,
+                    plan,
+                    sides.versions[mapping.tab],
+                    _Audit(target.id, job_id, entity, app),
+                )
+                importer.run()
+                changed[entity] = importer.changed
+                self._remember(
+                    session,
+                    target.id,
+                    mapping,
+                    plan,
+                    importer.snapshots,
+                    sides.base[mapping.tab],
+                    job_id,
+                )
+                if importer.id_cells:
+                    cells = {**plan.header_changes.cells, **importer.id_cells}
+                    writes[mapping.tab] = TabChanges(
+                        cells=cells, append=[], delete_rows=[]
+                    )
+            if writes:
+                # A backend that reports no progress: a report would need a
+                # second write transaction while this one holds the write lock.
+                quiet = self.backend_for(target)
+                with _sheet_errors():
+                    quiet.write(writes, expected_version=_version(tabs))
+        return changed, writes
 
     # -- loading and storing --------------------------------------------------
 
@@ -428,19 +433,7 @@ class SyncService:
             raise PermanentJobError("the sync target or its user no longer exists")
         return target, user
 
-    def _app_and_base(
-        self, target: SyncTarget, user: User
-    ) -> tuple[dict[str, dict[int, Record]], dict[str, dict[int, Record]]]:
-        app, base, _ = self._app_base_versions(target, user)
-        return app, base
-
-    def _app_base_versions(
-        self, target: SyncTarget, user: User
-    ) -> tuple[
-        dict[str, dict[int, Record]],
-        dict[str, dict[int, Record]],
-        dict[str, dict[int, int]],
-    ]:
+    def _sides(self, target: SyncTarget, user: User) -> _Sides:
         with self.db.read_session() as session:
             app, versions = book_records(session, user)
             base: dict[str, dict[int, Record]] = {CUSTOMERS.tab: {}, POLICIES.tab: {}}
@@ -454,7 +447,7 @@ class SyncService:
             tab_of = {entity: tab for tab, entity in ENTITY.items()}
             for entity, record_id, fields in snapshots:
                 base[tab_of[entity]][record_id] = dict(fields)
-        return app, base, versions
+        return _Sides(app, base, versions)
 
     @staticmethod
     def _store_snapshots(
@@ -697,6 +690,34 @@ class _Importer:
 
 # Why the import would refuse a record: the field named (if any), in words.
 Refusal = tuple[str | None, str]
+
+
+@dataclass(frozen=True)
+class _Sides:
+    """A user's book by tab, as the app has it and as last synced: record ID
+    to fields, and the app's record versions."""
+
+    app: dict[str, dict[int, Record]]
+    base: dict[str, dict[int, Record]]
+    versions: dict[str, dict[int, int]]
+
+
+def _require_tabs(backend: SheetBackend, tabs: dict[str, TabData | None]) -> None:
+    """Refuse an import from a workbook or tabs that are not there."""
+    if isinstance(backend, XlsxBackend) and not backend.path.exists():
+        raise PermanentJobError(
+            f"{backend.location} does not exist: was the workbook moved or "
+            "deleted? Put it back, or run Sync to sheet to write it anew. "
+            "Nothing was imported."
+        )
+    missing = [mapping.tab for mapping in MAPPINGS if tabs[mapping.tab] is None]
+    if missing:
+        names = " and ".join(repr(tab) for tab in missing)
+        raise PermanentJobError(
+            f"{backend.location} has no tab {names}: was it renamed or "
+            "deleted? Rename it back, or run Sync to sheet to create it. "
+            "Nothing was imported."
+        )
 
 
 def _text_of(value: object) -> str | None:
