@@ -2,10 +2,12 @@
 
 A job reads the sheet once, compares it with the app and the last-synced
 snapshot (three-way), writes only what changed in one batch, and stores the new
-snapshot. No database transaction is held while the sheet is read; when an
-import creates records, their new IDs are written back before the import
-commits, so a failed write-back leaves neither records without IDs nor IDs
-without records.
+snapshot. No database transaction is held while the sheet is read or written.
+When an import creates records, their IDs are written into their rows after
+it commits; until a sync sees them there, each such row is pending, and the
+next sync finds it again and writes the ID (:mod:`~sheetbridge.sync.pending_ids`),
+so a sync that stops in between neither creates a record twice nor leaves an
+ID that names no record.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ from sheetbridge.insurance.services import (
 from sheetbridge.queue.errors import PermanentJobError, RetryableJobError
 from sheetbridge.queue.store import Enqueued, JobQueue
 from sheetbridge.queue.worker import Handler, JobContext
-from sheetbridge.sheets.base import SheetBackend, TabChanges, TabData
+from sheetbridge.sheets.base import Cell, SheetBackend, TabChanges, TabData
 from sheetbridge.sheets.errors import SheetError
 from sheetbridge.sheets.google import GoogleSheetsBackend
 from sheetbridge.sheets.quota import limiter_from_settings
@@ -74,7 +76,8 @@ from sheetbridge.sync.engine import (
     plan_from_sheet,
     plan_to_sheet,
 )
-from sheetbridge.sync.models import ImportChange, SyncSnapshot, SyncTarget
+from sheetbridge.sync.models import ImportChange, PendingId, SyncSnapshot, SyncTarget
+from sheetbridge.sync.pending_ids import PendingRow, find_rows, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -241,8 +244,8 @@ class SyncService:
     def to_sheet(self, context: JobContext) -> dict[str, Any]:
         progress = _Progress(context)
         target, user = self._load(context)
-        backend, tabs = self._read_sheet(progress, target)
-        sides = self._sides(target, user)
+        backend, tabs, pending = self._read_sheet(progress, target)
+        sides = self._sides(target, user, pending)
         app, base = sides.app, sides.base
         plans = {
             mapping.tab: plan_to_sheet(
@@ -258,9 +261,9 @@ class SyncService:
         for mapping in MAPPINGS:
             _tell_refused(mapping, plans[mapping.tab], app)
         changes = {
-            tab: plan.changes
+            tab: changes
             for tab, plan in plans.items()
-            if not plan.changes.is_empty()
+            if not (changes := pending.with_ids(tab, plan.changes)).is_empty()
         }
         cells, appended, deleted = _sizes(changes.values())
         total = cells + appended + deleted
@@ -296,8 +299,10 @@ class SyncService:
                         plan.snapshots,
                         base[mapping.tab],
                         context.job.id,
+                        pending.lost[mapping.tab],
                     )
                 session.flush()
+            pending.settle(connection, context.job.id)
 
         # What both sides now agree on is stored as the job succeeds, in one
         # commit: a job that was taken over meanwhile stores nothing.
@@ -307,9 +312,9 @@ class SyncService:
     def from_sheet(self, context: JobContext) -> dict[str, Any]:
         progress = _Progress(context)
         target, user = self._load(context)
-        backend, tabs = self._read_sheet(progress, target)
+        backend, tabs, pending = self._read_sheet(progress, target)
         _require_tabs(backend, tabs)
-        sides = self._sides(target, user)
+        sides = self._sides(target, user, pending)
         plans = {
             mapping.tab: plan_from_sheet(
                 mapping,
@@ -329,7 +334,24 @@ class SyncService:
             rows_compared=compared,
             rows_to_import=to_import,
         )
-        changed, writes = self._import(context.job.id, target, user, sides, plans, tabs)
+        changed, id_cells = self._import(
+            context.job.id, target, user, sides, plans, tabs, pending
+        )
+        # The import has committed: its new records' IDs go into their rows
+        # now, and until a sync sees them there each is a pending row.
+        writes = {
+            tab: changes
+            for tab in tabs
+            if not (
+                changes := pending.with_ids(tab, TabChanges(id_cells.get(tab, {})))
+            ).is_empty()
+        }
+        if writes:
+            with _sheet_errors():
+                backend.write(writes, expected_version=_version(tabs))
+        context.on_success(
+            lambda connection: pending.settle(connection, context.job.id)
+        )
         imported = sum(
             p.counts["updated"] + p.counts["created"] for p in plans.values()
         )
@@ -353,12 +375,14 @@ class SyncService:
         sides: _Sides,
         plans: dict[str, FromSheetPlan],
         tabs: dict[str, TabData | None],
-    ) -> tuple[dict[str, list[int]], dict[str, TabChanges]]:
-        """Apply the plans and store the new snapshots in one transaction,
-        which writes new records' IDs back to the sheet before it commits; the
-        IDs of the records changed by tab, and the cells written."""
+        pending: _Pending,
+    ) -> tuple[dict[str, list[int]], dict[str, dict[tuple[int, int], Cell]]]:
+        """Apply the plans, store the new snapshots and the new records' rows
+        as pending, in one transaction; the IDs of the records changed, and
+        the cells that put the new records' IDs (and an ID header) in the sheet,
+        by tab."""
         changed: dict[str, list[int]] = {}
-        writes: dict[str, TabChanges] = {}
+        id_cells: dict[str, dict[tuple[int, int], Cell]] = {}
         with self.db.session() as session:
             book = Book(session, user)
             for mapping in MAPPINGS:
@@ -381,33 +405,60 @@ class SyncService:
                     importer.snapshots,
                     sides.base[mapping.tab],
                     job_id,
+                    pending.lost[mapping.tab],
                 )
                 if importer.id_cells:
-                    cells = {**plan.header_changes.cells, **importer.id_cells}
-                    writes[mapping.tab] = TabChanges(
-                        cells=cells, append=[], delete_rows=[]
+                    rows = tabs[mapping.tab]
+                    assert rows is not None  # rows were created from it
+                    session.add_all(
+                        PendingId(
+                            target_id=target.id,
+                            entity=entity,
+                            record_id=record_id,
+                            row=row,
+                            id_column=column,
+                            fingerprint=fingerprint(rows.rows[row - 1], column),
+                            job_id=job_id,
+                        )
+                        for (row, column), record_id in importer.id_cells.items()
                     )
-            if writes:
-                # A backend that reports no progress: a report would need a
-                # second write transaction while this one holds the write lock.
-                quiet = self.backend_for(target)
-                with _sheet_errors():
-                    quiet.write(writes, expected_version=_version(tabs))
-        return changed, writes
+                    id_cells[mapping.tab] = {
+                        **plan.header_changes.cells,
+                        **importer.id_cells,
+                    }
+        return changed, id_cells
 
     # -- loading and storing --------------------------------------------------
 
     def _read_sheet(
         self, progress: _Progress, target: SyncTarget
-    ) -> tuple[SheetBackend, dict[str, TabData | None]]:
-        """One read of every tab the sync needs."""
+    ) -> tuple[SheetBackend, dict[str, TabData | None], _Pending]:
+        """One read of every tab the sync needs, as it reads once the IDs an
+        import may not have written are in their rows (see
+        :mod:`~sheetbridge.sync.pending_ids`)."""
         backend = self.backend_for(target, progress)
         progress.report("reading")
         with _sheet_errors():
             tabs = backend.read_tabs([mapping.tab for mapping in MAPPINGS])
         rows = sum(len(tab.rows[1:]) for tab in tabs.values() if tab is not None)
         progress.report("comparing", rows_read=rows)
-        return backend, tabs
+        pending = _Pending()
+        with self.db.read_session() as session:
+            stored = session.scalars(
+                select(PendingId).where(PendingId.target_id == target.id)
+            ).all()
+        for mapping in MAPPINGS:
+            entries = [
+                PendingRow(p.id, p.record_id, p.row, p.id_column, p.fingerprint)
+                for p in stored
+                if p.entity == ENTITY[mapping.tab]
+            ]
+            found = find_rows(mapping, tabs[mapping.tab], entries)
+            tabs[mapping.tab] = found.tab
+            pending.cells[mapping.tab] = found.cells
+            pending.lost[mapping.tab] = found.lost
+            pending.settled += found.settled
+        return backend, tabs, pending
 
     def _remember(
         self,
@@ -418,9 +469,14 @@ class SyncService:
         snapshots: dict[int, Record],
         base: dict[int, Record],
         job_id: int,
+        lost: set[int],
     ) -> None:
-        """Store what both sides now agree on, and the conflicts that remain."""
-        dropped = plan.drop_snapshots if isinstance(plan, ToSheetPlan) else None
+        """Store what both sides now agree on, and the conflicts that remain;
+        forget the snapshots of ``lost`` records (created by an import, their
+        rows not found again: see :mod:`~sheetbridge.sync.pending_ids`)."""
+        dropped = set(lost)
+        if isinstance(plan, ToSheetPlan):
+            dropped |= plan.drop_snapshots
         self._store_snapshots(session, target_id, mapping, snapshots, base, dropped)
         entity = ENTITY[mapping.tab]
         record_conflicts(session, target_id, entity, plan.conflicts, snapshots, job_id)
@@ -433,7 +489,9 @@ class SyncService:
             raise PermanentJobError("the sync target or its user no longer exists")
         return target, user
 
-    def _sides(self, target: SyncTarget, user: User) -> _Sides:
+    def _sides(self, target: SyncTarget, user: User, pending: _Pending) -> _Sides:
+        """The book as the app has it and as last synced; a record created by
+        an import whose row was not found again counts as never synced."""
         with self.db.read_session() as session:
             app, versions = book_records(session, user)
             base: dict[str, dict[int, Record]] = {CUSTOMERS.tab: {}, POLICIES.tab: {}}
@@ -446,7 +504,9 @@ class SyncService:
             )
             tab_of = {entity: tab for tab, entity in ENTITY.items()}
             for entity, record_id, fields in snapshots:
-                base[tab_of[entity]][record_id] = dict(fields)
+                tab = tab_of[entity]
+                if record_id not in pending.lost[tab]:
+                    base[tab][record_id] = dict(fields)
         return _Sides(app, base, versions)
 
     @staticmethod
@@ -690,6 +750,37 @@ class _Importer:
 
 # Why the import would refuse a record: the field named (if any), in words.
 Refusal = tuple[str | None, str]
+
+
+@dataclass
+class _Pending:
+    """Rows of records an import created, found again in the sheet read:
+    the cells that put their IDs in, by tab; the records found nowhere, by
+    tab; and the stored entries done with once the sync succeeds."""
+
+    cells: dict[str, dict[tuple[int, int], Cell]] = dataclasses.field(
+        default_factory=dict
+    )
+    lost: dict[str, set[int]] = dataclasses.field(
+        default_factory=lambda: defaultdict(set)
+    )
+    settled: list[int] = dataclasses.field(default_factory=list)
+
+    def with_ids(self, tab: str, changes: TabChanges) -> TabChanges:
+        """``changes`` and the cells that write the found rows' IDs."""
+        cells = self.cells.get(tab)
+        if not cells:
+            return changes
+        return dataclasses.replace(changes, cells={**cells, **changes.cells})
+
+    def settle(self, connection: Connection, job_id: int) -> None:
+        """Forget the entries this sync found, and those the job stored: its
+        writes, IDs included, are done."""
+        connection.execute(
+            delete(PendingId).where(
+                PendingId.id.in_(self.settled) | (PendingId.job_id == job_id)
+            )
+        )
 
 
 @dataclass(frozen=True)

@@ -352,7 +352,7 @@ def _scan_rows(
                 result.examined += 1
             continue
         result.examined += 1
-        record_id = _parse_id(raw_id, parser)
+        record_id = read_id(raw_id, parser)
         if record_id is None:
             result.unreadable.append(number)
             result.issues.append(
@@ -376,7 +376,9 @@ def _scan_rows(
     return result
 
 
-def _parse_id(raw: Cell, parser: CellParser) -> int | None:
+def read_id(raw: Cell, parser: CellParser) -> int | None:
+    """The record ID an ID cell holds, as a sync reads it; None for a blank
+    cell or one that holds no ID."""
     try:
         value = parser.parse(_ID_COLUMN, raw)
     except CellError:

@@ -83,3 +83,25 @@ class ImportChange(Base):
     before: Mapped[Any] = mapped_column(JSON, nullable=True)
     after: Mapped[Any] = mapped_column(JSON, nullable=True)
     undone_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class PendingId(Base):
+    """A record an import created from a row typed into the sheet, whose ID is
+    not known to be in that row yet.
+
+    It is stored with the import and dropped once a sync has seen the ID in
+    the sheet or written it there, so a sync that stops between the two still
+    finds the row again (by the values it had, else by where it was) instead
+    of creating its record a second time.
+    """
+
+    __tablename__ = "sync_pending_ids"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    target_id: Mapped[int] = mapped_column(ForeignKey("sync_targets.id"), index=True)
+    entity: Mapped[str] = mapped_column(String(32))
+    record_id: Mapped[int] = mapped_column(Integer)
+    row: Mapped[int] = mapped_column(Integer)
+    id_column: Mapped[int] = mapped_column(Integer)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[int] = mapped_column(Integer)

@@ -1,0 +1,197 @@
+"""New rows typed into the sheet get their records' IDs written back, and a
+sync that stops between the import and that write never creates a row's
+record twice, nor leaves an ID in the sheet that names no record or another."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from openpyxl import load_workbook
+from sqlalchemy import select
+
+from sheetbridge.insurance.models import Customer, User
+from sheetbridge.insurance.schemas import CustomerCreate
+from sheetbridge.insurance.services import Book
+from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
+from sheetbridge.queue.worker import WorkerPool
+from sheetbridge.sheets.xlsx import XlsxBackend
+from sheetbridge.web.deps import Runtime
+from tests.insurance.test_workbook_sync import columns, run_sync, workbook_path
+
+NAMES = ["Typed One", "Typed Two", "Typed Three"]
+
+
+class WorkerDied(Exception):
+    """Stands for the worker process dying at that moment."""
+
+
+@pytest.fixture
+def synced(runtime: Runtime) -> Runtime:
+    run_sync(runtime, "alice", TO_SHEET)
+    return runtime
+
+
+def type_new_rows(runtime: Runtime) -> None:
+    path = workbook_path(runtime, "alice")
+    book = load_workbook(path)
+    customers = book["Customers"]
+    header = columns(customers)
+    for name in NAMES:
+        row = customers.max_row + 1
+        customers.cell(row, header["Name"]).value = name
+        customers.cell(row, header["City"]).value = "Augusta"
+    book.save(path)
+
+
+def sheet_ids(runtime: Runtime) -> dict[str, list[Any]]:
+    """The IDs in the sheet of each typed name's rows."""
+    customers = load_workbook(workbook_path(runtime, "alice"))["Customers"]
+    header = columns(customers)
+    found: dict[str, list[Any]] = {name: [] for name in NAMES}
+    for row in customers.iter_rows(min_row=2, values_only=True):
+        name = row[header["Name"] - 1]
+        if name in found:
+            found[name].append(row[header["ID"] - 1])
+    return found
+
+
+def customers_named(runtime: Runtime) -> dict[str, list[int]]:
+    with runtime.db.read_session() as session:
+        rows = session.execute(
+            select(Customer.name, Customer.id).where(Customer.name.in_(NAMES))
+        )
+        found: dict[str, list[int]] = {name: [] for name in NAMES}
+        for name, record_id in rows:
+            found[name].append(record_id)
+    return found
+
+
+def assert_each_row_imported_once(runtime: Runtime) -> None:
+    records = customers_named(runtime)
+    assert all(len(ids) == 1 for ids in records.values()), records
+    assert sheet_ids(runtime) == records
+
+
+def failing_sync(runtime: Runtime, kind: str) -> str:
+    with runtime.db.read_session() as session:
+        user = session.scalars(select(User).where(User.username == "alice")).one()
+    queued = runtime.sync.enqueue(user, kind)
+    WorkerPool(runtime.queue, runtime.sync.handlers).run_until_empty()
+    job = runtime.queue.get(queued.job_id)
+    assert job.state == "failed"
+    return job.error or ""
+
+
+@pytest.fixture
+def write_fails(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[bool], None]]:
+    """Make the next workbook write die, after (True) or before (False) the
+    file is replaced."""
+    real = XlsxBackend.write
+
+    def arm(after_saving: bool) -> None:
+        def write(self: XlsxBackend, *args: Any, **kwargs: Any) -> None:
+            monkeypatch.setattr(XlsxBackend, "write", real)
+            if after_saving:
+                real(self, *args, **kwargs)
+            raise WorkerDied("the worker died")
+
+        monkeypatch.setattr(XlsxBackend, "write", write)
+
+    yield arm
+    monkeypatch.setattr(XlsxBackend, "write", real)
+
+
+def test_an_import_that_dies_after_writing_the_ids_leaves_them_naming_its_records(
+    synced: Runtime, write_fails: Callable[[bool], None]
+) -> None:
+    type_new_rows(synced)
+    write_fails(True)
+
+    failing_sync(synced, FROM_SHEET)
+    run_sync(synced, "alice", FROM_SHEET)
+
+    assert_each_row_imported_once(synced)
+
+
+def test_an_id_in_the_sheet_is_never_handed_to_another_record(
+    synced: Runtime, write_fails: Callable[[bool], None]
+) -> None:
+    type_new_rows(synced)
+    write_fails(True)
+    failing_sync(synced, FROM_SHEET)
+
+    with synced.db.session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+        made = Book(session, alice).create_customer(CustomerCreate(name="App Made"))
+        made_id = made.id
+
+    in_sheet = {i for ids in sheet_ids(synced).values() for i in ids}
+    assert made_id not in in_sheet
+    run_sync(synced, "alice", FROM_SHEET)
+    assert_each_row_imported_once(synced)
+
+
+@pytest.mark.parametrize("next_sync", [FROM_SHEET, TO_SHEET])
+def test_ids_an_import_could_not_write_are_written_by_the_next_sync_once(
+    synced: Runtime, write_fails: Callable[[bool], None], next_sync: str
+) -> None:
+    type_new_rows(synced)
+    write_fails(False)
+
+    failing_sync(synced, FROM_SHEET)
+    result = run_sync(synced, "alice", next_sync)
+
+    assert_each_row_imported_once(synced)
+    assert result["summary"].get("created", 0) == 0
+    assert result["summary"].get("appended", 0) == 0
+    again = run_sync(synced, "alice", FROM_SHEET)["summary"]
+    assert again.get("created", 0) == 0 and again["updated"] == 0
+
+
+def test_a_row_edited_before_its_id_was_written_keeps_its_record_and_the_edit(
+    synced: Runtime, write_fails: Callable[[bool], None]
+) -> None:
+    type_new_rows(synced)
+    write_fails(False)
+    failing_sync(synced, FROM_SHEET)
+    path = workbook_path(synced, "alice")
+    book = load_workbook(path)
+    customers = book["Customers"]
+    header = columns(customers)
+    for row in range(2, customers.max_row + 1):
+        if customers.cell(row, header["Name"]).value == "Typed Two":
+            customers.cell(row, header["City"]).value = "Bangor"
+    book.save(path)
+
+    run_sync(synced, "alice", FROM_SHEET)
+
+    assert_each_row_imported_once(synced)
+    (record_id,) = customers_named(synced)["Typed Two"]
+    with synced.db.read_session() as session:
+        customer = session.get(Customer, record_id)
+        assert customer is not None and customer.city == "Bangor"
+
+
+def test_a_row_deleted_before_its_id_was_written_is_written_back_not_deleted(
+    synced: Runtime, write_fails: Callable[[bool], None]
+) -> None:
+    type_new_rows(synced)
+    write_fails(False)
+    failing_sync(synced, FROM_SHEET)
+    path = workbook_path(synced, "alice")
+    book = load_workbook(path)
+    customers = book["Customers"]
+    header = columns(customers)
+    for row in range(customers.max_row, 1, -1):
+        if customers.cell(row, header["Name"]).value == "Typed Three":
+            customers.delete_rows(row)
+    book.save(path)
+
+    imported = run_sync(synced, "alice", FROM_SHEET)["summary"]
+    written = run_sync(synced, "alice", TO_SHEET)["summary"]
+
+    assert imported.get("deleted_in_sheet", 0) == 0
+    assert written["appended"] == 1
+    assert_each_row_imported_once(synced)
