@@ -515,6 +515,34 @@ def test_a_policy_number_used_twice_in_the_book_is_told_as_an_error_by_to_sheet(
     assert {3, last + 1} <= pulled_errors
 
 
+def test_a_policy_number_of_another_agents_book_is_told_as_an_error_by_to_sheet(
+    synced: Runtime,
+) -> None:
+    with synced.db.read_session() as session:
+        bob = session.scalars(select(User).where(User.username == "bob")).one()
+        theirs = session.scalars(
+            select(Policy.policy_number).where(Policy.agent_id == bob.id).limit(2)
+        ).all()
+    with alices_tab(synced, "Policies") as (policies, header):
+        policies.cell(3, header["Policy Number"]).value = theirs[0]
+        last = policies.max_row
+        for column in header:
+            if column != "ID":
+                policies.cell(last + 1, header[column]).value = policies.cell(
+                    2, header[column]
+                ).value
+        policies.cell(last + 1, header["Policy Number"]).value = theirs[1]
+
+    pushed = run_sync(synced, "alice", TO_SHEET)
+
+    told = {(i["row"], i["column"]): i for i in pushed["tabs"]["Policies"]["issues"]}
+    for row, number in ((3, theirs[0]), (last + 1, theirs[1])):
+        assert told[(row, "Policy Number")]["kind"] == "error"
+        assert f"{number} is already used" in told[(row, "Policy Number")]["reason"]
+        assert "bob" not in told[(row, "Policy Number")]["reason"]
+    assert pushed["tabs"]["Policies"]["counts"]["pending_import"] == 0
+
+
 def test_a_new_policy_row_for_a_customer_not_in_the_book_is_an_error_in_to_sheet(
     synced: Runtime,
 ) -> None:

@@ -258,8 +258,9 @@ class SyncService:
             )
             for mapping in MAPPINGS
         }
+        elsewhere = self._numbers_elsewhere(plans[POLICIES.tab], app[POLICIES.tab])
         for mapping in MAPPINGS:
-            _tell_refused(mapping, plans[mapping.tab], app)
+            _tell_refused(mapping, plans[mapping.tab], app, elsewhere)
         changes = {
             tab: changes
             for tab, plan in plans.items()
@@ -429,6 +430,26 @@ class SyncService:
         return changed, id_cells
 
     # -- loading and storing --------------------------------------------------
+
+    def _numbers_elsewhere(
+        self, plan: ToSheetPlan, policies: dict[int, Record]
+    ) -> set[Canonical]:
+        """The policy numbers that sheet edits and new rows give, which
+        policies outside the book have."""
+        wanted = {edit.get("policy_number") for edit in plan.edits.values()}
+        wanted |= {new.values.get("policy_number") for new in plan.new_rows}
+        wanted.discard(None)
+        if not wanted:
+            return set()
+        with self.db.read_session() as session:
+            holders = session.execute(
+                select(Policy.id, Policy.policy_number).where(
+                    Policy.policy_number.in_(wanted)
+                )
+            )
+            return {
+                number for record_id, number in holders if record_id not in policies
+            }
 
     def _read_sheet(
         self, progress: _Progress, target: SyncTarget
@@ -816,16 +837,23 @@ def _text_of(value: object) -> str | None:
 
 
 def _tell_refused(
-    mapping: TabMapping, plan: ToSheetPlan, app: dict[str, dict[int, Record]]
+    mapping: TabMapping,
+    plan: ToSheetPlan,
+    app: dict[str, dict[int, Record]],
+    elsewhere: set[Canonical],
 ) -> None:
     """Sheet edits and new rows still to import that the import would refuse
     are errors to fix in the sheet, not changes waiting for a sync from the
-    sheet, which would only refuse them again. A policy number used in
-    another agent's book is left for the import, which alone sees every book."""
+    sheet, which would only refuse them again. ``elsewhere`` are the policy
+    numbers they give that policies outside the book have."""
     customers = app[CUSTOMERS.tab]
     _tell_refused_edits(mapping, plan)
     _tell_refused_records(mapping, plan, app[mapping.tab], customers)
-    taken = _tell_numbers_taken(plan, app[POLICIES.tab]) if mapping is POLICIES else {}
+    taken = (
+        _tell_numbers_taken(plan, app[POLICIES.tab], elsewhere)
+        if mapping is POLICIES
+        else {}
+    )
     _tell_refused_new_rows(mapping, plan, customers, taken)
 
 
@@ -895,11 +923,12 @@ def _tell_refused_records(
 
 
 def _tell_numbers_taken(
-    plan: ToSheetPlan, policies: dict[int, Record]
+    plan: ToSheetPlan, policies: dict[int, Record], elsewhere: set[Canonical]
 ) -> dict[int, list[Refusal]]:
     """A policy number a sheet edit or a new row gives a policy while another
-    policy of the book has it, or will after the import. Edits are told at
-    once; the new rows' refusals are returned by row."""
+    policy has it, or will after the import: one of the book (named) or of
+    another (not named). Edits are told at once; the new rows' refusals are
+    returned by row."""
     holders: dict[Canonical, list[str]] = defaultdict(list)
     for record_id, record in policies.items():
         number = plan.edits.get(record_id, {}).get(
@@ -912,8 +941,10 @@ def _tell_numbers_taken(
 
     def used(number: Canonical, here: str) -> str | None:
         others = [where for where in holders[number] if where != here]
-        if number is None or not others:
+        if number is None or not (others or number in elsewhere):
             return None
+        if not others:
+            return f"policy number {number} is already used"
         return f"policy number {number} is already used by {', '.join(others)}"
 
     for edit in _pending_edits(POLICIES, plan):
