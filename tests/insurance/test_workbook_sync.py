@@ -420,6 +420,26 @@ def test_a_sheet_edit_the_import_would_refuse_is_told_as_an_error_by_to_sheet(
     assert pushed["tabs"]["Customers"]["counts"]["errors"] == 1
 
 
+def test_an_edit_in_a_row_with_an_error_is_told_to_wait_for_the_row_to_be_fixed(
+    synced: Runtime,
+) -> None:
+    with alices_tab(synced) as (customers, header):
+        customers.cell(2, header["State"]).value = "12"
+        customers.cell(2, header["City"]).value = "Newtown"
+        customers.cell(3, header["City"]).value = "Oldtown"
+
+    pushed = run_sync(synced, "alice", TO_SHEET)
+    pulled = run_sync(synced, "alice", FROM_SHEET)
+
+    told = {(i["row"], i["column"]): i for i in pushed["tabs"]["Customers"]["issues"]}
+    assert told[(2, "City")]["kind"] == "pending_import"
+    assert "errors in this row" in told[(2, "City")]["reason"]
+    assert "errors in this row" not in told[(3, "City")]["reason"]
+    (error,) = errors_of(pulled)
+    assert (error["row"], error["column"]) == (2, "State")
+    assert "nothing of this row was imported" in error["reason"]
+
+
 def test_a_code_typed_as_a_number_is_imported_padded_and_written_back_as_text(
     synced: Runtime,
 ) -> None:

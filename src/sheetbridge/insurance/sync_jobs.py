@@ -261,6 +261,7 @@ class SyncService:
         elsewhere = self._numbers_elsewhere(plans[POLICIES.tab], app[POLICIES.tab])
         for mapping in MAPPINGS:
             _tell_refused(mapping, plans[mapping.tab], app, elsewhere)
+            _tell_blocked_edits(plans[mapping.tab])
         changes = {
             tab: changes
             for tab, plan in plans.items()
@@ -762,7 +763,7 @@ class _Importer:
                     row=row,
                     column=column,
                     value=_text_of(values.get(field or "")),
-                    reason=reason,
+                    reason=f"{reason}; nothing of this row was imported",
                     kind="error",
                 )
             )
@@ -855,6 +856,19 @@ def _tell_refused(
         else {}
     )
     _tell_refused_new_rows(mapping, plan, customers, taken)
+
+
+def _tell_blocked_edits(plan: ToSheetPlan) -> None:
+    """A sheet edit in a row with errors waits for them to be fixed: the
+    import skips the row as a whole."""
+    rows = {issue.row for issue in plan.issues if issue.kind == "error"}
+    for index, issue in enumerate(plan.issues):
+        if issue.kind == "pending_import" and issue.column and issue.row in rows:
+            plan.issues[index] = dataclasses.replace(
+                issue,
+                reason="edited in the sheet; imported once the errors in this "
+                "row are fixed (an import skips a row with errors)",
+            )
 
 
 @dataclass

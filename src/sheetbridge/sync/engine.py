@@ -943,7 +943,12 @@ def _parse_row(
         except CellError as exc:
             if column.readonly:
                 continue  # never imported, so a bad value there blocks nothing
-            ctx.issue(_cell_issue(ctx.mapping, number, column, raw, exc), "errors")
+            issue = _cell_issue(ctx.mapping, number, column, raw, exc)
+            if isinstance(ctx.plan, FromSheetPlan):
+                issue = dataclasses.replace(
+                    issue, reason=f"{issue.reason}; nothing of this row was imported"
+                )
+            ctx.issue(issue, "errors")
             ok = False
     return values if ok else None
 
