@@ -100,7 +100,31 @@ def test_integer_accepts_whole_numbers(raw: Cell, expected: int) -> None:
     assert parse_cell(INTEGER, raw) == expected
 
 
-@pytest.mark.parametrize("raw", ["abc", 1.5, True, "1.5"])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("1,234,567", 1234567), ("12.0", 12), ("1,234.00", 1234), ("-7", -7)],
+)
+def test_integer_text_takes_commas_only_between_groups_of_three_digits(
+    raw: str, expected: int
+) -> None:
+    assert parse_cell(INTEGER, raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["12,34", "1,2,3", "1,,000", "1234,567", "1,5"])
+def test_integer_text_with_commas_out_of_groups_of_three_is_refused_not_joined(
+    raw: str,
+) -> None:
+    assert reason(INTEGER, raw) == (
+        "not a whole number: a comma only separates thousands, as in 1,234"
+    )
+
+
+@pytest.mark.parametrize("raw", ["\u0661\u0662\u0663", "\uff11\uff12\uff13"])
+def test_integer_text_with_digits_other_than_0_to_9_is_refused(raw: str) -> None:
+    assert reason(INTEGER, raw) == "not a whole number: use the digits 0-9"
+
+
+@pytest.mark.parametrize("raw", ["abc", 1.5, True, "1.5", "1e3", "--1"])
 def test_integer_rejects_non_whole_numbers(raw: Cell) -> None:
     assert reason(INTEGER, raw) == "not a whole number"
 

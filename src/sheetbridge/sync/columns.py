@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from enum import StrEnum
 from typing import TypeAlias
 
@@ -39,7 +39,9 @@ _FOLD = re.compile(r"[\s_\-]+")
 # breaks, and U+FFFE / U+FFFF, which are no characters in a workbook's XML.
 NOT_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _PHONE_CHARS = re.compile(r"[0-9+()\-. ]+")
-_INTEGER_TEXT = re.compile(r"[+-]?\d{1,3}(,\d{3})+|[+-]?\d+")
+# A whole number as text: 1234 or 1,234 (commas only between groups of three),
+# and as a sheet may show it, with zero cents: 1,234.00.
+_INTEGER_TEXT = re.compile(r"[+-]?(?P<whole>[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.0*)?")
 # Digits of an amount as people write it: 1234.50, 12., .5, optionally in
 # groups of three split by one kind of separator: a comma or a (no-break,
 # thin) space. A comma is never a decimal point here, so 1,50 is no amount.
@@ -250,12 +252,16 @@ def _parse_integer(column: Column, raw: Cell) -> int:
         return _integral(Decimal(repr(raw)) if isinstance(raw, float) else raw)
     if isinstance(raw, str):
         text = raw.strip()
-        if _INTEGER_TEXT.fullmatch(text):
-            return int(text.replace(",", ""))
-        try:
-            return _integral(Decimal(text.replace(",", "")))
-        except InvalidOperation:
-            pass
+        match = _INTEGER_TEXT.fullmatch(text)
+        if match:
+            whole = int(match["whole"].replace(",", ""))
+            return -whole if text.startswith("-") else whole
+        if foreign_digits(text):
+            raise CellError("not a whole number: use the digits 0-9")
+        if "," in text:
+            raise CellError(
+                "not a whole number: a comma only separates thousands, as in 1,234"
+            )
     raise CellError("not a whole number")
 
 
