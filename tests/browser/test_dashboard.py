@@ -125,3 +125,33 @@ def test_sheet_settings_point_the_book_at_a_google_spreadsheet(
             target = client.get("/api/insurance/sync/target").json()
         assert (target["backend"], target["delete_mode"]) == ("google", "delete")
         page.close()
+
+
+def test_a_premium_with_a_decimal_comma_is_a_field_error_and_groups_of_three_save(
+    browser: Browser, runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    with live_server(runtime) as url:
+        page = sign_in(browser, url, "alice")
+        page.click("#show-policies")
+        row = page.locator("#policies-table tr[data-id]").first
+        row.wait_for()
+        policy_id = row.get_attribute("data-id")
+        with api_client(url, tokens["alice"]) as client:
+            before = client.get(f"/api/policies/{policy_id}").json()["premium"]
+
+        row.get_by_role("button", name="Edit").click()
+        page.fill("#record-form [name=premium]", "1,50")
+        page.click("#save-record")
+        expect(page.locator("#err-premium")).to_contain_text("point for cents")
+        with api_client(url, tokens["alice"]) as client:
+            assert client.get(f"/api/policies/{policy_id}").json()["premium"] == before
+
+        page.fill("#record-form [name=premium]", "$1,234.50")
+        page.click("#save-record")
+        expect(
+            page.locator(f"#policies-table tr[data-id='{policy_id}']")
+        ).to_contain_text("1,234.50")
+        with api_client(url, tokens["alice"]) as client:
+            saved = client.get(f"/api/policies/{policy_id}").json()["premium"]
+        assert saved == "1234.50"
+        page.close()

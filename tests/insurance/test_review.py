@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import date
+from decimal import Decimal
+
+import pytest
 from fastapi.testclient import TestClient
 from httpx import Response
 from openpyxl import load_workbook
 
-from sheetbridge.insurance.models import Customer
+from sheetbridge.insurance.models import Customer, Policy
 from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
 from sheetbridge.web.app import create_app
 from sheetbridge.web.deps import Runtime
@@ -236,3 +240,95 @@ def test_undo_import_restores_imported_values_but_not_ones_edited_since(
     twice = client.post(f"/api/insurance/sync/jobs/{job_id}/undo", headers=alice)
     assert twice.json()["restored"] == []
     assert [r["record_id"] for r in twice.json()["left_alone"]] == [second]
+
+
+def policy_premium_conflict(
+    runtime: Runtime, token: str
+) -> tuple[TestClient, int, int]:
+    """A premium changed to 200 in alice's sheet and to 300 in the app;
+    returns a client, the policy's ID and the conflict's."""
+    run_sync(runtime, "alice", TO_SHEET)
+    path = workbook_path(runtime, "alice")
+    book = load_workbook(path)
+    sheet = book["Policies"]
+    sheet.cell(2, columns(sheet)["Premium"]).value = Decimal("200.00")
+    record_id = int(sheet.cell(2, 1).value)
+    book.save(path)
+    with runtime.db.session() as session:
+        policy = session.get(Policy, record_id)
+        assert policy is not None
+        policy.premium = Decimal("300.00")
+    run_sync(runtime, "alice", FROM_SHEET)
+    client = TestClient(create_app(runtime, workers=False))
+    (conflict_id,) = open_conflict_ids(client, token)
+    return client, record_id, conflict_id
+
+
+def app_premium(runtime: Runtime, record_id: int) -> Decimal:
+    with runtime.db.read_session() as session:
+        policy = session.get(Policy, record_id)
+        assert policy is not None
+        return policy.premium
+
+
+@pytest.mark.parametrize(
+    "value", ["1,50", "1,000", "(-5)", "\u0661\u0662\u0663", "1e3"]
+)
+def test_an_edited_premium_is_checked_as_the_record_api_checks_it(
+    runtime: Runtime, tokens: dict[str, str], value: str
+) -> None:
+    client, record_id, conflict_id = policy_premium_conflict(runtime, tokens["alice"])
+
+    answer = resolve(
+        client, tokens["alice"], conflict_id, {"choice": "edit", "value": value}
+    )
+
+    assert answer.status_code == 422
+    assert answer.json()["detail"][0]["field"] == "value"
+    assert "write a premium" in answer.json()["detail"][0]["msg"]
+    assert open_conflict_ids(client, tokens["alice"]) == [conflict_id]
+    assert app_premium(runtime, record_id) == Decimal("300.00")
+
+
+def test_an_edited_premium_written_as_the_record_api_takes_it_is_kept(
+    runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    client, record_id, conflict_id = policy_premium_conflict(runtime, tokens["alice"])
+
+    answer = resolve(
+        client, tokens["alice"], conflict_id, {"choice": "edit", "value": "1.50"}
+    )
+
+    assert answer.status_code == 200
+    assert app_premium(runtime, record_id) == Decimal("1.50")
+    run_sync(runtime, "alice", TO_SHEET)
+    sheet = load_workbook(workbook_path(runtime, "alice"))["Policies"]
+    assert sheet.cell(2, columns(sheet)["Premium"]).value == 1.5
+
+
+def test_an_edited_date_must_be_written_yyyy_mm_dd_as_the_record_api_takes_it(
+    runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    run_sync(runtime, "alice", TO_SHEET)
+    record_id = edit_sheet_cell(runtime, 2, "Date of Birth", date(1980, 1, 2))
+    with runtime.db.session() as session:
+        customer = session.get(Customer, record_id)
+        assert customer is not None
+        customer.date_of_birth = date(1981, 1, 2)
+    run_sync(runtime, "alice", FROM_SHEET)
+    client = TestClient(create_app(runtime, workers=False))
+    (conflict_id,) = open_conflict_ids(client, tokens["alice"])
+
+    refused = resolve(
+        client, tokens["alice"], conflict_id, {"choice": "edit", "value": "03/04/1982"}
+    )
+    kept = resolve(
+        client, tokens["alice"], conflict_id, {"choice": "edit", "value": "1982-03-04"}
+    )
+
+    assert refused.status_code == 422
+    assert "YYYY-MM-DD" in refused.json()["detail"][0]["msg"]
+    assert kept.status_code == 200
+    with runtime.db.read_session() as session:
+        customer = session.get(Customer, record_id)
+        assert customer is not None and customer.date_of_birth == date(1982, 3, 4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -15,10 +16,20 @@ from sheetbridge.web.deps import Runtime
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A free localhost port: any, or with SHEETBRIDGE_TEST_PORTS set (like
+    18500-18599) one in that range, on a machine that hands out ports so."""
+    span = os.environ.get("SHEETBRIDGE_TEST_PORTS", "")
+    low, _, high = span.partition("-")
+    candidates = range(int(low), int(high or low) + 1) if low else range(1)
+    for candidate in candidates:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            port: int = sock.getsockname()[1]
+            return port
+    raise RuntimeError(f"no free port in SHEETBRIDGE_TEST_PORTS={span}")
 
 
 @contextmanager

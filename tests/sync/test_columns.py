@@ -100,7 +100,31 @@ def test_integer_accepts_whole_numbers(raw: Cell, expected: int) -> None:
     assert parse_cell(INTEGER, raw) == expected
 
 
-@pytest.mark.parametrize("raw", ["abc", 1.5, True, "1.5"])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("1,234,567", 1234567), ("12.0", 12), ("1,234.00", 1234), ("-7", -7)],
+)
+def test_integer_text_takes_commas_only_between_groups_of_three_digits(
+    raw: str, expected: int
+) -> None:
+    assert parse_cell(INTEGER, raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["12,34", "1,2,3", "1,,000", "1234,567", "1,5"])
+def test_integer_text_with_commas_out_of_groups_of_three_is_refused_not_joined(
+    raw: str,
+) -> None:
+    assert reason(INTEGER, raw) == (
+        "not a whole number: a comma only separates thousands, as in 1,234"
+    )
+
+
+@pytest.mark.parametrize("raw", ["\u0661\u0662\u0663", "\uff11\uff12\uff13"])
+def test_integer_text_with_digits_other_than_0_to_9_is_refused(raw: str) -> None:
+    assert reason(INTEGER, raw) == "not a whole number: use the digits 0-9"
+
+
+@pytest.mark.parametrize("raw", ["abc", 1.5, True, "1.5", "1e3", "--1"])
 def test_integer_rejects_non_whole_numbers(raw: Cell) -> None:
     assert reason(INTEGER, raw) == "not a whole number"
 
@@ -130,6 +154,65 @@ def test_money_rejects_text_and_extra_decimals_with_a_reason() -> None:
     assert "not an amount" in reason(MONEY, "abc")
     assert "more than 2 decimal places" in reason(MONEY, "1.234")
     assert "not an amount" in reason(MONEY, True)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("1,234.50", "1234.50"),
+        ("12,345", "12345.00"),
+        ("1,234,567.8", "1234567.80"),
+        ("1 234.50", "1234.50"),
+        ("1\u00a0234\u00a0567", "1234567.00"),
+        ("1\u202f234.50", "1234.50"),
+        ("$ 1,234", "1234.00"),
+        ("+12", "12.00"),
+        ("12.", "12.00"),
+        (".5", "0.50"),
+        ("$-5", "-5.00"),
+        ("($1,234.50)", "-1234.50"),
+    ],
+)
+def test_money_text_takes_separators_only_between_groups_of_three_digits(
+    raw: str, expected: str
+) -> None:
+    assert parse_cell(MONEY, raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["1,50", "1,5", "12,34", "1 234,50", "1,2,3", "1,,000", "1,234,56", "1234,567"],
+)
+def test_money_text_with_a_comma_as_the_decimal_point_is_refused_not_read_as_cents(
+    raw: str,
+) -> None:
+    assert reason(MONEY, raw) == (
+        "not an amount: a comma only separates thousands, as in 1,234.50; "
+        "write cents after a point, as in 1.50"
+    )
+
+
+@pytest.mark.parametrize("raw", ["1 23", "12 345,6", "1,234 567", "1  234"])
+def test_money_text_with_spaces_other_than_between_groups_of_three_is_refused(
+    raw: str,
+) -> None:
+    assert reason(MONEY, raw).startswith("not an amount")
+
+
+@pytest.mark.parametrize("raw", ["(-5)", "-$-5", "--5", "-(5)", "(+5)", "+-5", "(5"])
+def test_money_text_with_two_signs_is_refused_never_read_as_positive(
+    raw: str,
+) -> None:
+    assert reason(MONEY, raw) == "not an amount; use a number like 1234.50"
+
+
+@pytest.mark.parametrize(
+    "raw", ["\u0661\u0662\u0663", "\uff11\uff12\uff13", "1\u0662.50"]
+)
+def test_money_text_with_digits_other_than_0_to_9_is_refused(raw: str) -> None:
+    assert reason(MONEY, raw) == (
+        "has digits other than 0-9; type the amount with 0-9, like 1234.50"
+    )
 
 
 @pytest.mark.parametrize("raw", [1e15, "1000000000000000", -1e20, Decimal("1e300")])

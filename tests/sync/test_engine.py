@@ -710,6 +710,21 @@ def test_bad_cell_skips_only_its_row_on_import() -> None:
     assert "YYYY-MM-DD" in issue.reason
 
 
+@pytest.mark.parametrize("premium", ["1,50", "1 234,50", "1,2,3", "(-5)"])
+def test_an_amount_with_a_decimal_comma_or_two_signs_is_a_row_error_not_imported(
+    premium: str,
+) -> None:
+    app = {1: rec("Ann"), 2: rec("Bob")}
+    tab, base = synced(app)
+    tab.rows[1][3] = premium
+    tab.rows[1][7] = "note 1"
+    tab.rows.append([None, "Cy", None, premium])
+    plan = plan_from_sheet(MAPPING, tab, app, base)
+    assert plan.updates == {} and plan.creates == []
+    errors = [(i.row, i.column, i.value) for i in plan.issues if i.kind == "error"]
+    assert errors == [(2, "Premium", premium), (4, "Premium", premium)]
+
+
 def test_bad_sheet_cell_is_not_overwritten_by_to_sheet() -> None:
     app = {1: rec("Ann")}
     tab, base = synced(app)

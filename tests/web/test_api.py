@@ -267,6 +267,58 @@ def test_a_premium_sent_as_text_is_written_as_an_amount_is(alice: TestClient) ->
     assert saved == ["1234.50", "0.50", "12.00"]
 
 
+def test_a_premium_as_text_takes_one_sign_and_a_point_before_after_or_between_digits(
+    alice: TestClient,
+) -> None:
+    saved = [
+        _save_policy(alice, _first_policy(alice), premium=premium).json()["premium"]
+        for premium in ("+12", "12.", ".5", "0012.50")
+    ]
+
+    assert saved == ["12.00", "12.00", "0.50", "12.50"]
+
+
+def test_a_premium_as_text_with_commas_is_refused_naming_the_point_for_cents(
+    alice: TestClient,
+) -> None:
+    policy = _first_policy(alice)
+    refused = {
+        premium: _save_policy(alice, policy, premium=premium).json()["detail"][0]["msg"]
+        for premium in ("1,50", "1,000", "1 000")
+    }
+
+    assert refused == {
+        "1,50": "write a premium with a point for cents and no commas, like 1234.50",
+        "1,000": "write a premium with a point for cents and no commas, like 1234.50",
+        "1 000": "write a premium as an amount like 1234.50",
+    }
+
+
+def test_a_premium_as_text_with_two_signs_or_a_dollar_sign_is_refused(
+    alice: TestClient,
+) -> None:
+    policy = _first_policy(alice)
+    for premium in ("--5", "+-5", "-+5", "(5)", "$12", "- 5"):
+        answer = _save_policy(alice, policy, premium=premium)
+        assert answer.status_code == 422, premium
+        assert answer.json()["detail"][0]["msg"] == (
+            "write a premium as an amount like 1234.50"
+        )
+
+
+def test_a_premium_as_text_with_digits_other_than_0_to_9_is_refused(
+    alice: TestClient,
+) -> None:
+    policy = _first_policy(alice)
+    for premium in ("\u0661\u0662\u0663", "\uff11\uff12\uff13", "1\u0662.50"):
+        answer = _save_policy(alice, policy, premium=premium)
+        assert answer.status_code == 422, premium
+        assert answer.json()["detail"][0]["msg"] == (
+            "write a premium with the digits 0-9, like 1234.50"
+        )
+    assert _first_policy(alice)["premium"] == policy["premium"]
+
+
 @pytest.mark.parametrize(
     ("written", "message"),
     [

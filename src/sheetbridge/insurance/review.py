@@ -27,7 +27,7 @@ from sheetbridge.insurance.services import (
     InvalidField,
     RecordNotFound,
 )
-from sheetbridge.sync.columns import CellError, parse_cell
+from sheetbridge.sync.columns import Canonical
 from sheetbridge.sync.engine import Conflict, Record, TabMapping
 from sheetbridge.sync.models import ImportChange, SyncConflict, SyncSnapshot, SyncTarget
 
@@ -133,13 +133,12 @@ def resolve_conflict(
     if choice == "sheet":
         _set_app_value(session, user, mapping, row, row.sheet_value, asked="choice")
     elif choice == "edit":
-        column = next(c for c in mapping.columns if c.field == row.field)
-        try:
-            parsed = parse_cell(column, value)
-        except CellError as exc:
-            raise InvalidField("value", exc.reason) from exc
-        _set_app_value(session, user, mapping, row, parsed, asked="value")
-        row.resolved_value = parsed
+        # Typed by a person in the dashboard, so read as the record API reads
+        # what a person types there (dates YYYY-MM-DD, amounts like 1234.50),
+        # not with the allowances made for what a sheet program stores.
+        row.resolved_value = _store(
+            session, user, mapping, row, {row.field: value}, value, asked="value"
+        )
     snapshot = session.scalar(
         select(SyncSnapshot).where(
             SyncSnapshot.target_id == row.target_id,
@@ -178,26 +177,46 @@ def _set_app_value(
     *,
     asked: str,
 ) -> None:
-    """Store ``value`` in the app; one the record refuses is an error of the
-    request's ``asked`` field, and the conflict stays open."""
-    book = Book(session, user)
+    """Store the canonical ``value`` (a sheet's, already read by its column)."""
     fields = to_python(mapping, {row.field: value})
+    _store(session, user, mapping, row, fields, value, asked=asked)
+
+
+def _store(
+    session: Session,
+    user: User,
+    mapping: TabMapping,
+    row: SyncConflict,
+    fields: dict[str, Any],
+    shown: Any,
+    *,
+    asked: str,
+) -> Canonical:
+    """Update the conflict's record with ``fields`` as the record API does and
+    return the field's stored value, canonical. One the record refuses is an
+    error of the request's ``asked`` field, and the conflict stays open."""
+    book = Book(session, user)
     try:
         if mapping is CUSTOMERS:
             customer = book.get_customer(row.record_id)
-            book.update_customer(
-                row.record_id, CustomerUpdate(version=customer.version, **fields)
+            updated = customer_record(
+                book.update_customer(
+                    row.record_id, CustomerUpdate(version=customer.version, **fields)
+                )
             )
         else:
             policy = book.get_policy(row.record_id)
-            book.update_policy(
-                row.record_id, PolicyUpdate(version=policy.version, **fields)
+            updated = policy_record(
+                book.update_policy(
+                    row.record_id, PolicyUpdate(version=policy.version, **fields)
+                )
             )
     except ValidationError as exc:
         reasons = "; ".join(error_message(error) for error in exc.errors())
         raise InvalidField(
-            asked, f"{row.field} {value!r} is refused: {reasons}"
+            asked, f"{row.field} {shown!r} is refused: {reasons}"
         ) from exc
+    return updated[row.field]
 
 
 @dataclass

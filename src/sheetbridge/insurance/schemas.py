@@ -26,7 +26,7 @@ from pydantic_core import CoreSchema, core_schema
 
 from sheetbridge import clock
 from sheetbridge.sheets.base import XLSX_TEXT_LIMIT, cell_length
-from sheetbridge.sync.columns import NOT_TEXT
+from sheetbridge.sync.columns import NOT_TEXT, foreign_digits
 
 PolicyStatus = Literal["active", "pending", "cancelled", "expired", "non-renewed"]
 LineOfBusiness = Literal[
@@ -160,13 +160,22 @@ def _premium(value: Decimal) -> Decimal:
     return value + 0  # "+ 0" turns -0.00 into 0.00
 
 
-_AMOUNT_TEXT = re.compile(r"-?(\d+(\.\d*)?|\.\d+)")
+# One sign at most, then digits with a point before, between or after them
+# (12.50, 12., .5): a number as a sheet cell takes it, without the dollar
+# sign and thousands separators a cell may also show. Digits are 0-9 only.
+_AMOUNT_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 
 
 def _amount_text(value: object) -> object:
-    # Text as an amount is written (as the sheet takes it too): no exponent,
-    # no NaN or Infinity, no hex or digit separators. JSON numbers pass.
+    # No exponent, no NaN or Infinity, no hex or digit separators (1,50 is
+    # one and a half in much of the world). JSON numbers pass.
     if isinstance(value, str) and not _AMOUNT_TEXT.fullmatch(value.strip()):
+        if foreign_digits(value):
+            raise ValueError("write a premium with the digits 0-9, like 1234.50")
+        if "," in value:
+            raise ValueError(
+                "write a premium with a point for cents and no commas, like 1234.50"
+            )
         raise ValueError("write a premium as an amount like 1234.50")
     return value
 

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from enum import StrEnum
 from typing import TypeAlias
 
@@ -39,7 +39,22 @@ _FOLD = re.compile(r"[\s_\-]+")
 # breaks, and U+FFFE / U+FFFF, which are no characters in a workbook's XML.
 NOT_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _PHONE_CHARS = re.compile(r"[0-9+()\-. ]+")
-_INTEGER_TEXT = re.compile(r"[+-]?\d{1,3}(,\d{3})+|[+-]?\d+")
+# A whole number as text: 1234 or 1,234 (commas only between groups of three),
+# and as a sheet may show it, with zero cents: 1,234.00.
+_INTEGER_TEXT = re.compile(r"[+-]?(?P<whole>[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.0*)?")
+# Digits of an amount as people write it: 1234.50, 12., .5, optionally in
+# groups of three split by one kind of separator: a comma or a (no-break,
+# thin) space. A comma is never a decimal point here, so 1,50 is no amount.
+_GROUP_SEPARATOR = re.compile("[, \u00a0\u2009\u202f]")
+_AMOUNT_DIGITS = (
+    r"(?:[0-9]{1,3}(?P<group>[, \u00a0\u2009\u202f])[0-9]{3}(?:(?P=group)[0-9]{3})*"
+    r"|[0-9]+)(?:\.[0-9]*)?|\.[0-9]+"
+)
+# One sign at most, before or after a dollar sign: -$5, $-5, +5, $ 5.
+_MONEY_TEXT = re.compile(
+    r"(?:(?P<sign>[+-])\s*\$?|\$\s*(?P<sign_after>[+-])?)?\s*"
+    rf"(?P<number>{_AMOUNT_DIGITS})"
+)
 
 
 class ColumnType(StrEnum):
@@ -237,12 +252,16 @@ def _parse_integer(column: Column, raw: Cell) -> int:
         return _integral(Decimal(repr(raw)) if isinstance(raw, float) else raw)
     if isinstance(raw, str):
         text = raw.strip()
-        if _INTEGER_TEXT.fullmatch(text):
-            return int(text.replace(",", ""))
-        try:
-            return _integral(Decimal(text.replace(",", "")))
-        except InvalidOperation:
-            pass
+        match = _INTEGER_TEXT.fullmatch(text)
+        if match:
+            whole = int(match["whole"].replace(",", ""))
+            return -whole if text.startswith("-") else whole
+        if foreign_digits(text):
+            raise CellError("not a whole number: use the digits 0-9")
+        if "," in text:
+            raise CellError(
+                "not a whole number: a comma only separates thousands, as in 1,234"
+            )
     raise CellError("not a whole number")
 
 
@@ -283,19 +302,30 @@ def _to_decimal(raw: Cell) -> Decimal:
 
 
 def _money_text(raw: str) -> Decimal:
-    text = raw.strip().replace(",", "").replace(" ", "")
-    negative = text.startswith("(") and text.endswith(")")
-    if negative:
-        text = text[1:-1]
-    if text.startswith("-"):
-        negative, text = not negative, text[1:]
-    text = text.removeprefix("$")
-    if text.startswith("-"):
-        negative, text = not negative, text[1:]
-    if not re.fullmatch(r"\d+(\.\d*)?|\.\d+", text):
+    text = raw.strip()
+    if foreign_digits(text):
+        raise CellError(
+            "has digits other than 0-9; type the amount with 0-9, like 1234.50"
+        )
+    # An accounting negative, (5.25), carries no sign of its own.
+    bracketed = text.startswith("(") and text.endswith(")")
+    match = _MONEY_TEXT.fullmatch(text[1:-1].strip() if bracketed else text)
+    sign = match and (match["sign"] or match["sign_after"])
+    if match is None or (bracketed and sign):
+        if "," in text:
+            raise CellError(
+                "not an amount: a comma only separates thousands, as in 1,234.50; "
+                "write cents after a point, as in 1.50"
+            )
         raise CellError("not an amount; use a number like 1234.50")
-    value = Decimal(text)
-    return -value if negative else value
+    value = Decimal(_GROUP_SEPARATOR.sub("", match["number"]))
+    return -value if bracketed or sign == "-" else value
+
+
+def foreign_digits(text: str) -> bool:
+    """Whether ``text`` has digits other than 0-9 (Arabic-Indic, full-width, …),
+    which Python reads as numbers but a sheet or a person may not."""
+    return any(ch.isdigit() and not ch.isascii() for ch in text)
 
 
 def _parse_date(column: Column, raw: Cell) -> str:

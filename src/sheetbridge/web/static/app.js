@@ -33,6 +33,18 @@
     return node;
   }
 
+  // An amount as a person types it: "$1,234.50" or "1 234.50" is sent as
+  // 1234.50. Separators count only between groups of three digits, all of one
+  // kind; anything else ("1,50", "12,34") is sent as typed, for the API to
+  // refuse in its own words, never read as 150 or 1234.
+  const AMOUNT_AS_TYPED = /^([+-]?)\s*\$?\s*([0-9]{1,3}(?:([, \u00a0\u2009\u202f])[0-9]{3}(?:\3[0-9]{3})*)?|[0-9]+)?(\.[0-9]*)?$/;
+
+  function plainAmount(text) {
+    const m = AMOUNT_AS_TYPED.exec(text);
+    if (!m || !(m[2] || (m[4] && m[4].length > 1))) return text;
+    return m[1] + (m[2] || "").replace(/[, \u00a0\u2009\u202f]/g, "") + (m[4] || "");
+  }
+
   function debounce(fn, ms) {
     let timer = null;
     return (...args) => {
@@ -483,7 +495,7 @@
       let v = typeof raw === "string" && name !== "notes" ? raw.trim() : raw;
       if (spec.nullable.includes(name) && v === "") v = null;
       if (name === "customer_id") v = v === "" ? null : Number(v);
-      if (name === "premium") v = v.replace(/[$,\s]/g, "");
+      if (name === "premium") v = plainAmount(v);
       out[name] = v;
     }
     return out;
@@ -1701,7 +1713,7 @@
       const input = $("input[name=value]", e.target);
       input.removeAttribute("aria-invalid");
       $(".field-error", e.target).textContent = "";
-      resolve(li, "edit", input.value);
+      resolve(li, "edit", li.dataset.field === "premium" ? plainAmount(input.value.trim()) : input.value);
     });
     listEl.addEventListener("keydown", (e) => {
       if (e.key === "Escape" && e.target.matches("form.conflict-editor input")) {
