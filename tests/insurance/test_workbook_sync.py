@@ -657,3 +657,22 @@ def test_a_renamed_tab_fails_the_import_naming_the_workbook_and_tab(
     with synced.db.read_session() as session:
         cities = session.scalars(select(Customer.city)).all()
     assert "Renamedville" not in cities
+
+
+def test_after_a_column_is_added_right_of_stray_values_only_those_values_are_warned(
+    synced: Runtime,
+) -> None:
+    with alices_tab(synced) as (customers, header):
+        customers.delete_cols(header["Notes"])
+        assert customers.max_column == 10  # A..J
+        for ref, value in (("K2", "k"), ("M5", "m5"), ("M7", "m7"), ("Z3", "z")):
+            customers[ref] = value
+
+    to = run_sync(synced, "alice", TO_SHEET)["tabs"]["Customers"]["issues"]
+    frm = run_sync(synced, "alice", FROM_SHEET)["tabs"]["Customers"]["issues"]
+
+    sheet = load_workbook(workbook_path(synced, "alice"))["Customers"]
+    assert columns(sheet)["Notes"] == 27  # AA, right of every stray value
+    for issues in (to, frm):
+        warned = [(i["column"], i["row"], i["value"]) for i in issues]
+        assert warned == [("K", 2, "k"), ("M", 5, "m5"), ("Z", 3, "z")]

@@ -1128,3 +1128,64 @@ def test_values_right_of_the_last_header_are_warned_about_and_never_overwritten(
         )
     added = {col for (row, col), value in to.changes.cells.items() if row == 1}
     assert min(added) > stray + 1, "the Phone column goes right of the stray value"
+
+
+def _stray(rows: list[list[Cell]], row: int, index: int, value: Cell) -> None:
+    _put(rows, row, index + 1, value)
+
+
+def test_empty_columns_between_stray_values_and_a_column_added_right_of_them_are_not_warned_about() -> (  # noqa: E501
+    None
+):
+    app = {i: rec(f"R{i}") for i in range(1, 8)}
+    tab, base = synced(app)
+    note = HEADER.index("Note")
+    for row in tab.rows:
+        del row[note]  # A..H: the Note column is gone
+    for row, letter, value in ((2, "K", "k"), (5, "M", "m5"), (7, "M", "m7")):
+        _stray(tab.rows, row, ord(letter) - ord("A"), value)
+    _stray(tab.rows, 3, 25, "z")  # Z3
+    to = plan_to_sheet(MAPPING, tab, app, base)
+    added = [col for (row, col), v in to.changes.cells.items() if row == 1]
+    assert added == [27], "the Note column goes to AA, right of Z"
+    after = TabData(apply_changes(tab.rows, to.changes), "v2")
+
+    frm = plan_from_sheet(MAPPING, after, app, to.snapshots)
+
+    warned = [i.column for i in frm.issues if i.kind == "warning"]
+    assert warned == ["K", "M", "Z"]
+
+
+@pytest.mark.parametrize("plan", [plan_to_sheet, plan_from_sheet])
+def test_a_column_without_header_is_warned_about_at_its_first_cell_holding_a_value(
+    plan: Any,
+) -> None:
+    app = {i: rec(f"R{i}") for i in range(1, 6)}
+    tab, base = synced(app)
+    width = len(HEADER)
+    _stray(tab.rows, 4, width + 1, "first")
+    _stray(tab.rows, 6, width + 1, "second")
+
+    warned = [i for i in plan(MAPPING, tab, app, base).issues if i.kind == "warning"]
+
+    letter = column_letter(width + 2)
+    assert [(i.column, i.row, i.value) for i in warned] == [(letter, 4, "first")]
+
+
+def test_an_empty_column_without_header_among_ours_is_warned_about_only_while_one_of_ours_is_missing() -> (  # noqa: E501
+    None
+):
+    app = {1: rec("Ann")}
+    tab, base = synced(app)
+    for row in tab.rows:
+        row.insert(2, None)  # an empty column C between Name and Policy Number
+
+    calm = plan_from_sheet(MAPPING, tab, app, base)
+    for row in tab.rows:
+        del row[HEADER.index("Phone") + 1]  # now one of ours is missing
+    told = plan_from_sheet(MAPPING, tab, app, base)
+
+    assert [i.column for i in calm.issues if i.kind == "warning"] == []
+    assert ("C", 1, None) in [
+        (i.column, i.row, i.value) for i in told.issues if i.kind == "warning"
+    ]

@@ -199,17 +199,22 @@ def _read_layout(mapping: TabMapping, rows: Sequence[list[Cell]]) -> _Layout:
     for index in range(width):
         text = header[index] if index < len(header) else None
         positions[normalize_header(text)].append(index)
-    # A column without a header among ours is told; one past ours only if it
-    # holds something (not the empty gap before someone's own column).
+    # A column without a header is told where it holds something. An empty one
+    # only while it stands among ours and one of ours is missing or doubled:
+    # it may be one of ours, its header cleared. Empty columns are no concern
+    # otherwise, wherever they stand (say, left of a column a sync added
+    # right of stray values).
     ours = {normalize_header(mapping.id_header)}
     ours.update(normalize_header(column.header) for column in mapping.columns)
     last_ours = max((i for name in ours for i in positions.get(name, [])), default=-1)
-    positions[""] = [
-        index
-        for index in positions.get("", [])
-        if index < last_ours
-        or any(index < len(row) and not _is_blank(row[index]) for row in rows[1:])
-    ]
+    ours_unsettled = any(len(positions.get(name, [])) != 1 for name in ours)
+    firsts: dict[int, int] = {}  # index -> sheet row of its first value
+    for index in positions.get("", []):
+        first = _first_value_row(rows, index)
+        if first is not None:
+            firsts[index] = first
+        elif ours_unsettled and index < last_ours:
+            firsts[index] = 1
     # Columns a sync adds go right of everything, never over stray values.
     layout = _Layout(None, {}, [], set(), False, width, [])
     id_positions = positions.get(normalize_header(mapping.id_header), [])
@@ -225,6 +230,7 @@ def _read_layout(mapping: TabMapping, rows: Sequence[list[Cell]]) -> _Layout:
         else:
             layout.missing.append(column)
     layout.issues = _header_issues(mapping, header, positions)
+    layout.issues.extend(_headerless_issues(mapping, rows, firsts))
     if layout.missing:
         layout.strangers = [
             index
@@ -281,14 +287,32 @@ def _header_issues(
                     "remove one — nothing is synced from these columns",
                 )
             )
-    for index in positions.get("", []):
+    return issues
+
+
+def _first_value_row(rows: Sequence[list[Cell]], index: int) -> int | None:
+    """The sheet row of the first cell below the header holding a value."""
+    for number, cells in enumerate(rows[1:], start=2):
+        if index < len(cells) and not _is_blank(cells[index]):
+            return number
+    return None
+
+
+def _headerless_issues(
+    mapping: TabMapping, rows: Sequence[list[Cell]], firsts: dict[int, int]
+) -> list[Issue]:
+    """One warning per column without a header, at its first cell holding a
+    value (at its header cell if it holds none)."""
+    issues = []
+    for index, number in firsts.items():
         letter = column_letter(index + 1)
+        value = rows[number - 1][index] if number > 1 else None
         issues.append(
             Issue(
                 mapping.tab,
-                1,
+                number,
                 letter,
-                None,
+                None if value is None else _show(value),
                 f"column {letter} has no header; its values are not synced",
                 "warning",
             )
