@@ -705,3 +705,55 @@ def test_a_renamed_tab_fails_the_import_naming_the_workbook_and_tab(
     with synced.db.read_session() as session:
         cities = session.scalars(select(Customer.city)).all()
     assert "Renamedville" not in cities
+
+
+def test_after_a_column_is_added_right_of_stray_values_only_those_values_are_warned(
+    synced: Runtime,
+) -> None:
+    with alices_tab(synced) as (customers, header):
+        customers.delete_cols(header["Notes"])
+        assert customers.max_column == 10  # A..J
+        for ref, value in (("K2", "k"), ("M5", "m5"), ("M7", "m7"), ("Z3", "z")):
+            customers[ref] = value
+
+    to = run_sync(synced, "alice", TO_SHEET)["tabs"]["Customers"]["issues"]
+    frm = run_sync(synced, "alice", FROM_SHEET)["tabs"]["Customers"]["issues"]
+
+    sheet = load_workbook(workbook_path(synced, "alice"))["Customers"]
+    assert columns(sheet)["Notes"] == 27  # AA, right of every stray value
+    for issues in (to, frm):
+        warned = [(i["column"], i["row"], i["value"]) for i in issues]
+        assert warned == [("K", 2, "k"), ("M", 5, "m5"), ("Z", 3, "z")]
+
+
+def test_merged_cells_are_reported_and_never_clear_a_field_either_way(
+    synced: Runtime,
+) -> None:
+    with alices_tab(synced) as (customers, header):
+        name, email = header["Name"], header["Email"]
+        assert (name, email) == (2, 3)
+        row = next(r for r in range(2, 40) if customers.cell(r, email).value)
+        record_id = customers.cell(row, 1).value
+        customers.merge_cells(f"B{row}:C{row}")
+    email_before = customer_field(synced, record_id, "email")
+    assert email_before
+
+    imported = run_sync(synced, "alice", FROM_SHEET)
+
+    (error,) = errors_of(imported)
+    assert (error["row"], error["column"]) == (row, "Email")
+    assert f"cells B{row}:C{row} are merged" in error["reason"]
+    assert customer_field(synced, record_id, "email") == email_before
+    with synced.db.session() as session:
+        customer = session.get(Customer, record_id)
+        assert customer is not None
+        customer.email = "changed@example.com"
+        customer.city = "Augusta"
+
+    written = run_sync(synced, "alice", TO_SHEET)
+
+    (error,) = errors_of(written)
+    assert f"cells B{row}:C{row} are merged" in error["reason"]
+    assert sheet_cell(synced, row, header["City"]) == "Augusta"
+    assert sheet_cell(synced, row, email) is None
+    assert customer_field(synced, record_id, "email") == "changed@example.com"

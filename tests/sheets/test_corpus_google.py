@@ -9,7 +9,7 @@ from datetime import date
 
 import pytest
 
-from sheetbridge.sheets.base import Cell, TabChanges, TabData
+from sheetbridge.sheets.base import Cell, CellRange, TabChanges, TabData
 from sheetbridge.sheets.errors import (
     SheetError,
     SheetInvalidRequest,
@@ -324,3 +324,39 @@ def test_c12_rows_past_the_grid_are_added_before_writing(
     small = book.sheet_by_title("Small")
     assert small is not None and small.row_count == 8 and small.col_count == 3
     assert len(tab(backend.read_tabs(["Small"]), "Small").rows) == 8
+
+
+def test_merged_cells_are_read_and_reported_never_imported_as_empty(
+    harness: GoogleHarness,
+) -> None:
+    book = harness.spreadsheet()
+    backend = harness.backend(book)
+    header: list[Cell] = ["ID", "Name", "ZIP", "Born"]
+    cells = {(1, col): value for col, value in enumerate(header, 1)}
+    cells.update({(2, 1): 1, (2, 2): "Ann", (2, 3): "04001"})
+    backend.write({"People": TabChanges(cells=cells)})
+    people = book.sheet_by_title("People")
+    assert people is not None
+    grid = {"startRowIndex": 1, "endRowIndex": 2}
+    grid.update({"startColumnIndex": 1, "endColumnIndex": 3})
+    backend.client.batch_update(
+        book.spreadsheet_id,
+        [
+            {
+                "mergeCells": {
+                    "range": {"sheetId": people.sheet_id, **grid},
+                    "mergeType": "MERGE_ALL",
+                }
+            }
+        ],
+    )
+
+    read = tab(backend.read_tabs(["People"]), "People")
+
+    assert read.merges == [CellRange(2, 2, 2, 3)]
+    assert read.rows[1] == [1, "Ann"], "merging keeps only the top-left value"
+    app = {1: {"name": "Ann", "zip_code": "04001", "born": None}}
+    plan = plan_from_sheet(PEOPLE, read, app, app)
+    (error,) = [i for i in plan.issues if i.kind == "error"]
+    assert "cells B2:C2 are merged" in error.reason
+    assert plan.updates == {}

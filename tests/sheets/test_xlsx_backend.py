@@ -20,6 +20,7 @@ from sheetbridge.sheets.base import (
     XLSX_CELL_LIMIT,
     XLSX_TEXT_LIMIT,
     Cell,
+    CellRange,
     ClippedText,
     TabChanges,
     TabData,
@@ -871,3 +872,43 @@ def test_a_formula_the_write_replaced_with_a_value_keeps_no_old_result(
     XlsxBackend(path).write({"T": TabChanges(cells={(2, 1): "Augusta"})})
 
     assert read(XlsxBackend(path)).rows == [["City"], ["Augusta"], ["BANGOR"]]
+
+
+@pytest.mark.parametrize("error_cell_elsewhere", [False, True])
+def test_merged_cells_are_read_with_the_values(
+    tmp_path: Path, error_cell_elsewhere: bool
+) -> None:
+    path = tmp_path / "m.xlsx"
+    rows: list[list[Cell]] = [["ID", "Name", "Email"], [1, "Ann", "a@x"], [2, "Bo"]]
+    make_book(path, {"T": rows, "Other": [["x"]]})
+    book = openpyxl.load_workbook(path)
+    book["T"].merge_cells("B2:C2")
+    book["T"].merge_cells("A3:A4")
+    if error_cell_elsewhere:  # read by openpyxl, not calamine
+        book["Other"]["A2"].value, book["Other"]["A2"].data_type = "#N/A", "e"
+    book.save(path)
+
+    tabs = XlsxBackend(path).read_tabs(["T", "Other"])
+
+    tab, other = tabs["T"], tabs["Other"]
+    assert tab is not None and other is not None
+    assert tab.rows == [["ID", "Name", "Email"], [1, "Ann"], [2, "Bo"]]
+    assert sorted(tab.merges) == [CellRange(2, 2, 2, 3), CellRange(3, 1, 4, 1)]
+    assert other.merges == []
+
+
+def test_a_write_into_the_hidden_part_of_a_merge_is_refused_naming_the_cells(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "m.xlsx"
+    make_book(path, {"T": [["ID", "Name", "Email"], [1, "Ann", "a@x"]]})
+    book = openpyxl.load_workbook(path)
+    book["T"].merge_cells("B2:C2")
+    book.save(path)
+    before = path.read_bytes()
+
+    with pytest.raises(SheetInvalidRequest) as raised:
+        XlsxBackend(path).write({"T": TabChanges(cells={(2, 3): "b@x"})})
+
+    assert "C2" in str(raised.value) and "B2:C2" in str(raised.value)
+    assert path.read_bytes() == before

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sheetbridge.sheets.base import Cell, ErrorValue, TabChanges, TabData
+from sheetbridge.sheets.base import Cell, CellRange, ErrorValue, TabChanges, TabData
 from sheetbridge.sheets.xlsx import XlsxBackend
 from sheetbridge.sync.columns import Canonical, Column, ColumnType, parse_value
 from sheetbridge.sync.engine import (
@@ -1143,3 +1143,180 @@ def test_values_right_of_the_last_header_are_warned_about_and_never_overwritten(
         )
     added = {col for (row, col), value in to.changes.cells.items() if row == 1}
     assert min(added) > stray + 1, "the Phone column goes right of the stray value"
+
+
+def _stray(rows: list[list[Cell]], row: int, index: int, value: Cell) -> None:
+    _put(rows, row, index + 1, value)
+
+
+def test_empty_columns_between_stray_values_and_a_column_added_right_of_them_are_not_warned_about() -> (  # noqa: E501
+    None
+):
+    app = {i: rec(f"R{i}") for i in range(1, 8)}
+    tab, base = synced(app)
+    note = HEADER.index("Note")
+    for row in tab.rows:
+        del row[note]  # A..H: the Note column is gone
+    for row, letter, value in ((2, "K", "k"), (5, "M", "m5"), (7, "M", "m7")):
+        _stray(tab.rows, row, ord(letter) - ord("A"), value)
+    _stray(tab.rows, 3, 25, "z")  # Z3
+    to = plan_to_sheet(MAPPING, tab, app, base)
+    added = [col for (row, col), v in to.changes.cells.items() if row == 1]
+    assert added == [27], "the Note column goes to AA, right of Z"
+    after = TabData(apply_changes(tab.rows, to.changes), "v2")
+
+    frm = plan_from_sheet(MAPPING, after, app, to.snapshots)
+
+    warned = [i.column for i in frm.issues if i.kind == "warning"]
+    assert warned == ["K", "M", "Z"]
+
+
+@pytest.mark.parametrize("plan", [plan_to_sheet, plan_from_sheet])
+def test_a_column_without_header_is_warned_about_at_its_first_cell_holding_a_value(
+    plan: Any,
+) -> None:
+    app = {i: rec(f"R{i}") for i in range(1, 6)}
+    tab, base = synced(app)
+    width = len(HEADER)
+    _stray(tab.rows, 4, width + 1, "first")
+    _stray(tab.rows, 6, width + 1, "second")
+
+    warned = [i for i in plan(MAPPING, tab, app, base).issues if i.kind == "warning"]
+
+    letter = column_letter(width + 2)
+    assert [(i.column, i.row, i.value) for i in warned] == [(letter, 4, "first")]
+
+
+def test_an_empty_column_without_header_among_ours_is_warned_about_only_while_one_of_ours_is_missing() -> (  # noqa: E501
+    None
+):
+    app = {1: rec("Ann")}
+    tab, base = synced(app)
+    for row in tab.rows:
+        row.insert(2, None)  # an empty column C between Name and Policy Number
+
+    calm = plan_from_sheet(MAPPING, tab, app, base)
+    for row in tab.rows:
+        del row[HEADER.index("Phone") + 1]  # now one of ours is missing
+    told = plan_from_sheet(MAPPING, tab, app, base)
+
+    assert [i.column for i in calm.issues if i.kind == "warning"] == []
+    assert ("C", 1, None) in [
+        (i.column, i.row, i.value) for i in told.issues if i.kind == "warning"
+    ]
+
+
+def merged(tab: TabData, ref: str) -> TabData:
+    """``tab`` with the cells of ``ref`` merged, as a spreadsheet program
+    leaves them: the top-left value kept, the others emptied."""
+    first, last = ref.split(":")
+    top, left = _row_col(first)
+    bottom, right = _row_col(last)
+    for row in range(top, bottom + 1):
+        for col in range(left, right + 1):
+            if (row, col) != (top, left) and row <= len(tab.rows):
+                cells = tab.rows[row - 1]
+                if col <= len(cells):
+                    cells[col - 1] = None
+    tab.merges.append(CellRange(top, left, bottom, right))
+    return tab
+
+
+def _row_col(ref: str) -> tuple[int, int]:
+    letters = ref.rstrip("0123456789")
+    col = 0
+    for letter in letters:
+        col = col * 26 + ord(letter) - ord("A") + 1
+    return int(ref[len(letters) :]), col
+
+
+def test_a_merge_over_synced_cells_is_an_error_and_never_imports_them_as_empty() -> (
+    None
+):
+    app = {1: rec("Ann"), 2: rec("Bob")}
+    tab, base = synced(app)
+    tab.rows[2][HEADER.index("Name")] = "Bobby"  # an edit in the merged row
+    merged(tab, "C3:D3")  # Policy Number and Premium of Bob's row
+
+    plan = plan_from_sheet(MAPPING, tab, app, base)
+
+    (error,) = [i for i in plan.issues if i.kind == "error"]
+    assert (error.tab, error.row, error.column) == ("Policies", 3, "Premium")
+    assert "cells C3:D3 are merged" in error.reason
+    assert "unmerge them" in error.reason and "'Premium'" in error.reason
+    assert plan.counts["errors"] == 1
+    assert 2 not in plan.updates, "the merged row is not imported"
+    assert 2 not in plan.snapshots
+    assert plan.creates == [] and not any(
+        i.kind == "deleted_in_sheet" for i in plan.issues
+    )
+
+
+def test_a_merge_of_an_unsynced_column_into_its_neighbour_is_no_concern() -> None:
+    app = {1: rec("Ann")}
+    tab, base = synced(app)
+    tab.rows[0].append(None)
+    merged(tab, "I2:J2")  # Agent, and the column right of it without a header
+
+    plan = plan_from_sheet(MAPPING, tab, app, base)
+
+    assert plan.issues == []
+
+
+def test_to_sheet_never_writes_into_the_hidden_part_of_a_merge() -> None:
+    app = {1: rec("Ann"), 2: rec("Bob", note=None)}
+    tab, base = synced(app)
+    merged(tab, "G3:H3")  # Phone and Note of Bob's row
+    app[2] = rec("Robert", premium="200.00", note="new note")
+
+    plan = plan_to_sheet(MAPPING, tab, app, base)
+
+    written = {col for (row, col) in plan.changes.cells if row == 3}
+    assert written == {2, 4}, "Name and Premium written, Note's hidden cell not"
+    (error,) = [i for i in plan.issues if i.kind == "error"]
+    assert (error.row, error.column) == (3, "Note")
+    assert "cells G3:H3 are merged" in error.reason
+    assert plan.snapshots[2]["note"] is None, "Note keeps its last synced value"
+    assert plan.edits == {}, "the emptied cell is no sheet edit"
+
+
+def test_a_merge_over_a_rows_id_never_makes_it_a_new_row() -> None:
+    app = {1: rec("Ann"), 2: rec("Bob")}
+    tab, base = synced(app)
+    merged(tab, "A2:A3")
+
+    frm = plan_from_sheet(MAPPING, tab, app, base)
+    to = plan_to_sheet(MAPPING, tab, app, base)
+
+    assert frm.creates == [] and to.new_rows == [] and to.changes.append == []
+    for plan in (frm, to):
+        (error,) = [i for i in plan.issues if i.kind == "error"]
+        assert (error.row, error.column) == (3, "ID")
+        assert "cells A2:A3 are merged" in error.reason
+
+
+def test_a_row_with_merged_cells_is_never_deleted_by_to_sheet() -> None:
+    app = {1: rec("Ann"), 2: rec("Bob", note=None)}
+    tab, base = synced(app)
+    merged(tab, "G3:H3")
+    del app[2]
+
+    plan = plan_to_sheet(MAPPING, tab, app, base, delete_mode="delete")
+
+    assert plan.changes.delete_rows == []
+
+
+def test_merged_header_cells_are_an_error_and_added_columns_go_right_of_them() -> None:
+    app = {1: rec("Ann")}
+    tab, base = synced(app)
+    for row in tab.rows:
+        del row[HEADER.index("Note")]
+    merged(tab, "H1:K1")  # Agent's header, over three empty columns
+
+    plan = plan_to_sheet(MAPPING, tab, app, base)
+
+    (error,) = [i for i in plan.issues if i.kind == "error"]
+    assert (error.row, error.column) == (1, "H")
+    assert "cells H1:K1 are merged" in error.reason
+    added = [col for (row, col) in plan.changes.cells if row == 1]
+    assert added == [12], "Note goes to L, right of the merge"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from sheetbridge.testing.emulator import EmulatorServer, Knobs
+from sheetbridge.testing.model import Json, Sheet, Spreadsheet
 
 
 @pytest.fixture
@@ -167,3 +169,58 @@ def test_required_token_knob(server: EmulatorServer, http: httpx.Client) -> None
         "/v4/spreadsheets", json={}, headers={"Authorization": "Bearer s3cret"}
     )
     assert ok.status_code == 200
+
+
+def test_rows_deleted_above_a_merge_move_it_up() -> None:
+    book = Spreadsheet("s", "t")
+    book.sheets.append(Sheet(1, "T", 0, rows=[["a"], ["b"], ["c"], ["d"]]))
+    merge = {"sheetId": 1, "startRowIndex": 2, "endRowIndex": 4}
+    merge.update({"startColumnIndex": 0, "endColumnIndex": 2})
+    delete = {"sheetId": 1, "dimension": "ROWS", "startIndex": 0, "endIndex": 1}
+    rng = random.Random(0)
+
+    book.batch_update(
+        [
+            {"mergeCells": {"range": merge, "mergeType": "MERGE_ALL"}},
+            {"deleteDimension": {"range": delete}},
+        ],
+        rng,
+    )
+
+    assert book.sheets[0].merges == [
+        {
+            "sheetId": 1,
+            "startRowIndex": 1,
+            "endRowIndex": 3,
+            "startColumnIndex": 0,
+            "endColumnIndex": 2,
+        }
+    ]
+    assert book.sheets[0].rows == [["b"], ["c"], [None]]
+
+
+def test_rows_inserted_above_a_merge_move_it_down_and_inside_it_grow_it() -> None:
+    book = Spreadsheet("s", "t")
+    book.sheets.append(Sheet(1, "T", 0, rows=[["a"], ["b"], ["c"]]))
+    merge = {"sheetId": 1, "startRowIndex": 1, "endRowIndex": 3}
+    merge.update({"startColumnIndex": 0, "endColumnIndex": 1})
+
+    def insert(start: int) -> Json:
+        span = {"sheetId": 1, "dimension": "ROWS"}
+        return {
+            "insertDimension": {
+                "range": {**span, "startIndex": start, "endIndex": start + 1}
+            }
+        }
+
+    book.batch_update(
+        [{"mergeCells": {"range": merge, "mergeType": "MERGE_ALL"}}, insert(0)],
+        random.Random(0),
+    )
+    assert [(m["startRowIndex"], m["endRowIndex"]) for m in book.sheets[0].merges] == [
+        (2, 4)
+    ]
+    book.batch_update([insert(3)], random.Random(0))
+    assert [(m["startRowIndex"], m["endRowIndex"]) for m in book.sheets[0].merges] == [
+        (2, 5)
+    ]

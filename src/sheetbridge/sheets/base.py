@@ -35,6 +35,16 @@ class TabChanges:
         return not (self.cells or self.append or self.delete_rows)
 
 
+@dataclass(frozen=True, order=True)
+class CellRange:
+    """A block of cells, 1-based and inclusive: rows and columns it spans."""
+
+    first_row: int
+    first_column: int
+    last_row: int
+    last_column: int
+
+
 @dataclass
 class TabData:
     """The values of one tab as read.
@@ -42,11 +52,13 @@ class TabData:
     ``rows[0]`` is the header (sheet row 1); ``rows[i]`` is sheet row ``i + 1``.
     Trailing empty cells and trailing empty rows are trimmed, so rows may be
     ragged. ``version`` is an opaque token of what was read ("" when the
-    tab or file did not exist).
+    tab or file did not exist). ``merges`` are the tab's merged cells: of
+    each, only the top-left cell holds a value; the others read empty.
     """
 
     rows: list[list[Cell]]
     version: str = ""
+    merges: list[CellRange] = field(default_factory=list)
 
 
 class SheetBackend(Protocol):

@@ -42,7 +42,7 @@ from google.auth.exceptions import GoogleAuthError
 from google.oauth2 import credentials as user_credentials
 from google.oauth2 import service_account
 
-from sheetbridge.sheets.base import Cell, ErrorValue, TabChanges, TabData
+from sheetbridge.sheets.base import Cell, CellRange, ErrorValue, TabChanges, TabData
 from sheetbridge.sheets.errors import (
     SheetChanged,
     SheetError,
@@ -614,7 +614,7 @@ def _call_name(method: str, path: str) -> str:
 class GoogleSheetsBackend:
     """Tabs of one Google spreadsheet, behind :class:`SheetBackend`.
 
-    A read is two calls (``spreadsheets.get`` for titles and grid, one
+    A read is two calls (``spreadsheets.get`` for titles, grids and merges, one
     ``values.batchGet`` for every tab, UNFORMATTED_VALUE with SERIAL_NUMBER
     dates, so numbers and date serials come back as numbers). A write is
     ``spreadsheets.get`` (skipped right after a read of the same backend, whose
@@ -645,7 +645,9 @@ class GoogleSheetsBackend:
         rows = self._read_rows(meta, tabs)
         version = _version(tabs, rows)
         return {
-            tab: None if rows[tab] is None else TabData(rows[tab] or [], version)
+            tab: None
+            if rows[tab] is None
+            else TabData(rows[tab] or [], version, _merges(meta, tab))
             for tab in tabs
         }
 
@@ -698,7 +700,7 @@ class GoogleSheetsBackend:
         return self.client.get_spreadsheet(
             self.spreadsheet_id,
             fields="properties(title,timeZone),sheets.properties(sheetId,title,"
-            "index,gridProperties(rowCount,columnCount))",
+            "index,gridProperties(rowCount,columnCount)),sheets.merges",
         )
 
     def _read_rows(
@@ -879,6 +881,27 @@ def _sheets_by_title(meta: Json) -> dict[str, Json]:
         sheet["properties"]["title"]: sheet["properties"]
         for sheet in meta.get("sheets", [])
     }
+
+
+def _merges(meta: Json, tab: str) -> list[CellRange]:
+    """The tab's merged cells, from the GridRanges (0-based, end exclusive)
+    of its ``merges``; an index left out spans the grid to that side."""
+    props = _find(_sheets_by_title(meta), tab)
+    if props is None:
+        return []
+    sheet = next(s for s in meta.get("sheets", []) if s["properties"] is props)
+    grid = props.get("gridProperties", {})
+    merges = []
+    for span in sheet.get("merges", []):
+        merges.append(
+            CellRange(
+                int(span.get("startRowIndex", 0)) + 1,
+                int(span.get("startColumnIndex", 0)) + 1,
+                int(span.get("endRowIndex", grid.get("rowCount", 0))),
+                int(span.get("endColumnIndex", grid.get("columnCount", 0))),
+            )
+        )
+    return merges
 
 
 def _find(sheets: dict[str, Json], tab: str) -> Json | None:

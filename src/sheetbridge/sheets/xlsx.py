@@ -40,10 +40,11 @@ from xml.etree.ElementTree import ParseError
 import openpyxl
 import python_calamine
 import xlsxwriter
-from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE, MergedCell
 from openpyxl.cell.text import Text as OpenpyxlText
 from openpyxl.reader.excel import ExcelReader
 from openpyxl.styles.numbers import is_date_format
+from openpyxl.utils.cell import range_boundaries
 from openpyxl.utils.exceptions import IllegalCharacterError, InvalidFileException
 from openpyxl.xml.constants import SHARED_STRINGS, SHEET_MAIN_NS
 from openpyxl.xml.functions import iterparse
@@ -52,6 +53,7 @@ from xlsxwriter.exceptions import XlsxInputError
 from sheetbridge.sheets.base import (
     XLSX_TEXT_LIMIT,
     Cell,
+    CellRange,
     ClippedText,
     ErrorValue,
     TabChanges,
@@ -197,7 +199,7 @@ class XlsxBackend:
             for tab, tab_changes in changes.items():
                 sheet = _ensure_sheet(workbook, tab, self.location)
                 try:
-                    _apply(sheet, tab_changes)
+                    _apply(sheet, tab_changes, self.location)
                 except IllegalCharacterError as exc:
                     raise _control_character(self.location, tab) from exc
             _store_text_exactly(workbook)
@@ -225,7 +227,11 @@ class XlsxBackend:
                     continue
                 sheet = workbook.get_sheet_by_name(tab)
                 values = sheet.to_python(skip_empty_area=False)
-                result[tab] = TabData(_trimmed(values, _calamine_cell), version)
+                result[tab] = TabData(
+                    _trimmed(values, _calamine_cell),
+                    version,
+                    _calamine_merges(sheet.merged_cell_ranges),
+                )
             return result
         finally:
             workbook.close()
@@ -266,7 +272,9 @@ class XlsxBackend:
                     map(_unknown_if_uncomputed, value_row, typed_row)
                     for value_row, typed_row in zip(values, typed, strict=True)
                 )
-                result[tab] = TabData(_trimmed(rows, _openpyxl_cell), version)
+                result[tab] = TabData(
+                    _trimmed(rows, _openpyxl_cell), version, _xml_merges(workbook[tab])
+                )
             return result
         finally:
             workbook.close()
@@ -465,6 +473,38 @@ def _trimmed(
     return rows
 
 
+def _calamine_merges(
+    ranges: Iterable[tuple[tuple[int, int], tuple[int, int]]] | None,
+) -> list[CellRange]:
+    """Merged cells as calamine gives them, 0-based corners, as CellRanges."""
+    return [
+        CellRange(top + 1, left + 1, bottom + 1, right + 1)
+        for (top, left), (bottom, right) in ranges or ()
+    ]
+
+
+# A merged block in a worksheet's XML, with or without a namespace prefix.
+_MERGE_CELL = re.compile(
+    rb"""<(?:\w+:)?mergeCell\b[^>]*?\sref\s*=\s*["']([A-Za-z0-9:$]+)["']"""
+)
+
+
+def _xml_merges(sheet: Any) -> list[CellRange]:
+    """The merged cells of a tab openpyxl reads in read-only mode, which skips
+    them: found in the tab's XML, which lists them after its cells."""
+    with sheet._get_source() as source:
+        xml = source.read()
+    merges = []
+    for found in _MERGE_CELL.finditer(xml):
+        try:
+            left, top, right, bottom = range_boundaries(found[1].decode())
+        except (TypeError, ValueError):
+            continue  # not a block of cells; nothing is merged there
+        if None not in (left, top, right, bottom):
+            merges.append(CellRange(top, left, bottom, right))
+    return merges
+
+
 def _sheet_rows(sheet: Any) -> Iterator[tuple[Any, ...]]:
     sheet.reset_dimensions()  # stored dimensions are often wrong
     return sheet.iter_rows(values_only=True)  # type: ignore[no-any-return]
@@ -589,17 +629,35 @@ def _ensure_sheet(workbook: Any, tab: str, location: str) -> Any:
         ) from exc
 
 
-def _apply(sheet: Any, changes: TabChanges) -> None:
+def _apply(sheet: Any, changes: TabChanges, location: str) -> None:
     for (row, col), value in changes.cells.items():
-        _set_cell(sheet.cell(row=row, column=col), value)
+        _set_cell(_writable(sheet, row, col, location), value)
     if changes.append:
         first = _last_non_empty_row(sheet) + 1
         for offset, values in enumerate(changes.append):
             for index, value in enumerate(values):
                 if value is not None:
-                    _set_cell(sheet.cell(row=first + offset, column=index + 1), value)
+                    cell = _writable(sheet, first + offset, index + 1, location)
+                    _set_cell(cell, value)
     for row in sorted(set(changes.delete_rows), reverse=True):
         sheet.delete_rows(row)  # highest first: deleting shifts the rows below
+
+
+def _writable(sheet: Any, row: int, col: int, location: str) -> Any:
+    """The cell at (row, col), refused if a merge hides it: a value there
+    would not show, and openpyxl cannot hold one."""
+    cell = sheet.cell(row=row, column=col)
+    if isinstance(cell, MergedCell):
+        block = next(
+            (str(r) for r in sheet.merged_cells.ranges if cell.coordinate in r), "?"
+        )
+        raise SheetInvalidRequest(
+            f"cannot write cell {cell.coordinate} of tab {sheet.title!r}: cells "
+            f"{block} are merged; unmerge them so each column has its own value",
+            location=location,
+            tab=sheet.title,
+        )
+    return cell
 
 
 def _last_non_empty_row(sheet: Any) -> int:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Generic, TypeAlias, TypeVar
 
-from sheetbridge.sheets.base import Cell, TabChanges, TabData, cell_length
+from sheetbridge.sheets.base import Cell, CellRange, TabChanges, TabData, cell_length
 from sheetbridge.sync.columns import (
     MAX_TEXT_LENGTH,
     Canonical,
@@ -182,6 +182,11 @@ class _Layout:
     added: set[str] = dataclasses.field(default_factory=set)  # fields, this pass
     # Headers none of ours while one of ours is missing: ours, renamed?
     strangers: list[int] = dataclasses.field(default_factory=list)
+    # Cells of our columns a merge hides: sheet row -> indexes. Their values
+    # are unknown (merging emptied them), so they are neither read nor written.
+    hidden: dict[int, set[int]] = dataclasses.field(default_factory=dict)
+    # What merges hide, told with the rows they hide it in ("" for headers).
+    merge_issues: list[tuple[Issue, str]] = dataclasses.field(default_factory=list)
 
     def columns(self, mapping: TabMapping) -> list[tuple[Column, int]]:
         return [
@@ -191,7 +196,9 @@ class _Layout:
         ]
 
 
-def _read_layout(mapping: TabMapping, rows: Sequence[list[Cell]]) -> _Layout:
+def _read_layout(
+    mapping: TabMapping, rows: Sequence[list[Cell]], merges: Sequence[CellRange] = ()
+) -> _Layout:
     header = rows[0] if rows else []
     # Values may stand right of the last header too.
     width = max((len(row) for row in rows), default=0)
@@ -199,19 +206,26 @@ def _read_layout(mapping: TabMapping, rows: Sequence[list[Cell]]) -> _Layout:
     for index in range(width):
         text = header[index] if index < len(header) else None
         positions[normalize_header(text)].append(index)
-    # A column without a header among ours is told; one past ours only if it
-    # holds something (not the empty gap before someone's own column).
+    # A column without a header is told where it holds something. An empty one
+    # only while it stands among ours and one of ours is missing or doubled:
+    # it may be one of ours, its header cleared. Empty columns are no concern
+    # otherwise, wherever they stand (say, left of a column a sync added
+    # right of stray values).
     ours = {normalize_header(mapping.id_header)}
     ours.update(normalize_header(column.header) for column in mapping.columns)
     last_ours = max((i for name in ours for i in positions.get(name, [])), default=-1)
-    positions[""] = [
-        index
-        for index in positions.get("", [])
-        if index < last_ours
-        or any(index < len(row) and not _is_blank(row[index]) for row in rows[1:])
-    ]
-    # Columns a sync adds go right of everything, never over stray values.
-    layout = _Layout(None, {}, [], set(), False, width, [])
+    ours_unsettled = any(len(positions.get(name, [])) != 1 for name in ours)
+    firsts: dict[int, int] = {}  # index -> sheet row of its first value
+    for index in positions.get("", []):
+        first = _first_value_row(rows, index)
+        if first is not None:
+            firsts[index] = first
+        elif ours_unsettled and index < last_ours:
+            firsts[index] = 1
+    # Columns a sync adds go right of everything, never over stray values or
+    # into a merge.
+    right = max((merge.last_column for merge in merges), default=0)
+    layout = _Layout(None, {}, [], set(), False, max(width, right), [])
     id_positions = positions.get(normalize_header(mapping.id_header), [])
     layout.id_ambiguous = len(id_positions) > 1
     if len(id_positions) == 1:
@@ -225,13 +239,81 @@ def _read_layout(mapping: TabMapping, rows: Sequence[list[Cell]]) -> _Layout:
         else:
             layout.missing.append(column)
     layout.issues = _header_issues(mapping, header, positions)
+    layout.issues.extend(_headerless_issues(mapping, rows, firsts))
     if layout.missing:
         layout.strangers = [
             index
             for index, text in enumerate(header)
             if not _is_blank(text) and normalize_header(text) not in ours
         ]
+    for merge in sorted(merges):
+        _read_merge(mapping, rows, layout, merge, ours_unsettled)
     return layout
+
+
+def _read_merge(
+    mapping: TabMapping,
+    rows: Sequence[list[Cell]],
+    layout: _Layout,
+    merge: CellRange,
+    ours_unsettled: bool,
+) -> None:
+    """Note the cells of our columns a merge hides, and tell of it: only its
+    top-left cell holds a value; the others read empty though they are not."""
+    top, left = merge.first_row, merge.first_column
+    ref = (
+        f"{column_letter(left)}{top}:{column_letter(merge.last_column)}{merge.last_row}"
+    )
+    shown = _cell(rows[top - 1], left - 1) if top <= len(rows) else None
+    value = None if _is_blank(shown) else _show(shown)
+    synced = {index: column.header for column, index in layout.columns(mapping)}
+    if layout.id_index is not None:
+        synced[layout.id_index] = mapping.id_header
+    header = rows[0] if rows else []
+    top_header = normalize_header(_cell(header, left - 1))
+    ours = {normalize_header(name) for name in synced.values()}
+    if top == 1 and merge.last_column > left and (ours_unsettled or top_header in ours):
+        issue = Issue(
+            mapping.tab,
+            1,
+            column_letter(left),
+            value,
+            f"header cells {ref} are merged; unmerge them so each column has "
+            "its own header",
+        )
+        layout.merge_issues.append((issue, ""))
+    names: dict[int, str] = {}
+    numbers: list[int] = []
+    for number in range(max(top, 2), merge.last_row + 1):
+        hides = {
+            index
+            for index in range(left - 1, merge.last_column)
+            if index in synced and (number, index) != (top, left - 1)
+        }
+        if hides:
+            layout.hidden.setdefault(number, set()).update(hides)
+            numbers.append(number)
+            names.update((index, synced[index]) for index in hides)
+    if not numbers:
+        return
+    headers = [names[index] for index in sorted(names)]
+    what = " and ".join(repr(name) for name in headers)
+    joint = " and " if len(numbers) == 2 else " to "
+    rows_text = (
+        f"row {numbers[0]}"
+        if len(numbers) == 1
+        else f"rows {numbers[0]}{joint}{numbers[-1]}"
+    )
+    issue = Issue(
+        mapping.tab,
+        numbers[0],
+        headers[0],
+        value,
+        f"cells {ref} are merged, hiding {what} in {rows_text}: not synced "
+        "until you unmerge them so each column has its own value (merging "
+        "emptied the hidden cells: check them first)",
+    )
+    layout.merge_issues.append((issue, rows_text))
 
 
 def _stranger_issues(
@@ -281,14 +363,32 @@ def _header_issues(
                     "remove one — nothing is synced from these columns",
                 )
             )
-    for index in positions.get("", []):
+    return issues
+
+
+def _first_value_row(rows: Sequence[list[Cell]], index: int) -> int | None:
+    """The sheet row of the first cell below the header holding a value."""
+    for number, cells in enumerate(rows[1:], start=2):
+        if index < len(cells) and not _is_blank(cells[index]):
+            return number
+    return None
+
+
+def _headerless_issues(
+    mapping: TabMapping, rows: Sequence[list[Cell]], firsts: dict[int, int]
+) -> list[Issue]:
+    """One warning per column without a header, at its first cell holding a
+    value (at its header cell if it holds none)."""
+    issues = []
+    for index, number in firsts.items():
         letter = column_letter(index + 1)
+        value = rows[number - 1][index] if number > 1 else None
         issues.append(
             Issue(
                 mapping.tab,
-                1,
+                number,
                 letter,
-                None,
+                None if value is None else _show(value),
                 f"column {letter} has no header; its values are not synced",
                 "warning",
             )
@@ -345,6 +445,11 @@ def _scan_rows(
     found: dict[int, list[tuple[int, list[Cell]]]] = defaultdict(list)
     result = _Rows({}, [], set(), [])
     for number, cells in enumerate(rows[1:], start=2):
+        if id_index in layout.hidden.get(number, ()):
+            # a merge hides the ID: a row of a record, never a new one
+            result.unreadable.append(number)
+            result.examined += 1
+            continue
         raw_id = None if id_index is None else _cell(cells, id_index)
         if _is_blank(raw_id):
             if any(not _is_blank(_cell(cells, i)) for i in ours):
@@ -509,7 +614,7 @@ def plan_to_sheet(
         base = {}
     rows = tab.rows if tab is not None else []
     plan = ToSheetPlan(TabChanges(), {}, set(), [], [], _to_sheet_counts())
-    layout = _read_layout(mapping, rows)
+    layout = _read_layout(mapping, rows, tab.merges if tab is not None else ())
     ctx = _Pass(mapping, layout, plan, cell_limit=cell_limit)
     plan.issues.extend(layout.issues)
     if not _to_sheet_header_usable(ctx, rows, base):
@@ -526,9 +631,11 @@ def plan_to_sheet(
         plan.issues.extend(_stranger_issues(mapping, rows[0], layout))
     else:
         _add_headers(layout, layout.missing, plan.changes)
-    for issue in scanned.issues:
+    for issue in [*(issue for issue, _ in layout.merge_issues), *scanned.issues]:
         ctx.issue(issue, "errors")
     for number, cells in scanned.new:
+        if number in layout.hidden:
+            continue  # the import leaves it until its cells are unmerged
         values = _new_row_values(ctx, number, cells)
         if values is not None:
             plan.new_rows.append(NewRow(number, values))
@@ -586,7 +693,10 @@ def _sync_row_to_sheet(
     old = base.get(record_id)
     writes: dict[int, Cell] = {}
     snapshot = _last_agreed(old)
+    hidden = ctx.layout.hidden.get(number, set())
     for column, index in ctx.columns:
+        if index in hidden:
+            continue  # a merge hides the cell: neither read nor written
         write = _field_to_sheet(
             ctx, record_id, number, column, _cell(cells, index), record, old, snapshot
         )
@@ -739,7 +849,11 @@ def _deleted_in_app(
     if old is None:
         ctx.issue(_unknown_id_issue(ctx.mapping, record_id, number), "errors")
         return
-    if delete_mode == "delete" and _matches_base(ctx, cells, old):
+    if (
+        delete_mode == "delete"
+        and number not in ctx.layout.hidden
+        and _matches_base(ctx, cells, old)
+    ):
         ctx.plan.changes.delete_rows.append(number)
         ctx.plan.drop_snapshots.add(record_id)
         ctx.plan.counts["deleted"] += 1
@@ -859,7 +973,7 @@ def plan_from_sheet(
 ) -> FromSheetPlan:
     """Plan importing sheet edits and new rows without overwriting app edits."""
     rows = tab.rows if tab is not None else []
-    layout = _read_layout(mapping, rows)
+    layout = _read_layout(mapping, rows, tab.merges if tab is not None else ())
     plan = FromSheetPlan({}, [], {}, [], [], _from_sheet_counts(), 0, TabChanges())
     ctx = _Pass(mapping, layout, plan)
     plan.issues.extend(layout.issues)
@@ -873,13 +987,21 @@ def plan_from_sheet(
         return plan
     scanned = _scan_rows(mapping, layout, rows, ctx.parser)
     plan.compared = scanned.examined
+    for issue, rows_text in layout.merge_issues:
+        if rows_text:
+            were = "was" if rows_text.startswith("row ") else "were"
+            issue.reason += f"; {rows_text} {were} not imported"
+        ctx.issue(issue, "errors")
     for issue in scanned.issues:
         ctx.issue(issue, "errors")
+    # A row a merge hides cells of waits, whole, until they are unmerged.
     for record_id, (number, cells) in scanned.by_id.items():
         plan.rows[record_id] = number
-        _import_row(ctx, record_id, number, cells, app, base)
+        if number not in layout.hidden:
+            _import_row(ctx, record_id, number, cells, app, base)
     for number, cells in scanned.new:
-        _create_row(ctx, number, cells)
+        if number not in layout.hidden:
+            _create_row(ctx, number, cells)
     if layout.id_index is None:
         plan.id_column = layout.next_index + 1
         if plan.creates:

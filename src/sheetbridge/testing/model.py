@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -78,6 +79,9 @@ class Sheet:
     grid_extra: Json = field(default_factory=dict)
     extra: Json = field(default_factory=dict)
     rows: list[list[Stored]] = field(default_factory=list)
+    # Merged blocks as spreadsheets.get shows them: GridRanges, 0-based and
+    # end-exclusive.
+    merges: list[Json] = field(default_factory=list)
 
     def properties(self) -> Json:
         """The tab's ``properties`` as spreadsheets.get shows them."""
@@ -144,7 +148,11 @@ class Spreadsheet:
                 "autoRecalc": "ON_CHANGE",
                 "timeZone": self.time_zone,
             },
-            "sheets": [{"properties": sheet.properties()} for sheet in self.sheets],
+            "sheets": [
+                {"properties": sheet.properties()}
+                | ({"merges": copy.deepcopy(sheet.merges)} if sheet.merges else {})
+                for sheet in self.sheets
+            ],
             "spreadsheetUrl": "http://127.0.0.1/spreadsheets/d/"
             f"{self.spreadsheet_id}/edit",
         }
@@ -545,6 +553,15 @@ class Spreadsheet:
                 for line in sheet.rows
             ]
             sheet.col_count += count
+        # A merge below (or right of) the insertion moves; one across it grows.
+        _move_merges(
+            sheet,
+            str(span.get("dimension")),
+            lambda first, last: (
+                first + count if first >= start else first,
+                last + count if last > start else last,
+            ),
+        )
         return {}
 
     def _req_deleteDimension(self, where: str, body: Json, rng: random.Random) -> Json:
@@ -567,6 +584,68 @@ class Spreadsheet:
         else:
             sheet.rows = [line[:start] + line[end:] for line in sheet.rows]
             sheet.col_count -= end - start
+
+        def after(index: int) -> int:
+            return index if index <= start else max(start, index - (end - start))
+
+        # A merge past the deleted span moves; one across it shrinks.
+        _move_merges(
+            sheet,
+            str(span.get("dimension")),
+            lambda first, last: (after(first), after(last)),
+        )
+        return {}
+
+    def _req_mergeCells(self, where: str, body: Json, rng: random.Random) -> Json:
+        span = body.get("range", {})
+        sheet = self.sheet_by_id(span.get("sheetId"), where)
+        rows = (int(span.get("startRowIndex", 0)), int(span.get("endRowIndex", 0)))
+        cols = (
+            int(span.get("startColumnIndex", 0)),
+            int(span.get("endColumnIndex", 0)),
+        )
+        if not (
+            0 <= rows[0] < rows[1] <= sheet.row_count
+            and 0 <= cols[0] < cols[1] <= sheet.col_count
+        ):
+            raise invalid(f"Invalid {where}: the range is not within the grid")
+        kind = body.get("mergeType", "MERGE_ALL")
+        if kind == "MERGE_ALL":
+            blocks = [(rows, cols)]
+        elif kind == "MERGE_COLUMNS":
+            blocks = [(rows, (col, col + 1)) for col in range(*cols)]
+        elif kind == "MERGE_ROWS":
+            blocks = [((row, row + 1), cols) for row in range(*rows)]
+        else:
+            raise invalid(f"Invalid {where}: unknown mergeType {kind!r}")
+        for (top, bottom), (left, right) in blocks:
+            if (bottom - top) * (right - left) < 2:
+                continue  # a single cell is no merge
+            for other in sheet.merges:
+                if (
+                    top < other["endRowIndex"]
+                    and other["startRowIndex"] < bottom
+                    and left < other["endColumnIndex"]
+                    and other["startColumnIndex"] < right
+                ):
+                    raise invalid(
+                        f"Invalid {where}: You can't merge cells that are "
+                        "already partly merged."
+                    )
+            # Only the top-left value is kept.
+            for row in range(top + 1, bottom + 1):
+                for col in range(left + 1, right + 1):
+                    if (row, col) != (top + 1, left + 1):
+                        sheet.set(row, col, None)
+            sheet.merges.append(
+                {
+                    "sheetId": sheet.sheet_id,
+                    "startRowIndex": top,
+                    "endRowIndex": bottom,
+                    "startColumnIndex": left,
+                    "endColumnIndex": right,
+                }
+            )
         return {}
 
     def _req_addNamedRange(self, where: str, body: Json, rng: random.Random) -> Json:
@@ -744,3 +823,24 @@ def new_spreadsheet(spreadsheet_id: str, body: Json) -> Spreadsheet:
 def as_rich(value: Scalar, kind: str, pattern: str) -> Rich:
     """A stored value with a number format (used by fixtures)."""
     return Rich(value, kind=kind, pattern=pattern)
+
+
+def _move_merges(
+    sheet: Sheet, dimension: str, move: Callable[[int, int], tuple[int, int]]
+) -> None:
+    """Move the sheet's merges along rows or columns inserted or deleted;
+    a merge that shrinks to a single cell (or to none) is gone."""
+    first_key, last_key = (
+        ("startRowIndex", "endRowIndex")
+        if dimension == "ROWS"
+        else ("startColumnIndex", "endColumnIndex")
+    )
+    kept = []
+    for merge in sheet.merges:
+        first, last = move(merge[first_key], merge[last_key])
+        moved = merge | {first_key: first, last_key: last}
+        height = moved["endRowIndex"] - moved["startRowIndex"]
+        width = moved["endColumnIndex"] - moved["startColumnIndex"]
+        if height * width >= 2:
+            kept.append(moved)
+    sheet.merges = kept
