@@ -4,7 +4,7 @@ have written."""
 from __future__ import annotations
 
 from sheetbridge.insurance.mapping import CUSTOMERS
-from sheetbridge.sheets.base import Cell, TabData
+from sheetbridge.sheets.base import Cell, CellRange, TabData
 from sheetbridge.sync.pending_ids import PendingRow, find_rows, fingerprint
 
 HEADER: list[Cell] = ["ID", "Name", "City"]
@@ -72,3 +72,12 @@ def test_a_missing_id_header_is_written_with_the_id() -> None:
     found = find_rows(CUSTOMERS, tab, [entry(1, 7, 2, [None, "Ann", "Bath"])])
 
     assert found.cells == {(2, 1): 7, (1, 1): "ID"}
+
+
+def test_the_tab_read_keeps_its_merged_cells() -> None:
+    merges = [CellRange(3, 2, 3, 3)]
+    tab = TabData([HEADER, [None, "Ann", "Bath"], [4, "Bo", None]], "v1", merges)
+
+    found = find_rows(CUSTOMERS, tab, [entry(1, 7, 2, [None, "Ann", "Bath"])])
+
+    assert found.tab is not None and found.tab.merges == merges

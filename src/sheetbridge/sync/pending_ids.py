@@ -116,7 +116,7 @@ def find_rows(
         if _is_blank(_at(rows, 1, entry.id_column)):  # the ID header, too
             _put(rows, 1, entry.id_column, mapping.id_header)
             found.cells[(1, entry.id_column)] = mapping.id_header
-    found.tab = TabData(rows, tab.version)
+    found.tab = dataclasses.replace(tab, rows=rows)
     return found
 
 
