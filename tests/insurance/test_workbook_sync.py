@@ -294,8 +294,8 @@ def sheet_cell(runtime: Runtime, row: int, column: int) -> Any:
     )
 
 
-def errors_of(result: dict[str, Any]) -> list[dict[str, Any]]:
-    return [i for i in result["tabs"]["Customers"]["issues"] if i["kind"] == "error"]
+def errors_of(result: dict[str, Any], tab: str = "Customers") -> list[dict[str, Any]]:
+    return [i for i in result["tabs"][tab]["issues"] if i["kind"] == "error"]
 
 
 def failed_import(runtime: Runtime) -> Job:
@@ -561,6 +561,37 @@ def test_a_policy_number_of_another_agents_book_is_told_as_an_error_by_to_sheet(
         assert f"{number} is already used" in told[(row, "Policy Number")]["reason"]
         assert "bob" not in told[(row, "Policy Number")]["reason"]
     assert pushed["tabs"]["Policies"]["counts"]["pending_import"] == 0
+
+
+def test_rows_an_import_would_give_one_new_policy_number_are_all_refused(
+    synced: Runtime,
+) -> None:
+    with alices_tab(synced, "Policies") as (policies, header):
+        last = policies.max_row
+        for new in (last + 1, last + 2):
+            for column in header:
+                if column != "ID":
+                    policies.cell(new, header[column]).value = policies.cell(
+                        2, header[column]
+                    ).value
+            policies.cell(new, header["Policy Number"]).value = "TWICE-0001"
+        policies.cell(3, header["Policy Number"]).value = "TWICE-0002"
+        policies.cell(4, header["Policy Number"]).value = "TWICE-0002"
+        policies.cell(4, header["Carrier"]).value = "Other Carrier"
+
+    pulled = run_sync(synced, "alice", FROM_SHEET)
+
+    told = {(i["row"], i["column"]): i for i in errors_of(pulled, "Policies")}
+    assert "row " + str(last + 2) in told[(last + 1, "Policy Number")]["reason"]
+    assert "row " + str(last + 1) in told[(last + 2, "Policy Number")]["reason"]
+    assert "row 4" in told[(3, "Policy Number")]["reason"]
+    assert "row 3" in told[(4, "Policy Number")]["reason"]
+    with synced.db.read_session() as session:
+        taken = session.scalars(
+            select(Policy.policy_number).where(Policy.policy_number.like("TWICE-%"))
+        ).all()
+    assert taken == []
+    assert pulled["tabs"]["Policies"]["counts"]["created"] == 0
 
 
 def test_a_new_policy_row_for_a_customer_not_in_the_book_is_an_error_in_to_sheet(

@@ -326,6 +326,7 @@ class SyncService:
             )
             for mapping in MAPPINGS
         }
+        _refuse_numbers_given_twice(plans[POLICIES.tab], sides.app[POLICIES.tab])
         compared = sum(plan.compared for plan in plans.values())
         to_import = sum(
             len(plan.updates) + len(plan.creates) for plan in plans.values()
@@ -856,6 +857,49 @@ def _tell_refused(
         else {}
     )
     _tell_refused_new_rows(mapping, plan, customers, taken)
+
+
+def _refuse_numbers_given_twice(
+    plan: FromSheetPlan, policies: dict[int, Record]
+) -> None:
+    """Refuse, before importing any, every row of an import that gives a policy
+    number another row of it gives too (a new row, or a number edited), each
+    naming the others: importing the first would make the rest refused in
+    favour of a policy the same import made, by order of rows."""
+    rows: dict[Canonical, list[int]] = defaultdict(list)
+    for record_id, fields in plan.updates.items():
+        if "policy_number" in fields:
+            rows[fields["policy_number"]].append(plan.rows[record_id])
+    for new in plan.creates:
+        rows[new.values.get("policy_number")].append(new.row)
+    refused: dict[int, tuple[str, str]] = {}
+    for number, given in rows.items():
+        if number is None or len(given) < 2:
+            continue
+        for row in given:
+            others = ", ".join(f"row {other}" for other in given if other != row)
+            refused[row] = (
+                str(number),
+                f"policy number {number} is already used by {others}; "
+                "nothing of this row was imported",
+            )
+    if not refused:
+        return
+    for record_id in [r for r in plan.updates if plan.rows[r] in refused]:
+        del plan.updates[record_id]
+        plan.snapshots.pop(record_id, None)  # still as last synced
+        plan.counts["updated"] -= 1
+    creates = [new for new in plan.creates if new.row not in refused]
+    plan.counts["created"] -= len(plan.creates) - len(creates)
+    plan.creates[:] = creates
+    for row, (number, why) in sorted(refused.items()):
+        plan.issues.append(
+            Issue(POLICIES.tab, row, _NUMBER_HEADER, number, why, kind="error")
+        )
+        plan.counts["errors"] += 1
+
+
+_NUMBER_HEADER = next(c.header for c in POLICIES.columns if c.field == "policy_number")
 
 
 def _tell_blocked_edits(plan: ToSheetPlan) -> None:
