@@ -18,7 +18,12 @@ from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
 from sheetbridge.queue.worker import WorkerPool
 from sheetbridge.sheets.xlsx import XlsxBackend
 from sheetbridge.web.deps import Runtime
-from tests.insurance.test_workbook_sync import columns, run_sync, workbook_path
+from tests.insurance.test_workbook_sync import (
+    alices_tab,
+    columns,
+    run_sync,
+    workbook_path,
+)
 
 NAMES = ["Typed One", "Typed Two", "Typed Three"]
 
@@ -34,15 +39,20 @@ def synced(runtime: Runtime) -> Runtime:
 
 
 def type_new_rows(runtime: Runtime) -> None:
-    path = workbook_path(runtime, "alice")
-    book = load_workbook(path)
-    customers = book["Customers"]
+    with alices_tab(runtime) as (customers, header):
+        for name in NAMES:
+            row = customers.max_row + 1
+            customers.cell(row, header["Name"]).value = name
+            customers.cell(row, header["City"]).value = "Augusta"
+
+
+def row_named(customers: Any, name: str) -> int:
     header = columns(customers)
-    for name in NAMES:
-        row = customers.max_row + 1
-        customers.cell(row, header["Name"]).value = name
-        customers.cell(row, header["City"]).value = "Augusta"
-    book.save(path)
+    return next(
+        row
+        for row in range(2, customers.max_row + 1)
+        if customers.cell(row, header["Name"]).value == name
+    )
 
 
 def sheet_ids(runtime: Runtime) -> dict[str, list[Any]]:
@@ -156,14 +166,10 @@ def test_a_row_edited_before_its_id_was_written_keeps_its_record_and_the_edit(
     type_new_rows(synced)
     write_fails(False)
     failing_sync(synced, FROM_SHEET)
-    path = workbook_path(synced, "alice")
-    book = load_workbook(path)
-    customers = book["Customers"]
-    header = columns(customers)
-    for row in range(2, customers.max_row + 1):
-        if customers.cell(row, header["Name"]).value == "Typed Two":
-            customers.cell(row, header["City"]).value = "Bangor"
-    book.save(path)
+    with alices_tab(synced) as (customers, header):
+        customers.cell(
+            row_named(customers, "Typed Two"), header["City"]
+        ).value = "Bangor"
 
     run_sync(synced, "alice", FROM_SHEET)
 
@@ -180,14 +186,8 @@ def test_a_row_deleted_before_its_id_was_written_is_written_back_not_deleted(
     type_new_rows(synced)
     write_fails(False)
     failing_sync(synced, FROM_SHEET)
-    path = workbook_path(synced, "alice")
-    book = load_workbook(path)
-    customers = book["Customers"]
-    header = columns(customers)
-    for row in range(customers.max_row, 1, -1):
-        if customers.cell(row, header["Name"]).value == "Typed Three":
-            customers.delete_rows(row)
-    book.save(path)
+    with alices_tab(synced) as (customers, _):
+        customers.delete_rows(row_named(customers, "Typed Three"))
 
     imported = run_sync(synced, "alice", FROM_SHEET)["summary"]
     written = run_sync(synced, "alice", TO_SHEET)["summary"]
