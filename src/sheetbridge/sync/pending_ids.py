@@ -94,8 +94,16 @@ def find_rows(
             found.settled.append(entry.key)
         else:
             waiting.append(entry)
+    prints: dict[int, dict[str, list[int]]] = {}  # ID column -> print -> rows
     for entry in waiting:
-        row = _row_with_values(rows, entry, taken)
+        if entry.id_column not in prints:
+            prints[entry.id_column] = _rows_by_values(rows, entry.id_column)
+        alike = prints[entry.id_column].get(entry.fingerprint, [])
+        # The row it was made from first, if it is still alike.
+        row = next(
+            (n for n in sorted(alike, key=lambda n: n != entry.row) if n not in taken),
+            None,
+        )
         if row is not None:
             placed[entry.key] = row
             taken.add(row)
@@ -142,19 +150,14 @@ def _rows_by_id(
     return by_id
 
 
-def _row_with_values(
-    rows: list[list[Cell]], entry: PendingRow, taken: set[int]
-) -> int | None:
-    numbers: list[int] = [entry.row, *range(2, len(rows) + 1)]
-    for number in numbers:
-        if (
-            2 <= number <= len(rows)
-            and number not in taken
-            and _id_free(rows, number, entry.id_column)
-            and fingerprint(rows[number - 1], entry.id_column) == entry.fingerprint
-        ):
-            return number
-    return None
+def _rows_by_values(rows: list[list[Cell]], id_column: int) -> dict[str, list[int]]:
+    """The rows without an ID by the fingerprint of their values."""
+    by_print: dict[str, list[int]] = {}
+    for number in range(2, len(rows) + 1):
+        if _id_free(rows, number, id_column):
+            key = fingerprint(rows[number - 1], id_column)
+            by_print.setdefault(key, []).append(number)
+    return by_print
 
 
 def _id_free(rows: list[list[Cell]], number: int, id_column: int) -> bool:
