@@ -758,6 +758,22 @@ def test_text_too_short_or_long_is_told_in_plain_words(alice: TestClient) -> Non
     ]
 
 
+@pytest.mark.parametrize("name", ["\u202e", "\u200b\u200b", "\u0301", "\u2060 \u200d"])
+def test_a_name_with_nothing_to_see_is_refused(alice: TestClient, name: str) -> None:
+    answer = alice.post("/api/customers", json={"name": name})
+
+    assert answer.status_code == 422
+    assert (
+        answer.json()["detail"][0]["msg"] == "needs a letter, digit or sign you can see"
+    )
+
+
+def test_a_name_with_invisible_marks_among_letters_is_kept(alice: TestClient) -> None:
+    answer = alice.post("/api/customers", json={"name": "Jos\u0065\u0301 Ruiz"})
+
+    assert answer.status_code == 201
+
+
 def test_a_state_is_one_of_the_us_postal_codes(alice: TestClient) -> None:
     answers = {
         state: alice.post("/api/customers", json={"name": "Ann", "state": state})

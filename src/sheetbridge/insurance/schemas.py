@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -89,6 +90,12 @@ def _text(value: str) -> str:
     return value.replace("\r\n", "\n").strip()
 
 
+def _visible(char: str) -> bool:
+    # Not a space, a format character (zero-width, direction marks) or a mark
+    # that only sits on another character.
+    return unicodedata.category(char)[0] not in "ZCM"
+
+
 @dataclass(frozen=True)
 class _Words:
     """Text without its surrounding spaces (as the sheet's copy, and every
@@ -102,6 +109,8 @@ class _Words:
         value = _text(value)
         if self.required and not value:
             raise ValueError("may not be empty")
+        if self.required and not any(map(_visible, value)):
+            raise ValueError("needs a letter, digit or sign you can see")
         if len(value) > self.most:
             raise ValueError(f"at most {self.most:,} characters")
         return value
