@@ -185,3 +185,42 @@ def test_a_note_longer_than_the_app_keeps_is_an_error_in_to_sheet_not_pending(
     assert told[(2, "Notes")]["kind"] == "error"
     assert "at most 32,765 characters" in told[(2, "Notes")]["reason"]
     assert told[(3, "Notes")]["kind"] == "pending_import"
+
+
+def test_an_import_dying_after_writing_new_ids_to_google_leaves_them_naming_its_records(
+    runtime: Runtime,
+    spreadsheet_id: str,
+    emulator: EmulatorServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run_sync(runtime, "alice", TO_SHEET)
+    backend, tab, header = customers_tab(emulator, spreadsheet_id)
+    names = ["Typed On Google", "Typed Again"]
+    row = len(tab.rows) + 1
+    cells = {
+        (row + offset, header.index("Name") + 1): name
+        for offset, name in enumerate(names)
+    }
+    backend.write({"Customers": TabChanges(cells=cells)})
+    real = GoogleSheetsBackend.write
+
+    def write_then_die(self: GoogleSheetsBackend, *args: object, **kw: object) -> None:
+        monkeypatch.setattr(GoogleSheetsBackend, "write", real)
+        real(self, *args, **kw)  # type: ignore[arg-type]
+        raise RuntimeError("the worker died")
+
+    monkeypatch.setattr(GoogleSheetsBackend, "write", write_then_die)
+    with pytest.raises(AssertionError):
+        run_sync(runtime, "alice", FROM_SHEET)  # the job fails
+    run_sync(runtime, "alice", FROM_SHEET)
+
+    _, tab, header = customers_tab(emulator, spreadsheet_id)
+    in_sheet = {
+        cells[header.index("Name")]: int(cells[header.index("ID")])
+        for cells in tab.rows[1:]
+        if cells[header.index("Name")] in names
+    }
+    with runtime.db.read_session() as session:
+        for name in names:
+            (customer,) = session.query(Customer).filter_by(name=name).all()
+            assert in_sheet[name] == customer.id
