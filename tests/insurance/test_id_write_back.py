@@ -17,6 +17,7 @@ from sheetbridge.insurance.services import Book
 from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
 from sheetbridge.queue.worker import WorkerPool
 from sheetbridge.sheets.xlsx import XlsxBackend
+from sheetbridge.sync.models import PendingId
 from sheetbridge.web.deps import Runtime
 from tests.insurance.test_workbook_sync import (
     alices_tab,
@@ -195,3 +196,19 @@ def test_a_row_deleted_before_its_id_was_written_is_written_back_not_deleted(
     assert imported.get("deleted_in_sheet", 0) == 0
     assert written["appended"] == 1
     assert_each_row_imported_once(synced)
+
+
+def test_a_book_moved_to_another_sheet_forgets_the_old_sheets_pending_rows(
+    synced: Runtime, write_fails: Callable[[bool], None]
+) -> None:
+    type_new_rows(synced)
+    write_fails(False)
+    failing_sync(synced, FROM_SHEET)
+    with synced.db.read_session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+
+    synced.sync.update_target(alice, backend="google", spreadsheet_id="x" * 20)
+    synced.sync.update_target(alice, backend="xlsx")
+
+    with synced.db.read_session() as session:
+        assert session.scalars(select(PendingId)).all() == []

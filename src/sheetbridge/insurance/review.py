@@ -29,7 +29,13 @@ from sheetbridge.insurance.services import (
 )
 from sheetbridge.sync.columns import Canonical
 from sheetbridge.sync.engine import Conflict, Record, TabMapping
-from sheetbridge.sync.models import ImportChange, SyncConflict, SyncSnapshot, SyncTarget
+from sheetbridge.sync.models import (
+    ImportChange,
+    PendingId,
+    SyncConflict,
+    SyncSnapshot,
+    SyncTarget,
+)
 
 CHOICES = ("app", "sheet", "edit")
 CREATED = "__created__"
@@ -84,8 +90,10 @@ def record_conflicts(
 
 
 def forget_sheet(session: Session, target_id: int) -> None:
-    """Drop what a target remembered of its old sheet: snapshots and conflicts."""
+    """Drop what a target remembered of its old sheet: snapshots, conflicts,
+    and rows whose new records' IDs may not be there."""
     session.execute(delete(SyncSnapshot).where(SyncSnapshot.target_id == target_id))
+    session.execute(delete(PendingId).where(PendingId.target_id == target_id))
     session.execute(
         update(SyncConflict)
         .where(SyncConflict.target_id == target_id, SyncConflict.resolved_at.is_(None))
