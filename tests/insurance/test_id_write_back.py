@@ -212,3 +212,28 @@ def test_a_book_moved_to_another_sheet_forgets_the_old_sheets_pending_rows(
 
     with synced.db.read_session() as session:
         assert session.scalars(select(PendingId)).all() == []
+
+
+def test_a_row_typed_in_place_of_a_deleted_pending_one_becomes_its_own_record(
+    synced: Runtime, write_fails: Callable[[bool], None]
+) -> None:
+    type_new_rows(synced)
+    write_fails(False)
+    failing_sync(synced, FROM_SHEET)
+    (three,) = customers_named(synced)["Typed Three"]
+    with alices_tab(synced) as (customers, header):
+        row = row_named(customers, "Typed Three")
+        customers.cell(row, header["Name"]).value = "Someone Else"
+        customers.cell(row, header["City"]).value = "Bangor"
+
+    run_sync(synced, "alice", FROM_SHEET)
+    run_sync(synced, "alice", TO_SHEET)
+
+    with synced.db.read_session() as session:
+        kept = session.get(Customer, three)
+        assert kept is not None and kept.name == "Typed Three"
+        (other,) = session.scalars(
+            select(Customer).where(Customer.name == "Someone Else")
+        ).all()
+    ids = {name: i for name, ids in sheet_ids(synced).items() for i in ids}
+    assert ids["Typed Three"] == three and other.id != three

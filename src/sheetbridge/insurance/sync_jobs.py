@@ -77,7 +77,7 @@ from sheetbridge.sync.engine import (
     plan_to_sheet,
 )
 from sheetbridge.sync.models import ImportChange, PendingId, SyncSnapshot, SyncTarget
-from sheetbridge.sync.pending_ids import PendingRow, find_rows, fingerprint
+from sheetbridge.sync.pending_ids import PendingRow, find_rows, row_values
 
 log = logging.getLogger(__name__)
 
@@ -420,7 +420,9 @@ class SyncService:
                             record_id=record_id,
                             row=row,
                             id_column=column,
-                            fingerprint=fingerprint(rows.rows[row - 1], column),
+                            values=row_values(
+                                mapping, rows.rows[0], rows.rows[row - 1]
+                            ),
                             job_id=job_id,
                         )
                         for (row, column), record_id in importer.id_cells.items()
@@ -472,7 +474,7 @@ class SyncService:
             ).all()
         for mapping in MAPPINGS:
             entries = [
-                PendingRow(p.id, p.record_id, p.row, p.id_column, p.fingerprint)
+                PendingRow(p.id, p.record_id, p.row, p.id_column, p.values)
                 for p in stored
                 if p.entity == ENTITY[mapping.tab]
             ]

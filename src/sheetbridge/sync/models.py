@@ -91,8 +91,8 @@ class PendingId(Base):
 
     It is stored with the import and dropped once a sync has seen the ID in
     the sheet or written it there, so a sync that stops between the two still
-    finds the row again (by the values it had, else by where it was) instead
-    of creating its record a second time.
+    finds the row again (by the values it had, by header) instead of creating
+    its record a second time.
     """
 
     __tablename__ = "sync_pending_ids"
@@ -103,5 +103,5 @@ class PendingId(Base):
     record_id: Mapped[int] = mapped_column(Integer)
     row: Mapped[int] = mapped_column(Integer)
     id_column: Mapped[int] = mapped_column(Integer)
-    fingerprint: Mapped[str] = mapped_column(String(64))
+    values: Mapped[dict[str, Any]] = mapped_column(JSON)
     job_id: Mapped[int] = mapped_column(Integer)

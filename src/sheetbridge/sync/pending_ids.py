@@ -3,32 +3,43 @@
 An import commits the records it creates from rows typed into the sheet, then
 writes their IDs into those rows. A sync that stops in between (the worker
 dies, the sheet refuses the write) leaves rows without IDs for records that
-exist. Every such record is kept as a :class:`PendingRow` until a sync sees
-its ID in the sheet; before planning, each sync finds the row again and reads
-the tab as if the ID were there already, and writes it there:
+exist. Every such record is kept as a :class:`PendingRow`, with the values its
+row had, until a sync sees its ID in the sheet. Before planning, each sync
+finds the row again, reads the tab as if the ID were there already, and writes
+it there:
 
 1. a row that holds the ID already (the write landed) needs nothing;
-2. else a row without an ID whose values are the ones the record was created
-   from, the one it was in first;
-3. else the row it was in, if that still has no ID (it was edited since).
+2. else a row without an ID holding the same values (the one it was in
+   first, if that one does);
+3. else a row without an ID whose name (for a policy, its number) is the
+   one the record was created with: the row, edited since, wherever it was
+   moved. Of several, the one it was in first, else the first.
 
-A record whose row is found in none of these ways (deleted, or moved and
-edited) is reported back as lost, so that it is treated as never synced: a
-to-sheet writes it to the sheet as a new row, rather than an import deleting
-or flagging it.
+Where the row stood is no evidence by itself: a row deleted and a new one
+typed in its place must not take the old one's record. A record whose row is
+found in none of these ways is reported back as lost, so that it is treated
+as never synced: a to-sheet writes it back as a new row, rather than an
+import deleting or flagging it. At worst, a row both renamed and edited
+before its ID was written leaves a second record beside the first; nothing
+is lost or overwritten.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sheetbridge.sheets.base import Cell, TabData
-from sheetbridge.sync.columns import CellParser
+from sheetbridge.sync.columns import CellParser, normalize_header
 from sheetbridge.sync.engine import TabMapping, read_id
+
+# The field that names a row of each kind to a person: the key of step 3.
+_NAMING_FIELDS = ("policy_number", "name")
+
+RowValues = dict[str, Any]
+"""A row's cells by their column's header, as JSON: blank cells left out."""
 
 
 @dataclass(frozen=True)
@@ -39,7 +50,7 @@ class PendingRow:
     record_id: int
     row: int  # 1-based sheet row
     id_column: int  # 1-based
-    fingerprint: str
+    values: RowValues
 
 
 @dataclass
@@ -52,13 +63,18 @@ class Found:
     lost: set[int] = field(default_factory=set)  # record IDs without a row
 
 
-def fingerprint(cells: Sequence[Cell], id_column: int) -> str:
-    """A digest of a row's values, all but its ID cell."""
-    values = [cell for index, cell in enumerate(cells, 1) if index != id_column]
-    while values and _is_blank(values[-1]):
-        values.pop()
-    text = json.dumps([_plain(value) for value in values], ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()
+def row_values(
+    mapping: TabMapping, header: Sequence[Cell], cells: Sequence[Cell]
+) -> RowValues:
+    """A row's values to recognise it by: every cell under a header but the
+    ID's, by its header."""
+    skip = normalize_header(mapping.id_header)
+    values: RowValues = {}
+    for name, cell in zip(header, cells, strict=False):
+        title = normalize_header(name)
+        if title and title != skip and not _is_blank(cell):
+            values[title] = _plain(cell)
+    return values
 
 
 def find_rows(
@@ -74,45 +90,54 @@ def find_rows(
         found.settled = [entry.key for entry in pending]
         return found
     rows = [list(row) for row in tab.rows]
-    parser = CellParser()
-    holding: dict[int, dict[int, int]] = {}  # ID column -> record ID -> row
-    taken: set[int] = set()
-    placed: dict[int, int] = {}  # entry key -> row
+    header = rows[0] if rows else []
+    column = _id_column(mapping, header)
     waiting: list[PendingRow] = []
+    taken: set[int] = set()
     for entry in pending:
-        column = _id_column(mapping, rows, entry.id_column)
-        if column is None:  # that column holds something else now
+        at = column or entry.id_column
+        if column is None and not _is_blank(_at(rows, 1, at)):
+            # That column holds something else now: never write an ID there.
             found.lost.add(entry.record_id)
             found.settled.append(entry.key)
-            continue
-        entry = dataclasses.replace(entry, id_column=column)
-        if column not in holding:
-            holding[column] = _rows_by_id(rows, column, parser)
-        row = holding[column].get(entry.record_id)
+        else:
+            waiting.append(dataclasses.replace(entry, id_column=at))
+    holding = _rows_by_id(rows, column) if column else {}
+    for entry in list(waiting):
+        row = holding.get(entry.record_id)
         if row is not None:  # the write landed
             taken.add(row)
             found.settled.append(entry.key)
-        else:
-            waiting.append(entry)
-    prints: dict[int, dict[str, list[int]]] = {}  # ID column -> print -> rows
-    for entry in waiting:
-        if entry.id_column not in prints:
-            prints[entry.id_column] = _rows_by_values(rows, entry.id_column)
-        alike = prints[entry.id_column].get(entry.fingerprint, [])
-        # The row it was made from first, if it is still alike.
-        row = next(
-            (n for n in sorted(alike, key=lambda n: n != entry.row) if n not in taken),
-            None,
-        )
-        if row is not None:
-            placed[entry.key] = row
-            taken.add(row)
-    for entry in waiting:
-        if entry.key in placed:
-            continue
-        if entry.row not in taken and _id_free(rows, entry.row, entry.id_column):
-            placed[entry.key] = entry.row
-            taken.add(entry.row)
+            waiting.remove(entry)
+    free = {
+        number: row_values(mapping, header, rows[number - 1])
+        for number in range(2, len(rows) + 1)
+        if column is None or _is_blank(_at(rows, number, column))
+    }
+    placed: dict[int, int] = {}  # entry key -> row
+    naming = _naming_header(mapping)
+
+    def same_values(entry: PendingRow, values: RowValues) -> bool:
+        return values == entry.values
+
+    def same_name(entry: PendingRow, values: RowValues) -> bool:
+        name = entry.values.get(naming)
+        return name is not None and values.get(naming) == name
+
+    for matches in (same_values, same_name):
+        for entry in waiting:
+            if entry.key in placed:
+                continue
+            alike = [
+                number
+                for number, values in free.items()
+                if number not in taken and matches(entry, values)
+            ]
+            if alike:
+                # The row it was made from, if that one is alike.
+                row = entry.row if entry.row in alike else alike[0]
+                placed[entry.key] = row
+                taken.add(row)
     for entry in waiting:
         found.settled.append(entry.key)
         row = placed.get(entry.key)
@@ -128,40 +153,32 @@ def find_rows(
     return found
 
 
-def _id_column(mapping: TabMapping, rows: list[list[Cell]], stored: int) -> int | None:
-    """The tab's ID column: the one headed so, else the stored one if its
-    header is still blank."""
-    header = rows[0] if rows else []
-    wanted = mapping.id_header.casefold()
+def _id_column(mapping: TabMapping, header: Sequence[Cell]) -> int | None:
+    """The tab's ID column by its header; None if it has none (yet)."""
+    wanted = normalize_header(mapping.id_header)
     for index, value in enumerate(header, 1):
-        if isinstance(value, str) and value.strip().casefold() == wanted:
+        if normalize_header(value) == wanted:
             return index
-    return stored if _is_blank(_at(rows, 1, stored)) else None
+    return None
 
 
-def _rows_by_id(
-    rows: list[list[Cell]], column: int, parser: CellParser
-) -> dict[int, int]:
+def _naming_header(mapping: TabMapping) -> str:
+    return next(
+        normalize_header(column.header)
+        for field_name in _NAMING_FIELDS
+        for column in mapping.columns
+        if column.field == field_name
+    )
+
+
+def _rows_by_id(rows: list[list[Cell]], column: int) -> dict[int, int]:
+    parser = CellParser()
     by_id: dict[int, int] = {}
     for number in range(2, len(rows) + 1):
         record_id = read_id(_at(rows, number, column), parser)
         if record_id is not None:
             by_id.setdefault(record_id, number)
     return by_id
-
-
-def _rows_by_values(rows: list[list[Cell]], id_column: int) -> dict[str, list[int]]:
-    """The rows without an ID by the fingerprint of their values."""
-    by_print: dict[str, list[int]] = {}
-    for number in range(2, len(rows) + 1):
-        if _id_free(rows, number, id_column):
-            key = fingerprint(rows[number - 1], id_column)
-            by_print.setdefault(key, []).append(number)
-    return by_print
-
-
-def _id_free(rows: list[list[Cell]], number: int, id_column: int) -> bool:
-    return 2 <= number <= len(rows) and _is_blank(_at(rows, number, id_column))
 
 
 def _at(rows: list[list[Cell]], number: int, column: int) -> Cell:
@@ -182,6 +199,11 @@ def _is_blank(value: Cell) -> bool:
 
 
 def _plain(value: Cell) -> object:
-    if value is None or isinstance(value, bool | int | float | str):
+    """A cell as JSON stores it, and compares the same once read back."""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, bool | int):
         return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
     return f"{type(value).__name__}:{value}"

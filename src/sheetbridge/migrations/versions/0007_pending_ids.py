@@ -24,7 +24,7 @@ def upgrade() -> None:
         sa.Column("record_id", sa.Integer(), nullable=False),
         sa.Column("row", sa.Integer(), nullable=False),
         sa.Column("id_column", sa.Integer(), nullable=False),
-        sa.Column("fingerprint", sa.String(length=64), nullable=False),
+        sa.Column("values", sa.JSON(), nullable=False),
         sa.Column("job_id", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(
             ["target_id"],
