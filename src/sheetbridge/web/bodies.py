@@ -29,8 +29,9 @@ class UnreadableJson(HTTPException):
     """A body that is JSON by its type but that the app cannot read, in the
     shape of the app's other input errors."""
 
-    def __init__(self, kind: str, message: str) -> None:
-        detail = [{"loc": ["body"], "field": "", "msg": message, "type": kind}]
+    def __init__(self, kind: str, message: str, field: str = "") -> None:
+        where = ["body", field] if field else ["body"]
+        detail = [{"loc": where, "field": field, "msg": message, "type": kind}]
         super().__init__(status_code=422, detail=detail)
 
 
@@ -75,6 +76,7 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             raise UnreadableJson(
                 "json_duplicate_key",
                 f"the body gives {name!r} twice; send each field once",
+                field=name,
             )
         value[name] = item
     return value
