@@ -1242,6 +1242,7 @@ def test_a_merge_over_synced_cells_is_an_error_and_never_imports_them_as_empty()
 
     (error,) = [i for i in plan.issues if i.kind == "error"]
     assert (error.tab, error.row, error.column) == ("Policies", 3, "Premium")
+    assert error.value is None, "a hidden cell shows nothing, not the merge's value"
     assert "cells C3:D3 are merged" in error.reason
     assert "unmerge them" in error.reason and "'Premium'" in error.reason
     assert plan.counts["errors"] == 1

@@ -308,7 +308,7 @@ def _read_merge(
         mapping.tab,
         numbers[0],
         headers[0],
-        value,
+        None,  # the hidden cell's own value is gone; the merge shows another
         f"cells {ref} are merged, hiding {what} in {rows_text}: not synced "
         "until you unmerge them so each column has its own value (merging "
         "emptied the hidden cells: check them first)",
