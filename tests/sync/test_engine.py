@@ -1305,6 +1305,8 @@ def test_a_row_with_merged_cells_is_never_deleted_by_to_sheet() -> None:
     plan = plan_to_sheet(MAPPING, tab, app, base, delete_mode="delete")
 
     assert plan.changes.delete_rows == []
+    (kept,) = [i for i in plan.issues if i.kind == "deleted_in_app"]
+    assert "merged" in kept.reason and "edited" not in kept.reason
 
 
 def test_merged_header_cells_are_an_error_and_added_columns_go_right_of_them() -> None:

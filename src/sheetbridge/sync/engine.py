@@ -859,7 +859,9 @@ def _deleted_in_app(
         ctx.plan.counts["deleted"] += 1
         return
     reason = f"record {record_id} was deleted in the app; "
-    if delete_mode == "delete":
+    if delete_mode == "delete" and number in ctx.layout.hidden:
+        reason += "the row has merged cells, so it was kept (unmerge them first)"
+    elif delete_mode == "delete":
         reason += "the row was edited in the sheet since the last sync, so it was kept"
     else:
         reason += "the row was kept (delete it in the sheet if it is no longer needed)"
