@@ -82,7 +82,7 @@ def test_an_id_is_never_written_into_a_column_headed_otherwise_now() -> None:
 
     found = find_rows(CUSTOMERS, tab, [entry(1, 7, 2, ANN)])
 
-    assert found.cells == {} and found.lost == {7}
+    assert found.cells == {} and found.lost == set() and found.settled == []
 
 
 def test_a_missing_id_header_is_written_with_the_id() -> None:
@@ -100,3 +100,83 @@ def test_the_tab_read_keeps_its_merged_cells() -> None:
     found = find_rows(CUSTOMERS, tab, [entry(1, 7, 2, ANN)])
 
     assert found.tab is not None and found.tab.merges == merges
+
+
+HEADER4: list[Cell] = ["ID", "Name", "Email", "City"]
+
+
+def entry4(key: int, record_id: int, row: int, cells: list[Cell]) -> PendingRow:
+    return PendingRow(key, record_id, row, 1, row_values(CUSTOMERS, HEADER4, cells))
+
+
+A: list[Cell] = [None, "X Dup", "a@x.com", "Augusta"]
+B: list[Cell] = [None, "X Dup", "b@x.com", "Bangor"]
+
+
+def test_of_two_records_of_one_name_an_edited_row_goes_to_the_closer_one() -> None:
+    edited_b = [None, "X Dup", "b@x.com", "Brewer"]  # A's row deleted
+    tab = TabData([HEADER4, edited_b])
+
+    found = find_rows(CUSTOMERS, tab, [entry4(1, 7, 2, A), entry4(2, 8, 3, B)])
+
+    assert found.cells == {(2, 1): 8} and found.lost == {7}
+
+
+def test_two_rows_of_one_name_swapped_and_edited_keep_their_records() -> None:
+    tab = TabData(
+        [
+            HEADER4,
+            [None, "X Dup", "b@x.com", "Brewer"],
+            [None, "X Dup", "a@x.com", "Alna"],
+        ]
+    )
+
+    found = find_rows(CUSTOMERS, tab, [entry4(1, 7, 2, A), entry4(2, 8, 3, B)])
+
+    assert found.cells == {(2, 1): 8, (3, 1): 7}
+
+
+def test_a_row_two_records_fit_equally_is_given_to_neither() -> None:
+    tab = TabData([HEADER4, [None, "X Dup", "c@x.com", "Calais"]])
+
+    found = find_rows(CUSTOMERS, tab, [entry4(1, 7, 2, A), entry4(2, 8, 3, B)])
+
+    assert found.cells == {} and found.lost == {7, 8}
+
+
+def test_a_pending_id_typed_into_another_pending_row_does_not_move_the_record() -> None:
+    tab = TabData([HEADER4, [8, "Ann", "a@x.com", "Augusta"], [None, *B[1:]]])
+    ann: list[Cell] = [None, "Ann", "a@x.com", "Augusta"]
+
+    found = find_rows(CUSTOMERS, tab, [entry4(1, 7, 2, ann), entry4(2, 8, 3, B)])
+
+    # B's own row gets its ID: two rows with ID 8 are then an error to fix,
+    # never Ann's values imported over B's record.
+    assert found.cells[(3, 1)] == 8 and 8 not in found.lost
+    assert 7 in found.lost
+
+
+def test_a_row_renamed_and_nothing_else_keeps_its_record() -> None:
+    tab = TabData([HEADER4, [None, "Ann Marie", "a@x.com", "Augusta"]])
+    ann: list[Cell] = [None, "Ann", "a@x.com", "Augusta"]
+
+    found = find_rows(CUSTOMERS, tab, [entry4(1, 7, 2, ann)])
+
+    assert found.cells == {(2, 1): 7}
+
+
+def test_rows_stay_pending_while_the_name_or_id_header_is_renamed() -> None:
+    for header in (["ID", "Full name", "City"], ["Record", "Name", "City"]):
+        tab = TabData([header, [None, "Ann", "Bath"]])
+
+        found = find_rows(CUSTOMERS, tab, [entry(1, 7, 2, ANN)])
+
+        assert found.settled == [] and found.lost == set() and found.cells == {}
+
+
+def test_a_row_whose_id_reads_as_none_gets_its_records_id() -> None:
+    tab = TabData([HEADER, ["abc", "Ann", "Bath"]])
+
+    found = find_rows(CUSTOMERS, tab, [entry(1, 7, 2, ANN)])
+
+    assert found.cells == {(2, 1): 7}

@@ -8,20 +8,24 @@ row had, until a sync sees its ID in the sheet. Before planning, each sync
 finds the row again, reads the tab as if the ID were there already, and writes
 it there:
 
-1. a row that holds the ID already (the write landed) needs nothing;
-2. else a row without an ID holding the same values (the one it was in
-   first, if that one does);
-3. else a row without an ID whose name (for a policy, its number) is the
-   one the record was created with: the row, edited since, wherever it was
-   moved. Of several, the one it was in first, else the first.
+1. a row that holds the ID already, and is still related to the record (see
+   3), needs nothing: the write landed;
+2. else a row without an ID (or with one that reads as none) holding the same
+   values, the one it was in first if that one does;
+3. else the closest related row without an ID: one with the same name (a
+   policy, the same number), or with everything but one value the same,
+   wherever it moved. Closest is most values the same; where two rows fit a
+   record equally well, or two records a row, nothing is guessed.
 
-Where the row stood is no evidence by itself: a row deleted and a new one
+Where a row stood is no evidence by itself: a row deleted and a new one
 typed in its place must not take the old one's record. A record whose row is
 found in none of these ways is reported back as lost, so that it is treated
-as never synced: a to-sheet writes it back as a new row, rather than an
-import deleting or flagging it. At worst, a row both renamed and edited
-before its ID was written leaves a second record beside the first; nothing
-is lost or overwritten.
+as never synced: a to-sheet writes it back as a new row, and a row holding
+its ID shows its differences as conflicts, rather than an import deleting,
+flagging or overwriting it. At worst, a row changed past recognition leaves a
+second record beside the first; nothing is lost or overwritten. While the
+tab's name or ID header is renamed (every sync refuses the tab meanwhile),
+entries stay pending.
 """
 
 from __future__ import annotations
@@ -91,53 +95,32 @@ def find_rows(
         return found
     rows = [list(row) for row in tab.rows]
     header = rows[0] if rows else []
+    naming = _naming_header(mapping)
+    if naming not in {normalize_header(name) for name in header}:
+        return found  # no row can be recognised until its header is back
     column = _id_column(mapping, header)
-    waiting: list[PendingRow] = []
+    waiting = [
+        dataclasses.replace(entry, id_column=column or entry.id_column)
+        for entry in pending
+        # A column headed otherwise now: the ID header is renamed for a
+        # while (every sync refuses the tab meanwhile), never overwritten.
+        if column is not None or _is_blank(_at(rows, 1, entry.id_column))
+    ]
+    values = {
+        n: row_values(mapping, header, rows[n - 1]) for n in range(2, len(rows) + 1)
+    }
+    parser = CellParser()
+    ids = {n: read_id(_at(rows, n, column), parser) for n in values} if column else {}
     taken: set[int] = set()
-    for entry in pending:
-        at = column or entry.id_column
-        if column is None and not _is_blank(_at(rows, 1, at)):
-            # That column holds something else now: never write an ID there.
-            found.lost.add(entry.record_id)
-            found.settled.append(entry.key)
-        else:
-            waiting.append(dataclasses.replace(entry, id_column=at))
-    holding = _rows_by_id(rows, column) if column else {}
-    for entry in list(waiting):
-        row = holding.get(entry.record_id)
-        if row is not None:  # the write landed
+    for entry in list(waiting):  # the write landed, and the row is still its
+        row = next((n for n, held in ids.items() if held == entry.record_id), None)
+        if row is not None and _related(entry, values[row], naming):
             taken.add(row)
             found.settled.append(entry.key)
             waiting.remove(entry)
-    free = {
-        number: row_values(mapping, header, rows[number - 1])
-        for number in range(2, len(rows) + 1)
-        if column is None or _is_blank(_at(rows, number, column))
-    }
-    placed: dict[int, int] = {}  # entry key -> row
-    naming = _naming_header(mapping)
-
-    def same_values(entry: PendingRow, values: RowValues) -> bool:
-        return values == entry.values
-
-    def same_name(entry: PendingRow, values: RowValues) -> bool:
-        name = entry.values.get(naming)
-        return name is not None and values.get(naming) == name
-
-    for matches in (same_values, same_name):
-        for entry in waiting:
-            if entry.key in placed:
-                continue
-            alike = [
-                number
-                for number, values in free.items()
-                if number not in taken and matches(entry, values)
-            ]
-            if alike:
-                # The row it was made from, if that one is alike.
-                row = entry.row if entry.row in alike else alike[0]
-                placed[entry.key] = row
-                taken.add(row)
+    # Rows a record may be placed in: no ID, or none that reads as one.
+    free = [n for n in values if ids.get(n) is None]
+    placed = _place(waiting, free, values, taken, naming)
     for entry in waiting:
         found.settled.append(entry.key)
         row = placed.get(entry.key)
@@ -151,6 +134,76 @@ def find_rows(
             found.cells[(1, entry.id_column)] = mapping.id_header
     found.tab = dataclasses.replace(tab, rows=rows)
     return found
+
+
+def _place(
+    waiting: list[PendingRow],
+    free: list[int],
+    values: dict[int, RowValues],
+    taken: set[int],
+    naming: str,
+) -> dict[int, int]:
+    """Each entry's row (by entry key): one with its values, the row it was
+    in first; else the closest related row, where that is no guess."""
+    placed: dict[int, int] = {}
+    for entry in waiting:
+        alike = [n for n in free if n not in taken and values[n] == entry.values]
+        if alike:
+            row = entry.row if entry.row in alike else alike[0]
+            placed[entry.key] = row
+            taken.add(row)
+    pairs = sorted(
+        (
+            (_shared(entry.values, values[n]), entry.key, n)
+            for entry in waiting
+            if entry.key not in placed
+            for n in free
+            if n not in taken and _related(entry, values[n], naming)
+        ),
+        reverse=True,
+    )
+    # Best pairs first; an entry or a row that two pairs fit equally well is
+    # a guess, and is left out altogether.
+    doubtful_entries: set[int] = set()
+    doubtful_rows: set[int] = set()
+    for score, key, row in pairs:
+        if key in placed or row in taken or key in doubtful_entries:
+            continue
+        if row in doubtful_rows:
+            continue
+        rivals = [
+            (other_key, other_row)
+            for other_score, other_key, other_row in pairs
+            if other_score == score
+            and (other_key == key) != (other_row == row)
+            and other_key not in placed
+            and other_row not in taken
+        ]
+        if rivals:
+            doubtful_entries.add(key)
+            doubtful_rows.add(row)
+            doubtful_entries.update(other_key for other_key, _ in rivals)
+            doubtful_rows.update(other_row for _, other_row in rivals)
+            continue
+        placed[key] = row
+        taken.add(row)
+    return placed
+
+
+def _related(entry: PendingRow, values: RowValues, naming: str) -> bool:
+    """Whether a row may be the entry's, edited: it has the same name (a
+    policy, the same number), or everything else the same."""
+    name = entry.values.get(naming)
+    if name is not None and values.get(naming) == name:
+        return True
+    differ = {k for k in entry.values.keys() | values.keys()} - {
+        k for k in entry.values if values.get(k) == entry.values[k]
+    }
+    return len(differ) <= 1 and _shared(entry.values, values) >= 2
+
+
+def _shared(first: RowValues, second: RowValues) -> int:
+    return sum(1 for k, value in first.items() if second.get(k) == value)
 
 
 def _id_column(mapping: TabMapping, header: Sequence[Cell]) -> int | None:
@@ -169,16 +222,6 @@ def _naming_header(mapping: TabMapping) -> str:
         for column in mapping.columns
         if column.field == field_name
     )
-
-
-def _rows_by_id(rows: list[list[Cell]], column: int) -> dict[int, int]:
-    parser = CellParser()
-    by_id: dict[int, int] = {}
-    for number in range(2, len(rows) + 1):
-        record_id = read_id(_at(rows, number, column), parser)
-        if record_id is not None:
-            by_id.setdefault(record_id, number)
-    return by_id
 
 
 def _at(rows: list[list[Cell]], number: int, column: int) -> Cell:
