@@ -1149,9 +1149,7 @@ def _stray(rows: list[list[Cell]], row: int, index: int, value: Cell) -> None:
     _put(rows, row, index + 1, value)
 
 
-def test_empty_columns_between_stray_values_and_a_column_added_right_of_them_are_not_warned_about() -> (  # noqa: E501
-    None
-):
+def test_empty_columns_left_of_one_added_right_of_stray_values_are_no_concern() -> None:
     app = {i: rec(f"R{i}") for i in range(1, 8)}
     tab, base = synced(app)
     note = HEADER.index("Note")
@@ -1187,7 +1185,7 @@ def test_a_column_without_header_is_warned_about_at_its_first_cell_holding_a_val
     assert [(i.column, i.row, i.value) for i in warned] == [(letter, 4, "first")]
 
 
-def test_an_empty_column_without_header_among_ours_is_warned_about_only_while_one_of_ours_is_missing() -> (  # noqa: E501
+def test_an_empty_headerless_column_among_ours_is_told_only_while_one_is_missing() -> (
     None
 ):
     app = {1: rec("Ann")}
