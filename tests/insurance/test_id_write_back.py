@@ -237,3 +237,23 @@ def test_a_row_typed_in_place_of_a_deleted_pending_one_becomes_its_own_record(
         ).all()
     ids = {name: i for name, ids in sheet_ids(synced).items() for i in ids}
     assert ids["Typed Three"] == three and other.id != three
+
+
+def test_while_the_name_header_is_renamed_pending_records_are_left_out_of_a_sync(
+    synced: Runtime, write_fails: Callable[[bool], None]
+) -> None:
+    type_new_rows(synced)
+    write_fails(False)
+    failing_sync(synced, FROM_SHEET)
+    with alices_tab(synced) as (customers, header):
+        customers.cell(1, header["Name"]).value = "Full name"
+
+    pushed = run_sync(synced, "alice", TO_SHEET)
+
+    issues = pushed["tabs"]["Customers"]["issues"]
+    assert not [i for i in issues if i["kind"] == "deleted_in_sheet"], issues
+    assert pushed["summary"]["appended"] == 0
+    with alices_tab(synced) as (customers, header):
+        customers.cell(1, header["Full name"]).value = "Name"
+    run_sync(synced, "alice", FROM_SHEET)
+    assert_each_row_imported_once(synced)

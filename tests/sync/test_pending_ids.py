@@ -172,6 +172,7 @@ def test_rows_stay_pending_while_the_name_or_id_header_is_renamed() -> None:
         found = find_rows(CUSTOMERS, tab, [entry(1, 7, 2, ANN)])
 
         assert found.settled == [] and found.lost == set() and found.cells == {}
+        assert found.unsure == {7}
 
 
 def test_a_row_whose_id_reads_as_none_gets_its_records_id() -> None:

@@ -482,6 +482,7 @@ class SyncService:
             tabs[mapping.tab] = found.tab
             pending.cells[mapping.tab] = found.cells
             pending.lost[mapping.tab] = found.lost
+            pending.unsure[mapping.tab] = found.unsure
             pending.settled += found.settled
         return backend, tabs, pending
 
@@ -516,7 +517,8 @@ class SyncService:
 
     def _sides(self, target: SyncTarget, user: User, pending: _Pending) -> _Sides:
         """The book as the app has it and as last synced; a record created by
-        an import whose row was not found again counts as never synced."""
+        an import whose row was not found again counts as never synced, and
+        one whose row cannot be recognised this time is left out."""
         with self.db.read_session() as session:
             app, versions = book_records(session, user)
             base: dict[str, dict[int, Record]] = {CUSTOMERS.tab: {}, POLICIES.tab: {}}
@@ -530,8 +532,11 @@ class SyncService:
             tab_of = {entity: tab for tab, entity in ENTITY.items()}
             for entity, record_id, fields in snapshots:
                 tab = tab_of[entity]
-                if record_id not in pending.lost[tab]:
+                if record_id not in pending.lost[tab] | pending.unsure[tab]:
                     base[tab][record_id] = dict(fields)
+        for tab, unsure in pending.unsure.items():
+            for record_id in unsure:
+                app[tab].pop(record_id, None)
         return _Sides(app, base, versions)
 
     @staticmethod
@@ -780,13 +785,17 @@ Refusal = tuple[str | None, str]
 @dataclass
 class _Pending:
     """Rows of records an import created, found again in the sheet read:
-    the cells that put their IDs in, by tab; the records found nowhere, by
-    tab; and the stored entries done with once the sync succeeds."""
+    the cells that put their IDs in, by tab; the records found nowhere, and
+    those whose rows cannot be recognised this time, by tab; and the stored
+    entries done with once the sync succeeds."""
 
     cells: dict[str, dict[tuple[int, int], Cell]] = dataclasses.field(
         default_factory=dict
     )
     lost: dict[str, set[int]] = dataclasses.field(
+        default_factory=lambda: defaultdict(set)
+    )
+    unsure: dict[str, set[int]] = dataclasses.field(
         default_factory=lambda: defaultdict(set)
     )
     settled: list[int] = dataclasses.field(default_factory=list)

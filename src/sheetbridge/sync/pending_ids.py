@@ -13,7 +13,8 @@ it there:
 2. else a row without an ID (or with one that reads as none) holding the same
    values, the one it was in first if that one does;
 3. else the closest related row without an ID: one with the same name (a
-   policy, the same number), or with everything but one value the same,
+   policy, the same number), or with everything but one value the same and
+   two at least (one shared value, such as a town, is too weak a sign),
    wherever it moved. Closest is most values the same; where two rows fit a
    record equally well, or two records a row, nothing is guessed.
 
@@ -24,8 +25,8 @@ as never synced: a to-sheet writes it back as a new row, and a row holding
 its ID shows its differences as conflicts, rather than an import deleting,
 flagging or overwriting it. At worst, a row changed past recognition leaves a
 second record beside the first; nothing is lost or overwritten. While the
-tab's name or ID header is renamed (every sync refuses the tab meanwhile),
-entries stay pending.
+tab's name or ID header is renamed, entries stay pending and their records
+are left out of the sync.
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ class Found:
     cells: dict[tuple[int, int], Cell] = field(default_factory=dict)
     settled: list[int] = field(default_factory=list)  # keys of entries done with
     lost: set[int] = field(default_factory=set)  # record IDs without a row
+    # Record IDs whose rows cannot be recognised this time (a header is
+    # renamed): a sync leaves them out, neither gone nor new.
+    unsure: set[int] = field(default_factory=set)
 
 
 def row_values(
@@ -96,16 +100,19 @@ def find_rows(
     rows = [list(row) for row in tab.rows]
     header = rows[0] if rows else []
     naming = _naming_header(mapping)
-    if naming not in {normalize_header(name) for name in header}:
-        return found  # no row can be recognised until its header is back
     column = _id_column(mapping, header)
-    waiting = [
-        dataclasses.replace(entry, id_column=column or entry.id_column)
-        for entry in pending
-        # A column headed otherwise now: the ID header is renamed for a
-        # while (every sync refuses the tab meanwhile), never overwritten.
-        if column is not None or _is_blank(_at(rows, 1, entry.id_column))
-    ]
+    waiting: list[PendingRow] = []
+    for entry in pending:
+        if naming not in {normalize_header(name) for name in header} or (
+            # A column headed otherwise now: the ID header is renamed for a
+            # while, never overwritten.
+            column is None and not _is_blank(_at(rows, 1, entry.id_column))
+        ):
+            found.unsure.add(entry.record_id)
+        else:
+            waiting.append(
+                dataclasses.replace(entry, id_column=column or entry.id_column)
+            )
     values = {
         n: row_values(mapping, header, rows[n - 1]) for n in range(2, len(rows) + 1)
     }
