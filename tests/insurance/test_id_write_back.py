@@ -95,6 +95,16 @@ def failing_sync(runtime: Runtime, kind: str) -> str:
     return job.error or ""
 
 
+def import_dies(
+    runtime: Runtime, write_fails: Callable[[bool], None], *, after_saving: bool
+) -> None:
+    """Type new rows and run an import that dies writing their IDs, after or
+    before the workbook is saved: their records are pending."""
+    type_new_rows(runtime)
+    write_fails(after_saving)
+    failing_sync(runtime, FROM_SHEET)
+
+
 @pytest.fixture
 def write_fails(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[bool], None]]:
     """Make the next workbook write die, after (True) or before (False) the
@@ -117,10 +127,7 @@ def write_fails(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[bool], No
 def test_an_import_that_dies_after_writing_the_ids_leaves_them_naming_its_records(
     synced: Runtime, write_fails: Callable[[bool], None]
 ) -> None:
-    type_new_rows(synced)
-    write_fails(True)
-
-    failing_sync(synced, FROM_SHEET)
+    import_dies(synced, write_fails, after_saving=True)
     run_sync(synced, "alice", FROM_SHEET)
 
     assert_each_row_imported_once(synced)
@@ -129,9 +136,7 @@ def test_an_import_that_dies_after_writing_the_ids_leaves_them_naming_its_record
 def test_an_id_in_the_sheet_is_never_handed_to_another_record(
     synced: Runtime, write_fails: Callable[[bool], None]
 ) -> None:
-    type_new_rows(synced)
-    write_fails(True)
-    failing_sync(synced, FROM_SHEET)
+    import_dies(synced, write_fails, after_saving=True)
 
     with synced.db.session() as session:
         alice = session.scalars(select(User).where(User.username == "alice")).one()
@@ -148,10 +153,7 @@ def test_an_id_in_the_sheet_is_never_handed_to_another_record(
 def test_ids_an_import_could_not_write_are_written_by_the_next_sync_once(
     synced: Runtime, write_fails: Callable[[bool], None], next_sync: str
 ) -> None:
-    type_new_rows(synced)
-    write_fails(False)
-
-    failing_sync(synced, FROM_SHEET)
+    import_dies(synced, write_fails, after_saving=False)
     result = run_sync(synced, "alice", next_sync)
 
     assert_each_row_imported_once(synced)
@@ -164,9 +166,7 @@ def test_ids_an_import_could_not_write_are_written_by_the_next_sync_once(
 def test_a_row_edited_before_its_id_was_written_keeps_its_record_and_the_edit(
     synced: Runtime, write_fails: Callable[[bool], None]
 ) -> None:
-    type_new_rows(synced)
-    write_fails(False)
-    failing_sync(synced, FROM_SHEET)
+    import_dies(synced, write_fails, after_saving=False)
     with alices_tab(synced) as (customers, header):
         customers.cell(
             row_named(customers, "Typed Two"), header["City"]
@@ -184,9 +184,7 @@ def test_a_row_edited_before_its_id_was_written_keeps_its_record_and_the_edit(
 def test_a_row_deleted_before_its_id_was_written_is_written_back_not_deleted(
     synced: Runtime, write_fails: Callable[[bool], None]
 ) -> None:
-    type_new_rows(synced)
-    write_fails(False)
-    failing_sync(synced, FROM_SHEET)
+    import_dies(synced, write_fails, after_saving=False)
     with alices_tab(synced) as (customers, _):
         customers.delete_rows(row_named(customers, "Typed Three"))
 
@@ -201,9 +199,7 @@ def test_a_row_deleted_before_its_id_was_written_is_written_back_not_deleted(
 def test_a_book_moved_to_another_sheet_forgets_the_old_sheets_pending_rows(
     synced: Runtime, write_fails: Callable[[bool], None]
 ) -> None:
-    type_new_rows(synced)
-    write_fails(False)
-    failing_sync(synced, FROM_SHEET)
+    import_dies(synced, write_fails, after_saving=False)
     with synced.db.read_session() as session:
         alice = session.scalars(select(User).where(User.username == "alice")).one()
 
@@ -217,9 +213,7 @@ def test_a_book_moved_to_another_sheet_forgets_the_old_sheets_pending_rows(
 def test_a_row_typed_in_place_of_a_deleted_pending_one_becomes_its_own_record(
     synced: Runtime, write_fails: Callable[[bool], None]
 ) -> None:
-    type_new_rows(synced)
-    write_fails(False)
-    failing_sync(synced, FROM_SHEET)
+    import_dies(synced, write_fails, after_saving=False)
     (three,) = customers_named(synced)["Typed Three"]
     with alices_tab(synced) as (customers, header):
         row = row_named(customers, "Typed Three")
@@ -242,9 +236,7 @@ def test_a_row_typed_in_place_of_a_deleted_pending_one_becomes_its_own_record(
 def test_while_the_name_header_is_renamed_pending_records_are_left_out_of_a_sync(
     synced: Runtime, write_fails: Callable[[bool], None]
 ) -> None:
-    type_new_rows(synced)
-    write_fails(False)
-    failing_sync(synced, FROM_SHEET)
+    import_dies(synced, write_fails, after_saving=False)
     with alices_tab(synced) as (customers, header):
         customers.cell(1, header["Name"]).value = "Full name"
 
