@@ -100,10 +100,11 @@ def find_rows(
     rows = [list(row) for row in tab.rows]
     header = rows[0] if rows else []
     naming = _naming_header(mapping)
+    named = naming in {normalize_header(name) for name in header}
     column = _id_column(mapping, header)
     waiting: list[PendingRow] = []
     for entry in pending:
-        if naming not in {normalize_header(name) for name in header} or (
+        if not named or (
             # A column headed otherwise now: the ID header is renamed for a
             # while, never overwritten.
             column is None and not _is_blank(_at(rows, 1, entry.id_column))
@@ -113,14 +114,20 @@ def find_rows(
             waiting.append(
                 dataclasses.replace(entry, id_column=column or entry.id_column)
             )
+    if not waiting:
+        return found
     values = {
         n: row_values(mapping, header, rows[n - 1]) for n in range(2, len(rows) + 1)
     }
     parser = CellParser()
     ids = {n: read_id(_at(rows, n, column), parser) for n in values} if column else {}
+    row_of: dict[int, int] = {}
+    for number, held in ids.items():
+        if held is not None:
+            row_of.setdefault(held, number)
     taken: set[int] = set()
     for entry in list(waiting):  # the write landed, and the row is still its
-        row = next((n for n, held in ids.items() if held == entry.record_id), None)
+        row = row_of.get(entry.record_id)
         if row is not None and _related(entry, values[row], naming):
             taken.add(row)
             found.settled.append(entry.key)
