@@ -239,7 +239,17 @@ def test_dates_become_iso_text(raw: Cell, expected: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "raw", ["31/12/2020", "tomorrow", "2020-02-30", -5, True, 10**9]
+    "raw",
+    [
+        "31/12/2020",
+        "tomorrow",
+        "2020-02-30",
+        -5,
+        True,
+        10**9,
+        "\u0661/\u0662/\u0662\u0660\u0662\u0660",  # 1/2/2020 in Arabic-Indic digits
+        "\uff12\uff10\uff12\uff10-01-01",  # full-width digits
+    ],
 )
 def test_bad_dates_are_rejected_with_a_format_hint(raw: Cell) -> None:
     assert reason(DATE, raw) == "not a date; use YYYY-MM-DD"

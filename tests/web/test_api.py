@@ -774,6 +774,22 @@ def test_a_name_with_invisible_marks_among_letters_is_kept(alice: TestClient) ->
     assert answer.status_code == 201
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("phone", "\u0662\u0660\u0667 555 0100"),
+        ("zip_code", "\u0660\u0664\u0660\u0660\u0661"),
+    ],
+)
+def test_phone_and_zip_take_the_digits_0_to_9_only(
+    alice: TestClient, field: str, value: str
+) -> None:
+    answer = alice.post("/api/customers", json={"name": "Ann", field: value})
+
+    assert answer.status_code == 422
+    assert answer.json()["detail"][0]["field"] == field
+
+
 def test_a_state_is_one_of_the_us_postal_codes(alice: TestClient) -> None:
     answers = {
         state: alice.post("/api/customers", json={"name": "Ann", "state": state})

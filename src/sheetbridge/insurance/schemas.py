@@ -42,8 +42,8 @@ LineOfBusiness = Literal[
 ]
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-_PHONE_DIGITS = re.compile(r"\d")
-_ZIP = re.compile(r"^\d{5}(-\d{4})?$")
+_PHONE_DIGITS = re.compile(r"[0-9]")
+_ZIP = re.compile(r"^[0-9]{5}(-[0-9]{4})?$")
 
 
 def _email(value: str) -> str:
@@ -55,6 +55,8 @@ def _email(value: str) -> str:
 
 def _phone(value: str) -> str:
     value = value.strip()
+    if foreign_digits(value):
+        raise ValueError("write a phone number with the digits 0-9")
     digits = len(_PHONE_DIGITS.findall(value))
     if value and not 7 <= digits <= 15:
         raise ValueError("a phone number needs 7 to 15 digits")

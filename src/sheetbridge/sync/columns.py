@@ -33,7 +33,7 @@ SPREADSHEET_EPOCH = date(1899, 12, 30)
 _MAX_SERIAL = (date(9999, 12, 31) - SPREADSHEET_EPOCH).days
 _CENT = Decimal("0.01")
 _MONEY_TOLERANCE = Decimal("1e-9")
-_US_DATE = re.compile(r"(\d{1,2})/(\d{1,2})/(\d{4})")
+_US_DATE = re.compile(r"([0-9]{1,2})/([0-9]{1,2})/([0-9]{4})")
 _FOLD = re.compile(r"[\s_\-]+")
 # Characters no sheet holds: control characters other than tab and line
 # breaks, and U+FFFE / U+FFFF, which are no characters in a workbook's XML.
