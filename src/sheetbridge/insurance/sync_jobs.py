@@ -326,7 +326,7 @@ class SyncService:
             )
             for mapping in MAPPINGS
         }
-        _refuse_numbers_given_twice(plans[POLICIES.tab], sides.app[POLICIES.tab])
+        _refuse_numbers_given_twice(plans[POLICIES.tab])
         compared = sum(plan.compared for plan in plans.values())
         to_import = sum(
             len(plan.updates) + len(plan.creates) for plan in plans.values()
@@ -530,9 +530,10 @@ class SyncService:
                 ).where(SyncSnapshot.target_id == target.id)
             )
             tab_of = {entity: tab for tab, entity in ENTITY.items()}
+            left_out = {tab: pending.lost[tab] | pending.unsure[tab] for tab in base}
             for entity, record_id, fields in snapshots:
                 tab = tab_of[entity]
-                if record_id not in pending.lost[tab] | pending.unsure[tab]:
+                if record_id not in left_out[tab]:
                     base[tab][record_id] = dict(fields)
         for tab, unsure in pending.unsure.items():
             for record_id in unsure:
@@ -870,9 +871,7 @@ def _tell_refused(
     _tell_refused_new_rows(mapping, plan, customers, taken)
 
 
-def _refuse_numbers_given_twice(
-    plan: FromSheetPlan, policies: dict[int, Record]
-) -> None:
+def _refuse_numbers_given_twice(plan: FromSheetPlan) -> None:
     """Refuse, before importing any, every row of an import that gives a policy
     number another row of it gives too (a new row, or a number edited), each
     naming the others: importing the first would make the rest refused in

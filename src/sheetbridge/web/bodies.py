@@ -70,16 +70,16 @@ def _constant(name: str) -> None:
 
 
 def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    value: dict[str, Any] = {}
-    for name, item in pairs:
-        if name in value:
-            raise UnreadableJson(
-                "json_duplicate_key",
-                f"the body gives {name!r} twice; send each field once",
-                field=name,
-            )
-        value[name] = item
-    return value
+    value = dict(pairs)
+    if len(value) == len(pairs):
+        return value
+    names = [name for name, _ in pairs]
+    twice = next(name for name in names if names.count(name) > 1)
+    raise UnreadableJson(
+        "json_duplicate_key",
+        f"the body gives {twice!r} twice; send each field once",
+        field=twice,
+    )
 
 
 def read_json(body: bytes) -> Any:
