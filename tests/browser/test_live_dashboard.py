@@ -28,7 +28,7 @@ from sheetbridge.web.deps import Runtime
 from sheetbridge.web.security import add_user
 from tests.conftest import api_client
 from tests.insurance.test_review import edit_sheet_cell
-from tests.insurance.test_workbook_sync import run_sync, workbook_path
+from tests.insurance.test_workbook_sync import alices_tab, run_sync, workbook_path
 from tests.support.server import live_server
 
 pytestmark = pytest.mark.browser
@@ -362,6 +362,31 @@ def test_import_is_undone_from_the_history(
         )
         expect(row).to_contain_text(original)
         assert api.get(f"/api/customers/{record_id}").json()["city"] == original
+        assert_not_reloaded(page)
+        page.close()
+
+
+def test_rows_deleted_in_the_sheet_are_written_back_from_the_history(
+    browser: Browser, runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    run_sync(runtime, "alice", TO_SHEET)
+    with alices_tab(runtime) as (sheet, _):
+        gone = [sheet.cell(row, 1).value for row in (2, 3)]
+        sheet.delete_rows(2, 2)
+    with live_server(runtime) as url, api_client(url, tokens["alice"]) as api:
+        page = open_dashboard(browser, url, "alice")
+        page.click("#sync-to-sheet")
+        flagged = page.locator("#recent-jobs li[data-kind=to_sheet]").first
+        expect(flagged).to_contain_text("2 rows deleted in the sheet", timeout=20_000)
+
+        flagged.get_by_role("button", name=re.compile("^Write the 2 rows")).click()
+        expect(page.locator("#recent-jobs li.job")).to_have_count(2, timeout=20_000)
+        written = page.locator("#recent-jobs li.job").first
+        expect(written).to_contain_text("2 rows appended", timeout=20_000)
+        (job_id,) = job_ids(page, "#recent-jobs li.job:first-child")
+        assert final_job(api, job_id)["result"]["summary"]["appended"] == 2
+        with alices_tab(runtime) as (sheet, _):
+            assert set(gone) <= {row[0] for row in sheet.iter_rows(values_only=True)}
         assert_not_reloaded(page)
         page.close()
 

@@ -788,3 +788,40 @@ def test_merged_cells_are_reported_and_never_clear_a_field_either_way(
     assert sheet_cell(synced, row, header["City"]) == "Augusta"
     assert sheet_cell(synced, row, email) is None
     assert customer_field(synced, record_id, "email") == "changed@example.com"
+
+
+def _delete_rows(runtime: Runtime, tab: str, count: int) -> list[int]:
+    """Delete the first ``count`` data rows of alice's tab; their IDs."""
+    with alices_tab(runtime, tab) as (sheet, _):
+        ids = [sheet.cell(row, 1).value for row in range(2, 2 + count)]
+        sheet.delete_rows(2, count)
+    return ids
+
+
+def test_rows_deleted_in_the_sheet_come_back_when_written_back(
+    synced: Runtime,
+) -> None:
+    gone_customers = _delete_rows(synced, "Customers", 2)
+    (gone_policy,) = _delete_rows(synced, "Policies", 1)
+    flagged = run_sync(synced, "alice", TO_SHEET)
+    assert flagged["tabs"]["Customers"]["counts"]["deleted_in_sheet"] == 2
+    with synced.db.read_session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+    city = customer_field(synced, gone_customers[0], "city")
+
+    queued = synced.sync.write_back(
+        alice, {"Customers": [gone_customers[0]], "Policies": [gone_policy]}
+    )
+    WorkerPool(synced.queue, synced.sync.handlers).run_until_empty()
+
+    result = synced.queue.get(queued.job_id).result
+    assert result is not None and result["summary"]["appended"] == 2
+    with alices_tab(synced) as (sheet, header):
+        row = row_of(sheet, gone_customers[0])
+        assert sheet.cell(row, header["City"]).value == city
+        assert gone_customers[1] not in _ids_in(sheet)  # not asked for: still gone
+    with alices_tab(synced, "Policies") as (sheet, _):
+        assert gone_policy in _ids_in(sheet)
+    again = run_sync(synced, "alice", TO_SHEET)
+    assert again["summary"]["appended"] == 0
+    assert again["tabs"]["Customers"]["counts"]["deleted_in_sheet"] == 1

@@ -684,6 +684,25 @@ def test_deleted_in_sheet_is_reported_and_never_re_appended() -> None:
     assert frm.updates == {} and kinds(frm) == ["deleted_in_sheet"]
 
 
+def test_row_deleted_in_sheet_is_appended_again_when_written_back() -> None:
+    app = {1: rec("Ann"), 2: rec("Bob"), 3: rec("Cy")}
+    tab, base = synced(app)
+    del tab.rows[1:3]  # Ann's and Bob's rows
+    plan = plan_to_sheet(MAPPING, tab, app, base, write_back={1})
+    ((record_id, name, *_),) = plan.changes.append
+    assert (record_id, name) == (1, "Ann")
+    assert plan.snapshots[1]["name"] == "Ann" and plan.counts["appended"] == 1
+    (gone,) = plan.issues  # Bob's row is still only reported
+    assert gone.kind == "deleted_in_sheet" and gone.value == "2"
+
+
+def test_writing_back_a_record_still_in_the_sheet_changes_nothing() -> None:
+    app = {1: rec("Ann")}
+    tab, base = synced(app)
+    plan = plan_to_sheet(MAPPING, tab, app, base, write_back={1, 7})
+    assert plan.changes.is_empty() and plan.issues == []
+
+
 def test_invalid_delete_mode_is_rejected() -> None:
     with pytest.raises(ValueError):
         plan_to_sheet(MAPPING, None, {}, {}, delete_mode="wipe")

@@ -569,6 +569,58 @@ def test_job_times_are_utc_with_a_z_like_every_record_time(alice: TestClient) ->
         assert job[name].endswith("Z"), (name, job[name])
 
 
+def _write_back(client: TestClient, token: str, **body: object) -> Response:
+    return client.post(
+        "/api/insurance/sync/write-back", json=body, headers=bearer(token)
+    )
+
+
+def _customer_ids(client: TestClient, token: str) -> list[int]:
+    page = client.get("/api/customers", headers=bearer(token)).json()
+    return [customer["id"] for customer in page["items"]]
+
+
+def test_write_back_queues_a_sync_to_the_sheet_of_the_callers_records(
+    client: TestClient, tokens: dict[str, str], runtime: Runtime
+) -> None:
+    mine = _customer_ids(client, tokens["alice"])[:2]
+    answer = _write_back(client, tokens["alice"], customers=mine)
+    assert answer.status_code == 202 and answer.json()["queued"] is True
+    job = runtime.queue.get(answer.json()["job_id"])
+    assert job.kind == "to_sheet"
+    assert job.payload["write_back"] == {"Customers": sorted(mine)}
+
+
+def test_write_back_of_records_not_in_the_callers_book_is_refused_naming_them(
+    client: TestClient, tokens: dict[str, str], runtime: Runtime
+) -> None:
+    bobs = _customer_ids(client, tokens["bob"])[:7]
+    answers = {
+        "customers": _write_back(client, tokens["alice"], customers=bobs[:1]),
+        "policies": _write_back(client, tokens["alice"], policies=[999_999]),
+        "many": _write_back(client, tokens["alice"], customers=bobs),
+        "none": _write_back(client, tokens["alice"]),
+        "zero": _write_back(client, tokens["alice"], policies=[0]),
+        "text": _write_back(client, tokens["alice"], policies=["all"]),
+        "other": _write_back(client, tokens["alice"], claims=[1]),
+    }
+    assert {name: a.status_code for name, a in answers.items()} == dict.fromkeys(
+        answers, 422
+    )
+    errors = {name: a.json()["detail"][0] for name, a in answers.items()}
+    assert errors["customers"]["msg"] == f"customer {bobs[0]} is not in your book"
+    assert errors["policies"]["field"] == "policies"
+    assert errors["policies"]["msg"] == "policy 999999 is not in your book"
+    assert errors["many"]["msg"].endswith("and 2 more are not in your book")
+    assert errors["none"]["msg"] == "name at least one record to write back"
+    assert [errors[name]["field"] for name in ("zero", "text", "other")] == [
+        "policies.0",
+        "policies.0",
+        "claims",
+    ]
+    assert runtime.queue.status(None, recent=10)["queued"] == []
+
+
 def test_a_user_cannot_see_or_cancel_another_users_job(
     client: TestClient, tokens: dict[str, str]
 ) -> None:

@@ -188,7 +188,12 @@ class SyncService:
         name = user.username if is_file_name(user.username) else f"user-{user.id}"
         return (self.settings.workbook_dir / f"{name}.xlsx").resolve()
 
-    def enqueue(self, user: User, kind: str) -> Enqueued:
+    def enqueue(
+        self, user: User, kind: str, *, write_back: dict[str, list[int]] | None = None
+    ) -> Enqueued:
+        """Queue a sync of the user's book; ``write_back`` (a to-sheet's, by
+        tab) names records whose rows were deleted from the sheet, to append
+        again."""
         keys = self._keys.get(user.id)
         if keys is None:
             target = self.target_for(user)
@@ -201,8 +206,33 @@ class SyncService:
             queue_key=f"user:{user.id}",
             resource_key=resource_key,
             owner_id=user.id,
-            payload={"target_id": target_id, "user_id": user.id},
+            payload={
+                "target_id": target_id,
+                "user_id": user.id,
+                **({"write_back": write_back} if write_back else {}),
+            },
         )
+
+    def write_back(self, user: User, wanted: dict[str, list[int]]) -> Enqueued:
+        """Queue a to-sheet that appends again the rows of records deleted from
+        the sheet (``wanted``: record IDs by tab), each checked to be one of the
+        user's records."""
+        wanted = {tab: sorted(set(ids)) for tab, ids in wanted.items() if ids}
+        if not wanted:
+            raise InvalidField("customers", "name at least one record to write back")
+        with self.db.read_session() as session:
+            for tab, ids in wanted.items():
+                model: type[Customer | Policy] = (
+                    Customer if tab == CUSTOMERS.tab else Policy
+                )
+                mine = select(model.id)
+                if not user.is_admin:
+                    mine = mine.where(model.agent_id == user.id)
+                known = set(session.scalars(mine))
+                unknown = [record_id for record_id in ids if record_id not in known]
+                if unknown:
+                    raise InvalidField(tab.lower(), _not_in_book(ENTITY[tab], unknown))
+        return self.enqueue(user, TO_SHEET, write_back=wanted)
 
     @property
     def handlers(self) -> dict[str, Handler]:
@@ -247,6 +277,7 @@ class SyncService:
         backend, tabs, pending = self._read_sheet(progress, target)
         sides = self._sides(target, user, pending)
         app, base = sides.app, sides.base
+        write_back: dict[str, list[int]] = context.payload.get("write_back", {})
         plans = {
             mapping.tab: plan_to_sheet(
                 mapping,
@@ -255,6 +286,7 @@ class SyncService:
                 base[mapping.tab],
                 delete_mode=target.delete_mode,
                 cell_limit=backend.cell_limit,
+                write_back=frozenset(write_back.get(mapping.tab, ())),
             )
             for mapping in MAPPINGS
         }
@@ -1113,6 +1145,14 @@ def _reasons(exc: Exception) -> list[Refusal]:
         ]
     field = getattr(exc, "field", None)
     return [(field, getattr(exc, "message", str(exc)))]
+
+
+def _not_in_book(entity: str, unknown: list[int]) -> str:
+    if len(unknown) == 1:
+        return f"{entity} {unknown[0]} is not in your book"
+    shown = ", ".join(str(record_id) for record_id in unknown[:5])
+    more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+    return f"{entity} records {shown}{more} are not in your book"
 
 
 def _database_errors_retry(handler: Handler) -> Handler:

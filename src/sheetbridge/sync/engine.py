@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Generic, TypeAlias, TypeVar
@@ -598,12 +598,15 @@ def plan_to_sheet(
     *,
     delete_mode: str = "flag",
     cell_limit: int = MAX_TEXT_LENGTH,
+    write_back: Collection[int] = (),
 ) -> ToSheetPlan:
     """Plan writing app records to the tab without overwriting sheet edits.
 
     ``delete_mode`` "delete" removes rows of records deleted in the app (if
     their sheet values were not edited since the last sync); "flag" only
-    reports them.
+    reports them. A synced record whose row was deleted from the sheet is
+    reported and left out, unless it is in ``write_back``: then its row is
+    appended again.
     """
     if delete_mode not in DELETE_MODES:
         raise ValueError(f"delete_mode must be one of {', '.join(DELETE_MODES)}")
@@ -644,7 +647,7 @@ def plan_to_sheet(
         plan.rows[record_id] = number
         _sync_row_to_sheet(ctx, record_id, number, cells, app, base, delete_mode)
     for record_id in sorted(app.keys() - scanned.seen):
-        if record_id in base:
+        if record_id in base and record_id not in write_back:
             issue = _gone_from_sheet_issue(mapping, record_id, scanned.unreadable)
             ctx.issue(issue, "deleted_in_sheet")
         else:

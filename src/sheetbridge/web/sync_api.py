@@ -9,13 +9,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sheetbridge import clock
 from sheetbridge.insurance import review
+from sheetbridge.insurance.mapping import CUSTOMERS, POLICIES
 from sheetbridge.insurance.models import User
 from sheetbridge.insurance.schemas import MAX_ID
 from sheetbridge.insurance.services import InvalidField
 from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
 from sheetbridge.queue.errors import JobNotFound
 from sheetbridge.queue.models import Job
-from sheetbridge.queue.store import JobQueue
+from sheetbridge.queue.store import Enqueued, JobQueue
 from sheetbridge.sheets.google import service_account_email
 from sheetbridge.sync.models import SyncTarget
 from sheetbridge.web.answers import JsonAnswer
@@ -24,6 +25,8 @@ from sheetbridge.web.deps import CurrentUser, RuntimeDep
 
 router = APIRouter(prefix="/api/insurance/sync", tags=["sync"], route_class=JsonRoute)
 JobId = Annotated[int, Path(ge=1, le=MAX_ID)]
+# A write-back names at most a whole big book's records.
+MAX_WRITE_BACK = 100_000
 
 
 def _iso(value: Any) -> str | None:
@@ -55,7 +58,10 @@ def job_view(queue: JobQueue, job: Job) -> dict[str, Any]:
 
 
 def _enqueue(kind: str, user: CurrentUser, rt: RuntimeDep) -> JsonAnswer:
-    queued = rt.sync.enqueue(user, kind)
+    return _queued(rt.sync.enqueue(user, kind))
+
+
+def _queued(queued: Enqueued) -> JsonAnswer:
     answer = {
         "queued": True,
         "job_id": queued.job_id,
@@ -75,6 +81,28 @@ def sync_to_sheet(user: CurrentUser, rt: RuntimeDep) -> JsonAnswer:
 def sync_from_sheet(user: CurrentUser, rt: RuntimeDep) -> JsonAnswer:
     """Queue an import of the caller's sheet into the app; never waits for it."""
     return _enqueue(FROM_SHEET, user, rt)
+
+
+RecordIds = Annotated[
+    list[Annotated[int, Field(ge=1, le=MAX_ID)]], Field(max_length=MAX_WRITE_BACK)
+]
+
+
+class WriteBack(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    customers: RecordIds = []
+    policies: RecordIds = []
+
+
+@router.post("/write-back", status_code=status.HTTP_202_ACCEPTED)
+def write_back(body: WriteBack, user: CurrentUser, rt: RuntimeDep) -> JsonAnswer:
+    """Queue a sync to the sheet that appends again the rows of these records,
+    which were deleted from the sheet but kept in the app."""
+    queued = rt.sync.write_back(
+        user, {CUSTOMERS.tab: body.customers, POLICIES.tab: body.policies}
+    )
+    return _queued(queued)
 
 
 @router.get("/status")

@@ -929,6 +929,20 @@
       el("ul", { className: "issues-list" }, ...items));
   }
 
+  // The records a sync reported as deleted from the sheet (kept in the app), by entity.
+  const TAB_ENTITIES = { Customers: "customers", Policies: "policies" };
+  function deletedInSheet(result) {
+    const ids = { customers: [], policies: [] };
+    for (const [tab, data] of Object.entries((result && result.tabs) || {})) {
+      const entity = TAB_ENTITIES[tab];
+      if (!entity) continue;
+      for (const i of (data && data.issues) || []) {
+        if (i.kind === "deleted_in_sheet" && /^\d+$/.test(String(i.value))) ids[entity].push(Number(i.value));
+      }
+    }
+    return ids;
+  }
+
   function progressBlock(job) {
     const p = job.progress || {};
     const phases = PHASES[job.kind] || [];
@@ -1075,6 +1089,15 @@
         actions.push(again);
       } else if (job.state === "cancelled") {
         body.push(el("p", { className: "job-line", text: job.started_at ? "Stopped before finishing." : "Cancelled before it started." }));
+      }
+      const gone = deletedInSheet(job.result);
+      const goneCount = gone.customers.length + gone.policies.length;
+      if (goneCount > 0) {
+        const writeBack = el("button", { type: "button", className: "btn btn-small job-write-back",
+          text: `Write back ${plural(goneCount, "deleted row")}`,
+          "aria-label": `Write the ${plural(goneCount, "row")} deleted from the sheet back to it (sync #${job.id})` });
+        writeBack.dataset.writeBackJob = String(job.id);
+        actions.push(writeBack);
       }
       const undoBlock = undoReportBlock(job.id);
       if (undoBlock) body.push(undoBlock);
@@ -1342,10 +1365,12 @@
 
   let lastQueuedId = 0;
 
-  async function startSync(kind) {
-    // kind: "to-sheet" | "from-sheet"
+  // kind: "to-sheet" | "from-sheet"; a write-back is a sync to the sheet.
+  async function startSync(kind, writeBack) {
     try {
-      const res = await api("POST", `/api/insurance/sync/${kind}`);
+      const res = writeBack
+        ? await api("POST", "/api/insurance/sync/write-back", writeBack)
+        : await api("POST", `/api/insurance/sync/${kind}`);
       // Answers may arrive out of order: show the newest job's position.
       if (res.job_id >= lastQueuedId) {
         lastQueuedId = res.job_id;
@@ -1426,6 +1451,10 @@
     if (button.classList.contains("job-cancel")) cancelJob(button);
     else if (button.classList.contains("job-undo")) undoImport(button);
     else if (button.classList.contains("job-again")) startSync(button.dataset.again);
+    else if (button.classList.contains("job-write-back")) {
+      const job = jobs.get(Number(button.dataset.writeBackJob));
+      if (job) startSync("to-sheet", deletedInSheet(job.result));
+    }
   });
 
   // ---------------------------------------------------------------- silent refresh
