@@ -790,6 +790,36 @@ def test_merged_cells_are_reported_and_never_clear_a_field_either_way(
     assert customer_field(synced, record_id, "email") == "changed@example.com"
 
 
+def test_a_merged_box_below_the_table_keeps_new_rows_out_and_the_rest_syncs(
+    synced: Runtime,
+) -> None:
+    with alices_tab(synced) as (customers, header):
+        below = customers.max_row + 1
+        customers.merge_cells(f"A{below}:E{below + 3}")  # a notes box
+    assert errors_of(run_sync(synced, "alice", FROM_SHEET)) == []
+    with synced.db.session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+        session.add(Customer(name="Nell Newrow", agent_id=alice.id))
+        first = session.scalars(
+            select(Customer).where(Customer.agent_id == alice.id).order_by(Customer.id)
+        ).first()
+        assert first is not None
+        first.city, first_id = "Bangor", first.id
+
+    written = run_sync(synced, "alice", TO_SHEET)
+
+    (error,) = errors_of(written)
+    assert (
+        error["row"] == below
+        and f"cells A{below}:E{below + 3} are merged" in (error["reason"])
+    )
+    with alices_tab(synced) as (customers, header):
+        assert customers.cell(row_of(customers, first_id), header["City"]).value == (
+            "Bangor"
+        )
+        assert "Nell Newrow" not in {cell.value for cell in customers["B"]}
+
+
 def _delete_rows(runtime: Runtime, tab: str, count: int) -> list[int]:
     """Delete the first ``count`` data rows of alice's tab; their IDs."""
     with alices_tab(runtime, tab) as (sheet, _):

@@ -1326,6 +1326,56 @@ def test_a_row_with_merged_cells_is_never_deleted_by_to_sheet() -> None:
     assert "merged" in kept.reason and "edited" not in kept.reason
 
 
+def test_a_merge_below_the_data_is_no_concern_of_an_import() -> None:
+    app = {1: rec("Ann"), 2: rec("Bob")}
+    tab, base = synced(app)
+    merged(tab, "B5:D9")  # a box below the table, over Name to Premium
+
+    plan = plan_from_sheet(MAPPING, tab, app, base)
+
+    assert plan.issues == [] and plan.counts["errors"] == 0
+
+
+def test_a_merge_down_a_whole_column_tells_only_the_rows_that_hold_data() -> None:
+    app = {1: rec("Ann"), 2: rec("Bob")}
+    tab, base = synced(app)
+    merged(tab, "G3:H1048576")  # Phone and Note, from Bob's row to the end
+
+    plan = plan_from_sheet(MAPPING, tab, app, base)
+
+    (error,) = plan.issues
+    assert (error.row, error.column) == (3, "Note") and "in row 3:" in error.reason
+
+
+def test_to_sheet_adds_no_rows_into_a_merge_below_the_data() -> None:
+    app = {1: rec("Ann"), 2: rec("Bob")}
+    tab, base = synced(app)
+    merged(tab, "B4:C6")  # a box right below the table, over Name and Policy
+    app[3] = rec("Cy")
+    app[1] = rec("Ann", note="call back")
+
+    plan = plan_to_sheet(MAPPING, tab, app, base)
+
+    assert plan.changes.append == [] and 3 not in plan.snapshots
+    assert plan.changes.cells == {(2, 8): "call back"}, "other changes still go"
+    (error,) = plan.issues
+    assert error.kind == "error" and error.row == 4 and error.value == "3"
+    assert "cells B4:C6 are merged" in error.reason
+    assert "record 3 is added once you unmerge them" in error.reason
+    assert plan.counts["appended"] == 0 and plan.counts["errors"] == 1
+
+
+def test_to_sheet_adds_rows_above_a_merge_further_down() -> None:
+    app = {1: rec("Ann"), 2: rec("Bob")}
+    tab, base = synced(app)
+    merged(tab, "B6:C8")  # two empty rows between the table and the box
+    app[3], app[4] = rec("Cy"), rec("Di")
+
+    plan = plan_to_sheet(MAPPING, tab, app, base)
+
+    assert [row[0] for row in plan.changes.append] == [3, 4] and plan.issues == []
+
+
 def test_merged_header_cells_are_an_error_and_added_columns_go_right_of_them() -> None:
     app = {1: rec("Ann")}
     tab, base = synced(app)

@@ -187,6 +187,9 @@ class _Layout:
     hidden: dict[int, set[int]] = dataclasses.field(default_factory=dict)
     # What merges hide, told with the rows they hide it in ("" for headers).
     merge_issues: list[tuple[Issue, str]] = dataclasses.field(default_factory=list)
+    # Merges hiding cells of our columns below the last row: no row there yet,
+    # but none can be added into them.
+    below: list[CellRange] = dataclasses.field(default_factory=list)
 
     def columns(self, mapping: TabMapping) -> list[tuple[Column, int]]:
         return [
@@ -261,9 +264,7 @@ def _read_merge(
     """Note the cells of our columns a merge hides, and tell of it: only its
     top-left cell holds a value; the others read empty though they are not."""
     top, left = merge.first_row, merge.first_column
-    ref = (
-        f"{column_letter(left)}{top}:{column_letter(merge.last_column)}{merge.last_row}"
-    )
+    ref = _merge_ref(merge)
     shown = _cell(rows[top - 1], left - 1) if top <= len(rows) else None
     value = None if _is_blank(shown) else _show(shown)
     synced = {index: column.header for column, index in layout.columns(mapping)}
@@ -282,9 +283,15 @@ def _read_merge(
             "its own header",
         )
         layout.merge_issues.append((issue, ""))
+    if merge.last_row > len(rows) and any(
+        index in synced for index in range(left - 1, merge.last_column)
+    ):
+        layout.below.append(merge)
     names: dict[int, str] = {}
     numbers: list[int] = []
-    for number in range(max(top, 2), merge.last_row + 1):
+    # Rows past the last one hold nothing to hide (a merge may run down to
+    # the sheet's millionth row).
+    for number in range(max(top, 2), min(merge.last_row, len(rows)) + 1):
         hides = {
             index
             for index in range(left - 1, merge.last_column)
@@ -314,6 +321,39 @@ def _read_merge(
         "emptied the hidden cells: check them first)",
     )
     layout.merge_issues.append((issue, rows_text))
+
+
+def _merge_ref(merge: CellRange) -> str:
+    first = f"{column_letter(merge.first_column)}{merge.first_row}"
+    return f"{first}:{column_letter(merge.last_column)}{merge.last_row}"
+
+
+def _keep_appends_out_of_merges(ctx: _ToSheet, rows: int) -> None:
+    """Rows go below the last one (``rows``), never into merged cells there,
+    whose hidden parts would not show them: such records wait, each told."""
+    appended = ctx.plan.changes.append
+    first, last = rows + 1, rows + len(appended)
+    merge = next(
+        (m for m in ctx.layout.below if m.first_row <= last and m.last_row >= first),
+        None,
+    )
+    if merge is None:
+        return
+    id_index = ctx.layout.id_index
+    assert id_index is not None  # set by plan_to_sheet before appending
+    for number, row in enumerate(appended, first):
+        record_id = row[id_index]
+        assert isinstance(record_id, int)
+        del ctx.plan.snapshots[record_id]
+        reason = (
+            f"cells {_merge_ref(merge)} are merged, so no row can be added below "
+            f"the last one; record {record_id} is added once you unmerge them"
+        )
+        ctx.issue(
+            Issue(ctx.mapping.tab, number, None, str(record_id), reason), "errors"
+        )
+    ctx.plan.counts["appended"] -= len(appended)
+    appended.clear()
 
 
 def _stranger_issues(
@@ -652,6 +692,8 @@ def plan_to_sheet(
             ctx.issue(issue, "deleted_in_sheet")
         else:
             _append(ctx, record_id, app[record_id])
+    if plan.changes.append:
+        _keep_appends_out_of_merges(ctx, len(rows))
     return plan
 
 
