@@ -155,3 +155,22 @@ def test_a_premium_with_a_decimal_comma_is_a_field_error_and_groups_of_three_sav
             saved = client.get(f"/api/policies/{policy_id}").json()["premium"]
         assert saved == "1234.50"
         page.close()
+
+
+def test_a_refused_sign_out_says_so_and_a_second_press_signs_out(
+    browser: Browser, runtime: Runtime
+) -> None:
+    with live_server(runtime) as url:
+        page = sign_in(browser, url, "alice")
+        # As if the session's token changed since the page was loaded.
+        page.locator("form[action='/logout'] [name=csrf]").evaluate(
+            "input => { input.value = 'stale'; }"
+        )
+        page.click("#sign-out")
+
+        notice = page.get_by_role("alert").filter(has_text="still signed in")
+        expect(notice).to_be_visible()
+        assert page.evaluate("window.location.search") == ""  # not on a reload
+        page.click("#sign-out")
+        expect(page).to_have_url(f"{url}/login")
+        page.close()

@@ -27,6 +27,10 @@ def sign_in(client: TestClient) -> str:
     return form[1]
 
 
+REFUSED = "/?sign_out=refused"
+NOTICE = "You are still signed in: the sign-out did not go through"
+
+
 def signed_in(client: TestClient) -> bool:
     return client.get("/", follow_redirects=False).status_code == 200
 
@@ -71,7 +75,7 @@ def test_a_sign_out_body_no_form_sends_is_a_refused_sign_out_not_an_error(
     # As a sign-out whose token does not match: no JSON, no sign-out, and
     # back to the dashboard, where the user sees they are still signed in.
     assert answer.status_code == 303, answer.text
-    assert answer.headers["location"] == "/"
+    assert answer.headers["location"] == REFUSED
     assert signed_in(client)
 
 
@@ -87,5 +91,17 @@ def test_a_sign_out_with_a_wrong_or_missing_token_does_not_sign_out(
     ]
 
     assert [a.status_code for a in answers] == [303, 303, 303]
-    assert [a.headers["location"] for a in answers] == ["/", "/", "/"]
+    assert [a.headers["location"] for a in answers] == [REFUSED] * 3
     assert signed_in(client)
+
+
+def test_a_refused_sign_out_says_so_on_the_page_it_returns_to(
+    client: TestClient,
+) -> None:
+    sign_in(client)
+
+    page = client.post("/logout", data={"csrf": "stale"})
+
+    assert page.status_code == 200 and signed_in(client)
+    assert NOTICE in page.text
+    assert NOTICE not in client.get("/").text

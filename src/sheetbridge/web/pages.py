@@ -96,9 +96,9 @@ async def logout(request: Request) -> Response:
     if form is not None and csrf_matches(request.session.get("csrf"), form[0]):
         request.session.clear()
         return RedirectResponse("/login", status_code=303)
-    # Refused: back to the page, which shows the user is still signed in (or,
-    # without a session, sends them to sign in).
-    return RedirectResponse("/", status_code=303)
+    # Refused: back to the page (with a fresh token), which says the user is
+    # still signed in (or, without a session, sends them to sign in).
+    return RedirectResponse("/?sign_out=refused", status_code=303)
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -109,6 +109,7 @@ def dashboard(request: Request, user: PageUser) -> Response:
         {
             "user": user,
             "csrf": csrf_token(request),
+            "sign_out_refused": request.query_params.get("sign_out") == "refused",
             "statuses": POLICY_STATUSES,
             "lines": LINES_OF_BUSINESS,
         },

@@ -13,6 +13,11 @@
   const POLL_IDLE_MS = 10000;
   const POLL_ERROR_MS = 5000;
 
+  // A refused sign-out's notice is for this visit only, not for a reload.
+  if (new URLSearchParams(window.location.search).has("sign_out")) {
+    window.history.replaceState(null, "", window.location.pathname);
+  }
+
   // ---------------------------------------------------------------- helpers
 
   function el(tag, props, ...children) {
