@@ -16,6 +16,7 @@ from sheetbridge.insurance.schemas import CustomerCreate
 from sheetbridge.insurance.services import Book
 from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
 from sheetbridge.queue.worker import WorkerPool
+from sheetbridge.sheets.errors import SheetInvalidRequest
 from sheetbridge.sheets.xlsx import XlsxBackend
 from sheetbridge.sync.models import PendingId
 from sheetbridge.web.deps import Runtime
@@ -161,6 +162,25 @@ def test_ids_an_import_could_not_write_are_written_by_the_next_sync_once(
     assert result["summary"].get("appended", 0) == 0
     again = run_sync(synced, "alice", FROM_SHEET)["summary"]
     assert again.get("created", 0) == 0 and again["updated"] == 0
+
+
+def test_an_import_whose_id_write_is_refused_fails_saying_the_import_was_saved(
+    synced: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    type_new_rows(synced)
+
+    def refuse(self: XlsxBackend, *args: Any, **kwargs: Any) -> None:
+        raise SheetInvalidRequest("cell A9 is protected", location=str(self.path))
+
+    monkeypatch.setattr(XlsxBackend, "write", refuse)
+    error = failing_sync(synced, FROM_SHEET)
+
+    assert error.startswith("cell A9 is protected")
+    assert "the import itself was saved" in error
+    assert "their IDs go into their rows with the next sync" in error
+    monkeypatch.undo()
+    run_sync(synced, "alice", TO_SHEET)
+    assert_each_row_imported_once(synced)
 
 
 def test_a_row_edited_before_its_id_was_written_keeps_its_record_and_the_edit(

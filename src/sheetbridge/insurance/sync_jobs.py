@@ -87,6 +87,11 @@ SPREADSHEET_ID = re.compile(r"[A-Za-z0-9_-]{10,128}")
 TO_SHEET = "to_sheet"
 FROM_SHEET = "from_sheet"
 MAX_REPORTED_ISSUES = 500
+# Told when writing new records' IDs fails after their import committed.
+IMPORT_SAVED = (
+    "; the import itself was saved: the records it created are in the app, "
+    "and their IDs go into their rows with the next sync"
+)
 _LOAD_BATCH = 500
 
 
@@ -382,7 +387,7 @@ class SyncService:
             ).is_empty()
         }
         if writes:
-            with _sheet_errors():
+            with _sheet_errors(IMPORT_SAVED):
                 backend.write(writes, expected_version=_version(tabs))
         context.on_success(
             lambda connection: pending.settle(connection, context.job.id)
@@ -1169,17 +1174,20 @@ def _database_errors_retry(handler: Handler) -> Handler:
 
 
 @contextmanager
-def _sheet_errors() -> Iterator[None]:
-    """Turn sheet failures into the queue's retry or fail signals."""
+def _sheet_errors(also: str = "") -> Iterator[None]:
+    """Turn sheet failures into the queue's retry or fail signals, their
+    message followed by ``also``."""
     try:
         yield
     except SheetError as exc:
         if exc.transient:
             retry_after_s = getattr(exc, "retry_after", None)
-            raise RetryableJobError(str(exc), retry_after_s=retry_after_s) from exc
-        raise PermanentJobError(str(exc)) from exc
+            raise RetryableJobError(
+                f"{exc}{also}", retry_after_s=retry_after_s
+            ) from exc
+        raise PermanentJobError(f"{exc}{also}") from exc
     except OSError as exc:
-        raise RetryableJobError(f"workbook not accessible: {exc}") from exc
+        raise RetryableJobError(f"workbook not accessible: {exc}{also}") from exc
 
 
 class _Progress:
