@@ -790,6 +790,27 @@ def test_merged_cells_are_reported_and_never_clear_a_field_either_way(
     assert customer_field(synced, record_id, "email") == "changed@example.com"
 
 
+def test_writing_back_all_brings_back_every_deleted_row_of_both_tabs(
+    synced: Runtime,
+) -> None:
+    gone = {
+        "Customers": set(_delete_rows(synced, "Customers", 3)),
+        "Policies": set(_delete_rows(synced, "Policies", 4)),
+    }
+    with synced.db.read_session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+
+    queued = synced.sync.write_back(alice, {}, every=True)
+    WorkerPool(synced.queue, synced.sync.handlers).run_until_empty()
+
+    result = synced.queue.get(queued.job_id).result
+    assert result is not None and result["summary"]["appended"] == 7
+    for tab, ids in gone.items():
+        with alices_tab(synced, tab) as (sheet, _):
+            assert ids <= _ids_in(sheet)
+    assert run_sync(synced, "alice", TO_SHEET)["summary"]["issues"] == 0
+
+
 def test_a_merged_box_below_the_table_keeps_new_rows_out_and_the_rest_syncs(
     synced: Runtime,
 ) -> None:

@@ -525,6 +525,8 @@ def test_a_blank_readonly_cell_is_filled_in_without_a_warning() -> None:
     to = plan_to_sheet(MAPPING, tab, app, base)
     assert to.changes.cells == {(2, 9): "Kim"}
     assert to.issues == []
+    frm = plan_from_sheet(MAPPING, tab, app, base)
+    assert frm.issues == [], "an import waits for it to be filled in, without a word"
 
 
 def test_readonly_column_is_not_part_of_new_rows() -> None:
@@ -694,6 +696,24 @@ def test_row_deleted_in_sheet_is_appended_again_when_written_back() -> None:
     assert plan.snapshots[1]["name"] == "Ann" and plan.counts["appended"] == 1
     (gone,) = plan.issues  # Bob's row is still only reported
     assert gone.kind == "deleted_in_sheet" and gone.value == "2"
+
+
+def test_a_record_that_may_be_a_row_with_an_unreadable_id_is_never_written_back() -> (
+    None
+):
+    app = {1: rec("Ann"), 2: rec("Bob"), 3: rec("Cy")}
+    tab, base = synced(app)
+    tab.rows[2][0] = "2x"  # Bob's row, its ID mistyped
+    del tab.rows[3]  # Cy's row
+
+    plan = plan_to_sheet(MAPPING, tab, app, base, write_back={2, 3})
+
+    assert plan.changes.append == [], "Bob or Cy may be row 3: neither is added"
+    gone = {i.value: i for i in plan.issues if i.kind == "deleted_in_sheet"}
+    assert gone.keys() == {"2", "3"}
+    assert {i.row for i in gone.values()} == {3}, "each points at the row it may be"
+    assert "put 2 back in its ID cell" in gone["2"].reason
+    assert "not written back while row 3's ID cannot be read" in gone["2"].reason
 
 
 def test_writing_back_a_record_still_in_the_sheet_changes_nothing() -> None:

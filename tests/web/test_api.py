@@ -589,6 +589,9 @@ def test_write_back_queues_a_sync_to_the_sheet_of_the_callers_records(
     job = runtime.queue.get(answer.json()["job_id"])
     assert job.kind == "to_sheet"
     assert job.payload["write_back"] == {"Customers": sorted(mine)}
+    every = _write_back(client, tokens["alice"], all=True)
+    assert every.status_code == 202
+    assert runtime.queue.get(every.json()["job_id"]).payload["write_back"] == "all"
 
 
 def test_write_back_of_records_not_in_the_callers_book_is_refused_naming_them(
@@ -602,6 +605,8 @@ def test_write_back_of_records_not_in_the_callers_book_is_refused_naming_them(
         "none": _write_back(client, tokens["alice"]),
         "zero": _write_back(client, tokens["alice"], policies=[0]),
         "text": _write_back(client, tokens["alice"], policies=["all"]),
+        "true": _write_back(client, tokens["alice"], policies=[True]),
+        "all": _write_back(client, tokens["alice"], all="yes"),
         "other": _write_back(client, tokens["alice"], claims=[1]),
     }
     assert {name: a.status_code for name, a in answers.items()} == dict.fromkeys(
@@ -613,11 +618,9 @@ def test_write_back_of_records_not_in_the_callers_book_is_refused_naming_them(
     assert errors["policies"]["msg"] == "policy 999999 is not in your book"
     assert errors["many"]["msg"].endswith("and 2 more are not in your book")
     assert errors["none"]["msg"] == "name at least one record to write back"
-    assert [errors[name]["field"] for name in ("zero", "text", "other")] == [
-        "policies.0",
-        "policies.0",
-        "claims",
-    ]
+    assert [
+        errors[name]["field"] for name in ("zero", "text", "true", "all", "other")
+    ] == ["policies.0", "policies.0", "policies.0", "all", "claims"]
     assert runtime.queue.status(None, recent=10)["queued"] == []
 
 

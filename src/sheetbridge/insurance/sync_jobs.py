@@ -87,6 +87,8 @@ SPREADSHEET_ID = re.compile(r"[A-Za-z0-9_-]{10,128}")
 TO_SHEET = "to_sheet"
 FROM_SHEET = "from_sheet"
 MAX_REPORTED_ISSUES = 500
+# A to-sheet's write-back of every record whose row was deleted from the sheet.
+WRITE_BACK_ALL = "all"
 # Told when writing new records' IDs fails after their import committed.
 IMPORT_SAVED = (
     "; the import itself was saved: the records it created are in the app, "
@@ -194,11 +196,15 @@ class SyncService:
         return (self.settings.workbook_dir / f"{name}.xlsx").resolve()
 
     def enqueue(
-        self, user: User, kind: str, *, write_back: dict[str, list[int]] | None = None
+        self,
+        user: User,
+        kind: str,
+        *,
+        write_back: dict[str, list[int]] | str | None = None,
     ) -> Enqueued:
         """Queue a sync of the user's book; ``write_back`` (a to-sheet's, by
-        tab) names records whose rows were deleted from the sheet, to append
-        again."""
+        tab, or ``"all"``) names records whose rows were deleted from the
+        sheet, to append again."""
         keys = self._keys.get(user.id)
         if keys is None:
             target = self.target_for(user)
@@ -218,10 +224,14 @@ class SyncService:
             },
         )
 
-    def write_back(self, user: User, wanted: dict[str, list[int]]) -> Enqueued:
+    def write_back(
+        self, user: User, wanted: dict[str, list[int]], *, every: bool = False
+    ) -> Enqueued:
         """Queue a to-sheet that appends again the rows of records deleted from
-        the sheet (``wanted``: record IDs by tab), each checked to be one of the
-        user's records."""
+        the sheet: ``wanted`` (record IDs by tab, each checked to be one of
+        the user's records), or ``every`` such record the sync finds."""
+        if every:
+            return self.enqueue(user, TO_SHEET, write_back=WRITE_BACK_ALL)
         wanted = {tab: sorted(set(ids)) for tab, ids in wanted.items() if ids}
         if not wanted:
             raise InvalidField("customers", "name at least one record to write back")
@@ -282,7 +292,9 @@ class SyncService:
         backend, tabs, pending = self._read_sheet(progress, target)
         sides = self._sides(target, user, pending)
         app, base = sides.app, sides.base
-        write_back: dict[str, list[int]] = context.payload.get("write_back", {})
+        write_back = context.payload.get("write_back", {})
+        if write_back == WRITE_BACK_ALL:
+            write_back = {tab: records.keys() for tab, records in app.items()}
         plans = {
             mapping.tab: plan_to_sheet(
                 mapping,

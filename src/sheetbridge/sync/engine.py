@@ -687,8 +687,12 @@ def plan_to_sheet(
         plan.rows[record_id] = number
         _sync_row_to_sheet(ctx, record_id, number, cells, app, base, delete_mode)
     for record_id in sorted(app.keys() - scanned.seen):
-        if record_id in base and record_id not in write_back:
-            issue = _gone_from_sheet_issue(mapping, record_id, scanned.unreadable)
+        asked = record_id in write_back
+        # A row whose ID cannot be read may be the record's: never a second.
+        if record_id in base and (not asked or scanned.unreadable):
+            issue = _gone_from_sheet_issue(
+                mapping, record_id, scanned.unreadable, asked=asked
+            )
             ctx.issue(issue, "deleted_in_sheet")
         else:
             _append(ctx, record_id, app[record_id])
@@ -1055,7 +1059,9 @@ def plan_from_sheet(
             # a tab typed by hand without an ID column: add it for the new IDs
             plan.header_changes.cells[(1, plan.id_column)] = mapping.id_header
     for record_id in sorted((app.keys() & base.keys()) - scanned.seen):
-        issue = _gone_from_sheet_issue(mapping, record_id, scanned.unreadable)
+        issue = _gone_from_sheet_issue(
+            mapping, record_id, scanned.unreadable, asked=False
+        )
         ctx.issue(issue, "deleted_in_sheet")
     return plan
 
@@ -1234,7 +1240,9 @@ def _readonly_from_sheet(
     app_value: Canonical,
     base_value: Canonical | _Missing,
 ) -> None:
-    if sheet_value in (app_value, base_value):
+    # A blank cell is no edit: rows created by an import have none of the
+    # app's values until a sync to the sheet fills them in.
+    if sheet_value is None or sheet_value in (app_value, base_value):
         return
     raw = render_cell(column, sheet_value)
     ctx.issue(_readonly_issue(ctx.mapping, number, column, raw), "readonly")
@@ -1276,24 +1284,33 @@ def _create_row(ctx: _FromSheet, number: int, cells: list[Cell]) -> None:
 
 
 def _gone_from_sheet_issue(
-    mapping: TabMapping, record_id: int, unreadable: list[int]
+    mapping: TabMapping, record_id: int, unreadable: list[int], *, asked: bool
 ) -> Issue:
     """A synced record no row carries any more: deleted from the sheet, or
-    one of the rows whose ID cannot be read. It is kept in the app and not
-    written back, which could give it two rows."""
+    one of the rows whose ID cannot be read (then the issue points at the
+    first of them). It is kept in the app and not written back, which could
+    give it two rows, unless ``asked`` and no row's ID is unreadable."""
     reason = f"record {record_id} is no longer in the sheet"
+    kept = "not written back to the sheet"
     if unreadable:
         rows = ", ".join(str(number) for number in unreadable)
         reason = (
             f"no row has ID {record_id}; if it is row {rows}, whose ID cannot be "
             f"read, put {record_id} back in its ID cell"
         )
+        if asked:
+            which = (
+                f"row {rows}'s ID"
+                if len(unreadable) == 1
+                else f"the IDs of rows {rows}"
+            )
+            kept = f"not written back while {which} cannot be read"
     return Issue(
         mapping.tab,
-        None,
+        unreadable[0] if unreadable else None,
         None,
         str(record_id),
-        f"{reason}; it was kept in the app and not written back to the sheet",
+        f"{reason}; it was kept in the app and {kept}",
         "deleted_in_sheet",
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from sheetbridge import clock
 from sheetbridge.insurance import review
@@ -84,7 +84,8 @@ def sync_from_sheet(user: CurrentUser, rt: RuntimeDep) -> JsonAnswer:
 
 
 RecordIds = Annotated[
-    list[Annotated[int, Field(ge=1, le=MAX_ID)]], Field(max_length=MAX_WRITE_BACK)
+    list[Annotated[StrictInt, Field(ge=1, le=MAX_ID)]],
+    Field(max_length=MAX_WRITE_BACK),
 ]
 
 
@@ -93,14 +94,19 @@ class WriteBack(BaseModel):
 
     customers: RecordIds = []
     policies: RecordIds = []
+    all: StrictBool = Field(
+        default=False, description="every record whose row the sync finds deleted"
+    )
 
 
 @router.post("/write-back", status_code=status.HTTP_202_ACCEPTED)
 def write_back(body: WriteBack, user: CurrentUser, rt: RuntimeDep) -> JsonAnswer:
-    """Queue a sync to the sheet that appends again the rows of these records,
-    which were deleted from the sheet but kept in the app."""
+    """Queue a sync to the sheet that appends again the rows of these records
+    (or of all), which were deleted from the sheet but kept in the app."""
     queued = rt.sync.write_back(
-        user, {CUSTOMERS.tab: body.customers, POLICIES.tab: body.policies}
+        user,
+        {CUSTOMERS.tab: body.customers, POLICIES.tab: body.policies},
+        every=body.all,
     )
     return _queued(queued)
 

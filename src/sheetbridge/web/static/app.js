@@ -811,6 +811,7 @@
   const seenState = new Map();   // job id -> state already acted on (announce, refresh)
   const refreshed = new Set();   // from_sheet jobs whose rows were patched (once each)
   const undoState = new Map();   // job id -> {busy} | {report} | {error}
+  const writtenBack = new Set(); // jobs whose deleted rows were asked back
   let firstSnapshot = true;
   let messageJob = 0;            // the job the sync message is about; 0: none (or an error)
 
@@ -934,18 +935,30 @@
       el("ul", { className: "issues-list" }, ...items));
   }
 
-  // The records a sync reported as deleted from the sheet (kept in the app), by entity.
+  // What to write back of the rows a sync reported deleted from the sheet
+  // (their records kept in the app): the records listed, or all of them when
+  // the result's list was cut short. A record that may be a row whose ID
+  // cannot be read (its issue names that row) is left out: never two rows.
   const TAB_ENTITIES = { Customers: "customers", Policies: "policies" };
   function deletedInSheet(result) {
-    const ids = { customers: [], policies: [] };
+    const body = { customers: [], policies: [] };
+    let count = 0;
+    let cut = false;
     for (const [tab, data] of Object.entries((result && result.tabs) || {})) {
       const entity = TAB_ENTITIES[tab];
-      if (!entity) continue;
-      for (const i of (data && data.issues) || []) {
-        if (i.kind === "deleted_in_sheet" && /^\d+$/.test(String(i.value))) ids[entity].push(Number(i.value));
+      if (!entity || !data) continue;
+      const listed = (data.issues || []).filter((i) => i.kind === "deleted_in_sheet");
+      const total = Number((data.counts || {}).deleted_in_sheet || 0);
+      if (total > listed.length) cut = true;
+      for (const i of listed) {
+        if ((i.row === null || i.row === undefined) && /^\d+$/.test(String(i.value))) {
+          body[entity].push(Number(i.value));
+          count += 1;
+        }
       }
     }
-    return ids;
+    if (cut) return { body: { all: true }, label: "Write back all rows deleted from the sheet", count };
+    return { body, label: `Write back ${plural(count, "deleted row")}`, count };
   }
 
   function progressBlock(job) {
@@ -1039,7 +1052,8 @@
 
   function jobSignature(job) {
     return JSON.stringify([job.state, job.position, job.waiting_for, job.attempts, job.progress,
-      job.error, job.cancel_requested, job.finished_at, job.run_after, Boolean(job.result), undoState.get(job.id) || null]);
+      job.error, job.cancel_requested, job.finished_at, job.run_after, Boolean(job.result), undoState.get(job.id) || null,
+      writtenBack.has(job.id)]);
   }
 
   function renderJob(li, job) {
@@ -1096,11 +1110,10 @@
         body.push(el("p", { className: "job-line", text: job.started_at ? "Stopped before finishing." : "Cancelled before it started." }));
       }
       const gone = deletedInSheet(job.result);
-      const goneCount = gone.customers.length + gone.policies.length;
-      if (goneCount > 0) {
+      if ((gone.count > 0 || gone.body.all) && !writtenBack.has(job.id)) {
+        const rows = gone.body.all ? "all rows" : `the ${plural(gone.count, "row")}`;
         const writeBack = el("button", { type: "button", className: "btn btn-small job-write-back",
-          text: `Write back ${plural(goneCount, "deleted row")}`,
-          "aria-label": `Write the ${plural(goneCount, "row")} deleted from the sheet back to it (sync #${job.id})` });
+          text: gone.label, "aria-label": `Write ${rows} deleted from the sheet back to it (sync #${job.id})` });
         writeBack.dataset.writeBackJob = String(job.id);
         actions.push(writeBack);
       }
@@ -1458,7 +1471,10 @@
     else if (button.classList.contains("job-again")) startSync(button.dataset.again);
     else if (button.classList.contains("job-write-back")) {
       const job = jobs.get(Number(button.dataset.writeBackJob));
-      if (job) startSync("to-sheet", deletedInSheet(job.result));
+      if (!job) return;
+      writtenBack.add(job.id); // the sync it queues reports what is still missing
+      renderJob(jobEl(job), job);
+      startSync("to-sheet", deletedInSheet(job.result).body);
     }
   });
 
