@@ -811,6 +811,30 @@ def test_writing_back_all_brings_back_every_deleted_row_of_both_tabs(
     assert run_sync(synced, "alice", TO_SHEET)["summary"]["issues"] == 0
 
 
+def test_a_customer_moved_to_another_agent_is_told_as_such_and_joins_their_sheet(
+    synced: Runtime,
+) -> None:
+    run_sync(synced, "bob", TO_SHEET)
+    with synced.db.session() as session:
+        bob = session.scalars(select(User).where(User.username == "bob")).one()
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+        moved = session.scalars(
+            select(Customer).where(Customer.agent_id == alice.id).order_by(Customer.id)
+        ).first()
+        assert moved is not None
+        moved.agent_id, moved_id = bob.id, moved.id
+
+    alices = run_sync(synced, "alice", TO_SHEET)
+    bobs = run_sync(synced, "bob", TO_SHEET)
+
+    (left,) = [i for i in alices["tabs"]["Customers"]["issues"] if i["value"]]
+    assert left["kind"] == "deleted_in_app" and left["value"] == str(moved_id)
+    assert "moved to another agent's book" in left["reason"]
+    assert bobs["tabs"]["Customers"]["counts"]["appended"] == 1
+    book = load_workbook(workbook_path(synced, "bob"))
+    assert moved_id in _ids_in(book["Customers"])
+
+
 def test_a_merged_box_below_the_table_keeps_new_rows_out_and_the_rest_syncs(
     synced: Runtime,
 ) -> None:

@@ -638,6 +638,19 @@ def test_unknown_id_without_base_is_an_error_both_ways() -> None:
         plan_from_sheet(MAPPING, tab, {}, {}),
     ):
         assert plan.counts["errors"] == 1 and "unknown ID 99" in plan.issues[0].reason
+        assert "it may be another book's" in plan.issues[0].reason
+
+
+def test_an_unreadable_id_is_told_to_be_put_back_before_it_is_cleared() -> None:
+    app = {1: rec("Ann")}
+    tab, base = synced(app)
+    tab.rows[1][0] = "1x"
+
+    (error, _gone) = plan_from_sheet(MAPPING, tab, app, base).issues
+
+    assert (error.row, error.column, error.value) == (2, "ID", "1x")
+    assert "if the row is a synced record, put its ID back" in error.reason
+    assert "only if it is a new one, clear the ID" in error.reason
 
 
 # deletions

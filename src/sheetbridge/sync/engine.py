@@ -42,6 +42,8 @@ Record: TypeAlias = dict[str, Canonical]
 """Field name -> canonical value."""
 
 DELETE_MODES = ("flag", "delete")
+# Of a synced record the app's book no longer has: the sync cannot tell which.
+LEFT_THE_BOOK = "was deleted in the app or moved to another agent's book"
 _ID_COLUMN = Column("ID", "id", ColumnType.INTEGER)
 
 
@@ -506,8 +508,9 @@ def _scan_rows(
                     number,
                     mapping.id_header,
                     _show(raw_id),
-                    "ID must be a whole number written by Sheetbridge; clear it "
-                    "to import the row as a new record",
+                    "ID must be a whole number written by Sheetbridge; if the "
+                    "row is a synced record, put its ID back; only if it is a "
+                    "new one, clear the ID to import it",
                 )
             )
             continue
@@ -565,8 +568,9 @@ def _unknown_id_issue(mapping: TabMapping, record_id: int, row: int) -> Issue:
         row,
         mapping.id_header,
         str(record_id),
-        f"unknown ID {record_id}: no such record was synced to this tab; clear "
-        "the ID to import the row as a new record",
+        f"unknown ID {record_id}: no record of this book was synced to this "
+        "tab with it; if the row is a new record of this book, clear the ID to "
+        "import it, else delete the row (it may be another book's)",
     )
 
 
@@ -907,7 +911,7 @@ def _deleted_in_app(
         ctx.plan.drop_snapshots.add(record_id)
         ctx.plan.counts["deleted"] += 1
         return
-    reason = f"record {record_id} was deleted in the app; "
+    reason = f"record {record_id} {LEFT_THE_BOOK}; "
     if delete_mode == "delete" and number in ctx.layout.hidden:
         reason += "the row has merged cells, so it was kept (unmerge them first)"
     elif delete_mode == "delete":
@@ -1182,7 +1186,7 @@ def _report_unimportable(
             number,
             None,
             str(record_id),
-            f"record {record_id} was deleted in the app; the row was not imported",
+            f"record {record_id} {LEFT_THE_BOOK}; the row was not imported",
             "deleted_in_app",
         ),
         "deleted_in_app",
