@@ -66,13 +66,17 @@ def test_c01_date_serial_reads_as_date_and_dates_are_written_as_serials(
     # a person types a date in the sheet UI
     backend.client.batch_update_values(
         book.spreadsheet_id,
-        [{"range": "'People'!B2:D2", "values": [["Ann", "04001", "2020-01-01"]]}],
+        [
+            {"range": "'People'!B2:D2", "values": [["Ann", "04001", "2020-01-01"]]},
+            # a date and time of day, as NOW() fills one in
+            {"range": "'People'!B3:D3", "values": [["Bo", "04002", 43831.75]]},
+        ],
         value_input="USER_ENTERED",
     )
     rows = tab(backend.read_tabs(["People"]), "People")
-    assert rows.rows[1][3] == 43831
+    assert rows.rows[1][3] == 43831 and rows.rows[2][3] == 43831.75
     plan = plan_from_sheet(PEOPLE, rows, {}, {})
-    assert plan.creates[0].values["born"] == "2020-01-01"
+    assert [new.values["born"] for new in plan.creates] == ["2020-01-01"] * 2
     backend.write({"People": TabChanges(cells={(2, 4): date(2021, 2, 3)})})
     stored = book.sheet_by_title("People").cell(2, 4)  # type: ignore[union-attr]
     assert stored == 44230  # a serial number, not a locale string

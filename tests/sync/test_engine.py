@@ -1125,18 +1125,21 @@ def test_random_edits_on_both_sides_never_lose_an_edit(
 
 
 @pytest.mark.parametrize(
-    ("cell", "shown"),
-    [(time(0, 0), "00:00:00"), (datetime(1800, 1, 1, 9, 30), "1800-01-01 09:30:00")],
+    ("column", "cell", "shown"),
+    [
+        ("Start", time(0, 0), "00:00:00"),
+        ("Premium", datetime(1800, 1, 1, 9, 30), "1800-01-01 09:30:00"),
+    ],
 )
 def test_a_bad_cell_is_quoted_as_the_sheet_shows_it_never_as_python(
-    cell: Cell, shown: str
+    column: str, cell: Cell, shown: str
 ) -> None:
     app = {1: rec("Ann", start="2020-01-01")}
     row = row_of(1, app[1])
-    row[4] = cell
+    row[HEADER.index(column)] = cell
     plan = plan_from_sheet(MAPPING, tab_of(row), app, app)
     (issue,) = [i for i in plan.issues if i.kind == "error"]
-    assert (issue.column, issue.value) == ("Start", shown)
+    assert (issue.column, issue.value) == (column, shown)
 
 
 @pytest.mark.parametrize("plan", [plan_to_sheet, plan_from_sheet])

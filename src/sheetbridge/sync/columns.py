@@ -348,8 +348,8 @@ def _parse_date(column: Column, raw: Cell) -> str:
 
 
 def _date_of(value: datetime) -> date:
-    if not _is_midnight(value):
-        raise CellError("has a time of day; enter a date only (YYYY-MM-DD)")
+    # A date field keeps the day; a time of day with it (a cell filled by
+    # NOW(), say) is no part of it.
     return value.date()
 
 
@@ -358,13 +358,11 @@ def _is_midnight(value: datetime) -> bool:
 
 
 def _from_serial(serial: int | float | Decimal) -> date:
+    """The day of a serial number; its fraction is the time of day."""
     number = float(serial)
     if not math.isfinite(number) or not 1 <= number <= _MAX_SERIAL:
         raise CellError("not a date; use YYYY-MM-DD")
-    days = math.floor(number)
-    if number - days > 1e-9:
-        raise CellError("has a time of day; enter a date only (YYYY-MM-DD)")
-    return SPREADSHEET_EPOCH + timedelta(days=days)
+    return SPREADSHEET_EPOCH + timedelta(days=math.floor(number))
 
 
 def _date_text(text: str) -> date:
