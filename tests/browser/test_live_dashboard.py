@@ -28,6 +28,7 @@ from sheetbridge.queue.worker import JobContext
 from sheetbridge.web.deps import Runtime
 from sheetbridge.web.security import add_user
 from tests.conftest import api_client
+from tests.insurance.test_id_write_back import refuse_writes
 from tests.insurance.test_review import edit_sheet_cell
 from tests.insurance.test_workbook_sync import alices_tab, run_sync, workbook_path
 from tests.support.server import live_server
@@ -417,6 +418,30 @@ def test_a_write_back_of_more_rows_than_a_result_lists_writes_back_all(
         assert final_job(api, job_id)["result"]["summary"]["appended"] == 3
         with alices_tab(runtime) as (sheet, _):
             assert set(gone) <= {row[0] for row in sheet.iter_rows(values_only=True)}
+        page.close()
+
+
+def test_an_import_that_failed_after_saving_says_so_and_is_undone(
+    browser: Browser, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_sync(runtime, "alice", TO_SHEET)
+    with alices_tab(runtime) as (sheet, header):
+        sheet.cell(sheet.max_row + 1, header["Name"]).value = "Saved Before Failing"
+    refuse_writes(monkeypatch)
+    with live_server(runtime) as url:
+        page = open_dashboard(browser, url, "alice")
+        page.click("#sync-from-sheet")
+
+        job = page.locator("#recent-jobs li[data-kind=from_sheet]").first
+        expect(job.locator(".job-saved")).to_have_text(
+            "It failed after its import was saved: 1 record changed, and they stay.",
+            timeout=20_000,
+        )
+        expect(job.locator(".job-error")).to_contain_text("the import itself was saved")
+        job.get_by_role("button", name=re.compile("^Undo import")).click()
+        job.get_by_role("button", name=re.compile("^Confirm: undo import")).click()
+        expect(job.locator(".undo-report")).to_contain_text("1 record restored")
+        assert_not_reloaded(page)
         page.close()
 
 

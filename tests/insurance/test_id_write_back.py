@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from openpyxl import load_workbook
 from sqlalchemy import select
 
@@ -19,7 +20,9 @@ from sheetbridge.queue.worker import WorkerPool
 from sheetbridge.sheets.errors import SheetInvalidRequest
 from sheetbridge.sheets.xlsx import XlsxBackend
 from sheetbridge.sync.models import PendingId
+from sheetbridge.web.app import create_app
 from sheetbridge.web.deps import Runtime
+from tests.conftest import bearer
 from tests.insurance.test_workbook_sync import (
     alices_tab,
     columns,
@@ -164,15 +167,18 @@ def test_ids_an_import_could_not_write_are_written_by_the_next_sync_once(
     assert again.get("created", 0) == 0 and again["updated"] == 0
 
 
-def test_an_import_whose_id_write_is_refused_fails_saying_the_import_was_saved(
-    synced: Runtime, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    type_new_rows(synced)
-
+def refuse_writes(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(self: XlsxBackend, *args: Any, **kwargs: Any) -> None:
         raise SheetInvalidRequest("cell A9 is protected", location=str(self.path))
 
     monkeypatch.setattr(XlsxBackend, "write", refuse)
+
+
+def test_an_import_whose_id_write_is_refused_fails_saying_the_import_was_saved(
+    synced: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    type_new_rows(synced)
+    refuse_writes(monkeypatch)
     error = failing_sync(synced, FROM_SHEET)
 
     assert error.startswith("cell A9 is protected")
@@ -181,6 +187,24 @@ def test_an_import_whose_id_write_is_refused_fails_saying_the_import_was_saved(
     monkeypatch.undo()
     run_sync(synced, "alice", TO_SHEET)
     assert_each_row_imported_once(synced)
+
+
+def test_a_failed_import_that_saved_records_tells_how_many_and_can_be_undone(
+    synced: Runtime, monkeypatch: pytest.MonkeyPatch, tokens: dict[str, str]
+) -> None:
+    type_new_rows(synced)
+    refuse_writes(monkeypatch)
+    failing_sync(synced, FROM_SHEET)
+    with TestClient(create_app(synced, workers=False)) as client:
+        client.headers.update(bearer(tokens["alice"]))
+        (failed,) = client.get("/api/insurance/sync/status").json()["recent"][:1]
+        job = client.get(failed["status_url"]).json()
+
+        assert failed["saved_changes"] == job["saved_changes"] == len(NAMES)
+        undone = client.post(f"/api/insurance/sync/jobs/{job['id']}/undo").json()
+        assert len(undone["restored"]) == len(NAMES)
+        assert client.get(failed["status_url"]).json()["saved_changes"] == 0
+    assert all(ids == [] for ids in customers_named(synced).values())
 
 
 def test_a_row_edited_before_its_id_was_written_keeps_its_record_and_the_edit(

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from sheetbridge import clock
@@ -231,6 +232,23 @@ def _store(
 class UndoReport:
     restored: list[dict[str, Any]] = field(default_factory=list)
     left_alone: list[dict[str, Any]] = field(default_factory=list)
+
+
+def saved_changes(session: Session, job_ids: Collection[int]) -> dict[int, int]:
+    """How many records each of these imports changed that are not undone:
+    what an import that failed or was stopped after it committed left."""
+    if not job_ids:
+        return {}
+    changed = (
+        select(ImportChange.job_id, ImportChange.entity, ImportChange.record_id)
+        .where(ImportChange.job_id.in_(job_ids), ImportChange.undone_at.is_(None))
+        .distinct()
+        .subquery()
+    )
+    counts = session.execute(
+        select(changed.c.job_id, func.count()).group_by(changed.c.job_id)
+    )
+    return {job_id: 0 for job_id in job_ids} | {job_id: n for job_id, n in counts}
 
 
 def undo_import(session: Session, user: User, job_id: int) -> UndoReport:

@@ -16,7 +16,7 @@ from sheetbridge.db import DATABASE_UNAVAILABLE_ERRORS, unavailable_reason
 from sheetbridge.queue.errors import JobNotFound
 from sheetbridge.queue.models import Job
 from sheetbridge.web.deps import CurrentUser, Runtime, RuntimeDep
-from sheetbridge.web.sync_api import job_view
+from sheetbridge.web.sync_api import job_views
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/insurance/sync", tags=["sync"])
@@ -107,9 +107,7 @@ async def _stream(
 
 def _status(rt: Runtime, owner: int | None) -> dict[str, Any]:
     jobs = rt.queue.status(owner, recent=rt.settings.recent_jobs)
-    return {
-        name: [job_view(rt.queue, job) for job in group] for name, group in jobs.items()
-    }
+    return {name: job_views(rt, group) for name, group in jobs.items()}
 
 
 def _views(rt: Runtime, owner: int | None, job_ids: set[int]) -> list[dict[str, Any]]:
@@ -125,4 +123,4 @@ def _views(rt: Runtime, owner: int | None, job_ids: set[int]) -> list[dict[str, 
     if QUEUED_JOBS in job_ids:
         queued = rt.queue.status(owner, recent=1)["queued"][:MAX_REFRESHED]
         jobs += [job for job in queued if job.id not in ids]
-    return [job_view(rt.queue, job) for job in jobs]
+    return job_views(rt, jobs)

@@ -21,7 +21,7 @@ from sheetbridge.sheets.google import service_account_email
 from sheetbridge.sync.models import SyncTarget
 from sheetbridge.web.answers import JsonAnswer
 from sheetbridge.web.bodies import JsonRoute
-from sheetbridge.web.deps import CurrentUser, RuntimeDep
+from sheetbridge.web.deps import CurrentUser, Runtime, RuntimeDep
 
 router = APIRouter(prefix="/api/insurance/sync", tags=["sync"], route_class=JsonRoute)
 JobId = Annotated[int, Path(ge=1, le=MAX_ID)]
@@ -111,6 +111,23 @@ def write_back(body: WriteBack, user: CurrentUser, rt: RuntimeDep) -> JsonAnswer
     return _queued(queued)
 
 
+def job_views(rt: Runtime, jobs: list[Job]) -> list[dict[str, Any]]:
+    """The jobs' views; an import that failed or was stopped tells how many
+    records it changed before (``saved_changes``): they stay, undoable."""
+    stopped = [
+        job.id
+        for job in jobs
+        if job.kind == FROM_SHEET and job.state in ("failed", "cancelled")
+    ]
+    saved: dict[int, int] = {}
+    if stopped:
+        with rt.db.read_session() as session:
+            saved = review.saved_changes(session, stopped)
+    return [
+        {**job_view(rt.queue, job), "saved_changes": saved.get(job.id)} for job in jobs
+    ]
+
+
 @router.get("/status")
 def sync_status(
     user: CurrentUser, rt: RuntimeDep, all_users: bool = False
@@ -118,12 +135,7 @@ def sync_status(
     """The caller's running, queued and recent jobs (admins may ask for all)."""
     owner = None if (all_users and user.is_admin) else user.id
     jobs = rt.queue.status(owner, recent=rt.settings.recent_jobs)
-    return JsonAnswer(
-        {
-            name: [job_view(rt.queue, job) for job in group]
-            for name, group in jobs.items()
-        }
-    )
+    return JsonAnswer({name: job_views(rt, group) for name, group in jobs.items()})
 
 
 def _own_job(job_id: JobId, user: CurrentUser, rt: RuntimeDep) -> Job:
@@ -138,13 +150,15 @@ def _own_job(job_id: JobId, user: CurrentUser, rt: RuntimeDep) -> Job:
 
 @router.get("/jobs/{job_id}")
 def get_job(job_id: JobId, user: CurrentUser, rt: RuntimeDep) -> JsonAnswer:
-    return JsonAnswer(job_view(rt.queue, _own_job(job_id, user, rt)))
+    (view,) = job_views(rt, [_own_job(job_id, user, rt)])
+    return JsonAnswer(view)
 
 
 @router.post("/jobs/{job_id}/cancel")
 def cancel_job(job_id: JobId, user: CurrentUser, rt: RuntimeDep) -> dict[str, Any]:
     job = _own_job(job_id, user, rt)
-    return job_view(rt.queue, rt.queue.cancel(job.id))
+    (view,) = job_views(rt, [rt.queue.cancel(job.id)])
+    return view
 
 
 class Resolution(BaseModel):

@@ -1027,6 +1027,15 @@
     return Object.values(changed).reduce((n, ids) => n + (Array.isArray(ids) ? ids.length : 0), 0);
   }
 
+  function offerUndo(job, actions) {
+    const u = undoState.get(job.id);
+    if (u && !u.error) return;
+    const undo = el("button", { type: "button", className: "btn btn-small job-undo",
+      text: "Undo import", "aria-label": `Undo import #${job.id}` });
+    undo.dataset.undoJob = String(job.id);
+    actions.push(undo);
+  }
+
   function undoReportBlock(id) {
     const u = undoState.get(id);
     if (!u) return null;
@@ -1053,6 +1062,7 @@
   function jobSignature(job) {
     return JSON.stringify([job.state, job.position, job.waiting_for, job.attempts, job.progress,
       job.error, job.cancel_requested, job.finished_at, job.run_after, Boolean(job.result), undoState.get(job.id) || null,
+      job.saved_changes,
       writtenBack.has(job.id)]);
   }
 
@@ -1083,6 +1093,8 @@
     } else if (job.state === "running") {
       body.push(progressBlock(job));
     } else {
+      // An import that failed or was stopped after it committed: what it changed stays.
+      const saved = job.state !== "succeeded" ? Number(job.saved_changes || 0) : 0;
       if (job.finished_at) body.push(el("p", { className: "job-line muted", text: `Finished ${fmtDateTime(job.finished_at)}${duration(job)}` }));
       if (job.state === "succeeded") {
         body.push(el("p", { className: "job-summary", text: job.result ? summaryWords(job.result.summary) : "Finished." }));
@@ -1090,15 +1102,7 @@
           const done = job.kind === "from_sheet" ? "the import was already saved" : "the sheet was already written";
           body.push(el("p", { className: "job-line job-late-stop", text: `Your stop came too late: ${done}.` }));
         }
-        if (job.kind === "from_sheet" && changedCount(job) > 0) {
-          const u = undoState.get(job.id);
-          if (!u || u.error) {
-            const undo = el("button", { type: "button", className: "btn btn-small job-undo",
-              text: "Undo import", "aria-label": `Undo import #${job.id}` });
-            undo.dataset.undoJob = String(job.id);
-            actions.push(undo);
-          }
-        }
+        if (job.kind === "from_sheet" && changedCount(job) > 0) offerUndo(job, actions);
       } else if (job.state === "failed") {
         body.push(el("p", { className: "job-error" }, el("strong", { text: "Reason: " }), plainReason(job.error)));
         body.push(el("p", { className: "job-advice" }, el("strong", { text: "What to do: " }), adviceFor(job)));
@@ -1106,8 +1110,14 @@
           text: "Try again", "aria-label": `Try ${kind} again` });
         again.dataset.again = job.kind.replace("_", "-");
         actions.push(again);
-      } else if (job.state === "cancelled") {
+      } else if (job.state === "cancelled" && !saved) {
         body.push(el("p", { className: "job-line", text: job.started_at ? "Stopped before finishing." : "Cancelled before it started." }));
+      }
+      if (saved) {
+        const how = job.state === "cancelled" ? "Stopped" : "It failed";
+        body.push(el("p", { className: "job-line job-saved",
+          text: `${how} after its import was saved: ${plural(saved, "record")} changed, and they stay.` }));
+        offerUndo(job, actions);
       }
       const gone = deletedInSheet(job.result);
       if ((gone.count > 0 || gone.body.all) && !writtenBack.has(job.id)) {
