@@ -790,6 +790,30 @@ def test_merged_cells_are_reported_and_never_clear_a_field_either_way(
     assert customer_field(synced, record_id, "email") == "changed@example.com"
 
 
+def test_a_record_deleted_in_the_app_before_its_write_back_is_told_not_written(
+    synced: Runtime,
+) -> None:
+    gone, kept = _delete_rows(synced, "Customers", 2)
+    with synced.db.read_session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+    queued = synced.sync.write_back(alice, {"Customers": [gone, kept]})
+    with synced.db.session() as session:
+        for policy in session.scalars(select(Policy).where(Policy.customer_id == gone)):
+            session.delete(policy)
+        session.flush()
+        session.delete(session.get(Customer, gone))
+
+    WorkerPool(synced.queue, synced.sync.handlers).run_until_empty()
+
+    result = synced.queue.get(queued.job_id).result
+    assert result is not None and result["summary"]["appended"] == 1
+    (told,) = [
+        i for i in result["tabs"]["Customers"]["issues"] if i["value"] == str(gone)
+    ]
+    assert told["kind"] == "deleted_in_app"
+    assert "before it could be written back" in told["reason"]
+
+
 def test_writing_back_all_brings_back_every_deleted_row_of_both_tabs(
     synced: Runtime,
 ) -> None:

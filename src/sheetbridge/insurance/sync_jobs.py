@@ -68,6 +68,7 @@ from sheetbridge.sheets.xlsx import XlsxBackend
 from sheetbridge.sync.columns import Canonical, Column
 from sheetbridge.sync.engine import (
     DELETE_MODES,
+    LEFT_THE_BOOK,
     FromSheetPlan,
     Issue,
     Record,
@@ -311,6 +312,9 @@ class SyncService:
         for mapping in MAPPINGS:
             _tell_refused(mapping, plans[mapping.tab], app, elsewhere)
             _tell_blocked_edits(plans[mapping.tab])
+            _tell_gone_before_write_back(
+                mapping, plans[mapping.tab], write_back.get(mapping.tab, ()), app
+            )
         changes = {
             tab: changes
             for tab, plan in plans.items()
@@ -1162,6 +1166,28 @@ def _reasons(exc: Exception) -> list[Refusal]:
         ]
     field = getattr(exc, "field", None)
     return [(field, getattr(exc, "message", str(exc)))]
+
+
+def _tell_gone_before_write_back(
+    mapping: TabMapping,
+    plan: ToSheetPlan,
+    asked: Iterable[int],
+    app: dict[str, dict[int, Record]],
+) -> None:
+    """A record asked to be written back that left the book since the ask."""
+    for record_id in sorted(set(asked) - app[mapping.tab].keys()):
+        plan.issues.append(
+            Issue(
+                mapping.tab,
+                None,
+                None,
+                str(record_id),
+                f"record {record_id} {LEFT_THE_BOOK} before it could be written "
+                "back; nothing was written for it",
+                "deleted_in_app",
+            )
+        )
+        plan.counts["deleted_in_app"] += 1
 
 
 def _not_in_book(entity: str, unknown: list[int]) -> str:
