@@ -18,11 +18,12 @@ from sheetbridge.web.app import create_app
 from sheetbridge.web.deps import Runtime
 from tests.conftest import bearer
 from tests.insurance.test_workbook_sync import run_sync
+from tests.support.server import free_port
 
 
 @pytest.fixture
 def emulator() -> Iterator[EmulatorServer]:
-    with EmulatorServer() as server:
+    with EmulatorServer(port=free_port()) as server:
         yield server
 
 
