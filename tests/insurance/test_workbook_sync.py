@@ -16,6 +16,7 @@ from sheetbridge.insurance.models import Customer, Policy, User
 from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
 from sheetbridge.queue.models import Job
 from sheetbridge.queue.worker import WorkerPool
+from sheetbridge.sync.models import SyncConflict
 from sheetbridge.web.deps import Runtime
 
 
@@ -322,6 +323,44 @@ def test_text_cut_at_the_workbook_cell_limit_is_never_imported(
     assert [(i["row"], i["column"]) for i in errors] == [(2, "Notes")]
     assert "32,767" in errors[0]["reason"]
     assert customer_field(synced, record_id, "notes") == notes_before
+
+
+def test_a_row_error_shows_an_over_long_value_cut_whichever_check_refused_it(
+    synced: Runtime,
+) -> None:
+    with alices_tab(synced) as (customers, header):
+        customers.cell(2, header["Notes"]).value = "n" * 40_000  # over a cell's
+        customers.cell(3, header["City"]).value = "c" * 5_000  # over the column's
+        customers.cell(4, header["Email"]).value = "e" * 250  # no email address
+        customers.cell(5, header["Name"]).value = "\u200b" * 150  # nothing visible
+
+    errors = errors_of(run_sync(synced, "alice", FROM_SHEET))
+
+    shown = {(i["row"], i["column"]): i["value"] for i in errors}
+    assert shown == {
+        (2, "Notes"): "n" * 79 + "…",
+        (3, "City"): "c" * 79 + "…",
+        (4, "Email"): "e" * 79 + "…",
+        (5, "Name"): "\u200b" * 79 + "…",
+    }
+    with alices_tab(synced) as (customers, header):
+        assert customers.cell(3, header["City"]).value == "c" * 5_000
+        assert customers.cell(4, header["Email"]).value == "e" * 250
+
+
+def test_a_conflicts_long_values_are_cut_in_the_job_result_and_kept_whole_to_resolve(
+    synced: Runtime,
+) -> None:
+    edit_both_sides(synced, sheet={"Notes": "s" * 5_000}, app={"notes": "a" * 5_000})
+
+    results = [run_sync(synced, "alice", kind) for kind in (FROM_SHEET, TO_SHEET)]
+
+    for result in results:
+        (conflict,) = result["tabs"]["Customers"]["conflicts"]
+        assert (conflict["app"], conflict["sheet"]) == ("a" * 79 + "…", "s" * 79 + "…")
+    with synced.db.read_session() as session:
+        (stored,) = session.scalars(select(SyncConflict)).all()
+        assert (stored.app_value, stored.sheet_value) == ("a" * 5_000, "s" * 5_000)
 
 
 def test_a_formula_without_a_saved_result_is_reported_and_never_imported(

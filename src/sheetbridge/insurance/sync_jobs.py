@@ -68,6 +68,7 @@ from sheetbridge.sheets.xlsx import XlsxBackend
 from sheetbridge.sync.columns import Canonical, Column
 from sheetbridge.sync.engine import (
     DELETE_MODES,
+    Conflict,
     FromSheetPlan,
     Issue,
     Record,
@@ -75,6 +76,7 @@ from sheetbridge.sync.engine import (
     ToSheetPlan,
     plan_from_sheet,
     plan_to_sheet,
+    shown,
 )
 from sheetbridge.sync.models import ImportChange, PendingId, SyncSnapshot, SyncTarget
 from sheetbridge.sync.pending_ids import PendingRow, find_rows, row_values
@@ -927,7 +929,7 @@ def _refuse_numbers_given_twice(plan: FromSheetPlan) -> None:
             others = ", ".join(f"row {other}" for other in given if other != row)
             refused[row] = (
                 str(number),
-                f"policy number {number} is already used by {others}; "
+                f"policy number {shown(number)} is already used by {others}; "
                 "nothing of this row was imported",
             )
     if not refused:
@@ -1049,8 +1051,8 @@ def _tell_numbers_taken(
         if number is None or not (others or number in elsewhere):
             return None
         if not others:
-            return f"policy number {number} is already used"
-        return f"policy number {number} is already used by {', '.join(others)}"
+            return f"policy number {shown(number)} is already used"
+        return f"policy number {shown(number)} is already used by {', '.join(others)}"
 
     for edit in _pending_edits(POLICIES, plan):
         if edit.column.field == "policy_number":
@@ -1271,12 +1273,37 @@ def _report(
         "tabs": {
             tab: {
                 "counts": plan.counts,
-                "issues": [asdict(i) for i in plan.issues[:MAX_REPORTED_ISSUES]],
-                "conflicts": [asdict(c) for c in plan.conflicts],
+                "issues": [
+                    _issue_shown(issue) for issue in plan.issues[:MAX_REPORTED_ISSUES]
+                ],
+                "conflicts": [_conflict_shown(c) for c in plan.conflicts],
             }
             for tab, plan in plans.items()
         },
         "summary": _summary(plans),
+    }
+
+
+def _issue_shown(issue: Issue) -> dict[str, Any]:
+    """An issue as a job's result keeps it: its value cut as every value shown
+    (the status endpoint and the event stream send each recent job's result)."""
+    value = None if issue.value is None else shown(issue.value)
+    return asdict(dataclasses.replace(issue, value=value))
+
+
+def _conflict_shown(conflict: Conflict) -> dict[str, Any]:
+    """A conflict as a job's result keeps it: long text cut. The stored
+    conflict, which is resolved, keeps its values whole."""
+    return {
+        **asdict(conflict),
+        **{
+            side: shown(value) if isinstance(value, str) else value
+            for side, value in (
+                ("app", conflict.app),
+                ("sheet", conflict.sheet),
+                ("base", conflict.base),
+            )
+        },
     }
 
 

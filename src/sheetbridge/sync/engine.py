@@ -54,6 +54,10 @@ class TabMapping:
     columns: tuple[Column, ...]
 
 
+# The most characters of a value an issue or a job's result shows (:func:`shown`).
+SHOWN_CHARS = 80
+
+
 @dataclass
 class Issue:
     """Something a user should know about; ``kind`` says what.
@@ -265,8 +269,8 @@ def _read_merge(
     top-left cell holds a value; the others read empty though they are not."""
     top, left = merge.first_row, merge.first_column
     ref = _merge_ref(merge)
-    shown = _cell(rows[top - 1], left - 1) if top <= len(rows) else None
-    value = None if _is_blank(shown) else _show(shown)
+    top_left = _cell(rows[top - 1], left - 1) if top <= len(rows) else None
+    value = None if _is_blank(top_left) else shown(top_left)
     synced = {index: column.header for column, index in layout.columns(mapping)}
     if layout.id_index is not None:
         synced[layout.id_index] = mapping.id_header
@@ -368,14 +372,14 @@ def _stranger_issues(
     for index in layout.strangers:
         text = header[index]
         letter = column_letter(index + 1)
-        shown = _show(text)
+        name = shown(text)
         issues.append(
             Issue(
                 mapping.tab,
                 1,
                 letter,
-                shown,
-                f"column {letter} {shown!r} is not a Sheetbridge column and "
+                name,
+                f"column {letter} {name!r} is not a Sheetbridge column and "
                 f"{names} {verb} missing; neither is synced — if it was renamed, "
                 "give it its name back",
                 "warning",
@@ -428,7 +432,7 @@ def _headerless_issues(
                 mapping.tab,
                 number,
                 letter,
-                None if value is None else _show(value),
+                None if value is None else shown(value),
                 f"column {letter} has no header; its values are not synced",
                 "warning",
             )
@@ -505,7 +509,7 @@ def _scan_rows(
                     mapping.tab,
                     number,
                     mapping.id_header,
-                    _show(raw_id),
+                    shown(raw_id),
                     "ID must be a whole number written by Sheetbridge; clear it "
                     "to import the row as a new record",
                 )
@@ -548,9 +552,12 @@ def _duplicate_issues(
     ]
 
 
-def _show(value: Cell, limit: int = 80) -> str:
+def shown(value: Cell) -> str:
+    """``value`` as text for people to read, in an issue or a job's result:
+    longer than ``SHOWN_CHARS``, it is cut with an ellipsis. The data itself
+    is never cut; only what is shown of it."""
     text = value if isinstance(value, str) else cell_text(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 1] + "…"
 
 
 def _base_value(base: Record | None, name: str) -> Canonical | _Missing:
@@ -853,7 +860,7 @@ def _app_values_valid(
                     ctx.mapping.tab,
                     number,
                     column.header,
-                    _show(value),
+                    shown(value),
                     f"record {record_id}: app value {exc.reason}; the row was not "
                     "written",
                 ),
@@ -948,7 +955,7 @@ def _append(ctx: _ToSheet, record_id: int, record: Record) -> None:
 def _cell_issue(
     mapping: TabMapping, number: int, column: Column, raw: Cell, exc: CellError
 ) -> Issue:
-    return Issue(mapping.tab, number, column.header, _show(raw), exc.reason)
+    return Issue(mapping.tab, number, column.header, shown(raw), exc.reason)
 
 
 def _readonly_issue(
@@ -958,7 +965,7 @@ def _readonly_issue(
         mapping.tab,
         number,
         column.header,
-        _show(raw),
+        shown(raw),
         f"column {column.header!r} is maintained by the app; the sheet edit is "
         "not imported",
         "readonly",
@@ -972,7 +979,7 @@ def _pending_edit_issue(
         mapping.tab,
         number,
         column.header,
-        _show(raw),
+        shown(raw),
         "edited in the sheet; waiting for a sync from the sheet",
         "pending_import",
     )
