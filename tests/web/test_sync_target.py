@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -14,6 +15,7 @@ from sheetbridge.insurance.sync_jobs import TO_SHEET
 from sheetbridge.queue.worker import WorkerPool
 from sheetbridge.sync.models import SyncTarget
 from sheetbridge.web.deps import Runtime
+from tests.conftest import bearer
 
 TARGET = "/api/insurance/sync/target"
 SPREADSHEET = "1AbCdEfGhIjKlMnOpQrStUvWxYz"
@@ -121,3 +123,72 @@ def test_google_is_taken_where_the_server_talks_to_an_emulator(
     )
 
     assert answer.status_code == 200, answer.text
+
+
+@pytest.fixture
+def google_set_up(monkeypatch: pytest.MonkeyPatch, runtime: Runtime) -> None:
+    """A server that may sync with Google (the emulator's token); none is called."""
+    monkeypatch.setattr(runtime.settings, "google_static_token", "emulator")
+
+
+def point_at(
+    client: TestClient, token: str, spreadsheet_id: str, user_id: int | None = None
+) -> tuple[int, dict[str, Any]]:
+    answer = client.patch(
+        TARGET,
+        params={} if user_id is None else {"user_id": user_id},
+        json={"backend": "google", "spreadsheet_id": spreadsheet_id},
+        headers=bearer(token),
+    )
+    return answer.status_code, answer.json()
+
+
+@pytest.mark.usefixtures("google_set_up")
+def test_an_agent_cannot_take_another_users_spreadsheet_and_is_not_told_whose(
+    client: TestClient, tokens: dict[str, str]
+) -> None:
+    assert point_at(client, tokens["bob"], SPREADSHEET)[0] == 200
+
+    status, answer = point_at(client, tokens["alice"], SPREADSHEET)
+
+    assert status == 422, answer
+    (error,) = answer["detail"]
+    assert error["field"] == "spreadsheet_id"
+    assert "already the sheet of another user's book" in error["msg"]
+    assert "bob" not in error["msg"]
+    now = client.get(TARGET, headers=bearer(tokens["alice"])).json()
+    assert now["backend"] == "xlsx"
+
+
+@pytest.mark.usefixtures("google_set_up")
+def test_an_admin_is_told_whose_book_already_has_the_spreadsheet(
+    client: TestClient, runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    assert point_at(client, tokens["bob"], SPREADSHEET)[0] == 200
+    alice = user_named(runtime, "alice")
+
+    refused = [
+        point_at(client, tokens["admin"], SPREADSHEET),
+        point_at(client, tokens["admin"], SPREADSHEET, user_id=alice.id),
+    ]
+
+    for status, answer in refused:
+        assert status == 422, answer
+        (error,) = answer["detail"]
+        assert error["field"] == "spreadsheet_id"
+        assert "already the sheet of bob's book" in error["msg"]
+
+
+@pytest.mark.usefixtures("google_set_up")
+def test_a_book_keeps_its_own_spreadsheet_and_takes_one_another_book_left(
+    client: TestClient, tokens: dict[str, str]
+) -> None:
+    assert point_at(client, tokens["bob"], SPREADSHEET)[0] == 200
+    again = point_at(client, tokens["bob"], SPREADSHEET)
+    client.patch(TARGET, json={"backend": "xlsx"}, headers=bearer(tokens["bob"]))
+
+    taken = point_at(client, tokens["alice"], SPREADSHEET)
+
+    assert again[0] == 200, again[1]
+    assert taken[0] == 200, taken[1]
+    assert taken[1]["location"] == SPREADSHEET

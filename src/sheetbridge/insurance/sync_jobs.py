@@ -151,11 +151,15 @@ class SyncService:
         delete_mode: str | None = None,
         backend: str | None = None,
         spreadsheet_id: str | None = None,
+        by: User | None = None,
     ) -> SyncTarget:
-        """Change where the user's book syncs to and how deletes are treated.
+        """Change where the user's book syncs to and how deletes are treated;
+        ``by`` is who asks (the user, unless an admin does it for them).
 
         Pointing the target at another sheet forgets the last-synced snapshot
-        and open conflicts: they describe the old sheet, not the new one.
+        and open conflicts: they describe the old sheet, not the new one. A
+        spreadsheet another user's book syncs with is refused: each sync would
+        report the other book's rows as IDs it does not know.
         """
         if delete_mode is not None and delete_mode not in DELETE_MODES:
             raise InvalidField(
@@ -184,6 +188,8 @@ class SyncService:
         with self.db.session() as session:
             stored = session.get(SyncTarget, current.id)
             assert stored is not None
+            if backend == GOOGLE:
+                _refuse_shared(session, stored, location, by or user)
             if delete_mode is not None:
                 stored.delete_mode = delete_mode
             if backend is not None and (backend, location) != (
@@ -873,6 +879,31 @@ class _Sides:
     app: dict[str, dict[int, Record]]
     base: dict[str, dict[int, Record]]
     versions: dict[str, dict[int, int]]
+
+
+def _refuse_shared(
+    session: Session, target: SyncTarget, spreadsheet_id: str, by: User
+) -> None:
+    """Refuse a spreadsheet another user's book syncs with, naming that user
+    to an admin only."""
+    owner = session.scalar(
+        select(User.username)
+        .join(SyncTarget, SyncTarget.user_id == User.id)
+        .where(
+            SyncTarget.backend == GOOGLE,
+            SyncTarget.location == spreadsheet_id,
+            SyncTarget.id != target.id,
+        )
+        .limit(1)
+    )
+    if owner is None:
+        return
+    whose = f"{owner}'s" if by.is_admin else "another user's"
+    raise InvalidField(
+        "spreadsheet_id",
+        f"is already the sheet of {whose} book; each book needs a spreadsheet "
+        "of its own",
+    )
 
 
 def _require_tabs(backend: SheetBackend, tabs: dict[str, TabData | None]) -> None:

@@ -240,5 +240,6 @@ def change_target(
         delete_mode=body.delete_mode,
         backend=body.backend,
         spreadsheet_id=body.spreadsheet_id,
+        by=user,
     )
     return _target_view(rt, target)
