@@ -602,6 +602,26 @@ def test_a_policy_number_of_another_agents_book_is_told_as_an_error_by_to_sheet(
     assert pushed["tabs"]["Policies"]["counts"]["pending_import"] == 0
 
 
+def test_a_customer_id_that_is_no_record_id_is_told_in_plain_words_both_ways(
+    synced: Runtime,
+) -> None:
+    with alices_tab(synced, "Policies") as (policies, header):
+        policies.cell(2, header["Customer ID"]).value = -1
+        policies.cell(3, header["Customer ID"]).value = 2**31
+
+    pushed = run_sync(synced, "alice", TO_SHEET)
+    pulled = run_sync(synced, "alice", FROM_SHEET)
+
+    for result in (pushed, pulled):
+        told = {
+            (i["row"], i["column"]): i["reason"] for i in errors_of(result, "Policies")
+        }
+        assert sorted(told) == [(2, "Customer ID"), (3, "Customer ID")]
+        for reason in told.values():
+            assert "must be a record ID, a whole number from 1" in reason
+            assert "Input should" not in reason
+
+
 def test_rows_an_import_would_give_one_new_policy_number_are_all_refused(
     synced: Runtime,
 ) -> None:

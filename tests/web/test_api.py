@@ -674,6 +674,62 @@ def test_out_of_range_ids_and_nulls_answer_422_never_500(alice: TestClient) -> N
     assert named.json()["detail"][0]["field"] == "premium"
 
 
+RECORD_ID = "must be a record ID, a whole number from 1 to 2,147,483,647"
+
+
+@pytest.mark.parametrize("value", [-1, 0, 2**31, 1.5, "first"], ids=repr)
+def test_a_record_id_that_is_none_is_refused_in_plain_words(
+    alice: TestClient, value: object
+) -> None:
+    policy = _first_policy(alice)
+    customer = alice.get("/api/customers", params={"limit": 1}).json()["items"][0]
+
+    answers = [
+        _save_policy(alice, policy, customer_id=value),
+        alice.patch(
+            f"/api/customers/{customer['id']}",
+            json={"version": customer["version"], "agent_id": value},
+        ),
+        alice.patch(
+            f"/api/customers/{customer['id']}", json={"version": value, "city": "x"}
+        ),
+    ]
+
+    told = [[(e["field"], e["msg"]) for e in a.json()["detail"]] for a in answers]
+    assert told == [
+        [("customer_id", RECORD_ID)],
+        [("agent_id", RECORD_ID)],
+        [
+            (
+                "version",
+                "must be the version of the record you edited, a whole number from 1",
+            )
+        ],
+    ]
+
+
+def test_pydantics_own_checks_are_told_in_plain_words(alice: TestClient) -> None:
+    policy = _first_policy(alice)
+
+    answers = {
+        "limit": alice.get("/api/customers", params={"limit": 501}),
+        "offset": alice.get("/api/customers", params={"offset": -1}),
+        "email": alice.post("/api/customers", json={"name": "A", "email": "a" * 255}),
+        "line": _save_policy(alice, policy, line_of_business="boat"),
+        "job": alice.get("/api/insurance/sync/jobs/0"),
+    }
+
+    told = {name: a.json()["detail"][0]["msg"] for name, a in answers.items()}
+    assert told == {
+        "limit": "must be 500 or less",
+        "offset": "must be 0 or more",
+        "email": "at most 254 characters",
+        "line": "must be 'auto', 'home', 'renters', 'life', 'health', 'umbrella', "
+        "'commercial' or 'workers-comp'",
+        "job": "must be 1 or more",
+    }
+
+
 NOT_A_WRITTEN_DATE = [
     43831,  # a spreadsheet's serial number for 2020-01-01
     43831.5,
