@@ -192,3 +192,23 @@ def test_a_book_keeps_its_own_spreadsheet_and_takes_one_another_book_left(
     assert again[0] == 200, again[1]
     assert taken[0] == 200, taken[1]
     assert taken[1]["location"] == SPREADSHEET
+
+
+def test_an_agent_is_told_only_admins_see_or_set_others_sheets_as_asked(
+    alice: TestClient, runtime: Runtime
+) -> None:
+    bob = user_named(runtime, "bob")
+
+    seen = alice.get(TARGET, params={"user_id": bob.id})
+    changed = alice.patch(
+        TARGET, params={"user_id": bob.id}, json={"delete_mode": "delete"}
+    )
+
+    assert (seen.status_code, seen.json()["detail"]) == (
+        403,
+        "only admins see others' sheets",
+    )
+    assert (changed.status_code, changed.json()["detail"]) == (
+        403,
+        "only admins set others' sheets",
+    )
