@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -361,6 +361,35 @@ def test_a_conflicts_long_values_are_cut_in_the_job_result_and_kept_whole_to_res
     with synced.db.read_session() as session:
         (stored,) = session.scalars(select(SyncConflict)).all()
         assert (stored.app_value, stored.sheet_value) == ("a" * 5_000, "s" * 5_000)
+
+
+def test_a_date_of_birth_in_the_future_is_a_row_error_and_never_imported(
+    synced: Runtime,
+) -> None:
+    tomorrow = (datetime.now(UTC) + timedelta(days=2)).date()  # wherever you are
+    with alices_tab(synced) as (customers, header):
+        record_id = customers.cell(2, 1).value
+        customers.cell(2, header["Date of Birth"]).value = tomorrow
+        new_row = customers.max_row + 1
+        customers.cell(new_row, header["Name"]).value = "Born Later"
+        customers.cell(new_row, header["Date of Birth"]).value = "2099-12-31"
+    born_before = customer_field(synced, record_id, "date_of_birth")
+
+    results = [run_sync(synced, "alice", kind) for kind in (TO_SHEET, FROM_SHEET)]
+
+    for result in results:
+        told = {(i["row"], i["column"]): i for i in errors_of(result)}
+        assert sorted(told) == [(2, "Date of Birth"), (new_row, "Date of Birth")]
+        assert told[(2, "Date of Birth")]["value"] == tomorrow.isoformat()
+        assert told[(new_row, "Date of Birth")]["value"] == "2099-12-31"
+        for issue in told.values():
+            assert "must not be in the future" in issue["reason"]
+    assert customer_field(synced, record_id, "date_of_birth") == born_before
+    with synced.db.read_session() as session:
+        assert (
+            session.scalars(select(Customer).where(Customer.name == "Born Later")).all()
+            == []
+        )
 
 
 def test_a_formula_without_a_saved_result_is_reported_and_never_imported(

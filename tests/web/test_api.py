@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 import pytest
 from fastapi.testclient import TestClient
 from httpx import Response
 from sqlalchemy.exc import OperationalError
 
+from sheetbridge import clock
 from sheetbridge.web.deps import Runtime
 from tests.conftest import bearer
 
@@ -784,6 +786,35 @@ def test_a_date_written_yyyy_mm_dd_that_is_not_on_the_calendar_says_so(
     assert [(e["field"], e["msg"]) for e in answer.json()["detail"]] == [
         ("date_of_birth", "1990-02-30 is not a day of the calendar")
     ]
+
+
+def test_a_birth_date_after_today_is_refused_and_today_is_kept(
+    alice: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(clock, "now", lambda: datetime(2026, 5, 1, 23, 59, tzinfo=UTC))
+    customer = alice.get("/api/customers", params={"limit": 1}).json()["items"][0]
+
+    refused = [
+        alice.post("/api/customers", json={"name": "Ann Lee", "date_of_birth": born})
+        for born in ("2026-05-02", "2099-12-31")
+    ]
+    refused.append(
+        alice.patch(
+            f"/api/customers/{customer['id']}",
+            json={"version": customer["version"], "date_of_birth": "2026-05-02"},
+        )
+    )
+    kept = alice.post(
+        "/api/customers", json={"name": "Ann Lee", "date_of_birth": "2026-05-01"}
+    )
+
+    for answer in refused:
+        assert answer.status_code == 422, answer.text
+        assert [(e["field"], e["msg"]) for e in answer.json()["detail"]] == [
+            ("date_of_birth", "must not be in the future")
+        ]
+    assert kept.status_code == 201, kept.text
+    assert kept.json()["date_of_birth"] == "2026-05-01"
 
 
 def test_a_birth_date_written_yyyy_mm_dd_is_kept(alice: TestClient) -> None:

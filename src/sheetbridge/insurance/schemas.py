@@ -279,10 +279,21 @@ def _written_date(value: object) -> object:
         raise ValueError(f"{value} is not a day of the calendar") from None
 
 
+_EARLIEST_BIRTH = date(1900, 1, 1)
+
+
+def _plausible_birth(value: date | None) -> date | None:
+    # Today in UTC, the app's one clock: for customers in the US it is their
+    # today or their tomorrow, so nobody born today is refused.
+    if value is not None and value > clock.now().date():
+        raise ValueError("must not be in the future")
+    if value is not None and value < _EARLIEST_BIRTH:
+        raise ValueError(f"must be {_EARLIEST_BIRTH} or later")
+    return value
+
+
 WrittenDate = BeforeValidator(_written_date)
-BirthDate = Annotated[
-    date, WrittenDate, _plausible_date(date(1900, 1, 1), date(2100, 1, 1))
-]
+BirthDate = Annotated[date, WrittenDate, AfterValidator(_plausible_birth)]
 PolicyDate = Annotated[
     date, WrittenDate, _plausible_date(date(1900, 1, 1), date(2200, 12, 31))
 ]
