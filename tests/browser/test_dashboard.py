@@ -97,15 +97,18 @@ def test_sync_from_sheet_patches_changed_rows_in_place(
 
 
 def test_sheet_settings_point_the_book_at_a_google_spreadsheet(
-    browser: Browser, runtime: Runtime, tokens: dict[str, str], tmp_path: Path
+    browser: Browser,
+    runtime: Runtime,
+    tokens: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     key_file = tmp_path / "service-account.json"
     key_file.write_text(
         json.dumps({"type": "service_account", "client_email": "sync@agency.test"})
     )
-    runtime.settings = runtime.settings.model_copy(
-        update={"google_credentials_file": key_file}
-    )
+    # The settings the sync service reads too: it refuses Google without them.
+    monkeypatch.setattr(runtime.settings, "google_credentials_file", key_file)
     with live_server(runtime) as url:
         page = sign_in(browser, url, "alice")
         page.click("#sheet-settings summary")

@@ -18,11 +18,12 @@ from sheetbridge.web.app import create_app
 from sheetbridge.web.deps import Runtime
 from tests.conftest import bearer
 from tests.insurance.test_workbook_sync import run_sync
+from tests.support.server import free_port
 
 
 @pytest.fixture
 def emulator() -> Iterator[EmulatorServer]:
-    with EmulatorServer() as server:
+    with EmulatorServer(port=free_port()) as server:
         yield server
 
 
@@ -185,6 +186,42 @@ def test_a_note_longer_than_the_app_keeps_is_an_error_in_to_sheet_not_pending(
     assert told[(2, "Notes")]["kind"] == "error"
     assert "at most 32,765 characters" in told[(2, "Notes")]["reason"]
     assert told[(3, "Notes")]["kind"] == "pending_import"
+
+
+def test_a_row_error_shows_an_over_long_value_cut_as_for_a_workbook(
+    runtime: Runtime, spreadsheet_id: str, emulator: EmulatorServer
+) -> None:
+    run_sync(runtime, "alice", TO_SHEET)
+    backend, tab, header = customers_tab(emulator, spreadsheet_id)
+    notes = header.index("Notes") + 1
+    new_row = len(tab.rows) + 1
+    backend.write(
+        {
+            "Customers": TabChanges(
+                cells={
+                    (2, notes): "n" * 40_000,
+                    (new_row, header.index("Name") + 1): "Typed With A Long Note",
+                    (new_row, notes): "t" * 40_000,
+                }
+            )
+        }
+    )
+
+    pushed = run_sync(runtime, "alice", TO_SHEET)
+    imported = run_sync(runtime, "alice", FROM_SHEET)
+
+    for result in (pushed, imported):
+        errors = [
+            i for i in result["tabs"]["Customers"]["issues"] if i["kind"] == "error"
+        ]
+        shown = {(i["row"], i["column"]): i["value"] for i in errors}
+        assert shown == {
+            (2, "Notes"): "n" * 79 + "…",
+            (new_row, "Notes"): "t" * 79 + "…",
+        }
+    _, tab, _ = customers_tab(emulator, spreadsheet_id)
+    assert tab.rows[1][notes - 1] == "n" * 40_000
+    assert tab.rows[new_row - 1][notes - 1] == "t" * 40_000
 
 
 def test_an_import_dying_after_writing_new_ids_to_google_leaves_them_naming_its_records(

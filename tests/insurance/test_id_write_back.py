@@ -241,8 +241,12 @@ def test_a_row_deleted_before_its_id_was_written_is_written_back_not_deleted(
 
 
 def test_a_book_moved_to_another_sheet_forgets_the_old_sheets_pending_rows(
-    synced: Runtime, write_fails: Callable[[bool], None]
+    synced: Runtime,
+    write_fails: Callable[[bool], None],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # A server that may sync with Google (an emulator's token); none is called.
+    monkeypatch.setattr(synced.settings, "google_static_token", "emulator-token")
     import_dies(synced, write_fails, after_saving=False)
     with synced.db.read_session() as session:
         alice = session.scalars(select(User).where(User.username == "alice")).one()

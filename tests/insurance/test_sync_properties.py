@@ -57,6 +57,7 @@ from sheetbridge.testing.emulator import EmulatorServer
 from sheetbridge.testing.harness import GoogleHarness
 from sheetbridge.web.deps import Runtime
 from tests.insurance.test_workbook_sync import run_sync
+from tests.support.server import free_port
 
 EDITABLE = [
     (CUSTOMERS, "name"),
@@ -415,7 +416,7 @@ def make_agent(runtime: Runtime) -> User:
 
 @pytest.fixture(scope="module")
 def emulator() -> Iterator[EmulatorServer]:
-    with EmulatorServer() as server:
+    with EmulatorServer(port=free_port()) as server:
         yield server
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from sheetbridge.insurance.models import Customer, Policy, User
 from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
 from sheetbridge.queue.models import Job
 from sheetbridge.queue.worker import WorkerPool
+from sheetbridge.sync.models import SyncConflict
 from sheetbridge.web.deps import Runtime
 
 
@@ -324,6 +325,73 @@ def test_text_cut_at_the_workbook_cell_limit_is_never_imported(
     assert customer_field(synced, record_id, "notes") == notes_before
 
 
+def test_a_row_error_shows_an_over_long_value_cut_whichever_check_refused_it(
+    synced: Runtime,
+) -> None:
+    with alices_tab(synced) as (customers, header):
+        customers.cell(2, header["Notes"]).value = "n" * 40_000  # over a cell's
+        customers.cell(3, header["City"]).value = "c" * 5_000  # over the column's
+        customers.cell(4, header["Email"]).value = "e" * 250  # no email address
+        customers.cell(5, header["Name"]).value = "\u200b" * 150  # nothing visible
+
+    errors = errors_of(run_sync(synced, "alice", FROM_SHEET))
+
+    shown = {(i["row"], i["column"]): i["value"] for i in errors}
+    assert shown == {
+        (2, "Notes"): "n" * 79 + "…",
+        (3, "City"): "c" * 79 + "…",
+        (4, "Email"): "e" * 79 + "…",
+        (5, "Name"): "\u200b" * 79 + "…",
+    }
+    with alices_tab(synced) as (customers, header):
+        assert customers.cell(3, header["City"]).value == "c" * 5_000
+        assert customers.cell(4, header["Email"]).value == "e" * 250
+
+
+def test_a_conflicts_long_values_are_cut_in_the_job_result_and_kept_whole_to_resolve(
+    synced: Runtime,
+) -> None:
+    edit_both_sides(synced, sheet={"Notes": "s" * 5_000}, app={"notes": "a" * 5_000})
+
+    results = [run_sync(synced, "alice", kind) for kind in (FROM_SHEET, TO_SHEET)]
+
+    for result in results:
+        (conflict,) = result["tabs"]["Customers"]["conflicts"]
+        assert (conflict["app"], conflict["sheet"]) == ("a" * 79 + "…", "s" * 79 + "…")
+    with synced.db.read_session() as session:
+        (stored,) = session.scalars(select(SyncConflict)).all()
+        assert (stored.app_value, stored.sheet_value) == ("a" * 5_000, "s" * 5_000)
+
+
+def test_a_date_of_birth_in_the_future_is_a_row_error_and_never_imported(
+    synced: Runtime,
+) -> None:
+    tomorrow = (datetime.now(UTC) + timedelta(days=2)).date()  # wherever you are
+    with alices_tab(synced) as (customers, header):
+        record_id = customers.cell(2, 1).value
+        customers.cell(2, header["Date of Birth"]).value = tomorrow
+        new_row = customers.max_row + 1
+        customers.cell(new_row, header["Name"]).value = "Born Later"
+        customers.cell(new_row, header["Date of Birth"]).value = "2099-12-31"
+    born_before = customer_field(synced, record_id, "date_of_birth")
+
+    results = [run_sync(synced, "alice", kind) for kind in (TO_SHEET, FROM_SHEET)]
+
+    for result in results:
+        told = {(i["row"], i["column"]): i for i in errors_of(result)}
+        assert sorted(told) == [(2, "Date of Birth"), (new_row, "Date of Birth")]
+        assert told[(2, "Date of Birth")]["value"] == tomorrow.isoformat()
+        assert told[(new_row, "Date of Birth")]["value"] == "2099-12-31"
+        for issue in told.values():
+            assert "must not be in the future" in issue["reason"]
+    assert customer_field(synced, record_id, "date_of_birth") == born_before
+    with synced.db.read_session() as session:
+        assert (
+            session.scalars(select(Customer).where(Customer.name == "Born Later")).all()
+            == []
+        )
+
+
 def test_a_formula_without_a_saved_result_is_reported_and_never_imported(
     synced: Runtime,
 ) -> None:
@@ -561,6 +629,26 @@ def test_a_policy_number_of_another_agents_book_is_told_as_an_error_by_to_sheet(
         assert f"{number} is already used" in told[(row, "Policy Number")]["reason"]
         assert "bob" not in told[(row, "Policy Number")]["reason"]
     assert pushed["tabs"]["Policies"]["counts"]["pending_import"] == 0
+
+
+def test_a_customer_id_that_is_no_record_id_is_told_in_plain_words_both_ways(
+    synced: Runtime,
+) -> None:
+    with alices_tab(synced, "Policies") as (policies, header):
+        policies.cell(2, header["Customer ID"]).value = -1
+        policies.cell(3, header["Customer ID"]).value = 2**31
+
+    pushed = run_sync(synced, "alice", TO_SHEET)
+    pulled = run_sync(synced, "alice", FROM_SHEET)
+
+    for result in (pushed, pulled):
+        told = {
+            (i["row"], i["column"]): i["reason"] for i in errors_of(result, "Policies")
+        }
+        assert sorted(told) == [(2, "Customer ID"), (3, "Customer ID")]
+        for reason in told.values():
+            assert "must be a record ID, a whole number from 1" in reason
+            assert "Input should" not in reason
 
 
 def test_rows_an_import_would_give_one_new_policy_number_are_all_refused(

@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from sheetbridge.testing.emulator import EmulatorServer
+from tests.support.server import free_port
 
 CONFORMANCE = Path(__file__).resolve().parents[2].parent / "shared" / "conformance"
 RECORDINGS = CONFORMANCE / "sheets-api"
@@ -62,7 +63,7 @@ class Outcome:
 
 @pytest.fixture(scope="module")
 def emulator() -> Iterator[EmulatorServer]:
-    with EmulatorServer() as server:
+    with EmulatorServer(port=free_port()) as server:
         yield server
 
 

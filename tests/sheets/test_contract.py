@@ -15,13 +15,14 @@ from sheetbridge.sheets.google import serial_to_date
 from sheetbridge.sheets.xlsx import XlsxBackend
 from sheetbridge.testing.emulator import EmulatorServer
 from sheetbridge.testing.harness import GoogleHarness
+from tests.support.server import free_port
 
 Factory = Callable[[], SheetBackend]
 
 
 @pytest.fixture(scope="module")
 def emulator() -> Iterator[EmulatorServer]:
-    with EmulatorServer() as server:
+    with EmulatorServer(port=free_port()) as server:
         yield server
 
 

@@ -22,6 +22,7 @@ from sheetbridge.sync.engine import TabMapping, plan_from_sheet
 from sheetbridge.testing.cells import Rich
 from sheetbridge.testing.emulator import EmulatorServer
 from sheetbridge.testing.harness import GoogleHarness
+from tests.support.server import free_port
 
 PEOPLE = TabMapping(
     tab="People",
@@ -36,7 +37,7 @@ PEOPLE = TabMapping(
 
 @pytest.fixture
 def emulator() -> Iterator[EmulatorServer]:
-    with EmulatorServer() as server:
+    with EmulatorServer(port=free_port()) as server:
         yield server
 
 

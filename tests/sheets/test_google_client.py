@@ -40,11 +40,12 @@ from sheetbridge.sheets.google import (
 from sheetbridge.sheets.ranges import a1_range, parse_range, quote_title
 from sheetbridge.testing.emulator import EmulatorServer, Knobs
 from sheetbridge.testing.harness import GoogleHarness
+from tests.support.server import free_port
 
 
 @pytest.fixture
 def emulator() -> Iterator[EmulatorServer]:
-    with EmulatorServer() as server:
+    with EmulatorServer(port=free_port()) as server:
         yield server
 
 
@@ -350,7 +351,7 @@ def test_syncs_at_once_reuse_their_connections_to_the_api(tmp_path: Path) -> Non
         def log_message(self, *_args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     settings = Settings(
         data_dir=tmp_path,

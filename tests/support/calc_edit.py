@@ -18,8 +18,9 @@ which also applies automatic date/currency/percent/boolean formats. Rows are
 1-based; ``insert_row`` inserts blank rows before ``row``.
 
 The script starts its own headless soffice listening on a free localhost
-port with a private throw-away profile, and stops it before exiting. Set
-``SHEETBRIDGE_SOFFICE`` to choose the soffice binary.
+port (``SHEETBRIDGE_SOFFICE_PORT`` if set) with a private throw-away profile,
+and stops it before exiting. Set ``SHEETBRIDGE_SOFFICE`` to choose the soffice
+binary.
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ def _prop(name: str, value: Any) -> Any:
 
 
 def _free_port() -> int:
+    # The port the caller picked (in SHEETBRIDGE_TEST_PORTS), else any free one.
+    chosen = os.environ.get("SHEETBRIDGE_SOFFICE_PORT")
+    if chosen:
+        return int(chosen)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]

@@ -70,6 +70,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from tests.support.server import free_port
+
 XLSX_FILTER = "Calc MS Excel 2007 XML"
 CALC_EDIT_SCRIPT = Path(__file__).with_name("calc_edit.py")
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -239,6 +241,7 @@ def edit_with_calc(
         out = work / ("edited-" + path.name)
         env = dict(os.environ)
         env["SHEETBRIDGE_SOFFICE"] = soffice
+        env["SHEETBRIDGE_SOFFICE_PORT"] = str(free_port())
         # The system python must not pick up the venv's site-packages.
         for var in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):
             env.pop(var, None)

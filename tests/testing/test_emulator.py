@@ -10,11 +10,12 @@ import pytest
 
 from sheetbridge.testing.emulator import EmulatorServer, Knobs
 from sheetbridge.testing.model import Json, Sheet, Spreadsheet
+from tests.support.server import free_port
 
 
 @pytest.fixture
 def server() -> Iterator[EmulatorServer]:
-    with EmulatorServer() as running:
+    with EmulatorServer(port=free_port()) as running:
         yield running
 
 

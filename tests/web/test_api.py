@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 import pytest
 from fastapi.testclient import TestClient
 from httpx import Response
 from sqlalchemy.exc import OperationalError
 
+from sheetbridge import clock
 from sheetbridge.web.deps import Runtime
 from tests.conftest import bearer
 
@@ -677,6 +679,62 @@ def test_out_of_range_ids_and_nulls_answer_422_never_500(alice: TestClient) -> N
     assert named.json()["detail"][0]["field"] == "premium"
 
 
+RECORD_ID = "must be a record ID, a whole number from 1 to 2,147,483,647"
+
+
+@pytest.mark.parametrize("value", [-1, 0, 2**31, 1.5, "first"], ids=repr)
+def test_a_record_id_that_is_none_is_refused_in_plain_words(
+    alice: TestClient, value: object
+) -> None:
+    policy = _first_policy(alice)
+    customer = alice.get("/api/customers", params={"limit": 1}).json()["items"][0]
+
+    answers = [
+        _save_policy(alice, policy, customer_id=value),
+        alice.patch(
+            f"/api/customers/{customer['id']}",
+            json={"version": customer["version"], "agent_id": value},
+        ),
+        alice.patch(
+            f"/api/customers/{customer['id']}", json={"version": value, "city": "x"}
+        ),
+    ]
+
+    told = [[(e["field"], e["msg"]) for e in a.json()["detail"]] for a in answers]
+    assert told == [
+        [("customer_id", RECORD_ID)],
+        [("agent_id", RECORD_ID)],
+        [
+            (
+                "version",
+                "must be the version of the record you edited, a whole number from 1",
+            )
+        ],
+    ]
+
+
+def test_pydantics_own_checks_are_told_in_plain_words(alice: TestClient) -> None:
+    policy = _first_policy(alice)
+
+    answers = {
+        "limit": alice.get("/api/customers", params={"limit": 501}),
+        "offset": alice.get("/api/customers", params={"offset": -1}),
+        "email": alice.post("/api/customers", json={"name": "A", "email": "a" * 255}),
+        "line": _save_policy(alice, policy, line_of_business="boat"),
+        "job": alice.get("/api/insurance/sync/jobs/0"),
+    }
+
+    told = {name: a.json()["detail"][0]["msg"] for name, a in answers.items()}
+    assert told == {
+        "limit": "must be 500 or less",
+        "offset": "must be 0 or more",
+        "email": "at most 254 characters",
+        "line": "must be 'auto', 'home', 'renters', 'life', 'health', 'umbrella', "
+        "'commercial' or 'workers-comp'",
+        "job": "must be 1 or more",
+    }
+
+
 NOT_A_WRITTEN_DATE = [
     43831,  # a spreadsheet's serial number for 2020-01-01
     43831.5,
@@ -731,6 +789,35 @@ def test_a_date_written_yyyy_mm_dd_that_is_not_on_the_calendar_says_so(
     assert [(e["field"], e["msg"]) for e in answer.json()["detail"]] == [
         ("date_of_birth", "1990-02-30 is not a day of the calendar")
     ]
+
+
+def test_a_birth_date_after_today_is_refused_and_today_is_kept(
+    alice: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(clock, "now", lambda: datetime(2026, 5, 1, 23, 59, tzinfo=UTC))
+    customer = alice.get("/api/customers", params={"limit": 1}).json()["items"][0]
+
+    refused = [
+        alice.post("/api/customers", json={"name": "Ann Lee", "date_of_birth": born})
+        for born in ("2026-05-02", "2099-12-31")
+    ]
+    refused.append(
+        alice.patch(
+            f"/api/customers/{customer['id']}",
+            json={"version": customer["version"], "date_of_birth": "2026-05-02"},
+        )
+    )
+    kept = alice.post(
+        "/api/customers", json={"name": "Ann Lee", "date_of_birth": "2026-05-01"}
+    )
+
+    for answer in refused:
+        assert answer.status_code == 422, answer.text
+        assert [(e["field"], e["msg"]) for e in answer.json()["detail"]] == [
+            ("date_of_birth", "must not be in the future")
+        ]
+    assert kept.status_code == 201, kept.text
+    assert kept.json()["date_of_birth"] == "2026-05-01"
 
 
 def test_a_birth_date_written_yyyy_mm_dd_is_kept(alice: TestClient) -> None:

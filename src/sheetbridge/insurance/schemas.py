@@ -19,11 +19,14 @@ from pydantic import (
     GetCoreSchemaHandler,
     GetJsonSchemaHandler,
     PlainSerializer,
+    ValidationError,
     ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
     field_validator,
 )
 from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import CoreSchema, core_schema
+from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
 from sheetbridge import clock
 from sheetbridge.sheets.base import XLSX_TEXT_LIMIT, cell_length
@@ -213,12 +216,35 @@ def _not_true_or_false(value: object) -> object:
     return value
 
 
+def _worded(message: str) -> WrapValidator:
+    """Say ``message`` when pydantic's own checks refuse the value (its type or
+    bounds), in place of its words; the schemas' own messages stand."""
+
+    def check(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        try:
+            return handler(value)
+        except ValidationError as exc:
+            if any(error["type"] == "value_error" for error in exc.errors()):
+                raise
+            raise PydanticCustomError("whole_number", message) from None
+
+    return WrapValidator(check)
+
+
 WholeNumber = BeforeValidator(_not_true_or_false)
 # The bounds first, so they apply to the number itself (and the API docs show
 # them as its minimum and maximum).
-RecordId = Annotated[int, Field(ge=1, le=MAX_ID), WholeNumber]
+RecordId = Annotated[
+    int,
+    Field(ge=1, le=MAX_ID),
+    WholeNumber,
+    _worded(f"must be a record ID, a whole number from 1 to {MAX_ID:,}"),
+]
 Version = Annotated[
-    int, Field(ge=1, le=MAX_ID, description="The version edited"), WholeNumber
+    int,
+    Field(ge=1, le=MAX_ID, description="The version edited"),
+    WholeNumber,
+    _worded("must be the version of the record you edited, a whole number from 1"),
 ]
 NULLABLE = frozenset({"date_of_birth", "agent_id"})
 # Text a record may leave blank: null clears it, as "" does.
@@ -253,10 +279,21 @@ def _written_date(value: object) -> object:
         raise ValueError(f"{value} is not a day of the calendar") from None
 
 
+_EARLIEST_BIRTH = date(1900, 1, 1)
+
+
+def _plausible_birth(value: date | None) -> date | None:
+    # Today in UTC, the app's one clock: for customers in the US it is their
+    # today or their tomorrow, so nobody born today is refused.
+    if value is not None and value > clock.now().date():
+        raise ValueError("must not be in the future")
+    if value is not None and value < _EARLIEST_BIRTH:
+        raise ValueError(f"must be {_EARLIEST_BIRTH} or later")
+    return value
+
+
 WrittenDate = BeforeValidator(_written_date)
-BirthDate = Annotated[
-    date, WrittenDate, _plausible_date(date(1900, 1, 1), date(2100, 1, 1))
-]
+BirthDate = Annotated[date, WrittenDate, AfterValidator(_plausible_birth)]
 PolicyDate = Annotated[
     date, WrittenDate, _plausible_date(date(1900, 1, 1), date(2200, 12, 31))
 ]
@@ -287,9 +324,26 @@ class _Input(BaseModel):
 
 
 def error_message(error: Mapping[str, Any]) -> str:
-    """A validation error's message in the agency's words, without the
-    "Value error, " pydantic puts before a validator's own message."""
+    """A validation error's message in the agency's words: pydantic's own
+    checks (bounds, lengths, whole numbers, choices) worded plainly, and a
+    validator's own message without the "Value error, " pydantic puts first."""
+    kind = error.get("type")
+    bounds = error.get("ctx") or {}
+    if kind == "greater_than_equal":
+        return f"must be {_number(bounds['ge'])} or more"
+    if kind == "less_than_equal":
+        return f"must be {_number(bounds['le'])} or less"
+    if kind == "string_too_long":
+        return f"at most {_number(bounds['max_length'])} characters"
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return "must be a whole number"
+    if kind == "literal_error":
+        return f"must be {bounds['expected']}"
     return str(error["msg"]).removeprefix("Value error, ")
+
+
+def _number(value: object) -> str:
+    return f"{value:,}" if isinstance(value, int) else str(value)
 
 
 def _unencodable(value: str) -> bool:

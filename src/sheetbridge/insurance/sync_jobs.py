@@ -62,13 +62,18 @@ from sheetbridge.queue.store import Enqueued, JobQueue
 from sheetbridge.queue.worker import Handler, JobContext
 from sheetbridge.sheets.base import Cell, SheetBackend, TabChanges, TabData
 from sheetbridge.sheets.errors import SheetError
-from sheetbridge.sheets.google import GoogleSheetsBackend
+from sheetbridge.sheets.google import (
+    GOOGLE_NOT_SET_UP,
+    GoogleSheetsBackend,
+    google_set_up,
+)
 from sheetbridge.sheets.quota import limiter_from_settings
 from sheetbridge.sheets.xlsx import XlsxBackend
 from sheetbridge.sync.columns import Canonical, Column
 from sheetbridge.sync.engine import (
     DELETE_MODES,
     LEFT_THE_BOOK,
+    Conflict,
     FromSheetPlan,
     Issue,
     Record,
@@ -76,6 +81,7 @@ from sheetbridge.sync.engine import (
     ToSheetPlan,
     plan_from_sheet,
     plan_to_sheet,
+    shown,
 )
 from sheetbridge.sync.models import ImportChange, PendingId, SyncSnapshot, SyncTarget
 from sheetbridge.sync.pending_ids import PendingRow, find_rows, row_values
@@ -148,11 +154,15 @@ class SyncService:
         delete_mode: str | None = None,
         backend: str | None = None,
         spreadsheet_id: str | None = None,
+        by: User | None = None,
     ) -> SyncTarget:
-        """Change where the user's book syncs to and how deletes are treated.
+        """Change where the user's book syncs to and how deletes are treated;
+        ``by`` is who asks (the user, unless an admin does it for them).
 
         Pointing the target at another sheet forgets the last-synced snapshot
-        and open conflicts: they describe the old sheet, not the new one.
+        and open conflicts: they describe the old sheet, not the new one. A
+        spreadsheet another user's book syncs with is refused: each sync would
+        report the other book's rows as IDs it does not know.
         """
         if delete_mode is not None and delete_mode not in DELETE_MODES:
             raise InvalidField(
@@ -167,6 +177,8 @@ class SyncService:
                 "spreadsheet_id", "goes with backend google; a workbook has none"
             )
         if backend == GOOGLE:
+            if not google_set_up(self.settings):
+                raise InvalidField("backend", GOOGLE_NOT_SET_UP)
             if not spreadsheet_id or not SPREADSHEET_ID.fullmatch(spreadsheet_id):
                 raise InvalidField(
                     "spreadsheet_id", "the ID from the spreadsheet's URL, after /d/"
@@ -179,6 +191,8 @@ class SyncService:
         with self.db.session() as session:
             stored = session.get(SyncTarget, current.id)
             assert stored is not None
+            if backend == GOOGLE:
+                _refuse_shared(session, stored, location, by or user)
             if delete_mode is not None:
                 stored.delete_mode = delete_mode
             if backend is not None and (backend, location) != (
@@ -263,6 +277,8 @@ class SyncService:
         """The target's sheet; with ``progress``, quota waits and retries show in
         the job's progress."""
         if target.backend == GOOGLE:
+            if not google_set_up(self.settings):
+                raise PermanentJobError(GOOGLE_NOT_SET_UP)
             engine = (
                 self.db.engine
                 if self.settings.sheets_quota_backend == "postgres"
@@ -881,6 +897,31 @@ class _Sides:
     versions: dict[str, dict[int, int]]
 
 
+def _refuse_shared(
+    session: Session, target: SyncTarget, spreadsheet_id: str, by: User
+) -> None:
+    """Refuse a spreadsheet another user's book syncs with, naming that user
+    to an admin only."""
+    owner = session.scalar(
+        select(User.username)
+        .join(SyncTarget, SyncTarget.user_id == User.id)
+        .where(
+            SyncTarget.backend == GOOGLE,
+            SyncTarget.location == spreadsheet_id,
+            SyncTarget.id != target.id,
+        )
+        .limit(1)
+    )
+    if owner is None:
+        return
+    whose = f"{owner}'s" if by.is_admin else "another user's"
+    raise InvalidField(
+        "spreadsheet_id",
+        f"is already the sheet of {whose} book; each book needs a spreadsheet "
+        "of its own",
+    )
+
+
 def _require_tabs(backend: SheetBackend, tabs: dict[str, TabData | None]) -> None:
     """Refuse an import from a workbook or tabs that are not there."""
     if isinstance(backend, XlsxBackend) and not backend.path.exists():
@@ -943,7 +984,7 @@ def _refuse_numbers_given_twice(plan: FromSheetPlan) -> None:
             others = ", ".join(f"row {other}" for other in given if other != row)
             refused[row] = (
                 str(number),
-                f"policy number {number} is already used by {others}; "
+                f"policy number {shown(number)} is already used by {others}; "
                 "nothing of this row was imported",
             )
     if not refused:
@@ -1065,8 +1106,8 @@ def _tell_numbers_taken(
         if number is None or not (others or number in elsewhere):
             return None
         if not others:
-            return f"policy number {number} is already used"
-        return f"policy number {number} is already used by {', '.join(others)}"
+            return f"policy number {shown(number)} is already used"
+        return f"policy number {shown(number)} is already used by {', '.join(others)}"
 
     for edit in _pending_edits(POLICIES, plan):
         if edit.column.field == "policy_number":
@@ -1309,12 +1350,37 @@ def _report(
         "tabs": {
             tab: {
                 "counts": plan.counts,
-                "issues": [asdict(i) for i in plan.issues[:MAX_REPORTED_ISSUES]],
-                "conflicts": [asdict(c) for c in plan.conflicts],
+                "issues": [
+                    _issue_shown(issue) for issue in plan.issues[:MAX_REPORTED_ISSUES]
+                ],
+                "conflicts": [_conflict_shown(c) for c in plan.conflicts],
             }
             for tab, plan in plans.items()
         },
         "summary": _summary(plans),
+    }
+
+
+def _issue_shown(issue: Issue) -> dict[str, Any]:
+    """An issue as a job's result keeps it: its value cut as every value shown
+    (the status endpoint and the event stream send each recent job's result)."""
+    value = None if issue.value is None else shown(issue.value)
+    return asdict(dataclasses.replace(issue, value=value))
+
+
+def _conflict_shown(conflict: Conflict) -> dict[str, Any]:
+    """A conflict as a job's result keeps it: long text cut. The stored
+    conflict, which is resolved, keeps its values whole."""
+    return {
+        **asdict(conflict),
+        **{
+            side: shown(value) if isinstance(value, str) else value
+            for side, value in (
+                ("app", conflict.app),
+                ("sheet", conflict.sheet),
+                ("base", conflict.base),
+            )
+        },
     }
 
 

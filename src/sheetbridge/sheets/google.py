@@ -858,6 +858,28 @@ def _modified_ns(path: Path) -> int | None:
         return None  # token_source names the missing file
 
 
+GOOGLE_NOT_SET_UP = (
+    "Google Sheets is not set up on this server: an admin must give it a "
+    "service-account key file (SHEETBRIDGE_GOOGLE_CREDENTIALS_FILE, or "
+    "GOOGLE_APPLICATION_CREDENTIALS) or an OAuth authorized-user file "
+    "(SHEETBRIDGE_GOOGLE_OAUTH_TOKEN_FILE)"
+)
+
+
+def google_set_up(settings: Settings) -> bool:
+    """Whether this server can sync with Google Sheets: it has credentials (as
+    :func:`token_source` picks them), or talks to another address than
+    Google's, an emulator that may take none. Without either, every call would
+    go to Google with no credentials."""
+    return bool(
+        settings.google_static_token
+        or settings.google_credentials_file
+        or _env_path("GOOGLE_APPLICATION_CREDENTIALS")
+        or settings.google_oauth_token_file
+        or settings.google_sheets_base_url.rstrip("/") != DEFAULT_BASE_URL
+    )
+
+
 def service_account_email(settings: Settings) -> str | None:
     """The email to share spreadsheets with, if a service account is configured."""
     path = settings.google_credentials_file or _env_path(

@@ -56,6 +56,10 @@ class TabMapping:
     columns: tuple[Column, ...]
 
 
+# The most characters of a value an issue or a job's result shows (:func:`shown`).
+SHOWN_CHARS = 80
+
+
 @dataclass
 class Issue:
     """Something a user should know about; ``kind`` says what.
@@ -267,8 +271,8 @@ def _read_merge(
     top-left cell holds a value; the others read empty though they are not."""
     top, left = merge.first_row, merge.first_column
     ref = _merge_ref(merge)
-    shown = _cell(rows[top - 1], left - 1) if top <= len(rows) else None
-    value = None if _is_blank(shown) else _show(shown)
+    top_left = _cell(rows[top - 1], left - 1) if top <= len(rows) else None
+    value = None if _is_blank(top_left) else shown(top_left)
     synced = {index: column.header for column, index in layout.columns(mapping)}
     if layout.id_index is not None:
         synced[layout.id_index] = mapping.id_header
@@ -370,14 +374,14 @@ def _stranger_issues(
     for index in layout.strangers:
         text = header[index]
         letter = column_letter(index + 1)
-        shown = _show(text)
+        name = shown(text)
         issues.append(
             Issue(
                 mapping.tab,
                 1,
                 letter,
-                shown,
-                f"column {letter} {shown!r} is not a Sheetbridge column and "
+                name,
+                f"column {letter} {name!r} is not a Sheetbridge column and "
                 f"{names} {verb} missing; neither is synced — if it was renamed, "
                 "give it its name back",
                 "warning",
@@ -430,7 +434,7 @@ def _headerless_issues(
                 mapping.tab,
                 number,
                 letter,
-                None if value is None else _show(value),
+                None if value is None else shown(value),
                 f"column {letter} has no header; its values are not synced",
                 "warning",
             )
@@ -507,7 +511,7 @@ def _scan_rows(
                     mapping.tab,
                     number,
                     mapping.id_header,
-                    _show(raw_id),
+                    shown(raw_id),
                     "ID must be a whole number written by Sheetbridge; if the "
                     "row is a synced record, put its ID back; only if it is a "
                     "new one, clear the ID to import it",
@@ -551,9 +555,12 @@ def _duplicate_issues(
     ]
 
 
-def _show(value: Cell, limit: int = 80) -> str:
+def shown(value: Cell) -> str:
+    """``value`` as text for people to read, in an issue or a job's result:
+    longer than ``SHOWN_CHARS``, it is cut with an ellipsis. The data itself
+    is never cut; only what is shown of it."""
     text = value if isinstance(value, str) else cell_text(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 1] + "…"
 
 
 def _base_value(base: Record | None, name: str) -> Canonical | _Missing:
@@ -861,7 +868,7 @@ def _app_values_valid(
                     ctx.mapping.tab,
                     number,
                     column.header,
-                    _show(value),
+                    shown(value),
                     f"record {record_id}: app value {exc.reason}; the row was not "
                     "written",
                 ),
@@ -956,7 +963,7 @@ def _append(ctx: _ToSheet, record_id: int, record: Record) -> None:
 def _cell_issue(
     mapping: TabMapping, number: int, column: Column, raw: Cell, exc: CellError
 ) -> Issue:
-    return Issue(mapping.tab, number, column.header, _show(raw), exc.reason)
+    return Issue(mapping.tab, number, column.header, shown(raw), exc.reason)
 
 
 def _readonly_issue(
@@ -966,7 +973,7 @@ def _readonly_issue(
         mapping.tab,
         number,
         column.header,
-        _show(raw),
+        shown(raw),
         f"column {column.header!r} is maintained by the app; the sheet edit is "
         "not imported",
         "readonly",
@@ -980,7 +987,7 @@ def _pending_edit_issue(
         mapping.tab,
         number,
         column.header,
-        _show(raw),
+        shown(raw),
         "edited in the sheet; waiting for a sync from the sheet",
         "pending_import",
     )

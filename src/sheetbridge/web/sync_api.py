@@ -223,12 +223,15 @@ def _target_view(rt: RuntimeDep, target: SyncTarget) -> dict[str, Any]:
     }
 
 
-def _subject(user: CurrentUser, rt: RuntimeDep, user_id: int | None) -> User:
-    """The caller, or for an admin the user named by ``user_id``."""
+def _subject(user: CurrentUser, rt: RuntimeDep, user_id: int | None, verb: str) -> User:
+    """The caller, or for an admin the user named by ``user_id``; ``verb``
+    ("see", "set") is what only admins may do with another user's sheet."""
     if user_id is None or user_id == user.id:
         return user
     if not user.is_admin:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "only admins set others' sheets")
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, f"only admins {verb} others' sheets"
+        )
     with rt.db.read_session() as session:
         other = session.get(User, user_id)
     if other is None:
@@ -243,7 +246,7 @@ def get_target(
     user_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
 ) -> dict[str, Any]:
     """Where a book syncs to, how deletes are treated, whom to share it with."""
-    return _target_view(rt, rt.sync.target_for(_subject(user, rt, user_id)))
+    return _target_view(rt, rt.sync.target_for(_subject(user, rt, user_id, "see")))
 
 
 @router.patch("/target")
@@ -256,9 +259,10 @@ def change_target(
     """Point a book at a Google spreadsheet (or back to its workbook), or set
     ``delete_mode``: ``flag`` reports deleted rows, ``delete`` removes them."""
     target = rt.sync.update_target(
-        _subject(user, rt, user_id),
+        _subject(user, rt, user_id, "set"),
         delete_mode=body.delete_mode,
         backend=body.backend,
         spreadsheet_id=body.spreadsheet_id,
+        by=user,
     )
     return _target_view(rt, target)
