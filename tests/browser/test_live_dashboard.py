@@ -368,39 +368,20 @@ def test_import_is_undone_from_the_history(
         page.close()
 
 
+@pytest.mark.parametrize(
+    ("listed", "button"),
+    [(500, "^Write the 3 rows"), (1, "^Write all rows")],
+    ids=["the-rows-listed", "all-when-the-list-is-cut"],
+)
 def test_rows_deleted_in_the_sheet_are_written_back_from_the_history(
-    browser: Browser, runtime: Runtime, tokens: dict[str, str]
-) -> None:
-    run_sync(runtime, "alice", TO_SHEET)
-    with alices_tab(runtime) as (sheet, _):
-        gone = [sheet.cell(row, 1).value for row in (2, 3)]
-        sheet.delete_rows(2, 2)
-    with live_server(runtime) as url, api_client(url, tokens["alice"]) as api:
-        page = open_dashboard(browser, url, "alice")
-        page.click("#sync-to-sheet")
-        flagged = page.locator("#recent-jobs li[data-kind=to_sheet]").first
-        expect(flagged).to_contain_text("2 rows deleted in the sheet", timeout=20_000)
-
-        flagged.get_by_role("button", name=re.compile("^Write the 2 rows")).click()
-        expect(flagged.locator(".job-write-back")).to_have_count(0)
-        expect(page.locator("#recent-jobs li.job")).to_have_count(2, timeout=20_000)
-        written = page.locator("#recent-jobs li.job").first
-        expect(written).to_contain_text("2 rows appended", timeout=20_000)
-        (job_id,) = job_ids(page, "#recent-jobs li.job:first-child")
-        assert final_job(api, job_id)["result"]["summary"]["appended"] == 2
-        with alices_tab(runtime) as (sheet, _):
-            assert set(gone) <= {row[0] for row in sheet.iter_rows(values_only=True)}
-        assert_not_reloaded(page)
-        page.close()
-
-
-def test_a_write_back_of_more_rows_than_a_result_lists_writes_back_all(
     browser: Browser,
     runtime: Runtime,
     tokens: dict[str, str],
     monkeypatch: pytest.MonkeyPatch,
+    listed: int,
+    button: str,
 ) -> None:
-    monkeypatch.setattr(sync_jobs, "MAX_REPORTED_ISSUES", 1)
+    monkeypatch.setattr(sync_jobs, "MAX_REPORTED_ISSUES", listed)
     run_sync(runtime, "alice", TO_SHEET)
     with alices_tab(runtime) as (sheet, _):
         gone = [sheet.cell(row, 1).value for row in (2, 3, 4)]
@@ -411,13 +392,16 @@ def test_a_write_back_of_more_rows_than_a_result_lists_writes_back_all(
         flagged = page.locator("#recent-jobs li[data-kind=to_sheet]").first
         expect(flagged).to_contain_text("3 rows deleted in the sheet", timeout=20_000)
 
-        flagged.get_by_role("button", name=re.compile("^Write all rows")).click()
-        written = page.locator("#recent-jobs li.job").nth(0)
+        flagged.get_by_role("button", name=re.compile(button)).click()
+        expect(flagged.locator(".job-write-back")).to_have_count(0)
+        expect(page.locator("#recent-jobs li.job")).to_have_count(2, timeout=20_000)
+        written = page.locator("#recent-jobs li.job").first
         expect(written).to_contain_text("3 rows appended", timeout=20_000)
         (job_id,) = job_ids(page, "#recent-jobs li.job:first-child")
         assert final_job(api, job_id)["result"]["summary"]["appended"] == 3
         with alices_tab(runtime) as (sheet, _):
             assert set(gone) <= {row[0] for row in sheet.iter_rows(values_only=True)}
+        assert_not_reloaded(page)
         page.close()
 
 
