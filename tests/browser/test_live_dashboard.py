@@ -418,7 +418,7 @@ def test_an_import_that_failed_after_saving_says_so_and_is_undone(
 
         job = page.locator("#recent-jobs li[data-kind=from_sheet]").first
         expect(job.locator(".job-saved")).to_have_text(
-            "It failed after its import was saved: 1 record changed, and they stay.",
+            "It failed after its import was saved: 1 record changed, and it stays.",
             timeout=20_000,
         )
         expect(job.locator(".job-error")).to_contain_text("the import itself was saved")

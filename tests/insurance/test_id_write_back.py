@@ -184,6 +184,8 @@ def test_an_import_whose_id_write_is_refused_fails_saying_the_import_was_saved(
     assert error.startswith("cell A9 is protected")
     assert "the import itself was saved" in error
     assert "their IDs go into their rows with the next sync" in error
+    again = failing_sync(synced, FROM_SHEET)
+    assert "this import changed nothing: the records an earlier import" in again
     monkeypatch.undo()
     run_sync(synced, "alice", TO_SHEET)
     assert_each_row_imported_once(synced)

@@ -711,22 +711,32 @@ def test_row_deleted_in_sheet_is_appended_again_when_written_back() -> None:
     assert gone.kind == "deleted_in_sheet" and gone.value == "2"
 
 
-def test_a_record_that_may_be_a_row_with_an_unreadable_id_is_never_written_back() -> (
-    None
-):
+@pytest.mark.parametrize(
+    ("typed", "first", "doubtful"),
+    [
+        ("2x", 3, "row 3's ID is"),
+        (987654, 3, "row 3's ID is"),
+        (1, 2, "the IDs of rows 2, 3 are"),  # Ann's ID: both rows are in doubt
+    ],
+    ids=["unreadable", "unknown", "another-rows"],
+)
+def test_a_record_that_may_be_a_row_with_a_mistyped_id_is_never_written_back(
+    typed: Cell, first: int, doubtful: str
+) -> None:
     app = {1: rec("Ann"), 2: rec("Bob"), 3: rec("Cy")}
     tab, base = synced(app)
-    tab.rows[2][0] = "2x"  # Bob's row, its ID mistyped
+    tab.rows[2][0] = typed  # Bob's row, its ID mistyped
     del tab.rows[3]  # Cy's row
 
-    plan = plan_to_sheet(MAPPING, tab, app, base, write_back={2, 3})
+    for asked in ({2, 3}, app.keys()):
+        plan = plan_to_sheet(MAPPING, tab, app, base, write_back=asked)
 
-    assert plan.changes.append == [], "Bob or Cy may be row 3: neither is added"
-    gone = {i.value: i for i in plan.issues if i.kind == "deleted_in_sheet"}
-    assert gone.keys() == {"2", "3"}
-    assert {i.row for i in gone.values()} == {3}, "each points at the row it may be"
-    assert "put 2 back in its ID cell" in gone["2"].reason
-    assert "not written back while row 3's ID cannot be read" in gone["2"].reason
+        assert plan.changes.append == [], "Bob or Cy may be row 3: neither is added"
+        gone = {i.value: i for i in plan.issues if i.kind == "deleted_in_sheet"}
+        assert gone.keys() == {"2", "3"}
+        assert gone["2"].row == first, "it points at the row it may be"
+        assert "put 2 back in its ID cell" in gone["2"].reason
+        assert f"not written back while {doubtful} in doubt" in gone["2"].reason
 
 
 def test_writing_back_a_record_still_in_the_sheet_changes_nothing() -> None:

@@ -609,6 +609,7 @@ def test_write_back_of_records_not_in_the_callers_book_is_refused_naming_them(
         "text": _write_back(client, tokens["alice"], policies=["all"]),
         "true": _write_back(client, tokens["alice"], policies=[True]),
         "all": _write_back(client, tokens["alice"], all="yes"),
+        "both": _write_back(client, tokens["alice"], all=True, policies=[1]),
         "other": _write_back(client, tokens["alice"], claims=[1]),
     }
     assert {name: a.status_code for name, a in answers.items()} == dict.fromkeys(
@@ -620,6 +621,9 @@ def test_write_back_of_records_not_in_the_callers_book_is_refused_naming_them(
     assert errors["policies"]["msg"] == "policy 999999 is not in your book"
     assert errors["many"]["msg"].endswith("and 2 more are not in your book")
     assert errors["none"]["msg"] == "name at least one record to write back"
+    assert errors["all"]["msg"] == "must be true or false"
+    assert errors["both"]["field"] == "all"
+    assert errors["both"]["msg"] == "give all or the records to write back, not both"
     assert [
         errors[name]["field"] for name in ("zero", "text", "true", "all", "other")
     ] == ["policies.0", "policies.0", "policies.0", "all", "claims"]

@@ -337,6 +337,8 @@ def error_message(error: Mapping[str, Any]) -> str:
         return f"at most {_number(bounds['max_length'])} characters"
     if kind in ("int_parsing", "int_type", "int_from_float"):
         return "must be a whole number"
+    if kind in ("bool_parsing", "bool_type"):
+        return "must be true or false"
     if kind == "literal_error":
         return f"must be {bounds['expected']}"
     return str(error["msg"]).removeprefix("Value error, ")

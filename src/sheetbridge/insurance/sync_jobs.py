@@ -96,10 +96,15 @@ FROM_SHEET = "from_sheet"
 MAX_REPORTED_ISSUES = 500
 # A to-sheet's write-back of every record whose row was deleted from the sheet.
 WRITE_BACK_ALL = "all"
-# Told when writing new records' IDs fails after their import committed.
+# Told when writing new records' IDs fails after their import committed,
+# and when it fails for records an earlier import created.
 IMPORT_SAVED = (
     "; the import itself was saved: the records it created are in the app, "
     "and their IDs go into their rows with the next sync"
+)
+EARLIER_IDS = (
+    "; this import changed nothing: the records an earlier import created are "
+    "in the app, and their IDs go into their rows with the next sync"
 )
 _LOAD_BATCH = 500
 
@@ -245,9 +250,11 @@ class SyncService:
         """Queue a to-sheet that appends again the rows of records deleted from
         the sheet: ``wanted`` (record IDs by tab, each checked to be one of
         the user's records), or ``every`` such record the sync finds."""
+        wanted = {tab: sorted(set(ids)) for tab, ids in wanted.items() if ids}
+        if every and wanted:
+            raise InvalidField("all", "give all or the records to write back, not both")
         if every:
             return self.enqueue(user, TO_SHEET, write_back=WRITE_BACK_ALL)
-        wanted = {tab: sorted(set(ids)) for tab, ids in wanted.items() if ids}
         if not wanted:
             raise InvalidField("customers", "name at least one record to write back")
         with self.db.read_session() as session:
@@ -419,7 +426,8 @@ class SyncService:
             ).is_empty()
         }
         if writes:
-            with _sheet_errors(IMPORT_SAVED):
+            saved = IMPORT_SAVED if any(changed.values()) else EARLIER_IDS
+            with _sheet_errors(saved):
                 backend.write(writes, expected_version=_version(tabs))
         context.on_success(
             lambda connection: pending.settle(connection, context.job.id)
@@ -1215,9 +1223,11 @@ def _tell_gone_before_write_back(
     asked: Iterable[int],
     app: dict[str, dict[int, Record]],
 ) -> None:
-    """A record asked to be written back that left the book since the ask."""
+    """A record asked to be written back that left the book since the ask:
+    told first, as the answer to the ask (a result lists 500 issues a tab)."""
+    told = []
     for record_id in sorted(set(asked) - app[mapping.tab].keys()):
-        plan.issues.append(
+        told.append(
             Issue(
                 mapping.tab,
                 None,
@@ -1228,7 +1238,8 @@ def _tell_gone_before_write_back(
                 "deleted_in_app",
             )
         )
-        plan.counts["deleted_in_app"] += 1
+    plan.issues[:0] = told
+    plan.counts["deleted_in_app"] += len(told)
 
 
 def _not_in_book(entity: str, unknown: list[int]) -> str:

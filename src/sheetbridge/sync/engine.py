@@ -470,6 +470,7 @@ class _Rows:
     issues: list[Issue]
     examined: int = 0  # rows with an ID or values in our columns
     unreadable: list[int] = dataclasses.field(default_factory=list)  # rows
+    doubled: list[int] = dataclasses.field(default_factory=list)  # rows of an ID twice
 
 
 def _cell(cells: Sequence[Cell], index: int) -> Cell:
@@ -525,7 +526,22 @@ def _scan_rows(
             result.by_id[record_id] = places[0]
         else:
             result.issues.extend(_duplicate_issues(mapping, record_id, places))
+            result.doubled.extend(number for number, _ in places)
     return result
+
+
+def _doubtful_rows(
+    scanned: _Rows, app: dict[int, Record], base: dict[int, Record]
+) -> list[int]:
+    """Rows whose ID is unreadable, given twice, or names no record of the
+    book: a mistyped ID, any of which may be the row of a record no row
+    carries."""
+    unknown = (
+        number
+        for record_id, (number, _) in scanned.by_id.items()
+        if record_id not in app and record_id not in base
+    )
+    return sorted({*scanned.unreadable, *scanned.doubled, *unknown})
 
 
 def read_id(raw: Cell, parser: CellParser) -> int | None:
@@ -697,13 +713,12 @@ def plan_to_sheet(
     for record_id, (number, cells) in scanned.by_id.items():
         plan.rows[record_id] = number
         _sync_row_to_sheet(ctx, record_id, number, cells, app, base, delete_mode)
+    doubtful = _doubtful_rows(scanned, app, base)
     for record_id in sorted(app.keys() - scanned.seen):
         asked = record_id in write_back
-        # A row whose ID cannot be read may be the record's: never a second.
-        if record_id in base and (not asked or scanned.unreadable):
-            issue = _gone_from_sheet_issue(
-                mapping, record_id, scanned.unreadable, asked=asked
-            )
+        # A row with a mistyped ID may be the record's: never a second.
+        if record_id in base and (not asked or doubtful):
+            issue = _gone_from_sheet_issue(mapping, record_id, doubtful, asked=asked)
             ctx.issue(issue, "deleted_in_sheet")
         else:
             _append(ctx, record_id, app[record_id])
@@ -1069,10 +1084,9 @@ def plan_from_sheet(
         if plan.creates:
             # a tab typed by hand without an ID column: add it for the new IDs
             plan.header_changes.cells[(1, plan.id_column)] = mapping.id_header
+    doubtful = _doubtful_rows(scanned, app, base)
     for record_id in sorted((app.keys() & base.keys()) - scanned.seen):
-        issue = _gone_from_sheet_issue(
-            mapping, record_id, scanned.unreadable, asked=False
-        )
+        issue = _gone_from_sheet_issue(mapping, record_id, doubtful, asked=False)
         ctx.issue(issue, "deleted_in_sheet")
     return plan
 
@@ -1295,30 +1309,31 @@ def _create_row(ctx: _FromSheet, number: int, cells: list[Cell]) -> None:
 
 
 def _gone_from_sheet_issue(
-    mapping: TabMapping, record_id: int, unreadable: list[int], *, asked: bool
+    mapping: TabMapping, record_id: int, doubtful: list[int], *, asked: bool
 ) -> Issue:
     """A synced record no row carries any more: deleted from the sheet, or
-    one of the rows whose ID cannot be read (then the issue points at the
-    first of them). It is kept in the app and not written back, which could
-    give it two rows, unless ``asked`` and no row's ID is unreadable."""
+    one of the rows whose ID is in doubt (then the issue points at the first
+    of them). It is kept in the app and not written back, which could give it
+    two rows, unless ``asked`` and no row's ID is in doubt."""
     reason = f"record {record_id} is no longer in the sheet"
     kept = "not written back to the sheet"
-    if unreadable:
-        rows = ", ".join(str(number) for number in unreadable)
+    if doubtful:
+        rows = ", ".join(str(number) for number in doubtful)
         reason = (
-            f"no row has ID {record_id}; if it is row {rows}, whose ID cannot be "
-            f"read, put {record_id} back in its ID cell"
+            f"no row has ID {record_id}; if it is row {rows}, whose ID is "
+            f"unreadable, unknown or another row's too, put {record_id} back in "
+            "its ID cell"
         )
         if asked:
             which = (
-                f"row {rows}'s ID"
-                if len(unreadable) == 1
-                else f"the IDs of rows {rows}"
+                f"row {rows}'s ID is"
+                if len(doubtful) == 1
+                else f"the IDs of rows {rows} are"
             )
-            kept = f"not written back while {which} cannot be read"
+            kept = f"not written back while {which} in doubt"
     return Issue(
         mapping.tab,
-        unreadable[0] if unreadable else None,
+        doubtful[0] if doubtful else None,
         None,
         str(record_id),
         f"{reason}; it was kept in the app and {kept}",

@@ -1116,7 +1116,7 @@
       if (saved) {
         const how = job.state === "cancelled" ? "Stopped" : "It failed";
         body.push(el("p", { className: "job-line job-saved",
-          text: `${how} after its import was saved: ${plural(saved, "record")} changed, and they stay.` }));
+          text: `${how} after its import was saved: ${plural(saved, "record")} changed, and ${saved === 1 ? "it stays" : "they stay"}.` }));
         offerUndo(job, actions);
       }
       const gone = deletedInSheet(job.result);
