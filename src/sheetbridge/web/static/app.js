@@ -937,8 +937,8 @@
 
   // What to write back of the rows a sync reported deleted from the sheet
   // (their records kept in the app): the records listed, or all of them when
-  // the result's list was cut short. A record that may be a row whose ID
-  // cannot be read (its issue names that row) is left out: never two rows.
+  // the result's list was cut short. A record that may be a row whose ID is
+  // in doubt (its issue names that row) is left out: never two rows.
   const TAB_ENTITIES = { Customers: "customers", Policies: "policies" };
   function deletedInSheet(result) {
     const body = { customers: [], policies: [] };
