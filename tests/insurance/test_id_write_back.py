@@ -17,7 +17,7 @@ from sheetbridge.insurance.schemas import CustomerCreate
 from sheetbridge.insurance.services import Book
 from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
 from sheetbridge.queue.worker import WorkerPool
-from sheetbridge.sheets.errors import SheetInvalidRequest
+from sheetbridge.sheets.errors import SheetInvalidRequest, SheetTransientError
 from sheetbridge.sheets.xlsx import XlsxBackend
 from sheetbridge.sync.models import PendingId
 from sheetbridge.web.app import create_app
@@ -207,6 +207,27 @@ def test_a_failed_import_that_saved_records_tells_how_many_and_can_be_undone(
         assert len(undone["restored"]) == len(NAMES)
         assert client.get(failed["status_url"]).json()["saved_changes"] == 0
     assert all(ids == [] for ids in customers_named(synced).values())
+
+
+def test_an_import_stopped_after_it_saved_tells_how_many_records_it_changed(
+    synced: Runtime, monkeypatch: pytest.MonkeyPatch, tokens: dict[str, str]
+) -> None:
+    type_new_rows(synced)
+    with synced.db.read_session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+    queued = synced.sync.enqueue(alice, FROM_SHEET)
+
+    def stopped(self: XlsxBackend, *args: Any, **kwargs: Any) -> None:
+        synced.queue.cancel(queued.job_id)  # Stop pressed, then the write fails
+        raise SheetTransientError("the workbook is busy", location=str(self.path))
+
+    monkeypatch.setattr(XlsxBackend, "write", stopped)
+    WorkerPool(synced.queue, synced.sync.handlers).run_until_empty()
+    with TestClient(create_app(synced, workers=False)) as client:
+        client.headers.update(bearer(tokens["alice"]))
+        job = client.get(f"/api/insurance/sync/jobs/{queued.job_id}").json()
+
+    assert job["state"] == "cancelled" and job["saved_changes"] == len(NAMES)
 
 
 def test_a_row_edited_before_its_id_was_written_keeps_its_record_and_the_edit(
