@@ -11,6 +11,7 @@ from openpyxl import load_workbook
 from playwright.sync_api import Browser, Page, expect
 
 from sheetbridge.config import Settings
+from sheetbridge.insurance import sync_jobs
 from sheetbridge.insurance.sync_jobs import TO_SHEET
 from sheetbridge.web.deps import Runtime
 from tests.browser.conftest import sign_in
@@ -66,32 +67,34 @@ def test_policy_edited_while_sync_runs_and_result_appears_without_reload(
         page.close()
 
 
+@pytest.mark.parametrize(
+    "listed", [1_000, 1], ids=["every-record-listed", "the-list-cut-short"]
+)
 def test_sync_from_sheet_patches_changed_rows_in_place(
-    browser: Browser, runtime: Runtime
+    browser: Browser, runtime: Runtime, monkeypatch: pytest.MonkeyPatch, listed: int
 ) -> None:
+    monkeypatch.setattr(sync_jobs, "MAX_REPORTED_CHANGED", listed)
     run_sync(runtime, "alice", TO_SHEET)
     path = workbook_path(runtime, "alice")
     with live_server(runtime) as url:
         page = sign_in(browser, url, "alice")
         mark_page(page)
-        first = page.locator("#customers-table tr[data-id]").first
-        customer_id = int(first.get_attribute("data-id") or 0)
+        shown = page.locator("#customers-table tr[data-id]")
+        customer_ids = [int(shown.nth(i).get_attribute("data-id") or 0) for i in (0, 1)]
 
         book = load_workbook(path)
         sheet = book["Customers"]
         header = {cell.value: cell.column for cell in sheet[1]}
-        row = next(
-            r
-            for r in range(2, sheet.max_row + 1)
-            if sheet.cell(r, 1).value == customer_id
-        )
-        sheet.cell(row, header["City"]).value = "Patched From Sheet"
+        for row in range(2, sheet.max_row + 1):
+            if sheet.cell(row, 1).value in customer_ids:
+                sheet.cell(row, header["City"]).value = "Patched From Sheet"
         book.save(path)
 
         page.click("#sync-from-sheet")
-        expect(
-            page.locator(f"#customers-table tr[data-id='{customer_id}']")
-        ).to_contain_text("Patched From Sheet", timeout=30_000)
+        for customer_id in customer_ids:
+            expect(
+                page.locator(f"#customers-table tr[data-id='{customer_id}']")
+            ).to_contain_text("Patched From Sheet", timeout=30_000)
         assert_not_reloaded(page)
         page.close()
 

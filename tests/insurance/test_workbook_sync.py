@@ -12,6 +12,7 @@ import pytest
 from openpyxl import load_workbook
 from sqlalchemy import select
 
+from sheetbridge.insurance import sync_jobs
 from sheetbridge.insurance.models import Customer, Policy, User
 from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
 from sheetbridge.queue.models import Job
@@ -361,6 +362,31 @@ def test_a_conflicts_long_values_are_cut_in_the_job_result_and_kept_whole_to_res
     with synced.db.read_session() as session:
         (stored,) = session.scalars(select(SyncConflict)).all()
         assert (stored.app_value, stored.sheet_value) == ("a" * 5_000, "s" * 5_000)
+
+
+def test_a_results_lists_of_conflicts_and_changed_records_are_cut_counts_not(
+    synced: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sync_jobs, "MAX_REPORTED_ISSUES", 1)
+    monkeypatch.setattr(sync_jobs, "MAX_REPORTED_CHANGED", 2)
+    with alices_tab(synced) as (customers, header):
+        ids = [customers.cell(row, 1).value for row in (2, 3, 4)]
+        for row in (2, 3, 4):
+            customers.cell(row, header["City"]).value = f"Sheet {row}"
+    with synced.db.session() as session:
+        for customer in session.scalars(select(Customer).where(Customer.id.in_(ids))):
+            customer.city = f"App {customer.id}"
+    conflicted = run_sync(synced, "alice", FROM_SHEET)
+    with alices_tab(synced) as (customers, header):
+        for row in range(5, 8):
+            customers.cell(row, header["Notes"]).value = f"note {row}"
+
+    imported = run_sync(synced, "alice", FROM_SHEET)
+
+    tab = conflicted["tabs"]["Customers"]
+    assert tab["counts"]["conflicts"] == 3 and len(tab["conflicts"]) == 1
+    assert imported["summary"]["updated"] == 3
+    assert len(imported["changed"]["customer"]) == 2 and imported["changed_cut"]
 
 
 def test_a_date_of_birth_in_the_future_is_a_row_error_and_never_imported(

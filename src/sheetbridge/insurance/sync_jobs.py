@@ -93,7 +93,10 @@ GOOGLE = "google"
 SPREADSHEET_ID = re.compile(r"[A-Za-z0-9_-]{10,128}")
 TO_SHEET = "to_sheet"
 FROM_SHEET = "from_sheet"
-MAX_REPORTED_ISSUES = 500
+MAX_REPORTED_ISSUES = 500  # and conflicts, a tab
+# Of the records an import changed, a result lists this many an entity (the
+# dashboard patches those on screen; past it, it looks at all it shows).
+MAX_REPORTED_CHANGED = 1_000
 # A to-sheet's write-back of every record whose row was deleted from the sheet.
 WRITE_BACK_ALL = "all"
 # Told when writing new records' IDs fails after their import committed,
@@ -445,7 +448,15 @@ class SyncService:
             rows_with_errors=with_errors,
             cells_written=_sizes(writes.values())[0],
         )
-        return {**_report(FROM_SHEET, backend, plans), "changed": changed}
+        return {
+            **_report(FROM_SHEET, backend, plans),
+            "changed": {
+                entity: ids[:MAX_REPORTED_CHANGED] for entity, ids in changed.items()
+            },
+            "changed_cut": any(
+                len(ids) > MAX_REPORTED_CHANGED for ids in changed.values()
+            ),
+        }
 
     def _import(
         self,
@@ -1364,7 +1375,9 @@ def _report(
                 "issues": [
                     _issue_shown(issue) for issue in plan.issues[:MAX_REPORTED_ISSUES]
                 ],
-                "conflicts": [_conflict_shown(c) for c in plan.conflicts],
+                "conflicts": [
+                    _conflict_shown(c) for c in plan.conflicts[:MAX_REPORTED_ISSUES]
+                ],
             }
             for tab, plan in plans.items()
         },

@@ -1549,16 +1549,27 @@
   }
 
   async function silentRefresh(job) {
-    const changed = (job.result && job.result.changed) || {};
+    const result = job.result || {};
+    const changed = result.changed || {};
     const changedCustomers = (changed.customer || []).map(Number);
     const changedPolicies = (changed.policy || []).map(Number);
     if (!changedCustomers.length && !changedPolicies.length) return;
-    const patched = await refreshRecords({ customer: changedCustomers, policy: changedPolicies },
-      "This record was changed by a sheet import.");
+    // A big import's result lists only some of its records: look again at
+    // every one on screen (and in the editor) instead.
+    const ids = result.changed_cut
+      ? { customer: [...lists.customer.records.keys()], policy: [...lists.policy.records.keys()] }
+      : { customer: changedCustomers, policy: changedPolicies };
+    if (result.changed_cut && editor.entity && editor.id !== null) ids[editor.entity].push(editor.id);
+    const patched = await refreshRecords(ids, "This record was changed by a sheet import.");
+    const onScreen = patched ? `; ${plural(patched, "row")} on screen updated` : "";
+    if (result.changed_cut) {
+      announce(`Sheet import finished: ${summaryWords(result.summary)}${onScreen}.`);
+      return;
+    }
     const parts = [];
     if (changedCustomers.length) parts.push(plural(changedCustomers.length, "customer"));
     if (changedPolicies.length) parts.push(plural(changedPolicies.length, "policy", "policies"));
-    announce(`Sheet import changed ${parts.join(" and ")}${patched ? `; ${plural(patched, "row")} on screen updated` : ""}.`);
+    announce(`Sheet import changed ${parts.join(" and ")}${onScreen}.`);
   }
 
   // ---------------------------------------------------------------- conflicts
