@@ -794,6 +794,20 @@ def _alices_ids(runtime: Runtime) -> tuple[set[int], set[int]]:
         return set(customers), set(policies)
 
 
+def test_an_import_before_any_sync_to_the_sheet_says_to_write_the_workbook_first(
+    runtime: Runtime,
+) -> None:
+    with runtime.db.read_session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+    queued = runtime.sync.enqueue(alice, FROM_SHEET)
+    WorkerPool(runtime.queue, runtime.sync.handlers).run_until_empty()
+
+    job = runtime.queue.get(queued.job_id)
+    assert job.state == "failed" and job.error is not None
+    assert "does not exist yet: this book was never synced to it" in job.error
+    assert "Run Sync to sheet first" in job.error and "moved" not in job.error
+
+
 def test_an_import_from_a_deleted_workbook_fails_saying_the_file_is_gone(
     synced: Runtime,
 ) -> None:

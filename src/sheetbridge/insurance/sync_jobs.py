@@ -394,8 +394,8 @@ class SyncService:
         progress = _Progress(context)
         target, user = self._load(context)
         backend, tabs, pending = self._read_sheet(progress, target)
-        _require_tabs(backend, tabs)
         sides = self._sides(target, user, pending)
+        _require_tabs(backend, tabs, synced=any(sides.base.values()))
         plans = {
             mapping.tab: plan_from_sheet(
                 mapping,
@@ -941,9 +941,18 @@ def _refuse_shared(
     )
 
 
-def _require_tabs(backend: SheetBackend, tabs: dict[str, TabData | None]) -> None:
-    """Refuse an import from a workbook or tabs that are not there."""
+def _require_tabs(
+    backend: SheetBackend, tabs: dict[str, TabData | None], *, synced: bool
+) -> None:
+    """Refuse an import from a workbook or tabs that are not there; a book
+    never ``synced`` to its workbook is told to write it first."""
     if isinstance(backend, XlsxBackend) and not backend.path.exists():
+        if not synced:
+            raise PermanentJobError(
+                f"{backend.location} does not exist yet: this book was never "
+                "synced to it. Run Sync to sheet first to write it. Nothing was "
+                "imported."
+            )
         raise PermanentJobError(
             f"{backend.location} does not exist: was the workbook moved or "
             "deleted? Put it back, or run Sync to sheet to write it anew. "
