@@ -940,6 +940,18 @@ def test_a_record_deleted_in_the_app_before_its_write_back_is_told_not_written(
     assert "before it could be written back" in told["reason"]
 
 
+def test_a_result_names_at_most_500_rows_to_write_back_a_tab_and_says_so(
+    synced: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sync_jobs, "MAX_REPORTED_ISSUES", 2)
+    gone = _delete_rows(synced, "Customers", 3)
+
+    tab = run_sync(synced, "alice", TO_SHEET)["tabs"]["Customers"]
+
+    assert tab["write_back"] == sorted(gone)[:2] and tab["write_back_cut"]
+    assert tab["counts"]["deleted_in_sheet"] == 3
+
+
 def test_writing_back_all_brings_back_every_deleted_row_of_both_tabs(
     synced: Runtime,
 ) -> None:
@@ -1030,6 +1042,9 @@ def test_rows_deleted_in_the_sheet_come_back_when_written_back(
     (gone_policy,) = _delete_rows(synced, "Policies", 1)
     flagged = run_sync(synced, "alice", TO_SHEET)
     assert flagged["tabs"]["Customers"]["counts"]["deleted_in_sheet"] == 2
+    assert flagged["tabs"]["Customers"]["write_back"] == sorted(gone_customers)
+    assert flagged["tabs"]["Policies"]["write_back"] == [gone_policy]
+    assert not flagged["tabs"]["Customers"]["write_back_cut"]
     with synced.db.read_session() as session:
         alice = session.scalars(select(User).where(User.username == "alice")).one()
     city = customer_field(synced, gone_customers[0], "city")

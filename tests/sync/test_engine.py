@@ -697,6 +697,9 @@ def test_deleted_in_sheet_is_reported_and_never_re_appended() -> None:
     assert to.changes.is_empty() and kinds(to) == ["deleted_in_sheet"]
     frm = plan_from_sheet(MAPPING, tab, app, base)
     assert frm.updates == {} and kinds(frm) == ["deleted_in_sheet"]
+    assert to.can_write_back == frm.can_write_back == [1], (
+        "Ann's row can be written back"
+    )
 
 
 def test_row_deleted_in_sheet_is_appended_again_when_written_back() -> None:
@@ -709,6 +712,7 @@ def test_row_deleted_in_sheet_is_appended_again_when_written_back() -> None:
     assert plan.snapshots[1]["name"] == "Ann" and plan.counts["appended"] == 1
     (gone,) = plan.issues  # Bob's row is still only reported
     assert gone.kind == "deleted_in_sheet" and gone.value == "2"
+    assert plan.can_write_back == [2]
 
 
 @pytest.mark.parametrize(
@@ -732,6 +736,7 @@ def test_a_record_that_may_be_a_row_with_a_mistyped_id_is_never_written_back(
         plan = plan_to_sheet(MAPPING, tab, app, base, write_back=asked)
 
         assert plan.changes.append == [], "Bob or Cy may be row 3: neither is added"
+        assert plan.can_write_back == [], "nor offered for a write-back"
         gone = {i.value: i for i in plan.issues if i.kind == "deleted_in_sheet"}
         assert gone.keys() == {"2", "3"}
         assert gone["2"].row == first, "it points at the row it may be"

@@ -1387,6 +1387,8 @@ def _report(
                 "conflicts": [
                     _conflict_shown(c) for c in plan.conflicts[:MAX_REPORTED_ISSUES]
                 ],
+                "write_back": plan.can_write_back[:MAX_REPORTED_ISSUES],
+                "write_back_cut": len(plan.can_write_back) > MAX_REPORTED_ISSUES,
             }
             for tab, plan in plans.items()
         },

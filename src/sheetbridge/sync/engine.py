@@ -106,6 +106,9 @@ class ToSheetPlan:
     # Sheet edits left for it too, by record: each field's value as the
     # import will read it (an issue shows only the start of a long one).
     edits: dict[int, Record] = dataclasses.field(default_factory=dict)
+    # Records whose rows were deleted from the sheet that a write-back can
+    # append again: none while a row's ID is in doubt.
+    can_write_back: list[int] = dataclasses.field(default_factory=list)
 
 
 @dataclass
@@ -136,6 +139,7 @@ class FromSheetPlan:
     header_changes: TabChanges
     rows: dict[int, int] = dataclasses.field(default_factory=dict)
     compared: int = 0  # rows of the tab that hold an ID or values
+    can_write_back: list[int] = dataclasses.field(default_factory=list)  # as above
 
 
 PlanT = TypeVar("PlanT", ToSheetPlan, FromSheetPlan)
@@ -720,6 +724,8 @@ def plan_to_sheet(
         if record_id in base and (not asked or doubtful):
             issue = _gone_from_sheet_issue(mapping, record_id, doubtful, asked=asked)
             ctx.issue(issue, "deleted_in_sheet")
+            if not doubtful:
+                plan.can_write_back.append(record_id)
         else:
             _append(ctx, record_id, app[record_id])
     if plan.changes.append:
@@ -1088,6 +1094,8 @@ def plan_from_sheet(
     for record_id in sorted((app.keys() & base.keys()) - scanned.seen):
         issue = _gone_from_sheet_issue(mapping, record_id, doubtful, asked=False)
         ctx.issue(issue, "deleted_in_sheet")
+        if not doubtful:
+            plan.can_write_back.append(record_id)
     return plan
 
 
