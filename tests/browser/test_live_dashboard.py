@@ -405,6 +405,39 @@ def test_rows_deleted_in_the_sheet_are_written_back_from_the_history(
         page.close()
 
 
+def test_a_sync_that_ended_before_the_page_opened_lists_its_issues_on_demand(
+    browser: Browser, runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    run_sync(runtime, "alice", TO_SHEET)
+    with alices_tab(runtime) as (sheet, _):
+        gone = [sheet.cell(row, 1).value for row in (2, 3)]
+        sheet.delete_rows(2, 2)
+    run_sync(runtime, "alice", TO_SHEET)
+    with live_server(runtime) as url, api_client(url, tokens["alice"]) as api:
+        page = open_dashboard(browser, url, "alice")
+        flagged = page.locator("#recent-jobs li[data-kind=to_sheet]").first
+        toggle = flagged.locator("details.job-issues > summary")
+        expect(toggle).to_have_text("Show 2 row-level issues")
+
+        toggle.focus()
+        page.keyboard.press("Enter")
+
+        listed = flagged.locator(".issues-list li")
+        expect(listed).to_have_count(2)
+        for record_id in gone:
+            expect(flagged.locator(".issues-list")).to_contain_text(
+                f"(value: {record_id})"
+            )
+        expect(flagged.locator("details.job-issues > summary")).to_be_focused()
+        flagged.get_by_role("button", name=re.compile("^Write the 2 rows")).click()
+        written = page.locator("#recent-jobs li.job").first
+        expect(written).to_contain_text("2 rows appended", timeout=20_000)
+        (job_id,) = job_ids(page, "#recent-jobs li.job:first-child")
+        assert final_job(api, job_id)["result"]["summary"]["appended"] == 2
+        assert_not_reloaded(page)
+        page.close()
+
+
 def test_an_import_that_failed_after_saving_says_so_and_is_undone(
     browser: Browser, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -11,8 +11,11 @@ from httpx import Response
 from sqlalchemy.exc import OperationalError
 
 from sheetbridge import clock
+from sheetbridge.insurance.sync_jobs import TO_SHEET
+from sheetbridge.queue.worker import WorkerPool
 from sheetbridge.web.deps import Runtime
 from tests.conftest import bearer
+from tests.insurance.test_workbook_sync import alices_tab, run_sync
 
 
 def _first_policy(client: TestClient) -> dict[str, object]:
@@ -560,6 +563,31 @@ def test_sync_endpoints_queue_at_once_and_status_lists_the_jobs(
     assert one["state"] == "queued" and one["position"] == 3
     cancelled = alice.post(f"/api/insurance/sync/jobs/{bodies[2]['job_id']}/cancel")
     assert cancelled.json()["state"] == "cancelled"
+
+
+def test_the_status_counts_recent_jobs_issues_and_a_jobs_own_view_lists_them(
+    alice: TestClient, runtime: Runtime
+) -> None:
+    run_sync(runtime, "alice", TO_SHEET)
+    with alices_tab(runtime) as (sheet, _):
+        gone = sorted(sheet.cell(row, 1).value for row in (2, 3, 4))
+        sheet.delete_rows(2, 3)
+    for _ in range(2):
+        alice.post("/api/insurance/sync/to-sheet")
+    WorkerPool(runtime.queue, runtime.sync.handlers).run_until_empty()
+
+    recent = alice.get("/api/insurance/sync/status").json()["recent"][:2]
+
+    for job in recent:
+        tab = job["result"]["tabs"]["Customers"]
+        assert job["result"]["brief"] is True
+        assert "issues" not in tab and "conflicts" not in tab
+        assert (tab["issues_listed"], tab["conflicts_listed"]) == (3, 0)
+        assert tab["counts"]["deleted_in_sheet"] == 3 and tab["write_back"] == gone
+    full = alice.get(recent[0]["status_url"]).json()["result"]
+    assert "brief" not in full
+    issues = full["tabs"]["Customers"]["issues"]
+    assert [issue["value"] for issue in issues] == [str(i) for i in gone]
 
 
 def test_job_times_are_utc_with_a_z_like_every_record_time(alice: TestClient) -> None:

@@ -11,8 +11,10 @@ import httpx
 import pytest
 from sqlalchemy.exc import OperationalError
 
+from sheetbridge.insurance.sync_jobs import TO_SHEET
 from sheetbridge.web.deps import Runtime
 from tests.conftest import api_client, bearer
+from tests.insurance.test_workbook_sync import alices_tab, run_sync
 from tests.support.server import live_server
 
 
@@ -112,6 +114,31 @@ def test_events_bring_queued_jobs_new_positions_when_an_earlier_job_ends(
     assert [j["position"] for j in frames[0]["data"]["queued"]] == [1, 2, 3]
     assert last_position(ids[1]) == 1
     assert last_position(ids[2]) == 2
+
+
+def test_the_stream_opens_with_recent_results_counted_and_sends_a_jobs_in_full(
+    runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    run_sync(runtime, "alice", TO_SHEET)
+    with alices_tab(runtime) as (sheet, _):
+        sheet.delete_rows(2, 2)
+    run_sync(runtime, "alice", TO_SHEET)
+    frames: list[dict[str, Any]] = []
+    with live_server(runtime) as url:
+        reader = threading.Thread(
+            target=read_events, args=(url, tokens["alice"], "succeeded", frames)
+        )
+        reader.start()
+        while not frames:
+            threading.Event().wait(0.02)
+        with api_client(url, tokens["alice"]) as alice:
+            alice.post("/api/insurance/sync/to-sheet")
+        reader.join(30)
+
+    opening = frames[0]["data"]["recent"][0]["result"]["tabs"]["Customers"]
+    assert "issues" not in opening and opening["issues_listed"] == 2
+    final = frames[-1]["data"]["result"]["tabs"]["Customers"]
+    assert [issue["kind"] for issue in final["issues"]] == ["deleted_in_sheet"] * 2
 
 
 def _database_down(*_args: object, **_kwargs: object) -> None:

@@ -1396,6 +1396,23 @@ def _report(
     }
 
 
+def brief_result(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A job's result without its tabs' lists of issues and conflicts, which
+    it counts instead: what a list of jobs carries (the status answer, the
+    event stream's opening state). One job's own view has the lists."""
+    if result is None or "tabs" not in result:
+        return result
+    tabs = {
+        tab: {
+            **{k: v for k, v in data.items() if k not in ("issues", "conflicts")},
+            "issues_listed": len(data.get("issues", ())),
+            "conflicts_listed": len(data.get("conflicts", ())),
+        }
+        for tab, data in result["tabs"].items()
+    }
+    return {**result, "tabs": tabs, "brief": True}
+
+
 def _issue_shown(issue: Issue) -> dict[str, Any]:
     """An issue as a job's result keeps it: its value cut as every value shown
     (the status endpoint and the event stream send each recent job's result)."""

@@ -16,7 +16,7 @@ from sheetbridge.db import DATABASE_UNAVAILABLE_ERRORS, unavailable_reason
 from sheetbridge.queue.errors import JobNotFound
 from sheetbridge.queue.models import Job
 from sheetbridge.web.deps import CurrentUser, Runtime, RuntimeDep
-from sheetbridge.web.sync_api import job_views
+from sheetbridge.web.sync_api import job_views, jobs_status
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/insurance/sync", tags=["sync"])
@@ -37,8 +37,9 @@ async def sync_events(
 ) -> StreamingResponse:
     """Stream the caller's job events (admins may ask for everyone's).
 
-    The stream opens with a ``status`` event holding the full current state, so
-    a client that reconnects after a drop misses no final state.
+    The stream opens with a ``status`` event, the status endpoint's answer, so
+    a client that reconnects after a drop misses no final state. Each ``job``
+    event after it is one job's whole view, its issues listed.
     """
     owner = None if (all_users and user.is_admin) else user.id
     stream = _stream(request, rt, owner)
@@ -77,7 +78,7 @@ async def _stream(
 
     unsubscribe = rt.queue.subscribe(on_event)
     try:
-        status = await to_thread.run_sync(_status, rt, owner)
+        status = await to_thread.run_sync(jobs_status, rt, owner)
         yield _frame("status", status)
         while not await request.is_disconnected():
             try:
@@ -103,11 +104,6 @@ async def _stream(
                 yield _frame("job", view)
     finally:
         unsubscribe()
-
-
-def _status(rt: Runtime, owner: int | None) -> dict[str, Any]:
-    jobs = rt.queue.status(owner, recent=rt.settings.recent_jobs)
-    return {name: job_views(rt, group) for name, group in jobs.items()}
 
 
 def _views(rt: Runtime, owner: int | None, job_ids: set[int]) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from sheetbridge.insurance.mapping import CUSTOMERS, POLICIES
 from sheetbridge.insurance.models import User
 from sheetbridge.insurance.schemas import MAX_ID
 from sheetbridge.insurance.services import InvalidField
-from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
+from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET, brief_result
 from sheetbridge.queue.errors import JobNotFound
 from sheetbridge.queue.models import Job
 from sheetbridge.queue.store import Enqueued, JobQueue
@@ -111,9 +111,13 @@ def write_back(body: WriteBack, user: CurrentUser, rt: RuntimeDep) -> JsonAnswer
     return _queued(queued)
 
 
-def job_views(rt: Runtime, jobs: list[Job]) -> list[dict[str, Any]]:
+def job_views(
+    rt: Runtime, jobs: list[Job], *, brief: bool = False
+) -> list[dict[str, Any]]:
     """The jobs' views; an import that failed or was stopped tells how many
-    records it changed before (``saved_changes``): they stay, undoable."""
+    records it changed before (``saved_changes``): they stay, undoable.
+    ``brief`` views count each tab's issues instead of listing them: a list
+    of jobs carries many results, one job's view the whole of its own."""
     stopped = [
         job.id
         for job in jobs
@@ -123,19 +127,30 @@ def job_views(rt: Runtime, jobs: list[Job]) -> list[dict[str, Any]]:
     if stopped:
         with rt.db.read_session() as session:
             saved = review.saved_changes(session, stopped)
-    return [
+    views = [
         {**job_view(rt.queue, job), "saved_changes": saved.get(job.id)} for job in jobs
     ]
+    if brief:
+        for view in views:
+            view["result"] = brief_result(view["result"])
+    return views
 
 
 @router.get("/status")
 def sync_status(
     user: CurrentUser, rt: RuntimeDep, all_users: bool = False
 ) -> JsonAnswer:
-    """The caller's running, queued and recent jobs (admins may ask for all)."""
-    owner = None if (all_users and user.is_admin) else user.id
+    """The caller's running, queued and recent jobs (admins may ask for all),
+    each result with its issues counted: a job's own view lists them."""
+    return JsonAnswer(
+        jobs_status(rt, None if (all_users and user.is_admin) else user.id)
+    )
+
+
+def jobs_status(rt: Runtime, owner: int | None) -> dict[str, list[dict[str, Any]]]:
+    """The running, queued and recent jobs of ``owner`` (None: everyone's)."""
     jobs = rt.queue.status(owner, recent=rt.settings.recent_jobs)
-    return JsonAnswer({name: job_views(rt, group) for name, group in jobs.items()})
+    return {name: job_views(rt, group, brief=True) for name, group in jobs.items()}
 
 
 def _own_job(job_id: JobId, user: CurrentUser, rt: RuntimeDep) -> Job:

@@ -858,8 +858,10 @@
   function upsertJob(job) {
     const old = jobs.get(job.id);
     if (old && stage(job) < stage(old)) return false;
-    if (old && FINAL.has(old.state) && FINAL.has(job.state) && !job.result && old.result) {
-      job = { ...job, result: old.result }; // events from other processes carry no result
+    if (old && FINAL.has(old.state) && FINAL.has(job.state) && old.result) {
+      // Events from other processes carry no result; a snapshot's counts a
+      // result's issues where the job's own view, already here, lists them.
+      if (!job.result || (job.result.brief && !old.result.brief)) job = { ...job, result: old.result };
     }
     jobs.set(job.id, job);
     return true;
@@ -910,15 +912,35 @@
     return "Fix what the reason names, then sync again. If it keeps failing, tell your admin the sync number.";
   }
 
-  function issuesDetails(result) {
-    const tabsData = (result && result.tabs) || {};
+  // A snapshot (the status, the stream's opening) counts each job's issues;
+  // the job's own view lists them, fetched once its list is opened.
+  function briefIssuesDetails(job) {
+    const tabs = Object.values(job.result.tabs || {});
+    const n = tabs.reduce((sum, data) => sum + Number((data && data.issues_listed) || 0), 0);
+    if (!n) return null;
+    const note = el("p", { className: "job-line muted", text: "Loading the issues…" });
+    const details = el("details", { className: "job-issues" },
+      el("summary", { text: `Show ${plural(n, "row-level issue")}` }), note);
+    details.addEventListener("toggle", () => {
+      if (!details.open) return;
+      api("GET", `/api/insurance/sync/jobs/${job.id}`)
+        .then((full) => { if (upsertJob(full)) render(); })
+        .catch((err) => { note.textContent = `Could not load the issues: ${err.message}`; });
+    });
+    return details;
+  }
+
+  function issuesDetails(job) {
+    if (job.result.brief) return briefIssuesDetails(job);
     const rows = [];
-    for (const [tab, data] of Object.entries(tabsData)) {
-      for (const c of (data && data.conflicts) || []) {
+    for (const [tab, data] of Object.entries(job.result.tabs || {})) {
+      const conflicts = (data && data.conflicts) || [];
+      const withValues = new Set(conflicts.map((c) => `${c.row} ${c.column}`));
+      for (const c of conflicts) {
         rows.push([tab, c.row, c.column, `Conflict: app has ${canonical(c.app)}, sheet has ${canonical(c.sheet)} (was ${canonical(c.base)})`, "conflict"]);
       }
       for (const i of (data && data.issues) || []) {
-        if (i.kind === "conflict") continue; // already listed with values above
+        if (i.kind === "conflict" && withValues.has(`${i.row} ${i.column}`)) continue; // listed above
         const value = i.value !== null && i.value !== undefined && i.value !== "" ? ` (value: ${i.value})` : "";
         rows.push([i.tab || tab, i.row, i.column, `${i.reason}${value}`, i.kind || "error"]);
       }
@@ -936,9 +958,9 @@
   }
 
   // What to write back of the rows a sync reported deleted from the sheet
-  // (their records kept in the app): the records listed, or all of them when
-  // the result's list was cut short. A record that may be a row whose ID is
-  // in doubt (its issue names that row) is left out: never two rows.
+  // (their records kept in the app): the records its result names, or all
+  // of them when that list was cut short. The server leaves out a record
+  // that may be a row whose ID is in doubt: never two rows.
   const TAB_ENTITIES = { Customers: "customers", Policies: "policies" };
   function deletedInSheet(result) {
     const body = { customers: [], policies: [] };
@@ -947,14 +969,10 @@
     for (const [tab, data] of Object.entries((result && result.tabs) || {})) {
       const entity = TAB_ENTITIES[tab];
       if (!entity || !data) continue;
-      const listed = (data.issues || []).filter((i) => i.kind === "deleted_in_sheet");
-      const total = Number((data.counts || {}).deleted_in_sheet || 0);
-      if (total > listed.length) cut = true;
-      for (const i of listed) {
-        if ((i.row === null || i.row === undefined) && /^\d+$/.test(String(i.value))) {
-          body[entity].push(Number(i.value));
-          count += 1;
-        }
+      if (data.write_back_cut) cut = true;
+      for (const id of data.write_back || []) {
+        body[entity].push(Number(id));
+        count += 1;
       }
     }
     if (cut) return { body: { all: true }, label: "Write back all rows deleted from the sheet", count };
@@ -1061,7 +1079,7 @@
 
   function jobSignature(job) {
     return JSON.stringify([job.state, job.position, job.waiting_for, job.attempts, job.progress,
-      job.error, job.cancel_requested, job.finished_at, job.run_after, Boolean(job.result), undoState.get(job.id) || null,
+      job.error, job.cancel_requested, job.finished_at, job.run_after, job.result ? Boolean(job.result.brief) : null, undoState.get(job.id) || null,
       job.saved_changes,
       writtenBack.has(job.id)]);
   }
@@ -1130,7 +1148,7 @@
       const undoBlock = undoReportBlock(job.id);
       if (undoBlock) body.push(undoBlock);
       if (job.result) {
-        const details = issuesDetails(job.result);
+        const details = issuesDetails(job);
         if (details) {
           if (li.querySelector("details.job-issues[open]")) details.open = true;
           body.push(details);
@@ -1149,11 +1167,14 @@
       }
     }
     if (actions.length) body.push(el("div", { className: "job-actions" }, ...actions));
-    // Keep keyboard focus on a button that is rebuilt with the same role.
-    const focused = li.contains(document.activeElement) ? document.activeElement.className : null;
+    // Keep keyboard focus on a button that is rebuilt with the same role, or
+    // on the issues' toggle.
+    const active = li.contains(document.activeElement) ? document.activeElement : null;
     li.replaceChildren(...body);
-    if (focused) {
-      const again = li.querySelector(`button[class="${focused}"]`);
+    if (active) {
+      const again = active.tagName === "SUMMARY"
+        ? li.querySelector("details.job-issues > summary")
+        : li.querySelector(`button[class="${active.className}"]`);
       if (again) again.focus();
     }
   }
