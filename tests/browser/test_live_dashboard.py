@@ -22,14 +22,14 @@ from sqlalchemy import select
 from sheetbridge.config import Settings
 from sheetbridge.insurance import sync_jobs
 from sheetbridge.insurance.models import User
-from sheetbridge.insurance.sync_jobs import TO_SHEET
+from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
 from sheetbridge.queue.store import Claimed
 from sheetbridge.queue.worker import JobContext
 from sheetbridge.web.deps import Runtime
 from sheetbridge.web.security import add_user
 from tests.conftest import api_client
 from tests.insurance.test_id_write_back import refuse_writes
-from tests.insurance.test_review import edit_sheet_cell
+from tests.insurance.test_review import edit_app_city, edit_sheet_cell
 from tests.insurance.test_workbook_sync import alices_tab, run_sync, workbook_path
 from tests.support.server import live_server
 
@@ -338,6 +338,38 @@ def test_conflict_is_resolved_in_the_page_by_button_and_by_keyboard(
         after = api.get(f"/api/customers/{record_id}").json()
         assert (after["city"], after["email"]) == ("Sheet City", "fixed@example.com")
         assert api.get("/api/insurance/sync/conflicts").json()["conflicts"] == []
+        assert_not_reloaded(page)
+        page.close()
+
+
+def test_a_conflict_whose_app_value_changed_since_is_shown_again_not_overwritten(
+    browser: Browser, runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    run_sync(runtime, "alice", TO_SHEET)
+    record_id = edit_sheet_cell(runtime, 2, "City", "Sheet City")
+    edit_app_city(runtime, record_id, "App City")
+    run_sync(runtime, "alice", FROM_SHEET)
+    with live_server(runtime) as url, api_client(url, tokens["alice"]) as api:
+        page = open_dashboard(browser, url, "alice")
+        city = page.locator("#conflict-list li[data-field=city]")
+        expect(city.locator(".is-app dd")).to_have_text("App City")
+        before = api.get(f"/api/customers/{record_id}").json()
+        api.patch(
+            f"/api/customers/{record_id}",
+            json={"version": before["version"], "city": "Later City"},
+        ).raise_for_status()
+
+        keep_sheet = re.compile("^Keep the sheet's value")
+        city.get_by_role("button", name=keep_sheet).click()
+
+        expect(city.locator(".conflict-error")).to_contain_text(
+            "changed after this conflict was found: it is now 'Later City'"
+        )
+        expect(city.locator(".is-app dd")).to_have_text("Later City")
+        assert api.get(f"/api/customers/{record_id}").json()["city"] == "Later City"
+        city.get_by_role("button", name=keep_sheet).click()
+        expect(city).to_have_count(0)
+        assert api.get(f"/api/customers/{record_id}").json()["city"] == "Sheet City"
         assert_not_reloaded(page)
         page.close()
 

@@ -160,6 +160,49 @@ def test_an_edit_without_a_value_or_a_keep_with_one_is_a_422_naming_value(
     assert app_city(runtime, record_id) == "App City"
 
 
+@pytest.mark.parametrize(
+    ("body", "kept"),
+    [
+        ({"choice": "sheet"}, "Sheet City"),
+        ({"choice": "edit", "value": "Typed City"}, "Typed City"),
+    ],
+    ids=["keep-sheet", "edit"],
+)
+def test_a_resolution_over_an_app_value_edited_since_is_refused_until_seen(
+    runtime: Runtime, tokens: dict[str, str], body: dict[str, object], kept: str
+) -> None:
+    client, record_id, _ = make_conflict(runtime)
+    (conflict_id,) = open_conflict_ids(client, tokens["alice"])
+    edit_app_city(runtime, record_id, "Later City")
+
+    refused = resolve(client, tokens["alice"], conflict_id, body)
+
+    assert refused.status_code == 409
+    assert "changed after this conflict was found" in refused.json()["detail"]
+    assert "it is now 'Later City'" in refused.json()["detail"]
+    assert app_city(runtime, record_id) == "Later City"
+    listed = client.get(
+        "/api/insurance/sync/conflicts", headers=bearer(tokens["alice"])
+    ).json()["conflicts"]
+    assert [(c["id"], c["app"]) for c in listed] == [(conflict_id, "Later City")]
+    again = resolve(client, tokens["alice"], conflict_id, body)
+    assert again.status_code == 200 and app_city(runtime, record_id) == kept
+
+
+def test_keeping_the_app_value_keeps_the_one_the_app_has_now(
+    runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    client, record_id, _ = make_conflict(runtime)
+    (conflict_id,) = open_conflict_ids(client, tokens["alice"])
+    edit_app_city(runtime, record_id, "Later City")
+
+    kept = resolve(client, tokens["alice"], conflict_id, {"choice": "app"})
+
+    assert kept.status_code == 200
+    run_sync(runtime, "alice", TO_SHEET)
+    assert sheet_city(runtime, record_id) == "Later City"
+
+
 def test_keep_app_is_written_to_the_sheet_by_the_next_sync(
     runtime: Runtime, tokens: dict[str, str]
 ) -> None:

@@ -29,7 +29,7 @@ from sheetbridge.insurance.services import (
     RecordNotFound,
 )
 from sheetbridge.sync.columns import Canonical
-from sheetbridge.sync.engine import Conflict, Record, TabMapping
+from sheetbridge.sync.engine import Conflict, Record, TabMapping, shown
 from sheetbridge.sync.models import (
     ImportChange,
     PendingId,
@@ -45,6 +45,20 @@ _MAPPING = {ENTITY[m.tab]: m for m in (CUSTOMERS, POLICIES)}
 
 class ReviewError(DomainError):
     """A conflict or import that cannot be acted on as asked."""
+
+
+class ConflictOutdated(ReviewError):
+    """The app's side of a conflict changed after the conflict was found:
+    settling it for the sheet or an edit would overwrite what nobody saw."""
+
+    def __init__(self, row: SyncConflict, current: Canonical) -> None:
+        super().__init__(
+            f"the app's {row.column or row.field} changed after this conflict was "
+            f"found: it is now {shown(current)!r}. Nothing was changed; look at "
+            "the conflict again and choose"
+        )
+        self.conflict_id = row.id
+        self.current = current
 
 
 def record_conflicts(
@@ -139,6 +153,10 @@ def resolve_conflict(
     if choice not in CHOICES:
         raise InvalidField("choice", f"must be one of {', '.join(CHOICES)}")
     mapping = _MAPPING[row.entity]
+    if choice != "app":
+        current = _app_value(session, user, mapping, row)
+        if current != row.app_value:
+            raise ConflictOutdated(row, current)
     if choice == "sheet":
         _set_app_value(session, user, mapping, row, row.sheet_value, asked="choice")
     elif choice == "edit":
@@ -161,6 +179,24 @@ def resolve_conflict(
     row.resolved_at = clock.now()
     row.resolved_by = user.id
     return row
+
+
+def show_app_value(session: Session, conflict_id: int, current: Canonical) -> None:
+    """Let the conflict show the app's value as it is now (after a refusal)."""
+    session.execute(
+        update(SyncConflict)
+        .where(SyncConflict.id == conflict_id, SyncConflict.resolved_at.is_(None))
+        .values(app_value=current)
+    )
+
+
+def _app_value(
+    session: Session, user: User, mapping: TabMapping, row: SyncConflict
+) -> Canonical:
+    book = Book(session, user)
+    if mapping is CUSTOMERS:
+        return customer_record(book.get_customer(row.record_id))[row.field]
+    return policy_record(book.get_policy(row.record_id))[row.field]
 
 
 def _own_conflict(session: Session, user: User, conflict_id: int) -> SyncConflict:

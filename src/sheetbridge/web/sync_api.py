@@ -203,11 +203,16 @@ def resolve_conflict(
         raise InvalidField("value", "an edit needs the value to keep (null clears)")
     if body.choice != "edit" and given:
         raise InvalidField("value", f"a value is only for 'edit', not '{body.choice}'")
-    with rt.db.session() as session:
-        row = review.resolve_conflict(
-            session, user, conflict_id, body.choice, body.value
-        )
-        return review.conflict_view(row)
+    try:
+        with rt.db.session() as session:
+            row = review.resolve_conflict(
+                session, user, conflict_id, body.choice, body.value
+            )
+            return review.conflict_view(row)
+    except review.ConflictOutdated as outdated:
+        with rt.db.session() as session:
+            review.show_app_value(session, outdated.conflict_id, outdated.current)
+        raise
 
 
 @router.post("/jobs/{job_id}/undo")

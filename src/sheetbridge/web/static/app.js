@@ -1608,6 +1608,7 @@
     const countEl = $("#conflicts-count");
     const link = $("#conflicts-link");
     const els = new Map(); // conflict id -> <li>
+    const notes = new Map(); // conflict id -> why it was not resolved, kept over a rebuild
     const state = { inflight: false, again: false, timer: null, items: [] };
 
     function valueBox(label, value, cls) {
@@ -1652,7 +1653,7 @@
           btn("app", "Keep app", "Keep the app's value"),
           btn("sheet", "Keep sheet", "Keep the sheet's value"),
           btn("edit", "Edit…", "Type another value")),
-        el("p", { className: "conflict-error", role: "alert" }),
+        el("p", { className: "conflict-error", role: "alert", text: notes.get(c.id) || "" }),
         form);
     }
 
@@ -1672,7 +1673,7 @@
       });
       wanted.forEach((li, i) => { if (listEl.children[i] !== li) listEl.insertBefore(li, listEl.children[i] || null); });
       const ids = new Set(items.map((c) => c.id));
-      for (const [id, li] of Array.from(els)) if (!ids.has(id)) { li.remove(); els.delete(id); }
+      for (const [id, li] of Array.from(els)) if (!ids.has(id)) { li.remove(); els.delete(id); notes.delete(id); }
       const n = items.length;
       countEl.hidden = n === 0;
       countEl.textContent = String(n);
@@ -1720,6 +1721,8 @@
     function showError(li, text) {
       const p = $(".conflict-error", li);
       p.textContent = text;
+      if (text) notes.set(Number(li.dataset.conflictId), text);
+      else notes.delete(Number(li.dataset.conflictId));
     }
 
     async function resolve(li, choice, value) {
@@ -1768,7 +1771,9 @@
             showError(li, `Not resolved: ${msgs.join(" ")}`);
           }
         } else if (err.status === 409 || err.status === 404) {
-          announce(`This conflict was already settled: ${err.message}`);
+          // Settled elsewhere (it goes from the list), or its app value
+          // changed since: the list shows the value the app has now.
+          showError(li, `Not resolved: ${err.message}`);
           refreshSoon();
         } else {
           showError(li, `Not resolved: ${err.message}`);
