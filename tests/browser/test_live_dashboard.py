@@ -437,9 +437,24 @@ def test_rows_deleted_in_the_sheet_are_written_back_from_the_history(
         page.close()
 
 
+@pytest.mark.parametrize(
+    ("listed", "toggle_text", "button"),
+    [
+        (500, "Show 2 row-level issues", "^Write the 2 rows"),
+        (1, "Show the first 1 of 2 row-level issues", "^Write all rows"),
+    ],
+    ids=["all-listed", "list-cut"],
+)
 def test_a_sync_that_ended_before_the_page_opened_lists_its_issues_on_demand(
-    browser: Browser, runtime: Runtime, tokens: dict[str, str]
+    browser: Browser,
+    runtime: Runtime,
+    tokens: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    listed: int,
+    toggle_text: str,
+    button: str,
 ) -> None:
+    monkeypatch.setattr(sync_jobs, "MAX_REPORTED_ISSUES", listed)
     run_sync(runtime, "alice", TO_SHEET)
     with alices_tab(runtime) as (sheet, _):
         gone = [sheet.cell(row, 1).value for row in (2, 3)]
@@ -449,19 +464,20 @@ def test_a_sync_that_ended_before_the_page_opened_lists_its_issues_on_demand(
         page = open_dashboard(browser, url, "alice")
         flagged = page.locator("#recent-jobs li[data-kind=to_sheet]").first
         toggle = flagged.locator("details.job-issues > summary")
-        expect(toggle).to_have_text("Show 2 row-level issues")
+        expect(toggle).to_have_text(toggle_text)
 
         toggle.focus()
         page.keyboard.press("Enter")
 
-        listed = flagged.locator(".issues-list li")
-        expect(listed).to_have_count(2)
-        for record_id in gone:
+        expect(flagged.locator(".issues-list li")).to_have_count(min(listed, 2))
+        for record_id in gone[:listed]:
             expect(flagged.locator(".issues-list")).to_contain_text(
                 f"(value: {record_id})"
             )
+        rest = flagged.locator("details.job-issues").get_by_text("The rest are not")
+        expect(rest).to_have_count(1 if listed < 2 else 0)
         expect(flagged.locator("details.job-issues > summary")).to_be_focused()
-        flagged.get_by_role("button", name=re.compile("^Write the 2 rows")).click()
+        flagged.get_by_role("button", name=re.compile(button)).click()
         written = page.locator("#recent-jobs li.job").first
         expect(written).to_contain_text("2 rows appended", timeout=20_000)
         (job_id,) = job_ids(page, "#recent-jobs li.job:first-child")

@@ -833,7 +833,7 @@
     ["deleted", "row deleted", "rows deleted"],
     ["skipped", "row skipped", "rows skipped"],
     ["conflicts", "conflict", "conflicts"],
-    ["errors", "row with errors", "rows with errors"],
+    ["errors", "error", "errors"],
     ["pending_import", "sheet edit waiting for import", "sheet edits waiting for import"],
     ["pending_export", "app change waiting for export", "app changes waiting for export"],
     ["deleted_in_sheet", "row deleted in the sheet", "rows deleted in the sheet"],
@@ -920,7 +920,7 @@
     if (!n) return null;
     const note = el("p", { className: "job-line muted", text: "Loading the issues…" });
     const details = el("details", { className: "job-issues" },
-      el("summary", { text: `Show ${plural(n, "row-level issue")}` }), note);
+      el("summary", { text: issuesLabel(n, job.result.summary) }), note);
     details.addEventListener("toggle", () => {
       if (!details.open) return;
       api("GET", `/api/insurance/sync/jobs/${job.id}`)
@@ -952,9 +952,21 @@
         el("span", { className: "issue-where", text: where }),
         el("span", { className: "issue-reason", text: reason }));
     });
-    return el("details", { className: "job-issues" },
-      el("summary", { text: `Show ${plural(rows.length, "row-level issue")}` }),
+    const details = el("details", { className: "job-issues" },
+      el("summary", { text: issuesLabel(rows.length, job.result.summary) }),
       el("ul", { className: "issues-list" }, ...items));
+    if (Number(job.result.summary && job.result.summary.issues) > rows.length) {
+      details.append(el("p", { className: "job-line muted",
+        text: "The rest are not listed: fix these in the sheet and sync again to see them." }));
+    }
+    return details;
+  }
+
+  // A result lists the first 500 issues of a tab; its summary counts them all.
+  function issuesLabel(listed, summary) {
+    const total = Number((summary && summary.issues) || 0);
+    if (total > listed) return `Show the first ${listed.toLocaleString()} of ${plural(total, "row-level issue")}`;
+    return `Show ${plural(listed, "row-level issue")}`;
   }
 
   // What to write back of the rows a sync reported deleted from the sheet
