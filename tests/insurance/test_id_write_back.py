@@ -4,6 +4,7 @@ record twice, nor leaves an ID in the sheet that names no record or another."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -228,6 +229,36 @@ def test_an_import_stopped_after_it_saved_tells_how_many_records_it_changed(
         job = client.get(f"/api/insurance/sync/jobs/{queued.job_id}").json()
 
     assert job["state"] == "cancelled" and job["saved_changes"] == len(NAMES)
+
+
+def test_an_import_retried_after_it_saved_reports_what_its_first_attempt_did(
+    synced: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    type_new_rows(synced)
+    real = XlsxBackend.write
+
+    def busy_once(self: XlsxBackend, *args: Any, **kwargs: Any) -> None:
+        monkeypatch.setattr(XlsxBackend, "write", real)
+        raise SheetTransientError("the workbook is busy", location=str(self.path))
+
+    monkeypatch.setattr(XlsxBackend, "write", busy_once)
+    with synced.db.read_session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+    job_id = synced.sync.enqueue(alice, FROM_SHEET).job_id
+    deadline = time.monotonic() + 30
+    while synced.queue.get(job_id).state in ("queued", "running"):
+        assert time.monotonic() < deadline, "the retry never ran"
+        WorkerPool(synced.queue, synced.sync.handlers).run_until_empty()
+        time.sleep(0.05)
+
+    job = synced.queue.get(job_id)
+    assert job.state == "succeeded" and job.attempts == 2 and job.result
+    created = sorted(i for ids in customers_named(synced).values() for i in ids)
+    assert len(created) == len(NAMES)
+    assert job.result["summary"]["created"] == len(NAMES)
+    assert job.result["tabs"]["Customers"]["counts"]["created"] == len(NAMES)
+    assert sorted(job.result["changed"]["customer"]) == created
+    assert_each_row_imported_once(synced)
 
 
 def test_a_row_edited_before_its_id_was_written_keeps_its_record_and_the_edit(

@@ -287,6 +287,30 @@ def saved_changes(session: Session, job_ids: Collection[int]) -> dict[int, int]:
     return {job_id: 0 for job_id in job_ids} | {job_id: n for job_id, n in counts}
 
 
+@dataclass
+class ImportDone:
+    """The records an import created and updated, by entity, not undone."""
+
+    created: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
+    updated: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
+
+
+def import_done(session: Session, job_id: int) -> ImportDone:
+    """What an import changed over all its attempts: one that died after its
+    commit left its changes, which the next attempt finds already made."""
+    rows = session.execute(
+        select(ImportChange.entity, ImportChange.record_id, ImportChange.field)
+        .where(ImportChange.job_id == job_id, ImportChange.undone_at.is_(None))
+        .distinct()
+    )
+    done = ImportDone()
+    for entity, record_id, name in rows:
+        (done.created if name == CREATED else done.updated)[entity].add(record_id)
+    for entity, created in done.created.items():
+        done.updated[entity] -= created
+    return done
+
+
 def undo_import(session: Session, user: User, job_id: int) -> UndoReport:
     """Put back what one import changed. A record whose imported values were
     edited since is left alone; edits to its other fields stay beside the

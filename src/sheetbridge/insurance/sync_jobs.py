@@ -43,7 +43,12 @@ from sheetbridge.insurance.mapping import (
     to_python,
 )
 from sheetbridge.insurance.models import Customer, Policy, User, is_file_name
-from sheetbridge.insurance.review import CREATED, forget_sheet, record_conflicts
+from sheetbridge.insurance.review import (
+    CREATED,
+    forget_sheet,
+    import_done,
+    record_conflicts,
+)
 from sheetbridge.insurance.schemas import (
     CustomerCreate,
     CustomerUpdate,
@@ -419,6 +424,8 @@ class SyncService:
         changed, id_cells = self._import(
             context.job.id, target, user, sides, plans, tabs, pending
         )
+        if context.job.attempts > 1:
+            changed = self._over_all_attempts(context.job.id, plans)
         # The import has committed: its new records' IDs go into their rows
         # now, and until a sync sees them there each is a pending row.
         writes = {
@@ -457,6 +464,21 @@ class SyncService:
                 len(ids) > MAX_REPORTED_CHANGED for ids in changed.values()
             ),
         }
+
+    def _over_all_attempts(
+        self, job_id: int, plans: dict[str, FromSheetPlan]
+    ) -> dict[str, list[int]]:
+        """The records a retried import changed over all its attempts, its
+        plans' counts set to match: the result tells what the import did."""
+        with self.db.read_session() as session:
+            done = import_done(session, job_id)
+        changed: dict[str, list[int]] = {}
+        for mapping in MAPPINGS:
+            entity = ENTITY[mapping.tab]
+            created, updated = done.created[entity], done.updated[entity]
+            plans[mapping.tab].counts.update(created=len(created), updated=len(updated))
+            changed[entity] = sorted(created | updated)
+        return changed
 
     def _import(
         self,
