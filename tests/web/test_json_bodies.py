@@ -128,3 +128,33 @@ def test_nan_and_infinity_are_not_json(alice: TestClient, constant: str) -> None
     assert error["msg"] == (
         f"the body is not valid JSON ({constant} is not a JSON number)"
     )
+
+
+def _megabytes(count: int) -> bytes:
+    return b'{"name": "Ann", "notes": "' + b"x" * (count * 1024 * 1024) + b'"}'
+
+
+def test_a_body_past_the_size_limit_is_a_413_saying_the_limit(
+    alice: TestClient,
+) -> None:
+    answer = alice.post("/api/customers", content=_megabytes(5), headers=JSON)
+
+    assert answer.status_code == 413
+    (error,) = answer.json()["detail"]
+    assert error["loc"] == ["body"]
+    assert "at most 4 MB" in error["msg"]
+    assert alice.get("/api/customers", params={"q": "Ann"}).json()["total"] == 0
+
+
+def test_a_body_sent_in_chunks_past_the_limit_is_refused_as_well(
+    alice: TestClient,
+) -> None:
+    def chunks() -> Any:
+        body = _megabytes(5)
+        for start in range(0, len(body), 65536):
+            yield body[start : start + 65536]
+
+    answer = alice.post("/api/customers", content=chunks(), headers=JSON)
+
+    assert answer.status_code == 413
+    assert "at most 4 MB" in answer.json()["detail"][0]["msg"]
