@@ -120,7 +120,10 @@ def test_sheet_settings_point_the_book_at_a_google_spreadsheet(
         page.fill("#target-spreadsheet", "not valid!")
         page.click("#save-target")
         expect(page.locator("#err-spreadsheet_id")).not_to_be_empty()
-        page.fill("#target-spreadsheet", "1AbCdEfGhIjKlMnOpQrStUvWxYz")
+        page.fill(  # the address as the browser shows it
+            "#target-spreadsheet",
+            "https://docs.google.com/spreadsheets/d/1AbCdEfGhIjKlMnOpQrStUvWxYz/edit#gid=0",
+        )
         page.select_option("#target-delete-mode", "delete")
         page.click("#save-target")
         expect(page.locator("#target-now")).to_contain_text(

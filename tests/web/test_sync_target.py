@@ -212,3 +212,35 @@ def test_an_agent_is_told_only_admins_see_or_set_others_sheets_as_asked(
         403,
         "only admins set others' sheets",
     )
+
+
+@pytest.mark.usefixtures("google_set_up")
+@pytest.mark.parametrize(
+    "pasted",
+    [
+        f"https://docs.google.com/spreadsheets/d/{SPREADSHEET}/edit#gid=0",
+        f"https://docs.google.com/spreadsheets/d/{SPREADSHEET}",
+        f"  docs.google.com/spreadsheets/u/1/d/{SPREADSHEET}/edit?usp=sharing ",
+    ],
+    ids=["edit-link", "bare-link", "no-scheme-and-spaces"],
+)
+def test_a_spreadsheets_address_pasted_for_its_id_is_taken_as_its_id(
+    client: TestClient, tokens: dict[str, str], pasted: str
+) -> None:
+    code, target = point_at(client, tokens["alice"], pasted)
+
+    assert code == 200, target
+    assert target["location"] == SPREADSHEET
+
+
+@pytest.mark.usefixtures("google_set_up")
+def test_an_address_that_is_not_a_spreadsheets_says_what_to_paste(
+    client: TestClient, tokens: dict[str, str]
+) -> None:
+    code, answer = point_at(
+        client, tokens["alice"], f"https://drive.google.com/file/d/{SPREADSHEET}/view"
+    )
+
+    assert code == 422
+    assert answer["detail"][0]["field"] == "spreadsheet_id"
+    assert "after /d/" in answer["detail"][0]["msg"]

@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -878,6 +879,22 @@ def google_set_up(settings: Settings) -> bool:
         or settings.google_oauth_token_file
         or settings.google_sheets_base_url.rstrip("/") != DEFAULT_BASE_URL
     )
+
+
+# A spreadsheet's address: docs.google.com/spreadsheets/d/<ID>/edit#gid=0,
+# with or without a scheme, and with /u/<n>/ when several accounts are signed in.
+_SPREADSHEET_URL = re.compile(
+    r"(?:https?://)?docs\.google\.com/spreadsheets/(?:u/\d+/)?d/([^/?#\s]+)"
+    r"(?:[/?#]\S*)?"
+)
+
+
+def spreadsheet_id_in(text: str) -> str:
+    """The spreadsheet ID of ``text``: the ID itself, or the one in the
+    spreadsheet's address that people copy from their browser."""
+    text = text.strip()
+    found = _SPREADSHEET_URL.fullmatch(text)
+    return found.group(1) if found else text
 
 
 def service_account_email(settings: Settings) -> str | None:

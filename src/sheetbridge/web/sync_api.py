@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, status
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    field_validator,
+)
 
 from sheetbridge import clock
 from sheetbridge.insurance import review
@@ -17,7 +24,7 @@ from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET, brief_result
 from sheetbridge.queue.errors import JobNotFound
 from sheetbridge.queue.models import Job
 from sheetbridge.queue.store import Enqueued, JobQueue
-from sheetbridge.sheets.google import service_account_email
+from sheetbridge.sheets.google import service_account_email, spreadsheet_id_in
 from sheetbridge.sync.models import SyncTarget
 from sheetbridge.web.answers import JsonAnswer
 from sheetbridge.web.bodies import JsonRoute
@@ -229,7 +236,16 @@ class TargetChange(BaseModel):
 
     delete_mode: Literal["flag", "delete"] | None = None
     backend: Literal["xlsx", "google"] | None = None
-    spreadsheet_id: str | None = Field(default=None, max_length=128)
+    spreadsheet_id: str | None = Field(
+        default=None,
+        max_length=256,
+        description="the ID, or the spreadsheet's address with it after /d/",
+    )
+
+    @field_validator("spreadsheet_id")
+    @classmethod
+    def _id_of_an_address(cls, value: str | None) -> str | None:
+        return None if value is None else spreadsheet_id_in(value)
 
 
 def _target_view(rt: RuntimeDep, target: SyncTarget) -> dict[str, Any]:
