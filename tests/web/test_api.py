@@ -416,6 +416,23 @@ def test_customer_with_policies_cannot_be_deleted_but_an_empty_one_can(
     assert alice.get(f"/api/customers/{created['id']}").status_code == 404
 
 
+@pytest.mark.parametrize("path", ["/api/policies/{id}", "/api/customers/{id}"])
+def test_a_delete_with_a_body_is_refused_as_the_version_goes_in_its_query(
+    alice: TestClient, path: str
+) -> None:
+    created = alice.post("/api/customers", json={"name": "Temp Person"}).json()
+    record = _first_policy(alice) if "policies" in path else created
+    url = path.format(id=record["id"])
+
+    refused = alice.request("DELETE", url, json={"version": 999})
+
+    assert refused.status_code == 422
+    assert "send the version as ?version=" in refused.json()["detail"][0]["msg"]
+    assert alice.get(url).status_code == 200
+    deleted = alice.delete(url, params={"version": record["version"]})
+    assert deleted.status_code == 204
+
+
 def test_refusing_to_delete_a_customer_counts_its_policies_in_plain_words(
     alice: TestClient,
 ) -> None:
