@@ -1411,7 +1411,9 @@ def test_to_sheet_adds_no_rows_into_a_merge_below_the_data() -> None:
     assert plan.changes.cells == {(2, 8): "call back"}, "other changes still go"
     (error,) = plan.issues
     assert error.kind == "error" and error.row == 4 and error.value == "3"
-    assert "cells B4:C6 are merged" in error.reason
+    assert "cells B4:C6 are merged right below the table, where new rows go" in (
+        error.reason
+    )
     assert "record 3 is added once you unmerge them" in error.reason
     assert plan.counts["appended"] == 0 and plan.counts["errors"] == 1
 

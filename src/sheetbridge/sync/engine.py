@@ -356,8 +356,8 @@ def _keep_appends_out_of_merges(ctx: _ToSheet, rows: int) -> None:
         assert isinstance(record_id, int)
         del ctx.plan.snapshots[record_id]
         reason = (
-            f"cells {_merge_ref(merge)} are merged, so no row can be added below "
-            f"the last one; record {record_id} is added once you unmerge them"
+            f"cells {_merge_ref(merge)} are merged right below the table, where "
+            f"new rows go; record {record_id} is added once you unmerge them"
         )
         ctx.issue(
             Issue(ctx.mapping.tab, number, None, str(record_id), reason), "errors"
