@@ -46,8 +46,8 @@ def postgres_url() -> str | None:
 
 
 @contextmanager
-def private_database(url: str) -> Iterator[str]:
-    """A new database on the server of ``url``, migrated, and dropped afterwards.
+def blank_database(url: str) -> Iterator[str]:
+    """A new, empty database on the server of ``url``, dropped afterwards.
 
     Every test run gets its own, so runs side by side never share tables.
     """
@@ -55,16 +55,22 @@ def private_database(url: str) -> Iterator[str]:
     admin = create_engine(url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
-    private = make_url(url).set(database=name).render_as_string(hide_password=False)
-    database = Database(private)
-    database.upgrade()
-    database.dispose()
     try:
-        yield private
+        yield make_url(url).set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@contextmanager
+def private_database(url: str) -> Iterator[str]:
+    """A new database on the server of ``url``, migrated, and dropped afterwards."""
+    with blank_database(url) as private:
+        database = Database(private)
+        database.upgrade()
+        database.dispose()
+        yield private
 
 
 def truncate_all(database: Database) -> None:

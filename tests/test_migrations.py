@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
-from sheetbridge.db import Base, Database, alembic_config, load_models
+from sheetbridge.db import (
+    Base,
+    Database,
+    MigrationRefused,
+    alembic_config,
+    load_models,
+)
+from tests.conftest import blank_database, postgres_url
 
 
 def test_migrated_database_matches_the_models(db: Database) -> None:
@@ -66,3 +79,133 @@ def test_rebuilding_record_tables_for_ids_never_reused_keeps_every_row(
             assert session.scalar(text("SELECT id FROM customers")) == 8
     finally:
         database.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def blank_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database, on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'old.db'}"
+        return
+    server = postgres_url()
+    if server is None:
+        pytest.skip("PostgreSQL is not reachable (see the message above)")
+    with blank_database(server) as url:
+        yield url
+
+
+def migrated_to(url: str, revision: str) -> Database:
+    from alembic import command
+
+    database = Database(url)
+    with database.engine.begin() as connection:
+        config = alembic_config(url)
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+    return database
+
+
+def add_targets(
+    database: Database, targets: list[tuple[str, str, str]], *, first_id: int = 1
+) -> None:
+    """A user and their sync target for each (username, backend, location)."""
+    with database.session() as session:
+        for user_id, (username, backend, location) in enumerate(targets, first_id):
+            session.execute(
+                text(
+                    "INSERT INTO users (id, username, full_name, role, password_hash,"
+                    " created_at) VALUES (:id, :username, '', 'agent', 'x',"
+                    " '2026-01-01')"
+                ),
+                {"id": user_id, "username": username},
+            )
+            session.execute(
+                text(
+                    "INSERT INTO sync_targets (user_id, backend, location,"
+                    " delete_mode, created_at) VALUES (:id, :backend, :location,"
+                    " 'flag', '2026-01-01')"
+                ),
+                {"id": user_id, "backend": backend, "location": location},
+            )
+
+
+def test_upgrade_stops_where_books_share_a_spreadsheet_naming_it_and_their_users(
+    blank_url: str,
+) -> None:
+    database = migrated_to(blank_url, "0007")
+    try:
+        add_targets(
+            database,
+            [
+                ("bob", "google", "1SharedSheetAbc"),
+                ("alice", "google", "1SharedSheetAbc"),
+                ("carol", "google", "1CarolsOwnSheet"),
+                ("dave", "xlsx", "/books/shared.xlsx"),
+                ("erin", "xlsx", "/books/shared.xlsx"),
+            ],
+        )
+
+        with pytest.raises(MigrationRefused) as refused:
+            database.upgrade()
+
+        message = str(refused.value)
+        assert "spreadsheet 1SharedSheetAbc is the sheet of alice's and bob's" in (
+            message
+        )
+        assert "carol" not in message and "shared.xlsx" not in message
+        with database.session() as session:
+            version = session.scalar(text("SELECT version_num FROM alembic_version"))
+        assert version == "0007"
+    finally:
+        database.dispose()
+
+
+def test_two_books_cannot_be_stored_on_one_google_spreadsheet_but_on_one_workbook(
+    blank_url: str,
+) -> None:
+    database = migrated_to(blank_url, "0007")
+    try:
+        database.upgrade()
+        add_targets(
+            database,
+            [
+                ("dave", "xlsx", "/books/shared.xlsx"),
+                ("erin", "xlsx", "/books/shared.xlsx"),
+                ("bob", "google", "1SharedSheetAbc"),
+            ],
+        )
+
+        with pytest.raises(IntegrityError):
+            add_targets(database, [("alice", "google", "1SharedSheetAbc")], first_id=4)
+    finally:
+        database.dispose()
+
+
+def test_db_upgrade_says_which_books_share_a_spreadsheet_in_one_line(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    database = migrated_to(url, "0007")
+    add_targets(
+        database,
+        [("alice", "google", "1SharedSheetAbc"), ("bob", "google", "1SharedSheetAbc")],
+    )
+    database.dispose()
+    env = {
+        **os.environ,
+        "SHEETBRIDGE_DATA_DIR": str(tmp_path / "data"),
+        "SHEETBRIDGE_DATABASE_URL": url,
+    }
+
+    ran = subprocess.run(
+        [sys.executable, "-m", "sheetbridge", "db", "upgrade"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert ran.returncode == 1
+    (line,) = ran.stderr.strip().splitlines()
+    assert line.startswith(f"cannot upgrade the database {url}: ")
+    assert "spreadsheet 1SharedSheetAbc is the sheet of alice's and bob's" in line

@@ -16,7 +16,12 @@ import typer
 from sqlalchemy import select
 
 from sheetbridge.config import Settings, get_settings
-from sheetbridge.db import DATABASE_UNAVAILABLE_ERRORS, is_sqlite, unavailable_reason
+from sheetbridge.db import (
+    DATABASE_UNAVAILABLE_ERRORS,
+    MigrationRefused,
+    is_sqlite,
+    unavailable_reason,
+)
 from sheetbridge.heap import settle_after_startup
 from sheetbridge.insurance.demo import has_any_user, seed_demo
 from sheetbridge.insurance.models import User
@@ -48,6 +53,11 @@ def _runtime() -> Runtime:
     except DATABASE_UNAVAILABLE_ERRORS as exc:
         reason = unavailable_reason(exc)
         typer.echo(f"cannot use the database {_redacted(settings)}: {reason}", err=True)
+        raise typer.Exit(1) from None
+    except MigrationRefused as exc:
+        typer.echo(
+            f"cannot upgrade the database {_redacted(settings)}: {exc}", err=True
+        )
         raise typer.Exit(1) from None
     return runtime
 

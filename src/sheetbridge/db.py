@@ -52,6 +52,11 @@ WRITE_TURN_WAIT_SECONDS = Histogram(
 )
 
 
+class MigrationRefused(Exception):
+    """A migration found data it cannot bring under its new rule; it says
+    which, and nothing of it was applied."""
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 

@@ -201,19 +201,27 @@ class SyncService:
             location = str(self._workbook_path(user))
         elif backend is not None:
             raise InvalidField("backend", f"must be {XLSX} or {GOOGLE}")
-        with self.db.session() as session:
-            stored = session.get(SyncTarget, current.id)
-            assert stored is not None
+        try:
+            with self.db.session() as session:
+                stored = session.get(SyncTarget, current.id)
+                assert stored is not None
+                if backend == GOOGLE:
+                    _refuse_shared(session, stored, location, by or user)
+                if delete_mode is not None:
+                    stored.delete_mode = delete_mode
+                if backend is not None and (backend, location) != (
+                    stored.backend,
+                    stored.location,
+                ):
+                    stored.backend, stored.location = backend, location
+                    forget_sheet(session, stored.id)
+        except IntegrityError:
+            # Another book took the spreadsheet after the look above: the
+            # database's one-book-a-spreadsheet index refused this change.
             if backend == GOOGLE:
-                _refuse_shared(session, stored, location, by or user)
-            if delete_mode is not None:
-                stored.delete_mode = delete_mode
-            if backend is not None and (backend, location) != (
-                stored.backend,
-                stored.location,
-            ):
-                stored.backend, stored.location = backend, location
-                forget_sheet(session, stored.id)
+                with self.db.read_session() as session:
+                    _refuse_shared(session, current, location, by or user)
+            raise
         self._keys.pop(user.id, None)
         return self.target_for(user)
 

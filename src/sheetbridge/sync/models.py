@@ -5,7 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sheetbridge import clock
@@ -13,7 +22,11 @@ from sheetbridge.db import Base
 
 
 class SyncTarget(Base):
-    """Where one user's book syncs to: a workbook file (or, later, a spreadsheet)."""
+    """Where one user's book syncs to: a workbook file or a Google spreadsheet.
+
+    A spreadsheet is the sheet of one book only (the database holds that
+    against two changes at once); workbook paths are the app's own, one a user.
+    """
 
     __tablename__ = "sync_targets"
 
@@ -24,6 +37,16 @@ class SyncTarget(Base):
     delete_mode: Mapped[str] = mapped_column(String(16), default="flag")
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=clock.now
+    )
+
+    __table_args__ = (
+        Index(
+            "uq_sync_targets_google_location",
+            "location",
+            unique=True,
+            sqlite_where=text("backend = 'google'"),
+            postgresql_where=text("backend = 'google'"),
+        ),
     )
 
 
