@@ -108,7 +108,14 @@ def test_sheet_settings_point_the_book_at_a_google_spreadsheet(
 ) -> None:
     key_file = tmp_path / "service-account.json"
     key_file.write_text(
-        json.dumps({"type": "service_account", "client_email": "sync@agency.test"})
+        json.dumps(
+            {
+                "type": "service_account",
+                "client_email": "sync@agency.test",
+                "private_key": "-----BEGIN PRIVATE KEY-----\n...",
+                "token_uri": "https://oauth2.googleapis.com/token",
+            }
+        )
     )
     # The settings the sync service reads too: it refuses Google without them.
     monkeypatch.setattr(runtime.settings, "google_credentials_file", key_file)

@@ -19,6 +19,20 @@ from tests.conftest import bearer
 
 TARGET = "/api/insurance/sync/target"
 SPREADSHEET = "1AbCdEfGhIjKlMnOpQrStUvWxYz"
+# The fields each kind of credentials file must give (no real key: nothing
+# here is ever sent to Google).
+SERVICE_ACCOUNT_KEY = {
+    "type": "service_account",
+    "client_email": "sync@agency.test",
+    "private_key": "-----BEGIN PRIVATE KEY-----\n...\n-----END PRIVATE KEY-----\n",
+    "token_uri": "https://oauth2.googleapis.com/token",
+}
+OAUTH_USER = {
+    "type": "authorized_user",
+    "client_id": "agency-app",
+    "client_secret": "not-a-secret",
+    "refresh_token": "refresh",
+}
 
 
 @pytest.fixture
@@ -87,9 +101,7 @@ def test_google_is_taken_where_the_server_has_credentials(
 ) -> None:
     monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
     key_file = tmp_path / "service-account.json"
-    key_file.write_text(
-        json.dumps({"type": "service_account", "client_email": "sync@agency.test"})
-    )
+    key_file.write_text(json.dumps(SERVICE_ACCOUNT_KEY | OAUTH_USER))
     if setting == "key file":
         monkeypatch.setattr(runtime.settings, "google_credentials_file", key_file)
     elif setting == "key file by Google's variable":
@@ -107,6 +119,138 @@ def test_google_is_taken_where_the_server_has_credentials(
     assert (answer.json()["backend"], answer.json()["location"]) == (
         "google",
         SPREADSHEET,
+    )
+
+
+BROKEN_FILES = {
+    "missing": (None, "does not exist"),
+    "a folder": ("folder", "cannot be read (Is a directory)"),
+    "not JSON": (b"type: service_account\n", "is not JSON"),
+    "not UTF-8": (b"\xff\xfe{}", "is not JSON"),
+    "a list": (json.dumps([SERVICE_ACCOUNT_KEY]).encode(), "is not a"),
+}
+
+
+@pytest.fixture(params=sorted(BROKEN_FILES))
+def broken_file(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, str]:
+    """A credentials file that cannot serve, and what is wrong with it."""
+    content, problem = BROKEN_FILES[request.param]
+    path = tmp_path / "credentials.json"
+    if content == "folder":
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    return path, problem
+
+
+def set_credentials(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch, setting: str, path: Path
+) -> None:
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    if setting == "GOOGLE_APPLICATION_CREDENTIALS":
+        monkeypatch.setenv(setting, str(path))
+    elif setting == "SHEETBRIDGE_GOOGLE_CREDENTIALS_FILE":
+        monkeypatch.setattr(runtime.settings, "google_credentials_file", path)
+    else:
+        monkeypatch.setattr(runtime.settings, "google_oauth_token_file", path)
+
+
+CREDENTIAL_SETTINGS = [
+    "SHEETBRIDGE_GOOGLE_CREDENTIALS_FILE",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "SHEETBRIDGE_GOOGLE_OAUTH_TOKEN_FILE",
+]
+
+
+@pytest.mark.parametrize("setting", CREDENTIAL_SETTINGS)
+def test_google_is_refused_naming_the_setting_whose_file_cannot_serve(
+    alice: TestClient,
+    runtime: Runtime,
+    monkeypatch: pytest.MonkeyPatch,
+    broken_file: tuple[Path, str],
+    setting: str,
+) -> None:
+    path, problem = broken_file
+    set_credentials(runtime, monkeypatch, setting, path)
+
+    answer = alice.patch(
+        TARGET, json={"backend": "google", "spreadsheet_id": SPREADSHEET}
+    )
+
+    assert answer.status_code == 422, answer.text
+    (error,) = answer.json()["detail"]
+    assert error["field"] == "backend"
+    assert error["msg"].startswith(
+        f"Google Sheets cannot be used on this server: the file {setting} names "
+        f"{problem}"
+    )
+    assert alice.get(TARGET).json()["backend"] == "xlsx"
+
+
+@pytest.mark.parametrize(
+    ("setting", "fields", "kind"),
+    [
+        (
+            "SHEETBRIDGE_GOOGLE_CREDENTIALS_FILE",
+            OAUTH_USER,
+            "a service-account key (it has no client_email, private_key, token_uri)",
+        ),
+        (
+            "SHEETBRIDGE_GOOGLE_OAUTH_TOKEN_FILE",
+            SERVICE_ACCOUNT_KEY,
+            "an OAuth authorized-user file (it has no client_id, client_secret, "
+            "refresh_token)",
+        ),
+    ],
+)
+def test_google_is_refused_where_the_credentials_file_is_of_the_wrong_kind(
+    alice: TestClient,
+    runtime: Runtime,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    setting: str,
+    fields: dict[str, str],
+    kind: str,
+) -> None:
+    path = tmp_path / "credentials.json"
+    path.write_text(json.dumps(fields))
+    set_credentials(runtime, monkeypatch, setting, path)
+
+    answer = alice.patch(
+        TARGET, json={"backend": "google", "spreadsheet_id": SPREADSHEET}
+    )
+
+    assert answer.status_code == 422, answer.text
+    (error,) = answer.json()["detail"]
+    assert error["msg"] == (
+        f"Google Sheets cannot be used on this server: the file {setting} names "
+        f"is not {kind}; an admin must correct the setting or the file"
+    )
+
+
+def test_a_sync_of_a_google_book_fails_at_once_where_its_key_file_is_missing(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    alice = user_named(runtime, "alice")
+    runtime.sync.target_for(alice)
+    with runtime.db.session() as session:
+        session.execute(
+            update(SyncTarget)
+            .where(SyncTarget.user_id == alice.id)
+            .values(backend="google", location=SPREADSHEET)
+        )
+    set_credentials(
+        runtime, monkeypatch, CREDENTIAL_SETTINGS[0], tmp_path / "gone.json"
+    )
+
+    queued = runtime.sync.enqueue(alice, TO_SHEET)
+    WorkerPool(runtime.queue, runtime.sync.handlers).run_until_empty()
+
+    job = runtime.queue.get(queued.job_id)
+    assert (job.state, job.attempts) == ("failed", 1)
+    assert job.error is not None
+    assert (
+        "the file SHEETBRIDGE_GOOGLE_CREDENTIALS_FILE names does not exist" in job.error
     )
 
 

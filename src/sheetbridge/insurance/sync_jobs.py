@@ -68,9 +68,8 @@ from sheetbridge.queue.worker import Handler, JobContext
 from sheetbridge.sheets.base import Cell, SheetBackend, TabChanges, TabData
 from sheetbridge.sheets.errors import SheetError
 from sheetbridge.sheets.google import (
-    GOOGLE_NOT_SET_UP,
     GoogleSheetsBackend,
-    google_set_up,
+    google_problem,
 )
 from sheetbridge.sheets.quota import limiter_from_settings
 from sheetbridge.sheets.xlsx import XlsxBackend
@@ -190,8 +189,9 @@ class SyncService:
                 "spreadsheet_id", "goes with backend google; a workbook has none"
             )
         if backend == GOOGLE:
-            if not google_set_up(self.settings):
-                raise InvalidField("backend", GOOGLE_NOT_SET_UP)
+            problem = google_problem(self.settings)
+            if problem is not None:
+                raise InvalidField("backend", problem)
             if not spreadsheet_id or not SPREADSHEET_ID.fullmatch(spreadsheet_id):
                 raise InvalidField(
                     "spreadsheet_id", "the ID from the spreadsheet's URL, after /d/"
@@ -300,8 +300,9 @@ class SyncService:
         """The target's sheet; with ``progress``, quota waits and retries show in
         the job's progress."""
         if target.backend == GOOGLE:
-            if not google_set_up(self.settings):
-                raise PermanentJobError(GOOGLE_NOT_SET_UP)
+            problem = google_problem(self.settings)
+            if problem is not None:
+                raise PermanentJobError(problem)
             engine = (
                 self.db.engine
                 if self.settings.sheets_quota_backend == "postgres"

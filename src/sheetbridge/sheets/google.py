@@ -867,17 +867,70 @@ GOOGLE_NOT_SET_UP = (
 )
 
 
-def google_set_up(settings: Settings) -> bool:
-    """Whether this server can sync with Google Sheets: it has credentials (as
-    :func:`token_source` picks them), or talks to another address than
-    Google's, an emulator that may take none. Without either, every call would
-    go to Google with no credentials."""
-    return bool(
-        settings.google_static_token
-        or settings.google_credentials_file
-        or _env_path("GOOGLE_APPLICATION_CREDENTIALS")
-        or settings.google_oauth_token_file
-        or settings.google_sheets_base_url.rstrip("/") != DEFAULT_BASE_URL
+# What each kind of credentials file must give, as its loader reads it.
+SERVICE_ACCOUNT_FIELDS = ("client_email", "private_key", "token_uri")
+OAUTH_USER_FIELDS = ("client_id", "client_secret", "refresh_token")
+
+
+def google_problem(settings: Settings) -> str | None:
+    """Why this server cannot sync with Google Sheets, or None if it can.
+
+    It can with the credentials :func:`token_source` picks, when their file
+    is there and of its kind (nothing is sent to Google to find out), or
+    with none against another address than Google's, an emulator that may
+    take none. Without either, every call would go to Google with no
+    credentials.
+    """
+    if settings.google_static_token:
+        return None
+    if settings.google_credentials_file is not None:
+        return _file_problem(
+            "SHEETBRIDGE_GOOGLE_CREDENTIALS_FILE",
+            settings.google_credentials_file,
+            "a service-account key",
+            SERVICE_ACCOUNT_FIELDS,
+        )
+    key_file = _env_path("GOOGLE_APPLICATION_CREDENTIALS")
+    if key_file is not None:
+        return _file_problem(
+            "GOOGLE_APPLICATION_CREDENTIALS",
+            key_file,
+            "a service-account key",
+            SERVICE_ACCOUNT_FIELDS,
+        )
+    if settings.google_oauth_token_file is not None:
+        return _file_problem(
+            "SHEETBRIDGE_GOOGLE_OAUTH_TOKEN_FILE",
+            settings.google_oauth_token_file,
+            "an OAuth authorized-user file",
+            OAUTH_USER_FIELDS,
+        )
+    if settings.google_sheets_base_url.rstrip("/") != DEFAULT_BASE_URL:
+        return None
+    return GOOGLE_NOT_SET_UP
+
+
+def _file_problem(
+    setting: str, path: Path, kind: str, fields: tuple[str, ...]
+) -> str | None:
+    """What keeps the credentials file ``setting`` names from serving, in words."""
+    try:
+        info = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        problem = "does not exist"
+    except OSError as exc:
+        problem = f"cannot be read ({exc.strerror or type(exc).__name__})"
+    except ValueError:
+        problem = "is not JSON"
+    else:
+        given = info if isinstance(info, dict) else {}
+        missing = [field for field in fields if not given.get(field)]
+        if not missing:
+            return None
+        problem = f"is not {kind} (it has no {', '.join(missing)})"
+    return (
+        f"Google Sheets cannot be used on this server: the file {setting} names "
+        f"{problem}; an admin must correct the setting or the file"
     )
 
 
