@@ -675,6 +675,25 @@ def test_write_back_of_records_not_in_the_callers_book_is_refused_naming_them(
     assert runtime.queue.status(None, recent=10)["queued"] == []
 
 
+@pytest.mark.parametrize(
+    "lists",
+    [{"customers": []}, {"policies": []}, {"customers": [], "policies": []}],
+)
+def test_write_back_of_all_with_a_list_of_records_even_empty_is_refused(
+    client: TestClient,
+    tokens: dict[str, str],
+    runtime: Runtime,
+    lists: dict[str, list[int]],
+) -> None:
+    answer = _write_back(client, tokens["alice"], all=True, **lists)
+
+    assert answer.status_code == 422, answer.text
+    (error,) = answer.json()["detail"]
+    assert error["field"] == "all"
+    assert error["msg"] == "give all or the records to write back, not both"
+    assert runtime.queue.status(None, recent=10)["queued"] == []
+
+
 def test_a_user_cannot_see_or_cancel_another_users_job(
     client: TestClient, tokens: dict[str, str]
 ) -> None:

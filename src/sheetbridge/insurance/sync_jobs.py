@@ -265,10 +265,11 @@ class SyncService:
     ) -> Enqueued:
         """Queue a to-sheet that appends again the rows of records deleted from
         the sheet: ``wanted`` (record IDs by tab, each checked to be one of
-        the user's records), or ``every`` such record the sync finds."""
-        wanted = {tab: sorted(set(ids)) for tab, ids in wanted.items() if ids}
+        the user's records), or ``every`` such record the sync finds; not
+        both, even with no IDs in ``wanted``."""
         if every and wanted:
             raise InvalidField("all", "give all or the records to write back, not both")
+        wanted = {tab: sorted(set(ids)) for tab, ids in wanted.items() if ids}
         if every:
             return self.enqueue(user, TO_SHEET, write_back=WRITE_BACK_ALL)
         if not wanted:

@@ -110,12 +110,13 @@ class WriteBack(BaseModel):
 def write_back(body: WriteBack, user: CurrentUser, rt: RuntimeDep) -> JsonAnswer:
     """Queue a sync to the sheet that appends again the rows of these records
     (or of all), which were deleted from the sheet but kept in the app."""
-    queued = rt.sync.write_back(
-        user,
-        {CUSTOMERS.tab: body.customers, POLICIES.tab: body.policies},
-        every=body.all,
-    )
-    return _queued(queued)
+    lists = {CUSTOMERS.tab: "customers", POLICIES.tab: "policies"}
+    given = {
+        tab: getattr(body, field)
+        for tab, field in lists.items()
+        if field in body.model_fields_set
+    }
+    return _queued(rt.sync.write_back(user, given, every=body.all))
 
 
 def job_views(
