@@ -803,6 +803,218 @@ def test_pydantics_own_checks_are_told_in_plain_words(alice: TestClient) -> None
     }
 
 
+WRONG_TYPES: list[tuple[str, str, dict[str, object], str, str]] = [
+    # method, path, body, field, message
+    ("POST", "/api/customers", {"name": ["A"]}, "name", "must be text"),
+    (
+        "POST",
+        "/api/customers",
+        {"name": "A", "city": 7},
+        "city",
+        "must be text",
+    ),
+    (
+        "POST",
+        "/api/customers",
+        {"name": "A", "notes": True},
+        "notes",
+        "must be text",
+    ),
+    ("POST", "/api/customers", {"email": "a@b.test"}, "name", "is required"),
+    (
+        "POST",
+        "/api/customers",
+        {"name": "A", "nickname": "Al"},
+        "nickname",
+        "is not a field here; leave it out",
+    ),
+    (
+        "POST",
+        "/api/policies",
+        {"premium": True},
+        "premium",
+        "must be an amount, like 1234.50",
+    ),
+    (
+        "POST",
+        "/api/policies",
+        {"premium": [1]},
+        "premium",
+        "must be an amount, like 1234.50",
+    ),
+    (
+        "POST",
+        "/api/policies",
+        {"premium": {"a": 1}},
+        "premium",
+        "must be an amount, like 1234.50",
+    ),
+    ("POST", "/api/policies", {"carrier": 12}, "carrier", "must be text"),
+    (
+        "POST",
+        "/api/policies",
+        {"policy_number": {}},
+        "policy_number",
+        "must be text",
+    ),
+    (
+        "PATCH",
+        "/api/insurance/sync/target",
+        {"spreadsheet_id": 1},
+        "spreadsheet_id",
+        "must be text",
+    ),
+    (
+        "POST",
+        "/api/insurance/sync/write-back",
+        {"customers": 7},
+        "customers",
+        "must be a list, […]",
+    ),
+    (
+        "POST",
+        "/api/insurance/sync/write-back",
+        {"policies": "1,2"},
+        "policies",
+        "must be a list, […]",
+    ),
+    (
+        "POST",
+        "/api/insurance/sync/write-back",
+        {"policies": {"1": 2}},
+        "policies",
+        "must be a list, […]",
+    ),
+    (
+        "POST",
+        "/api/insurance/sync/write-back",
+        {"customers": list(range(1, 100_002))},
+        "customers",
+        "at most 100,000 entries",
+    ),
+    (
+        "POST",
+        "/api/insurance/sync/conflicts/1/resolve",
+        {"choice": "edit", "value": [1]},
+        "value",
+        "must be text, a whole number or null",
+    ),
+    (
+        "POST",
+        "/api/insurance/sync/conflicts/1/resolve",
+        {"choice": "edit", "value": {"a": 1}},
+        "value",
+        "must be text, a whole number or null",
+    ),
+    (
+        "POST",
+        "/api/insurance/sync/conflicts/1/resolve",
+        {"value": "x"},
+        "choice",
+        "is required",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field", "message"),
+    WRONG_TYPES,
+    ids=[
+        f"{case[1]} {case[3]}={case[2][case[3]]!r:.20}"
+        if case[3] in case[2]
+        else f"{case[1]} no {case[3]}"
+        for case in WRONG_TYPES
+    ],
+)
+def test_a_value_of_the_wrong_kind_is_told_in_plain_words(
+    alice: TestClient,
+    method: str,
+    path: str,
+    body: dict[str, object],
+    field: str,
+    message: str,
+) -> None:
+    answer = alice.request(method, path, json=body)
+
+    assert answer.status_code == 422, answer.text
+    told = [(e["field"], e["msg"]) for e in answer.json()["detail"]]
+    assert (field, message) in told
+    assert not [msg for _, msg in told if "should" in msg or "Field required" in msg]
+
+
+def test_a_customer_patch_without_its_version_is_told_it_is_required(
+    alice: TestClient,
+) -> None:
+    customer = alice.get("/api/customers", params={"limit": 1}).json()["items"][0]
+
+    answer = alice.patch(f"/api/customers/{customer['id']}", json={"city": "Bath"})
+
+    assert answer.json()["detail"] == [
+        {
+            "loc": ["body", "version"],
+            "field": "version",
+            "msg": "is required",
+            "type": "missing",
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    "query", ["sort=bogus", "sort=name;drop", "ids=abc", "ids=1,,2"]
+)
+def test_a_list_query_out_of_its_form_is_told_in_plain_words(
+    alice: TestClient, query: str
+) -> None:
+    field = query.split("=")[0]
+    expected = {
+        "sort": "must be id, name, city, state or updated_at, with - before it "
+        "for the other way round",
+        "ids": "must be record IDs separated by commas, like 3,17,42",
+    }[field]
+
+    answer = alice.get(f"/api/customers?{query}")
+
+    assert answer.status_code == 422, answer.text
+    assert [(e["field"], e["msg"]) for e in answer.json()["detail"]] == [
+        (field, expected)
+    ]
+
+
+def test_a_policy_sort_out_of_its_form_names_the_columns_to_sort_by(
+    alice: TestClient,
+) -> None:
+    answer = alice.get("/api/policies", params={"sort": "customer"})
+
+    assert [e["msg"] for e in answer.json()["detail"]] == [
+        "must be id, policy_number, carrier, premium, status, effective_date, "
+        "expiration_date or updated_at, with - before it for the other way round"
+    ]
+
+
+@pytest.mark.parametrize("body", [b"1.5", b"-0.0", b"1e3"])
+def test_a_body_that_is_a_number_with_a_point_is_no_json_object_either(
+    alice: TestClient, body: bytes
+) -> None:
+    answers = [
+        alice.patch(
+            "/api/insurance/sync/target",
+            content=body,
+            headers={"Content-Type": "application/json"},
+        ),
+        alice.post(
+            "/api/insurance/sync/write-back",
+            content=body,
+            headers={"Content-Type": "application/json"},
+        ),
+    ]
+
+    for answer in answers:
+        assert answer.status_code == 422, answer.text
+        assert [e["msg"] for e in answer.json()["detail"]] == [
+            "the body must be a JSON object, {…}"
+        ]
+
+
 NOT_A_WRITTEN_DATE = [
     43831,  # a spreadsheet's serial number for 2020-01-01
     43831.5,

@@ -325,8 +325,9 @@ class _Input(BaseModel):
 
 def error_message(error: Mapping[str, Any]) -> str:
     """A validation error's message in the agency's words: pydantic's own
-    checks (bounds, lengths, whole numbers, choices) worded plainly, and a
-    validator's own message without the "Value error, " pydantic puts first."""
+    checks (bounds, lengths, kinds of value, choices, fields missing or
+    unknown) worded plainly, and a validator's own message without the
+    "Value error, " pydantic puts first."""
     kind = error.get("type")
     bounds = error.get("ctx") or {}
     if kind == "greater_than_equal":
@@ -341,7 +342,19 @@ def error_message(error: Mapping[str, Any]) -> str:
         return "must be true or false"
     if kind == "literal_error":
         return f"must be {bounds['expected']}"
-    return str(error["msg"]).removeprefix("Value error, ")
+    if kind == "too_long":
+        return f"at most {_number(bounds['max_length'])} entries"
+    return PLAIN.get(str(kind), str(error["msg"]).removeprefix("Value error, "))
+
+
+# Pydantic's checks of a value's kind and of the fields given, in plain words.
+PLAIN = {
+    "missing": "is required",
+    "extra_forbidden": "is not a field here; leave it out",
+    "string_type": "must be text",
+    "list_type": "must be a list, […]",
+    "decimal_type": "must be an amount, like 1234.50",
+}
 
 
 def _number(value: object) -> str:

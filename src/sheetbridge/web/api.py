@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -44,20 +45,57 @@ VersionQuery = Annotated[int | None, Query(ge=1, le=MAX_ID)]
 # Query text is held to the same rule as body text: PostgreSQL refuses NUL.
 PlainText = AfterValidator(plain_text)
 Search = Annotated[str, Query(max_length=200), PlainText]
+# Digits 0-9 only, as every record ID.
+_ID_LIST = re.compile(r"[0-9]{1,9}(,[0-9]{1,9})*")
+
+
+def _id_list(value: str) -> str:
+    if not _ID_LIST.fullmatch(value):
+        raise ValueError("must be record IDs separated by commas, like 3,17,42")
+    return value
+
+
+def _sort_by(columns: tuple[str, ...]) -> AfterValidator:
+    """A check that query text names one of ``columns``, with ``-`` before
+    it for the other way round, refused in plain words otherwise."""
+    choices = f"{', '.join(columns[:-1])} or {columns[-1]}"
+
+    def check(value: str) -> str:
+        if value.removeprefix("-") not in columns:
+            raise ValueError(
+                f"must be {choices}, with - before it for the other way round"
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+def _sort_query(columns: tuple[str, ...]) -> Any:
+    return Query(json_schema_extra={"pattern": f"^-?({'|'.join(columns)})$"})
+
+
+CUSTOMER_SORTS = ("id", "name", "city", "state", "updated_at")
+POLICY_SORTS = (
+    "id",
+    "policy_number",
+    "carrier",
+    "premium",
+    "status",
+    "effective_date",
+    "expiration_date",
+    "updated_at",
+)
 Ids = Annotated[
     str,
     Query(
-        pattern=r"^\d{1,9}(,\d{1,9})*$", max_length=5000, description="comma-separated"
+        max_length=5000,
+        description="comma-separated",
+        json_schema_extra={"pattern": f"^{_ID_LIST.pattern}$"},
     ),
+    AfterValidator(_id_list),
 ]
-CustomerSort = Annotated[str, Query(pattern=r"^-?(id|name|city|state|updated_at)$")]
-PolicySort = Annotated[
-    str,
-    Query(
-        pattern=r"^-?(id|policy_number|carrier|premium|status|effective_date|"
-        r"expiration_date|updated_at)$"
-    ),
-]
+CustomerSort = Annotated[str, _sort_query(CUSTOMER_SORTS), _sort_by(CUSTOMER_SORTS)]
+PolicySort = Annotated[str, _sort_query(POLICY_SORTS), _sort_by(POLICY_SORTS)]
 
 
 def _ids(value: str | None) -> tuple[int, ...]:

@@ -102,7 +102,8 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def read_json(body: bytes) -> Any:
     """The body's JSON value; :class:`UnreadableJson` for one not UTF-8 (UTF-16
     and UTF-32 included: JSON between systems is UTF-8), giving a name twice in
-    one object, nested too deeply, or holding a number too long (malformed JSON
+    one object, nested too deeply, holding a number too long, or being a
+    number with a point or an exponent instead of an object (malformed JSON
     raises :class:`json.JSONDecodeError`, which FastAPI reports with its
     position)."""
     try:
@@ -121,7 +122,7 @@ def read_json(body: bytes) -> Any:
             "in UTF-16 or UTF-32); send the text encoded as UTF-8",
         )
     try:
-        return json.loads(
+        value = json.loads(
             text,
             object_pairs_hook=_object,
             parse_int=_whole,
@@ -132,6 +133,13 @@ def read_json(body: bytes) -> Any:
         raise UnreadableJson(
             "json_too_deep", "the body is nested too deeply to read"
         ) from None
+    if isinstance(value, Decimal):
+        # A model reads an object that is no dict by its attributes, and a
+        # Decimal has none of the fields: it would pass as the empty body {}.
+        raise UnreadableJson(
+            "model_attributes_type", "the body must be a JSON object, {…}"
+        )
+    return value
 
 
 class JsonRequest(Request):

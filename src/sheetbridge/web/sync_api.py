@@ -11,6 +11,9 @@ from pydantic import (
     Field,
     StrictBool,
     StrictInt,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
     field_validator,
 )
 
@@ -184,11 +187,19 @@ def cancel_job(job_id: JobId, user: CurrentUser, rt: RuntimeDep) -> dict[str, An
     return view
 
 
+def _one_kind_of_value(value: object, handler: ValidatorFunctionWrapHandler) -> object:
+    """One plain refusal for a value of none of the kinds, not one for each."""
+    try:
+        return handler(value)
+    except ValidationError:
+        raise ValueError("must be text, a whole number or null") from None
+
+
 class Resolution(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     choice: Literal["app", "sheet", "edit"]
-    value: str | int | None = Field(
+    value: Annotated[str | int | None, WrapValidator(_one_kind_of_value)] = Field(
         default=None, description="The value to keep, with choice 'edit'"
     )
 
