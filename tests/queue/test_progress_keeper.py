@@ -330,9 +330,9 @@ def test_a_finished_job_keeps_its_last_report_though_the_keeper_never_stored_it(
         )
     finally:
         pool.stop(5)
-    last = {"phase": "writing", "done": 7, "total": 7, "rows_written": 7}
-    assert queue.get(done).progress == last
-    assert queue.get(failed).progress == last
+    last = {"done": 7, "total": 7, "rows_written": 7}
+    assert queue.get(done).progress == {"phase": "writing", **last}
+    assert queue.get(failed).progress == {"stopped_in": "writing", **last}
 
 
 def test_keeping_many_running_jobs_is_one_statement_that_tells_each_jobs_fate(

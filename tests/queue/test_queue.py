@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from sheetbridge import clock
 from sheetbridge.db import Database, is_sqlite
-from sheetbridge.queue.errors import LeaseLost, RetryableJobError
+from sheetbridge.queue.errors import LeaseLost, PermanentJobError, RetryableJobError
 from sheetbridge.queue.models import Job
 from sheetbridge.queue.store import Backoff, Claimed, Enqueued, JobQueue
 from sheetbridge.queue.worker import JobContext, WorkerPool
@@ -494,6 +494,83 @@ def test_a_job_asked_to_stop_is_cancelled_not_run_again_when_its_attempt_ends(
     assert (job.state, job.cancel_requested) == ("cancelled", True)
     assert job.finished_at is not None
     assert claim_within(queue, 5).id == behind.job_id
+
+
+ENDINGS = ["failed", "cancelled", "retry scheduled", "worker died", "lease expired"]
+
+
+def end_attempt(queue: JobQueue, claimed: Claimed, ending: str) -> None:
+    """End a running attempt without success, as ``ending`` says."""
+    if ending == "failed":
+        queue.fail(claimed.id, claimed.epoch, "HTTP 400")
+    elif ending == "cancelled":
+        queue.cancelled(claimed.id, claimed.epoch)
+    elif ending == "retry scheduled":
+        queue.fail(claimed.id, claimed.epoch, "HTTP 503", retry=True, retry_after_s=0)
+    elif ending == "worker died":
+        queue.release(claimed.id, claimed.epoch, "the worker died", crashed=True)
+    else:
+        with queue.db.session() as session:
+            session.execute(
+                update(Job)
+                .where(Job.id == claimed.id)
+                .values(lease_expires_at=clock.now() - timedelta(seconds=1))
+            )
+        assert queue.requeue_expired() == 1
+
+
+@pytest.mark.parametrize("ending", ENDINGS)
+def test_an_attempt_that_ended_unfinished_tells_where_it_stopped_not_a_phase(
+    queue: JobQueue, ending: str
+) -> None:
+    queued = queue.enqueue("sync", queue_key="user:1", max_attempts=2)
+    claimed = claim_within(queue, 5)
+    queue.report_progress(
+        claimed.id, claimed.epoch, {"phase": "writing", "done": 5, "total": 10}
+    )
+
+    end_attempt(queue, claimed, ending)
+
+    job = queue.get(queued.job_id)
+    assert job.progress == {"stopped_in": "writing", "done": 5, "total": 10}
+
+
+def test_a_job_that_failed_keeps_its_last_report_as_where_it_stopped(
+    queue: JobQueue,
+) -> None:
+    def handler(context: JobContext) -> dict[str, Any]:
+        context.progress("comparing", 3, 4, rows_read=12)
+        raise PermanentJobError("the sheet has no tab 'Policies'")
+
+    queued = queue.enqueue("sync", queue_key="user:1")
+    WorkerPool(queue, {"sync": handler}).run_until_empty()
+
+    job = queue.get(queued.job_id)
+    assert job.state == "failed"
+    assert job.progress == {
+        "stopped_in": "comparing",
+        "done": 3,
+        "total": 4,
+        "rows_read": 12,
+    }
+
+
+def test_a_job_run_again_starts_with_no_progress_and_waits_for_no_quota(
+    queue: JobQueue,
+) -> None:
+    queued = queue.enqueue("sync", queue_key="user:1", max_attempts=2)
+    first = claim_within(queue, 5)
+    queue.report_progress(
+        first.id, first.epoch, {"phase": "waiting_for_quota", "until": None}
+    )
+    queue.fail(first.id, first.epoch, "HTTP 429", retry=True, retry_after_s=0)
+
+    again = claim_within(queue, 5)
+
+    job = queue.get(queued.job_id)
+    assert (again.id, job.state, job.attempts) == (queued.job_id, "running", 2)
+    assert job.progress is None
+    assert queue.waiting_for(job) is None
 
 
 def test_every_failed_attempt_is_kept_with_its_retry_time(queue: JobQueue) -> None:

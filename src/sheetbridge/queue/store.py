@@ -46,6 +46,7 @@ from sqlalchemy import (
     func,
     select,
     text,
+    update,
 )
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
@@ -106,7 +107,8 @@ _JOBS: Table = Job.__table__  # type: ignore[assignment]
 _COLUMNS = ", ".join(column.name for column in _JOBS.c)
 
 # The claim, in SQL: the waiting head whose turn came first and whose
-# resource is free becomes running, in one statement. Only waiting heads have
+# resource is free becomes running, in one statement, with no progress yet
+# (an earlier attempt's is not this one's). Only waiting heads have
 # a turn (a check constraint), so the query walks ix_jobs_waiting_heads from
 # the front and stops at the first head it can run. It passes over heads whose
 # resource a running job holds (each costs a probe among running jobs), but
@@ -129,7 +131,7 @@ _CLAIM_SQL = f"""
 UPDATE jobs SET
   state = 'running', attempts = attempts + 1, epoch = epoch + 1,
   lease_owner = :worker, lease_expires_at = :expires, started_at = :now,
-  cancel_requested = false, ready_at = NULL
+  cancel_requested = false, ready_at = NULL, progress = NULL
 WHERE id = ({_RUNNABLE_HEAD_SQL}
   {{lock}})
 RETURNING {_COLUMNS}
@@ -922,8 +924,7 @@ class JobQueue:
             now = self.now()
             job.error = error
             job.result = result
-            if progress is not None:
-                job.progress = progress
+            job.progress = stopped(progress if progress is not None else job.progress)
             job.lease_owner = None
             job.lease_expires_at = None
             entry: dict[str, Any] = {
@@ -986,6 +987,7 @@ class JobQueue:
             *job.errors,
             {"attempt": job.attempts, "error": reason, "at": clock.iso(now)},
         ]
+        job.progress = stopped(job.progress)
         job.lease_owner = None
         job.lease_expires_at = None
         if job.cancel_requested:
@@ -1034,6 +1036,13 @@ class JobQueue:
             for write in writes:
                 write(connection)
             job = Job(**row)
+            if state != SUCCEEDED and stopped(job.progress) != job.progress:
+                job.progress = stopped(job.progress)
+                connection.execute(
+                    update(_JOBS)
+                    .where(_JOBS.c.id == job_id)
+                    .values(progress=job.progress)
+                )
             self._promote_next(connection, job, job.started_at)
             self._notify(connection, state, job)
             started = None
@@ -1246,6 +1255,16 @@ class JobQueue:
         if run_after > self.now():
             return f"a retry at {run_after.isoformat(timespec='seconds')}"
         return "a free worker"
+
+
+def stopped(progress: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An attempt's last progress once it ended unfinished: its counts kept,
+    and its phase told as where it stopped (``stopped_in``), so that no one
+    reads it as a step still going."""
+    if not progress or "phase" not in progress:
+        return progress
+    counts = {name: value for name, value in progress.items() if name != "phase"}
+    return {"stopped_in": progress["phase"], **counts}
 
 
 def _run_pg(
