@@ -9,6 +9,7 @@ from sheetbridge.sheets.base import Cell, ClippedText
 from sheetbridge.sync.columns import (
     Canonical,
     CellError,
+    CellParser,
     Column,
     ColumnType,
     normalize_header,
@@ -261,6 +262,36 @@ def test_a_time_in_a_date_column_says_dates_before_1900_cannot_be_held() -> None
     message = reason(DATE, time(0, 0))  # type: ignore[arg-type]
 
     assert message.startswith("not a date: a time of day, or a date before 1900")
+
+
+@pytest.mark.parametrize(
+    ("serial", "excel", "google"),
+    [
+        (1, "1900-01-01", "1899-12-31"),
+        (32, "1900-02-01", "1900-01-31"),
+        (59, "1900-02-28", "1900-02-27"),
+        (59.5, "1900-02-28", "1900-02-27"),
+        (61, "1900-03-01", "1900-03-01"),
+        (43831, "2020-01-01", "2020-01-01"),
+    ],
+)
+def test_a_serial_below_61_counts_excels_29_february_1900_in_workbooks_only(
+    serial: float, excel: str, google: str
+) -> None:
+    assert CellParser(excel_serials=True).parse(DATE, serial) == excel
+    assert CellParser().parse(DATE, serial) == google
+
+
+@pytest.mark.parametrize("serial", [60, 60.0, 60.75, Decimal("60.5")])
+def test_excels_serial_60_is_refused_as_the_day_that_never_was(serial: Cell) -> None:
+    with pytest.raises(CellError) as refused:
+        CellParser(excel_serials=True).parse(DATE, serial)
+
+    assert refused.value.reason == (
+        "not a date: 29 February 1900, a day Excel counts though 1900 was no "
+        "leap year; use YYYY-MM-DD"
+    )
+    assert CellParser().parse(DATE, serial) == "1900-02-28"
 
 
 @pytest.mark.parametrize(

@@ -929,6 +929,34 @@ def test_ten_thousand_rows_plan_only_the_changed_cells() -> None:
 # end to end with the xlsx backend
 
 
+def test_a_plain_number_in_a_workbooks_date_column_is_read_as_excel_counts_days(
+    tmp_path: Path,
+) -> None:
+    backend = XlsxBackend(tmp_path / "book.xlsx")
+    app = {1: rec("Ann", start="1900-02-01"), 2: rec("Bob", start="2020-01-01")}
+    plan = plan_to_sheet(MAPPING, None, app, {})
+    backend.write({MAPPING.tab: plan.changes}, expected_version="")
+    tab = backend.read_tabs([MAPPING.tab])[MAPPING.tab]
+    assert tab is not None
+    start = HEADER.index("Start") + 1
+    # Typed as numbers into the date column, no date format: Excel shows
+    # 1 February 1900 for 32, and 29 February 1900 for 60.
+    backend.write(
+        {MAPPING.tab: TabChanges(cells={(2, start): 32, (3, start): 60})},
+        expected_version=tab.version,
+    )
+
+    tab = backend.read_tabs([MAPPING.tab])[MAPPING.tab]
+    assert tab is not None
+    frm = plan_from_sheet(MAPPING, tab, app, plan.snapshots)
+
+    assert tab.excel_serials
+    assert frm.updates == {}
+    (error,) = [issue for issue in frm.issues if issue.kind == "error"]
+    assert (error.row, error.column, error.value) == (3, "Start", "60")
+    assert "29 February 1900" in error.reason
+
+
 def test_round_trip_through_a_workbook_with_sorting_and_edits(tmp_path: Path) -> None:
     backend = XlsxBackend(tmp_path / "book.xlsx")
     app = {1: rec("Ann"), 2: rec("Bob", note="=1+1"), 3: rec("Cy")}

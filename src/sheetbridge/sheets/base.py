@@ -54,11 +54,15 @@ class TabData:
     ragged. ``version`` is an opaque token of what was read ("" when the
     tab or file did not exist). ``merges`` are the tab's merged cells: of
     each, only the top-left cell holds a value; the others read empty.
+    ``excel_serials``: a number standing for a date counts days as Excel
+    does (1 is 1 January 1900, 60 a 29 February 1900 that never was), not
+    as Google Sheets does (1 is 31 December 1899); from 61 on both agree.
     """
 
     rows: list[list[Cell]]
     version: str = ""
     merges: list[CellRange] = field(default_factory=list)
+    excel_serials: bool = False
 
 
 class SheetBackend(Protocol):

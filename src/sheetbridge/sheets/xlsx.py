@@ -231,6 +231,7 @@ class XlsxBackend:
                     _trimmed(values, _calamine_cell),
                     version,
                     _calamine_merges(sheet.merged_cell_ranges),
+                    excel_serials=True,
                 )
             return result
         finally:
@@ -273,7 +274,10 @@ class XlsxBackend:
                     for value_row, typed_row in zip(values, typed, strict=True)
                 )
                 result[tab] = TabData(
-                    _trimmed(rows, _openpyxl_cell), version, _xml_merges(workbook[tab])
+                    _trimmed(rows, _openpyxl_cell),
+                    version,
+                    _xml_merges(workbook[tab]),
+                    excel_serials=True,
                 )
             return result
         finally:

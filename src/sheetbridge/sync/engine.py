@@ -653,6 +653,10 @@ class _Pass(Generic[PlanT]):
 _ToSheet: TypeAlias = _Pass[ToSheetPlan]
 
 
+def _parser_for(tab: TabData | None) -> CellParser:
+    return CellParser(excel_serials=tab is not None and tab.excel_serials)
+
+
 def _to_sheet_counts() -> dict[str, int]:
     names = (
         "written_cells updated_rows appended deleted unchanged pending_import "
@@ -689,7 +693,7 @@ def plan_to_sheet(
     rows = tab.rows if tab is not None else []
     plan = ToSheetPlan(TabChanges(), {}, set(), [], [], _to_sheet_counts())
     layout = _read_layout(mapping, rows, tab.merges if tab is not None else ())
-    ctx = _Pass(mapping, layout, plan, cell_limit=cell_limit)
+    ctx = _Pass(mapping, layout, plan, _parser_for(tab), cell_limit)
     plan.issues.extend(layout.issues)
     if not _to_sheet_header_usable(ctx, rows, base):
         plan.counts["errors"] += 1
@@ -1058,7 +1062,7 @@ def plan_from_sheet(
     rows = tab.rows if tab is not None else []
     layout = _read_layout(mapping, rows, tab.merges if tab is not None else ())
     plan = FromSheetPlan({}, [], {}, [], [], _from_sheet_counts(), 0, TabChanges())
-    ctx = _Pass(mapping, layout, plan)
+    ctx = _Pass(mapping, layout, plan, _parser_for(tab))
     plan.issues.extend(layout.issues)
     if layout.strangers:
         plan.issues.extend(_stranger_issues(mapping, rows[0], layout))
