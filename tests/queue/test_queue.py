@@ -467,7 +467,7 @@ def test_a_job_read_as_queued_never_waits_for_its_own_sheet(queue: JobQueue) -> 
     assert queue.waiting_for(read_while_queued) is None
 
 
-@pytest.mark.parametrize("ending", ["worker died", "lease expired", "retryable error"])
+@pytest.mark.parametrize("ending", ["worker died", "lease expired", "retry scheduled"])
 def test_a_job_asked_to_stop_is_cancelled_not_run_again_when_its_attempt_ends(
     queue: JobQueue, ending: str
 ) -> None:
@@ -475,20 +475,7 @@ def test_a_job_asked_to_stop_is_cancelled_not_run_again_when_its_attempt_ends(
     behind = queue.enqueue("noop", queue_key="user:1")
     claimed = claim_within(queue, 5)
     queue.cancel(stopped.job_id)  # running: it will stop at its next safe point
-    if ending == "worker died":
-        queue.release(
-            claimed.id, claimed.epoch, "the worker process died", crashed=True
-        )
-    elif ending == "lease expired":
-        with queue.db.session() as session:
-            session.execute(
-                update(Job)
-                .where(Job.id == claimed.id)
-                .values(lease_expires_at=clock.now() - timedelta(seconds=1))
-            )
-        assert queue.requeue_expired() == 1
-    else:
-        queue.fail(claimed.id, claimed.epoch, "HTTP 503", retry=True, retry_after_s=0)
+    end_attempt(queue, claimed, ending)
 
     job = queue.get(stopped.job_id)
     assert (job.state, job.cancel_requested) == ("cancelled", True)

@@ -46,6 +46,20 @@ def google_not_set_up(monkeypatch: pytest.MonkeyPatch, runtime: Runtime) -> None
     assert settings.google_sheets_base_url == "https://sheets.googleapis.com"
 
 
+def alices_book_on_google(runtime: Runtime) -> User:
+    """Alice, her book set to sync with SPREADSHEET on Google (as a server
+    that had Google set up left it)."""
+    alice = user_named(runtime, "alice")
+    runtime.sync.target_for(alice)
+    with runtime.db.session() as session:
+        session.execute(
+            update(SyncTarget)
+            .where(SyncTarget.user_id == alice.id)
+            .values(backend="google", location=SPREADSHEET)
+        )
+    return alice
+
+
 def user_named(runtime: Runtime, username: str) -> User:
     with runtime.db.read_session() as session:
         return session.scalars(select(User).where(User.username == username)).one()
@@ -71,14 +85,7 @@ def test_google_is_refused_at_once_where_the_server_has_no_google_set_up(
 def test_a_sync_of_a_google_book_fails_at_once_where_google_is_not_set_up(
     runtime: Runtime,
 ) -> None:
-    alice = user_named(runtime, "alice")
-    runtime.sync.target_for(alice)
-    with runtime.db.session() as session:
-        session.execute(
-            update(SyncTarget)
-            .where(SyncTarget.user_id == alice.id)
-            .values(backend="google", location=SPREADSHEET)
-        )
+    alice = alices_book_on_google(runtime)
 
     queued = runtime.sync.enqueue(alice, TO_SHEET)
     WorkerPool(runtime.queue, runtime.sync.handlers).run_until_empty()
@@ -231,14 +238,7 @@ def test_google_is_refused_where_the_credentials_file_is_of_the_wrong_kind(
 def test_a_sync_of_a_google_book_fails_at_once_where_its_key_file_is_missing(
     runtime: Runtime, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    alice = user_named(runtime, "alice")
-    runtime.sync.target_for(alice)
-    with runtime.db.session() as session:
-        session.execute(
-            update(SyncTarget)
-            .where(SyncTarget.user_id == alice.id)
-            .values(backend="google", location=SPREADSHEET)
-        )
+    alice = alices_book_on_google(runtime)
     set_credentials(
         runtime, monkeypatch, CREDENTIAL_SETTINGS[0], tmp_path / "gone.json"
     )
