@@ -653,6 +653,28 @@ def test_an_unreadable_id_is_told_to_be_put_back_before_it_is_cleared() -> None:
     assert "only if it is a new one, clear the ID" in error.reason
 
 
+def test_values_that_differ_with_no_earlier_sync_are_a_conflict_that_says_so() -> None:
+    app = {1: rec("Ann", note="app note")}
+    tab, _ = synced({1: rec("Ann", note="sheet note")})  # e.g. a sheet just set
+
+    for plan in (
+        plan_from_sheet(MAPPING, tab, app, {}),
+        plan_to_sheet(MAPPING, tab, app, {}),
+    ):
+        (conflict,) = plan.conflicts
+        assert (conflict.app, conflict.sheet, conflict.base) == (
+            "app note",
+            "sheet note",
+            None,
+        )
+        (issue,) = [i for i in plan.issues if i.kind == "conflict"]
+        assert "differs in the app ('app note') and the sheet ('sheet note')" in (
+            issue.reason
+        )
+        assert "no earlier sync of it with this sheet" in issue.reason
+        assert "changed in both" not in issue.reason
+
+
 # deletions
 
 

@@ -853,7 +853,13 @@ def _field_to_sheet(
             sheet_value,
             None if isinstance(base_value, _Missing) else base_value,
         )
-        _report_conflict(ctx.plan.issues, ctx.plan.conflicts, ctx.mapping, conflict)
+        _report_conflict(
+            ctx.plan.issues,
+            ctx.plan.conflicts,
+            ctx.mapping,
+            conflict,
+            unsynced=isinstance(base_value, _Missing),
+        )
         ctx.plan.counts["conflicts"] += 1
     return None
 
@@ -1023,16 +1029,26 @@ def _report_conflict(
     conflicts: list[Conflict],
     mapping: TabMapping,
     conflict: Conflict,
+    *,
+    unsynced: bool,
 ) -> None:
+    """Report ``conflict``; ``unsynced``: no earlier sync of the field with
+    this sheet tells which side changed (the book's sheet was just set)."""
     conflicts.append(conflict)
+    sides = f"the app ({conflict.app!r}) and the sheet ({conflict.sheet!r})"
+    how = (
+        f"differs in {sides}, and no earlier sync of it with this sheet tells "
+        "which side changed"
+        if unsynced
+        else f"changed in both {sides} since the last sync"
+    )
     issues.append(
         Issue(
             mapping.tab,
             conflict.row,
             conflict.column,
             None if conflict.sheet is None else str(conflict.sheet),
-            f"changed in both the app ({conflict.app!r}) and the sheet "
-            f"({conflict.sheet!r}) since the last sync; nothing was overwritten",
+            f"{how}; nothing was overwritten",
             "conflict",
         )
     )
@@ -1265,7 +1281,13 @@ def _field_from_sheet(
             sheet_value,
             None if isinstance(base_value, _Missing) else base_value,
         )
-        _report_conflict(ctx.plan.issues, ctx.plan.conflicts, ctx.mapping, conflict)
+        _report_conflict(
+            ctx.plan.issues,
+            ctx.plan.conflicts,
+            ctx.mapping,
+            conflict,
+            unsynced=isinstance(base_value, _Missing),
+        )
         ctx.plan.counts["conflicts"] += 1
 
 
