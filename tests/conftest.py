@@ -28,6 +28,14 @@ from sheetbridge.web.security import hash_password, issue_token
 PG_DEFAULT_URL = "postgresql+psycopg://root@127.0.0.1:5432/test"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``database`` the tests that use the suite's database: the only ones
+    a run with SHEETBRIDGE_TEST_DATABASE_URL set runs differently."""
+    for item in items:
+        if "database_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.database)
+
+
 def postgres_url() -> str | None:
     """A reachable PostgreSQL URL, or None (a failure under CI)."""
     url = os.environ.get("SHEETBRIDGE_TEST_DATABASE_URL") or PG_DEFAULT_URL
