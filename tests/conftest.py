@@ -15,12 +15,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from argon2 import PasswordHasher
 from sqlalchemy import create_engine, make_url, select, text
 
 from sheetbridge.config import Settings
 from sheetbridge.db import Base, Database, load_models
 from sheetbridge.insurance.demo import seed_demo
 from sheetbridge.insurance.models import User
+from sheetbridge.web import security
 from sheetbridge.web.app import build_runtime
 from sheetbridge.web.deps import Runtime
 from sheetbridge.web.security import hash_password, issue_token
@@ -145,6 +147,20 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
         worker_concurrency=12,
         workbook_locked_retry_s=0.2,
     )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def quick_password_hashes() -> Iterator[None]:
+    """Argon2 at its lowest cost for the users tests add: at its default cost a
+    hash takes 0.15 s on a slow core, and most tests seed four users. Each
+    hash names its own cost, so sign-in checks them as it checks any other."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            security,
+            "_hasher",
+            PasswordHasher(time_cost=1, memory_cost=8, parallelism=1),
+        )
+        yield
 
 
 @pytest.fixture
