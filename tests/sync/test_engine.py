@@ -766,6 +766,21 @@ def test_a_record_that_may_be_a_row_with_a_mistyped_id_is_never_written_back(
         assert f"not written back while {doubtful} in doubt" in gone["2"].reason
 
 
+def test_a_sheet_never_synced_gets_no_record_while_a_rows_id_is_in_doubt() -> None:
+    app = {1: rec("Ann"), 2: rec("Bob")}
+    tab, base = synced(app)
+    tab.rows[2][0] = 77778  # Bob's row, its ID mistyped
+
+    plan = plan_to_sheet(MAPPING, tab, app, {})  # e.g. the book's sheet just set
+
+    assert plan.changes.append == [], "row 3 may be Bob's: he is not added"
+    (held,) = [i for i in plan.issues if i.value == "2"]
+    assert held.row == 3 and "row 3's ID is in doubt" in held.reason
+    synced_before = plan_to_sheet(MAPPING, tab, {**app, 3: rec("Cy")}, base)
+    added = [row[0] for row in synced_before.changes.append]
+    assert added == [3], "a record new since the last sync was never in the sheet"
+
+
 def test_writing_back_a_record_still_in_the_sheet_changes_nothing() -> None:
     app = {1: rec("Ann")}
     tab, base = synced(app)

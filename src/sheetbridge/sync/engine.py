@@ -730,6 +730,10 @@ def plan_to_sheet(
             ctx.issue(issue, "deleted_in_sheet")
             if not doubtful:
                 plan.can_write_back.append(record_id)
+        elif doubtful and not base:
+            # No earlier sync with this sheet tells a record new to it from
+            # one whose row is there under a mistyped ID.
+            ctx.issue(_held_for_doubt_issue(mapping, record_id, doubtful), "errors")
         else:
             _append(ctx, record_id, app[record_id])
     if plan.changes.append:
@@ -1372,6 +1376,26 @@ def _gone_from_sheet_issue(
         str(record_id),
         f"{reason}; it was kept in the app and {kept}",
         "deleted_in_sheet",
+    )
+
+
+def _held_for_doubt_issue(
+    mapping: TabMapping, record_id: int, doubtful: list[int]
+) -> Issue:
+    rows = ", ".join(str(number) for number in doubtful)
+    which = (
+        f"row {rows}'s ID is" if len(doubtful) == 1 else f"the IDs of rows {rows} are"
+    )
+    return Issue(
+        mapping.tab,
+        doubtful[0],
+        None,
+        str(record_id),
+        f"no row has ID {record_id}, and no earlier sync with this sheet tells "
+        f"whether row {rows}, whose ID is unreadable, unknown or another row's "
+        f"too, is its row: it is not added while {which} in doubt; if it is, "
+        f"put {record_id} back in its ID cell",
+        "error",
     )
 
 
