@@ -342,8 +342,9 @@ def test_conflict_is_resolved_in_the_page_by_button_and_by_keyboard(
         page.close()
 
 
+@pytest.mark.parametrize("choice", ["keep-sheet", "edit"])
 def test_a_conflict_whose_app_value_changed_since_is_shown_again_not_overwritten(
-    browser: Browser, runtime: Runtime, tokens: dict[str, str]
+    browser: Browser, runtime: Runtime, tokens: dict[str, str], choice: str
 ) -> None:
     run_sync(runtime, "alice", TO_SHEET)
     record_id = edit_sheet_cell(runtime, 2, "City", "Sheet City")
@@ -353,23 +354,34 @@ def test_a_conflict_whose_app_value_changed_since_is_shown_again_not_overwritten
         page = open_dashboard(browser, url, "alice")
         city = page.locator("#conflict-list li[data-field=city]")
         expect(city.locator(".is-app dd")).to_have_text("App City")
+        if choice == "edit":
+            city.get_by_role("button", name=re.compile("^Type another value")).click()
+            city.locator("input[name=value]").fill("Typed City")
         before = api.get(f"/api/customers/{record_id}").json()
         api.patch(
             f"/api/customers/{record_id}",
             json={"version": before["version"], "city": "Later City"},
         ).raise_for_status()
 
-        keep_sheet = re.compile("^Keep the sheet's value")
-        city.get_by_role("button", name=keep_sheet).click()
+        def press() -> None:
+            if choice == "edit":
+                city.get_by_role("button", name="Save value").click()
+            else:
+                city.get_by_role("button", name=re.compile("^Keep the sheet's")).click()
+
+        press()
 
         expect(city.locator(".conflict-error")).to_contain_text(
             "changed after this conflict was found: it is now 'Later City'"
         )
         expect(city.locator(".is-app dd")).to_have_text("Later City")
+        if choice == "edit":
+            expect(city.locator("input[name=value]")).to_have_value("Typed City")
         assert api.get(f"/api/customers/{record_id}").json()["city"] == "Later City"
-        city.get_by_role("button", name=keep_sheet).click()
+        press()
         expect(city).to_have_count(0)
-        assert api.get(f"/api/customers/{record_id}").json()["city"] == "Sheet City"
+        kept = "Typed City" if choice == "edit" else "Sheet City"
+        assert api.get(f"/api/customers/{record_id}").json()["city"] == kept
         assert_not_reloaded(page)
         page.close()
 

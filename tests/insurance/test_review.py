@@ -198,7 +198,7 @@ def test_keeping_the_app_value_keeps_the_one_the_app_has_now(
 
     kept = resolve(client, tokens["alice"], conflict_id, {"choice": "app"})
 
-    assert kept.status_code == 200
+    assert kept.status_code == 200 and kept.json()["app"] == "Later City"
     run_sync(runtime, "alice", TO_SHEET)
     assert sheet_city(runtime, record_id) == "Later City"
 
@@ -333,13 +333,16 @@ def test_an_edited_premium_is_checked_as_the_record_api_checks_it(
     assert app_premium(runtime, record_id) == Decimal("300.00")
 
 
+@pytest.mark.parametrize("body", [b'"1.50"', b"1.50"], ids=["text", "json-number"])
 def test_an_edited_premium_written_as_the_record_api_takes_it_is_kept(
-    runtime: Runtime, tokens: dict[str, str]
+    runtime: Runtime, tokens: dict[str, str], body: bytes
 ) -> None:
     client, record_id, conflict_id = policy_premium_conflict(runtime, tokens["alice"])
 
-    answer = resolve(
-        client, tokens["alice"], conflict_id, {"choice": "edit", "value": "1.50"}
+    answer = client.post(
+        f"/api/insurance/sync/conflicts/{conflict_id}/resolve",
+        content=b'{"choice": "edit", "value": ' + body + b"}",
+        headers={**bearer(tokens["alice"]), "content-type": "application/json"},
     )
 
     assert answer.status_code == 200

@@ -897,14 +897,14 @@ WRONG_TYPES: list[tuple[str, str, dict[str, object], str, str]] = [
         "/api/insurance/sync/conflicts/1/resolve",
         {"choice": "edit", "value": [1]},
         "value",
-        "must be text, a whole number or null",
+        "must be text, a number or null",
     ),
     (
         "POST",
         "/api/insurance/sync/conflicts/1/resolve",
         {"choice": "edit", "value": {"a": 1}},
         "value",
-        "must be text, a whole number or null",
+        "must be text, a number or null",
     ),
     (
         "POST",

@@ -153,10 +153,10 @@ def resolve_conflict(
     if choice not in CHOICES:
         raise InvalidField("choice", f"must be one of {', '.join(CHOICES)}")
     mapping = _MAPPING[row.entity]
-    if choice != "app":
-        current = _app_value(session, user, mapping, row)
-        if current != row.app_value:
-            raise ConflictOutdated(row, current)
+    current = _app_value(session, user, mapping, row)
+    if choice != "app" and current != row.app_value:
+        raise ConflictOutdated(row, current)
+    row.app_value = current  # "keep app" keeps the value the app has now
     if choice == "sheet":
         _set_app_value(session, user, mapping, row, row.sheet_value, asked="choice")
     elif choice == "edit":

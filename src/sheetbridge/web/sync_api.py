@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, status
@@ -192,15 +193,15 @@ def _one_kind_of_value(value: object, handler: ValidatorFunctionWrapHandler) -> 
     try:
         return handler(value)
     except ValidationError:
-        raise ValueError("must be text, a whole number or null") from None
+        raise ValueError("must be text, a number or null") from None
 
 
 class Resolution(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     choice: Literal["app", "sheet", "edit"]
-    value: Annotated[str | int | None, WrapValidator(_one_kind_of_value)] = Field(
-        default=None, description="The value to keep, with choice 'edit'"
+    value: Annotated[str | int | Decimal | None, WrapValidator(_one_kind_of_value)] = (
+        Field(default=None, description="The value to keep, with choice 'edit'")
     )
 
 

@@ -1629,6 +1629,13 @@
         el("dd", { className: value === null || value === undefined || value === "" ? "empty" : "", text: canonical(value) }));
     }
 
+    function valuesList(c) {
+      return el("dl", { className: "conflict-values" },
+        valueBox("App", c.app, "is-app"),
+        valueBox("Sheet", c.sheet, "is-sheet"),
+        valueBox("Last synced", c.base, "is-base"));
+    }
+
     function signature(c) {
       return JSON.stringify([c.app, c.sheet, c.base, c.row, c.column, labelFor(c.entity, c.record_id)]);
     }
@@ -1657,10 +1664,7 @@
         el("p", { className: "conflict-title", id: titleId },
           el("span", { className: "conflict-record", text: what }),
           el("span", { className: "conflict-where muted", text: where })),
-        el("dl", { className: "conflict-values" },
-          valueBox("App", c.app, "is-app"),
-          valueBox("Sheet", c.sheet, "is-sheet"),
-          valueBox("Last synced", c.base, "is-base")),
+        valuesList(c),
         el("div", { className: "conflict-actions" },
           btn("app", "Keep app", "Keep the app's value"),
           btn("sheet", "Keep sheet", "Keep the sheet's value"),
@@ -1678,9 +1682,13 @@
           els.set(c.id, li);
         }
         const sig = signature(c);
-        // Never rebuild under someone typing a value.
+        // Never rebuild under someone typing a value: redraw only the values.
         const editing = li.querySelector("form.conflict-editor:not([hidden])");
-        if (li.dataset.sig !== sig && !editing) { li.dataset.sig = sig; build(li, c); }
+        if (li.dataset.sig !== sig) {
+          li.dataset.sig = sig;
+          if (editing) $("dl.conflict-values", li).replaceWith(valuesList(c));
+          else build(li, c);
+        }
         return li;
       });
       wanted.forEach((li, i) => { if (listEl.children[i] !== li) listEl.insertBefore(li, listEl.children[i] || null); });
