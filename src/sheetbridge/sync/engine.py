@@ -848,23 +848,9 @@ def _field_to_sheet(
         )
     else:
         _keep_base(snapshot, name, base_value)
-        conflict = Conflict(
-            record_id,
-            name,
-            column.header,
-            number,
-            app_value,
-            sheet_value,
-            None if isinstance(base_value, _Missing) else base_value,
-        )
         _report_conflict(
-            ctx.plan.issues,
-            ctx.plan.conflicts,
-            ctx.mapping,
-            conflict,
-            unsynced=isinstance(base_value, _Missing),
+            ctx, record_id, column, number, (app_value, sheet_value, base_value)
         )
-        ctx.plan.counts["conflicts"] += 1
     return None
 
 
@@ -1029,29 +1015,41 @@ def _pending_edit_issue(
 
 
 def _report_conflict(
-    issues: list[Issue],
-    conflicts: list[Conflict],
-    mapping: TabMapping,
-    conflict: Conflict,
-    *,
-    unsynced: bool,
+    ctx: _ToSheet | _FromSheet,
+    record_id: int,
+    column: Column,
+    number: int,
+    values: tuple[Canonical, Canonical, Canonical | _Missing],
 ) -> None:
-    """Report ``conflict``; ``unsynced``: no earlier sync of the field with
-    this sheet tells which side changed (the book's sheet was just set)."""
-    conflicts.append(conflict)
-    sides = f"the app ({conflict.app!r}) and the sheet ({conflict.sheet!r})"
+    """Report a field changed on both sides: ``values`` are the app's, the
+    sheet's and the base; a missing base means no earlier sync of the field
+    with this sheet tells which side changed (the book's sheet was just set)."""
+    app, sheet, base = values
+    unsynced = isinstance(base, _Missing)
+    conflict = Conflict(
+        record_id,
+        column.field,
+        column.header,
+        number,
+        app,
+        sheet,
+        None if isinstance(base, _Missing) else base,
+    )
+    ctx.plan.conflicts.append(conflict)
+    ctx.plan.counts["conflicts"] += 1
+    sides = f"the app ({app!r}) and the sheet ({sheet!r})"
     how = (
         f"differs in {sides}, and no earlier sync of it with this sheet tells "
         "which side changed"
         if unsynced
         else f"changed in both {sides} since the last sync"
     )
-    issues.append(
+    ctx.plan.issues.append(
         Issue(
-            mapping.tab,
-            conflict.row,
-            conflict.column,
-            None if conflict.sheet is None else str(conflict.sheet),
+            ctx.mapping.tab,
+            number,
+            column.header,
+            None if sheet is None else str(sheet),
             f"{how}; nothing was overwritten",
             "conflict",
         )
@@ -1276,23 +1274,9 @@ def _field_from_sheet(
         ctx.plan.counts["pending_export"] += 1
     else:
         _keep_base(snapshot, name, base_value)
-        conflict = Conflict(
-            record_id,
-            name,
-            column.header,
-            number,
-            app_value,
-            sheet_value,
-            None if isinstance(base_value, _Missing) else base_value,
-        )
         _report_conflict(
-            ctx.plan.issues,
-            ctx.plan.conflicts,
-            ctx.mapping,
-            conflict,
-            unsynced=isinstance(base_value, _Missing),
+            ctx, record_id, column, number, (app_value, sheet_value, base_value)
         )
-        ctx.plan.counts["conflicts"] += 1
 
 
 def _readonly_from_sheet(
