@@ -519,6 +519,55 @@ def test_a_sign_in_body_no_form_sends_shows_the_sign_in_page_again(
     assert all("text/html" in a.headers["content-type"] for a in answers)
 
 
+def _post_endlessly(client: TestClient, path: str, chunks: int) -> tuple[int, int]:
+    """POST a form body of ``chunks`` 64 KB chunks, one field that never ends,
+    straight to the app; the answer's status and how many bytes the app took."""
+    chunk = b"p" * 65_536
+    sent = 0
+    status = 0
+
+    async def receive() -> dict[str, object]:
+        nonlocal sent
+        if sent >= chunks * len(chunk):
+            return {"type": "http.disconnect"}
+        sent += len(chunk)
+        body = (b"password=" + chunk) if sent == len(chunk) else chunk
+        return {"type": "http.request", "body": body, "more_body": True}
+
+    async def send(message: dict[str, object]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = int(message["status"])  # type: ignore[call-overload]
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/x-www-form-urlencoded")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+        "state": {},
+    }
+    client.portal.call(client.app, scope, receive, send)  # type: ignore[union-attr, arg-type]
+    return status, sent
+
+
+@pytest.mark.parametrize("path", ["/login", "/logout"])
+def test_a_page_form_body_far_larger_than_its_form_is_refused_without_reading_it_all(
+    client: TestClient, path: str
+) -> None:
+    status, taken = _post_endlessly(client, path, chunks=1_000)  # 64 MB
+
+    assert status in (400, 303)
+    assert taken <= 128 * 1024
+
+
 def test_a_sign_in_with_a_csrf_token_that_is_not_ascii_is_refused_not_a_500(
     client: TestClient,
 ) -> None:

@@ -9,6 +9,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.types import Message, Receive
 
 from sheetbridge.insurance.models import LINES_OF_BUSINESS, POLICY_STATUSES, User
 from sheetbridge.web.deps import PageUser
@@ -20,6 +21,9 @@ from sheetbridge.web.security import (
 )
 
 router = APIRouter(include_in_schema=False)
+# The sign-in form's fields fit in a few hundred bytes; a body past this is
+# no form of these pages and is not read further.
+MAX_FORM_BYTES = 16 * 1024
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 
 
@@ -60,19 +64,42 @@ async def login(request: Request) -> Response:
 
 async def _read_form(request: Request, *names: str) -> tuple[str, ...] | None:
     """The text of the named fields of a page's form ("" for one missing), or
-    None for a body that no such form sends (no multipart boundary, a
-    megabyte field, a thousand fields).
+    None for a body that no such form sends (no multipart boundary, past
+    MAX_FORM_BYTES, a thousand fields).
 
     Forms are read here, not by FastAPI, so that such a body gets the page's
     own answer, not an error in JSON.
     """
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_FORM_BYTES:
+        return None
+    capped = Request(request.scope, _capped(request.receive, MAX_FORM_BYTES))
     try:
-        form = await request.form(max_files=0, max_fields=10)
-    except HTTPException:
+        form = await capped.form(max_files=0, max_fields=10)
+    except (HTTPException, _FormTooLarge):
         return None
     return tuple(
         value if isinstance(value := form.get(name), str) else "" for name in names
     )
+
+
+class _FormTooLarge(Exception):
+    pass
+
+
+def _capped(receive: Receive, limit: int) -> Receive:
+    """``receive``, giving up once the body passes ``limit`` bytes."""
+    taken = 0
+
+    async def receive_capped() -> Message:
+        nonlocal taken
+        message = await receive()
+        taken += len(message.get("body", b""))
+        if taken > limit:
+            raise _FormTooLarge
+        return message
+
+    return receive_capped
 
 
 def _authenticate(request: Request, username: str, password: str) -> User | None:
