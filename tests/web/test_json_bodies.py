@@ -158,3 +158,14 @@ def test_a_body_sent_in_chunks_past_the_limit_is_refused_as_well(
 
     assert answer.status_code == 413
     assert "at most 4 MB" in answer.json()["detail"][0]["msg"]
+
+
+@pytest.mark.parametrize(
+    ("path", "method"), [("/api/customers", "POST"), ("/api/policies/1", "PATCH")]
+)
+def test_no_body_at_all_says_the_body_is_missing(
+    alice: TestClient, path: str, method: str
+) -> None:
+    error = refusal(alice, b"", path, method)
+
+    assert error["msg"] == "the body is missing: send a JSON object, {…}"

@@ -181,6 +181,8 @@ def _validation_error(error: Mapping[str, Any]) -> dict[str, Any]:
         return {"loc": loc[:1], "field": "", "msg": message, "type": kind}
     if _whole_body(error):
         message = "the body must be a JSON object, {…}"
+    elif loc == ["body"] and kind == "missing":
+        message = "the body is missing: send a JSON object, {…}"
     field = ".".join(str(part) for part in loc[1:])
     return {"loc": loc, "field": field, "msg": message, "type": kind}
 
