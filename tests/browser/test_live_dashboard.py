@@ -449,6 +449,39 @@ def test_rows_deleted_in_the_sheet_are_written_back_from_the_history(
         page.close()
 
 
+def test_a_write_back_of_a_record_deleted_in_the_app_since_writes_the_rest_and_says_so(
+    browser: Browser, runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    run_sync(runtime, "alice", TO_SHEET)
+    with alices_tab(runtime, "Policies") as (sheet, _):
+        gone = [sheet.cell(row, 1).value for row in (2, 3)]
+        sheet.delete_rows(2, 2)
+    with live_server(runtime) as url, api_client(url, tokens["alice"]) as api:
+        page = open_dashboard(browser, url, "alice")
+        page.click("#sync-to-sheet")
+        flagged = page.locator("#recent-jobs li[data-kind=to_sheet]").first
+        expect(flagged).to_contain_text("2 rows deleted in the sheet", timeout=20_000)
+        policy = api.get(f"/api/policies/{gone[0]}").json()
+        deleted = api.delete(
+            f"/api/policies/{gone[0]}", params={"version": policy["version"]}
+        )
+        assert deleted.status_code == 204
+
+        flagged.get_by_role("button", name=re.compile("^Write the 2 rows")).click()
+
+        expect(page.locator("#recent-jobs li.job")).to_have_count(2, timeout=20_000)
+        note = f"policy {gone[0]} is not in your book; the rest will be written back"
+        expect(page.locator("#sync-message")).to_contain_text(note)
+        written = page.locator("#recent-jobs li.job").first
+        expect(written).to_contain_text("1 row appended", timeout=20_000)
+        expect(page.locator("#sync-message")).to_have_text(note)
+        with alices_tab(runtime, "Policies") as (sheet, _):
+            ids = {row[0] for row in sheet.iter_rows(values_only=True)}
+        assert gone[1] in ids and gone[0] not in ids
+        assert_not_reloaded(page)
+        page.close()
+
+
 @pytest.mark.parametrize(
     ("listed", "toggle_text", "button"),
     [

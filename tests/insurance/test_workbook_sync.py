@@ -924,7 +924,7 @@ def test_a_record_deleted_in_the_app_before_its_write_back_is_told_not_written(
     gone, kept = _delete_rows(synced, "Customers", 2)
     with synced.db.read_session() as session:
         alice = session.scalars(select(User).where(User.username == "alice")).one()
-    queued = synced.sync.write_back(alice, {"Customers": [gone, kept]})
+    queued, _ = synced.sync.write_back(alice, {"Customers": [gone, kept]})
     with synced.db.session() as session:
         for policy in session.scalars(select(Policy).where(Policy.customer_id == gone)):
             session.delete(policy)
@@ -962,7 +962,7 @@ def test_writing_back_all_brings_back_every_deleted_row_of_both_tabs(
     with synced.db.read_session() as session:
         alice = session.scalars(select(User).where(User.username == "alice")).one()
 
-    queued = synced.sync.write_back(alice, {}, every=True)
+    queued, _ = synced.sync.write_back(alice, {}, every=True)
     WorkerPool(synced.queue, synced.sync.handlers).run_until_empty()
 
     result = synced.queue.get(queued.job_id).result
@@ -1049,7 +1049,7 @@ def test_rows_deleted_in_the_sheet_come_back_when_written_back(
         alice = session.scalars(select(User).where(User.username == "alice")).one()
     city = customer_field(synced, gone_customers[0], "city")
 
-    queued = synced.sync.write_back(
+    queued, _ = synced.sync.write_back(
         alice, {"Customers": [gone_customers[0]], "Policies": [gone_policy]}
     )
     WorkerPool(synced.queue, synced.sync.handlers).run_until_empty()

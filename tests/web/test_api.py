@@ -690,6 +690,32 @@ def test_write_back_queues_a_sync_to_the_sheet_of_the_callers_records(
     assert runtime.queue.get(every.json()["job_id"]).payload["write_back"] == "all"
 
 
+def test_write_back_of_records_some_of_which_left_the_book_queues_the_rest_naming_them(
+    client: TestClient, tokens: dict[str, str], runtime: Runtime
+) -> None:
+    auth = bearer(tokens["alice"])
+    made = [
+        client.post("/api/customers", json={"name": name}, headers=auth).json()
+        for name in ("Ann", "Ben", "Cy")
+    ]
+    mine = [customer["id"] for customer in made]
+    gone = mine[1]
+    deleted = client.delete(
+        f"/api/customers/{gone}", params={"version": made[1]["version"]}, headers=auth
+    )
+    assert deleted.status_code == 204
+
+    answer = _write_back(client, tokens["alice"], customers=mine)
+
+    assert answer.status_code == 202
+    job = runtime.queue.get(answer.json()["job_id"])
+    assert job.payload["write_back"] == {"Customers": sorted(set(mine) - {gone})}
+    assert answer.json()["left_out"] == {"customers": [gone]}
+    assert answer.json()["message"] == (
+        f"customer {gone} is not in your book; the rest will be written back"
+    )
+
+
 def test_write_back_of_records_not_in_the_callers_book_is_refused_naming_them(
     client: TestClient, tokens: dict[str, str], runtime: Runtime
 ) -> None:

@@ -262,18 +262,22 @@ class SyncService:
 
     def write_back(
         self, user: User, wanted: dict[str, list[int]], *, every: bool = False
-    ) -> Enqueued:
+    ) -> tuple[Enqueued, dict[str, list[int]]]:
         """Queue a to-sheet that appends again the rows of records deleted from
-        the sheet: ``wanted`` (record IDs by tab, each checked to be one of
-        the user's records), or ``every`` such record the sync finds; not
-        both, even with no IDs in ``wanted``."""
+        the sheet: ``wanted`` (record IDs by tab), or ``every`` such record the
+        sync finds; not both, even with no IDs in ``wanted``. The job and the
+        IDs left out (by tab): those not in the user's book, deleted since
+        the sync that listed them, say. None of them in the book is refused.
+        """
         if every and wanted:
             raise InvalidField("all", "give all or the records to write back, not both")
         wanted = {tab: sorted(set(ids)) for tab, ids in wanted.items() if ids}
         if every:
-            return self.enqueue(user, TO_SHEET, write_back=WRITE_BACK_ALL)
+            return self.enqueue(user, TO_SHEET, write_back=WRITE_BACK_ALL), {}
         if not wanted:
             raise InvalidField("customers", "name at least one record to write back")
+        kept: dict[str, list[int]] = {}
+        left_out: dict[str, list[int]] = {}
         with self.db.read_session() as session:
             for tab, ids in wanted.items():
                 model: type[Customer | Policy] = (
@@ -283,10 +287,17 @@ class SyncService:
                 if not user.is_admin:
                     mine = mine.where(model.agent_id == user.id)
                 known = set(session.scalars(mine))
-                unknown = [record_id for record_id in ids if record_id not in known]
-                if unknown:
-                    raise InvalidField(tab.lower(), _not_in_book(ENTITY[tab], unknown))
-        return self.enqueue(user, TO_SHEET, write_back=wanted)
+                kept[tab] = [record_id for record_id in ids if record_id in known]
+                left_out[tab] = [
+                    record_id for record_id in ids if record_id not in known
+                ]
+        if not any(kept.values()):
+            tab = next(iter(left_out))
+            raise InvalidField(tab.lower(), _not_in_book(ENTITY[tab], left_out[tab]))
+        queued = self.enqueue(
+            user, TO_SHEET, write_back={tab: ids for tab, ids in kept.items() if ids}
+        )
+        return queued, {tab: ids for tab, ids in left_out.items() if ids}
 
     @property
     def handlers(self) -> dict[str, Handler]:
@@ -1292,6 +1303,12 @@ def _tell_gone_before_write_back(
         )
     plan.issues[:0] = told
     plan.counts["deleted_in_app"] += len(told)
+
+
+def left_out_message(left_out: dict[str, list[int]]) -> str:
+    """What a write-back that left records out says of them."""
+    named = (_not_in_book(ENTITY[tab], ids) for tab, ids in left_out.items())
+    return f"{'; '.join(named)}; the rest will be written back"
 
 
 def _not_in_book(entity: str, unknown: list[int]) -> str:

@@ -24,7 +24,12 @@ from sheetbridge.insurance.mapping import CUSTOMERS, POLICIES
 from sheetbridge.insurance.models import User
 from sheetbridge.insurance.schemas import MAX_ID
 from sheetbridge.insurance.services import InvalidField
-from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET, brief_result
+from sheetbridge.insurance.sync_jobs import (
+    FROM_SHEET,
+    TO_SHEET,
+    brief_result,
+    left_out_message,
+)
 from sheetbridge.queue.errors import JobNotFound
 from sheetbridge.queue.models import Job
 from sheetbridge.queue.store import Enqueued, JobQueue
@@ -72,12 +77,13 @@ def _enqueue(kind: str, user: CurrentUser, rt: RuntimeDep) -> JsonAnswer:
     return _queued(rt.sync.enqueue(user, kind))
 
 
-def _queued(queued: Enqueued) -> JsonAnswer:
+def _queued(queued: Enqueued, **more: object) -> JsonAnswer:
     answer = {
         "queued": True,
         "job_id": queued.job_id,
         "position": queued.position,
         "status_url": f"/api/insurance/sync/jobs/{queued.job_id}",
+        **more,
     }
     return JsonAnswer(answer, status_code=status.HTTP_202_ACCEPTED)
 
@@ -120,7 +126,14 @@ def write_back(body: WriteBack, user: CurrentUser, rt: RuntimeDep) -> JsonAnswer
         for tab, field in lists.items()
         if field in body.model_fields_set
     }
-    return _queued(rt.sync.write_back(user, given, every=body.all))
+    queued, left_out = rt.sync.write_back(user, given, every=body.all)
+    if not left_out:
+        return _queued(queued)
+    return _queued(
+        queued,
+        left_out={lists[tab]: ids for tab, ids in left_out.items()},
+        message=left_out_message(left_out),
+    )
 
 
 def job_views(

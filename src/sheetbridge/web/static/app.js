@@ -814,6 +814,7 @@
   const writtenBack = new Set(); // jobs whose deleted rows were asked back
   let firstSnapshot = true;
   let messageJob = 0;            // the job the sync message is about; 0: none (or an error)
+  let messageNote = "";          // what its answer said besides (records a write-back left out)
 
   const KIND = { to_sheet: "Sync to sheet", from_sheet: "Sync from sheet" };
   const STATE_WORDS = {
@@ -1261,8 +1262,13 @@
     if (job && job.state === "running") text = "Sync running";
     else if (job && isRetryWaiting(job)) text = "Sync waiting to try again";
     else if (job) text = job.position > 1 ? `Sync queued (position ${job.position})` : "Sync queued";
-    if (!text) messageJob = 0;
-    setSyncMessage(text, text ? "ok" : null);
+    if (!text) {
+      // The note outlives the job's message: it stays until the next sync.
+      messageJob = 0;
+      setSyncMessage(messageNote, messageNote ? "warning" : null);
+      return;
+    }
+    setSyncMessage(messageNote ? `${text}. ${messageNote}` : text, "ok");
   }
 
   function setSyncMessage(text, kind) {
@@ -1436,6 +1442,7 @@
       if (res.job_id >= lastQueuedId) {
         lastQueuedId = res.job_id;
         messageJob = res.job_id;
+        messageNote = res.message || "";
       }
       // Show the job right away; the stream (or a poll) fills in the details.
       if (!jobs.has(res.job_id)) applyJob({ id: res.job_id, kind: kind.replace("-", "_"), state: "queued", position: res.position,
@@ -1444,6 +1451,7 @@
       pollSoon();
     } catch (err) {
       messageJob = 0;
+      messageNote = "";
       setSyncMessage(`Could not queue the sync: ${err.message}`, "error");
     }
   }
