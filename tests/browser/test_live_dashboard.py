@@ -22,9 +22,11 @@ from sqlalchemy import select
 from sheetbridge.config import Settings
 from sheetbridge.insurance import sync_jobs
 from sheetbridge.insurance.models import User
+from sheetbridge.insurance.review import forget_sheet
 from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
 from sheetbridge.queue.store import Claimed
 from sheetbridge.queue.worker import JobContext
+from sheetbridge.sync.models import SyncTarget
 from sheetbridge.web.deps import Runtime
 from sheetbridge.web.security import add_user
 from tests.conftest import api_client
@@ -339,6 +341,31 @@ def test_conflict_is_resolved_in_the_page_by_button_and_by_keyboard(
         assert (after["city"], after["email"]) == ("Sheet City", "fixed@example.com")
         assert api.get("/api/insurance/sync/conflicts").json()["conflicts"] == []
         assert_not_reloaded(page)
+        page.close()
+
+
+def test_a_conflict_with_no_earlier_sync_of_the_sheet_says_so_instead_of_a_base(
+    browser: Browser, runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    run_sync(runtime, "alice", TO_SHEET)
+    with runtime.db.session() as session:
+        target = session.scalars(
+            select(SyncTarget).join(User).where(User.username == "alice")
+        ).one()
+        forget_sheet(session, target.id)  # as a book pointed away and back
+    record_id = edit_sheet_cell(runtime, 2, "City", "Sheet City")
+    edit_app_city(runtime, record_id, "App City")
+    with live_server(runtime) as url:
+        page = open_dashboard(browser, url, "alice")
+        page.click("#sync-from-sheet")
+
+        city = page.locator("#conflict-list li[data-field=city]")
+        expect(city).to_have_count(1, timeout=20_000)
+        expect(city.locator(".is-app dd")).to_have_text("App City")
+        expect(city.locator(".is-sheet dd")).to_have_text("Sheet City")
+        expect(city.locator(".is-base dd")).to_have_text(
+            "(never synced with this sheet)"
+        )
         page.close()
 
 

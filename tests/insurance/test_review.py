@@ -9,9 +9,12 @@ import pytest
 from fastapi.testclient import TestClient
 from httpx import Response
 from openpyxl import load_workbook
+from sqlalchemy import select
 
-from sheetbridge.insurance.models import Customer, Policy
+from sheetbridge.insurance.models import Customer, Policy, User
+from sheetbridge.insurance.review import forget_sheet
 from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
+from sheetbridge.sync.models import SyncTarget
 from sheetbridge.web.app import create_app
 from sheetbridge.web.deps import Runtime
 from tests.conftest import bearer
@@ -78,9 +81,32 @@ def test_conflict_is_stored_once_with_both_values_and_the_base(
     )
     assert (conflict["app"], conflict["sheet"]) == ("App City", "Sheet City")
     assert conflict["base"] not in ("App City", "Sheet City")
+    assert conflict["base_known"] is True
     assert conflict["detected_at"].endswith("Z"), conflict["detected_at"]
     others = client.get("/api/insurance/sync/conflicts", headers=bearer(tokens["bob"]))
     assert others.json()["conflicts"] == []
+
+
+def test_a_conflict_with_no_earlier_sync_of_the_sheet_says_its_base_is_unknown(
+    runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    run_sync(runtime, "alice", TO_SHEET)
+    with runtime.db.session() as session:
+        target = session.scalars(
+            select(SyncTarget).join(User).where(User.username == "alice")
+        ).one()
+        forget_sheet(session, target.id)  # as a book pointed away and back
+    record_id = edit_sheet_cell(runtime, 2, "City", "Sheet City")
+    edit_app_city(runtime, record_id, "App City")
+    run_sync(runtime, "alice", TO_SHEET)
+    client = TestClient(create_app(runtime, workers=False))
+
+    (conflict,) = client.get(
+        "/api/insurance/sync/conflicts", headers=bearer(tokens["alice"])
+    ).json()["conflicts"]
+
+    assert (conflict["app"], conflict["sheet"]) == ("App City", "Sheet City")
+    assert conflict["base"] is None and conflict["base_known"] is False
 
 
 def open_conflict_ids(client: TestClient, token: str) -> list[int]:

@@ -444,9 +444,9 @@ def test_both_sides_changed_differently_is_a_conflict_both_ways() -> None:
         plan_from_sheet(MAPPING, tab, app, base),
     ):
         assert [
-            (c.record_id, c.field, c.app, c.sheet, c.base, c.row)
+            (c.record_id, c.field, c.app, c.sheet, c.base, c.base_known, c.row)
             for c in plan.conflicts
-        ] == [(1, "note", "app", "sheet", None, 2)]
+        ] == [(1, "note", "app", "sheet", None, True, 2)]
         assert plan.snapshots[1]["note"] is None
         assert plan.counts["conflicts"] == 1 and "conflict" in kinds(plan)
     assert plan_to_sheet(MAPPING, tab, app, base).changes.is_empty()

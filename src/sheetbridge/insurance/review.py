@@ -97,6 +97,7 @@ def record_conflicts(
         row.app_value = conflict.app
         row.sheet_value = conflict.sheet
         row.base_value = conflict.base
+        row.base_known = conflict.base_known
         row.job_id = job_id
     for (record_id, _), row in open_rows.items():
         if record_id in seen:
@@ -127,6 +128,7 @@ def conflict_view(row: SyncConflict) -> dict[str, Any]:
         "app": row.app_value,
         "sheet": row.sheet_value,
         "base": row.base_value,
+        "base_known": row.base_known,
         "job_id": row.job_id,
         "detected_at": clock.iso(row.detected_at),
         "resolution": row.resolution,

@@ -87,6 +87,8 @@ class Conflict:
     app: Canonical
     sheet: Canonical
     base: Canonical
+    # False: no earlier sync of the field with this sheet (base is None then)
+    base_known: bool = True
 
 
 @dataclass
@@ -1034,6 +1036,7 @@ def _report_conflict(
         app,
         sheet,
         None if isinstance(base, _Missing) else base,
+        base_known=not unsynced,
     )
     ctx.plan.conflicts.append(conflict)
     ctx.plan.counts["conflicts"] += 1

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -14,6 +15,7 @@ from sqlalchemy import (
     String,
     UniqueConstraint,
     text,
+    true,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -82,6 +84,10 @@ class SyncConflict(Base):
     app_value: Mapped[Any] = mapped_column(JSON, nullable=True)
     sheet_value: Mapped[Any] = mapped_column(JSON, nullable=True)
     base_value: Mapped[Any] = mapped_column(JSON, nullable=True)
+    # False: no earlier sync with this sheet gives the field a base value
+    base_known: Mapped[bool] = mapped_column(
+        Boolean, default=True, server_default=true()
+    )
     job_id: Mapped[int | None] = mapped_column(Integer)
     detected_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=clock.now

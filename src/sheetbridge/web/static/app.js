@@ -888,6 +888,12 @@
     return parts.join(", ");
   }
 
+  // A conflict's base: none when no earlier sync of the field with this sheet
+  // tells which side changed (the book was just pointed at the sheet).
+  function baseText(c) {
+    return c.base_known === false ? "(never synced with this sheet)" : canonical(c.base);
+  }
+
   function canonical(v) {
     if (v === null || v === undefined || v === "") return "(empty)";
     return typeof v === "object" ? JSON.stringify(v) : String(v);
@@ -938,7 +944,8 @@
       const conflicts = (data && data.conflicts) || [];
       const withValues = new Set(conflicts.map((c) => `${c.row} ${c.column}`));
       for (const c of conflicts) {
-        rows.push([tab, c.row, c.column, `Conflict: app has ${canonical(c.app)}, sheet has ${canonical(c.sheet)} (was ${canonical(c.base)})`, "conflict"]);
+        const was = c.base_known === false ? "never synced with this sheet" : `was ${canonical(c.base)}`;
+        rows.push([tab, c.row, c.column, `Conflict: app has ${canonical(c.app)}, sheet has ${canonical(c.sheet)} (${was})`, "conflict"]);
       }
       for (const i of (data && data.issues) || []) {
         if (i.kind === "conflict" && withValues.has(`${i.row} ${i.column}`)) continue; // listed above
@@ -1631,21 +1638,21 @@
     const notes = new Map(); // conflict id -> why it was not resolved, kept over a rebuild
     const state = { inflight: false, again: false, timer: null, items: [] };
 
-    function valueBox(label, value, cls) {
+    function valueBox(label, value, cls, text = canonical(value)) {
       return el("div", { className: `conflict-value ${cls}` },
         el("dt", { text: label }),
-        el("dd", { className: value === null || value === undefined || value === "" ? "empty" : "", text: canonical(value) }));
+        el("dd", { className: value === null || value === undefined || value === "" ? "empty" : "", text }));
     }
 
     function valuesList(c) {
       return el("dl", { className: "conflict-values" },
         valueBox("App", c.app, "is-app"),
         valueBox("Sheet", c.sheet, "is-sheet"),
-        valueBox("Last synced", c.base, "is-base"));
+        valueBox("Last synced", c.base, "is-base", baseText(c)));
     }
 
     function signature(c) {
-      return JSON.stringify([c.app, c.sheet, c.base, c.row, c.column, labelFor(c.entity, c.record_id)]);
+      return JSON.stringify([c.app, c.sheet, c.base, c.base_known, c.row, c.column, labelFor(c.entity, c.record_id)]);
     }
 
     function build(li, c) {
