@@ -335,6 +335,53 @@ def test_a_row_typed_in_place_of_a_deleted_pending_one_becomes_its_own_record(
     assert ids["Typed Three"] == three and other.id != three
 
 
+def test_a_pending_row_edited_past_recognition_never_hands_its_record_to_a_namesake(
+    synced: Runtime, write_fails: Callable[[bool], None]
+) -> None:
+    with alices_tab(synced) as (customers, header):
+        row = customers.max_row + 1
+        for name, value in (("Name", "Jane Roe"), ("Email", "jane.a@x.com")):
+            customers.cell(row, header[name]).value = value
+        customers.cell(row, header["City"]).value = "Augusta"
+    write_fails(False)
+    failing_sync(synced, FROM_SHEET)
+    with synced.db.read_session() as session:
+        (jane,) = session.scalars(select(Customer).where(Customer.name == "Jane Roe"))
+    with alices_tab(synced) as (customers, header):
+        row = row_named(customers, "Jane Roe")
+        customers.cell(row, header["Name"]).value = "Jane Roe-Smith"
+        customers.cell(row, header["Email"]).value = "jane.a2@x.com"
+        below = customers.max_row + 1
+        customers.cell(below, header["Name"]).value = "Jane Roe"
+        customers.cell(below, header["Email"]).value = "jane.b@x.com"
+        customers.cell(below, header["City"]).value = "Bangor"
+
+    result = run_sync(synced, "alice", FROM_SHEET)
+
+    with synced.db.read_session() as session:
+        kept = session.get(Customer, jane.id)
+        assert kept is not None
+        assert (kept.name, kept.email, kept.city) == (
+            "Jane Roe",
+            "jane.a@x.com",
+            "Augusta",
+        )
+        others = session.scalars(
+            select(Customer.email).where(
+                Customer.name.in_(["Jane Roe", "Jane Roe-Smith"]),
+                Customer.id != jane.id,
+            )
+        ).all()
+    assert sorted(others) == ["jane.a2@x.com", "jane.b@x.com"]
+    (told,) = [
+        issue
+        for issue in result["tabs"]["Customers"]["issues"]
+        if issue["value"] == str(jane.id)
+    ]
+    assert told["kind"] == "warning"
+    assert "could not be found again" in told["reason"]
+
+
 def test_while_the_name_header_is_renamed_pending_records_are_left_out_of_a_sync(
     synced: Runtime, write_fails: Callable[[bool], None]
 ) -> None:

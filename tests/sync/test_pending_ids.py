@@ -3,7 +3,7 @@ have written."""
 
 from __future__ import annotations
 
-from sheetbridge.insurance.mapping import CUSTOMERS
+from sheetbridge.insurance.mapping import CUSTOMERS, POLICIES
 from sheetbridge.sheets.base import Cell, CellRange, TabData
 from sheetbridge.sync.pending_ids import PendingRow, find_rows, row_values
 
@@ -179,5 +179,44 @@ def test_a_row_whose_id_reads_as_none_gets_its_records_id() -> None:
     tab = TabData([HEADER, ["abc", "Ann", "Bath"]])
 
     found = find_rows(CUSTOMERS, tab, [entry(1, 7, 2, ANN)])
+
+    assert found.cells == {(2, 1): 7}
+
+
+def test_a_row_of_the_same_name_with_two_other_values_changed_is_no_match() -> None:
+    # The record's row was edited past recognition (name and email), and
+    # someone else of the same name typed in below: that row is not its.
+    jane: list[Cell] = [None, "Jane Roe", "jane.a@x.com", "Augusta"]
+    tab = TabData(
+        [
+            HEADER4,
+            [None, "Jane Roe-Smith", "jane.a2@x.com", "Augusta"],
+            [None, "Jane Roe", "jane.b@x.com", "Bangor"],
+        ]
+    )
+
+    found = find_rows(CUSTOMERS, tab, [entry4(1, 7, 2, jane)])
+
+    assert found.cells == {} and found.lost == {7}
+
+
+def test_a_row_of_the_same_name_with_one_other_value_changed_is_its_record() -> None:
+    jane: list[Cell] = [None, "Jane Roe", "jane.a@x.com", "Augusta"]
+    tab = TabData([HEADER4, [None, "Jane Roe", "jane.a@x.com", "Bangor"]])
+
+    found = find_rows(CUSTOMERS, tab, [entry4(1, 7, 2, jane)])
+
+    assert found.cells == {(2, 1): 7}
+
+
+POLICY_HEADER: list[Cell] = ["ID", "Policy Number", "Carrier", "Premium"]
+
+
+def test_a_policy_row_is_known_by_its_number_whatever_else_changed() -> None:
+    typed: list[Cell] = [None, "HO-1", "Acme", 100]
+    pending = PendingRow(1, 7, 2, 1, row_values(POLICIES, POLICY_HEADER, typed))
+    tab = TabData([POLICY_HEADER, [None, "HO-1", "Bolt", 250]])
+
+    found = find_rows(POLICIES, tab, [pending])
 
     assert found.cells == {(2, 1): 7}

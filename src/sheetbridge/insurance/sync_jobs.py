@@ -367,6 +367,7 @@ class SyncService:
             _tell_gone_before_write_back(
                 mapping, plans[mapping.tab], write_back.get(mapping.tab, ()), app
             )
+            _tell_lost(mapping, plans[mapping.tab], pending.lost[mapping.tab])
         changes = {
             tab: changes
             for tab, plan in plans.items()
@@ -432,6 +433,8 @@ class SyncService:
             for mapping in MAPPINGS
         }
         _refuse_numbers_given_twice(plans[POLICIES.tab])
+        for mapping in MAPPINGS:
+            _tell_lost(mapping, plans[mapping.tab], pending.lost[mapping.tab])
         compared = sum(plan.compared for plan in plans.values())
         to_import = sum(
             len(plan.updates) + len(plan.creates) for plan in plans.values()
@@ -1278,6 +1281,31 @@ def _reasons(exc: Exception) -> list[Refusal]:
         ]
     field = getattr(exc, "field", None)
     return [(field, getattr(exc, "message", str(exc)))]
+
+
+def _tell_lost(
+    mapping: TabMapping, plan: ToSheetPlan | FromSheetPlan, lost: Iterable[int]
+) -> None:
+    """A record an import created whose row, its ID never written there, was
+    not found again: the record stays, and the user may want to merge it with
+    a row's new record (see :mod:`~sheetbridge.sync.pending_ids`)."""
+    entity = ENTITY[mapping.tab]
+    for record_id in sorted(lost):
+        plan.issues.append(
+            Issue(
+                mapping.tab,
+                None,
+                mapping.id_header,
+                str(record_id),
+                f"{entity} {record_id} was created from a row whose ID an earlier "
+                "import could not write, and that row could not be found again "
+                "(changed past recognition or deleted since): the record stays "
+                "as it was, and a sync to the sheet writes it as a new row. If a "
+                "row imported as a new record is this one, edited, keep one of "
+                "the two",
+                "warning",
+            )
+        )
 
 
 def _tell_gone_before_write_back(

@@ -12,11 +12,13 @@ it there:
    3), needs nothing: the write landed;
 2. else a row without an ID (or with one that reads as none) holding the same
    values, the one it was in first if that one does;
-3. else the closest related row without an ID: one with the same name (a
-   policy, the same number), or with everything but one value the same and
-   two at least (one shared value, such as a town, is too weak a sign),
-   wherever it moved. Closest is most values the same; where two rows fit a
-   record equally well, or two records a row, nothing is guessed.
+3. else the closest related row without an ID, wherever it moved: a policy
+   with the same number (no two policies share one), or a row with
+   everything but one value the same, and with the same name or two values
+   the same at least. A name alone is too weak a sign (two people share
+   one), and so is one shared value, such as a town. Closest is most values
+   the same; where two rows fit a record equally well, or two records a row,
+   nothing is guessed.
 
 Where a row stood is no evidence by itself: a row deleted and a new one
 typed in its place must not take the old one's record. A record whose row is
@@ -40,8 +42,10 @@ from sheetbridge.sheets.base import Cell, TabData
 from sheetbridge.sync.columns import CellParser, normalize_header
 from sheetbridge.sync.engine import TabMapping, read_id
 
-# The field that names a row of each kind to a person: the key of step 3.
+# The field that names a row of each kind to a person (step 3), and the one
+# of them that no two records share.
 _NAMING_FIELDS = ("policy_number", "name")
+_UNIQUE_NAMING_FIELD = "policy_number"
 
 RowValues = dict[str, Any]
 """A row's cells by their column's header, as JSON: blank cells left out."""
@@ -99,8 +103,8 @@ def find_rows(
         return found
     rows = [list(row) for row in tab.rows]
     header = rows[0] if rows else []
-    naming = _naming_header(mapping)
-    named = naming in {normalize_header(name) for name in header}
+    naming = _naming(mapping)
+    named = naming.header in {normalize_header(name) for name in header}
     column = _id_column(mapping, header)
     waiting: list[PendingRow] = []
     for entry in pending:
@@ -155,7 +159,7 @@ def _place(
     free: list[int],
     values: dict[int, RowValues],
     taken: set[int],
-    naming: str,
+    naming: Naming,
 ) -> dict[int, int]:
     """Each entry's row (by entry key): one with its values, the row it was
     in first; else the closest related row, where that is no guess."""
@@ -204,16 +208,16 @@ def _place(
     return placed
 
 
-def _related(entry: PendingRow, values: RowValues, naming: str) -> bool:
-    """Whether a row may be the entry's, edited: it has the same name (a
-    policy, the same number), or everything else the same."""
-    name = entry.values.get(naming)
-    if name is not None and values.get(naming) == name:
+def _related(entry: PendingRow, values: RowValues, naming: Naming) -> bool:
+    """Whether a row may be the entry's, edited (step 3)."""
+    name = entry.values.get(naming.header)
+    same_name = name is not None and values.get(naming.header) == name
+    if same_name and naming.unique:
         return True
     differ = {k for k in entry.values.keys() | values.keys()} - {
         k for k in entry.values if values.get(k) == entry.values[k]
     }
-    return len(differ) <= 1 and _shared(entry.values, values) >= 2
+    return len(differ) <= 1 and (same_name or _shared(entry.values, values) >= 2)
 
 
 def _shared(first: RowValues, second: RowValues) -> int:
@@ -229,9 +233,18 @@ def _id_column(mapping: TabMapping, header: Sequence[Cell]) -> int | None:
     return None
 
 
-def _naming_header(mapping: TabMapping) -> str:
+@dataclass(frozen=True)
+class Naming:
+    """The header of a tab's naming field, and whether no two records share
+    its value."""
+
+    header: str
+    unique: bool
+
+
+def _naming(mapping: TabMapping) -> Naming:
     return next(
-        normalize_header(column.header)
+        Naming(normalize_header(column.header), field_name == _UNIQUE_NAMING_FIELD)
         for field_name in _NAMING_FIELDS
         for column in mapping.columns
         if column.field == field_name
