@@ -8,9 +8,11 @@ from datetime import UTC, datetime
 import pytest
 from fastapi.testclient import TestClient
 from httpx import Response
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from sheetbridge import clock
+from sheetbridge.insurance.models import User
 from sheetbridge.insurance.sync_jobs import TO_SHEET
 from sheetbridge.queue.worker import WorkerPool
 from sheetbridge.web.deps import Runtime
@@ -71,6 +73,52 @@ def test_agent_sees_only_their_book_and_admin_sees_all(
         f"/api/customers/{bobs_customer['id']}", headers=bearer(tokens["alice"])
     )
     assert hidden.status_code == 404
+
+
+def test_a_saved_change_of_agent_or_customer_answers_with_the_new_names(
+    client: TestClient, tokens: dict[str, str], runtime: Runtime
+) -> None:
+    admin = bearer(tokens["admin"])
+    customer, other = client.get(
+        "/api/customers", headers=bearer(tokens["alice"]), params={"limit": 2}
+    ).json()["items"]
+    (policy,) = client.get(
+        "/api/policies",
+        headers=bearer(tokens["alice"]),
+        params={"customer_id": customer["id"], "limit": 1},
+    ).json()["items"]
+
+    moved = client.patch(
+        f"/api/customers/{customer['id']}",
+        json={"version": customer["version"], "agent_id": _user_id(runtime, "bob")},
+        headers=admin,
+    )
+    reassigned = client.patch(
+        f"/api/policies/{policy['id']}",
+        json={
+            "version": policy["version"],
+            "customer_id": other["id"],
+            "agent_id": _user_id(runtime, "carol"),
+        },
+        headers=admin,
+    )
+
+    assert moved.status_code == 200 and reassigned.status_code == 200
+    assert moved.json()["agent"] == "bob"
+    assert (reassigned.json()["agent"], reassigned.json()["customer"]) == (
+        "carol",
+        other["name"],
+    )
+    for path, answer in (
+        (f"/api/customers/{customer['id']}", moved),
+        (f"/api/policies/{policy['id']}", reassigned),
+    ):
+        assert client.get(path, headers=admin).json() == answer.json()
+
+
+def _user_id(runtime: Runtime, username: str) -> int:
+    with runtime.db.read_session() as session:
+        return session.scalars(select(User.id).where(User.username == username)).one()
 
 
 def test_search_filter_and_paging(alice: TestClient) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import Select, func, inspect, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
@@ -264,6 +264,15 @@ class Book:
         except StaleDataError as exc:
             # Someone saved between our read and our write; the caller reloads.
             raise StaleVersion(None) from exc
+        # A new agent_id or customer_id leaves the loaded agent or customer
+        # behind: loaded again when the answer names them.
+        moved = [
+            relation.key
+            for relation in inspect(row).mapper.relationships
+            if any(column.key in changes for column in relation.local_columns)
+        ]
+        if moved:
+            self.session.expire(row, moved)
         return row
 
     @staticmethod
