@@ -389,6 +389,26 @@ def test_a_results_lists_of_conflicts_and_changed_records_are_cut_counts_not(
     assert len(imported["changed"]["customer"]) == 2 and imported["changed_cut"]
 
 
+def test_a_cut_list_of_issues_keeps_errors_before_notices_and_says_it_is_cut(
+    synced: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sync_jobs, "MAX_REPORTED_ISSUES", 2)
+    with alices_tab(synced) as (customers, header):
+        customers.delete_rows(2, 3)  # three notices: rows deleted in the sheet
+        bad = customers.max_row
+        customers.cell(bad, header["ZIP"]).value = "1.1"
+
+    result = run_sync(synced, "alice", FROM_SHEET)
+
+    tab = result["tabs"]["Customers"]
+    assert tab["counts"]["errors"] == 1 and tab["counts"]["deleted_in_sheet"] == 3
+    first, second = tab["issues"]
+    assert (first["row"], first["column"], first["kind"]) == (bad, "ZIP", "error")
+    assert second["kind"] == "deleted_in_sheet"
+    assert tab["issues_cut"] is True and tab["conflicts_cut"] is False
+    assert result["tabs"]["Policies"]["issues_cut"] is False
+
+
 def test_a_date_of_birth_in_the_future_is_a_row_error_and_never_imported(
     synced: Runtime,
 ) -> None:

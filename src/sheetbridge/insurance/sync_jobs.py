@@ -1459,11 +1459,14 @@ def _report(
             tab: {
                 "counts": plan.counts,
                 "issues": [
-                    _issue_shown(issue) for issue in plan.issues[:MAX_REPORTED_ISSUES]
+                    _issue_shown(issue)
+                    for issue in _most_pressing_first(plan.issues)[:MAX_REPORTED_ISSUES]
                 ],
+                "issues_cut": len(plan.issues) > MAX_REPORTED_ISSUES,
                 "conflicts": [
                     _conflict_shown(c) for c in plan.conflicts[:MAX_REPORTED_ISSUES]
                 ],
+                "conflicts_cut": len(plan.conflicts) > MAX_REPORTED_ISSUES,
                 "write_back": plan.can_write_back[:MAX_REPORTED_ISSUES],
                 "write_back_cut": len(plan.can_write_back) > MAX_REPORTED_ISSUES,
             }
@@ -1471,6 +1474,15 @@ def _report(
         },
         "summary": _summary(plans),
     }
+
+
+# The order of a result's issues: what needs a person first, so that a list
+# cut short keeps it; each kind in the order the sync found them.
+_PRESSING = {"error": 0, "conflict": 1, "warning": 2}
+
+
+def _most_pressing_first(issues: list[Issue]) -> list[Issue]:
+    return sorted(issues, key=lambda issue: _PRESSING.get(issue.kind, len(_PRESSING)))
 
 
 def brief_result(result: dict[str, Any] | None) -> dict[str, Any] | None:
