@@ -14,6 +14,7 @@ from openpyxl import load_workbook
 from sqlalchemy import select
 
 from sheetbridge.insurance.models import Customer, User
+from sheetbridge.insurance.review import undo_import
 from sheetbridge.insurance.schemas import CustomerCreate
 from sheetbridge.insurance.services import Book
 from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
@@ -380,6 +381,27 @@ def test_a_pending_row_edited_past_recognition_never_hands_its_record_to_a_names
     ]
     assert told["kind"] == "warning"
     assert "could not be found again" in told["reason"]
+
+
+def test_rows_of_an_undone_import_are_deleted_by_a_sync_to_the_sheet_in_delete_mode(
+    synced: Runtime,
+) -> None:
+    type_new_rows(synced)
+    with synced.db.read_session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+    queued = synced.sync.enqueue(alice, FROM_SHEET)
+    WorkerPool(synced.queue, synced.sync.handlers).run_until_empty()
+    with synced.db.session() as session:
+        undone = undo_import(session, alice, queued.job_id)
+    assert len(undone.restored) == len(NAMES) and not undone.left_alone
+    assert undone.note is not None
+    assert undone.note.startswith("3 records the import created were deleted")
+    synced.sync.update_target(alice, delete_mode="delete")
+
+    result = run_sync(synced, "alice", TO_SHEET)
+
+    assert result["tabs"]["Customers"]["counts"]["deleted"] == len(NAMES)
+    assert sheet_ids(synced) == {name: [] for name in NAMES}
 
 
 def test_while_the_name_header_is_renamed_pending_records_are_left_out_of_a_sync(

@@ -704,6 +704,17 @@ def test_deleted_in_app_but_edited_in_sheet_is_kept_in_delete_mode() -> None:
     assert plan.changes.delete_rows == [] and kinds(plan) == ["deleted_in_app"]
 
 
+def test_deleted_in_app_differing_only_in_a_column_the_app_owns_is_deleted() -> None:
+    # A row an import created: the app filled in its agent, the sheet's cell
+    # is still blank until a sync to the sheet writes it.
+    tab, base = synced({1: rec("Ann")})
+    tab.rows[1][8] = None
+
+    plan = plan_to_sheet(MAPPING, tab, {}, base, delete_mode="delete")
+
+    assert plan.changes.delete_rows == [2] and plan.counts["deleted"] == 1
+
+
 def test_deleted_in_app_is_never_recreated_by_from_sheet() -> None:
     tab, base = synced({1: rec("Ann")})
     plan = plan_from_sheet(MAPPING, tab, {}, base)

@@ -270,6 +270,22 @@ def _store(
 class UndoReport:
     restored: list[dict[str, Any]] = field(default_factory=list)
     left_alone: list[dict[str, Any]] = field(default_factory=list)
+    # Records the import created, deleted by the undo: their rows stay.
+    removed: int = 0
+
+    @property
+    def note(self) -> str | None:
+        """What is left to do in the sheet, if anything."""
+        if not self.removed:
+            return None
+        rows = "its row stays" if self.removed == 1 else "their rows stay"
+        records = "1 record" if self.removed == 1 else f"{self.removed:,} records"
+        return (
+            f"{records} the import created {'was' if self.removed == 1 else 'were'} "
+            f"deleted; {rows} in the sheet: delete them there, or a sync to "
+            "the sheet removes them where rows deleted on one side are deleted "
+            "on the other"
+        )
 
 
 def saved_changes(session: Session, job_ids: Collection[int]) -> dict[int, int]:
@@ -345,6 +361,8 @@ def undo_import(session: Session, user: User, job_id: int) -> UndoReport:
         if outcome is None:
             for change in record_changes:
                 change.undone_at = clock.now()
+            if any(change.field == CREATED for change in record_changes):
+                report.removed += 1
     return report
 
 

@@ -955,7 +955,11 @@ def _deleted_in_app(
 
 
 def _matches_base(ctx: _ToSheet, cells: list[Cell], old: Record) -> bool:
+    """Whether a row holds what the last sync left there: the columns the app
+    owns (an agent's name) are the app's to write, never a sheet's edit."""
     for column, index in ctx.columns:
+        if column.readonly:
+            continue
         try:
             value = ctx.parser.parse(column, _cell(cells, index))
         except CellError:
@@ -1240,7 +1244,8 @@ def _report_unimportable(
             number,
             None,
             str(record_id),
-            f"record {record_id} {LEFT_THE_BOOK}; the row was not imported",
+            f"record {record_id} {LEFT_THE_BOOK}; the row was not imported "
+            "(delete it, or clear its ID to import it as a new record)",
             "deleted_in_app",
         ),
         "deleted_in_app",

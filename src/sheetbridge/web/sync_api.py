@@ -254,7 +254,11 @@ def undo_import(job_id: JobId, user: CurrentUser, rt: RuntimeDep) -> dict[str, A
     _own_job(job_id, user, rt)
     with rt.db.session() as session:
         report = review.undo_import(session, user, job_id)
-    return {"restored": report.restored, "left_alone": report.left_alone}
+    return {
+        "restored": report.restored,
+        "left_alone": report.left_alone,
+        "note": report.note,
+    }
 
 
 class TargetChange(BaseModel):

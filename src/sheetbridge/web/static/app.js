@@ -1084,6 +1084,7 @@
     if (r.left_alone.length) parts.push(`${plural(r.left_alone.length, "record")} left alone`);
     const box = el("div", { className: "undo-report", role: "group", tabindex: "-1", "aria-label": `Undo report for sync #${id}` },
       el("p", { className: "job-line", text: `${parts.join("; ")}.` }));
+    if (r.note) box.append(el("p", { className: "job-line undo-note", text: `${r.note[0].toUpperCase()}${r.note.slice(1)}.` }));
     if (r.left_alone.length) {
       box.append(el("ul", { className: "issues-list" }, ...r.left_alone.map((x) =>
         el("li", { dataset: { kind: "warning" } },
