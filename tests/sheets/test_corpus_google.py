@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from datetime import date
+from datetime import UTC, date, datetime
 
+import httpx
 import pytest
 
 from sheetbridge.sheets.base import Cell, CellRange, TabChanges, TabData
@@ -52,6 +53,39 @@ def tab(data: dict[str, TabData | None], name: str) -> TabData:
     return found
 
 
+def _formatted(harness: GoogleHarness, book: str, tab: str) -> list[list[str]]:
+    """The tab as a person sees it (FORMATTED_VALUE)."""
+    answer = httpx.get(
+        f"{harness.server.base_url}/v4/spreadsheets/{book}/values/{tab}",
+        params={"valueRenderOption": "FORMATTED_VALUE"},
+    )
+    return answer.json()["values"]  # type: ignore[no-any-return]
+
+
+def test_dates_in_rows_a_sync_appends_show_as_dates_in_the_same_write(
+    harness: GoogleHarness,
+) -> None:
+    book = harness.spreadsheet()
+    backend = harness.backend(book)
+    header = TabChanges(cells={(1, 1): "ID", (1, 2): "Born", (1, 3): "Seen"})
+    backend.write({"People": header})
+    seen = datetime(2020, 1, 1, 18, 0, tzinfo=UTC)
+    rows: list[list[Cell]] = [[1, date(2020, 1, 1), seen], [2, date(2021, 2, 3), None]]
+    writes = harness.state.calls(contains=":batchUpdate")
+
+    backend.write({"People": TabChanges(append=rows, delete_rows=[])})
+    backend.write({"People": TabChanges(append=[[3, "not a date", None]])})
+
+    shown = _formatted(harness, book.spreadsheet_id, "People")
+    assert shown[1:] == [
+        ["1", "1/1/2020", "1/1/2020 18:00:00"],
+        ["2", "2/3/2021"],
+        ["3", "not a date"],
+    ]
+    # The formats went with the values: one structural call, none for text.
+    assert harness.state.calls(contains=":batchUpdate") - writes == 2 + 1
+
+
 def test_c01_date_serial_reads_as_date_and_dates_are_written_as_serials(
     harness: GoogleHarness,
 ) -> None:
@@ -80,7 +114,8 @@ def test_c01_date_serial_reads_as_date_and_dates_are_written_as_serials(
     assert [new.values["born"] for new in plan.creates] == ["2020-01-01"] * 2
     backend.write({"People": TabChanges(cells={(2, 4): date(2021, 2, 3)})})
     stored = book.sheet_by_title("People").cell(2, 4)  # type: ignore[union-attr]
-    assert stored == 44230  # a serial number, not a locale string
+    # A serial number, not a locale string, in the cell's own date format.
+    assert stored == Rich(44230, kind="DATE", pattern="yyyy-mm-dd")
 
 
 @pytest.mark.parametrize("text", ["04001", "+15551234", "+Dri7abc"])

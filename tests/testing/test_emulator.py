@@ -113,6 +113,75 @@ def test_fifty_thousand_character_limit_and_grid_limits(http: httpx.Client) -> N
     assert past.json()["error"]["status"] == "INVALID_ARGUMENT"
 
 
+def _date_format(column: int, rows: tuple[int, int], kind: str = "DATE") -> object:
+    """A repeatCell giving column (0-based) of rows [first, end) a date format."""
+    return {
+        "repeatCell": {
+            "range": {
+                "sheetId": 0,
+                "startRowIndex": rows[0],
+                "endRowIndex": rows[1],
+                "startColumnIndex": column,
+                "endColumnIndex": column + 1,
+            },
+            "cell": {"userEnteredFormat": {"numberFormat": {"type": kind}}},
+            "fields": "userEnteredFormat.numberFormat",
+        }
+    }
+
+
+def _shown(http: httpx.Client, book: str, rng: str, render: str) -> object:
+    answer = http.get(
+        f"/v4/spreadsheets/{book}/values/{rng}", params={"valueRenderOption": render}
+    )
+    return answer.json()["values"]
+
+
+def test_a_date_format_shows_serials_as_dates_and_stays_over_a_raw_write(
+    http: httpx.Client,
+) -> None:
+    book = new_book(http)
+    put(http, book, "A1:B2", [[43831, 1.5], [43832, 2]])
+
+    answer = http.post(
+        f"/v4/spreadsheets/{book}:batchUpdate",
+        json={
+            "requests": [_date_format(0, (0, 2)), _date_format(1, (0, 1), "DATE_TIME")]
+        },
+    )
+
+    assert answer.status_code == 200 and answer.json()["replies"] == [{}, {}]
+    assert _shown(http, book, "A1:B2", "FORMATTED_VALUE") == [
+        ["1/1/2020", "12/31/1899 12:00:00"],
+        ["1/2/2020", "2"],
+    ]
+    assert _shown(http, book, "A1:B2", "UNFORMATTED_VALUE") == [
+        [43831, 1.5],
+        [43832, 2],
+    ]
+    put(http, book, "A2", [[43833]])
+    assert _shown(http, book, "A2", "FORMATTED_VALUE") == [["1/3/2020"]]
+
+
+def test_a_format_outside_the_grid_or_of_an_unknown_type_is_refused(
+    http: httpx.Client,
+) -> None:
+    book = new_book(http)
+    put(http, book, "A1", [[43831]])
+
+    outside = http.post(
+        f"/v4/spreadsheets/{book}:batchUpdate",
+        json={"requests": [_date_format(0, (0, 1001))]},
+    )
+    unknown = http.post(
+        f"/v4/spreadsheets/{book}:batchUpdate",
+        json={"requests": [_date_format(0, (0, 1), "CALENDAR")]},
+    )
+
+    assert outside.status_code == 400 and unknown.status_code == 400
+    assert _shown(http, book, "A1", "FORMATTED_VALUE") == [["43831"]]
+
+
 def test_structural_batch_update_is_atomic(http: httpx.Client) -> None:
     book = new_book(http)
     answer = http.post(

@@ -623,8 +623,9 @@ class GoogleSheetsBackend:
     or find where appends go, then at most three writes: one
     ``spreadsheets.batchUpdate`` creating missing tabs and growing grids, one
     ``values.batchUpdate`` (RAW) with all cells and appended rows, and one
-    ``spreadsheets.batchUpdate`` deleting rows, highest first. The order means
-    a failure part way never loses data: deletes come last.
+    ``spreadsheets.batchUpdate`` giving the appended rows' dates a date format
+    and deleting rows, highest first. The order means a failure part way
+    never loses data: deletes come last.
     """
 
     cell_limit = MAX_CELL_CHARS
@@ -679,13 +680,20 @@ class GoogleSheetsBackend:
         sheets = _sheets_by_title(meta)
         grow = self._grow_requests(changes, sheets, rows)
         if grow:
-            self.client.batch_update(self.spreadsheet_id, grow)
+            grown = self.client.batch_update(self.spreadsheet_id, grow)
+            for reply in grown.get("replies", []):
+                if "addSheet" in reply:
+                    added = reply["addSheet"]["properties"]
+                    sheets[added["title"]] = added
         data = _value_ranges(changes, rows, tz)
         if data:
             self.client.batch_update_values(self.spreadsheet_id, data)
-        deletes = _delete_requests(changes, sheets)
-        if deletes:
-            self.client.batch_update(self.spreadsheet_id, deletes)
+        # Formats first: they name rows as they are before the deletes.
+        finish = _date_formats(changes, rows, sheets) + _delete_requests(
+            changes, sheets
+        )
+        if finish:
+            self.client.batch_update(self.spreadsheet_id, finish)
         logger.info(
             "sheets.write",
             extra={
@@ -1211,6 +1219,49 @@ def api_value(value: Cell, tz: tzinfo = UTC) -> Any:
     if isinstance(value, datetime | date):
         return to_serial(value, tz)
     return str(value)
+
+
+def _date_formats(
+    changes: Mapping[str, TabChanges],
+    rows: Mapping[str, list[list[Cell]] | None],
+    sheets: dict[str, Json],
+) -> list[Json]:
+    """A date format (the spreadsheet locale's own) for each column of dates
+    in the rows a write appends, over all those rows: written as serial
+    numbers, the dates would show as numbers in a new row. A cell written
+    into a row already there keeps the format it has, which may be a
+    person's own."""
+    requests: list[Json] = []
+    for tab, ch in changes.items():
+        props = _find(sheets, tab)
+        if props is None or not ch.append:
+            continue
+        kinds: dict[int, str] = {}
+        for values in ch.append:
+            for index, value in enumerate(values):
+                if isinstance(value, datetime):
+                    kinds[index] = "DATE_TIME"
+                elif isinstance(value, date):
+                    kinds.setdefault(index, "DATE")
+        first = last_row_after(rows.get(tab) or [], ch.cells) + 1
+        for index, kind in sorted(kinds.items()):
+            span = {
+                "sheetId": props["sheetId"],
+                "startRowIndex": first - 1,
+                "endRowIndex": first - 1 + len(ch.append),
+                "startColumnIndex": index,
+                "endColumnIndex": index + 1,
+            }
+            requests.append(
+                {
+                    "repeatCell": {
+                        "range": span,
+                        "cell": {"userEnteredFormat": {"numberFormat": {"type": kind}}},
+                        "fields": "userEnteredFormat.numberFormat",
+                    }
+                }
+            )
+    return requests
 
 
 def _delete_requests(

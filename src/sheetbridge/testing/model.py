@@ -8,6 +8,7 @@ turn :class:`ApiError` into the service's JSON error bodies.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -310,7 +311,11 @@ class Spreadsheet:
             for index, value in enumerate(line):
                 if value is None:
                     continue
-                sheet.set(row + offset, col + index, parse(value))
+                sheet.set(
+                    row + offset,
+                    col + index,
+                    _keep_format(sheet.cell(row + offset, col + index), parse(value)),
+                )
                 touched_rows.add(offset)
                 touched_cols.add(index)
                 cells += 1
@@ -596,6 +601,39 @@ class Spreadsheet:
         )
         return {}
 
+    def _req_repeatCell(self, where: str, body: Json, rng: random.Random) -> Json:
+        """Give every cell of a range a number format. Other parts of a cell's
+        format (colours, fonts) are taken and not modelled; nor is a format
+        on an empty cell, which a later write would show."""
+        span = body.get("range", {})
+        sheet = self.sheet_by_id(span.get("sheetId"), where)
+        r1, r2 = _span(span, "Row", sheet.row_count, where)
+        c1, c2 = _span(span, "Column", sheet.col_count, where)
+        fields = {part.strip() for part in str(body.get("fields", "")).split(",")}
+        if fields == {""}:
+            raise invalid(f"Invalid {where}: fields is required")
+        given = (body.get("cell") or {}).get("userEnteredFormat") or {}
+        if not fields & {"*", "userEnteredFormat", "userEnteredFormat.numberFormat"}:
+            return {}
+        number_format = given.get("numberFormat") or {}
+        kind = number_format.get("type", "")
+        if kind not in NUMBER_FORMAT_TYPES:
+            raise invalid(
+                f"Invalid {where}: Invalid value at 'cell.user_entered_format."
+                f"number_format.type' ({kind!r})"
+            )
+        pattern = number_format.get("pattern") or DEFAULT_PATTERNS.get(kind, "")
+        for row in range(r1, min(r2, len(sheet.rows))):
+            line = list(sheet.rows[row])  # a new list: a failed batch restores
+            for col in range(c1, min(c2, len(line))):
+                cell = line[col]
+                if isinstance(cell, Rich):
+                    line[col] = dataclasses.replace(cell, kind=kind, pattern=pattern)
+                elif cell is not None:
+                    line[col] = Rich(cell, kind=kind, pattern=pattern)
+            sheet.rows[row] = line
+        return {}
+
     def _req_mergeCells(self, where: str, body: Json, rng: random.Random) -> Json:
         span = body.get("range", {})
         sheet = self.sheet_by_id(span.get("sheetId"), where)
@@ -823,6 +861,38 @@ def new_spreadsheet(spreadsheet_id: str, body: Json) -> Spreadsheet:
 def as_rich(value: Scalar, kind: str, pattern: str) -> Rich:
     """A stored value with a number format (used by fixtures)."""
     return Rich(value, kind=kind, pattern=pattern)
+
+
+def _keep_format(before: Stored, after: Stored) -> Stored:
+    """A value written into a cell keeps the cell's number format, as the
+    values API never changes a format (but for a date typed USER_ENTERED,
+    which brings its own)."""
+    if isinstance(before, Rich) and before.kind and not isinstance(after, Rich):
+        if after is None:
+            return None
+        return Rich(after, kind=before.kind, pattern=before.pattern)
+    return after
+
+
+# The number format types a repeatCell may give, and the pattern a date type
+# shows without one (en_US, the emulator's locale for display).
+NUMBER_FORMAT_TYPES = frozenset(
+    ("TEXT", "NUMBER", "PERCENT", "CURRENCY", "DATE", "TIME", "DATE_TIME", "SCIENTIFIC")
+)
+DEFAULT_PATTERNS = {"DATE": "M/d/yyyy", "DATE_TIME": "M/d/yyyy H:mm:ss"}
+
+
+def _span(grid_range: Json, axis: str, size: int, where: str) -> tuple[int, int]:
+    """A GridRange's 0-based, end-exclusive rows or columns (the whole grid
+    where unbounded), checked against the grid."""
+    start = int(grid_range.get(f"start{axis}Index", 0))
+    end = int(grid_range.get(f"end{axis}Index", size))
+    if not 0 <= start < end <= size:
+        raise invalid(
+            f"Invalid {where}: range {axis.lower()}s {start}..{end} are outside "
+            f"the grid (1..{size})"
+        )
+    return start, end
 
 
 def _move_merges(
