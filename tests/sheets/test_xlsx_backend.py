@@ -545,6 +545,11 @@ def test_half_a_workbook_saved_a_moment_ago_is_retried_as_still_being_saved(
         XlsxBackend(path).read_tabs(["T"])
 
     assert info.value.transient
+    # Said as what is known: no change was seen, the file just does not read.
+    assert str(info.value).startswith(
+        f"{path} is not a readable .xlsx workbook yet, and it was saved moments "
+        "ago: another program may still be saving it; the sync tries again"
+    )
 
 
 def test_a_workbook_read_while_another_program_saves_it_is_changed_and_retried(

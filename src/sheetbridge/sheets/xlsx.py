@@ -159,8 +159,15 @@ class XlsxBackend:
             # Half a file is no workbook: if another program is saving it (the
             # file changed meanwhile, or moments ago), a later attempt reads it
             # whole. One broken for longer is broken.
-            if self.version() != before or self._saved_moments_ago():
+            if self.version() != before:
                 raise SheetChanged(location=self.location) from None
+            if self._saved_moments_ago():
+                raise SheetChanged(
+                    f"{self.location} is not a readable .xlsx workbook yet, and "
+                    "it was saved moments ago: another program may still be "
+                    "saving it; the sync tries again",
+                    location=self.location,
+                ) from None
             raise
         if self.version() != before:
             raise SheetChanged(location=self.location)
