@@ -93,6 +93,8 @@ def test_a_saved_change_of_agent_or_customer_answers_with_the_new_names(
         json={"version": customer["version"], "agent_id": _user_id(runtime, "bob")},
         headers=admin,
     )
+    # The customer's move took the policy along: a new version.
+    policy = client.get(f"/api/policies/{policy['id']}", headers=admin).json()
     reassigned = client.patch(
         f"/api/policies/{policy['id']}",
         json={
@@ -114,6 +116,47 @@ def test_a_saved_change_of_agent_or_customer_answers_with_the_new_names(
         (f"/api/policies/{policy['id']}", reassigned),
     ):
         assert client.get(path, headers=admin).json() == answer.json()
+
+
+def test_a_customer_moved_to_another_agent_takes_along_the_policies_of_the_old_one(
+    client: TestClient, tokens: dict[str, str], runtime: Runtime
+) -> None:
+    admin, alice, bob = (bearer(tokens[name]) for name in ("admin", "alice", "bob"))
+    customer = next(
+        c
+        for c in client.get("/api/customers", headers=alice).json()["items"]
+        if client.get(
+            "/api/policies", headers=alice, params={"customer_id": c["id"]}
+        ).json()["total"]
+        >= 2
+    )
+    theirs = client.get(
+        "/api/policies", headers=alice, params={"customer_id": customer["id"]}
+    ).json()["items"]
+    kept = theirs[0]  # written by another agent: stays with that agent
+    assert (
+        client.patch(
+            f"/api/policies/{kept['id']}",
+            json={"version": kept["version"], "agent_id": _user_id(runtime, "carol")},
+            headers=admin,
+        ).status_code
+        == 200
+    )
+
+    moved = client.patch(
+        f"/api/customers/{customer['id']}",
+        json={"version": customer["version"], "agent_id": _user_id(runtime, "bob")},
+        headers=admin,
+    )
+
+    assert moved.status_code == 200
+    mine = {"customer_id": customer["id"]}
+    bobs = client.get("/api/policies", headers=bob, params=mine).json()["items"]
+    assert {p["id"] for p in bobs} == {p["id"] for p in theirs[1:]}
+    assert all(p["agent"] == "bob" for p in bobs)
+    assert client.get("/api/policies", headers=alice, params=mine).json()["total"] == 0
+    everyone = client.get("/api/policies", headers=admin, params=mine).json()
+    assert {p["agent"] for p in everyone["items"]} == {"bob", "carol"}
 
 
 def _user_id(runtime: Runtime, username: str) -> int:

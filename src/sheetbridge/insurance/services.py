@@ -150,7 +150,26 @@ class Book:
         changes = data.model_dump(exclude_unset=True, exclude={"version"})
         if "agent_id" in changes:
             changes["agent_id"] = self._agent_for(changes["agent_id"])
-        return self._update(customer, data.version, changes)
+        was = customer.agent_id
+        updated = self._update(customer, data.version, changes)
+        if updated.agent_id != was:
+            self._move_policies(customer_id, was, updated.agent_id)
+        return updated
+
+    def _move_policies(self, customer_id: int, was: int, agent_id: int) -> None:
+        """A customer's policies go along to their new agent, but those of a
+        third agent: without them the old agent would keep policies of a
+        customer no longer in their book."""
+        policies = self.session.scalars(
+            select(Policy).where(
+                Policy.customer_id == customer_id, Policy.agent_id == was
+            )
+        )
+        now = clock.now()
+        for policy in policies:
+            policy.agent_id = agent_id
+            policy.updated_at = now
+        self.session.flush()
 
     def delete_customer(self, customer_id: int, version: int | None) -> None:
         customer = self.get_customer(customer_id)
