@@ -16,23 +16,30 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Locator, Page, expect
 from sqlalchemy import select
 
 from sheetbridge.config import Settings
 from sheetbridge.insurance import sync_jobs
 from sheetbridge.insurance.models import User
-from sheetbridge.insurance.review import forget_sheet
 from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
 from sheetbridge.queue.store import Claimed
 from sheetbridge.queue.worker import JobContext
-from sheetbridge.sync.models import SyncTarget
 from sheetbridge.web.deps import Runtime
 from sheetbridge.web.security import add_user
 from tests.conftest import api_client
 from tests.insurance.test_id_write_back import refuse_writes
-from tests.insurance.test_review import edit_app_city, edit_sheet_cell
-from tests.insurance.test_workbook_sync import alices_tab, run_sync, workbook_path
+from tests.insurance.test_review import (
+    edit_app_city,
+    edit_sheet_cell,
+    unsynced_city_conflict,
+)
+from tests.insurance.test_workbook_sync import (
+    alices_tab,
+    delete_sheet_rows,
+    run_sync,
+    workbook_path,
+)
 from tests.support.server import live_server
 
 pytestmark = pytest.mark.browser
@@ -347,14 +354,7 @@ def test_conflict_is_resolved_in_the_page_by_button_and_by_keyboard(
 def test_a_conflict_with_no_earlier_sync_of_the_sheet_says_so_instead_of_a_base(
     browser: Browser, runtime: Runtime, tokens: dict[str, str]
 ) -> None:
-    run_sync(runtime, "alice", TO_SHEET)
-    with runtime.db.session() as session:
-        target = session.scalars(
-            select(SyncTarget).join(User).where(User.username == "alice")
-        ).one()
-        forget_sheet(session, target.id)  # as a book pointed away and back
-    record_id = edit_sheet_cell(runtime, 2, "City", "Sheet City")
-    edit_app_city(runtime, record_id, "App City")
+    unsynced_city_conflict(runtime)
     with live_server(runtime) as url:
         page = open_dashboard(browser, url, "alice")
         page.click("#sync-from-sheet")
@@ -439,6 +439,17 @@ def test_import_is_undone_from_the_history(
         page.close()
 
 
+def sync_finding_rows_deleted(page: Page, count: int) -> Locator:
+    """Sync to the sheet from the page; the finished sync, which found
+    ``count`` rows deleted in the sheet."""
+    page.click("#sync-to-sheet")
+    flagged = page.locator("#recent-jobs li[data-kind=to_sheet]").first
+    expect(flagged).to_contain_text(
+        f"{count} rows deleted in the sheet", timeout=20_000
+    )
+    return flagged
+
+
 @pytest.mark.parametrize(
     ("listed", "button"),
     [(500, "^Write the 3 rows"), (1, "^Write all rows")],
@@ -454,14 +465,10 @@ def test_rows_deleted_in_the_sheet_are_written_back_from_the_history(
 ) -> None:
     monkeypatch.setattr(sync_jobs, "MAX_REPORTED_ISSUES", listed)
     run_sync(runtime, "alice", TO_SHEET)
-    with alices_tab(runtime) as (sheet, _):
-        gone = [sheet.cell(row, 1).value for row in (2, 3, 4)]
-        sheet.delete_rows(2, 3)
+    gone = delete_sheet_rows(runtime, "Customers", 3)
     with live_server(runtime) as url, api_client(url, tokens["alice"]) as api:
         page = open_dashboard(browser, url, "alice")
-        page.click("#sync-to-sheet")
-        flagged = page.locator("#recent-jobs li[data-kind=to_sheet]").first
-        expect(flagged).to_contain_text("3 rows deleted in the sheet", timeout=20_000)
+        flagged = sync_finding_rows_deleted(page, 3)
 
         flagged.get_by_role("button", name=re.compile(button)).click()
         expect(flagged.locator(".job-write-back")).to_have_count(0)
@@ -480,14 +487,10 @@ def test_a_write_back_of_a_record_deleted_in_the_app_since_writes_the_rest_and_s
     browser: Browser, runtime: Runtime, tokens: dict[str, str]
 ) -> None:
     run_sync(runtime, "alice", TO_SHEET)
-    with alices_tab(runtime, "Policies") as (sheet, _):
-        gone = [sheet.cell(row, 1).value for row in (2, 3)]
-        sheet.delete_rows(2, 2)
+    gone = delete_sheet_rows(runtime, "Policies", 2)
     with live_server(runtime) as url, api_client(url, tokens["alice"]) as api:
         page = open_dashboard(browser, url, "alice")
-        page.click("#sync-to-sheet")
-        flagged = page.locator("#recent-jobs li[data-kind=to_sheet]").first
-        expect(flagged).to_contain_text("2 rows deleted in the sheet", timeout=20_000)
+        flagged = sync_finding_rows_deleted(page, 2)
         policy = api.get(f"/api/policies/{gone[0]}").json()
         deleted = api.delete(
             f"/api/policies/{gone[0]}", params={"version": policy["version"]}

@@ -53,6 +53,20 @@ def app_city(runtime: Runtime, record_id: int) -> str:
         return customer.city
 
 
+def unsynced_city_conflict(runtime: Runtime) -> int:
+    """A city edited in alice's sheet and in the app, with no earlier sync of
+    it with the sheet (as a book pointed away and back); the record's ID."""
+    run_sync(runtime, "alice", TO_SHEET)
+    with runtime.db.session() as session:
+        target = session.scalars(
+            select(SyncTarget).join(User).where(User.username == "alice")
+        ).one()
+        forget_sheet(session, target.id)
+    record_id = edit_sheet_cell(runtime, 2, "City", "Sheet City")
+    edit_app_city(runtime, record_id, "App City")
+    return record_id
+
+
 def make_conflict(runtime: Runtime) -> tuple[TestClient, int, int]:
     run_sync(runtime, "alice", TO_SHEET)
     record_id = edit_sheet_cell(runtime, 2, "City", "Sheet City")
@@ -90,14 +104,7 @@ def test_conflict_is_stored_once_with_both_values_and_the_base(
 def test_a_conflict_with_no_earlier_sync_of_the_sheet_says_its_base_is_unknown(
     runtime: Runtime, tokens: dict[str, str]
 ) -> None:
-    run_sync(runtime, "alice", TO_SHEET)
-    with runtime.db.session() as session:
-        target = session.scalars(
-            select(SyncTarget).join(User).where(User.username == "alice")
-        ).one()
-        forget_sheet(session, target.id)  # as a book pointed away and back
-    record_id = edit_sheet_cell(runtime, 2, "City", "Sheet City")
-    edit_app_city(runtime, record_id, "App City")
+    unsynced_city_conflict(runtime)
     run_sync(runtime, "alice", TO_SHEET)
     client = TestClient(create_app(runtime, workers=False))
 

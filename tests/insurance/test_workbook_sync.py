@@ -941,7 +941,7 @@ def test_merged_cells_are_reported_and_never_clear_a_field_either_way(
 def test_a_record_deleted_in_the_app_before_its_write_back_is_told_not_written(
     synced: Runtime,
 ) -> None:
-    gone, kept = _delete_rows(synced, "Customers", 2)
+    gone, kept = delete_sheet_rows(synced, "Customers", 2)
     with synced.db.read_session() as session:
         alice = session.scalars(select(User).where(User.username == "alice")).one()
     queued, _ = synced.sync.write_back(alice, {"Customers": [gone, kept]})
@@ -964,7 +964,7 @@ def test_a_result_names_at_most_500_rows_to_write_back_a_tab_and_says_so(
     synced: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sync_jobs, "MAX_REPORTED_ISSUES", 2)
-    gone = _delete_rows(synced, "Customers", 3)
+    gone = delete_sheet_rows(synced, "Customers", 3)
 
     tab = run_sync(synced, "alice", TO_SHEET)["tabs"]["Customers"]
 
@@ -976,8 +976,8 @@ def test_writing_back_all_brings_back_every_deleted_row_of_both_tabs(
     synced: Runtime,
 ) -> None:
     gone = {
-        "Customers": set(_delete_rows(synced, "Customers", 3)),
-        "Policies": set(_delete_rows(synced, "Policies", 4)),
+        "Customers": set(delete_sheet_rows(synced, "Customers", 3)),
+        "Policies": set(delete_sheet_rows(synced, "Policies", 4)),
     }
     with synced.db.read_session() as session:
         alice = session.scalars(select(User).where(User.username == "alice")).one()
@@ -1047,7 +1047,7 @@ def test_a_merged_box_below_the_table_keeps_new_rows_out_and_the_rest_syncs(
         assert "Nell Newrow" not in {cell.value for cell in customers["B"]}
 
 
-def _delete_rows(runtime: Runtime, tab: str, count: int) -> list[int]:
+def delete_sheet_rows(runtime: Runtime, tab: str, count: int) -> list[int]:
     """Delete the first ``count`` data rows of alice's tab; their IDs."""
     with alices_tab(runtime, tab) as (sheet, _):
         ids = [sheet.cell(row, 1).value for row in range(2, 2 + count)]
@@ -1058,8 +1058,8 @@ def _delete_rows(runtime: Runtime, tab: str, count: int) -> list[int]:
 def test_rows_deleted_in_the_sheet_come_back_when_written_back(
     synced: Runtime,
 ) -> None:
-    gone_customers = _delete_rows(synced, "Customers", 2)
-    (gone_policy,) = _delete_rows(synced, "Policies", 1)
+    gone_customers = delete_sheet_rows(synced, "Customers", 2)
+    (gone_policy,) = delete_sheet_rows(synced, "Policies", 1)
     flagged = run_sync(synced, "alice", TO_SHEET)
     assert flagged["tabs"]["Customers"]["counts"]["deleted_in_sheet"] == 2
     assert flagged["tabs"]["Customers"]["write_back"] == sorted(gone_customers)
