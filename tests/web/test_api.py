@@ -747,6 +747,24 @@ def test_the_status_counts_recent_jobs_issues_and_a_jobs_own_view_lists_them(
     assert [issue["value"] for issue in issues] == [str(i) for i in gone]
 
 
+def test_cancelling_a_finished_sync_is_a_409_saying_so_with_the_job(
+    alice: TestClient,
+) -> None:
+    queued = alice.post("/api/insurance/sync/to-sheet").json()
+    first = alice.post(f"/api/insurance/sync/jobs/{queued['job_id']}/cancel")
+
+    again = alice.post(f"/api/insurance/sync/jobs/{queued['job_id']}/cancel")
+
+    assert first.status_code == 200 and first.json()["state"] == "cancelled"
+    assert again.status_code == 409
+    assert again.json()["detail"] == (
+        f"sync #{queued['job_id']} has already finished (cancelled); "
+        "there is nothing to stop"
+    )
+    assert again.json()["job"]["id"] == queued["job_id"]
+    assert again.json()["job"]["state"] == "cancelled"
+
+
 def test_job_times_are_utc_with_a_z_like_every_record_time(alice: TestClient) -> None:
     queued = alice.post("/api/insurance/sync/to-sheet").json()
     alice.post(f"/api/insurance/sync/jobs/{queued['job_id']}/cancel")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class QueueError(Exception):
     """Root of the queue's errors."""
@@ -11,6 +13,14 @@ class JobNotFound(QueueError):
     def __init__(self, job_id: int) -> None:
         super().__init__(f"job {job_id} does not exist")
         self.job_id = job_id
+
+
+class JobFinished(QueueError):
+    """The job has finished: there is nothing left to cancel."""
+
+    def __init__(self, job: Any) -> None:
+        super().__init__(f"job {job.id} has already finished ({job.state})")
+        self.job = job
 
 
 class LeaseLost(QueueError):

@@ -54,7 +54,7 @@ from sqlalchemy.orm import Session
 from sheetbridge import clock
 from sheetbridge.db import Database, is_sqlite
 from sheetbridge.queue import metrics
-from sheetbridge.queue.errors import JobNotFound, LeaseLost
+from sheetbridge.queue.errors import JobFinished, JobNotFound, LeaseLost
 from sheetbridge.queue.events import CHANNEL, MAX_PAYLOAD_BYTES, PgEventBridge
 from sheetbridge.queue.models import (
     CANCELLED,
@@ -1089,7 +1089,8 @@ class JobQueue:
         )
 
     def cancel(self, job_id: int, *, owner_id: int | None = None) -> Job:
-        """Cancel a queued job at once; ask a running one to stop at a safe point."""
+        """Cancel a queued job at once; ask a running one to stop at a safe
+        point; :class:`JobFinished` for one that has finished."""
         with self.db.session() as session:
             key = session.scalar(select(Job.queue_key).where(Job.id == job_id))
             if key is None:
@@ -1117,7 +1118,8 @@ class JobQueue:
                 job.cancel_requested = True
                 event = "cancel_requested"
             else:
-                return job
+                session.expunge(job)  # as it is: the rollback would expire it
+                raise JobFinished(job)
             self._notify(session.connection(), event, job)
         self._publish(event, job)
         return job

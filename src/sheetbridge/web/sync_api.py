@@ -30,7 +30,7 @@ from sheetbridge.insurance.sync_jobs import (
     brief_result,
     left_out_message,
 )
-from sheetbridge.queue.errors import JobNotFound
+from sheetbridge.queue.errors import JobFinished, JobNotFound
 from sheetbridge.queue.models import Job
 from sheetbridge.queue.store import Enqueued, JobQueue
 from sheetbridge.sheets.google import service_account_email, spreadsheet_id_in
@@ -195,10 +195,22 @@ def get_job(job_id: JobId, user: CurrentUser, rt: RuntimeDep) -> JsonAnswer:
 
 
 @router.post("/jobs/{job_id}/cancel")
-def cancel_job(job_id: JobId, user: CurrentUser, rt: RuntimeDep) -> dict[str, Any]:
+def cancel_job(job_id: JobId, user: CurrentUser, rt: RuntimeDep) -> JsonAnswer:
+    """Cancel a queued sync, or stop a running one at its next safe point; a
+    finished one is a 409 with the job as it ended."""
     job = _own_job(job_id, user, rt)
-    (view,) = job_views(rt, [rt.queue.cancel(job.id)])
-    return view
+    try:
+        (view,) = job_views(rt, [rt.queue.cancel(job.id)])
+    except JobFinished as finished:
+        (ended,) = job_views(rt, [finished.job])
+        detail = (
+            f"sync #{job.id} has already finished ({ended['state']}); "
+            "there is nothing to stop"
+        )
+        return JsonAnswer(
+            {"detail": detail, "job": ended}, status_code=status.HTTP_409_CONFLICT
+        )
+    return JsonAnswer(view)
 
 
 def _one_kind_of_value(value: object, handler: ValidatorFunctionWrapHandler) -> object:

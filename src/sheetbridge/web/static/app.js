@@ -1475,8 +1475,13 @@
       applyJob(job);
       announce(job.state === "cancelled" ? `Sync #${id} cancelled.` : `Sync #${id} will stop at the next safe point.`);
     } catch (err) {
-      button.disabled = false;
-      announce(`Could not cancel sync #${id}: ${err.message}`, "error");
+      if (err.status === 409 && err.body && err.body.job) {
+        applyJob(err.body.job); // it finished meanwhile: show how it ended
+        announce(`Sync #${id} had already finished; there was nothing to stop.`);
+      } else {
+        button.disabled = false;
+        announce(`Could not cancel sync #${id}: ${err.message}`, "error");
+      }
     }
     pollSoon();
   }
