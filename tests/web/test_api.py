@@ -1093,6 +1093,13 @@ WRONG_TYPES: list[tuple[str, str, dict[str, object], str, str]] = [
     (
         "POST",
         "/api/insurance/sync/conflicts/1/resolve",
+        {"choice": "edit", "value": True},
+        "value",
+        "must be text, a number or null",
+    ),
+    (
+        "POST",
+        "/api/insurance/sync/conflicts/1/resolve",
         {"value": "x"},
         "choice",
         "is required",

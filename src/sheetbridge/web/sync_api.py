@@ -225,9 +225,9 @@ class Resolution(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     choice: Literal["app", "sheet", "edit"]
-    value: Annotated[str | int | Decimal | None, WrapValidator(_one_kind_of_value)] = (
-        Field(default=None, description="The value to keep, with choice 'edit'")
-    )
+    value: Annotated[
+        str | StrictInt | Decimal | None, WrapValidator(_one_kind_of_value)
+    ] = Field(default=None, description="The value to keep, with choice 'edit'")
 
 
 @router.get("/conflicts")
