@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from openpyxl import load_workbook
 
 from tests.support.server import free_port
 
@@ -271,3 +273,43 @@ def test_a_database_that_cannot_be_reached_is_one_clear_line_not_a_traceback(
     (line,) = ran.stderr.strip().splitlines()
     assert line.startswith("cannot use the database postgresql+psycopg://***@127.0.0.1")
     assert "refused" in line and "secret" not in line
+
+
+def _cli(tmp_path: Path, *command: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "SHEETBRIDGE_DATA_DIR": str(tmp_path / "data"),
+        "SHEETBRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 'data' / 'app.db'}",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "sheetbridge", *command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_S,
+    )
+
+
+def test_a_sync_from_the_command_line_prints_what_it_did_in_words_or_as_json(
+    tmp_path: Path,
+) -> None:
+    assert _cli(tmp_path, "demo").returncode == 0
+    first = _cli(tmp_path, "sync", "alice", "to-sheet")
+    path = tmp_path / "data" / "workbooks" / "alice.xlsx"
+    book = load_workbook(path)
+    customers = book["Customers"]
+    zip_column = next(c.column for c in customers[1] if c.value == "ZIP")
+    customers.cell(3, zip_column).value = "1.1"
+    book.save(path)
+    imported = _cli(tmp_path, "sync", "alice", "from-sheet")
+    again = _cli(tmp_path, "sync", "alice", "to-sheet", "--json")
+
+    assert first.returncode == 0, first.stderr
+    assert re.fullmatch(r"sync #1 succeeded: \d+ rows appended\n", first.stdout)
+    assert imported.returncode == 0, imported.stderr
+    head, issue = imported.stdout.splitlines()
+    assert head.startswith("sync #2 succeeded: ") and "1 error" in head
+    assert issue.startswith("  Customers row 3, ZIP: ")
+    answer = json.loads(again.stdout)
+    assert (answer["id"], answer["state"]) == (3, "succeeded")
+    assert answer["result"]["summary"]["appended"] == 0

@@ -10,9 +10,10 @@ import socket
 import subprocess
 import sys
 import threading
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from pydantic_core import to_json
 from sqlalchemy import select
 
 from sheetbridge.config import Settings, get_settings
@@ -33,6 +34,7 @@ from sheetbridge.queue.worker import WorkerPool
 from sheetbridge.web.app import build_runtime, create_app, worker_pool
 from sheetbridge.web.deps import Runtime
 from sheetbridge.web.security import UserError, add_user, hash_password, issue_token
+from sheetbridge.web.sync_api import job_views
 
 log = logging.getLogger(__name__)
 app = typer.Typer(help="Sheetbridge: the agency's book, in sync with its sheets.")
@@ -199,6 +201,9 @@ def _wake_on_lines(runtime: Runtime, stop: threading.Event) -> None:
 def sync(
     username: str,
     direction: Annotated[str, typer.Argument(help="to-sheet or from-sheet")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the job as the API shows it")
+    ] = False,
 ) -> None:
     """Run one sync for a user now, in this process, and print its result."""
     kinds = {"to-sheet": TO_SHEET, "from-sheet": FROM_SHEET}
@@ -212,9 +217,67 @@ def sync(
     queued = runtime.sync.enqueue(user, kinds[direction])
     WorkerPool(runtime.queue, runtime.sync.handlers).run_until_empty()
     job = runtime.queue.get(queued.job_id)
-    typer.echo(f"job {job.id} {job.state}: {job.result or job.error}")
+    if as_json:
+        (view,) = job_views(runtime, [job])
+        typer.echo(to_json(view, indent=2).decode())
+    else:
+        for line in _told(job.id, job.state, job.result, job.error):
+            typer.echo(line)
     if job.state != "succeeded":
         raise typer.Exit(1)
+
+
+# How a sync's counts read, as the dashboard words them.
+_COUNT_WORDS = (
+    ("written_cells", "cell written", "cells written"),
+    ("appended", "row appended", "rows appended"),
+    ("updated_rows", "row updated in the sheet", "rows updated in the sheet"),
+    ("created", "record created", "records created"),
+    ("updated", "record updated", "records updated"),
+    ("deleted", "row deleted", "rows deleted"),
+    ("skipped", "row skipped", "rows skipped"),
+    ("conflicts", "conflict", "conflicts"),
+    ("errors", "error", "errors"),
+    (
+        "pending_import",
+        "sheet edit waiting for import",
+        "sheet edits waiting for import",
+    ),
+    (
+        "pending_export",
+        "app change waiting for export",
+        "app changes waiting for export",
+    ),
+    ("deleted_in_sheet", "row deleted in the sheet", "rows deleted in the sheet"),
+    ("deleted_in_app", "record deleted in the app", "records deleted in the app"),
+    ("readonly", "read-only column edit ignored", "read-only column edits ignored"),
+)
+
+
+def _told(
+    job_id: int, state: str, result: dict[str, Any] | None, error: str | None
+) -> list[str]:
+    """A finished sync in words: what it did, then each issue it listed."""
+    summary = (result or {}).get("summary", {})
+    counts = [
+        f"{summary[key]:,} {one if summary[key] == 1 else many}"
+        for key, one, many in _COUNT_WORDS
+        if summary.get(key)
+    ]
+    done = ", ".join(counts) or ("no changes needed" if result else "")
+    lines = [f"sync #{job_id} {state}" + (f": {done}" if done else "")]
+    for tab, data in (result or {}).get("tabs", {}).items():
+        for issue in data.get("issues", []):
+            where = [tab]
+            if issue.get("row") is not None:
+                where.append(f"row {issue['row']}")
+            where = [" ".join(where)]
+            if issue.get("column"):
+                where.append(str(issue["column"]))
+            lines.append(f"  {', '.join(where)}: {issue['reason']}")
+    if error:
+        lines.append(f"  {error}")
+    return lines
 
 
 @app.command()
