@@ -573,6 +573,8 @@ def test_every_failed_attempt_is_kept_with_its_retry_time(queue: JobQueue) -> No
         (2, "HTTP 503"),
     ]
     assert "retry_at" in job.errors[0] and "retry_at" not in job.errors[1]
+    # The job's own error says that no try is left.
+    assert job.error == "gave up after 2 tries: HTTP 503"
 
 
 def test_a_key_with_fifty_jobs_delays_a_key_with_one_by_at_most_one_job(

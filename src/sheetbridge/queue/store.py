@@ -947,6 +947,8 @@ class JobQueue:
                 entry["retry_at"] = clock.iso(job.run_after)
                 event = "retry_scheduled"
             else:
+                if retry:  # worth another try, but none is left
+                    job.error = f"gave up after {job.attempts} tries: {error}"
                 self._end(session, job, FAILED, now)
                 event = "failed"
             job.errors = [*job.errors, entry]

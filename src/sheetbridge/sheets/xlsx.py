@@ -363,8 +363,8 @@ class XlsxBackend:
             if (self.path.parent / lock).exists():
                 raise SheetLocked(
                     f"{self.location} is open in another program (lock file "
-                    f"{lock}); close it there and the sync's next try goes on "
-                    "(after its last, press Sync again). If it is open nowhere, "
+                    f"{lock}); close it there and the sync's next try goes on, "
+                    "or press Sync again after its last. If it is open nowhere, "
                     f"the lock file was left by a crash: delete {lock}",
                     location=self.location,
                     retry_after=self.locked_retry_s,
