@@ -111,6 +111,44 @@ def test_serve_starts_the_demo_and_its_worker_process_runs_syncs(
     assert (served.data_dir / "workbooks" / "alice.xlsx").exists()
 
 
+def test_serve_stopping_ends_open_event_streams_and_exits_at_once(
+    served: Served,
+) -> None:
+    ended = threading.Event()
+    opened = threading.Event()
+
+    def listen() -> None:
+        with served.client.stream(
+            "GET", "/api/insurance/sync/events", timeout=DEADLINE_S
+        ) as stream:
+            for line in stream.iter_lines():
+                if line.startswith("data: "):
+                    opened.set()
+        ended.set()  # the server ended the stream
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    assert opened.wait(DEADLINE_S), "the event stream sent no status"
+    stopping = time.monotonic()
+
+    os.kill(served.pid, signal.SIGTERM)
+
+    assert ended.wait(5), "the event stream was left open"
+    deadline = stopping + 10
+    while _alive(served.pid):
+        assert time.monotonic() < deadline, "serve did not exit"
+        time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    """Whether the process still runs (a zombie, exited unreaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def test_serve_pushes_the_worker_process_transitions_as_server_sent_events(
     served: Served,
 ) -> None:

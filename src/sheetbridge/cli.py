@@ -78,7 +78,7 @@ def serve(
     workers: Annotated[bool, typer.Option(help="Run sync workers in-process")] = True,
 ) -> None:
     """Upgrade the database, seed the demo agency if empty, and serve the app."""
-    import uvicorn
+    from sheetbridge.web.server import run_server
 
     runtime = _runtime()
     settings = runtime.settings
@@ -93,12 +93,7 @@ def serve(
     web_app = create_app(runtime, workers=workers and child is None)
     settle_after_startup()
     try:
-        uvicorn.run(
-            web_app,
-            host=host,
-            port=port,
-            log_level=settings.log_level.lower(),
-        )
+        run_server(web_app, host, port, settings.log_level)
     finally:
         if child is not None:
             child.stop()

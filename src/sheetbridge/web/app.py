@@ -78,6 +78,7 @@ def create_app(runtime: Runtime, *, workers: bool = True) -> FastAPI:
 
     app = FastAPI(title="Sheetbridge", lifespan=lifespan)
     app.state.runtime = runtime
+    app.state.open_streams = events.OpenStreams()
     secret = settings.secret_key or load_or_create_secret(settings.data_dir)
     app.add_middleware(
         SessionMiddleware,

@@ -24,7 +24,29 @@ router = APIRouter(prefix="/api/insurance/sync", tags=["sync"])
 KEEPALIVE_S = 15.0
 QUIET_EVENTS = frozenset({"progress", "queued"})
 QUEUED_JOBS = 0  # not a job id: "the user's queued jobs"
+CLOSING = -1  # not a job id: "the server is stopping"
 MAX_REFRESHED = 50
+
+
+class OpenStreams:
+    """The event streams a web process serves, so that a server that stops
+    can end them: a stream ends only when its client goes away, and the
+    server would wait for every open page before it exits."""
+
+    def __init__(self) -> None:
+        self._queues: set[asyncio.Queue[int]] = set()
+
+    def add(self, queue: asyncio.Queue[int]) -> None:
+        self._queues.add(queue)
+
+    def discard(self, queue: asyncio.Queue[int]) -> None:
+        self._queues.discard(queue)
+
+    def close_all(self) -> None:
+        """End every open stream (on the event loop that serves them); a page
+        that loses its stream polls the status and connects again."""
+        for queue in self._queues:
+            queue.put_nowait(CLOSING)
 
 
 def _frame(event: str, data: Any) -> bytes:
@@ -42,7 +64,7 @@ async def sync_events(
     event after it is one job's whole view, its issues listed.
     """
     owner = None if (all_users and user.is_admin) else user.id
-    stream = _stream(request, rt, owner)
+    stream = _stream(request, rt, owner, request.app.state.open_streams)
     # The status is read before anything is answered: with the database
     # down, the caller gets its 503 instead of a 200 whose stream breaks.
     status = await anext(stream)
@@ -64,10 +86,11 @@ async def _after(first: bytes, rest: AsyncGenerator[bytes]) -> AsyncIterator[byt
 
 
 async def _stream(
-    request: Request, rt: Runtime, owner: int | None
+    request: Request, rt: Runtime, owner: int | None, streams: OpenStreams
 ) -> AsyncGenerator[bytes]:
     loop = asyncio.get_running_loop()
     changed: asyncio.Queue[int] = asyncio.Queue()
+    streams.add(changed)
 
     def on_event(event: str, job: Job) -> None:
         if owner is None or job.owner_id == owner:
@@ -90,6 +113,8 @@ async def _stream(
             pending = {job_id}
             while not changed.empty():
                 pending.add(changed.get_nowait())
+            if CLOSING in pending:
+                return
             try:
                 views = await to_thread.run_sync(_views, rt, owner, pending)
             except DATABASE_UNAVAILABLE_ERRORS as exc:
@@ -104,6 +129,7 @@ async def _stream(
                 yield _frame("job", view)
     finally:
         unsubscribe()
+        streams.discard(changed)
 
 
 def _views(rt: Runtime, owner: int | None, job_ids: set[int]) -> list[dict[str, Any]]:
