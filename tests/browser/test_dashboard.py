@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from openpyxl import load_workbook
@@ -189,4 +190,44 @@ def test_a_refused_sign_out_says_so_and_a_second_press_signs_out(
         assert page.evaluate("window.location.search") == ""  # not on a reload
         page.click("#sign-out")
         expect(page).to_have_url(f"{url}/login")
+        page.close()
+
+
+def test_unsaved_typing_is_kept_unless_the_user_agrees_to_discard_it(
+    browser: Browser, runtime: Runtime
+) -> None:
+    with live_server(runtime) as url:
+        page = sign_in(browser, url, "alice")
+        rows = page.locator("#customers-table tr[data-id]")
+        rows.first.wait_for()
+        asked: list[str] = []
+        answer = {"accept": False}
+
+        def on_dialog(dialog: Any) -> None:
+            asked.append(dialog.message)
+            if answer["accept"]:
+                dialog.accept()
+            else:
+                dialog.dismiss()
+
+        page.on("dialog", on_dialog)
+        rows.nth(0).get_by_role("button", name="Edit").click()
+        notes = page.locator("#record-form [name=notes]")
+        notes.fill("typed, not saved")
+
+        page.keyboard.press("Escape")
+        page.click("#cancel-edit")
+        rows.nth(1).get_by_role("button", name="Edit").click()
+
+        assert len(asked) == 3 and asked[0].startswith("Discard your unsaved changes")
+        expect(page.locator("#editor")).to_be_visible()
+        expect(notes).to_have_value("typed, not saved")
+        answer["accept"] = True
+        page.click("#cancel-edit")
+        expect(page.locator("#editor")).to_be_hidden()
+        # A form with nothing typed closes without asking.
+        rows.nth(1).get_by_role("button", name="Edit").click()
+        page.click("#cancel-edit")
+        expect(page.locator("#editor")).to_be_hidden()
+        assert len(asked) == 4
         page.close()

@@ -553,6 +553,21 @@
     document.body.classList.add("editing");
   }
 
+  // Typing is never thrown away unasked: closing the form, opening another
+  // record in it, or leaving the page asks first.
+  function mayDiscard() {
+    if (drawer.hidden || !isDirty()) return true;
+    return window.confirm(`Discard your unsaved changes to ${editorTitle.textContent.replace(/^Edit /, "")}?`);
+  }
+
+  function requestClose() {
+    if (mayDiscard()) closeEditor();
+  }
+
+  window.addEventListener("beforeunload", (e) => {
+    if (!drawer.hidden && isDirty()) e.preventDefault();
+  });
+
   function closeEditor() {
     drawer.hidden = true;
     document.body.classList.remove("editing");
@@ -582,6 +597,7 @@
   }
 
   function openCreate(entity) {
+    if (!mayDiscard()) return;
     openDrawer();
     prepareForm(entity);
     editor.id = null;
@@ -603,6 +619,7 @@
   }
 
   async function openEditor(entity, id) {
+    if (!mayDiscard()) return;
     const list = lists[entity];
     const cached = list.records.get(id);
     openDrawer();
@@ -753,10 +770,10 @@
     }
   });
 
-  $("#close-editor").addEventListener("click", closeEditor);
-  $("#cancel-edit").addEventListener("click", closeEditor);
+  $("#close-editor").addEventListener("click", requestClose);
+  $("#cancel-edit").addEventListener("click", requestClose);
   drawer.addEventListener("keydown", (e) => {
-    if (e.key === "Escape") { e.preventDefault(); closeEditor(); }
+    if (e.key === "Escape") { e.preventDefault(); requestClose(); }
   });
   $("#new-customer").addEventListener("click", () => openCreate("customer"));
   $("#new-policy").addEventListener("click", () => openCreate("policy"));
