@@ -83,12 +83,17 @@ def test_sync_from_sheet_patches_changed_rows_in_place(
         shown = page.locator("#customers-table tr[data-id]")
         customer_ids = [int(shown.nth(i).get_attribute("data-id") or 0) for i in (0, 1)]
 
+        count = page.locator("#customers-count")
+        expect(count).not_to_have_text("")
+        before = int(count.inner_text().replace(",", ""))
+
         book = load_workbook(path)
         sheet = book["Customers"]
         header = {cell.value: cell.column for cell in sheet[1]}
         for row in range(2, sheet.max_row + 1):
             if sheet.cell(row, 1).value in customer_ids:
                 sheet.cell(row, header["City"]).value = "Patched From Sheet"
+        sheet.cell(sheet.max_row + 1, header["Name"]).value = "Typed In Sheet"
         book.save(path)
 
         page.click("#sync-from-sheet")
@@ -96,6 +101,9 @@ def test_sync_from_sheet_patches_changed_rows_in_place(
             expect(
                 page.locator(f"#customers-table tr[data-id='{customer_id}']")
             ).to_contain_text("Patched From Sheet", timeout=30_000)
+        # The record the import created shows at the top, and is counted.
+        expect(shown.first).to_contain_text("Typed In Sheet")
+        expect(count).to_have_text(f"{before + 1:,}")
         assert_not_reloaded(page)
         page.close()
 

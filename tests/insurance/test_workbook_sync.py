@@ -133,6 +133,7 @@ def test_from_sheet_imports_edits_and_creates_typed_rows_with_ids_written_back(
     assert sheet.cell(new_row, 1).value == typed.id
     assert sheet.cell(2, columns(sheet)["My own column"]).value == "keep me"
     assert result["changed"]["customer"] == [first_id, typed.id]
+    assert result["created"] == {"customer": [typed.id], "policy": []}
     again = run_sync(synced, "alice", FROM_SHEET)["summary"]
     assert again.get("created", 0) == 0 and again["updated"] == 0
 

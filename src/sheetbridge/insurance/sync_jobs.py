@@ -445,11 +445,11 @@ class SyncService:
             rows_compared=compared,
             rows_to_import=to_import,
         )
-        changed, id_cells = self._import(
+        changed, created, id_cells = self._import(
             context.job.id, target, user, sides, plans, tabs, pending
         )
         if context.job.attempts > 1:
-            changed = self._over_all_attempts(context.job.id, plans)
+            changed, created = self._over_all_attempts(context.job.id, plans)
         # The import has committed: its new records' IDs go into their rows
         # now, and until a sync sees them there each is a pending row.
         writes = {
@@ -487,22 +487,29 @@ class SyncService:
             "changed_cut": any(
                 len(ids) > MAX_REPORTED_CHANGED for ids in changed.values()
             ),
+            # Of those, the records it created (a page shows them as new).
+            "created": {
+                entity: ids[:MAX_REPORTED_CHANGED] for entity, ids in created.items()
+            },
         }
 
     def _over_all_attempts(
         self, job_id: int, plans: dict[str, FromSheetPlan]
-    ) -> dict[str, list[int]]:
-        """The records a retried import changed over all its attempts, its
-        plans' counts set to match: the result tells what the import did."""
+    ) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+        """The records a retried import changed, and those it created, over
+        all its attempts, its plans' counts set to match: the result tells
+        what the import did."""
         with self.db.read_session() as session:
             done = import_done(session, job_id)
         changed: dict[str, list[int]] = {}
+        created: dict[str, list[int]] = {}
         for mapping in MAPPINGS:
             entity = ENTITY[mapping.tab]
-            created, updated = done.created[entity], done.updated[entity]
-            plans[mapping.tab].counts.update(created=len(created), updated=len(updated))
-            changed[entity] = sorted(created | updated)
-        return changed
+            new, updated = done.created[entity], done.updated[entity]
+            plans[mapping.tab].counts.update(created=len(new), updated=len(updated))
+            changed[entity] = sorted(new | updated)
+            created[entity] = sorted(new)
+        return changed, created
 
     def _import(
         self,
@@ -513,12 +520,17 @@ class SyncService:
         plans: dict[str, FromSheetPlan],
         tabs: dict[str, TabData | None],
         pending: _Pending,
-    ) -> tuple[dict[str, list[int]], dict[str, dict[tuple[int, int], Cell]]]:
+    ) -> tuple[
+        dict[str, list[int]],
+        dict[str, list[int]],
+        dict[str, dict[tuple[int, int], Cell]],
+    ]:
         """Apply the plans, store the new snapshots and the new records' rows
-        as pending, in one transaction; the IDs of the records changed, and
-        the cells that put the new records' IDs (and an ID header) in the sheet,
-        by tab."""
+        as pending, in one transaction; the IDs of the records changed, of
+        those created, and the cells that put the new records' IDs (and an ID
+        header) in the sheet, by tab."""
         changed: dict[str, list[int]] = {}
+        created: dict[str, list[int]] = {}
         id_cells: dict[str, dict[tuple[int, int], Cell]] = {}
         with self.db.session() as session:
             book = Book(session, user)
@@ -534,6 +546,7 @@ class SyncService:
                 )
                 importer.run()
                 changed[entity] = importer.changed
+                created[entity] = importer.created
                 self._remember(
                     session,
                     target.id,
@@ -565,7 +578,7 @@ class SyncService:
                         **plan.header_changes.cells,
                         **importer.id_cells,
                     }
-        return changed, id_cells
+        return changed, created, id_cells
 
     # -- loading and storing --------------------------------------------------
 
@@ -793,6 +806,7 @@ class _Importer:
         self.snapshots: dict[int, Record] = dict(plan.snapshots)
         self.id_cells: dict[tuple[int, int], Any] = {}
         self.changed: list[int] = []
+        self.created: list[int] = []
         self.rows = {issue.row for issue in plan.issues if issue.row is not None}
         self._loaded: list[Any] = []
 
@@ -870,6 +884,7 @@ class _Importer:
             self._reject(row, exc, values)
             return
         self.changed.append(created.id)
+        self.created.append(created.id)
         self.snapshots[created.id] = self._record(created)
         self.audit.created(created.id)
         self.id_cells[(row, self.plan.id_column)] = created.id

@@ -1619,6 +1619,33 @@
     return patched;
   }
 
+  // Records an import created: shown at the top of their list, as one
+  // created here is, where they match its search and filters.
+  async function showCreated(entity, ids) {
+    const list = lists[entity];
+    const fresh = ids.map(Number).filter((id) => !list.records.has(id));
+    if (!list.loaded || !fresh.length) return 0;
+    let shown = 0;
+    for (let i = 0; i < fresh.length; i += BATCH) {
+      const chunk = fresh.slice(i, i + BATCH);
+      const params = new URLSearchParams({ ids: chunk.join(","), limit: String(chunk.length), offset: "0" });
+      if (list.q) params.set("q", list.q);
+      for (const [k, v] of Object.entries(list.filters)) if (v) params.set(k, v);
+      const page = await api("GET", `${list.spec.url}?${params}`);
+      for (const record of page.items) {
+        if (list.records.has(record.id)) continue;
+        list.records.set(record.id, record);
+        const tr = buildRow(record, list);
+        list.tbody.prepend(tr);
+        flash(tr);
+        shown++;
+      }
+    }
+    list.total += shown;
+    updatePager(list);
+    return shown;
+  }
+
   async function silentRefresh(job) {
     const result = job.result || {};
     const changed = result.changed || {};
@@ -1632,7 +1659,13 @@
       : { customer: changedCustomers, policy: changedPolicies };
     if (result.changed_cut && editor.entity && editor.id !== null) ids[editor.entity].push(editor.id);
     const patched = await refreshRecords(ids, "This record was changed by a sheet import.");
-    const onScreen = patched ? `; ${plural(patched, "row")} on screen updated` : "";
+    const created = result.created || {};
+    const added = (await showCreated("customer", created.customer || []))
+      + (await showCreated("policy", created.policy || []));
+    const onScreen = [
+      patched ? `${plural(patched, "row")} on screen updated` : "",
+      added ? `${plural(added, "new row")} shown` : "",
+    ].filter(Boolean).map((part) => `; ${part}`).join("");
     if (result.changed_cut) {
       announce(`Sheet import finished: ${summaryWords(result.summary)}${onScreen}.`);
       return;
