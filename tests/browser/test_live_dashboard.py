@@ -436,6 +436,15 @@ def test_import_is_undone_from_the_history(
         expect(row).to_contain_text(original)
         assert api.get(f"/api/customers/{record_id}").json()["city"] == original
         assert_not_reloaded(page)
+
+        # Opened again, the page says the import was undone and offers no undo.
+        page.reload()
+        dashboard_ready(page)
+        job = page.locator("#recent-jobs li[data-kind=from_sheet]").first
+        expect(job.locator(".job-undone")).to_have_text("This import was undone.")
+        expect(job.get_by_role("button", name=re.compile("Undo import"))).to_have_count(
+            0
+        )
         page.close()
 
 

@@ -318,6 +318,40 @@ def test_undo_import_restores_imported_values_but_not_ones_edited_since(
     assert [r["record_id"] for r in twice.json()["left_alone"]] == [second]
 
 
+def test_an_import_tells_how_many_of_its_records_an_undo_can_still_take_back(
+    runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    run_sync(runtime, "alice", TO_SHEET)
+    edit_sheet_cell(runtime, 2, "City", "Imported One")
+    edit_sheet_cell(runtime, 3, "City", "Imported Two")
+    run_sync(runtime, "alice", FROM_SHEET)
+    client = TestClient(create_app(runtime, workers=False))
+    alice = bearer(tokens["alice"])
+
+    def undoable() -> list[object]:
+        recent = client.get("/api/insurance/sync/status", headers=alice).json()
+        return [job["undoable"] for job in recent["recent"]]
+
+    before = undoable()
+    (job_id,) = [
+        job["id"]
+        for job in client.get("/api/insurance/sync/status", headers=alice).json()[
+            "recent"
+        ]
+        if job["kind"] == FROM_SHEET
+    ]
+    client.post(f"/api/insurance/sync/jobs/{job_id}/undo", headers=alice)
+
+    assert before == [2, None]  # the import, then the sync to the sheet
+    assert undoable() == [0, None]
+    assert (
+        client.get(f"/api/insurance/sync/jobs/{job_id}", headers=alice).json()[
+            "undoable"
+        ]
+        == 0
+    )
+
+
 def policy_premium_conflict(
     runtime: Runtime, token: str
 ) -> tuple[TestClient, int, int]:

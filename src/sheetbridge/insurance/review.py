@@ -289,8 +289,9 @@ class UndoReport:
 
 
 def saved_changes(session: Session, job_ids: Collection[int]) -> dict[int, int]:
-    """How many records each of these imports changed that are not undone:
-    what an import that failed or was stopped after it committed left."""
+    """How many records each of these imports changed that are not undone
+    (what one that failed or was stopped after it committed left, or what an
+    undo may still take back)."""
     if not job_ids:
         return {}
     changed = (

@@ -31,7 +31,7 @@ from sheetbridge.insurance.sync_jobs import (
     left_out_message,
 )
 from sheetbridge.queue.errors import JobFinished, JobNotFound
-from sheetbridge.queue.models import Job
+from sheetbridge.queue.models import FINAL_STATES, Job
 from sheetbridge.queue.store import Enqueued, JobQueue
 from sheetbridge.sheets.google import service_account_email, spreadsheet_id_in
 from sheetbridge.sync.models import SyncTarget
@@ -139,21 +139,27 @@ def write_back(body: WriteBack, user: CurrentUser, rt: RuntimeDep) -> JsonAnswer
 def job_views(
     rt: Runtime, jobs: list[Job], *, brief: bool = False
 ) -> list[dict[str, Any]]:
-    """The jobs' views; an import that failed or was stopped tells how many
-    records it changed before (``saved_changes``): they stay, undoable.
-    ``brief`` views count each tab's issues instead of listing them: a list
-    of jobs carries many results, one job's view the whole of its own."""
-    stopped = [
-        job.id
-        for job in jobs
-        if job.kind == FROM_SHEET and job.state in ("failed", "cancelled")
+    """The jobs' views; a finished import tells how many of the records it
+    changed an undo can still take back (``undoable``), and one that failed
+    or was stopped after it committed the same as ``saved_changes``: they
+    stay. ``brief`` views count each tab's issues instead of listing them: a
+    list of jobs carries many results, one job's view the whole of its own."""
+    imports = [
+        job.id for job in jobs if job.kind == FROM_SHEET and job.state in FINAL_STATES
     ]
     saved: dict[int, int] = {}
-    if stopped:
+    if imports:
         with rt.db.read_session() as session:
-            saved = review.saved_changes(session, stopped)
+            saved = review.saved_changes(session, imports)
     views = [
-        {**job_view(rt.queue, job), "saved_changes": saved.get(job.id)} for job in jobs
+        {
+            **job_view(rt.queue, job),
+            "saved_changes": (
+                saved.get(job.id) if job.state in ("failed", "cancelled") else None
+            ),
+            "undoable": saved.get(job.id, 0) if job.id in imports else None,
+        }
+        for job in jobs
     ]
     if brief:
         for view in views:

@@ -1118,7 +1118,7 @@
   function jobSignature(job) {
     return JSON.stringify([job.state, job.position, job.waiting_for, job.attempts, job.progress,
       job.error, job.cancel_requested, job.finished_at, job.run_after, job.result ? Boolean(job.result.brief) : null, undoState.get(job.id) || null,
-      job.saved_changes,
+      job.saved_changes, job.undoable,
       writtenBack.has(job.id)]);
   }
 
@@ -1158,7 +1158,11 @@
           const done = job.kind === "from_sheet" ? "the import was already saved" : "the sheet was already written";
           body.push(el("p", { className: "job-line job-late-stop", text: `Your stop came too late: ${done}.` }));
         }
-        if (job.kind === "from_sheet" && changedCount(job) > 0) offerUndo(job, actions);
+        if (job.kind === "from_sheet" && changedCount(job) > 0) {
+          if (job.undoable === 0 && !undoState.has(job.id)) {
+            body.push(el("p", { className: "job-line job-undone", text: "This import was undone." }));
+          } else offerUndo(job, actions);
+        }
       } else if (job.state === "failed") {
         body.push(el("p", { className: "job-error" }, el("strong", { text: "Reason: " }), plainReason(job.error)));
         body.push(el("p", { className: "job-advice" }, el("strong", { text: "What to do: " }), adviceFor(job)));
