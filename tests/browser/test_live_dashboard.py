@@ -554,6 +554,10 @@ def test_a_sync_that_ended_before_the_page_opened_lists_its_issues_on_demand(
         page.keyboard.press("Enter")
 
         expect(flagged.locator(".issues-list li")).to_have_count(min(listed, 2))
+        # What each issue is, in words (a row deleted in the sheet is a note).
+        expect(flagged.locator(".issues-list li .issue-kind").first).to_have_text(
+            "Note: "
+        )
         for record_id in gone[:listed]:
             expect(flagged.locator(".issues-list")).to_contain_text(
                 f"(value: {record_id})"

@@ -859,6 +859,8 @@
     ["readonly", "read-only column edit ignored", "read-only column edits ignored"],
   ];
   const SKIP_COUNTS = new Set(["unchanged", "issues"]);
+  // Each issue says what it is in words, not by its colour alone.
+  const ISSUE_KINDS = { error: "Error", conflict: "Conflict", warning: "Warning" };
 
   function isRetryWaiting(job) {
     return job.state === "queued" && Number(job.attempts || 0) > 0 && Boolean(job.error);
@@ -962,7 +964,7 @@
       const withValues = new Set(conflicts.map((c) => `${c.row} ${c.column}`));
       for (const c of conflicts) {
         const was = c.base_known === false ? "never synced with this sheet" : `was ${canonical(c.base)}`;
-        rows.push([tab, c.row, c.column, `Conflict: app has ${canonical(c.app)}, sheet has ${canonical(c.sheet)} (${was})`, "conflict"]);
+        rows.push([tab, c.row, c.column, `app has ${canonical(c.app)}, sheet has ${canonical(c.sheet)} (${was})`, "conflict"]);
       }
       for (const i of (data && data.issues) || []) {
         if (i.kind === "conflict" && withValues.has(`${i.row} ${i.column}`)) continue; // listed above
@@ -975,7 +977,8 @@
       const where = [tab, row !== null && row !== undefined ? `row ${row}` : null, column].filter(Boolean).join(" · ");
       return el("li", { dataset: { kind } },
         el("span", { className: "issue-where", text: where }),
-        el("span", { className: "issue-reason", text: reason }));
+        el("span", { className: "issue-reason" },
+          el("strong", { className: "issue-kind", text: `${ISSUE_KINDS[kind] || "Note"}: ` }), reason));
     });
     const details = el("details", { className: "job-issues" },
       el("summary", { text: issuesLabel(rows.length, job.result.summary) }),
