@@ -188,6 +188,26 @@ def test_three_quick_clicks_queue_three_syncs_that_run_one_after_another(
         page.close()
 
 
+def test_a_queued_sync_cancelled_by_keyboard_keeps_the_focus_on_its_entry(
+    browser: Browser, runtime: Runtime
+) -> None:
+    with live_server(runtime) as url:
+        page = open_dashboard(browser, url, "alice")
+        button = page.locator("#sync-to-sheet")
+        for _ in range(3):
+            button.click()
+        expect(page.locator("#jobs li.job")).to_have_count(3)
+        last = max(job_ids(page))
+        entry = page.locator(f"#jobs li[data-job-id='{last}']")
+
+        entry.locator("button.job-cancel").focus()
+        page.keyboard.press("Enter")
+
+        expect(entry).to_have_attribute("data-state", "cancelled")
+        expect(entry).to_be_focused()
+        page.close()
+
+
 def test_ten_users_click_sync_at_once_and_their_syncs_run_in_parallel(
     browser: Browser, runtime: Runtime, tokens: dict[str, str]
 ) -> None:

@@ -775,6 +775,13 @@
   drawer.addEventListener("keydown", (e) => {
     if (e.key === "Escape") { e.preventDefault(); requestClose(); }
   });
+  // Escape closes the form wherever the focus is, but inside another form
+  // that takes Escape itself (a conflict's edit).
+  document.addEventListener("keydown", (e) => {
+    if (e.key !== "Escape" || drawer.hidden || e.defaultPrevented) return;
+    if (drawer.contains(e.target) || e.target.closest("form.conflict-editor")) return;
+    requestClose();
+  });
   $("#new-customer").addEventListener("click", () => openCreate("customer"));
   $("#new-policy").addEventListener("click", () => openCreate("policy"));
 
@@ -1491,17 +1498,29 @@
   $("#sync-to-sheet").addEventListener("click", (e) => startSync(e.currentTarget.dataset.kind));
   $("#sync-from-sheet").addEventListener("click", (e) => startSync(e.currentTarget.dataset.kind));
 
+  // The job whose button went away (its Cancel, once pressed) takes the
+  // focus, so that the keyboard stays where the user was.
+  function focusJob(id) {
+    const li = jobEls.get(id);
+    if (!li || !document.contains(li)) return;
+    li.tabIndex = -1;
+    li.focus();
+  }
+
   async function cancelJob(button) {
     const id = Number(button.dataset.cancelJob);
     button.disabled = true;
+    const hadFocus = document.activeElement === button;
     try {
       const job = await api("POST", `/api/insurance/sync/jobs/${id}/cancel`);
       applyJob(job);
       announce(job.state === "cancelled" ? `Sync #${id} cancelled.` : `Sync #${id} will stop at the next safe point.`);
+      if (hadFocus) focusJob(id);
     } catch (err) {
       if (err.status === 409 && err.body && err.body.job) {
         applyJob(err.body.job); // it finished meanwhile: show how it ended
         announce(`Sync #${id} had already finished; there was nothing to stop.`);
+        if (hadFocus) focusJob(id);
       } else {
         button.disabled = false;
         announce(`Could not cancel sync #${id}: ${err.message}`, "error");
