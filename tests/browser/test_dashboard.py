@@ -152,6 +152,27 @@ def test_sheet_settings_point_the_book_at_a_google_spreadsheet(
         page.close()
 
 
+def test_google_refused_where_the_server_has_none_is_said_beside_the_choice(
+    browser: Browser, runtime: Runtime
+) -> None:
+    assert runtime.settings.google_credentials_file is None
+    with live_server(runtime) as url:
+        page = sign_in(browser, url, "alice")
+        page.click("#sheet-settings summary")
+        choice = page.locator("#target-form input[value=google]")
+        # A choice is its own small size, beside its words.
+        assert (choice.bounding_box() or {"width": 99})["width"] < 30
+        choice.check()
+        page.fill("#target-spreadsheet", "1AbCdEfGhIjKlMnOpQrStUvWxYz")
+        page.click("#save-target")
+
+        expect(page.locator("#err-backend")).to_contain_text(
+            "Google Sheets is not set up on this server"
+        )
+        expect(page.locator("#target-now")).to_contain_text("workbook")
+        page.close()
+
+
 def test_a_premium_with_a_decimal_comma_is_a_field_error_and_groups_of_three_save(
     browser: Browser, runtime: Runtime, tokens: dict[str, str]
 ) -> None:
@@ -238,4 +259,24 @@ def test_unsaved_typing_is_kept_unless_the_user_agrees_to_discard_it(
         page.click("#cancel-edit")
         expect(page.locator("#editor")).to_be_hidden()
         assert len(asked) == 4
+        page.close()
+
+
+@pytest.mark.parametrize("username", ["alice", "admin"])
+def test_a_row_s_edit_and_delete_stay_in_view_at_laptop_width(
+    browser: Browser, runtime: Runtime, username: str
+) -> None:
+    with live_server(runtime) as url:
+        page = sign_in(browser, url, username)
+        page.click("#show-policies")
+        row = page.locator("#policies-table tr[data-id]").first
+        row.wait_for()
+        box = page.locator("#policies-panel .table-wrap").bounding_box()
+        assert box is not None
+
+        for name in ("Edit", "Delete"):
+            button = row.get_by_role("button", name=name).bounding_box()
+            assert button is not None
+            assert box["x"] <= button["x"]
+            assert button["x"] + button["width"] <= box["x"] + box["width"], name
         page.close()

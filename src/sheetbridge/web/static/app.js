@@ -1954,6 +1954,7 @@
     const share = $("#target-share");
     const idInput = $("#target-spreadsheet");
     const idError = $("#err-spreadsheet_id");
+    const fieldErrors = { spreadsheet_id: idError, backend: $("#err-backend"), delete_mode: $("#err-delete_mode") };
     const showIdField = () => {
       const google = form.elements.backend.value === "google";
       idInput.disabled = !google;
@@ -1974,17 +1975,18 @@
     form.addEventListener("change", showIdField);
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
-      idError.textContent = "";
+      for (const p of Object.values(fieldErrors)) p.textContent = "";
       const body = { backend: form.elements.backend.value, delete_mode: form.elements.delete_mode.value };
       if (body.backend === "google") body.spreadsheet_id = idInput.value.trim();
       try {
         render(await api("PATCH", "/api/insurance/sync/target", body));
         announce("Sheet settings saved.");
       } catch (err) {
+        // Each refusal stays beside the setting it is about.
         const detail = err.body && Array.isArray(err.body.detail) ? err.body.detail : [];
-        const onId = detail.find((d) => (d.loc || []).includes("spreadsheet_id"));
-        if (onId) idError.textContent = onId.msg;
-        else announce(err.message, "error");
+        const placed = detail.filter((d) => fieldErrors[d.field]);
+        for (const d of placed) fieldErrors[d.field].textContent = d.msg;
+        if (!placed.length) announce(err.message, "error");
       }
     });
     api("GET", "/api/insurance/sync/target").then(render).catch(() => {});
