@@ -389,6 +389,22 @@ def test_a_conflict_with_no_earlier_sync_of_the_sheet_says_so_instead_of_a_base(
         page.close()
 
 
+def test_an_admin_sees_whose_sheet_each_conflict_is_in(
+    browser: Browser, runtime: Runtime
+) -> None:
+    unsynced_city_conflict(runtime)
+    run_sync(runtime, "alice", FROM_SHEET)
+    with live_server(runtime) as url:
+        mine = open_dashboard(browser, url, "alice")
+        admin = open_dashboard(browser, url, "admin")
+
+        for page, told in ((admin, "alice's sheet · City"), (mine, "City")):
+            where = page.locator("#conflict-list li[data-field=city] .conflict-where")
+            expect(where).to_have_text(re.compile(rf"^{told}"))
+        admin.close()
+        mine.close()
+
+
 @pytest.mark.parametrize("choice", ["keep-sheet", "edit"])
 def test_a_conflict_whose_app_value_changed_since_is_shown_again_not_overwritten(
     browser: Browser, runtime: Runtime, tokens: dict[str, str], choice: str

@@ -97,8 +97,13 @@ def test_conflict_is_stored_once_with_both_values_and_the_base(
     assert conflict["base"] not in ("App City", "Sheet City")
     assert conflict["base_known"] is True
     assert conflict["detected_at"].endswith("Z"), conflict["detected_at"]
+    assert conflict["book"] == "alice"
     others = client.get("/api/insurance/sync/conflicts", headers=bearer(tokens["bob"]))
     assert others.json()["conflicts"] == []
+    (seen,) = client.get(
+        "/api/insurance/sync/conflicts", headers=bearer(tokens["admin"])
+    ).json()["conflicts"]
+    assert (seen["id"], seen["book"]) == (conflict["id"], "alice")
 
 
 def test_a_conflict_with_no_earlier_sync_of_the_sheet_says_its_base_is_unknown(

@@ -52,7 +52,7 @@ from sheetbridge.insurance.sync_jobs import FROM_SHEET, GOOGLE, TO_SHEET
 from sheetbridge.sheets.base import Cell, TabChanges
 from sheetbridge.sync.columns import Canonical, Column, ColumnType, parse_value
 from sheetbridge.sync.engine import Record, TabMapping
-from sheetbridge.sync.models import SyncConflict
+from sheetbridge.sync.models import SyncConflict, SyncTarget
 from sheetbridge.testing.emulator import EmulatorServer
 from sheetbridge.testing.harness import GoogleHarness
 from sheetbridge.web.deps import Runtime
@@ -174,7 +174,14 @@ class World:
 
     def open_conflicts(self) -> dict[tuple[str, int, str], SyncConflict]:
         with self.runtime.db.read_session() as session:
-            rows = review.open_conflicts(session, self.user)
+            rows = session.scalars(
+                select(SyncConflict)
+                .join(SyncTarget, SyncTarget.id == SyncConflict.target_id)
+                .where(
+                    SyncConflict.resolved_at.is_(None),
+                    SyncTarget.user_id == self.user.id,
+                )
+            ).all()
         tab_of = {entity: tab for tab, entity in ENTITY.items()}
         return {(tab_of[row.entity], row.record_id, row.field): row for row in rows}
 

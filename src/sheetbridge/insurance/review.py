@@ -55,7 +55,7 @@ class ConflictOutdated(ReviewError):
         super().__init__(
             f"the app's {row.column or row.field} changed after this conflict was "
             f"found: it is now {shown(current)!r}. Nothing was changed; look at "
-            "the conflict again and choose"
+            "the conflict again and choose."
         )
         self.conflict_id = row.id
         self.current = current
@@ -135,11 +135,19 @@ def conflict_view(row: SyncConflict) -> dict[str, Any]:
     }
 
 
-def open_conflicts(session: Session, user: User) -> list[SyncConflict]:
-    statement = select(SyncConflict).where(SyncConflict.resolved_at.is_(None))
+def open_conflicts(session: Session, user: User) -> list[dict[str, Any]]:
+    """The open conflicts the user may settle (an admin: every book's), each
+    naming whose book it is in (``book``)."""
+    statement = (
+        select(SyncConflict, User.username)
+        .join(SyncTarget, SyncTarget.id == SyncConflict.target_id)
+        .join(User, User.id == SyncTarget.user_id)
+        .where(SyncConflict.resolved_at.is_(None))
+    )
     if not user.is_admin:
-        statement = statement.join(SyncTarget).where(SyncTarget.user_id == user.id)
-    return list(session.scalars(statement.order_by(SyncConflict.id)))
+        statement = statement.where(SyncTarget.user_id == user.id)
+    rows = session.execute(statement.order_by(SyncConflict.id))
+    return [{**conflict_view(row), "book": book} for row, book in rows]
 
 
 def resolve_conflict(

@@ -240,8 +240,7 @@ class Resolution(BaseModel):
 def list_conflicts(user: CurrentUser, rt: RuntimeDep) -> dict[str, Any]:
     """Open conflicts in the caller's sheet (admins: every sheet)."""
     with rt.db.read_session() as session:
-        rows = review.open_conflicts(session, user)
-        return {"conflicts": [review.conflict_view(row) for row in rows]}
+        return {"conflicts": review.open_conflicts(session, user)}
 
 
 @router.post("/conflicts/{conflict_id}/resolve")

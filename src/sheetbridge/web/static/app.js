@@ -7,6 +7,7 @@
   const $ = (sel, root = document) => root.querySelector(sel);
   const $$ = (sel, root = document) => Array.from(root.querySelectorAll(sel));
   const CSRF = ($('meta[name="csrf-token"]') || {}).content || "";
+  const IS_ADMIN = ($("#main") || { dataset: {} }).dataset.admin === "true";
   const PAGE_SIZE = 50;
   const BATCH = 200;
   const POLL_ACTIVE_MS = 1000;
@@ -1734,12 +1735,14 @@
     }
 
     function signature(c) {
-      return JSON.stringify([c.app, c.sheet, c.base, c.base_known, c.row, c.column, labelFor(c.entity, c.record_id)]);
+      return JSON.stringify([c.app, c.sheet, c.base, c.base_known, c.row, c.column, c.book, labelFor(c.entity, c.record_id)]);
     }
 
     function build(li, c) {
       const what = `${c.entity === "policy" ? "Policy" : "Customer"} ${labelFor(c.entity, c.record_id)}`;
-      const where = [c.column || c.field, c.row ? `sheet row ${c.row}` : null].filter(Boolean).join(" · ");
+      // An admin sees every book's conflicts: each says whose it is.
+      const book = IS_ADMIN && c.book ? `${c.book}'s sheet` : null;
+      const where = [book, c.column || c.field, c.row ? `sheet row ${c.row}` : null].filter(Boolean).join(" · ");
       const titleId = `conflict-${c.id}-title`;
       li.setAttribute("aria-labelledby", titleId);
       const form = el("form", { className: "conflict-editor", novalidate: true, hidden: true });
