@@ -678,6 +678,33 @@ def claim_alices_sync(runtime: Runtime) -> Claimed:
     return claimed
 
 
+def test_older_syncs_are_shown_on_request_below_the_recent_ones(
+    browser: Browser, runtime: Runtime
+) -> None:
+    with runtime.db.read_session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+    made = []
+    for _ in range(23):  # stopped before they ran: finished at once
+        made.append(runtime.sync.enqueue(alice, TO_SHEET).job_id)
+        runtime.queue.cancel(made[-1])
+    with live_server(runtime) as url:
+        page = open_dashboard(browser, url, "alice")
+        history = page.locator("#recent-jobs li.job")
+        expect(history).to_have_count(20)
+        older = page.get_by_role("button", name="Show older syncs")
+
+        older.click()
+
+        expect(history).to_have_count(23)
+        expect(older).to_be_hidden()
+        assert job_ids(page, "#recent-jobs li.job") == sorted(made, reverse=True)
+        # A sync that finishes now goes on top; the older ones stay listed.
+        page.click("#sync-to-sheet")
+        expect(history).to_have_count(24, timeout=20_000)
+        assert_not_reloaded(page)
+        page.close()
+
+
 def test_a_stop_that_came_too_late_is_told_on_the_finished_sync(
     browser: Browser, runtime: Runtime
 ) -> None:

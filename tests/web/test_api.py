@@ -765,6 +765,39 @@ def test_cancelling_a_finished_sync_is_a_409_saying_so_with_the_job(
     assert again.json()["job"]["state"] == "cancelled"
 
 
+def test_older_finished_syncs_are_listed_page_by_page_newest_first(
+    client: TestClient, tokens: dict[str, str]
+) -> None:
+    alice, bob = bearer(tokens["alice"]), bearer(tokens["bob"])
+    ids = []
+    for _ in range(3):
+        queued = client.post("/api/insurance/sync/to-sheet", headers=alice).json()
+        client.post(
+            f"/api/insurance/sync/jobs/{queued['job_id']}/cancel", headers=alice
+        )
+        ids.append(queued["job_id"])
+    running = client.post("/api/insurance/sync/to-sheet", headers=alice).json()
+
+    first = client.get("/api/insurance/sync/jobs", params={"limit": 2}, headers=alice)
+    rest = client.get(
+        "/api/insurance/sync/jobs",
+        params={"before": ids[1], "limit": 2},
+        headers=alice,
+    )
+    bobs = client.get("/api/insurance/sync/jobs", headers=bob)
+
+    assert first.status_code == 200
+    assert [job["id"] for job in first.json()["jobs"]] == [ids[2], ids[1]]
+    assert first.json()["more"] is True
+    assert [job["id"] for job in rest.json()["jobs"]] == [ids[0]]
+    assert rest.json()["more"] is False
+    assert running["job_id"] not in [job["id"] for job in first.json()["jobs"]]
+    assert first.json()["jobs"][0]["result"] is None  # cancelled before it ran
+    assert bobs.json() == {"jobs": [], "more": False}
+    refused = client.get("/api/insurance/sync/jobs", params={"limit": 0}, headers=alice)
+    assert refused.status_code == 422
+
+
 def test_job_times_are_utc_with_a_z_like_every_record_time(alice: TestClient) -> None:
     queued = alice.post("/api/insurance/sync/to-sheet").json()
     alice.post(f"/api/insurance/sync/jobs/{queued['job_id']}/cancel")

@@ -1200,6 +1200,21 @@ class JobQueue:
             "recent": list(finished),
         }
 
+    def finished(
+        self, owner_id: int | None, *, before: int | None, limit: int
+    ) -> tuple[list[Job], bool]:
+        """Finished jobs of one owner (None: all), newest first, older than
+        job ``before`` if given: a page of at most ``limit``, and whether
+        older ones remain."""
+        with self.db.read_session() as session:
+            query = select(Job).where(Job.state.in_(FINAL_STATES))
+            if owner_id is not None:
+                query = query.where(Job.owner_id == owner_id)
+            if before is not None:
+                query = query.where(Job.id < before)
+            jobs = session.scalars(query.order_by(Job.id.desc()).limit(limit + 1)).all()
+        return list(jobs[:limit]), len(jobs) > limit
+
     def position(self, job: Job) -> int:
         """1 + the jobs ahead of this one in its key; 0 once it has finished."""
         with self.db.read_session() as session:

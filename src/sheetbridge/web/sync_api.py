@@ -41,6 +41,7 @@ from sheetbridge.web.deps import CurrentUser, Runtime, RuntimeDep
 
 router = APIRouter(prefix="/api/insurance/sync", tags=["sync"], route_class=JsonRoute)
 JobId = Annotated[int, Path(ge=1, le=MAX_ID)]
+MAX_HISTORY_PAGE = 100
 # A write-back names at most a whole big book's records.
 MAX_WRITE_BACK = 100_000
 
@@ -176,6 +177,22 @@ def sync_status(
     return JsonAnswer(
         jobs_status(rt, None if (all_users and user.is_admin) else user.id)
     )
+
+
+@router.get("/jobs")
+def older_jobs(
+    user: CurrentUser,
+    rt: RuntimeDep,
+    before: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_HISTORY_PAGE)] = 20,
+    all_users: bool = False,
+) -> JsonAnswer:
+    """The caller's finished jobs (admins may ask for all), newest first,
+    older than job ``before``: the history past the status's recent jobs,
+    a page at a time, each result with its issues counted."""
+    owner = None if (all_users and user.is_admin) else user.id
+    jobs, more = rt.queue.finished(owner, before=before, limit=limit)
+    return JsonAnswer({"jobs": job_views(rt, jobs, brief=True), "more": more})
 
 
 def jobs_status(rt: Runtime, owner: int | None) -> dict[str, list[dict[str, Any]]]:

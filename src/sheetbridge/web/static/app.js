@@ -1265,6 +1265,33 @@
   }
 
   let renderQueued = false;
+  // The history shows the recent syncs the status names, and older ones a
+  // page at a time on request (their undo and write-back stay reachable);
+  // once asked for, none drops off as new syncs finish.
+  const history = { limit: RECENT_LIMIT, more: true, expanded: false };
+  const olderButton = $("#older-jobs");
+
+  async function showOlder() {
+    const shown = Array.from(jobs.values()).filter((j) => FINAL.has(j.state)).map((j) => j.id);
+    const params = new URLSearchParams({ limit: String(RECENT_LIMIT) });
+    if (shown.length) params.set("before", String(Math.min(...shown)));
+    olderButton.disabled = true;
+    try {
+      const page = await api("GET", `/api/insurance/sync/jobs?${params}`);
+      for (const job of page.jobs) upsertJob(job);
+      history.limit = Infinity;
+      history.expanded = true;
+      history.more = page.more;
+      render();
+      announce(page.jobs.length ? `${plural(page.jobs.length, "older sync")} shown.` : "There are no older syncs.");
+    } catch (err) {
+      announce(`Could not load older syncs: ${err.message}`, "error");
+    } finally {
+      olderButton.disabled = false;
+    }
+  }
+  olderButton.addEventListener("click", showOlder);
+
   function render() {
     if (renderQueued) return;
     renderQueued = true;
@@ -1279,8 +1306,9 @@
     const queued = all.filter((j) => j.state === "queued").sort((a, b) => a.id - b.id);
     const active = withLocalQueue([...running, ...queued].sort((a, b) => a.id - b.id));
     const recent = all.filter((j) => FINAL.has(j.state)).sort((a, b) => b.id - a.id);
-    for (const old of recent.slice(RECENT_LIMIT)) jobs.delete(old.id);
-    const shownRecent = recent.slice(0, RECENT_LIMIT);
+    for (const old of recent.slice(history.limit)) jobs.delete(old.id);
+    const shownRecent = recent.slice(0, history.limit);
+    olderButton.hidden = !(history.more && (history.expanded || shownRecent.length >= history.limit));
     const activeOrdered = [...active.filter((j) => j.state === "running"), ...active.filter((j) => j.state === "queued")];
     placeJobs(activeList, activeOrdered);
     placeJobs(recentList, shownRecent);
@@ -1350,10 +1378,14 @@
     const listed = [...(status.running || []), ...(status.queued || []), ...(status.recent || [])];
     const ids = new Set(listed.map((j) => j.id));
     const newest = listed.reduce((m, j) => Math.max(m, j.id), 0);
+    const oldestRecent = (status.recent || []).reduce((m, j) => Math.min(m, j.id), Infinity);
     for (const job of listed) upsertJob(job);
     for (const [id, job] of Array.from(jobs)) {
-      // Jobs queued after the snapshot was taken stay; others left the history.
-      if (!ids.has(id) && !(id > newest && !FINAL.has(job.state))) jobs.delete(id);
+      // Jobs queued after the snapshot was taken stay, and older syncs shown
+      // on request (the history's length trims them); others left the history.
+      const queuedSince = id > newest && !FINAL.has(job.state);
+      const older = FINAL.has(job.state) && id < oldestRecent;
+      if (!ids.has(id) && !queuedSince && !older) jobs.delete(id);
     }
     for (const job of listed) {
       const current = jobs.get(job.id);
