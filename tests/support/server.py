@@ -13,6 +13,7 @@ import uvicorn
 
 from sheetbridge.web.app import create_app
 from sheetbridge.web.deps import Runtime
+from sheetbridge.web.server import StreamClosingServer
 
 
 def free_port() -> int:
@@ -36,8 +37,9 @@ def free_port() -> int:
 def live_server(runtime: Runtime, *, workers: bool = True) -> Iterator[str]:
     """Serve the app with its in-process workers; yields the base URL."""
     port = free_port()
+    app = create_app(runtime, workers=workers)
     config = uvicorn.Config(
-        create_app(runtime, workers=workers),
+        app,
         host="127.0.0.1",
         port=port,
         log_level="warning",
@@ -45,7 +47,7 @@ def live_server(runtime: Runtime, *, workers: bool = True) -> Iterator[str]:
         backlog=512,
         timeout_graceful_shutdown=2,
     )
-    server = uvicorn.Server(config)
+    server = StreamClosingServer(config, app)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 SHUTDOWN_GRACE_S = 10
 
 
-class _Server(uvicorn.Server):
+class StreamClosingServer(uvicorn.Server):
     """uvicorn's server, ending the app's event streams as it stops: each
     lasts as long as its page is open, and the server would wait for every
     page to close before it exits."""
@@ -35,4 +35,4 @@ def run_server(app: FastAPI, host: str, port: int, log_level: str) -> None:
         log_level=log_level.lower(),
         timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
     )
-    _Server(config, app).run()
+    StreamClosingServer(config, app).run()

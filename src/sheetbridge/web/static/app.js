@@ -1534,10 +1534,14 @@
   // The job whose button went away (its Cancel, once pressed) takes the
   // focus, so that the keyboard stays where the user was.
   function focusJob(id) {
-    const li = jobEls.get(id);
-    if (!li || !document.contains(li)) return;
-    li.tabIndex = -1;
-    li.focus();
+    // After the render this task queued, which may move the entry from the
+    // queue to the history: moving an element drops its focus.
+    Promise.resolve().then(() => {
+      const li = jobEls.get(id);
+      if (!li || !document.contains(li)) return;
+      li.tabIndex = -1;
+      li.focus();
+    });
   }
 
   async function cancelJob(button) {
