@@ -153,14 +153,19 @@ def when(value: str) -> float:
     return datetime.fromisoformat(value).timestamp()
 
 
+def click_sync_three_times(page: Page) -> None:
+    """Press "Sync to sheet" three times in quick succession."""
+    button = page.locator("#sync-to-sheet")
+    for _ in range(3):
+        button.click()
+
+
 def test_three_quick_clicks_queue_three_syncs_that_run_one_after_another(
     browser: Browser, runtime: Runtime, tokens: dict[str, str]
 ) -> None:
     with live_server(runtime) as url:
         page = open_dashboard(browser, url, "alice")
-        button = page.locator("#sync-to-sheet")
-        for _ in range(3):
-            button.click()
+        click_sync_three_times(page)
 
         expect(page.locator("#sync-message")).to_have_text("Sync queued (position 3)")
         expect(page.locator("#jobs li.job")).to_have_count(3)
@@ -193,9 +198,7 @@ def test_a_queued_sync_cancelled_by_keyboard_keeps_the_focus_on_its_entry(
 ) -> None:
     with live_server(runtime) as url:
         page = open_dashboard(browser, url, "alice")
-        button = page.locator("#sync-to-sheet")
-        for _ in range(3):
-            button.click()
+        click_sync_three_times(page)
         expect(page.locator("#jobs li.job")).to_have_count(3)
         last = max(job_ids(page))
         entry = page.locator(f"#jobs li[data-job-id='{last}']")
