@@ -263,13 +263,9 @@ def _told(
     lines = [f"sync #{job_id} {state}" + (f": {done}" if done else "")]
     for tab, data in (result or {}).get("tabs", {}).items():
         for issue in data.get("issues", []):
-            where = [tab]
-            if issue.get("row") is not None:
-                where.append(f"row {issue['row']}")
-            where = [" ".join(where)]
-            if issue.get("column"):
-                where.append(str(issue["column"]))
-            lines.append(f"  {', '.join(where)}: {issue['reason']}")
+            place = tab if issue.get("row") is None else f"{tab} row {issue['row']}"
+            column = f", {issue['column']}" if issue.get("column") else ""
+            lines.append(f"  {place}{column}: {issue['reason']}")
     if error:
         lines.append(f"  {error}")
     return lines
