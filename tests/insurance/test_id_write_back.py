@@ -262,6 +262,43 @@ def test_an_import_retried_after_it_saved_reports_what_its_first_attempt_did(
     assert_each_row_imported_once(synced)
 
 
+def test_an_import_that_changed_its_own_new_records_on_a_retry_can_be_undone(
+    synced: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    type_new_rows(synced)
+    real = XlsxBackend.write
+
+    def busy_while_a_row_is_edited(
+        self: XlsxBackend, *args: Any, **kwargs: Any
+    ) -> None:
+        monkeypatch.setattr(XlsxBackend, "write", real)
+        with alices_tab(synced) as (customers, header):
+            customers.cell(
+                row_named(customers, "Typed Two"), header["City"]
+            ).value = "Bangor"
+        raise SheetTransientError("the workbook is busy", location=str(self.path))
+
+    monkeypatch.setattr(XlsxBackend, "write", busy_while_a_row_is_edited)
+    with synced.db.read_session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+    job_id = synced.sync.enqueue(alice, FROM_SHEET).job_id
+    deadline = time.monotonic() + 30
+    while synced.queue.get(job_id).state in ("queued", "running"):
+        assert time.monotonic() < deadline, "the retry never ran"
+        WorkerPool(synced.queue, synced.sync.handlers).run_until_empty()
+        time.sleep(0.05)
+    (two,) = customers_named(synced)["Typed Two"]
+    with synced.db.read_session() as session:
+        edited = session.get(Customer, two)
+        assert edited is not None and (edited.city, edited.version) == ("Bangor", 2)
+
+    with synced.db.session() as session:
+        undone = undo_import(session, alice, job_id)
+
+    assert (len(undone.restored), undone.left_alone) == (len(NAMES), [])
+    assert customers_named(synced) == {name: [] for name in NAMES}
+
+
 def test_a_row_edited_before_its_id_was_written_keeps_its_record_and_the_edit(
     synced: Runtime, write_fails: Callable[[bool], None]
 ) -> None:

@@ -375,6 +375,23 @@ def undo_import(session: Session, user: User, job_id: int) -> UndoReport:
     return report
 
 
+def _as_the_import_left_it(
+    record: Customer | Policy, current: Record, changes: list[ImportChange]
+) -> bool:
+    """Whether a record the import created holds what the import left in it:
+    its values when created, then this import's own later changes (a retry
+    that imported a row edited meanwhile). An import stored before created
+    records kept their values knows only that nobody saved it since."""
+    (created,) = [change for change in changes if change.field == CREATED]
+    if created.after is None:
+        return record.version == 1
+    left: Record = dict(created.after)
+    for change in changes:
+        if change.field != CREATED:
+            left[change.field] = change.after
+    return current == left
+
+
 def _undo_record(
     book: Book, entity: str, record_id: int, changes: list[ImportChange]
 ) -> str | None:
@@ -394,7 +411,7 @@ def _undo_record(
     try:
         with book.session.begin_nested():
             if any(change.field == CREATED for change in changes):
-                if record.version != 1:
+                if not _as_the_import_left_it(record, current, changes):
                     return "edited in the app since the import"
                 if isinstance(record, Customer):
                     book.delete_customer(record_id, None)

@@ -761,8 +761,10 @@ class _Audit:
             if before.get(name) != after.get(name):
                 self._add(record_id, name, before.get(name), after.get(name))
 
-    def created(self, record_id: int) -> None:
-        self._add(record_id, CREATED, None, None)
+    def created(self, record_id: int, values: Record) -> None:
+        """A new record, with the values it was created with: an undo deletes
+        it only while it holds them (and this import's later changes)."""
+        self._add(record_id, CREATED, None, values)
 
     def save(self, session: Session) -> None:
         if self.changes:
@@ -886,7 +888,7 @@ class _Importer:
         self.changed.append(created.id)
         self.created.append(created.id)
         self.snapshots[created.id] = self._record(created)
-        self.audit.created(created.id)
+        self.audit.created(created.id, self.snapshots[created.id])
         self.id_cells[(row, self.plan.id_column)] = created.id
         self.plan.counts["created"] += 1
 
