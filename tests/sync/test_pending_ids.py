@@ -220,3 +220,15 @@ def test_a_policy_row_is_known_by_its_number_whatever_else_changed() -> None:
     found = find_rows(POLICIES, tab, [pending])
 
     assert found.cells == {(2, 1): 7}
+
+
+def test_a_column_the_app_fills_in_typed_by_hand_is_no_difference() -> None:
+    header: list[Cell] = ["ID", "Name", "Email", "City", "Agent"]
+    typed: list[Cell] = [None, "Zed Agent", "zed@x.com", "Augusta", None]
+    pending = PendingRow(1, 7, 2, 1, row_values(CUSTOMERS, header, typed))
+    # The email edited, and the agent's name typed in as the app writes it.
+    tab = TabData([header, [None, "Zed Agent", "zed2@x.com", "Augusta", "alice"]])
+
+    found = find_rows(CUSTOMERS, tab, [pending])
+
+    assert found.cells == {(2, 1): 7} and found.lost == set()

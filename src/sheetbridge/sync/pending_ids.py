@@ -79,14 +79,21 @@ def row_values(
     mapping: TabMapping, header: Sequence[Cell], cells: Sequence[Cell]
 ) -> RowValues:
     """A row's values to recognise it by: every cell under a header but the
-    ID's, by its header."""
-    skip = normalize_header(mapping.id_header)
+    ID's and those of the columns the app fills in (an agent's name, which a
+    person may type as the app would write it), by its header."""
+    skip = _not_compared(mapping)
     values: RowValues = {}
     for name, cell in zip(header, cells, strict=False):
         title = normalize_header(name)
-        if title and title != skip and not _is_blank(cell):
+        if title and title not in skip and not _is_blank(cell):
             values[title] = _plain(cell)
     return values
+
+
+def _not_compared(mapping: TabMapping) -> set[str]:
+    return {normalize_header(mapping.id_header)} | {
+        normalize_header(column.header) for column in mapping.columns if column.readonly
+    }
 
 
 def find_rows(
@@ -106,6 +113,7 @@ def find_rows(
     naming = _naming(mapping)
     named = naming.header in {normalize_header(name) for name in header}
     column = _id_column(mapping, header)
+    skip = _not_compared(mapping)
     waiting: list[PendingRow] = []
     for entry in pending:
         if not named or (
@@ -116,7 +124,12 @@ def find_rows(
             found.unsure.add(entry.record_id)
         else:
             waiting.append(
-                dataclasses.replace(entry, id_column=column or entry.id_column)
+                dataclasses.replace(
+                    entry,
+                    id_column=column or entry.id_column,
+                    # as stored before the app's own columns were left out
+                    values={k: v for k, v in entry.values.items() if k not in skip},
+                )
             )
     if not waiting:
         return found
