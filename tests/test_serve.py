@@ -250,6 +250,28 @@ def test_a_job_of_a_killed_worker_process_is_run_again_at_once_not_after_its_lea
     assert [e["error"] for e in job["errors"]] == ["the worker process died"]
 
 
+@pytest.mark.parametrize(
+    "served", [{"SHEETBRIDGE_SHEET_LATENCY_MS": "1500"}], indirect=True
+)
+def test_serve_stopped_during_a_sync_waits_for_its_worker_to_finish_it(
+    served: Served,
+) -> None:
+    queued = served.enqueue_to_sheet()
+    deadline = time.monotonic() + DEADLINE_S
+    while served.client.get(queued["status_url"]).json()["state"] != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    (worker,) = _children(served.pid)
+
+    os.kill(served.pid, signal.SIGTERM)
+
+    while _alive(served.pid):
+        assert time.monotonic() < deadline, "serve did not exit"
+        time.sleep(0.1)
+    # No worker left behind, still writing, after serve is gone.
+    assert not _alive(worker)
+
+
 def test_a_worker_woken_through_its_stdin_drains_and_exits_cleanly_on_sigterm(
     tmp_path: Path,
 ) -> None:

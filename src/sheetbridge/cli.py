@@ -92,6 +92,10 @@ def serve(
     child = WorkerProcess(runtime) if workers and settings.worker_process else None
     web_app = create_app(runtime, workers=workers and child is None)
     settle_after_startup()
+    # uvicorn stops on SIGTERM, then raises it again once it has stopped:
+    # as an exit here, not the default kill, so that the worker process is
+    # stopped and waited for (its running syncs finish) before serve ends.
+    signal.signal(signal.SIGTERM, _exit_after_stopping)
     try:
         run_server(web_app, host, port, settings.log_level)
     finally:
@@ -99,6 +103,10 @@ def serve(
             child.stop()
         runtime.queue.close()
         runtime.db.dispose()
+
+
+def _exit_after_stopping(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 @app.command()
