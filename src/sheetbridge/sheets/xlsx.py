@@ -363,9 +363,9 @@ class XlsxBackend:
             if (self.path.parent / lock).exists():
                 raise SheetLocked(
                     f"{self.location} is open in another program (lock file "
-                    f"{lock}); close it there and the sync's next try goes on, "
-                    "or press Sync again after its last. If it is open nowhere, "
-                    f"the lock file was left by a crash: delete {lock}",
+                    f"{lock}); close it there. The sync tries again a few times, "
+                    "then gives up: press Sync again after that. If it is open "
+                    f"nowhere, the lock file was left by a crash: delete {lock}",
                     location=self.location,
                     retry_after=self.locked_retry_s,
                 )
