@@ -178,6 +178,26 @@ def test_a_resolution_the_record_would_refuse_is_a_422_and_the_conflict_stays_op
     assert customer is not None and customer.state == "CA"
 
 
+def test_a_refused_edit_quotes_its_value_cut_short_and_an_empty_one_in_words(
+    runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    client, _, _ = make_conflict(runtime)
+    (city,) = open_conflict_ids(client, tokens["alice"])
+    long = resolve(
+        client, tokens["alice"], city, {"choice": "edit", "value": "x" * 40_000}
+    )
+    resolve(client, tokens["alice"], city, {"choice": "sheet"})
+    _, _, premium = policy_premium_conflict(runtime, tokens["alice"])
+    empty = resolve(client, tokens["alice"], premium, {"choice": "edit", "value": None})
+
+    assert (long.status_code, empty.status_code) == (422, 422)
+    (said,) = long.json()["detail"]
+    assert said["msg"].startswith("city 'xxxx") and "…' is refused: " in said["msg"]
+    assert len(said["msg"]) < 300
+    (said,) = empty.json()["detail"]
+    assert said["msg"].startswith("premium: an empty value is refused: ")
+
+
 def test_an_edit_without_a_value_or_a_keep_with_one_is_a_422_naming_value(
     runtime: Runtime, tokens: dict[str, str]
 ) -> None:

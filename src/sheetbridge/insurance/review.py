@@ -243,7 +243,7 @@ def _store(
     mapping: TabMapping,
     row: SyncConflict,
     fields: dict[str, Any],
-    shown: Any,
+    value: Any,
     *,
     asked: str,
 ) -> Canonical:
@@ -268,9 +268,12 @@ def _store(
             )
     except ValidationError as exc:
         reasons = "; ".join(error_message(error) for error in exc.errors())
-        raise InvalidField(
-            asked, f"{row.field} {shown!r} is refused: {reasons}"
-        ) from exc
+        what = (
+            f"{row.field}: an empty value"
+            if value is None or value == ""
+            else f"{row.field} {shown(value)!r}"
+        )
+        raise InvalidField(asked, f"{what} is refused: {reasons}") from exc
     return updated[row.field]
 
 
