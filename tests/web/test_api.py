@@ -882,6 +882,12 @@ def test_write_back_of_records_not_in_the_callers_book_is_refused_naming_them(
     assert errors["policies"]["field"] == "policies"
     assert errors["policies"]["msg"] == "policy 999999 is not in your book"
     assert errors["many"]["msg"].endswith("and 2 more are not in your book")
+    both = _write_back(
+        client, tokens["alice"], customers=bobs[:1], policies=[999_999]
+    ).json()["detail"][0]["msg"]
+    assert both == (
+        f"customer {bobs[0]} is not in your book; policy 999999 is not in your book"
+    )
     assert errors["none"]["msg"] == "name at least one record to write back"
     assert errors["all"]["msg"] == "must be true or false"
     assert errors["both"]["field"] == "all"

@@ -292,8 +292,7 @@ class SyncService:
                     record_id for record_id in ids if record_id not in known
                 ]
         if not any(kept.values()):
-            tab = next(iter(left_out))
-            raise InvalidField(tab.lower(), _not_in_book(ENTITY[tab], left_out[tab]))
+            raise InvalidField(next(iter(left_out)).lower(), _not_in_books(left_out))
         queued = self.enqueue(
             user, TO_SHEET, write_back={tab: ids for tab, ids in kept.items() if ids}
         )
@@ -1352,8 +1351,11 @@ def _tell_gone_before_write_back(
 
 def left_out_message(left_out: dict[str, list[int]]) -> str:
     """What a write-back that left records out says of them."""
-    named = (_not_in_book(ENTITY[tab], ids) for tab, ids in left_out.items())
-    return f"{'; '.join(named)}; the rest will be written back"
+    return f"{_not_in_books(left_out)}; the rest will be written back"
+
+
+def _not_in_books(left_out: dict[str, list[int]]) -> str:
+    return "; ".join(_not_in_book(ENTITY[tab], ids) for tab, ids in left_out.items())
 
 
 def _not_in_book(entity: str, unknown: list[int]) -> str:
