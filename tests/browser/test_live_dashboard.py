@@ -696,10 +696,14 @@ def test_older_syncs_are_shown_on_request_below_the_recent_ones(
         expect(history).to_have_count(20)
         older = page.get_by_role("button", name="Show older syncs")
 
-        older.click()
+        older.focus()
+        page.keyboard.press("Enter")
 
         expect(history).to_have_count(23)
         expect(older).to_be_hidden()
+        expect(
+            page.locator(f"#recent-jobs li[data-job-id='{made[2]}']")
+        ).to_be_focused()
         assert job_ids(page, "#recent-jobs li.job") == sorted(made, reverse=True)
         # A sync that finishes now goes on top; the older ones stay listed.
         page.click("#sync-to-sheet")

@@ -1275,6 +1275,7 @@
     const shown = Array.from(jobs.values()).filter((j) => FINAL.has(j.state)).map((j) => j.id);
     const params = new URLSearchParams({ limit: String(RECENT_LIMIT) });
     if (shown.length) params.set("before", String(Math.min(...shown)));
+    const hadFocus = document.activeElement === olderButton;
     olderButton.disabled = true;
     try {
       const page = await api("GET", `/api/insurance/sync/jobs?${params}`);
@@ -1284,6 +1285,8 @@
       history.more = page.more;
       render();
       announce(page.jobs.length ? `${plural(page.jobs.length, "older sync")} shown.` : "There are no older syncs.");
+      // The first of them takes the focus: the button may be gone.
+      if (page.jobs.length && hadFocus) focusJob(page.jobs[0].id);
     } catch (err) {
       announce(`Could not load older syncs: ${err.message}`, "error");
     } finally {
