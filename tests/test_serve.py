@@ -373,3 +373,21 @@ def test_a_sync_from_the_command_line_prints_what_it_did_in_words_or_as_json(
     answer = json.loads(again.stdout)
     assert (answer["id"], answer["state"]) == (3, "succeeded")
     assert answer["result"]["summary"]["appended"] == 0
+
+
+def test_a_command_line_sync_behind_one_waiting_says_what_it_waits_for(
+    tmp_path: Path,
+) -> None:
+    assert _cli(tmp_path, "demo").returncode == 0
+    workbooks = tmp_path / "data" / "workbooks"
+    workbooks.mkdir(parents=True, exist_ok=True)
+    (workbooks / "~$alice.xlsx").write_text("open in Excel")
+    first = _cli(tmp_path, "sync", "alice", "to-sheet")  # tries once, waits
+
+    second = _cli(tmp_path, "sync", "alice", "to-sheet")
+
+    assert first.returncode == 1 and "sync #1 queued" in first.stdout
+    assert second.returncode == 1
+    assert second.stdout.splitlines()[0] == (
+        "sync #2 queued: waiting for your earlier sync #1; the server's workers run it"
+    )

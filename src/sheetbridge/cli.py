@@ -224,7 +224,8 @@ def sync(
         (view,) = job_views(runtime, [job])
         typer.echo(to_json(view, indent=2).decode())
     else:
-        for line in _told(job.id, job.state, job.result, job.error):
+        waiting = runtime.queue.waiting_for(job) if job.state == "queued" else None
+        for line in _told(job.id, job.state, job.result, job.error, waiting):
             typer.echo(line)
     if job.state != "succeeded":
         raise typer.Exit(1)
@@ -258,9 +259,14 @@ _COUNT_WORDS = (
 
 
 def _told(
-    job_id: int, state: str, result: dict[str, Any] | None, error: str | None
+    job_id: int,
+    state: str,
+    result: dict[str, Any] | None,
+    error: str | None,
+    waiting: str | None = None,
 ) -> list[str]:
-    """A finished sync in words: what it did, then each issue it listed."""
+    """A sync in words: what it did, then each issue it listed; or, still
+    queued (behind another, or to be tried again), what it waits for."""
     summary = (result or {}).get("summary", {})
     counts = [
         f"{summary[key]:,} {one if summary[key] == 1 else many}"
@@ -268,6 +274,8 @@ def _told(
         if summary.get(key)
     ]
     done = ", ".join(counts) or ("no changes needed" if result else "")
+    if waiting:
+        done = f"waiting for {waiting}; the server's workers run it"
     lines = [f"sync #{job_id} {state}" + (f": {done}" if done else "")]
     for tab, data in (result or {}).get("tabs", {}).items():
         for issue in data.get("issues", []):
