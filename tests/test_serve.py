@@ -227,18 +227,25 @@ def test_the_worker_process_and_its_restarts_run_below_the_web_process_cpu_prior
     assert job["state"] == "succeeded", job
 
 
-@pytest.mark.parametrize(
-    "served", [{"SHEETBRIDGE_SHEET_LATENCY_MS": "1500"}], indirect=True
-)
-def test_a_job_of_a_killed_worker_process_is_run_again_at_once_not_after_its_lease(
-    served: Served,
-) -> None:
+def _a_sync_running(served: Served) -> tuple[dict[str, Any], int]:
+    """Queue a sync and wait until it runs; the queue's answer and the PID of
+    the worker process running it."""
     queued = served.enqueue_to_sheet()
     deadline = time.monotonic() + DEADLINE_S
     while served.client.get(queued["status_url"]).json()["state"] != "running":
         assert time.monotonic() < deadline
         time.sleep(0.05)
     (worker,) = _children(served.pid)
+    return queued, worker
+
+
+@pytest.mark.parametrize(
+    "served", [{"SHEETBRIDGE_SHEET_LATENCY_MS": "1500"}], indirect=True
+)
+def test_a_job_of_a_killed_worker_process_is_run_again_at_once_not_after_its_lease(
+    served: Served,
+) -> None:
+    queued, worker = _a_sync_running(served)
     os.kill(worker, signal.SIGKILL)
     killed_at = time.monotonic()
 
@@ -256,12 +263,8 @@ def test_a_job_of_a_killed_worker_process_is_run_again_at_once_not_after_its_lea
 def test_serve_stopped_during_a_sync_waits_for_its_worker_to_finish_it(
     served: Served,
 ) -> None:
-    queued = served.enqueue_to_sheet()
+    _, worker = _a_sync_running(served)
     deadline = time.monotonic() + DEADLINE_S
-    while served.client.get(queued["status_url"]).json()["state"] != "running":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    (worker,) = _children(served.pid)
 
     os.kill(served.pid, signal.SIGTERM)
 

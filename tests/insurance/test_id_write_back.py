@@ -91,6 +91,20 @@ def assert_each_row_imported_once(runtime: Runtime) -> None:
     assert sheet_ids(runtime) == records
 
 
+def import_until_it_ends(runtime: Runtime) -> tuple[int, User]:
+    """Run a sync from alice's sheet, its retries included, until it ends;
+    its job's ID, and alice."""
+    with runtime.db.read_session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+    job_id = runtime.sync.enqueue(alice, FROM_SHEET).job_id
+    deadline = time.monotonic() + 30
+    while runtime.queue.get(job_id).state in ("queued", "running"):
+        assert time.monotonic() < deadline, "the retry never ran"
+        WorkerPool(runtime.queue, runtime.sync.handlers).run_until_empty()
+        time.sleep(0.05)
+    return job_id, alice
+
+
 def failing_sync(runtime: Runtime, kind: str) -> str:
     with runtime.db.read_session() as session:
         user = session.scalars(select(User).where(User.username == "alice")).one()
@@ -243,14 +257,7 @@ def test_an_import_retried_after_it_saved_reports_what_its_first_attempt_did(
         raise SheetTransientError("the workbook is busy", location=str(self.path))
 
     monkeypatch.setattr(XlsxBackend, "write", busy_once)
-    with synced.db.read_session() as session:
-        alice = session.scalars(select(User).where(User.username == "alice")).one()
-    job_id = synced.sync.enqueue(alice, FROM_SHEET).job_id
-    deadline = time.monotonic() + 30
-    while synced.queue.get(job_id).state in ("queued", "running"):
-        assert time.monotonic() < deadline, "the retry never ran"
-        WorkerPool(synced.queue, synced.sync.handlers).run_until_empty()
-        time.sleep(0.05)
+    job_id, _ = import_until_it_ends(synced)
 
     job = synced.queue.get(job_id)
     assert job.state == "succeeded" and job.attempts == 2 and job.result
@@ -279,14 +286,7 @@ def test_an_import_that_changed_its_own_new_records_on_a_retry_can_be_undone(
         raise SheetTransientError("the workbook is busy", location=str(self.path))
 
     monkeypatch.setattr(XlsxBackend, "write", busy_while_a_row_is_edited)
-    with synced.db.read_session() as session:
-        alice = session.scalars(select(User).where(User.username == "alice")).one()
-    job_id = synced.sync.enqueue(alice, FROM_SHEET).job_id
-    deadline = time.monotonic() + 30
-    while synced.queue.get(job_id).state in ("queued", "running"):
-        assert time.monotonic() < deadline, "the retry never ran"
-        WorkerPool(synced.queue, synced.sync.handlers).run_until_empty()
-        time.sleep(0.05)
+    job_id, alice = import_until_it_ends(synced)
     (two,) = customers_named(synced)["Typed Two"]
     with synced.db.read_session() as session:
         edited = session.get(Customer, two)
