@@ -285,11 +285,17 @@
     }
   }
 
+  // The list's search and filters, added to a query.
+  function withListFilters(params, list) {
+    if (list.q) params.set("q", list.q);
+    for (const [k, v] of Object.entries(list.filters)) if (v) params.set(k, v);
+    return params;
+  }
+
   async function loadList(list) {
     const seq = ++list.loading;
     const params = new URLSearchParams({ limit: String(PAGE_SIZE), offset: String(list.offset), sort: list.sort });
-    if (list.q) params.set("q", list.q);
-    for (const [k, v] of Object.entries(list.filters)) if (v) params.set(k, v);
+    withListFilters(params, list);
     list.table.setAttribute("aria-busy", "true");
     try {
       const page = await api("GET", `${list.spec.url}?${params}`);
@@ -1627,12 +1633,15 @@
 
   // ---------------------------------------------------------------- silent refresh
 
-  async function fetchByIds(entity, ids) {
+  // The records with these IDs; with a list, only those its search and
+  // filters show.
+  async function fetchByIds(entity, ids, list = null) {
     const out = [];
     const unique = Array.from(new Set(ids.map(Number))).filter((n) => Number.isInteger(n) && n > 0);
     for (let i = 0; i < unique.length; i += BATCH) {
       const chunk = unique.slice(i, i + BATCH);
       const params = new URLSearchParams({ ids: chunk.join(","), limit: String(chunk.length), offset: "0" });
+      if (list) withListFilters(params, list);
       const page = await api("GET", `${ENTITIES[entity].url}?${params}`);
       out.push(...page.items);
     }
@@ -1692,20 +1701,13 @@
     const fresh = ids.map(Number).filter((id) => !list.records.has(id));
     if (!list.loaded || !fresh.length) return 0;
     let shown = 0;
-    for (let i = 0; i < fresh.length; i += BATCH) {
-      const chunk = fresh.slice(i, i + BATCH);
-      const params = new URLSearchParams({ ids: chunk.join(","), limit: String(chunk.length), offset: "0" });
-      if (list.q) params.set("q", list.q);
-      for (const [k, v] of Object.entries(list.filters)) if (v) params.set(k, v);
-      const page = await api("GET", `${list.spec.url}?${params}`);
-      for (const record of page.items) {
-        if (list.records.has(record.id)) continue;
-        list.records.set(record.id, record);
-        const tr = buildRow(record, list);
-        list.tbody.prepend(tr);
-        flash(tr);
-        shown++;
-      }
+    for (const record of await fetchByIds(entity, fresh, list)) {
+      if (list.records.has(record.id)) continue;
+      list.records.set(record.id, record);
+      const tr = buildRow(record, list);
+      list.tbody.prepend(tr);
+      flash(tr);
+      shown++;
     }
     list.total += shown;
     updatePager(list);
