@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
+from decimal import Decimal
 
 import httpx
 import pytest
@@ -84,6 +85,84 @@ def test_dates_in_rows_a_sync_appends_show_as_dates_in_the_same_write(
     ]
     # The formats went with the values: one structural call, none for text.
     assert harness.state.calls(contains=":batchUpdate") - writes == 2 + 1
+
+
+def test_amounts_in_rows_a_sync_appends_show_two_decimal_places(
+    harness: GoogleHarness,
+) -> None:
+    book = harness.spreadsheet()
+    backend = harness.backend(book)
+    backend.write({"Policies": TabChanges(cells={(1, 1): "ID", (1, 2): "Premium"})})
+    rows: list[list[Cell]] = [[1, Decimal("1234.5")], [2, Decimal("12")], [3, None]]
+
+    backend.write({"Policies": TabChanges(append=rows)})
+
+    shown = _formatted(harness, book.spreadsheet_id, "Policies")
+    assert shown[1:] == [["1", "1,234.50"], ["2", "12.00"], ["3"]]
+    # What the app reads back is the number itself.
+    assert [
+        row[1] for row in tab(backend.read_tabs(["Policies"]), "Policies").rows[1:3]
+    ] == [
+        1234.5,
+        12,
+    ]
+
+
+def test_a_date_or_amount_written_into_a_cell_without_a_number_shows_as_one(
+    harness: GoogleHarness,
+) -> None:
+    book = harness.spreadsheet()
+    backend = harness.backend(book)
+    header = {(1, 1): "ID", (1, 2): "Born", (1, 3): "Premium"}
+    backend.write({"T": TabChanges(cells=header)})
+    # Row 2 was filled in with the date and amount blank; row 3 holds text
+    # a person typed.
+    backend.write({"T": TabChanges(append=[[1, None, None], [2, "soon", "n/a"]])})
+    version = tab(backend.read_tabs(["T"]), "T").version
+
+    backend.write(
+        {
+            "T": TabChanges(
+                cells={
+                    (2, 2): date(2020, 1, 1),
+                    (2, 3): Decimal("99.5"),
+                    (3, 2): date(2021, 2, 3),
+                    (3, 3): Decimal("7"),
+                }
+            )
+        },
+        expected_version=version,
+    )
+
+    shown = _formatted(harness, book.spreadsheet_id, "T")
+    assert shown[1:] == [["1", "1/1/2020", "99.50"], ["2", "2/3/2021", "7.00"]]
+
+
+def test_a_date_or_amount_written_over_a_number_keeps_the_cells_own_format(
+    harness: GoogleHarness,
+) -> None:
+    book = harness.spreadsheet()
+    backend = harness.backend(book)
+    backend.write({"T": TabChanges(cells={(1, 1): "Born", (1, 2): "Premium"})})
+    # A person's own formats: a day-first date and dollars.
+    backend.client.batch_update_values(
+        book.spreadsheet_id,
+        [{"range": "'T'!A2:B2", "values": [["2020-01-01", "$5.00"]]}],
+        value_input="USER_ENTERED",
+    )
+    book.sheet_by_title("T").rows[1][0] = Rich(  # type: ignore[union-attr]
+        43831, kind="DATE", pattern="dd/mm/yyyy"
+    )
+    calls = harness.state.calls(contains=":batchUpdate")
+
+    backend.write(
+        {"T": TabChanges(cells={(2, 1): date(2021, 2, 3), (2, 2): Decimal("6")})}
+    )
+
+    shown = _formatted(harness, book.spreadsheet_id, "T")
+    assert shown[1] == ["03/02/2021", "$6.00"]
+    # Nothing to format: the values' write alone.
+    assert harness.state.calls(contains=":batchUpdate") - calls == 1
 
 
 def test_c01_date_serial_reads_as_date_and_dates_are_written_as_serials(

@@ -619,12 +619,13 @@ class GoogleSheetsBackend:
     ``values.batchGet`` for every tab, UNFORMATTED_VALUE with SERIAL_NUMBER
     dates, so numbers and date serials come back as numbers). A write is
     ``spreadsheets.get`` (skipped right after a read of the same backend, whose
-    titles and grids it reuses), a ``values.batchGet`` when it must check the version
-    or find where appends go, then at most three writes: one
-    ``spreadsheets.batchUpdate`` creating missing tabs and growing grids, one
-    ``values.batchUpdate`` (RAW) with all cells and appended rows, and one
-    ``spreadsheets.batchUpdate`` giving the appended rows' dates a date format
-    and deleting rows, highest first. The order means a failure part way
+    titles and grids it reuses), a ``values.batchGet`` when it must check the
+    version, find where appends go or see which cells hold numbers, then at
+    most three writes: one ``spreadsheets.batchUpdate`` creating missing tabs
+    and growing grids, one ``values.batchUpdate`` (RAW) with all cells and
+    appended rows, and one ``spreadsheets.batchUpdate`` giving new dates and
+    amounts a number format (see :func:`_formats`) and deleting rows, highest
+    first. The order means a failure part way
     never loses data: deletes come last.
     """
 
@@ -666,7 +667,12 @@ class GoogleSheetsBackend:
         _check_cell_sizes(changes, self.location)
         meta, self._read_meta = self._read_meta or self._metadata(), None
         tz = _zone(meta)
-        read_for = {tab for tab, ch in changes.items() if ch.append}
+        # Where rows go, and which cells hold numbers (see _formats).
+        read_for = {
+            tab
+            for tab, ch in changes.items()
+            if ch.append or any(map(_format_name, ch.cells.values()))
+        }
         checked_tabs = _version_tabs(expected_version)
         rows = self._read_rows(meta, sorted(read_for | set(checked_tabs or [])))
         if checked_tabs is not None and _version(checked_tabs, rows) != (
@@ -689,9 +695,7 @@ class GoogleSheetsBackend:
         if data:
             self.client.batch_update_values(self.spreadsheet_id, data)
         # Formats first: they name rows as they are before the deletes.
-        finish = _date_formats(changes, rows, sheets) + _delete_requests(
-            changes, sheets
-        )
+        finish = _formats(changes, rows, sheets) + _delete_requests(changes, sheets)
         if finish:
             self.client.batch_update(self.spreadsheet_id, finish)
         logger.info(
@@ -1221,46 +1225,82 @@ def api_value(value: Cell, tz: tzinfo = UTC) -> Any:
     return str(value)
 
 
-def _date_formats(
+# The number format a typed value gets where the sheet has none for it: the
+# spreadsheet locale's own date and date-time formats, and amounts with two
+# decimal places, as the workbook backend writes them.
+_NUMBER_FORMATS: dict[str, Json] = {
+    "date-time": {"type": "DATE_TIME"},
+    "date": {"type": "DATE"},
+    "amount": {"type": "NUMBER", "pattern": "#,##0.00"},
+}
+
+
+def _format_name(value: Cell) -> str | None:
+    if isinstance(value, datetime):
+        return "date-time"
+    if isinstance(value, date):
+        return "date"
+    if isinstance(value, Decimal):
+        return "amount"
+    return None
+
+
+def _holds_number(line: list[Cell], col: int) -> bool:
+    """Whether the 1-based column of a row as read holds a number (a date
+    reads as its serial)."""
+    value = line[col - 1] if col <= len(line) else None
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _formats(
     changes: Mapping[str, TabChanges],
     rows: Mapping[str, list[list[Cell]] | None],
     sheets: dict[str, Json],
 ) -> list[Json]:
-    """A date format (the spreadsheet locale's own) for each column of dates
-    in the rows a write appends, over all those rows: written as serial
-    numbers, the dates would show as numbers in a new row. A cell written
-    into a row already there keeps the format it has, which may be a
-    person's own."""
+    """Number formats for the dates and amounts a write puts where the sheet
+    has no number: written as serials and plain numbers, they would show as
+    45000 and 12. That is the date and amount columns of the rows a write
+    appends, and each such cell written into a row already there that held
+    no number. A cell that held one keeps its format, which may be a
+    person's own (day first, dollars)."""
     requests: list[Json] = []
     for tab, ch in changes.items():
         props = _find(sheets, tab)
-        if props is None or not ch.append:
+        if props is None:
             continue
-        kinds: dict[int, str] = {}
-        for values in ch.append:
-            for index, value in enumerate(values):
-                if isinstance(value, datetime):
-                    kinds[index] = "DATE_TIME"
-                elif isinstance(value, date):
-                    kinds.setdefault(index, "DATE")
-        first = last_row_after(rows.get(tab) or [], ch.cells) + 1
-        for index, kind in sorted(kinds.items()):
-            span = {
-                "sheetId": props["sheetId"],
-                "startRowIndex": first - 1,
-                "endRowIndex": first - 1 + len(ch.append),
-                "startColumnIndex": index,
-                "endColumnIndex": index + 1,
-            }
-            requests.append(
-                {
-                    "repeatCell": {
-                        "range": span,
-                        "cell": {"userEnteredFormat": {"numberFormat": {"type": kind}}},
-                        "fields": "userEnteredFormat.numberFormat",
-                    }
+        grid = rows.get(tab) or []
+        # (0-based column, format name) -> the 0-based rows to format
+        cells: dict[tuple[int, str], set[int]] = {}
+        for (row, col), value in ch.cells.items():
+            name = _format_name(value)
+            if name and not (row <= len(grid) and _holds_number(grid[row - 1], col)):
+                cells.setdefault((col - 1, name), set()).add(row - 1)
+        first = last_row_after(grid, ch.cells)
+        for offset, values in enumerate(ch.append):
+            for col, value in enumerate(values):
+                if name := _format_name(value):
+                    cells.setdefault((col, name), set()).add(first + offset)
+        for (col, name), taken in sorted(cells.items()):
+            for start, end in _runs(sorted(taken, reverse=True)):
+                span = {
+                    "sheetId": props["sheetId"],
+                    "startRowIndex": start,
+                    "endRowIndex": end + 1,
+                    "startColumnIndex": col,
+                    "endColumnIndex": col + 1,
                 }
-            )
+                number_format = _NUMBER_FORMATS[name]
+                requests.append(
+                    {
+                        "repeatCell": {
+                            "range": span,
+                            "cell": {
+                                "userEnteredFormat": {"numberFormat": number_format}
+                            },
+                            "fields": "userEnteredFormat.numberFormat",
+                        }
+                    }
+                )
     return requests
 
 
