@@ -257,6 +257,7 @@ def test_keeping_the_app_value_keeps_the_one_the_app_has_now(
     kept = resolve(client, tokens["alice"], conflict_id, {"choice": "app"})
 
     assert kept.status_code == 200 and kept.json()["app"] == "Later City"
+    assert kept.json()["kept"] == "Later City"
     run_sync(runtime, "alice", TO_SHEET)
     assert sheet_city(runtime, record_id) == "Later City"
 
@@ -287,8 +288,10 @@ def test_keep_sheet_and_edit_settle_both_sides(
     conflict = client.get("/api/insurance/sync/conflicts", headers=alice).json()[
         "conflicts"
     ][0]
-    resolve(client, tokens["alice"], conflict["id"], {"choice": "sheet"})
+    kept = resolve(client, tokens["alice"], conflict["id"], {"choice": "sheet"})
     assert app_city(runtime, record_id) == "Sheet City"
+    assert kept.json()["resolution"] == "sheet"
+    assert kept.json()["kept"] == "Sheet City"
     summary = run_sync(runtime, "alice", TO_SHEET)["summary"]
     assert summary["conflicts"] == 0 and summary["written_cells"] == 0
 
@@ -302,7 +305,10 @@ def test_keep_sheet_and_edit_settle_both_sides(
     bad = resolve(client, tokens["alice"], second["id"], edit)
     assert bad.status_code == 422
     edit = {"choice": "edit", "value": "Agreed City"}
-    resolve(client, tokens["alice"], second["id"], edit)
+    edited = resolve(client, tokens["alice"], second["id"], edit).json()
+    # The answer shows what the record holds now, beside the sides it had.
+    assert (edited["app"], edited["sheet"]) == ("App Again", "Sheet Again")
+    assert edited["kept"] == "Agreed City"
     run_sync(runtime, "alice", TO_SHEET)
     assert app_city(runtime, record_id) == "Agreed City"
     assert sheet_city(runtime, record_id) == "Agreed City"

@@ -132,6 +132,8 @@ def conflict_view(row: SyncConflict) -> dict[str, Any]:
         "job_id": row.job_id,
         "detected_at": clock.iso(row.detected_at),
         "resolution": row.resolution,
+        # The value the record was left with when the conflict was resolved.
+        "kept": row.resolved_value if row.resolved_at else None,
     }
 
 
@@ -167,9 +169,13 @@ def resolve_conflict(
     if choice != "app" and current != row.app_value:
         raise ConflictOutdated(row, current)
     row.app_value = current  # "keep app" keeps the value the app has now
-    if choice == "sheet":
-        _set_app_value(session, user, mapping, row, row.sheet_value, asked="choice")
-    elif choice == "edit":
+    if choice == "app":
+        row.resolved_value = current
+    elif choice == "sheet":
+        row.resolved_value = _set_app_value(
+            session, user, mapping, row, row.sheet_value, asked="choice"
+        )
+    else:
         # Typed by a person in the dashboard, so read as the record API reads
         # what a person types there (dates YYYY-MM-DD, amounts like 1234.50),
         # not with the allowances made for what a sheet program stores.
@@ -231,10 +237,11 @@ def _set_app_value(
     value: Any,
     *,
     asked: str,
-) -> None:
-    """Store the canonical ``value`` (a sheet's, already read by its column)."""
+) -> Canonical:
+    """Store the canonical ``value`` (a sheet's, already read by its column)
+    and return it as stored."""
     fields = to_python(mapping, {row.field: value})
-    _store(session, user, mapping, row, fields, value, asked=asked)
+    return _store(session, user, mapping, row, fields, value, asked=asked)
 
 
 def _store(
