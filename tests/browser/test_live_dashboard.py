@@ -671,6 +671,46 @@ def test_failed_sync_shows_the_reason_and_what_to_do(
         page.close()
 
 
+def test_an_admin_sees_everyones_syncs_whose_they_are_and_how_they_ended(
+    browser: Browser, runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    path = workbook_path(runtime, "alice")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"these bytes are not a workbook")
+    with (
+        live_server(runtime) as url,
+        api_client(url, tokens["alice"]) as alice,
+        api_client(url, tokens["bob"]) as bob,
+    ):
+        failed = final_job(
+            alice, alice.post("/api/insurance/sync/from-sheet").json()["job_id"]
+        )
+        done = final_job(bob, bob.post("/api/insurance/sync/to-sheet").json()["job_id"])
+        assert (failed["state"], done["state"]) == ("failed", "succeeded")
+        mine = open_dashboard(browser, url, "alice")
+        admin = open_dashboard(browser, url, "admin")
+        expect(mine.locator("#all-syncs")).to_have_count(0)
+
+        admin.get_by_text("Everyone's syncs").click()
+
+        entries = admin.locator("#all-jobs li.job")
+        alices = entries.filter(has_text=f"#{failed['id']}")
+        expect(alices.locator(".job-owner")).to_have_text("alice")
+        expect(alices.locator(".job-state")).to_have_text("Failed")
+        expect(alices).to_contain_text("not a readable .xlsx workbook")
+        bobs = entries.filter(has_text=f"#{done['id']}")
+        expect(bobs.locator(".job-owner")).to_have_text("bob")
+        expect(bobs.locator(".job-state")).to_have_text("Done")
+        expect(bobs).to_contain_text("rows appended")
+        # A sync queued later shows up while the list is open.
+        later = bob.post("/api/insurance/sync/to-sheet").json()["job_id"]
+        expect(entries.filter(has_text=f"#{later}")).to_have_count(1, timeout=15_000)
+        assert job_ids(admin, "#all-jobs li.job")[0] == later
+        assert_not_reloaded(admin)
+        admin.close()
+        mine.close()
+
+
 def claim_alices_sync(runtime: Runtime) -> Claimed:
     """Queue a sync to alice's sheet and claim it as a worker would."""
     with runtime.db.read_session() as session:

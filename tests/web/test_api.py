@@ -798,6 +798,38 @@ def test_older_finished_syncs_are_listed_page_by_page_newest_first(
     assert refused.status_code == 422
 
 
+def test_an_admin_lists_everyones_syncs_each_naming_whose_it_is(
+    client: TestClient, tokens: dict[str, str]
+) -> None:
+    made = {}
+    for name in ("alice", "bob"):
+        who = bearer(tokens[name])
+        queued = client.post("/api/insurance/sync/to-sheet", headers=who).json()
+        client.post(f"/api/insurance/sync/jobs/{queued['job_id']}/cancel", headers=who)
+        made[queued["job_id"]] = name
+    waiting = client.post(
+        "/api/insurance/sync/from-sheet", headers=bearer(tokens["bob"])
+    )
+    made[waiting.json()["job_id"]] = "bob"
+    admin, alice = bearer(tokens["admin"]), bearer(tokens["alice"])
+    everyone = {"all_users": "true"}
+
+    status = client.get("/api/insurance/sync/status", params=everyone, headers=admin)
+    older = client.get("/api/insurance/sync/jobs", params=everyone, headers=admin)
+    own = client.get("/api/insurance/sync/status", params=everyone, headers=alice)
+
+    listed = status.json()["queued"] + status.json()["recent"]
+    assert {job["id"]: job["owner"] for job in listed} == made
+    assert {job["id"]: job["owner"] for job in older.json()["jobs"]} == {
+        job_id: name
+        for job_id, name in made.items()
+        if job_id != waiting.json()["job_id"]
+    }
+    # Anyone else asking for everyone's gets their own, as before.
+    assert [job["id"] for job in own.json()["recent"]] == [min(made)]
+    assert "owner" not in own.json()["recent"][0]
+
+
 def test_job_times_are_utc_with_a_z_like_every_record_time(alice: TestClient) -> None:
     queued = alice.post("/api/insurance/sync/to-sheet").json()
     alice.post(f"/api/insurance/sync/jobs/{queued['job_id']}/cancel")

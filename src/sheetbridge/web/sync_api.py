@@ -17,6 +17,7 @@ from pydantic import (
     WrapValidator,
     field_validator,
 )
+from sqlalchemy import select
 
 from sheetbridge import clock
 from sheetbridge.insurance import review
@@ -168,6 +169,21 @@ def job_views(
     return views
 
 
+def everyones_views(rt: Runtime, jobs: list[Job]) -> list[dict[str, Any]]:
+    """Brief views of many users' jobs, each naming whose it is (``owner``)."""
+    views = job_views(rt, jobs, brief=True)
+    owners = {view["owner_id"] for view in views}
+    if owners:
+        with rt.db.read_session() as session:
+            rows = session.execute(
+                select(User.id, User.username).where(User.id.in_(owners))
+            )
+            names: dict[int, str] = {user_id: name for user_id, name in rows}
+        for view in views:
+            view["owner"] = names.get(view["owner_id"])
+    return views
+
+
 @router.get("/status")
 def sync_status(
     user: CurrentUser, rt: RuntimeDep, all_users: bool = False
@@ -190,14 +206,20 @@ def older_jobs(
     """The caller's finished jobs (admins may ask for all), newest first,
     older than job ``before``: the history past the status's recent jobs,
     a page at a time, each result with its issues counted."""
-    owner = None if (all_users and user.is_admin) else user.id
-    jobs, more = rt.queue.finished(owner, before=before, limit=limit)
-    return JsonAnswer({"jobs": job_views(rt, jobs, brief=True), "more": more})
+    everyone = all_users and user.is_admin
+    jobs, more = rt.queue.finished(
+        None if everyone else user.id, before=before, limit=limit
+    )
+    views = everyones_views(rt, jobs) if everyone else job_views(rt, jobs, brief=True)
+    return JsonAnswer({"jobs": views, "more": more})
 
 
 def jobs_status(rt: Runtime, owner: int | None) -> dict[str, list[dict[str, Any]]]:
-    """The running, queued and recent jobs of ``owner`` (None: everyone's)."""
+    """The running, queued and recent jobs of ``owner`` (None: everyone's,
+    each naming whose it is)."""
     jobs = rt.queue.status(owner, recent=rt.settings.recent_jobs)
+    if owner is None:
+        return {name: everyones_views(rt, group) for name, group in jobs.items()}
     return {name: job_views(rt, group, brief=True) for name, group in jobs.items()}
 
 

@@ -13,6 +13,7 @@
   const POLL_ACTIVE_MS = 1000;
   const POLL_IDLE_MS = 10000;
   const POLL_ERROR_MS = 5000;
+  const ALL_SYNCS_POLL_MS = 5000;
 
   // A refused sign-out's notice is for this visit only, not for a reload.
   if (new URLSearchParams(window.location.search).has("sign_out")) {
@@ -1990,6 +1991,89 @@
     return { refresh, refreshSoon };
   })();
 
+  // ---------------------------------------------------------------- everyone's syncs (admins)
+
+  // Every user's syncs in brief, polled while the list is open: the live
+  // stream and the history above stay about the admin's own.
+  function everyonesSyncs() {
+    const box = $("#all-syncs");
+    if (!box) return;
+    const list = $("#all-jobs");
+    const olderAll = $("#older-all-jobs");
+    const shown = new Map(); // job id -> view
+    let timer = null;
+    let more = false;
+
+    const line = (job) => {
+      const shownState = displayState(job);
+      if (shownState === "retry" || job.state === "failed") return el("p", { className: "job-error", text: plainReason(job.error) });
+      if (job.state === "queued") return el("p", { className: "job-line muted", text: `Waiting for ${job.waiting_for || "a free worker"}` });
+      if (job.state === "running") {
+        const phase = job.progress && job.progress.phase;
+        return el("p", { className: "job-line muted", text: phase ? `Now ${phase}` : "Started" });
+      }
+      if (job.state === "succeeded") return el("p", { className: "job-line", text: job.result ? summaryWords(job.result.summary) : "Done" });
+      return el("p", { className: "job-line muted", text: "Stopped before it finished" });
+    };
+    const entry = (job) => {
+      const shownState = displayState(job);
+      const when = job.finished_at || job.started_at || job.enqueued_at;
+      return el("li", { className: "job", dataset: { jobId: String(job.id), state: job.state, display: shownState } },
+        el("div", { className: "job-head" },
+          el("span", { className: "job-title" },
+            el("span", { className: "job-owner", text: job.owner || `user ${job.owner_id}` }), " · ",
+            el("span", { text: KIND[job.kind] || job.kind }), " ",
+            el("span", { className: "muted", text: `#${job.id}` })),
+          el("span", { className: `job-state state-${shownState}`, text: STATE_WORDS[shownState] || job.state })),
+        line(job),
+        when ? el("p", { className: "job-line muted small", text: fmtDateTime(when) }) : null);
+    };
+    const renderAll = () => {
+      const items = Array.from(shown.values()).sort((a, b) => b.id - a.id);
+      list.replaceChildren(...items.map(entry));
+      $("#no-all-jobs").hidden = items.length > 0;
+      olderAll.hidden = !more;
+    };
+    const load = async () => {
+      clearTimeout(timer);
+      try {
+        const status = await api("GET", "/api/insurance/sync/status?all_users=true");
+        const listed = [...status.running, ...status.queued, ...status.recent];
+        const oldest = listed.reduce((m, j) => Math.min(m, j.id), Infinity);
+        // Older pages asked for stay; the rest is as the server lists it now.
+        for (const id of Array.from(shown.keys())) if (id >= oldest) shown.delete(id);
+        for (const job of listed) shown.set(job.id, job);
+        if (!olderAll.dataset.asked) more = status.recent.length >= RECENT_LIMIT;
+        renderAll();
+      } catch (err) {
+        announce(`Could not load everyone's syncs: ${err.message}`, "error");
+      }
+      if (box.open) timer = setTimeout(load, document.hidden ? POLL_IDLE_MS : ALL_SYNCS_POLL_MS);
+    };
+    box.addEventListener("toggle", () => {
+      if (box.open) load();
+      else clearTimeout(timer);
+    });
+    olderAll.addEventListener("click", async () => {
+      const finished = Array.from(shown.values()).filter((j) => FINAL.has(j.state)).map((j) => j.id);
+      const params = new URLSearchParams({ all_users: "true", limit: String(RECENT_LIMIT) });
+      if (finished.length) params.set("before", String(Math.min(...finished)));
+      olderAll.disabled = true;
+      try {
+        const page = await api("GET", `/api/insurance/sync/jobs?${params}`);
+        for (const job of page.jobs) shown.set(job.id, job);
+        olderAll.dataset.asked = "true";
+        more = page.more;
+        renderAll();
+        announce(page.jobs.length ? `${plural(page.jobs.length, "older sync")} shown.` : "There are no older syncs.");
+      } catch (err) {
+        announce(`Could not load older syncs: ${err.message}`, "error");
+      } finally {
+        olderAll.disabled = false;
+      }
+    });
+  }
+
   // ---------------------------------------------------------------- sheet settings
 
   function sheetSettings() {
@@ -2055,6 +2139,7 @@
   connectStream();
   conflicts.refresh();
   sheetSettings();
+  everyonesSyncs();
 
   // Expose a tiny hook for debugging in the console (no data, just state).
   window.sheetbridge = {
