@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from datetime import date
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from sheetbridge.config import Settings
-from sheetbridge.insurance.models import Customer
+from sheetbridge.insurance.models import Customer, User
 from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
 from sheetbridge.sheets.base import TabChanges, TabData
 from sheetbridge.sheets.google import GoogleSheetsBackend
@@ -261,3 +265,38 @@ def test_an_import_dying_after_writing_new_ids_to_google_leaves_them_naming_its_
         for name in names:
             (customer,) = session.query(Customer).filter_by(name=name).all()
             assert in_sheet[name] == customer.id
+
+
+def test_dates_and_premiums_a_sync_writes_show_as_dates_and_amounts_in_google(
+    runtime: Runtime, spreadsheet_id: str, emulator: EmulatorServer
+) -> None:
+    with runtime.db.session() as session:
+        alice = select(User.id).where(User.username == "alice").scalar_subquery()
+        customer = session.scalars(
+            select(Customer).where(Customer.agent_id == alice).order_by(Customer.id)
+        ).first()
+        assert customer is not None
+        record_id, customer.date_of_birth = customer.id, None
+    run_sync(runtime, "alice", TO_SHEET)
+    with runtime.db.session() as session:
+        customer = session.get(Customer, record_id)
+        assert customer is not None
+        customer.date_of_birth = date(1980, 7, 4)
+
+    run_sync(runtime, "alice", TO_SHEET)
+
+    shown = httpx.get(
+        f"{emulator.base_url}/v4/spreadsheets/{spreadsheet_id}/values/Policies",
+        params={"valueRenderOption": "FORMATTED_VALUE"},
+    ).json()["values"]
+    premium, effective = shown[0].index("Premium"), shown[0].index("Effective Date")
+    assert all(re.fullmatch(r"[\d,]+\.\d\d", row[premium]) for row in shown[1:])
+    assert all(re.fullmatch(r"\d+/\d+/\d{4}", row[effective]) for row in shown[1:])
+    customers = httpx.get(
+        f"{emulator.base_url}/v4/spreadsheets/{spreadsheet_id}/values/Customers",
+        params={"valueRenderOption": "FORMATTED_VALUE"},
+    ).json()["values"]
+    born = customers[0].index("Date of Birth")
+    (row,) = [row for row in customers[1:] if row[0] == str(record_id)]
+    # Blank when its row was written, the cell now shows the date as a date.
+    assert row[born] == "7/4/1980"
