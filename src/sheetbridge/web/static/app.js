@@ -2028,9 +2028,13 @@
         line(job),
         when ? el("p", { className: "job-line muted small", text: fmtDateTime(when) }) : null);
     };
+    let drawn = "";
     const renderAll = () => {
       const items = Array.from(shown.values()).sort((a, b) => b.id - a.id);
-      list.replaceChildren(...items.map(entry));
+      // Redrawn only when something changed: a reader's place in the list stays.
+      const sig = JSON.stringify(items.map((j) => [j.id, j.state, j.attempts, j.waiting_for, j.progress && j.progress.phase, j.error, j.finished_at]));
+      if (sig !== drawn) list.replaceChildren(...items.map(entry));
+      drawn = sig;
       $("#no-all-jobs").hidden = items.length > 0;
       olderAll.hidden = !more;
     };
