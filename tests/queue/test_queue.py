@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import Connection, text, update
+from sqlalchemy import Connection, inspect, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from sheetbridge import clock
@@ -803,3 +803,52 @@ def test_a_worker_whose_settling_fails_goes_on_and_the_job_is_retried(
     finally:
         pool.stop()
     assert queue.get(ids[0]).attempts == 2
+
+
+def _outline(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A listing's form of a result in these tests: its keys, no values."""
+    return None if result is None else {"keys": sorted(result)}
+
+
+def test_listings_carry_each_finished_jobs_brief_result_not_the_whole(
+    db: Database,
+) -> None:
+    queue = JobQueue(db, lease_s=5, brief=_outline)
+    done = queue.enqueue("k", queue_key="alice")
+    failed = queue.enqueue("k", queue_key="bob")
+    epochs = {}
+    for job_id in (done.job_id, failed.job_id):
+        claimed = queue.claim("w")
+        assert claimed is not None and claimed.id == job_id
+        epochs[job_id] = claimed.epoch
+    whole = {"issues": ["x"] * 1000, "summary": {}}
+    queue.succeed(done.job_id, epochs[done.job_id], whole)
+    queue.fail(failed.job_id, epochs[failed.job_id], "broken", result={"saved": 3})
+
+    listed = (
+        queue.status(None)["recent"] + queue.finished(None, before=None, limit=5)[0]
+    )
+
+    for job in listed:
+        assert "result" in inspect(job).unloaded  # the whole is not read
+    briefs = {job.id: job.result_brief for job in listed}
+    assert briefs == {
+        done.job_id: {"keys": ["issues", "summary"]},
+        failed.job_id: {"keys": ["saved"]},
+    }
+    # One job's own view still has the whole.
+    assert queue.get(done.job_id).result == whole
+
+
+def test_a_job_finished_before_briefs_were_kept_is_listed_with_its_whole_result(
+    queue: JobQueue,
+) -> None:
+    queued = queue.enqueue("k", queue_key="alice")
+    claimed = queue.claim("w")
+    assert claimed is not None
+    queue.succeed(claimed.id, claimed.epoch, {"rows": 1})  # a queue with no brief
+
+    (job,) = queue.status(None)["recent"]
+
+    assert job.id == queued.job_id
+    assert (job.result_brief, job.result) == (None, {"rows": 1})

@@ -8,12 +8,13 @@ from datetime import UTC, datetime
 import pytest
 from fastapi.testclient import TestClient
 from httpx import Response
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
 from sheetbridge import clock
 from sheetbridge.insurance.models import User
 from sheetbridge.insurance.sync_jobs import TO_SHEET
+from sheetbridge.queue.models import Job
 from sheetbridge.queue.worker import WorkerPool
 from sheetbridge.web.deps import Runtime
 from tests.conftest import bearer
@@ -745,6 +746,10 @@ def test_the_status_counts_recent_jobs_issues_and_a_jobs_own_view_lists_them(
     assert "brief" not in full
     issues = full["tabs"]["Customers"]["issues"]
     assert [issue["value"] for issue in issues] == [str(i) for i in gone]
+    # A sync that ended before briefs were stored is briefed as it is read.
+    with runtime.db.session() as session:
+        session.execute(update(Job).values(result_brief=None))
+    assert alice.get("/api/insurance/sync/status").json()["recent"][:2] == recent
 
 
 def test_cancelling_a_finished_sync_is_a_409_saying_so_with_the_job(

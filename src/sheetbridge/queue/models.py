@@ -53,6 +53,9 @@ class Job(Base):
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The result as listings carry it (JobQueue's ``brief``); NULL where the
+    # queue has none, or the job ended before it was kept.
+    result_brief: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
     # One entry per failed attempt: attempt, error, at, and when it retries.
     errors: Mapped[list[dict[str, Any]]] = mapped_column(

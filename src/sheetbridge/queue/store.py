@@ -25,7 +25,7 @@ import random
 import re
 import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -49,7 +49,8 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm.attributes import set_committed_value
 
 from sheetbridge import clock
 from sheetbridge.db import Database, is_sqlite
@@ -160,7 +161,8 @@ _LOCK_KEY_OF_JOB_SQL = (
 # (``errors`` keeps every attempt's).
 _FINISH_SQL = f"""
 UPDATE jobs SET
-  state = :final_state, result = :final_result, finished_at = :now,
+  state = :final_state, result = :final_result, result_brief = :final_brief,
+  finished_at = :now,
   lease_owner = NULL,
   progress = CASE WHEN :has_progress THEN :final_progress ELSE progress END,
   error = CASE WHEN :keep_error THEN error ELSE NULL END
@@ -292,7 +294,7 @@ class _Statement:
 _FINISH = _Statement(
     _FINISH_SQL,
     times=["now"],
-    documents=["final_result", "final_progress"],
+    documents=["final_result", "final_brief", "final_progress"],
     columns=_JOBS.c,
 )
 _PROMOTE = _Statement(_PROMOTE_SQL, times=["turn"])
@@ -384,6 +386,8 @@ class JobQueue:
 
     ``coalesce`` names the job kinds for which a request identical to a job
     still queued and never started returns that job instead of a new one.
+    ``brief`` makes a result's listing form, stored beside it as the job ends
+    and read by :meth:`status` and :meth:`finished` instead of the whole.
     """
 
     def __init__(
@@ -394,8 +398,10 @@ class JobQueue:
         backoff: Backoff | None = None,
         now: Callable[[], datetime] = clock.now,
         coalesce: Iterable[str] = (),
+        brief: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None,
     ) -> None:
         self.db = db
+        self._make_brief = brief
         self.lease_s = lease_s
         self.backoff = backoff or Backoff()
         self.now = now
@@ -924,6 +930,7 @@ class JobQueue:
             now = self.now()
             job.error = error
             job.result = result
+            job.result_brief = self._brief(result)
             job.progress = stopped(progress if progress is not None else job.progress)
             job.lease_owner = None
             job.lease_expires_at = None
@@ -1026,6 +1033,7 @@ class JobQueue:
                     "owner_epoch": epoch,
                     "final_state": state,
                     "final_result": result,
+                    "final_brief": self._brief(result),
                     "has_progress": progress is not None,
                     "final_progress": progress,
                     "keep_error": state != SUCCEEDED,
@@ -1180,8 +1188,14 @@ class JobQueue:
         counts.update({state: count for state, count in rows})
         return counts
 
+    def _brief(self, result: dict[str, Any] | None) -> dict[str, Any] | None:
+        if result is None or self._make_brief is None:
+            return None
+        return self._make_brief(result)
+
     def status(self, owner_id: int | None, *, recent: int = 20) -> dict[str, list[Job]]:
-        """Running, queued and recently finished jobs of one owner (None: all)."""
+        """Running, queued and recently finished jobs of one owner (None: all);
+        the finished ones as listed (see :meth:`finished`)."""
         with self.db.read_session() as session:
             mine = select(Job)
             if owner_id is not None:
@@ -1189,11 +1203,15 @@ class JobQueue:
             active = session.scalars(
                 mine.where(Job.state.in_((QUEUED, RUNNING))).order_by(Job.id)
             ).all()
-            finished = session.scalars(
-                mine.where(Job.state.in_(FINAL_STATES))
-                .order_by(Job.id.desc())
-                .limit(recent)
-            ).all()
+            finished = _listed(
+                session,
+                session.scalars(
+                    mine.where(Job.state.in_(FINAL_STATES))
+                    .options(defer(Job.result))
+                    .order_by(Job.id.desc())
+                    .limit(recent)
+                ).all(),
+            )
         return {
             "running": [job for job in active if job.state == RUNNING],
             "queued": [job for job in active if job.state == QUEUED],
@@ -1205,14 +1223,25 @@ class JobQueue:
     ) -> tuple[list[Job], bool]:
         """Finished jobs of one owner (None: all), newest first, older than
         job ``before`` if given: a page of at most ``limit``, and whether
-        older ones remain."""
+        older ones remain.
+
+        A listed job carries its ``result_brief``, and its whole ``result``
+        only where it has no brief: a result may hold hundreds of issues,
+        which a listing does not show. :meth:`get` reads the whole."""
         with self.db.read_session() as session:
-            query = select(Job).where(Job.state.in_(FINAL_STATES))
+            query = (
+                select(Job)
+                .where(Job.state.in_(FINAL_STATES))
+                .options(defer(Job.result))
+            )
             if owner_id is not None:
                 query = query.where(Job.owner_id == owner_id)
             if before is not None:
                 query = query.where(Job.id < before)
-            jobs = session.scalars(query.order_by(Job.id.desc()).limit(limit + 1)).all()
+            jobs = _listed(
+                session,
+                session.scalars(query.order_by(Job.id.desc()).limit(limit + 1)).all(),
+            )
         return list(jobs[:limit]), len(jobs) > limit
 
     def position(self, job: Job) -> int:
@@ -1274,6 +1303,19 @@ class JobQueue:
         if run_after > self.now():
             return f"a retry at {run_after.isoformat(timespec='seconds')}"
         return "a free worker"
+
+
+def _listed(session: Session, jobs: Sequence[Job]) -> list[Job]:
+    """Finished jobs read without their whole result, given it where they
+    have no brief to stand for it."""
+    whole = {job.id: job for job in jobs if job.result_brief is None}
+    if whole:
+        found = session.execute(
+            select(Job.id, Job.result).where(Job.id.in_(list(whole)))
+        )
+        for job_id, result in found:
+            set_committed_value(whole[job_id], "result", result)
+    return list(jobs)
 
 
 def stopped(progress: dict[str, Any] | None) -> dict[str, Any] | None:

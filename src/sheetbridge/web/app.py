@@ -21,7 +21,7 @@ from sheetbridge.db import DATABASE_UNAVAILABLE_ERRORS, Database, unavailable_re
 from sheetbridge.insurance.review import ReviewError
 from sheetbridge.insurance.schemas import error_message
 from sheetbridge.insurance.services import InUse, InvalidField, RecordNotFound
-from sheetbridge.insurance.sync_jobs import SyncService
+from sheetbridge.insurance.sync_jobs import SyncService, brief_result
 from sheetbridge.queue.store import JobQueue
 from sheetbridge.queue.worker import WorkerPool
 from sheetbridge.web import api, events, pages, sync_api
@@ -42,7 +42,7 @@ def build_runtime(settings: Settings) -> Runtime:
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
     )
-    queue = JobQueue(db, lease_s=settings.lease_s)
+    queue = JobQueue(db, lease_s=settings.lease_s, brief=brief_result)
     return Runtime(
         settings=settings, db=db, queue=queue, sync=SyncService(settings, db, queue)
     )

@@ -51,8 +51,11 @@ def _iso(value: Any) -> str | None:
     return clock.iso(value) if value is not None else None
 
 
-def job_view(queue: JobQueue, job: Job) -> dict[str, Any]:
-    """A job as the status endpoint and the dashboard show it."""
+def job_view(
+    queue: JobQueue, job: Job, result: dict[str, Any] | None
+) -> dict[str, Any]:
+    """A job as the status endpoint and the dashboard show it, with
+    ``result`` (the whole or the brief)."""
     return {
         "id": job.id,
         "kind": job.kind,
@@ -63,7 +66,7 @@ def job_view(queue: JobQueue, job: Job) -> dict[str, Any]:
         "attempts": job.attempts,
         "max_attempts": job.max_attempts,
         "progress": job.progress,
-        "result": job.result,
+        "result": result,
         "error": job.error,
         "errors": job.errors,  # every attempt's error, oldest first
         "cancel_requested": job.cancel_requested,
@@ -155,7 +158,7 @@ def job_views(
             saved = review.saved_changes(session, imports)
     views = [
         {
-            **job_view(rt.queue, job),
+            **job_view(rt.queue, job, _result(job, brief)),
             "saved_changes": (
                 saved.get(job.id) if job.state in ("failed", "cancelled") else None
             ),
@@ -163,10 +166,17 @@ def job_views(
         }
         for job in jobs
     ]
-    if brief:
-        for view in views:
-            view["result"] = brief_result(view["result"])
     return views
+
+
+def _result(job: Job, brief: bool) -> dict[str, Any] | None:
+    """The job's result, or as a listing carries it: the brief stored with
+    it, else made from the whole (a job that ended before briefs were kept)."""
+    if not brief:
+        return job.result
+    if job.result_brief is not None:
+        return job.result_brief
+    return brief_result(job.result)
 
 
 def everyones_views(rt: Runtime, jobs: list[Job]) -> list[dict[str, Any]]:
