@@ -203,6 +203,39 @@ def test_a_premium_with_a_decimal_comma_is_a_field_error_and_groups_of_three_sav
         page.close()
 
 
+@pytest.mark.parametrize(
+    ("tab", "field"), [("customers", "date_of_birth"), ("policies", "effective_date")]
+)
+def test_a_date_the_browser_cannot_read_is_a_field_error_never_a_cleared_date(
+    browser: Browser, runtime: Runtime, tokens: dict[str, str], tab: str, field: str
+) -> None:
+    with live_server(runtime) as url:
+        page = sign_in(browser, url, "alice")
+        page.click(f"#show-{tab}")
+        row = page.locator(f"#{tab}-table tr[data-id]").first
+        row.wait_for()
+        record_id = row.get_attribute("data-id")
+        with api_client(url, tokens["alice"]) as client:
+            before = client.get(f"/api/{tab}/{record_id}").json()
+        row.get_by_role("button", name="Edit").click()
+
+        # February 30th, typed into the date picker (mm/dd/yyyy here): the
+        # browser holds no value for it.
+        date_input = page.locator(f"#record-form [name={field}]")
+        date_input.focus()  # its first part, the month
+        page.keyboard.type("02301990")
+        assert date_input.evaluate("i => i.validity.badInput") is True
+        page.click("#save-record")
+
+        expect(page.locator(f"#err-{field}")).to_contain_text("not a real date")
+        expect(date_input).to_be_focused()
+        expect(page.locator("#editor")).to_be_visible()
+        with api_client(url, tokens["alice"]) as client:
+            after = client.get(f"/api/{tab}/{record_id}").json()
+        assert after[field] == before[field] and after["version"] == before["version"]
+        page.close()
+
+
 def test_a_refused_sign_out_says_so_and_a_second_press_signs_out(
     browser: Browser, runtime: Runtime
 ) -> None:

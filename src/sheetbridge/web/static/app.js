@@ -717,9 +717,23 @@
     if (bad) bad.focus();
   }
 
+  // A date the picker cannot read (February 30th, a year left half typed)
+  // has the value "", which would save as no date at all.
+  function unreadableDates() {
+    return ENTITIES[editor.entity].fields
+      .filter((name) => { const field = input(name); return field && field.validity && field.validity.badInput; })
+      .map((name) => ({ field: name, msg: "This is not a real date, so nothing was saved. Correct it, or clear the field." }));
+  }
+
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
     if (editor.saving || !editor.entity) return;
+    const unreadable = unreadableDates();
+    if (unreadable.length) {
+      clearErrors();
+      showFieldErrors(unreadable);
+      return;
+    }
     const entity = editor.entity;
     const spec = ENTITIES[entity];
     const list = lists[entity];
