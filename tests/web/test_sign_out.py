@@ -45,6 +45,40 @@ def test_the_sign_out_form_signs_out(client: TestClient) -> None:
     assert not signed_in(client)
 
 
+def test_a_cookie_kept_from_before_sign_out_no_longer_signs_anyone_in(
+    client: TestClient,
+) -> None:
+    csrf = sign_in(client)
+    kept = dict(client.cookies)
+    api_csrf = re.search(r'name="csrf-token" content="([^"]+)"', client.get("/").text)
+    assert api_csrf is not None
+
+    client.post("/logout", data={"csrf": csrf}, follow_redirects=False)
+
+    client.cookies.clear()
+    client.cookies.update(kept)  # a copy taken before, say left on a shared PC
+    assert client.get("/api/customers").status_code == 401
+    queued = client.post(
+        "/api/insurance/sync/to-sheet", headers={"X-CSRF-Token": api_csrf[1]}
+    )
+    assert queued.status_code == 401
+    assert not signed_in(client)
+
+
+def test_signing_out_in_one_browser_leaves_another_signed_in(
+    client: TestClient,
+) -> None:
+    with TestClient(client.app) as other:
+        sign_in(other)
+        csrf = sign_in(client)
+
+        client.post("/logout", data={"csrf": csrf}, follow_redirects=False)
+
+        assert not signed_in(client)
+        assert signed_in(other)
+        assert other.get("/api/customers").status_code == 200
+
+
 MANY_FIELDS = "&".join(f"f{i}=x" for i in range(2_000)).encode()
 BIG_FIELD = (
     b'--b\r\nContent-Disposition: form-data; name="csrf"\r\n\r\n'

@@ -16,7 +16,12 @@ from sheetbridge.db import Database
 from sheetbridge.insurance.models import User
 from sheetbridge.insurance.sync_jobs import SyncService
 from sheetbridge.queue.store import JobQueue
-from sheetbridge.web.security import csrf_matches, token_digest, user_for_token
+from sheetbridge.web.security import (
+    csrf_matches,
+    token_digest,
+    user_for_session,
+    user_for_token,
+)
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -26,7 +31,8 @@ class SignedInUsers:
 
     Every request proves who is calling, and looking that up costs more than a
     status poll itself. A user's new role, or their removal, takes effect
-    within ``ttl_s``. Only hits are kept: a wrong token is looked up each time.
+    within ``ttl_s``, as does a sign-out in another process (in this one, at
+    once). Only hits are kept: a wrong token is looked up each time.
     """
 
     def __init__(self, ttl_s: float = 5.0, max_entries: int = 10_000) -> None:
@@ -39,6 +45,9 @@ class SignedInUsers:
         if found is None or found[1] < time.monotonic():
             return None
         return found[0]
+
+    def forget(self, key: str) -> None:
+        self._users.pop(key, None)
 
     def put(self, key: str, user: User) -> None:
         if len(self._users) >= self.max_entries:
@@ -88,11 +97,14 @@ async def current_user(request: Request) -> User:
         if user is None:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid API token")
         return user
-    user_id = request.session.get("uid")
+    signed_in = request.session.get("sid")
     user = None
-    if isinstance(user_id, int):
+    if isinstance(signed_in, str):
+        max_age_s = _runtime(request).settings.session_max_age_s
         user = await _known_user(
-            request, f"user:{user_id}", lambda session: session.get(User, user_id)
+            request,
+            session_key(signed_in),
+            lambda session: user_for_session(session, signed_in, max_age_s),
         )
     if user is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "sign in first")
@@ -101,6 +113,11 @@ async def current_user(request: Request) -> User:
     ):
         raise HTTPException(status.HTTP_403_FORBIDDEN, "missing or wrong CSRF token")
     return user
+
+
+def session_key(token: str) -> str:
+    """Where a browser's sign-in is remembered (see SignedInUsers)."""
+    return f"session:{token_digest(token)}"
 
 
 async def _known_user(

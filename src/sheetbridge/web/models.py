@@ -1,4 +1,4 @@
-"""API tokens for scripts."""
+"""API tokens for scripts, and browsers' sign-ins."""
 
 from __future__ import annotations
 
@@ -20,4 +20,19 @@ class ApiToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=clock.now
+    )
+
+
+class WebSession(Base):
+    """A browser's sign-in: its cookie names it by a random token, kept here
+    as a digest. Signing out deletes it, so a copy of the cookie signs no
+    one in afterwards."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=clock.now, index=True
     )

@@ -12,12 +12,14 @@ from starlette.exceptions import HTTPException
 from starlette.types import Message, Receive
 
 from sheetbridge.insurance.models import LINES_OF_BUSINESS, POLICY_STATUSES, User
-from sheetbridge.web.deps import PageUser
+from sheetbridge.web.deps import PageUser, Runtime, session_key
 from sheetbridge.web.security import (
     MAX_PASSWORD,
     authenticate,
     csrf_matches,
+    end_session,
     new_csrf_token,
+    start_session,
 )
 
 router = APIRouter(include_in_schema=False)
@@ -53,11 +55,13 @@ async def login(request: Request) -> Response:
     # No user has a longer name or password: refused without hashing it.
     if not 1 <= len(username) <= 64 or len(password) > MAX_PASSWORD:
         return _login_again(request, "Wrong username or password.")
-    user = await run_in_threadpool(_authenticate, request, username, password)
+    rt: Runtime = request.app.state.runtime
+    user = await run_in_threadpool(_authenticate, rt, username, password)
     if user is None:
         return _login_again(request, "Wrong username or password.")
+    token = await run_in_threadpool(_start_session, rt, user)
     request.session.clear()
-    request.session["uid"] = user.id
+    request.session["sid"] = token
     request.session["csrf"] = new_csrf_token()
     return RedirectResponse("/", status_code=303)
 
@@ -102,9 +106,20 @@ def _capped(receive: Receive, limit: int) -> Receive:
     return receive_capped
 
 
-def _authenticate(request: Request, username: str, password: str) -> User | None:
-    with request.app.state.runtime.db.read_session() as session:
+def _authenticate(rt: Runtime, username: str, password: str) -> User | None:
+    with rt.db.read_session() as session:
         return authenticate(session, username, password)
+
+
+def _start_session(rt: Runtime, user: User) -> str:
+    with rt.db.session() as session:
+        return start_session(session, user, rt.settings.session_max_age_s)
+
+
+def _end_session(rt: Runtime, token: str) -> None:
+    with rt.db.session() as session:
+        end_session(session, token)
+    rt.users.forget(session_key(token))
 
 
 def _login_again(request: Request, error: str) -> Response:
@@ -121,6 +136,9 @@ async def logout(request: Request) -> Response:
     # A body the sign-out form never sends is a sign-out without its token.
     form = await _read_form(request, "csrf")
     if form is not None and csrf_matches(request.session.get("csrf"), form[0]):
+        signed_in = request.session.get("sid")
+        if isinstance(signed_in, str):
+            await run_in_threadpool(_end_session, request.app.state.runtime, signed_in)
         request.session.clear()
         return RedirectResponse("/login", status_code=303)
     # Refused: back to the page (with a fresh token), which says the user is

@@ -6,15 +6,17 @@ import functools
 import hashlib
 import hmac
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from sheetbridge import clock
 from sheetbridge.insurance.models import ROLES, USERNAME, User, is_device_name
-from sheetbridge.web.models import ApiToken
+from sheetbridge.web.models import ApiToken, WebSession
 
 MAX_PASSWORD = 200  # longer is no password anyone types; refused unhashed
 
@@ -101,6 +103,39 @@ def user_for_token(session: Session, token: str) -> User | None:
         select(ApiToken).where(ApiToken.token_hash == token_digest(token))
     )
     return session.get(User, row.user_id) if row else None
+
+
+def start_session(session: Session, user: User, max_age_s: float) -> str:
+    """Sign a browser in: the token its cookie keeps. Sign-ins older than
+    ``max_age_s``, whose cookies have expired, are cleared away."""
+    now = clock.now()
+    session.execute(
+        delete(WebSession).where(
+            WebSession.created_at < now - timedelta(seconds=max_age_s)
+        )
+    )
+    token = secrets.token_urlsafe(32)
+    session.add(
+        WebSession(user_id=user.id, token_hash=token_digest(token), created_at=now)
+    )
+    return token
+
+
+def user_for_session(session: Session, token: str, max_age_s: float) -> User | None:
+    """Whose sign-in the cookie's token names, unless signed out or expired."""
+    row = session.scalar(
+        select(WebSession).where(
+            WebSession.token_hash == token_digest(token),
+            WebSession.created_at >= clock.now() - timedelta(seconds=max_age_s),
+        )
+    )
+    return session.get(User, row.user_id) if row else None
+
+
+def end_session(session: Session, token: str) -> None:
+    session.execute(
+        delete(WebSession).where(WebSession.token_hash == token_digest(token))
+    )
 
 
 def new_csrf_token() -> str:
