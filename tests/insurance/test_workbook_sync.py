@@ -138,6 +138,24 @@ def test_from_sheet_imports_edits_and_creates_typed_rows_with_ids_written_back(
     assert again.get("created", 0) == 0 and again["updated"] == 0
 
 
+def test_a_row_typed_at_the_bottom_of_the_tab_imports_across_a_million_empty_rows(
+    synced: Runtime,
+) -> None:
+    last = 1_048_576  # the last row a workbook has
+    with alices_tab(synced) as (sheet, header):
+        sheet.cell(last, header["Name"]).value = "Typed At The Bottom"
+
+    imported = run_sync(synced, "alice", FROM_SHEET)
+    written = run_sync(synced, "alice", TO_SHEET)
+
+    (created,) = imported["created"]["customer"]
+    assert imported["summary"]["errors"] == 0
+    assert customer_field(synced, created, "name") == "Typed At The Bottom"
+    with alices_tab(synced) as (sheet, header):
+        assert sheet.cell(last, 1).value == created
+    assert written["summary"]["appended"] == 0
+
+
 def test_invalid_rows_are_reported_by_tab_row_and_column_and_valid_rows_import(
     synced: Runtime,
 ) -> None:

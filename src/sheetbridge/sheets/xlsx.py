@@ -474,6 +474,11 @@ def _trimmed(
     rows: list[list[Cell]] = []
     last_used = 0
     for values in lines:
+        if isinstance(values, list) and values.count("") == len(values):
+            # An empty row as calamine reads it, passed over at C speed: a
+            # tab used down to row 1,048,576 has a million of them.
+            rows.append([])
+            continue
         row = [cell(value) for value in values]
         while row and _is_empty(row[-1]):
             row.pop()

@@ -503,6 +503,8 @@ def _scan_rows(
             result.unreadable.append(number)
             result.examined += 1
             continue
+        if not cells:
+            continue  # an empty row: a tab used far down has a million
         raw_id = None if id_index is None else _cell(cells, id_index)
         if _is_blank(raw_id):
             if any(not _is_blank(_cell(cells, i)) for i in ours):
