@@ -81,7 +81,9 @@ def test_rebuilding_record_tables_for_ids_never_reused_keeps_every_row(
         database.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
 def blank_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """An empty database, on SQLite and on PostgreSQL."""
     if request.param == "sqlite":
