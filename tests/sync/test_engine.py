@@ -170,6 +170,19 @@ def test_duplicate_and_blank_headers_name_their_column_letters_c08() -> None:
     assert to.changes.is_empty()
 
 
+@pytest.mark.parametrize("plan", [plan_to_sheet, plan_from_sheet])
+def test_each_doubled_header_counts_as_the_error_it_is_listed_as(plan: Any) -> None:
+    app = {1: rec("Ann", note="call back")}
+    tab, base = synced(app)
+    tab.rows[0] += ["name", "Note"]
+
+    doubled = plan(MAPPING, tab, app, base)
+
+    listed = [i for i in doubled.issues if i.kind == "error"]
+    assert [i.column for i in listed] == ["Name", "Note"]
+    assert doubled.counts["errors"] == 2
+
+
 def test_duplicate_id_header_stops_the_tab() -> None:
     tab = tab_of([1, "Ann"], header=["ID", "Name", "ID"])
     plan = plan_from_sheet(MAPPING, tab, {1: rec("Bob")}, {1: rec("Bob")})

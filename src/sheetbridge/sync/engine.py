@@ -479,6 +479,11 @@ class _Rows:
     doubled: list[int] = dataclasses.field(default_factory=list)  # rows of an ID twice
 
 
+def _header_errors(issues: list[Issue]) -> int:
+    """How many errors an unusable header is: each one listed, at least one."""
+    return max(1, sum(issue.kind == "error" for issue in issues))
+
+
 def _cell(cells: Sequence[Cell], index: int) -> Cell:
     return cells[index] if index < len(cells) else None
 
@@ -700,8 +705,9 @@ def plan_to_sheet(
     ctx = _Pass(mapping, layout, plan, _parser_for(tab), cell_limit)
     plan.issues.extend(layout.issues)
     if not _to_sheet_header_usable(ctx, rows, base):
-        plan.counts["errors"] += 1
+        plan.counts["errors"] += _header_errors(plan.issues)
         return plan
+    plan.counts["errors"] += sum(issue.kind == "error" for issue in layout.issues)
     scanned = _scan_rows(mapping, layout, rows, ctx.parser)
     plan.compared = scanned.examined
     if layout.id_index is None:
@@ -1097,7 +1103,7 @@ def plan_from_sheet(
         plan.issues.append(_missing_tab_issue(mapping))
         return plan
     if not _prepare_from_sheet_header(ctx, rows, base):
-        plan.counts["errors"] += 1
+        plan.counts["errors"] += _header_errors(plan.issues)
         return plan
     scanned = _scan_rows(mapping, layout, rows, ctx.parser)
     plan.compared = scanned.examined
