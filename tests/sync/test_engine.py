@@ -1404,10 +1404,31 @@ def test_a_merge_over_synced_cells_is_an_error_and_never_imports_them_as_empty()
     assert "unmerge them" in error.reason and "'Premium'" in error.reason
     assert plan.counts["errors"] == 1
     assert 2 not in plan.updates, "the merged row is not imported"
-    assert 2 not in plan.snapshots
+    # Merging emptied the hidden cells: from now on that is their last value.
+    assert plan.snapshots[2] == {**base[2], "premium": None}
     assert plan.creates == [] and not any(
         i.kind == "deleted_in_sheet" for i in plan.issues
     )
+
+
+@pytest.mark.parametrize("seen_by", [plan_from_sheet, plan_to_sheet])
+def test_cells_a_merge_emptied_get_the_apps_values_back_once_unmerged(
+    seen_by: Any,
+) -> None:
+    app = {1: rec("Ann", note="call back"), 2: rec("Bob", note="paid")}
+    tab, base = synced(app)
+    merged(tab, "G3:H3")  # Phone and Note of Bob's row: Note emptied
+    while_merged = seen_by(MAPPING, tab, app, base)
+    base = {**base, **while_merged.snapshots}
+    tab.merges.clear()  # unmerged: the Note cell stays empty
+
+    imported = plan_from_sheet(MAPPING, tab, app, base)
+    written = plan_to_sheet(MAPPING, tab, app, base)
+
+    assert imported.updates == {}, "the emptied cell is no edit to import"
+    assert imported.counts["pending_export"] == 1
+    note = (3, HEADER.index("Note") + 1)
+    assert written.changes.cells == {note: "paid"}
 
 
 def test_a_merge_of_an_unsynced_column_into_its_neighbour_is_no_concern() -> None:

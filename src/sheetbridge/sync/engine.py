@@ -330,7 +330,8 @@ def _read_merge(
         None,  # the hidden cell's own value is gone; the merge shows another
         f"cells {ref} are merged, hiding {what} in {rows_text}: not synced "
         "until you unmerge them so each column has its own value (merging "
-        "emptied the hidden cells: check them first)",
+        "emptied the hidden cells; once unmerged, a sync to the sheet writes "
+        "the app's values back into them)",
     )
     layout.merge_issues.append((issue, rows_text))
 
@@ -805,7 +806,7 @@ def _sync_row_to_sheet(
         writes = {}
         snapshot = dict(old) if old is not None else {}
     _emit_writes(ctx, number, writes)
-    ctx.plan.snapshots[record_id] = snapshot
+    ctx.plan.snapshots[record_id] = _emptied_by_merge(ctx, number, snapshot)
 
 
 def _field_to_sheet(
@@ -862,6 +863,17 @@ def _field_to_sheet(
             ctx, record_id, column, number, (app_value, sheet_value, base_value)
         )
     return None
+
+
+def _emptied_by_merge(ctx: _Pass[Any], number: int, snapshot: Record) -> Record:
+    """``snapshot`` with the fields a merge hides in row ``number`` empty:
+    merging emptied their cells. Once unmerged, the cells' emptiness is then
+    no edit to import over the app's values, which go back into them."""
+    hidden = ctx.layout.hidden.get(number, set())
+    for column, index in ctx.columns:
+        if index in hidden:
+            snapshot[column.field] = None
+    return snapshot
 
 
 def _last_agreed(old: Record | None) -> Record:
@@ -1119,6 +1131,10 @@ def plan_from_sheet(
         plan.rows[record_id] = number
         if number not in layout.hidden:
             _import_row(ctx, record_id, number, cells, app, base)
+        elif record_id in base:
+            plan.snapshots[record_id] = _emptied_by_merge(
+                ctx, number, _last_agreed(base[record_id])
+            )
     for number, cells in scanned.new:
         if number not in layout.hidden:
             _create_row(ctx, number, cells)
