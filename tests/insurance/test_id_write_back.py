@@ -267,6 +267,11 @@ def test_an_import_retried_after_it_saved_reports_what_its_first_attempt_did(
     assert job.result["tabs"]["Customers"]["counts"]["created"] == len(NAMES)
     assert sorted(job.result["changed"]["customer"]) == created
     assert_each_row_imported_once(synced)
+    # Each row counted once: the rows the first attempt created are not
+    # "unchanged" as well because the retry found them so.
+    counts = job.result["tabs"]["Customers"]["counts"]
+    rows = load_workbook(workbook_path(synced, "alice"))["Customers"].max_row - 1
+    assert counts["created"] + counts["updated"] + counts["unchanged"] == rows
 
 
 def test_an_import_that_changed_its_own_new_records_on_a_retry_can_be_undone(

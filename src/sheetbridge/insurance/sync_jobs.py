@@ -497,7 +497,8 @@ class SyncService:
     ) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
         """The records a retried import changed, and those it created, over
         all its attempts, its plans' counts set to match: the result tells
-        what the import did."""
+        what the import did. A record an earlier attempt changed, which this
+        one found unchanged, counts as changed only."""
         with self.db.read_session() as session:
             done = import_done(session, job_id)
         changed: dict[str, list[int]] = {}
@@ -505,7 +506,13 @@ class SyncService:
         for mapping in MAPPINGS:
             entity = ENTITY[mapping.tab]
             new, updated = done.created[entity], done.updated[entity]
-            plans[mapping.tab].counts.update(created=len(new), updated=len(updated))
+            counts = plans[mapping.tab].counts
+            earlier = len(new | updated) - counts["created"] - counts["updated"]
+            counts.update(
+                created=len(new),
+                updated=len(updated),
+                unchanged=max(0, counts["unchanged"] - earlier),
+            )
             changed[entity] = sorted(new | updated)
             created[entity] = sorted(new)
         return changed, created
