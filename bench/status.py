@@ -17,26 +17,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from demobook import demo_runtime, timed_sync, user_named
 from openpyxl import load_workbook
 from sqlalchemy import select
 
-from sheetbridge.config import Settings
-from sheetbridge.insurance.demo import seed_demo
-from sheetbridge.insurance.models import User
 from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET, brief_result
 from sheetbridge.queue.models import FINAL_STATES, Job
-from sheetbridge.queue.worker import WorkerPool
-from sheetbridge.web.app import build_runtime
 from sheetbridge.web.deps import Runtime
-from sheetbridge.web.security import hash_password
 from sheetbridge.web.sync_api import jobs_status
 
 DATE_COLUMNS = {"Customers": "Date of Birth", "Policies": "Effective Date"}
-
-
-def run(runtime: Runtime, user: User, kind: str) -> None:
-    runtime.sync.enqueue(user, kind)
-    WorkerPool(runtime.queue, runtime.sync.handlers).run_until_empty()
 
 
 def break_dates(path: Path) -> None:
@@ -77,16 +67,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=30)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        runtime = build_runtime(Settings(data_dir=Path(tmp), demo=False))
-        runtime.db.upgrade()
-        with runtime.db.session() as session:
-            seed_demo(session, password_hasher=hash_password)
-        with runtime.db.read_session() as session:
-            admin = session.scalars(select(User).where(User.username == "admin")).one()
-        run(runtime, admin, TO_SHEET)
+        runtime = demo_runtime(Path(tmp))
+        admin = user_named(runtime, "admin")
+        timed_sync(runtime, admin, TO_SHEET)
         break_dates(next(Path(tmp).rglob("admin.xlsx")))
         for _ in range(args.imports):
-            run(runtime, admin, FROM_SHEET)
+            timed_sync(runtime, admin, FROM_SHEET)
         (last,) = runtime.queue.finished(admin.id, before=None, limit=1)[0]
         errors = sum(tab["issues_listed"] for tab in last.result_brief["tabs"].values())
         print(f"{args.imports} imports of {errors} row errors listed each")

@@ -15,43 +15,25 @@ from pathlib import Path
 
 import httpx
 import uvicorn
-from sqlalchemy import select
+from demobook import demo_runtime, timed_sync, user_named
 
 from sheetbridge.config import Settings
-from sheetbridge.insurance.demo import seed_demo
-from sheetbridge.insurance.models import User
 from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
-from sheetbridge.queue.worker import WorkerPool
 from sheetbridge.web.app import build_runtime, create_app
-from sheetbridge.web.deps import Runtime
-from sheetbridge.web.security import add_user, hash_password, issue_token
-
-
-def timed_sync(runtime: Runtime, user: User, kind: str) -> tuple[float, dict[str, int]]:
-    queued = runtime.sync.enqueue(user, kind)
-    started = time.perf_counter()
-    WorkerPool(runtime.queue, runtime.sync.handlers).run_until_empty()
-    elapsed = time.perf_counter() - started
-    job = runtime.queue.get(queued.job_id)
-    assert job.state == "succeeded", job.error
-    assert job.result is not None
-    return elapsed, job.result["summary"]
+from sheetbridge.web.security import add_user, issue_token
 
 
 def demo_book(data_dir: Path) -> None:
-    runtime = build_runtime(Settings(data_dir=data_dir, demo=False))
-    runtime.db.upgrade()
-    with runtime.db.session() as session:
-        seed_demo(session, password_hasher=hash_password)
-    with runtime.db.read_session() as session:
-        admin = session.scalars(select(User).where(User.username == "admin")).one()
+    runtime = demo_runtime(data_dir)
+    admin = user_named(runtime, "admin")
     print("demo book (admin: 300 customers + 800 policies), xlsx backend")
     for label, kind in (
         ("to-sheet, empty workbook", TO_SHEET),
         ("to-sheet, unchanged", TO_SHEET),
         ("from-sheet, unchanged", FROM_SHEET),
     ):
-        seconds, summary = timed_sync(runtime, admin, kind)
+        seconds, result = timed_sync(runtime, admin, kind)
+        summary = result["summary"]
         written = summary.get("written_cells", 0) + summary.get("appended", 0)
         print(f"  {label:<28} {seconds * 1000:8.0f} ms   rows/cells written {written}")
     runtime.db.dispose()

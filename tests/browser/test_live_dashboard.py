@@ -12,6 +12,7 @@ import statistics
 import time
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -640,12 +641,18 @@ def test_an_import_that_failed_after_saving_says_so_and_is_undone(
         page.close()
 
 
-def test_failed_sync_shows_the_reason_and_what_to_do(
-    browser: Browser, runtime: Runtime, tokens: dict[str, str]
-) -> None:
+def break_alices_workbook(runtime: Runtime) -> Path:
+    """Put bytes that are no workbook where alice's workbook goes."""
     path = workbook_path(runtime, "alice")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"these bytes are not a workbook")
+    return path
+
+
+def test_failed_sync_shows_the_reason_and_what_to_do(
+    browser: Browser, runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    path = break_alices_workbook(runtime)
     with live_server(runtime) as url, api_client(url, tokens["alice"]) as api:
         queued = api.post("/api/insurance/sync/from-sheet").json()
         job = final_job(api, queued["job_id"])
@@ -674,9 +681,7 @@ def test_failed_sync_shows_the_reason_and_what_to_do(
 def test_an_admin_sees_everyones_syncs_whose_they_are_and_how_they_ended(
     browser: Browser, runtime: Runtime, tokens: dict[str, str]
 ) -> None:
-    path = workbook_path(runtime, "alice")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"these bytes are not a workbook")
+    break_alices_workbook(runtime)
     with (
         live_server(runtime) as url,
         api_client(url, tokens["alice"]) as alice,
