@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import Message, Receive
 
-from sheetbridge.insurance.models import LINES_OF_BUSINESS, POLICY_STATUSES, User
+from sheetbridge.insurance.models import LINES_OF_BUSINESS, POLICY_STATUSES
 from sheetbridge.web.deps import PageUser, Runtime, session_key
 from sheetbridge.web.security import (
     MAX_PASSWORD,
@@ -55,11 +55,11 @@ async def login(request: Request) -> Response:
     # No user has a longer name or password: refused without hashing it.
     if not 1 <= len(username) <= 64 or len(password) > MAX_PASSWORD:
         return _login_again(request, "Wrong username or password.")
-    rt: Runtime = request.app.state.runtime
-    user = await run_in_threadpool(_authenticate, rt, username, password)
-    if user is None:
+    token = await run_in_threadpool(
+        _sign_in, request.app.state.runtime, username, password
+    )
+    if token is None:
         return _login_again(request, "Wrong username or password.")
-    token = await run_in_threadpool(_start_session, rt, user)
     request.session.clear()
     request.session["sid"] = token
     request.session["csrf"] = new_csrf_token()
@@ -106,12 +106,12 @@ def _capped(receive: Receive, limit: int) -> Receive:
     return receive_capped
 
 
-def _authenticate(rt: Runtime, username: str, password: str) -> User | None:
+def _sign_in(rt: Runtime, username: str, password: str) -> str | None:
+    """The new sign-in's token, or None for a wrong username or password."""
     with rt.db.read_session() as session:
-        return authenticate(session, username, password)
-
-
-def _start_session(rt: Runtime, user: User) -> str:
+        user = authenticate(session, username, password)
+    if user is None:
+        return None
     with rt.db.session() as session:
         return start_session(session, user, rt.settings.session_max_age_s)
 
