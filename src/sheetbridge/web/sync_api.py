@@ -156,7 +156,7 @@ def job_views(
     if imports:
         with rt.db.read_session() as session:
             saved = review.saved_changes(session, imports)
-    views = [
+    return [
         {
             **job_view(rt.queue, job, _result(job, brief)),
             "saved_changes": (
@@ -166,7 +166,6 @@ def job_views(
         }
         for job in jobs
     ]
-    return views
 
 
 def _result(job: Job, brief: bool) -> dict[str, Any] | None:
@@ -179,10 +178,13 @@ def _result(job: Job, brief: bool) -> dict[str, Any] | None:
     return brief_result(job.result)
 
 
-def everyones_views(rt: Runtime, jobs: list[Job]) -> list[dict[str, Any]]:
-    """Brief views of many users' jobs, each naming whose it is (``owner``)."""
+def listed_views(
+    rt: Runtime, jobs: list[Job], owner: int | None
+) -> list[dict[str, Any]]:
+    """Brief views of ``owner``'s jobs, or (None) of everyone's, each then
+    naming whose it is (``owner``)."""
     views = job_views(rt, jobs, brief=True)
-    owners = {view["owner_id"] for view in views}
+    owners = {view["owner_id"] for view in views} if owner is None else set()
     if owners:
         with rt.db.read_session() as session:
             rows = session.execute(
@@ -216,21 +218,20 @@ def older_jobs(
     """The caller's finished jobs (admins may ask for all), newest first,
     older than job ``before``: the history past the status's recent jobs,
     a page at a time, each result with its issues counted."""
-    everyone = all_users and user.is_admin
-    jobs, more = rt.queue.finished(
-        None if everyone else user.id, before=before, limit=limit
-    )
-    views = everyones_views(rt, jobs) if everyone else job_views(rt, jobs, brief=True)
-    return JsonAnswer({"jobs": views, "more": more})
+    owner = None if (all_users and user.is_admin) else user.id
+    jobs, more = rt.queue.finished(owner, before=before, limit=limit)
+    return JsonAnswer({"jobs": listed_views(rt, jobs, owner), "more": more})
 
 
 def jobs_status(rt: Runtime, owner: int | None) -> dict[str, list[dict[str, Any]]]:
     """The running, queued and recent jobs of ``owner`` (None: everyone's,
     each naming whose it is)."""
-    jobs = rt.queue.status(owner, recent=rt.settings.recent_jobs)
-    if owner is None:
-        return {name: everyones_views(rt, group) for name, group in jobs.items()}
-    return {name: job_views(rt, group, brief=True) for name, group in jobs.items()}
+    groups = rt.queue.status(owner, recent=rt.settings.recent_jobs)
+    # All groups' views at once: one look-up of imports' changes and names.
+    views = iter(
+        listed_views(rt, [job for jobs in groups.values() for job in jobs], owner)
+    )
+    return {name: [next(views) for _ in jobs] for name, jobs in groups.items()}
 
 
 def _own_job(job_id: JobId, user: CurrentUser, rt: RuntimeDep) -> Job:
