@@ -1292,27 +1292,37 @@
   const history = { limit: RECENT_LIMIT, more: true, expanded: false };
   const olderButton = $("#older-jobs");
 
-  async function showOlder() {
-    const shown = Array.from(jobs.values()).filter((j) => FINAL.has(j.state)).map((j) => j.id);
+  // The page of finished syncs before the oldest of ``shown`` (a list's job
+  // views), said out loud; null where it could not be loaded, also said.
+  async function olderPage(button, shown, everyone = false) {
+    const finished = shown.filter((j) => FINAL.has(j.state)).map((j) => j.id);
     const params = new URLSearchParams({ limit: String(RECENT_LIMIT) });
-    if (shown.length) params.set("before", String(Math.min(...shown)));
-    const hadFocus = document.activeElement === olderButton;
-    olderButton.disabled = true;
+    if (everyone) params.set("all_users", "true");
+    if (finished.length) params.set("before", String(Math.min(...finished)));
+    button.disabled = true;
     try {
       const page = await api("GET", `/api/insurance/sync/jobs?${params}`);
-      for (const job of page.jobs) upsertJob(job);
-      history.limit = Infinity;
-      history.expanded = true;
-      history.more = page.more;
-      render();
       announce(page.jobs.length ? `${plural(page.jobs.length, "older sync")} shown.` : "There are no older syncs.");
-      // The first of them takes the focus: the button may be gone.
-      if (page.jobs.length && hadFocus) focusJob(page.jobs[0].id);
+      return page;
     } catch (err) {
       announce(`Could not load older syncs: ${err.message}`, "error");
+      return null;
     } finally {
-      olderButton.disabled = false;
+      button.disabled = false;
     }
+  }
+
+  async function showOlder() {
+    const hadFocus = document.activeElement === olderButton;
+    const page = await olderPage(olderButton, Array.from(jobs.values()));
+    if (!page) return;
+    for (const job of page.jobs) upsertJob(job);
+    history.limit = Infinity;
+    history.expanded = true;
+    history.more = page.more;
+    render();
+    // The first of them takes the focus: the button may be gone.
+    if (page.jobs.length && hadFocus) focusJob(page.jobs[0].id);
   }
   olderButton.addEventListener("click", showOlder);
 
@@ -2073,22 +2083,12 @@
       else clearTimeout(timer);
     });
     olderAll.addEventListener("click", async () => {
-      const finished = Array.from(shown.values()).filter((j) => FINAL.has(j.state)).map((j) => j.id);
-      const params = new URLSearchParams({ all_users: "true", limit: String(RECENT_LIMIT) });
-      if (finished.length) params.set("before", String(Math.min(...finished)));
-      olderAll.disabled = true;
-      try {
-        const page = await api("GET", `/api/insurance/sync/jobs?${params}`);
-        for (const job of page.jobs) shown.set(job.id, job);
-        olderAll.dataset.asked = "true";
-        more = page.more;
-        renderAll();
-        announce(page.jobs.length ? `${plural(page.jobs.length, "older sync")} shown.` : "There are no older syncs.");
-      } catch (err) {
-        announce(`Could not load older syncs: ${err.message}`, "error");
-      } finally {
-        olderAll.disabled = false;
-      }
+      const page = await olderPage(olderAll, Array.from(shown.values()), true);
+      if (!page) return;
+      for (const job of page.jobs) shown.set(job.id, job);
+      olderAll.dataset.asked = "true";
+      more = page.more;
+      renderAll();
     });
   }
 
