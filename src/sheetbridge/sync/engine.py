@@ -480,9 +480,8 @@ class _Rows:
     doubled: list[int] = dataclasses.field(default_factory=list)  # rows of an ID twice
 
 
-def _header_errors(issues: list[Issue]) -> int:
-    """How many errors an unusable header is: each one listed, at least one."""
-    return max(1, sum(issue.kind == "error" for issue in issues))
+def _errors_in(issues: list[Issue]) -> int:
+    return sum(issue.kind == "error" for issue in issues)
 
 
 def _cell(cells: Sequence[Cell], index: int) -> Cell:
@@ -705,10 +704,11 @@ def plan_to_sheet(
     layout = _read_layout(mapping, rows, tab.merges if tab is not None else ())
     ctx = _Pass(mapping, layout, plan, _parser_for(tab), cell_limit)
     plan.issues.extend(layout.issues)
+    plan.counts["errors"] += _errors_in(layout.issues)
     if not _to_sheet_header_usable(ctx, rows, base):
-        plan.counts["errors"] += _header_errors(plan.issues)
+        # Each error the header check listed counts, and at least one.
+        plan.counts["errors"] = max(1, _errors_in(plan.issues))
         return plan
-    plan.counts["errors"] += sum(issue.kind == "error" for issue in layout.issues)
     scanned = _scan_rows(mapping, layout, rows, ctx.parser)
     plan.compared = scanned.examined
     if layout.id_index is None:
@@ -1109,13 +1109,14 @@ def plan_from_sheet(
     plan = FromSheetPlan({}, [], {}, [], [], _from_sheet_counts(), 0, TabChanges())
     ctx = _Pass(mapping, layout, plan, _parser_for(tab))
     plan.issues.extend(layout.issues)
+    plan.counts["errors"] += _errors_in(layout.issues)
     if layout.strangers:
         plan.issues.extend(_stranger_issues(mapping, rows[0], layout))
     if tab is None:
         plan.issues.append(_missing_tab_issue(mapping))
         return plan
     if not _prepare_from_sheet_header(ctx, rows, base):
-        plan.counts["errors"] += _header_errors(plan.issues)
+        plan.counts["errors"] = max(1, _errors_in(plan.issues))
         return plan
     scanned = _scan_rows(mapping, layout, rows, ctx.parser)
     plan.compared = scanned.examined
