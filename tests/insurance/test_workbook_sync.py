@@ -14,6 +14,8 @@ from sqlalchemy import select
 
 from sheetbridge.insurance import sync_jobs
 from sheetbridge.insurance.models import Customer, Policy, User
+from sheetbridge.insurance.schemas import CustomerCreate
+from sheetbridge.insurance.services import Book
 from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
 from sheetbridge.queue.models import Job
 from sheetbridge.queue.worker import WorkerPool
@@ -154,6 +156,13 @@ def test_a_row_typed_at_the_bottom_of_the_tab_imports_across_a_million_empty_row
     with alices_tab(synced) as (sheet, header):
         assert sheet.cell(last, 1).value == created
     assert written["summary"]["appended"] == 0
+    # No row is left below: a record added now waits, told, and the sync goes on.
+    with synced.db.session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+        waiting = Book(session, alice).create_customer(CustomerCreate(name="No Room"))
+    no_room = run_sync(synced, "alice", TO_SHEET)
+    (issue,) = no_room["tabs"]["Customers"]["issues"]
+    assert issue["value"] == str(waiting.id) and "no row left" in issue["reason"]
 
 
 def test_invalid_rows_are_reported_by_tab_row_and_column_and_valid_rows_import(

@@ -14,6 +14,7 @@ from sheetbridge.sheets.base import Cell, CellRange, ErrorValue, TabChanges, Tab
 from sheetbridge.sheets.xlsx import XlsxBackend
 from sheetbridge.sync.columns import Canonical, Column, ColumnType, parse_value
 from sheetbridge.sync.engine import (
+    MAX_SHEET_ROWS,
     Conflict,
     FromSheetPlan,
     Record,
@@ -1528,6 +1529,25 @@ def test_to_sheet_adds_no_rows_into_a_merge_below_the_data() -> None:
         error.reason
     )
     assert "record 3 is added once you unmerge them" in error.reason
+    assert plan.counts["appended"] == 0 and plan.counts["errors"] == 1
+
+
+def test_a_new_record_with_no_row_left_below_the_table_waits_as_an_error() -> None:
+    app = {1: rec("Ann"), 2: rec("Bob")}
+    tab, base = synced({1: app[1]})
+    # Ann's row is the tab's very last one.
+    empty: list[Cell] = []
+    tab.rows[1:] = [empty] * (MAX_SHEET_ROWS - 2) + [row_of(1, app[1])]
+    app[1] = rec("Ann", note="call back")
+
+    plan = plan_to_sheet(MAPPING, tab, app, base)
+
+    assert plan.changes.append == [] and 2 not in plan.snapshots
+    note = (MAX_SHEET_ROWS, HEADER.index("Note") + 1)
+    assert plan.changes.cells == {note: "call back"}, "other changes still go"
+    (error,) = plan.issues
+    assert (error.kind, error.row, error.value) == ("error", MAX_SHEET_ROWS + 1, "2")
+    assert "no row left below its last one" in error.reason
     assert plan.counts["appended"] == 0 and plan.counts["errors"] == 1
 
 

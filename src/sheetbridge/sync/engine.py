@@ -341,32 +341,50 @@ def _merge_ref(merge: CellRange) -> str:
     return f"{first}:{column_letter(merge.last_column)}{merge.last_row}"
 
 
-def _keep_appends_out_of_merges(ctx: _ToSheet, rows: int) -> None:
+# The rows a workbook's tab has; a Google tab of our columns reaches its
+# cell limit sooner.
+MAX_SHEET_ROWS = 1_048_576
+
+
+def _keep_appends_in_room(ctx: _ToSheet, rows: int) -> None:
     """Rows go below the last one (``rows``), never into merged cells there,
-    whose hidden parts would not show them: such records wait, each told."""
+    whose hidden parts would not show them, nor past the sheet's last row:
+    such records wait, each told."""
     appended = ctx.plan.changes.append
     first, last = rows + 1, rows + len(appended)
     merge = next(
         (m for m in ctx.layout.below if m.first_row <= last and m.last_row >= first),
         None,
     )
-    if merge is None:
+    if merge is None and last <= MAX_SHEET_ROWS:
         return
     id_index = ctx.layout.id_index
     assert id_index is not None  # set by plan_to_sheet before appending
+    kept = []
     for number, row in enumerate(appended, first):
+        if merge is None and number <= MAX_SHEET_ROWS:
+            kept.append(row)
+            continue
         record_id = row[id_index]
         assert isinstance(record_id, int)
         del ctx.plan.snapshots[record_id]
-        reason = (
-            f"cells {_merge_ref(merge)} are merged right below the table, where "
-            f"new rows go; record {record_id} is added once you unmerge them"
-        )
+        if merge is not None:
+            reason = (
+                f"cells {_merge_ref(merge)} are merged right below the table, "
+                f"where new rows go; record {record_id} is added once you "
+                "unmerge them"
+            )
+        else:
+            reason = (
+                f"the tab has no row left below its last one (row "
+                f"{MAX_SHEET_ROWS:,} is used); record {record_id} is added once "
+                "the rows at the bottom of the tab are cleared"
+            )
         ctx.issue(
             Issue(ctx.mapping.tab, number, None, str(record_id), reason), "errors"
         )
-    ctx.plan.counts["appended"] -= len(appended)
-    appended.clear()
+    ctx.plan.counts["appended"] -= len(appended) - len(kept)
+    appended[:] = kept
 
 
 def _stranger_issues(
@@ -748,7 +766,7 @@ def plan_to_sheet(
         else:
             _append(ctx, record_id, app[record_id])
     if plan.changes.append:
-        _keep_appends_out_of_merges(ctx, len(rows))
+        _keep_appends_in_room(ctx, len(rows))
     return plan
 
 
