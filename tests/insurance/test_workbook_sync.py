@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from openpyxl import load_workbook
+from openpyxl.utils import get_column_letter
 from sqlalchemy import select
 
 from sheetbridge.insurance import sync_jobs
@@ -964,6 +965,35 @@ def test_merged_cells_are_reported_and_never_clear_a_field_either_way(
     assert sheet_cell(synced, row, header["City"]) == "Augusta"
     assert sheet_cell(synced, row, email) is None
     assert customer_field(synced, record_id, "email") == "changed@example.com"
+
+
+def test_a_value_typed_where_a_merge_was_is_imported_and_the_other_refilled(
+    synced: Runtime,
+) -> None:
+    with alices_tab(synced) as (customers, header):
+        email, city = header["Email"], header["City"]
+        row = next(
+            r
+            for r in range(2, 40)
+            if customers.cell(r, email).value and customers.cell(r, city).value
+        )
+        record_id = customers.cell(row, 1).value
+        old_city = customers.cell(row, city).value
+        merge = f"{get_column_letter(email - 1)}{row}:{get_column_letter(city)}{row}"
+        customers.merge_cells(merge)  # Name over Email … City: both emptied
+    assert errors_of(run_sync(synced, "alice", FROM_SHEET))
+    with alices_tab(synced) as (customers, _):
+        customers.unmerge_cells(merge)
+        customers.cell(row, email).value = "typed@example.com"
+
+    imported = run_sync(synced, "alice", FROM_SHEET)
+    written = run_sync(synced, "alice", TO_SHEET)
+
+    assert imported["tabs"]["Customers"]["counts"]["conflicts"] == 0
+    assert customer_field(synced, record_id, "email") == "typed@example.com"
+    assert customer_field(synced, record_id, "city") == old_city
+    assert written["summary"]["issues"] == 0
+    assert sheet_cell(synced, row, city) == old_city
 
 
 def test_a_record_deleted_in_the_app_before_its_write_back_is_told_not_written(

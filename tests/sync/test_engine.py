@@ -1408,8 +1408,10 @@ def test_a_merge_over_synced_cells_is_an_error_and_never_imports_them_as_empty()
     assert "unmerge them" in error.reason and "'Premium'" in error.reason
     assert plan.counts["errors"] == 1
     assert 2 not in plan.updates, "the merged row is not imported"
-    # Merging emptied the hidden cells: from now on that is their last value.
-    assert plan.snapshots[2] == {**base[2], "premium": None}
+    # The hidden cells keep the value both sides last agreed on; that
+    # merging emptied them is noted, so their emptiness is no edit.
+    assert {k: v for k, v in plan.snapshots[2].items() if k in base[2]} == base[2]
+    assert plan.snapshots[2] != base[2]
     assert plan.creates == [] and not any(
         i.kind == "deleted_in_sheet" for i in plan.issues
     )
@@ -1433,6 +1435,81 @@ def test_cells_a_merge_emptied_get_the_apps_values_back_once_unmerged(
     assert imported.counts["pending_export"] == 1
     note = (3, HEADER.index("Note") + 1)
     assert written.changes.cells == {note: "paid"}
+
+
+def unmerged_after_a_sync(
+    seen_by: Any, app: dict[int, Record], ref: str
+) -> tuple[TabData, dict[int, Record]]:
+    """A tab synced with ``app``, then merged over ``ref`` and seen by one
+    sync (``seen_by``) while merged, then unmerged: the hidden cells stay
+    empty. Returns the tab and the base the next sync starts from."""
+    tab, base = synced(app)
+    merged(tab, ref)
+    base = {**base, **seen_by(MAPPING, tab, app, base).snapshots}
+    tab.merges.clear()
+    return tab, base
+
+
+@pytest.mark.parametrize("seen_by", [plan_from_sheet, plan_to_sheet])
+def test_a_value_typed_into_a_cell_a_merge_emptied_is_an_edit_not_a_conflict(
+    seen_by: Any,
+) -> None:
+    app = {1: rec("Ann"), 2: rec("Bob", note="paid")}
+    tab, base = unmerged_after_a_sync(seen_by, app, "G3:H3")
+    tab.rows[2][HEADER.index("Note")] = "paid twice"  # typed once unmerged
+
+    imported = plan_from_sheet(MAPPING, tab, app, base)
+    written = plan_to_sheet(MAPPING, tab, app, base)
+
+    assert imported.conflicts == [] and written.conflicts == []
+    assert imported.updates == {2: {"note": "paid twice"}}
+    assert written.edits == {2: {"note": "paid twice"}}
+    assert written.changes.is_empty(), "the sheet's edit is not overwritten"
+
+
+@pytest.mark.parametrize("seen_by", [plan_from_sheet, plan_to_sheet])
+def test_an_app_edit_made_while_cells_were_merged_goes_into_them_once_unmerged(
+    seen_by: Any,
+) -> None:
+    app = {1: rec("Ann"), 2: rec("Bob", note="paid")}
+    tab, base = unmerged_after_a_sync(seen_by, app, "G3:H3")
+    app[2] = {**app[2], "note": "refunded"}  # edited in the app meanwhile
+
+    imported = plan_from_sheet(MAPPING, tab, app, base)
+    written = plan_to_sheet(MAPPING, tab, app, base)
+
+    assert imported.updates == {} and imported.conflicts == []
+    assert imported.counts["pending_export"] == 1
+    assert written.changes.cells == {(3, HEADER.index("Note") + 1): "refunded"}
+
+
+def test_edits_on_both_sides_of_a_cell_a_merge_emptied_are_a_conflict() -> None:
+    app = {1: rec("Ann"), 2: rec("Bob", note="paid")}
+    tab, base = unmerged_after_a_sync(plan_to_sheet, app, "G3:H3")
+    app[2] = {**app[2], "note": "refunded"}
+    tab.rows[2][HEADER.index("Note")] = "paid twice"
+
+    plan = plan_from_sheet(MAPPING, tab, app, base)
+
+    (conflict,) = plan.conflicts
+    assert (conflict.app, conflict.sheet) == ("refunded", "paid twice")
+    assert conflict.base == "paid", "the base is the value both last had"
+
+
+def test_once_its_value_is_back_a_cell_a_merge_emptied_is_cleared_as_any_other() -> (
+    None
+):
+    app = {1: rec("Ann"), 2: rec("Bob", note="paid")}
+    tab, base = unmerged_after_a_sync(plan_from_sheet, app, "G3:H3")
+    written = plan_to_sheet(MAPPING, tab, app, base)
+    base = {**base, **written.snapshots}
+    tab = TabData(apply_changes(tab.rows, written.changes), "v2")
+    assert tab.rows[2][HEADER.index("Note")] == "paid"
+    tab.rows[2][HEADER.index("Note")] = None  # a person clears it, on purpose
+
+    plan = plan_from_sheet(MAPPING, tab, app, base)
+
+    assert plan.updates == {2: {"note": None}}
 
 
 def test_a_merge_of_an_unsynced_column_into_its_neighbour_is_no_concern() -> None:

@@ -40,6 +40,9 @@ from sheetbridge.sync.columns import (
 
 Record: TypeAlias = dict[str, Canonical]
 """Field name -> canonical value."""
+# A snapshot's key (no field's name) listing the fields whose cells a merge
+# emptied, comma-separated.
+EMPTIED_BY_MERGE = "~emptied by merge"
 
 DELETE_MODES = ("flag", "delete")
 # Of a synced record the app's book no longer has: the sync cannot tell which.
@@ -811,10 +814,13 @@ def _sync_row_to_sheet(
     old = base.get(record_id)
     writes: dict[int, Cell] = {}
     snapshot = _last_agreed(old)
+    # An emptied cell the sheet shows again gets its value now, or holds one.
+    waiting = set(_emptied(old))
     hidden = ctx.layout.hidden.get(number, set())
     for column, index in ctx.columns:
         if index in hidden:
             continue  # a merge hides the cell: neither read nor written
+        waiting.discard(column.field)
         write = _field_to_sheet(
             ctx, record_id, number, column, _cell(cells, index), record, old, snapshot
         )
@@ -823,8 +829,9 @@ def _sync_row_to_sheet(
     if writes and not _app_values_valid(ctx, record_id, number, record, writes):
         writes = {}
         snapshot = dict(old) if old is not None else {}
+        waiting = set(_emptied(old))
     _emit_writes(ctx, number, writes)
-    ctx.plan.snapshots[record_id] = _emptied_by_merge(ctx, number, snapshot)
+    ctx.plan.snapshots[record_id] = _emptied_by_merge(ctx, number, snapshot, waiting)
 
 
 def _field_to_sheet(
@@ -848,6 +855,9 @@ def _field_to_sheet(
         ctx.issue(_cell_issue(ctx.mapping, number, column, raw, exc), "errors")
         _keep_base(snapshot, name, base_value)
         return None
+    if sheet_value is None and name in _emptied(old):
+        snapshot[name] = app_value  # the app's value goes back into the cell
+        return None if app_value is None else (render_cell(column, app_value),)
     if sheet_value == app_value:
         snapshot[name] = app_value
         if column.digits and isinstance(raw, int | float) and app_value is not None:
@@ -883,15 +893,34 @@ def _field_to_sheet(
     return None
 
 
-def _emptied_by_merge(ctx: _Pass[Any], number: int, snapshot: Record) -> Record:
-    """``snapshot`` with the fields a merge hides in row ``number`` empty:
-    merging emptied their cells. Once unmerged, the cells' emptiness is then
-    no edit to import over the app's values, which go back into them."""
-    hidden = ctx.layout.hidden.get(number, set())
-    for column, index in ctx.columns:
-        if index in hidden:
-            snapshot[column.field] = None
+def _emptied_by_merge(
+    ctx: _Pass[Any], number: int, snapshot: Record, waiting: Iterable[str] = ()
+) -> Record:
+    """``snapshot`` noting as emptied the fields a merge hides in row
+    ``number``, and ``waiting``: fields emptied before whose cells still wait
+    for their value.
+
+    Merging empties the hidden cells. Such a field keeps the value both sides
+    last agreed on, and its empty cell is no edit: once unmerged, the app's
+    value goes back into it, and a value typed there is an edit like any other.
+    """
+    hidden = ctx.layout.hidden.get(number)
+    if not hidden and not waiting:
+        snapshot.pop(EMPTIED_BY_MERGE, None)
+        return snapshot
+    hidden = hidden or set()
+    emptied = {*waiting, *(column.field for column, i in ctx.columns if i in hidden)}
+    if emptied:
+        snapshot[EMPTIED_BY_MERGE] = ",".join(sorted(emptied))
+    else:
+        snapshot.pop(EMPTIED_BY_MERGE, None)
     return snapshot
+
+
+def _emptied(snapshot: Record | None) -> frozenset[str]:
+    """The fields of ``snapshot`` whose cells a merge emptied."""
+    names = snapshot.get(EMPTIED_BY_MERGE) if snapshot else None
+    return frozenset(names.split(",")) if isinstance(names, str) else frozenset()
 
 
 def _last_agreed(old: Record | None) -> Record:
@@ -1151,8 +1180,9 @@ def plan_from_sheet(
         if number not in layout.hidden:
             _import_row(ctx, record_id, number, cells, app, base)
         elif record_id in base:
+            old = base[record_id]
             plan.snapshots[record_id] = _emptied_by_merge(
-                ctx, number, _last_agreed(base[record_id])
+                ctx, number, _last_agreed(old), _emptied(old)
             )
     for number, cells in scanned.new:
         if number not in layout.hidden:
@@ -1251,6 +1281,8 @@ def _import_row(
     old = base.get(record_id)
     updates: Record = {}
     snapshot = _last_agreed(old)
+    emptied = _emptied(old)
+    waiting = {name for name in emptied if name not in values}
     for column, _ in ctx.columns:
         name = column.field
         if name not in values:
@@ -1258,13 +1290,17 @@ def _import_row(
         if values[name] == record.get(name):
             snapshot[name] = values[name]  # the common case, decided at once
             continue
+        if name in emptied and values[name] is None:
+            waiting.add(name)  # no edit: a sync to the sheet fills the cell in
+            ctx.plan.counts["pending_export"] += 1
+            continue
         _field_from_sheet(
             ctx, record_id, number, column, values, record, old, updates, snapshot
         )
     if updates and not _required_present(ctx, number, updates):
         return
     _finish_import(ctx, record_id, updates)
-    ctx.plan.snapshots[record_id] = snapshot
+    ctx.plan.snapshots[record_id] = _emptied_by_merge(ctx, number, snapshot, waiting)
 
 
 def _finish_import(ctx: _FromSheet, record_id: int, updates: Record) -> None:
