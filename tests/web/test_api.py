@@ -1325,6 +1325,39 @@ def test_a_policy_date_not_written_yyyy_mm_dd_is_refused_in_plain_words(
     assert _first_policy(alice) == policy
 
 
+@pytest.mark.parametrize("blank", ["", "  ", None], ids=repr)
+@pytest.mark.parametrize("field", ["effective_date", "expiration_date"])
+def test_a_policy_date_left_blank_is_refused_as_empty_and_the_policy_kept(
+    alice: TestClient, field: str, blank: str | None
+) -> None:
+    policy = _first_policy(alice)
+
+    answer = _save_policy(alice, policy, **{field: blank})
+
+    assert answer.status_code == 422, answer.text
+    assert [(e["field"], e["msg"]) for e in answer.json()["detail"]] == [
+        (field, "may not be empty")
+    ]
+    assert _first_policy(alice) == policy
+
+
+@pytest.mark.parametrize("blank", ["", "  "], ids=repr)
+def test_a_birth_date_sent_blank_clears_it_as_null_does(
+    alice: TestClient, blank: str
+) -> None:
+    made = alice.post(
+        "/api/customers", json={"name": "Ann Lee", "date_of_birth": "1990-02-03"}
+    ).json()
+
+    answer = alice.patch(
+        f"/api/customers/{made['id']}",
+        json={"version": made["version"], "date_of_birth": blank},
+    )
+
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["date_of_birth"] is None
+
+
 def test_a_date_written_yyyy_mm_dd_that_is_not_on_the_calendar_says_so(
     alice: TestClient,
 ) -> None:

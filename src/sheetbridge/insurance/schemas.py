@@ -271,6 +271,8 @@ def _written_date(value: object) -> object:
     nor a date and time."""
     if isinstance(value, date) and not isinstance(value, datetime):
         return value
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("may not be empty")
     if not isinstance(value, str) or not _WRITTEN_DATE.fullmatch(value):
         raise ValueError("must be a date written YYYY-MM-DD")
     try:
@@ -318,6 +320,8 @@ class _Input(BaseModel):
     def _sane(cls, value: object, info: ValidationInfo) -> object:
         if value is None and info.field_name in BLANKABLE:
             return ""
+        if info.field_name in NULLABLE and isinstance(value, str) and not value.strip():
+            return None  # as the dashboard's form sends a cleared field
         if value is None and info.field_name not in NULLABLE:
             raise ValueError("may not be empty")
         return plain_text(value)
