@@ -569,6 +569,22 @@ def test_an_unknown_user_is_refused_in_the_same_words_as_a_wrong_password(
     assert client.get("/api/customers").status_code == 401
 
 
+def test_the_pages_link_an_icon_and_the_old_icon_address_leads_to_it(
+    client: TestClient,
+) -> None:
+    page = client.get("/login")
+    linked = re.search(r'<link rel="icon" href="([^"]+)"', page.text)
+    assert linked is not None
+
+    icon = client.get(linked[1])
+    asked = client.get("/favicon.ico")
+
+    assert icon.status_code == 200
+    assert icon.headers["content-type"].startswith("image/svg+xml")
+    assert icon.text.lstrip().startswith("<svg")
+    assert asked.status_code == 200 and asked.url.path == linked[1]
+
+
 def test_an_overlong_or_missing_sign_in_field_shows_the_sign_in_page_again(
     client: TestClient,
 ) -> None:

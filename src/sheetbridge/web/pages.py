@@ -37,6 +37,13 @@ def csrf_token(request: Request) -> str:
     return token
 
 
+@router.get("/favicon.ico")
+def favicon() -> Response:
+    """The icon, for browsers that ask at the old address (a JSON answer
+    opened in a tab, say); the pages link it themselves."""
+    return RedirectResponse("/static/favicon.svg", status_code=301)
+
+
 @router.get("/login", response_class=HTMLResponse)
 def login_form(request: Request, error: str = "") -> Response:
     return templates.TemplateResponse(
