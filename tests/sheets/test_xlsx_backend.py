@@ -324,6 +324,91 @@ def test_a_write_keeps_the_exact_text_of_cells_it_did_not_write_on_every_tab(
     assert tabs["T"].rows[0][1] == "written"
 
 
+def make_rich_text_book(path: Path) -> None:
+    """A book as a spreadsheet program saves it (text in the shared strings
+    table): a note with a word in bold in B2 of T, a red heading on another
+    tab, and text with an escape-like "_x0041_" in one of its runs (stored
+    escaped, and read back the same way after a write)."""
+    book = xlsxwriter.Workbook(str(path))
+    bold = book.add_format({"bold": True})
+    red = book.add_format({"italic": True, "font_color": "#FF0000"})
+    sheet = book.add_worksheet("T")
+    sheet.write_row(0, 0, ["ID", "Note", "Other"])
+    sheet.write_number(1, 0, 1)
+    sheet.write_rich_string(1, 1, "call ", bold, "before noon", " please")
+    sheet.write_rich_string(2, 1, "code ", bold, "_x0041_", " kept")
+    sheet.write_number(2, 0, 2)
+    summary = book.add_worksheet("Summary")
+    summary.write_rich_string(0, 0, red, "Totals", " by agent")
+    book.close()
+
+
+def runs(cell: Any) -> list[tuple[str, bool, bool]]:
+    """A cell's text as (text, bold, italic) runs; plain text is one run."""
+    value = cell.value
+    if isinstance(value, str):
+        return [(value, False, False)]
+    return [
+        (block, False, False)
+        if isinstance(block, str)
+        else (block.text, bool(block.font.b), bool(block.font.i))
+        for block in value
+    ]
+
+
+def test_a_write_keeps_the_formatting_of_words_in_cells_it_did_not_write(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "rich.xlsx"
+    make_rich_text_book(path)
+    before = openpyxl.load_workbook(path, rich_text=True)
+    note = runs(before["T"]["B2"])
+    assert ("before noon", True, False) in note
+    read_before = read(XlsxBackend(path)).rows
+
+    for value in ("written", "again"):  # the second loads what the first saved
+        XlsxBackend(path).write({"T": TabChanges(cells={(2, 3): value})})
+
+    after = openpyxl.load_workbook(path, rich_text=True)
+    assert runs(after["T"]["B2"]) == note
+    assert runs(after["T"]["B3"]) == runs(before["T"]["B3"])
+    assert runs(after["Summary"]["A1"]) == [
+        ("Totals", False, True),
+        (" by agent", False, False),
+    ]
+    assert after["Summary"]["A1"].value[0].font.color.rgb.endswith("FF0000")
+    assert after["T"]["C2"].value == "again"
+    tab = read(XlsxBackend(path))
+    assert tab.rows[1][1] == "call before noon please"
+    assert [row[:2] for row in tab.rows] == [row[:2] for row in read_before]
+
+
+def test_a_write_into_a_cell_with_formatted_words_leaves_the_apps_plain_text(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "rich.xlsx"
+    make_rich_text_book(path)
+
+    XlsxBackend(path).write({"T": TabChanges(cells={(2, 2): "called"})})
+
+    after = openpyxl.load_workbook(path, rich_text=True)
+    assert after["T"]["B2"].value == "called"
+    assert ("_x0041_", True, False) in runs(after["T"]["B3"])
+
+
+def test_formatted_words_move_up_with_their_row_when_rows_above_are_deleted(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "rich.xlsx"
+    make_rich_text_book(path)
+
+    XlsxBackend(path).write({"T": TabChanges(delete_rows=[2])})
+
+    after = openpyxl.load_workbook(path, rich_text=True)
+    assert after["T"]["A2"].value == 2
+    assert ("_x0041_", True, False) in runs(after["T"]["B2"])
+
+
 def test_formulas_in_columns_people_added_survive_a_write(tmp_path: Path) -> None:
     path = tmp_path / "f.xlsx"
     make_book(path, {"T": [["ID", "Mine"], [1, "=A2*2"]]})

@@ -70,9 +70,11 @@ from sheetbridge.sheets.errors import (
 )
 from sheetbridge.sheets.xlsx_package import (
     FormulaResults,
+    RichTextCells,
     find_bad_xml,
     formula_results,
     put_back_formula_results,
+    rich_text_cells,
     unkept_content,
 )
 
@@ -199,10 +201,12 @@ class XlsxBackend:
                 self._save_atomically(self._new_book_writer(changes), before)
                 return
             results: dict[str, FormulaResults] = {}
+            rich: dict[str, RichTextCells] = {}
             if before:
                 self._refuse_to_delete_content()
-                results = self._formula_results()
+                results, rich = self._formula_results_and_rich_text()
             workbook = self._load_for_write(before)
+            _keep_rich_text(workbook, rich)
             for tab, tab_changes in changes.items():
                 sheet = _ensure_sheet(workbook, tab, self.location)
                 try:
@@ -410,12 +414,16 @@ class XlsxBackend:
             tab=next((item.tab for item in unkept if item.tab is not None), None),
         )
 
-    def _formula_results(self) -> dict[str, FormulaResults]:
+    def _formula_results_and_rich_text(
+        self,
+    ) -> tuple[dict[str, FormulaResults], dict[str, RichTextCells]]:
+        """What openpyxl's load would drop and the save must have back: the
+        formulas' results, and the formatted parts of text."""
         try:
             with zipfile.ZipFile(self.path) as archive:
-                return formula_results(archive)
+                return formula_results(archive), rich_text_cells(archive)
         except (OSError, zipfile.BadZipFile, ParseError):
-            return {}  # the load that follows says what is wrong
+            return {}, {}  # the load that follows says what is wrong
 
     def _load_for_write(self, version: str) -> Any:
         if not version:
@@ -628,6 +636,19 @@ def _calamine_cell(value: Cell) -> Cell:
     if isinstance(value, date) and not isinstance(value, datetime):
         return datetime(value.year, value.month, value.day)
     return value
+
+
+def _keep_rich_text(workbook: Any, rich: dict[str, RichTextCells]) -> None:
+    """Give cells the formatted parts of their text back, where their text
+    is as loaded; the changes applied next replace what the app writes."""
+    for tab, cells in rich.items():
+        if tab not in workbook.sheetnames:
+            continue
+        loaded = workbook[tab]._cells
+        for key, runs in cells.items():
+            cell = loaded.get(key)
+            if cell is not None and cell.data_type == "s" and cell._value == str(runs):
+                cell._value = runs
 
 
 def _is_empty(value: object) -> bool:

@@ -19,6 +19,8 @@ from typing import Any, TypeAlias
 from xml.etree.ElementTree import ParseError
 from xml.sax.saxutils import escape
 
+from openpyxl.cell.rich_text import CellRichText, TextBlock
+from openpyxl.cell.text import Text
 from openpyxl.utils.cell import column_index_from_string, coordinate_to_tuple
 from openpyxl.xml.functions import fromstring, iterparse
 
@@ -349,6 +351,90 @@ def formula_results(archive: zipfile.ZipFile) -> dict[str, FormulaResults]:
         if found:
             results[tab] = found
     return results
+
+
+# A run of text with a format of its own, in shared strings or in a cell.
+_RUN_START = re.compile(rb"<(?:\w+:)?r[\s>]")
+_SHARED_ITEM_TAG = f"{{{_MAIN_NS}}}si"
+_INLINE_TAG = f"{{{_MAIN_NS}}}is"
+RichTextCells: TypeAlias = dict[tuple[int, int], CellRichText]
+
+
+def rich_text_cells(archive: zipfile.ZipFile) -> dict[str, RichTextCells]:
+    """Per tab, the cells whose text has parts formatted apart (a word in
+    bold, say), as openpyxl holds such text; each part's text as stored.
+
+    openpyxl reads such text as plain unless asked not to, and asked, it
+    reads the text of every cell without the escapes the workbook stores."""
+    shared = _rich_shared_strings(archive)
+    found: dict[str, RichTextCells] = {}
+    for part, tab in tab_parts(archive).items():
+        try:
+            data = archive.read(part)
+        except KeyError:
+            continue
+        if not shared and not _RUN_START.search(data):
+            continue
+        cells: RichTextCells = {}
+        for _, element in iterparse(BytesIO(data)):
+            if element.tag == _CELL_TAG:
+                rich = _rich_text_of(element, shared)
+                ref = element.get("r")
+                if rich is not None and ref:
+                    cells[coordinate_to_tuple(ref)] = rich
+                element.clear()
+            elif element.tag == _ROW_TAG:
+                element.clear()
+        if cells:
+            found[tab] = cells
+    return found
+
+
+def _rich_shared_strings(archive: zipfile.ZipFile) -> dict[int, CellRichText]:
+    """The shared strings with parts formatted apart, by their index."""
+    workbook = _workbook_part(archive)
+    kinds = dict(_relations(archive, workbook))
+    try:
+        data = archive.read(kinds.get("sharedStrings", "xl/sharedStrings.xml"))
+    except KeyError:
+        return {}
+    if not _RUN_START.search(data):
+        return {}
+    rich: dict[int, CellRichText] = {}
+    index = 0
+    for _, element in iterparse(BytesIO(data)):
+        if element.tag == _SHARED_ITEM_TAG:
+            runs = _formatted_runs(element)
+            if runs is not None:
+                rich[index] = runs
+            index += 1
+            element.clear()
+    return rich
+
+
+def _rich_text_of(cell: Any, shared: dict[int, CellRichText]) -> CellRichText | None:
+    kind = cell.get("t")
+    if kind == "s":
+        value = cell.find(_VALUE_TAG)
+        text = value.text if value is not None else None
+        return shared.get(int(text)) if text and text.strip().isdigit() else None
+    if kind == "inlineStr":
+        inline = cell.find(_INLINE_TAG)
+        return _formatted_runs(inline) if inline is not None else None
+    return None
+
+
+def _formatted_runs(element: Any) -> CellRichText | None:
+    """The runs of a string element, if any has a format of its own."""
+    text = Text.from_tree(element)
+    if not any(run.rPr is not None for run in text.r):
+        return None
+    return CellRichText(
+        [
+            TextBlock(run.rPr, run.t or "") if run.rPr is not None else run.t or ""
+            for run in text.r
+        ]
+    )
 
 
 # A formula cell as openpyxl writes it: no type, an <f> and an empty <v>.
