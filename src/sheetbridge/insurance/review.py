@@ -369,11 +369,15 @@ def undo_import(session: Session, user: User, job_id: int) -> UndoReport:
         by_record[(change.entity, change.record_id)].append(change)
     report = UndoReport()
     book = Book(session, user)
+    together = _undone_together(book, by_record)
     # Policies first: a customer the import created can go only after its policies.
     for (entity, record_id), record_changes in sorted(
         by_record.items(), key=lambda item: item[0][0] != "policy"
     ):
-        outcome = _undo_record(book, entity, record_id, record_changes)
+        if (entity, record_id) in together:
+            outcome = None
+        else:
+            outcome = _undo_record(book, entity, record_id, record_changes)
         target_list = report.restored if outcome is None else report.left_alone
         entry = {"entity": entity, "record_id": record_id}
         target_list.append(entry if outcome is None else {**entry, "reason": outcome})
@@ -383,6 +387,49 @@ def undo_import(session: Session, user: User, job_id: int) -> UndoReport:
             if any(change.field == CREATED for change in record_changes):
                 report.removed += 1
     return report
+
+
+class _NotTogether(Exception):
+    """One of the policies undone together could not be."""
+
+
+def _undone_together(
+    book: Book, by_record: dict[tuple[str, int], list[ImportChange]]
+) -> set[tuple[str, int]]:
+    """Undo at once the policies that take back numbers others of the import
+    give back (an import that swapped two): the keys undone, or none if any
+    of them cannot be undone, each then undone alone, which tells why."""
+    wanted = {
+        record_id: change.before
+        for (entity, record_id), changes in by_record.items()
+        if entity == "policy"
+        for change in changes
+        if change.field == "policy_number"
+    }
+    if len(wanted) < 2:
+        return set()
+    holders = dict(
+        book.session.execute(
+            select(Policy.policy_number, Policy.id).where(Policy.id.in_(wanted))
+        ).all()
+    )
+    moving: set[int] = set()
+    for record_id, number in wanted.items():
+        holder = holders.get(number)
+        if holder is not None and holder != record_id:
+            moving |= {record_id, holder}
+    keys = {("policy", record_id) for record_id in moving}
+    # Loaded first, they keep their numbers in the session for the checks.
+    loaded = [book.session.get(Policy, record_id) for record_id in sorted(moving)]
+    try:
+        with book.session.begin_nested():
+            book.free_policy_numbers([policy.id for policy in loaded if policy])
+            for key in sorted(keys):
+                if _undo_record(book, *key, by_record[key]) is not None:
+                    raise _NotTogether
+    except _NotTogether:
+        return set()
+    return keys
 
 
 def _as_the_import_left_it(

@@ -7,10 +7,11 @@ another one made meanwhile.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, func, inspect, or_, select
+from sqlalchemy import Select, Table, bindparam, func, inspect, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
@@ -244,6 +245,23 @@ class Book:
         if expiration < effective:
             raise InvalidField("expiration_date", "is before the effective date")
         return self._update(policy, data.version, changes)
+
+    def free_policy_numbers(self, policy_ids: Collection[int]) -> None:
+        """Let the policies ``policy_ids`` take one another's numbers, as two
+        rows of a sheet that swap theirs: until its update gives it a new
+        one, each holds a stand-in no number typed anywhere can equal (it
+        begins with a control character). For the caller's savepoint, which
+        must be undone if any of the policies is not given its new number.
+        Policies the session holds keep their numbers there, for the checks
+        of the updates that follow: load them first, and hold on to them."""
+        table = Policy.__table__
+        assert isinstance(table, Table)
+        self.session.execute(
+            update(table)
+            .where(table.c.id == bindparam("policy"))
+            .values(policy_number=bindparam("stand_in")),
+            [{"policy": id_, "stand_in": f"\x01{id_}"} for id_ in policy_ids],
+        )
 
     def delete_policy(self, policy_id: int, version: int | None) -> None:
         policy = self.get_policy(policy_id)

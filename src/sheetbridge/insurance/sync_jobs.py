@@ -824,8 +824,12 @@ class _Importer:
         self.plan.counts["created"] = 0
         # The session holds records only while something else does.
         self._loaded = self._load(self.plan.updates)
+        moving = self._numbers_moving()
         for record_id, values in self.plan.updates.items():
-            self._update(record_id, values)
+            if record_id not in moving:
+                self._update(record_id, values)
+        if moving:
+            self._update_together(moving)
         for new_row in self.plan.creates:
             self._create(new_row.row, new_row.values)
         self.audit.save(self.book.session)
@@ -842,22 +846,47 @@ class _Importer:
             ).unique()
         return loaded
 
-    def _update(self, record_id: int, values: Record) -> None:
-        session = self.book.session
-        fields = to_python(self.mapping, values)
-        record: Customer | Policy
+    def _numbers_moving(self) -> list[int]:
+        """Policies taking a number another policy of this import gives up
+        (rows that swap their numbers, or pass them along), and those giving
+        it up: they are updated together, in the order of the plan."""
+        if self.mapping is not POLICIES:
+            return []
+        wanted = {
+            record_id: values["policy_number"]
+            for record_id, values in self.plan.updates.items()
+            if "policy_number" in values
+        }
+        if len(wanted) < 2:
+            return []
+        holders = {p.policy_number: p.id for p in self._loaded if p.id in wanted}
+        moving: set[int] = set()
+        for record_id, number in wanted.items():
+            holder = holders.get(str(number))
+            if holder is not None and holder != record_id:
+                moving |= {record_id, holder}
+        return [record_id for record_id in wanted if record_id in moving]
+
+    def _update_together(self, moving: list[int]) -> None:
+        """Update the policies ``moving`` numbers among themselves all at once;
+        if any of them cannot be, each alone, which tells why."""
+        updates = self.plan.updates
+        done: dict[int, Customer | Policy] = {}
         try:
-            with session.begin_nested():
-                if self.mapping is CUSTOMERS:
-                    record = self.book.update_customer(
-                        record_id,
-                        CustomerUpdate(version=self.versions[record_id], **fields),
-                    )
-                else:
-                    record = self.book.update_policy(
-                        record_id,
-                        PolicyUpdate(version=self.versions[record_id], **fields),
-                    )
+            with self.book.session.begin_nested():
+                self.book.free_policy_numbers(moving)
+                for record_id in moving:
+                    done[record_id] = self._apply(record_id, updates[record_id])
+        except (DomainError, ValidationError, IntegrityError):
+            for record_id in moving:
+                self._update(record_id, updates[record_id])
+            return
+        for record_id, record in done.items():
+            self._updated(record_id, record, updates[record_id])
+
+    def _update(self, record_id: int, values: Record) -> None:
+        try:
+            record = self._apply(record_id, values)
         except StaleVersion:
             self.snapshots.pop(record_id, None)
             self._edited_meanwhile(record_id)
@@ -866,6 +895,24 @@ class _Importer:
             self.snapshots.pop(record_id, None)
             self._reject(self._row_of(record_id), exc, values)
             return
+        self._updated(record_id, record, values)
+
+    def _apply(self, record_id: int, values: Record) -> Customer | Policy:
+        """Update the record in a savepoint of its own; raises what refused it."""
+        fields = to_python(self.mapping, values)
+        version = self.versions[record_id]
+        with self.book.session.begin_nested():
+            if self.mapping is CUSTOMERS:
+                return self.book.update_customer(
+                    record_id, CustomerUpdate(version=version, **fields)
+                )
+            return self.book.update_policy(
+                record_id, PolicyUpdate(version=version, **fields)
+            )
+
+    def _updated(
+        self, record_id: int, record: Customer | Policy, values: Record
+    ) -> None:
         self.changed.append(record_id)
         self.plan.counts["updated"] += 1
         after = self._record(record)

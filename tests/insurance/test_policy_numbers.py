@@ -1,0 +1,126 @@
+"""Policy numbers moved between policies in the sheet: swapped, passed along
+a chain, or moved where one row cannot take its new number."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from sheetbridge.insurance import review
+from sheetbridge.insurance.models import Policy, User
+from sheetbridge.insurance.sync_jobs import FROM_SHEET
+from sheetbridge.queue.worker import WorkerPool
+from sheetbridge.web.deps import Runtime
+
+from .test_workbook_sync import alices_tab, errors_of, run_sync, synced
+
+__all__ = ["synced"]  # the fixture, used by name
+
+
+def numbers(runtime: Runtime) -> dict[int, str]:
+    with runtime.db.read_session() as session:
+        return dict(session.execute(select(Policy.id, Policy.policy_number)).all())
+
+
+def renumber(runtime: Runtime, new: dict[int, str]) -> dict[int, int]:
+    """Type ``new`` numbers into the Policies tab, by policy ID; the rows."""
+    rows: dict[int, int] = {}
+    with alices_tab(runtime, "Policies") as (policies, header):
+        for row in range(2, policies.max_row + 1):
+            record_id = policies.cell(row, header["ID"]).value
+            if record_id in new:
+                policies.cell(row, header["Policy Number"]).value = new[record_id]
+                rows[record_id] = row
+    return rows
+
+
+def alices_policies(runtime: Runtime, count: int) -> list[int]:
+    with runtime.db.read_session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+        ids = session.scalars(
+            select(Policy.id).where(Policy.agent_id == alice.id).order_by(Policy.id)
+        ).all()
+    return list(ids[:count])
+
+
+def test_two_policies_swapping_numbers_in_the_sheet_swap_in_one_import(
+    synced: Runtime,
+) -> None:
+    first, second = alices_policies(synced, 2)
+    before = numbers(synced)
+    renumber(synced, {first: before[second], second: before[first]})
+
+    imported = run_sync(synced, "alice", FROM_SHEET)
+
+    assert errors_of(imported, "Policies") == []
+    assert imported["tabs"]["Policies"]["counts"]["updated"] == 2
+    after = numbers(synced)
+    assert (after[first], after[second]) == (before[second], before[first])
+    assert run_sync(synced, "alice", FROM_SHEET)["summary"]["issues"] == 0
+
+
+def test_numbers_passed_along_a_chain_move_in_one_import_whatever_the_row_order(
+    synced: Runtime,
+) -> None:
+    first, second, third = alices_policies(synced, 3)
+    before = numbers(synced)
+    # The first row takes the second's number, the second the third's, and
+    # the third a new one: the rows above wait for numbers freed below.
+    renumber(synced, {first: before[second], second: before[third], third: "NEW-7"})
+
+    imported = run_sync(synced, "alice", FROM_SHEET)
+
+    assert errors_of(imported, "Policies") == []
+    after = numbers(synced)
+    assert [after[first], after[second], after[third]] == [
+        before[second],
+        before[third],
+        "NEW-7",
+    ]
+
+
+def test_a_swap_that_one_row_cannot_make_changes_neither_and_says_why(
+    synced: Runtime,
+) -> None:
+    first, second, third = alices_policies(synced, 3)
+    before = numbers(synced)
+    # A three-way move, but the third row wants a number another policy,
+    # outside the move, keeps.
+    (outside,) = [n for i, n in before.items() if i not in (first, second, third)][:1]
+    rows = renumber(
+        synced, {first: before[second], second: before[third], third: outside}
+    )
+
+    imported = run_sync(synced, "alice", FROM_SHEET)
+
+    assert numbers(synced) == before, "nothing half moved"
+    told = {issue["row"]: issue["reason"] for issue in errors_of(imported, "Policies")}
+    assert f"{outside!r} is already used" in told[rows[third]]
+    assert f"{before[third]!r} is already used" in told[rows[second]]
+    assert f"{before[second]!r} is already used" in told[rows[first]]
+
+
+def test_undoing_an_import_that_swapped_numbers_swaps_them_back(
+    synced: Runtime,
+) -> None:
+    first, second = alices_policies(synced, 2)
+    before = numbers(synced)
+    renumber(synced, {first: before[second], second: before[first]})
+    job_id = import_job(synced)
+
+    with synced.db.session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+        undone = review.undo_import(session, alice, job_id)
+
+    assert undone.left_alone == []
+    assert sorted(entry["record_id"] for entry in undone.restored) == [first, second]
+    assert numbers(synced) == before
+
+
+def import_job(runtime: Runtime) -> int:
+    """Run an import of alice's book; its job's ID."""
+    with runtime.db.read_session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+    queued = runtime.sync.enqueue(alice, FROM_SHEET)
+    WorkerPool(runtime.queue, runtime.sync.handlers).run_until_empty()
+    assert runtime.queue.get(queued.job_id).state == "succeeded"
+    return queued.job_id
