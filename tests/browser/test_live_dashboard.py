@@ -26,6 +26,8 @@ from sheetbridge.insurance.models import User
 from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
 from sheetbridge.queue.store import Claimed
 from sheetbridge.queue.worker import JobContext
+from sheetbridge.sheets.errors import SheetTransientError
+from sheetbridge.sheets.xlsx import XlsxBackend
 from sheetbridge.web.deps import Runtime
 from sheetbridge.web.security import add_user
 from tests.conftest import api_client
@@ -642,6 +644,31 @@ def test_an_import_that_failed_after_saving_says_so_and_is_undone(
         expect(job.locator(".undo-report")).to_contain_text("1 record restored")
         expect(job.locator(".undo-note")).to_contain_text(
             "1 record the import created was deleted; its row stays in the sheet"
+        )
+        assert_not_reloaded(page)
+        page.close()
+
+
+def test_an_import_waiting_to_retry_after_saving_says_what_it_saved(
+    browser: Browser, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_sync(runtime, "alice", TO_SHEET)
+    with alices_tab(runtime) as (sheet, header):
+        sheet.cell(sheet.max_row + 1, header["Name"]).value = "Saved Before Retry"
+
+    def busy(self: XlsxBackend, *args: Any, **kwargs: Any) -> None:
+        raise SheetTransientError("the workbook is busy", location=str(self.path))
+
+    monkeypatch.setattr(XlsxBackend, "write", busy)
+    with live_server(runtime) as url:
+        page = open_dashboard(browser, url, "alice")
+        page.click("#sync-from-sheet")
+
+        job = page.locator("#active-jobs li[data-display=retry]").first
+        expect(job.locator(".job-saved")).to_have_text(
+            "Its import was saved: 1 record changed, and it stays. "
+            "The next try goes on from there.",
+            timeout=20_000,
         )
         assert_not_reloaded(page)
         page.close()

@@ -246,6 +246,28 @@ def test_an_import_stopped_after_it_saved_tells_how_many_records_it_changed(
     assert job["state"] == "cancelled" and job["saved_changes"] == len(NAMES)
 
 
+def test_an_import_waiting_to_retry_after_it_saved_tells_how_many_records_it_changed(
+    synced: Runtime, monkeypatch: pytest.MonkeyPatch, tokens: dict[str, str]
+) -> None:
+    type_new_rows(synced)
+
+    def busy(self: XlsxBackend, *args: Any, **kwargs: Any) -> None:
+        raise SheetTransientError("the workbook is busy", location=str(self.path))
+
+    monkeypatch.setattr(XlsxBackend, "write", busy)
+    with synced.db.read_session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+    queued = synced.sync.enqueue(alice, FROM_SHEET)
+    WorkerPool(synced.queue, synced.sync.handlers).run_until_empty()
+    with TestClient(create_app(synced, workers=False)) as client:
+        client.headers.update(bearer(tokens["alice"]))
+        job = client.get(f"/api/insurance/sync/jobs/{queued.job_id}").json()
+        (listed,) = client.get("/api/insurance/sync/status").json()["queued"]
+
+    assert (job["state"], job["attempts"]) == ("queued", 1), "waits for its retry"
+    assert job["saved_changes"] == listed["saved_changes"] == len(NAMES)
+
+
 def test_an_import_retried_after_it_saved_reports_what_its_first_attempt_did(
     synced: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:

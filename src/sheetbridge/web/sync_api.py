@@ -145,22 +145,30 @@ def job_views(
     rt: Runtime, jobs: list[Job], *, brief: bool = False
 ) -> list[dict[str, Any]]:
     """The jobs' views; a finished import tells how many of the records it
-    changed an undo can still take back (``undoable``), and one that failed
-    or was stopped after it committed the same as ``saved_changes``: they
-    stay. ``brief`` views count each tab's issues instead of listing them: a
-    list of jobs carries many results, one job's view the whole of its own."""
+    changed an undo can still take back (``undoable``), and one that failed,
+    was stopped or waits for another attempt after it committed the same as
+    ``saved_changes``: they stay. ``brief`` views count each tab's issues
+    instead of listing them: a list of jobs carries many results, one job's
+    view the whole of its own."""
     imports = [
         job.id for job in jobs if job.kind == FROM_SHEET and job.state in FINAL_STATES
     ]
+    retrying = [
+        job.id
+        for job in jobs
+        if job.kind == FROM_SHEET and job.state == "queued" and job.attempts
+    ]
     saved: dict[int, int] = {}
-    if imports:
+    if imports or retrying:
         with rt.db.read_session() as session:
-            saved = review.saved_changes(session, imports)
+            saved = review.saved_changes(session, [*imports, *retrying])
     return [
         {
             **job_view(rt.queue, job, _result(job, brief)),
             "saved_changes": (
-                saved.get(job.id) if job.state in ("failed", "cancelled") else None
+                saved.get(job.id)
+                if job.state in ("failed", "cancelled") or job.id in retrying
+                else None
             ),
             "undoable": saved.get(job.id, 0) if job.id in imports else None,
         }

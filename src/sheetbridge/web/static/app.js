@@ -1173,6 +1173,11 @@
       body.push(el("p", { className: "job-line", text: `Attempt ${job.attempts} did not finish: ${plainReason(job.error)}` }));
       const next = job.run_after ? `Next try at ${fmtDateTime(job.run_after)}` : "Next try soon";
       body.push(el("p", { className: "job-line", text: `${next} (attempt ${Number(job.attempts) + 1}).` }));
+      const kept = Number(job.saved_changes || 0);
+      if (kept) {
+        body.push(el("p", { className: "job-line job-saved",
+          text: `Its import was saved: ${plural(kept, "record")} changed, and ${kept === 1 ? "it stays" : "they stay"}. The next try goes on from there.` }));
+      }
     } else if (job.state === "queued") {
       const bits = [];
       if (job.position) bits.push(job.position === 1 ? "Next in your queue" : `Position ${job.position} in your queue`);
