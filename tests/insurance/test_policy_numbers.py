@@ -124,3 +124,29 @@ def import_job(runtime: Runtime) -> int:
     WorkerPool(runtime.queue, runtime.sync.handlers).run_until_empty()
     assert runtime.queue.get(queued.job_id).state == "succeeded"
     return queued.job_id
+
+
+def test_a_new_row_with_a_policys_number_in_other_case_is_refused_not_a_second(
+    synced: Runtime,
+) -> None:
+    (first,) = alices_policies(synced, 1)
+    renumber(synced, {first: "AB-100"})
+    run_sync(synced, "alice", FROM_SHEET)
+    with alices_tab(synced, "Policies") as (policies, header):
+        new = policies.max_row + 1
+        for column in header:
+            if column != "ID":
+                source = policies.cell(2, header[column]).value
+                policies.cell(new, header[column]).value = source
+        policies.cell(new, header["Policy Number"]).value = "ab-100"
+
+    imported = run_sync(synced, "alice", FROM_SHEET)
+
+    (error,) = errors_of(imported, "Policies")
+    assert (error["row"], error["column"]) == (new, "Policy Number")
+    assert (
+        f"'ab-100' is already used by policy {first}, written 'AB-100'"
+        in (error["reason"])
+    )
+    assert sorted(numbers(synced).values()).count("AB-100") == 1
+    assert "ab-100" not in numbers(synced).values()

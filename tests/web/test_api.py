@@ -284,6 +284,28 @@ def test_policy_dates_and_unknown_customer_are_rejected_by_field(
     )
 
 
+def test_a_policy_number_differing_only_in_case_from_one_in_use_is_refused(
+    alice: TestClient,
+) -> None:
+    policy = _first_policy(alice)
+    renamed = _save_policy(alice, policy, policy_number="Ab-100")
+    assert renamed.status_code == 200, renamed.text
+    other = alice.get("/api/policies", params={"limit": 2}).json()["items"][1]
+
+    taken = _save_policy(alice, other, policy_number="aB-100")
+    recased = _save_policy(alice, renamed.json(), policy_number="AB-100")
+
+    assert taken.status_code == 422
+    assert [(e["field"], e["msg"]) for e in taken.json()["detail"]] == [
+        (
+            "policy_number",
+            f"'aB-100' is already used by policy {policy['id']}, written 'Ab-100'",
+        )
+    ]
+    assert recased.status_code == 200, "a policy may change the case of its own"
+    assert recased.json()["policy_number"] == "AB-100"
+
+
 def test_another_agents_customer_is_told_as_not_in_your_book(
     client: TestClient, tokens: dict[str, str]
 ) -> None:

@@ -10,10 +10,12 @@ from sqlalchemy import (
     Date,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     Numeric,
     String,
     Text,
+    func,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -104,9 +106,6 @@ class Customer(Base):
 
 class Policy(Base):
     __tablename__ = "policies"
-    # IDs are never handed out again: a row kept in the sheet for a deleted
-    # record must not be taken over by a new one (SQLite would reuse the top ID).
-    __table_args__ = {"sqlite_autoincrement": True}  # noqa: RUF012
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     policy_number: Mapped[str] = mapped_column(String(40), unique=True)
@@ -129,4 +128,12 @@ class Policy(Base):
     customer: Mapped[Customer] = relationship(lazy="joined")
     agent: Mapped[User] = relationship(lazy="joined")
 
+    __table_args__ = (
+        # Numbers are told apart in any case: the look-up of "ab-1" for "AB-1".
+        Index("ix_policies_policy_number_lower", func.lower(policy_number)),
+        # IDs are never handed out again: a row kept in the sheet for a deleted
+        # record must not be taken over by a new one (SQLite would reuse the
+        # top ID).
+        {"sqlite_autoincrement": True},
+    )
     __mapper_args__ = {"version_id_col": version}  # noqa: RUF012

@@ -408,14 +408,15 @@ def _undone_together(
     }
     if len(wanted) < 2:
         return set()
-    holders = dict(
-        book.session.execute(
+    holders = {
+        number.lower(): policy_id
+        for number, policy_id in book.session.execute(
             select(Policy.policy_number, Policy.id).where(Policy.id.in_(wanted))
-        ).all()
-    )
+        )
+    }
     moving: set[int] = set()
     for record_id, number in wanted.items():
-        holder = holders.get(number)
+        holder = holders.get(str(number).lower())
         if holder is not None and holder != record_id:
             moving |= {record_id, holder}
     keys = {("policy", record_id) for record_id in moving}

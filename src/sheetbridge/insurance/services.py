@@ -344,14 +344,28 @@ class Book:
             ) from exc
 
     def _check_policy_number(self, number: str, policy_id: int | None) -> None:
+        """Refuse a number another policy has, in any case: "ab-1" typed for
+        a new policy is most likely "AB-1", and two would be told apart by
+        no one."""
         clash = self.session.execute(
-            select(Policy.id, Policy.agent_id).where(Policy.policy_number == number)
+            select(Policy.id, Policy.agent_id, Policy.policy_number)
+            .where(
+                func.lower(Policy.policy_number) == func.lower(number),
+                Policy.id != (policy_id or 0),
+            )
+            .limit(1)
         ).first()
-        if clash is None or clash.id == policy_id:
+        if clash is None:
             return
         # Policy N, where the caller can look it up; another agent's is theirs.
         if self.user.is_admin or clash.agent_id == self.user.id:
+            written = (
+                f", written {clash.policy_number!r}"
+                if clash.policy_number != number
+                else ""
+            )
             raise InvalidField(
-                "policy_number", f"{number!r} is already used by policy {clash.id}"
+                "policy_number",
+                f"{number!r} is already used by policy {clash.id}{written}",
             )
         raise InvalidField("policy_number", f"{number!r} is already used")

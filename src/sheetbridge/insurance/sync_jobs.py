@@ -859,10 +859,13 @@ class _Importer:
         }
         if len(wanted) < 2:
             return []
-        holders = {p.policy_number: p.id for p in self._loaded if p.id in wanted}
+        # In any case, as the numbers are told apart.
+        holders = {
+            p.policy_number.lower(): p.id for p in self._loaded if p.id in wanted
+        }
         moving: set[int] = set()
         for record_id, number in wanted.items():
-            holder = holders.get(str(number))
+            holder = holders.get(str(number).lower())
             if holder is not None and holder != record_id:
                 moving |= {record_id, holder}
         return [record_id for record_id in wanted if record_id in moving]
