@@ -10,7 +10,8 @@ import itertools
 import re
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,12 +27,10 @@ from sheetbridge.insurance.models import User
 from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
 from sheetbridge.queue.store import Claimed
 from sheetbridge.queue.worker import JobContext
-from sheetbridge.sheets.errors import SheetTransientError
-from sheetbridge.sheets.xlsx import XlsxBackend
 from sheetbridge.web.deps import Runtime
 from sheetbridge.web.security import add_user
 from tests.conftest import api_client
-from tests.insurance.test_id_write_back import refuse_writes
+from tests.insurance.test_id_write_back import busy_writes, refuse_writes
 from tests.insurance.test_review import (
     edit_app_city,
     edit_sheet_cell,
@@ -622,18 +621,31 @@ def test_a_sync_that_ended_before_the_page_opened_lists_its_issues_on_demand(
         page.close()
 
 
-def test_an_import_that_failed_after_saving_says_so_and_is_undone(
-    browser: Browser, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@contextmanager
+def importing_a_typed_row(
+    browser: Browser, runtime: Runtime, name: str, then: Callable[[], None]
+) -> Iterator[Locator]:
+    """alice's import of a row named ``name`` she typed into her synced sheet,
+    pressed in her dashboard once ``then`` has run (which breaks writes, say):
+    the import's entry in her list of syncs."""
     run_sync(runtime, "alice", TO_SHEET)
     with alices_tab(runtime) as (sheet, header):
-        sheet.cell(sheet.max_row + 1, header["Name"]).value = "Saved Before Failing"
-    refuse_writes(monkeypatch)
+        sheet.cell(sheet.max_row + 1, header["Name"]).value = name
+    then()
     with live_server(runtime) as url:
         page = open_dashboard(browser, url, "alice")
         page.click("#sync-from-sheet")
+        yield page.locator("li.job[data-kind=from_sheet]").first
+        assert_not_reloaded(page)
+        page.close()
 
-        job = page.locator("#recent-jobs li[data-kind=from_sheet]").first
+
+def test_an_import_that_failed_after_saving_says_so_and_is_undone(
+    browser: Browser, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with importing_a_typed_row(
+        browser, runtime, "Saved Before Failing", lambda: refuse_writes(monkeypatch)
+    ) as job:
         expect(job.locator(".job-saved")).to_have_text(
             "It failed after its import was saved: 1 record changed, and it stays.",
             timeout=20_000,
@@ -645,33 +657,19 @@ def test_an_import_that_failed_after_saving_says_so_and_is_undone(
         expect(job.locator(".undo-note")).to_contain_text(
             "1 record the import created was deleted; its row stays in the sheet"
         )
-        assert_not_reloaded(page)
-        page.close()
 
 
 def test_an_import_waiting_to_retry_after_saving_says_what_it_saved(
     browser: Browser, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run_sync(runtime, "alice", TO_SHEET)
-    with alices_tab(runtime) as (sheet, header):
-        sheet.cell(sheet.max_row + 1, header["Name"]).value = "Saved Before Retry"
-
-    def busy(self: XlsxBackend, *args: Any, **kwargs: Any) -> None:
-        raise SheetTransientError("the workbook is busy", location=str(self.path))
-
-    monkeypatch.setattr(XlsxBackend, "write", busy)
-    with live_server(runtime) as url:
-        page = open_dashboard(browser, url, "alice")
-        page.click("#sync-from-sheet")
-
-        job = page.locator("#active-jobs li[data-display=retry]").first
+    with importing_a_typed_row(
+        browser, runtime, "Saved Before Retry", lambda: busy_writes(monkeypatch)
+    ) as job:
+        expect(job).to_have_attribute("data-display", "retry", timeout=20_000)
         expect(job.locator(".job-saved")).to_have_text(
             "Its import was saved: 1 record changed, and it stays. "
             "The next try goes on from there.",
-            timeout=20_000,
         )
-        assert_not_reloaded(page)
-        page.close()
 
 
 def break_alices_workbook(runtime: Runtime) -> Path:

@@ -190,6 +190,15 @@ def refuse_writes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(XlsxBackend, "write", refuse)
 
 
+def busy_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every write finds the workbook busy: worth another try, each time."""
+
+    def busy(self: XlsxBackend, *args: Any, **kwargs: Any) -> None:
+        raise SheetTransientError("the workbook is busy", location=str(self.path))
+
+    monkeypatch.setattr(XlsxBackend, "write", busy)
+
+
 def test_an_import_whose_id_write_is_refused_fails_saying_the_import_was_saved(
     synced: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -250,11 +259,7 @@ def test_an_import_waiting_to_retry_after_it_saved_tells_how_many_records_it_cha
     synced: Runtime, monkeypatch: pytest.MonkeyPatch, tokens: dict[str, str]
 ) -> None:
     type_new_rows(synced)
-
-    def busy(self: XlsxBackend, *args: Any, **kwargs: Any) -> None:
-        raise SheetTransientError("the workbook is busy", location=str(self.path))
-
-    monkeypatch.setattr(XlsxBackend, "write", busy)
+    busy_writes(monkeypatch)
     with synced.db.read_session() as session:
         alice = session.scalars(select(User).where(User.username == "alice")).one()
     queued = synced.sync.enqueue(alice, FROM_SHEET)

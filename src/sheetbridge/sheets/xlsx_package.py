@@ -12,10 +12,10 @@ import functools
 import posixpath
 import re
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 from xml.etree.ElementTree import ParseError
 from xml.sax.saxutils import escape
 
@@ -322,35 +322,49 @@ _RESULT_TYPES = {"n", "str", "b", "e"}
 
 def formula_results(archive: zipfile.ZipFile) -> dict[str, FormulaResults]:
     """Per tab, the results saved with its formula cells."""
-    results: dict[str, FormulaResults] = {}
+    return _cells_by_tab(archive, _HAS_FORMULA.search, _saved_result)
+
+
+def _saved_result(cell: Any) -> tuple[str, str] | None:
+    kind = cell.get("t", "n")
+    formula = cell.find(_FORMULA_TAG)
+    value = cell.find(_VALUE_TAG)
+    if formula is None or value is None or value.text is None:
+        return None
+    return (kind, value.text) if kind in _RESULT_TYPES else None
+
+
+_Found = TypeVar("_Found")
+
+
+def _cells_by_tab(
+    archive: zipfile.ZipFile,
+    worth_reading: Callable[[bytes], object],
+    found_in: Callable[[Any], _Found | None],
+) -> dict[str, dict[tuple[int, int], _Found]]:
+    """Per tab whose part is ``worth_reading``, what ``found_in`` finds in
+    its cells, by (row, column); tabs where it finds nothing left out."""
+    found: dict[str, dict[tuple[int, int], _Found]] = {}
     for part, tab in tab_parts(archive).items():
         try:
             data = archive.read(part)
         except KeyError:
             continue
-        if not _HAS_FORMULA.search(data):
+        if not worth_reading(data):
             continue
-        found: FormulaResults = {}
+        cells: dict[tuple[int, int], _Found] = {}
         for _, element in iterparse(BytesIO(data)):
             if element.tag == _CELL_TAG:
-                kind = element.get("t", "n")
-                formula = element.find(_FORMULA_TAG)
-                value = element.find(_VALUE_TAG)
+                value = found_in(element)
                 ref = element.get("r")
-                if (
-                    formula is not None
-                    and value is not None
-                    and value.text is not None
-                    and kind in _RESULT_TYPES
-                    and ref
-                ):
-                    found[coordinate_to_tuple(ref)] = (kind, value.text)
+                if value is not None and ref:
+                    cells[coordinate_to_tuple(ref)] = value
                 element.clear()
             elif element.tag == _ROW_TAG:
                 element.clear()
-        if found:
-            results[tab] = found
-    return results
+        if cells:
+            found[tab] = cells
+    return found
 
 
 # A run of text with a format of its own, in shared strings or in a cell.
@@ -367,27 +381,11 @@ def rich_text_cells(archive: zipfile.ZipFile) -> dict[str, RichTextCells]:
     openpyxl reads such text as plain unless asked not to, and asked, it
     reads the text of every cell without the escapes the workbook stores."""
     shared = _rich_shared_strings(archive)
-    found: dict[str, RichTextCells] = {}
-    for part, tab in tab_parts(archive).items():
-        try:
-            data = archive.read(part)
-        except KeyError:
-            continue
-        if not shared and not _RUN_START.search(data):
-            continue
-        cells: RichTextCells = {}
-        for _, element in iterparse(BytesIO(data)):
-            if element.tag == _CELL_TAG:
-                rich = _rich_text_of(element, shared)
-                ref = element.get("r")
-                if rich is not None and ref:
-                    cells[coordinate_to_tuple(ref)] = rich
-                element.clear()
-            elif element.tag == _ROW_TAG:
-                element.clear()
-        if cells:
-            found[tab] = cells
-    return found
+    return _cells_by_tab(
+        archive,
+        lambda data: shared or _RUN_START.search(data),
+        lambda cell: _rich_text_of(cell, shared),
+    )
 
 
 def _rich_shared_strings(archive: zipfile.ZipFile) -> dict[int, CellRichText]:
