@@ -996,6 +996,39 @@ def test_a_value_typed_where_a_merge_was_is_imported_and_the_other_refilled(
     assert sheet_cell(synced, row, city) == old_city
 
 
+def test_an_id_cell_a_merge_emptied_gets_its_id_back_never_a_second_record(
+    synced: Runtime,
+) -> None:
+    with alices_tab(synced) as (customers, _):
+        first = customers.cell(5, 1).value
+        record_id = customers.cell(6, 1).value
+        customers.merge_cells("A5:A6")  # row 6's ID hidden, then emptied
+    assert errors_of(run_sync(synced, "alice", FROM_SHEET))
+    with alices_tab(synced) as (customers, _):
+        customers.unmerge_cells("A5:A6")
+        assert customers.cell(6, 1).value is None
+    before = customer_count(synced)
+
+    imported = run_sync(synced, "alice", FROM_SHEET)
+    written = run_sync(synced, "alice", TO_SHEET)
+
+    assert imported["tabs"]["Customers"]["counts"]["created"] == 0
+    assert customer_count(synced) == before
+    (told,) = [
+        i for i in imported["tabs"]["Customers"]["issues"] if i["kind"] == "warning"
+    ]
+    assert (told["row"], told["column"]) == (6, "ID")
+    assert f"holds the values of record {record_id}" in told["reason"]
+    assert sheet_cell(synced, 6, 1) == record_id
+    assert sheet_cell(synced, 5, 1) == first
+    assert written["summary"]["issues"] == 0
+
+
+def customer_count(runtime: Runtime) -> int:
+    with runtime.db.read_session() as session:
+        return len(session.scalars(select(Customer.id)).all())
+
+
 def test_a_record_deleted_in_the_app_before_its_write_back_is_told_not_written(
     synced: Runtime,
 ) -> None:

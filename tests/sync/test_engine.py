@@ -337,13 +337,13 @@ def test_hand_typed_tab_without_id_column_imports_rows_and_adds_the_id_header() 
         {"name": "Bob", "status": "lapsed"},
     ]
     assert plan.id_column == 3
-    assert plan.header_changes.cells == {(1, 3): "ID"}
+    assert plan.id_cell_changes.cells == {(1, 3): "ID"}
 
 
 def test_header_only_tab_has_zero_rows_and_imports_nothing_c07() -> None:
     plan = plan_from_sheet(MAPPING, tab_of(), {1: rec("Ann")}, {})
     assert plan.updates == {} and plan.creates == [] and plan.counts["errors"] == 0
-    assert plan.header_changes.is_empty()
+    assert plan.id_cell_changes.is_empty()
 
 
 def test_missing_tab_is_reported_on_import() -> None:
@@ -574,7 +574,7 @@ def test_row_without_id_is_left_by_to_sheet_and_created_by_from_sheet() -> None:
         "phone": None,
         "note": None,
     }
-    assert frm.header_changes.is_empty()
+    assert frm.id_cell_changes.is_empty()
 
 
 def test_invalid_new_row_is_an_error_and_not_created() -> None:
@@ -1179,7 +1179,7 @@ class Model:
             self.app[record_id] = dict(new.values)
             self.base[record_id] = dict(new.values)
             changes = TabChanges(cells={(new.row, plan.id_column): record_id})
-            changes.cells.update(plan.header_changes.cells)
+            changes.cells.update(plan.id_cell_changes.cells)
             self.rows = apply_changes(self.rows, changes)
         self.record(plan.snapshots, plan.conflicts)
 
@@ -1538,6 +1538,96 @@ def test_to_sheet_never_writes_into_the_hidden_part_of_a_merge() -> None:
     assert "cells G3:H3 are merged" in error.reason
     assert plan.snapshots[2]["note"] is None, "Note keeps its last synced value"
     assert plan.edits == {}, "the emptied cell is no sheet edit"
+
+
+def cleared_id(tab: TabData, row: int) -> TabData:
+    tab.rows[row - 1][HEADER.index("ID")] = None
+    return tab
+
+
+def test_a_row_whose_id_was_cleared_is_its_records_again_never_a_second() -> None:
+    app = {1: rec("Ann"), 2: rec("Bob", note="paid"), 3: rec("Cy")}
+    tab, base = synced(app)
+    cleared_id(tab, 3)  # Bob's row, otherwise as synced
+
+    frm = plan_from_sheet(MAPPING, tab, app, base)
+    to = plan_to_sheet(MAPPING, tab, app, base)
+
+    assert frm.creates == [] and frm.updates == {}
+    assert frm.id_cell_changes.cells == {(3, 1): 2}, "its ID goes back in"
+    assert to.changes.cells == {(3, 1): 2} and to.changes.append == []
+    for plan in (frm, to):
+        assert plan.rows[2] == 3
+        assert not any(i.kind == "deleted_in_sheet" for i in plan.issues)
+        (told,) = [i for i in plan.issues if i.kind == "warning"]
+        assert (told.row, told.column) == (3, "ID")
+        assert "row 3 had no ID" in told.reason and "record 2" in told.reason
+
+
+def test_an_edit_in_a_row_whose_id_was_cleared_is_imported_into_its_record() -> None:
+    app = {1: rec("Ann"), 2: rec("Bob", note="paid")}
+    tab, base = synced(app)
+    cleared_id(tab, 3)
+    tab.rows[2][HEADER.index("Note")] = "paid twice"
+
+    frm = plan_from_sheet(MAPPING, tab, app, base)
+
+    assert frm.creates == []
+    assert frm.updates == {2: {"note": "paid twice"}}
+    assert frm.id_cell_changes.cells == {(3, 1): 2}
+
+
+def test_two_rows_alike_without_ids_get_back_the_two_records_alike() -> None:
+    app = {1: rec("Ann"), 2: rec("Bob"), 3: rec("Bob")}
+    tab, base = synced(app)
+    cleared_id(tab, 3)
+    cleared_id(tab, 4)  # which is whose cannot matter: they hold the same
+
+    frm = plan_from_sheet(MAPPING, tab, app, base)
+
+    assert frm.creates == []
+    assert sorted(frm.id_cell_changes.cells.values()) == [2, 3]
+
+
+def test_a_row_two_records_without_rows_fit_equally_is_not_guessed() -> None:
+    app = {
+        1: rec("Ann"),
+        2: rec("Bob", note="a"),
+        3: rec("Bob", policy_number="00456", note="b"),
+    }
+    tab, base = synced(app)
+    del tab.rows[3]  # the second Bob's row is gone
+    cleared_id(tab, 3)
+    tab.rows[2][HEADER.index("Note")] = "b"  # one value off each Bob now
+
+    frm = plan_from_sheet(MAPPING, tab, app, base)
+
+    assert len(frm.creates) == 1 and frm.id_cell_changes.is_empty()
+
+
+def test_a_new_row_like_no_record_without_a_row_is_created() -> None:
+    app = {1: rec("Ann"), 2: rec("Bob")}
+    tab, base = synced(app)
+    cleared_id(tab, 3)
+    tab.rows[2][HEADER.index("Name")] = "Dee"
+    tab.rows[2][HEADER.index("Policy Number")] = "00999"
+    tab.rows[2][HEADER.index("Phone")] = "+15550000"
+
+    frm = plan_from_sheet(MAPPING, tab, app, base)
+
+    assert [new.values["name"] for new in frm.creates] == ["Dee"]
+
+
+def test_an_id_a_merge_hid_is_written_back_once_unmerged_not_a_new_record() -> None:
+    app = {1: rec("Ann"), 2: rec("Bob")}
+    tab, base = synced(app)
+    merged(tab, "A2:A3")
+    base = {**base, **plan_from_sheet(MAPPING, tab, app, base).snapshots}
+    tab.merges.clear()  # unmerged: Bob's ID cell stays empty
+
+    frm = plan_from_sheet(MAPPING, tab, app, base)
+
+    assert frm.creates == [] and frm.id_cell_changes.cells == {(3, 1): 2}
 
 
 def test_a_merge_over_a_rows_id_never_makes_it_a_new_row() -> None:

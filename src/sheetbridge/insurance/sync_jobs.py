@@ -580,8 +580,9 @@ class SyncService:
                         )
                         for (row, column), record_id in importer.id_cells.items()
                     )
+                if importer.id_cells or plan.id_cell_changes.cells:
                     id_cells[mapping.tab] = {
-                        **plan.header_changes.cells,
+                        **plan.id_cell_changes.cells,
                         **importer.id_cells,
                     }
         return changed, created, id_cells

@@ -37,6 +37,7 @@ from sheetbridge.sync.columns import (
     normalize_header,
     render_cell,
 )
+from sheetbridge.sync.matching import RowValues, naming, place
 
 Record: TypeAlias = dict[str, Canonical]
 """Field name -> canonical value."""
@@ -130,8 +131,10 @@ class FromSheetPlan:
 
     ``updates`` holds only the changed fields per record. After creating the
     records of ``creates``, write their new IDs to (row, ``id_column``) along
-    with ``header_changes`` and store ``values`` as their snapshots. ``rows``
-    maps each record ID found in the sheet to its sheet row.
+    with ``id_cell_changes`` (the ID header of a tab typed without one, the
+    IDs of rows found again without theirs) and store ``values`` as their
+    snapshots. ``rows`` maps each record ID found in the sheet to its sheet
+    row.
     """
 
     updates: dict[int, Record]
@@ -141,7 +144,7 @@ class FromSheetPlan:
     conflicts: list[Conflict]
     counts: dict[str, int]
     id_column: int
-    header_changes: TabChanges
+    id_cell_changes: TabChanges
     rows: dict[int, int] = dataclasses.field(default_factory=dict)
     compared: int = 0  # rows of the tab that hold an ID or values
     can_write_back: list[int] = dataclasses.field(default_factory=list)  # as above
@@ -564,6 +567,98 @@ def _scan_rows(
     return result
 
 
+# Past this many pairs of records without a row and rows without an ID,
+# rows are not sought for records: the search would take longer than the sync.
+_MAX_PAIRS_SOUGHT = 250_000
+
+
+@dataclass(frozen=True)
+class _RowSought:
+    key: int  # the record's ID
+    values: RowValues
+    row: int = 0  # where it was first: unknown
+
+
+def _rows_found_again(
+    ctx: _Pass[Any], scanned: _Rows, app: dict[int, Record], base: dict[int, Record]
+) -> dict[tuple[int, int], Cell]:
+    """Give synced records whose ID no row has any more their rows among
+    those without an ID: a person cleared the ID cell, or a merge hid it and
+    emptied it. Each such row becomes its record's (in ``scanned``), a
+    warning says so, and the ID cells to write back are returned. A row no
+    record fits unmistakably (see :mod:`sheetbridge.sync.matching`) stays a
+    new row, as does every row when a merge hides some of its cells."""
+    id_index = ctx.layout.id_index
+    lost = [record_id for record_id in base.keys() - scanned.seen if record_id in app]
+    if not lost or not scanned.new or id_index is None:
+        return {}
+    if len(lost) * len(scanned.new) > _MAX_PAIRS_SOUGHT:
+        return {}
+    headers = {
+        column.field: (normalize_header(column.header), index)
+        for column, index in ctx.columns
+        if not column.readonly
+    }
+    rows = {n: cells for n, cells in scanned.new if n not in ctx.layout.hidden}
+    values = {n: _recognised_by(ctx, cells, headers) for n, cells in rows.items()}
+    sought = [
+        _RowSought(record_id, _snapshot_values(base[record_id], headers))
+        for record_id in sorted(lost)
+    ]
+    placed = place(sought, list(values), values, set(), naming(ctx.mapping))
+    scanned.new = [(n, cells) for n, cells in scanned.new if n not in placed.values()]
+    cells_to_write: dict[tuple[int, int], Cell] = {}
+    for record_id, number in placed.items():
+        scanned.by_id[record_id] = (number, rows[number])
+        scanned.seen.add(record_id)
+        cells_to_write[(number, id_index + 1)] = record_id
+        ctx.plan.issues.append(_found_again_issue(ctx.mapping, record_id, number))
+    return cells_to_write
+
+
+def _recognised_by(
+    ctx: _Pass[Any], cells: list[Cell], headers: dict[str, tuple[str, int]]
+) -> RowValues:
+    """A row's values as read, by header, to tell whose row it is: blank and
+    unreadable cells left out."""
+    values: RowValues = {}
+    for column, _ in ctx.columns:
+        if column.field not in headers:
+            continue
+        header, index = headers[column.field]
+        try:
+            value = ctx.parser.parse(column, _cell(cells, index))
+        except CellError:
+            continue
+        if value is not None:
+            values[header] = value
+    return values
+
+
+def _snapshot_values(
+    snapshot: Record, headers: dict[str, tuple[str, int]]
+) -> RowValues:
+    return {
+        headers[name][0]: value
+        for name, value in snapshot.items()
+        if name in headers and value is not None
+    }
+
+
+def _found_again_issue(mapping: TabMapping, record_id: int, number: int) -> Issue:
+    return Issue(
+        mapping.tab,
+        number,
+        mapping.id_header,
+        None,
+        f"row {number} had no ID, and holds the values of record {record_id}, "
+        "whose ID no other row has: it is that record's row, and its ID was "
+        "put back in it (clear the row's other cells too, and type it anew, "
+        "to make it a new record)",
+        "warning",
+    )
+
+
 def _doubtful_rows(
     scanned: _Rows, app: dict[int, Record], base: dict[int, Record]
 ) -> list[int]:
@@ -732,6 +827,7 @@ def plan_to_sheet(
         return plan
     scanned = _scan_rows(mapping, layout, rows, ctx.parser)
     plan.compared = scanned.examined
+    plan.changes.cells.update(_rows_found_again(ctx, scanned, app, base))
     if layout.id_index is None:
         _add_id_header(mapping, layout, plan.changes)
     # A missing column comes back, unless it may be one renamed after a sync:
@@ -1167,6 +1263,7 @@ def plan_from_sheet(
         return plan
     scanned = _scan_rows(mapping, layout, rows, ctx.parser)
     plan.compared = scanned.examined
+    plan.id_cell_changes.cells.update(_rows_found_again(ctx, scanned, app, base))
     for issue, rows_text in layout.merge_issues:
         if rows_text:
             were = "was" if rows_text.startswith("row ") else "were"
@@ -1191,7 +1288,7 @@ def plan_from_sheet(
         plan.id_column = layout.next_index + 1
         if plan.creates:
             # a tab typed by hand without an ID column: add it for the new IDs
-            plan.header_changes.cells[(1, plan.id_column)] = mapping.id_header
+            plan.id_cell_changes.cells[(1, plan.id_column)] = mapping.id_header
     doubtful = _doubtful_rows(scanned, app, base)
     for record_id in sorted((app.keys() & base.keys()) - scanned.seen):
         issue = _gone_from_sheet_issue(mapping, record_id, doubtful, asked=False)

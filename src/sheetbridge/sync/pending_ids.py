@@ -6,29 +6,18 @@ dies, the sheet refuses the write) leaves rows without IDs for records that
 exist. Every such record is kept as a :class:`PendingRow`, with the values its
 row had, until a sync sees its ID in the sheet. Before planning, each sync
 finds the row again, reads the tab as if the ID were there already, and writes
-it there:
+it there. A row that holds the ID already, and is still related to the record
+(:func:`~sheetbridge.sync.matching.related`), needs nothing: the write landed.
+Else the record's row is sought among the rows without an ID (or with one
+that reads as none) as :mod:`sheetbridge.sync.matching` tells.
 
-1. a row that holds the ID already, and is still related to the record (see
-   3), needs nothing: the write landed;
-2. else a row without an ID (or with one that reads as none) holding the same
-   values, the one it was in first if that one does;
-3. else the closest related row without an ID, wherever it moved: a policy
-   with the same number (no two policies share one), or a row with
-   everything but one value the same, and with the same name or two values
-   the same at least. A name alone is too weak a sign (two people share
-   one), and so is one shared value, such as a town. Closest is most values
-   the same; where two rows fit a record equally well, or two records a row,
-   nothing is guessed.
-
-Where a row stood is no evidence by itself: a row deleted and a new one
-typed in its place must not take the old one's record. A record whose row is
-found in none of these ways is reported back as lost, so that it is treated
-as never synced: a to-sheet writes it back as a new row, and a row holding
-its ID shows its differences as conflicts, rather than an import deleting,
-flagging or overwriting it. At worst, a row changed past recognition leaves a
-second record beside the first; nothing is lost or overwritten. While the
-tab's name or ID header is renamed, entries stay pending and their records
-are left out of the sync.
+A record whose row is found in none of these ways is reported back as lost,
+so that it is treated as never synced: a to-sheet writes it back as a new
+row, and a row holding its ID shows its differences as conflicts, rather than
+an import deleting, flagging or overwriting it. At worst, a row changed past
+recognition leaves a second record beside the first; nothing is lost or
+overwritten. While the tab's name or ID header is renamed, entries stay
+pending and their records are left out of the sync.
 """
 
 from __future__ import annotations
@@ -36,19 +25,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from sheetbridge.sheets.base import Cell, TabData
 from sheetbridge.sync.columns import CellParser, normalize_header
 from sheetbridge.sync.engine import TabMapping, read_id
-
-# The field that names a row of each kind to a person (step 3), and the one
-# of them that no two records share.
-_NAMING_FIELDS = ("policy_number", "name")
-_UNIQUE_NAMING_FIELD = "policy_number"
-
-RowValues = dict[str, Any]
-"""A row's cells by their column's header, as JSON: blank cells left out."""
+from sheetbridge.sync.matching import RowValues, naming, place, related
 
 
 @dataclass(frozen=True)
@@ -110,8 +91,8 @@ def find_rows(
         return found
     rows = [list(row) for row in tab.rows]
     header = rows[0] if rows else []
-    naming = _naming(mapping)
-    named = naming.header in {normalize_header(name) for name in header}
+    names = naming(mapping)
+    named = names.header in {normalize_header(name) for name in header}
     column = _id_column(mapping, header)
     skip = _not_compared(mapping)
     waiting: list[PendingRow] = []
@@ -145,13 +126,13 @@ def find_rows(
     taken: set[int] = set()
     for entry in list(waiting):  # the write landed, and the row is still its
         row = row_of.get(entry.record_id)
-        if row is not None and _related(entry, values[row], naming):
+        if row is not None and related(entry.values, values[row], names):
             taken.add(row)
             found.settled.append(entry.key)
             waiting.remove(entry)
     # Rows a record may be placed in: no ID, or none that reads as one.
     free = [n for n in values if ids.get(n) is None]
-    placed = _place(waiting, free, values, taken, naming)
+    placed = place(waiting, free, values, taken, names)
     for entry in waiting:
         found.settled.append(entry.key)
         row = placed.get(entry.key)
@@ -167,76 +148,6 @@ def find_rows(
     return found
 
 
-def _place(
-    waiting: list[PendingRow],
-    free: list[int],
-    values: dict[int, RowValues],
-    taken: set[int],
-    naming: Naming,
-) -> dict[int, int]:
-    """Each entry's row (by entry key): one with its values, the row it was
-    in first; else the closest related row, where that is no guess."""
-    placed: dict[int, int] = {}
-    for entry in waiting:
-        alike = [n for n in free if n not in taken and values[n] == entry.values]
-        if alike:
-            row = entry.row if entry.row in alike else alike[0]
-            placed[entry.key] = row
-            taken.add(row)
-    pairs = sorted(
-        (
-            (_shared(entry.values, values[n]), entry.key, n)
-            for entry in waiting
-            if entry.key not in placed
-            for n in free
-            if n not in taken and _related(entry, values[n], naming)
-        ),
-        reverse=True,
-    )
-    # Best pairs first; an entry or a row that two pairs fit equally well is
-    # a guess, and is left out altogether.
-    doubtful_entries: set[int] = set()
-    doubtful_rows: set[int] = set()
-    for score, key, row in pairs:
-        if key in placed or row in taken or key in doubtful_entries:
-            continue
-        if row in doubtful_rows:
-            continue
-        rivals = [
-            (other_key, other_row)
-            for other_score, other_key, other_row in pairs
-            if other_score == score
-            and (other_key == key) != (other_row == row)
-            and other_key not in placed
-            and other_row not in taken
-        ]
-        if rivals:
-            doubtful_entries.add(key)
-            doubtful_rows.add(row)
-            doubtful_entries.update(other_key for other_key, _ in rivals)
-            doubtful_rows.update(other_row for _, other_row in rivals)
-            continue
-        placed[key] = row
-        taken.add(row)
-    return placed
-
-
-def _related(entry: PendingRow, values: RowValues, naming: Naming) -> bool:
-    """Whether a row may be the entry's, edited (step 3)."""
-    name = entry.values.get(naming.header)
-    same_name = name is not None and values.get(naming.header) == name
-    if same_name and naming.unique:
-        return True
-    differ = {k for k in entry.values.keys() | values.keys()} - {
-        k for k in entry.values if values.get(k) == entry.values[k]
-    }
-    return len(differ) <= 1 and (same_name or _shared(entry.values, values) >= 2)
-
-
-def _shared(first: RowValues, second: RowValues) -> int:
-    return sum(1 for k, value in first.items() if second.get(k) == value)
-
-
 def _id_column(mapping: TabMapping, header: Sequence[Cell]) -> int | None:
     """The tab's ID column by its header; None if it has none (yet)."""
     wanted = normalize_header(mapping.id_header)
@@ -244,24 +155,6 @@ def _id_column(mapping: TabMapping, header: Sequence[Cell]) -> int | None:
         if normalize_header(value) == wanted:
             return index
     return None
-
-
-@dataclass(frozen=True)
-class Naming:
-    """The header of a tab's naming field, and whether no two records share
-    its value."""
-
-    header: str
-    unique: bool
-
-
-def _naming(mapping: TabMapping) -> Naming:
-    return next(
-        Naming(normalize_header(column.header), field_name == _UNIQUE_NAMING_FIELD)
-        for field_name in _NAMING_FIELDS
-        for column in mapping.columns
-        if column.field == field_name
-    )
 
 
 def _at(rows: list[list[Cell]], number: int, column: int) -> Cell:
