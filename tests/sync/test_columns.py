@@ -253,7 +253,18 @@ def test_dates_become_iso_text(raw: Cell, expected: str) -> None:
     ],
 )
 def test_bad_dates_are_rejected_with_a_format_hint(raw: Cell) -> None:
-    assert reason(DATE, raw) == "not a date; use YYYY-MM-DD"
+    hint = reason(DATE, raw)
+    assert hint.startswith("not a date; use YYYY-MM-DD")
+    if isinstance(raw, str):  # text may be written the US way too, and says so
+        assert hint == (
+            "not a date; use YYYY-MM-DD, or M/D/YYYY with the month first "
+            "(1/5/2020 is 5 January)"
+        )
+
+
+def test_a_us_date_in_text_is_read_month_first() -> None:
+    assert parse_cell(DATE, "1/5/2020") == "2020-01-05"
+    assert parse_cell(DATE, "12/31/2020") == "2020-12-31"
 
 
 def test_a_time_in_a_date_column_says_dates_before_1900_cannot_be_held() -> None:

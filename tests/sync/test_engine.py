@@ -187,6 +187,22 @@ def test_each_doubled_header_counts_as_the_error_it_is_listed_as(
     assert doubled.counts["errors"] == len(again)
 
 
+def test_an_import_says_a_doubled_required_header_stops_the_whole_tab() -> None:
+    app = {1: rec("Ann", note="call back")}
+    tab, base = synced(app)
+    tab.rows[0] += ["Name"]
+    tab.rows[1][HEADER.index("Note")] = "edited"
+
+    plan = plan_from_sheet(MAPPING, tab, app, base)
+
+    (error,) = [i for i in plan.issues if i.kind == "error"]
+    assert "nothing is synced from these columns" in error.reason
+    assert "'Name' is required, so no row of tab 'Policies' was imported" in (
+        error.reason
+    )
+    assert plan.updates == {}
+
+
 def test_duplicate_id_header_stops_the_tab() -> None:
     tab = tab_of([1, "Ann"], header=["ID", "Name", "ID"])
     plan = plan_from_sheet(MAPPING, tab, {1: rec("Bob")}, {1: rec("Bob")})

@@ -402,7 +402,10 @@ def _date_text(text: str) -> date:
             return date.fromisoformat(text)
         return _date_of(datetime.fromisoformat(text))
     except ValueError:
-        raise CellError("not a date; use YYYY-MM-DD") from None
+        raise CellError(
+            "not a date; use YYYY-MM-DD, or M/D/YYYY with the month first "
+            "(1/5/2020 is 5 January)"
+        ) from None
 
 
 def _parse_enum(column: Column, raw: Cell) -> str:

@@ -1325,11 +1325,26 @@ def _prepare_from_sheet_header(
             ok = False
         elif not layout.strangers:  # else told with the headers in its place
             plan.issues.append(_missing_column_issue(mapping, column.header))
-    if any(mapping_col.required for mapping_col in _ambiguous(mapping, layout)):
-        ok = False
+    for column in _ambiguous(mapping, layout):
+        if column.required:
+            ok = False
+            _told_stops_the_tab(plan.issues, mapping, column)
     if layout.id_index is not None:
         plan.id_column = layout.id_index + 1
     return ok
+
+
+def _told_stops_the_tab(
+    issues: list[Issue], mapping: TabMapping, column: Column
+) -> None:
+    """Add to the error about a required column's doubled header that no row
+    of the tab was imported, not only its columns' values."""
+    for issue in issues:
+        if issue.kind == "error" and issue.row == 1 and issue.column == column.header:
+            issue.reason += (
+                f"; {column.header!r} is required, so no row of tab "
+                f"{mapping.tab!r} was imported"
+            )
 
 
 def _ambiguous(mapping: TabMapping, layout: _Layout) -> list[Column]:
