@@ -361,6 +361,13 @@ def test_conflict_is_resolved_in_the_page_by_button_and_by_keyboard(
         expect(value).to_be_focused()
         expect(value).to_have_value("app@example.com")
         page.keyboard.press("Control+A")
+        page.keyboard.press("Backspace")
+        page.keyboard.press("Enter")  # blank: the page asks first
+        expect(email.locator(".conflict-editor .field-error")).to_have_text(
+            "Left blank, this clears Email: neither value is kept. "
+            "Save again to clear it."
+        )
+        expect(items).to_have_count(1)
         page.keyboard.type("not an email")
         page.keyboard.press("Enter")
         expect(email.locator(".conflict-editor .field-error")).to_contain_text(

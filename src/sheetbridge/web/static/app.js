@@ -1997,11 +1997,27 @@
     });
     listEl.addEventListener("submit", (e) => {
       e.preventDefault();
-      const li = e.target.closest("li.conflict");
-      const input = $("input[name=value]", e.target);
+      const form = e.target;
+      const li = form.closest("li.conflict");
+      const input = $("input[name=value]", form);
       input.removeAttribute("aria-invalid");
-      $(".field-error", e.target).textContent = "";
+      const error = $(".field-error", form);
+      // A blank value drops both sides' values: said first, done when asked again.
+      if (!input.value.trim() && form.dataset.clearAsked !== "yes") {
+        form.dataset.clearAsked = "yes";
+        const c = state.items.find((x) => x.id === Number(li.dataset.conflictId));
+        const what = c && c.column ? c.column : "field";
+        error.textContent = `Left blank, this clears ${what}: neither value is kept. Save again to clear it.`;
+        input.focus();
+        return;
+      }
+      delete form.dataset.clearAsked;
+      error.textContent = "";
       resolve(li, "edit", li.dataset.field === "premium" ? plainAmount(input.value.trim()) : input.value);
+    });
+    listEl.addEventListener("input", (e) => {
+      const form = e.target.closest("form.conflict-editor");
+      if (form) delete form.dataset.clearAsked;
     });
     listEl.addEventListener("keydown", (e) => {
       if (e.key === "Escape" && e.target.matches("form.conflict-editor input")) {
