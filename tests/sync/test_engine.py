@@ -203,6 +203,25 @@ def test_an_import_says_a_doubled_required_header_stops_the_whole_tab() -> None:
     assert plan.updates == {}
 
 
+@pytest.mark.parametrize("plan", [plan_to_sheet, plan_from_sheet])
+def test_a_required_cell_left_blank_says_the_row_waits_until_it_is_filled_in(
+    plan: Any,
+) -> None:
+    app = {1: rec("Ann")}
+    tab, base = synced(app)
+    new_row = row_of(0, rec("Bob", note="typed"))
+    new_row[HEADER.index("ID")] = new_row[HEADER.index("Name")] = None
+    tab.rows.append(new_row)
+
+    planned = plan(MAPPING, tab, app, base)
+
+    (error,) = [i for i in planned.issues if i.kind == "error"]
+    assert (error.row, error.column) == (3, "Name")
+    assert error.reason == (
+        "is required; nothing of this row is imported until it is filled in"
+    )
+
+
 def test_duplicate_id_header_stops_the_tab() -> None:
     tab = tab_of([1, "Ann"], header=["ID", "Name", "ID"])
     plan = plan_from_sheet(MAPPING, tab, {1: rec("Bob")}, {1: rec("Bob")})

@@ -296,13 +296,14 @@ class UndoReport:
         """What is left to do in the sheet, if anything."""
         if not self.removed:
             return None
-        rows = "its row stays" if self.removed == 1 else "their rows stay"
-        records = "1 record" if self.removed == 1 else f"{self.removed:,} records"
+        one = self.removed == 1
+        records = "1 record" if one else f"{self.removed:,} records"
+        rows, them = ("its row stays", "it") if one else ("their rows stay", "them")
         return (
-            f"{records} the import created {'was' if self.removed == 1 else 'were'} "
-            f"deleted; {rows} in the sheet: delete them there, or a sync to "
-            "the sheet removes them where rows deleted on one side are deleted "
-            "on the other"
+            f"{records} the import created {'was' if one else 'were'} deleted; "
+            f"{rows} in the sheet: delete {them} there, or a sync to the sheet "
+            f"removes {them} where rows deleted on one side are deleted on the "
+            "other"
         )
 
 

@@ -1499,7 +1499,14 @@ def _required_present(ctx: _Pass[Any], number: int, values: Record) -> bool:
     for column in ctx.mapping.columns:
         if column.required and column.field in values and values[column.field] is None:
             ctx.issue(
-                Issue(ctx.mapping.tab, number, column.header, None, "is required"),
+                Issue(
+                    ctx.mapping.tab,
+                    number,
+                    column.header,
+                    None,
+                    "is required; nothing of this row is imported until it is "
+                    "filled in",
+                ),
                 "errors",
             )
             ok = False
