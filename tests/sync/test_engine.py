@@ -1301,6 +1301,23 @@ def test_only_a_column_without_header_that_holds_values_is_warned_about(
     ]
 
 
+@pytest.mark.parametrize("plan", [plan_to_sheet, plan_from_sheet])
+def test_a_column_whose_header_was_cleared_is_named_as_the_one_missing(
+    plan: Any,
+) -> None:
+    app = {1: rec("Ann"), 2: rec("Bob")}
+    tab, base = synced(app)
+    tab.rows[0][HEADER.index("Agent")] = None  # lost to a merge, say
+
+    warned = [i for i in plan(MAPPING, tab, app, base).issues if i.kind == "warning"]
+
+    (told,) = [i for i in warned if i.column == "I"]
+    assert told.reason == (
+        "column I has no header; its values are not synced — if it is "
+        "'Agent', whose header is missing, type that header in I1"
+    )
+
+
 def test_an_import_without_an_optional_column_says_its_values_were_not_imported() -> (
     None
 ):
@@ -1335,9 +1352,9 @@ def test_values_right_of_the_last_header_are_warned_about_and_never_overwritten(
     letter = column_letter(stray + 1)
     for plan in (frm, to):
         warned = {i.column: i.reason for i in plan.issues if i.kind == "warning"}
-        assert (
-            warned[letter]
-            == f"column {letter} has no header; its values are not synced"
+        assert warned[letter] == (
+            f"column {letter} has no header; its values are not synced — if it "
+            f"is 'Phone', whose header is missing, type that header in {letter}1"
         )
     added = {col for (row, col), value in to.changes.cells.items() if row == 1}
     assert min(added) > stray + 1, "the Phone column goes right of the stray value"

@@ -260,7 +260,7 @@ def _read_layout(
         else:
             layout.missing.append(column)
     layout.issues = _header_issues(mapping, header, positions)
-    layout.issues.extend(_headerless_issues(mapping, rows, firsts))
+    layout.issues.extend(_headerless_issues(mapping, rows, firsts, layout.missing))
     if layout.missing:
         layout.strangers = [
             index
@@ -452,21 +452,32 @@ def _first_value_row(rows: Sequence[list[Cell]], index: int) -> int | None:
 
 
 def _headerless_issues(
-    mapping: TabMapping, rows: Sequence[list[Cell]], firsts: dict[int, int]
+    mapping: TabMapping,
+    rows: Sequence[list[Cell]],
+    firsts: dict[int, int],
+    missing: Sequence[Column],
 ) -> list[Issue]:
     """One warning per column without a header, at its first cell holding a
-    value (at its header cell if it holds none)."""
+    value (at its header cell if it holds none). While some of ours are
+    missing, it may be one of them, its header cleared or lost to a merge."""
+    names = " or ".join(repr(column.header) for column in missing)
     issues = []
     for index, number in firsts.items():
         letter = column_letter(index + 1)
         value = rows[number - 1][index] if number > 1 else None
+        reason = f"column {letter} has no header; its values are not synced"
+        if missing:
+            reason += (
+                f" — if it is {names}, whose header is missing, type that "
+                f"header in {letter}1"
+            )
         issues.append(
             Issue(
                 mapping.tab,
                 number,
                 letter,
                 None if value is None else shown(value),
-                f"column {letter} has no header; its values are not synced",
+                reason,
                 "warning",
             )
         )
