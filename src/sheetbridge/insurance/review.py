@@ -409,17 +409,13 @@ def _undone_together(
     }
     if len(wanted) < 2:
         return set()
-    holders = {
-        number.lower(): policy_id
-        for number, policy_id in book.session.execute(
-            select(Policy.policy_number, Policy.id).where(Policy.id.in_(wanted))
+    held = {
+        policy_id: number
+        for policy_id, number in book.session.execute(
+            select(Policy.id, Policy.policy_number).where(Policy.id.in_(wanted))
         )
     }
-    moving: set[int] = set()
-    for record_id, number in wanted.items():
-        holder = holders.get(str(number).lower())
-        if holder is not None and holder != record_id:
-            moving |= {record_id, holder}
+    moving = Book.trading_numbers(wanted, held)
     keys = {("policy", record_id) for record_id in moving}
     # Loaded first, they keep their numbers in the session for the checks.
     loaded = [book.session.get(Policy, record_id) for record_id in sorted(moving)]

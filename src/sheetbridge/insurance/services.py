@@ -7,7 +7,7 @@ another one made meanwhile.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -245,6 +245,23 @@ class Book:
         if expiration < effective:
             raise InvalidField("expiration_date", "is before the effective date")
         return self._update(policy, data.version, changes)
+
+    @staticmethod
+    def trading_numbers(
+        wanted: Mapping[int, object], held: Mapping[int, str]
+    ) -> set[int]:
+        """Of the policies to be given new numbers (``wanted``, by ID), those
+        taking a number another of them gives up, and those giving it up
+        (two swapping theirs, say): they must be updated together, with
+        :meth:`free_policy_numbers`. ``held``: each one's number now. In any
+        case, as numbers are told apart."""
+        holders = {number.lower(): policy_id for policy_id, number in held.items()}
+        trading: set[int] = set()
+        for policy_id, number in wanted.items():
+            holder = holders.get(str(number).lower())
+            if holder is not None and holder != policy_id:
+                trading |= {policy_id, holder}
+        return trading
 
     def free_policy_numbers(self, policy_ids: Collection[int]) -> None:
         """Let the policies ``policy_ids`` take one another's numbers, as two

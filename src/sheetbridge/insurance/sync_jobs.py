@@ -860,15 +860,8 @@ class _Importer:
         }
         if len(wanted) < 2:
             return []
-        # In any case, as the numbers are told apart.
-        holders = {
-            p.policy_number.lower(): p.id for p in self._loaded if p.id in wanted
-        }
-        moving: set[int] = set()
-        for record_id, number in wanted.items():
-            holder = holders.get(str(number).lower())
-            if holder is not None and holder != record_id:
-                moving |= {record_id, holder}
+        held = {p.id: p.policy_number for p in self._loaded if p.id in wanted}
+        moving = Book.trading_numbers(wanted, held)
         return [record_id for record_id in wanted if record_id in moving]
 
     def _update_together(self, moving: list[int]) -> None:

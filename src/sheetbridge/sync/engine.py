@@ -1012,11 +1012,9 @@ def _emptied_by_merge(
     value goes back into it, and a value typed there is an edit like any other.
     """
     hidden = ctx.layout.hidden.get(number)
-    if not hidden and not waiting:
-        snapshot.pop(EMPTIED_BY_MERGE, None)
-        return snapshot
-    hidden = hidden or set()
-    emptied = {*waiting, *(column.field for column, i in ctx.columns if i in hidden)}
+    emptied = set(waiting)
+    if hidden:
+        emptied.update(column.field for column, i in ctx.columns if i in hidden)
     if emptied:
         snapshot[EMPTIED_BY_MERGE] = ",".join(sorted(emptied))
     else:
