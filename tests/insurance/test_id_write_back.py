@@ -53,6 +53,26 @@ def type_new_rows(runtime: Runtime) -> None:
             customers.cell(row, header["City"]).value = "Augusta"
 
 
+def test_an_import_fills_in_the_app_columns_of_the_rows_it_created(
+    synced: Runtime,
+) -> None:
+    type_new_rows(synced)
+    with alices_tab(synced) as (customers, header):
+        typed = row_named(customers, NAMES[0])
+        customers.cell(typed, header["Agent"]).value = "Someone Typed"
+
+    run_sync(synced, "alice", FROM_SHEET)
+
+    customers = load_workbook(workbook_path(synced, "alice"))["Customers"]
+    header = columns(customers)
+    agents = {
+        name: customers.cell(row_named(customers, name), header["Agent"]).value
+        for name in NAMES
+    }
+    assert agents[NAMES[0]] == "Someone Typed", "a person's value is left alone"
+    assert {agents[name] for name in NAMES[1:]} == {"alice"}
+
+
 def row_named(customers: Any, name: str) -> int:
     header = columns(customers)
     return next(

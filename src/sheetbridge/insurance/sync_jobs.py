@@ -73,13 +73,14 @@ from sheetbridge.sheets.google import (
 )
 from sheetbridge.sheets.quota import limiter_from_settings
 from sheetbridge.sheets.xlsx import XlsxBackend
-from sheetbridge.sync.columns import Canonical, Column
+from sheetbridge.sync.columns import Canonical, Column, render_cell
 from sheetbridge.sync.engine import (
     DELETE_MODES,
     LEFT_THE_BOOK,
     Conflict,
     FromSheetPlan,
     Issue,
+    NewRow,
     Record,
     TabMapping,
     ToSheetPlan,
@@ -583,6 +584,7 @@ class SyncService:
                 if importer.id_cells or plan.id_cell_changes.cells:
                     id_cells[mapping.tab] = {
                         **plan.id_cell_changes.cells,
+                        **importer.filled_in,
                         **importer.id_cells,
                     }
         return changed, created, id_cells
@@ -814,6 +816,8 @@ class _Importer:
         self.audit = audit
         self.snapshots: dict[int, Record] = dict(plan.snapshots)
         self.id_cells: dict[tuple[int, int], Any] = {}
+        # The new rows' blank cells of columns the app fills in (an agent).
+        self.filled_in: dict[tuple[int, int], Cell] = {}
         self.changed: list[int] = []
         self.created: list[int] = []
         self.rows = {issue.row for issue in plan.issues if issue.row is not None}
@@ -832,7 +836,7 @@ class _Importer:
         if moving:
             self._update_together(moving)
         for new_row in self.plan.creates:
-            self._create(new_row.row, new_row.values)
+            self._create(new_row)
         self.audit.save(self.book.session)
 
     def _load(self, record_ids: Iterable[int]) -> list[Any]:
@@ -923,8 +927,9 @@ class _Importer:
         }
         self.audit.updated(record_id, after, values)
 
-    def _create(self, row: int, values: Record) -> None:
+    def _create(self, new_row: NewRow) -> None:
         session = self.book.session
+        row, values = new_row.row, new_row.values
         fields = to_python(self.mapping, values)
         try:
             with session.begin_nested():
@@ -940,7 +945,14 @@ class _Importer:
         self.snapshots[created.id] = self._record(created)
         self.audit.created(created.id, self.snapshots[created.id])
         self.id_cells[(row, self.plan.id_column)] = created.id
+        for name, column in new_row.blank.items():
+            value = self.snapshots[created.id].get(name)
+            if value is not None:
+                self.filled_in[(row, column)] = render_cell(self._column(name), value)
         self.plan.counts["created"] += 1
+
+    def _column(self, name: str) -> Column:
+        return next(c for c in self.mapping.columns if c.field == name)
 
     def _record(self, row: Any) -> Record:
         return customer_record(row) if self.mapping is CUSTOMERS else policy_record(row)

@@ -119,10 +119,13 @@ class ToSheetPlan:
 
 @dataclass
 class NewRow:
-    """A row typed into the sheet without an ID: a record to create."""
+    """A row typed into the sheet without an ID: a record to create.
+    ``blank``: the 1-based columns of its blank cells the app fills in (an
+    agent's name), by field, to write once the record exists."""
 
     row: int
     values: Record
+    blank: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 @dataclass
@@ -1541,7 +1544,12 @@ def _new_row_values(
 def _create_row(ctx: _FromSheet, number: int, cells: list[Cell]) -> None:
     values = _new_row_values(ctx, number, cells)
     if values is not None:
-        ctx.plan.creates.append(NewRow(number, values))
+        blank = {
+            column.field: index + 1
+            for column, index in ctx.columns
+            if column.readonly and _is_blank(_cell(cells, index))
+        }
+        ctx.plan.creates.append(NewRow(number, values, blank))
         ctx.plan.counts["created"] += 1
 
 
