@@ -119,7 +119,8 @@ def test_status_shows_rows_imported_skipped_and_with_errors_from_the_sheet(
     assert (progress["rows_to_import"], progress["rows_imported"]) == (3, 3)
     assert progress["rows_with_errors"] == 1
     assert progress["rows_skipped"] == rows + 1 - 3 - 1
-    assert progress["cells_written"] == 1  # the new record's ID, written back
+    # The new record's ID and its Agent cell, written back into its row.
+    assert progress["cells_written"] == 2
     assert (progress["done"], progress["total"]) == (3, 3)
 
 
