@@ -24,8 +24,6 @@ from sheetbridge.db import (
 from tests.conftest import blank_database, postgres_url
 
 
-# SQLite cannot reflect an index on an expression; PostgreSQL compares it.
-@pytest.mark.filterwarnings("ignore:.*expression-based index")
 def test_migrated_database_matches_the_models(db: Database) -> None:
     load_models()
     with db.engine.connect() as connection:
@@ -213,3 +211,52 @@ def test_db_upgrade_says_which_books_share_a_spreadsheet_in_one_line(
     (line,) = ran.stderr.strip().splitlines()
     assert line.startswith(f"cannot upgrade the database {url}: ")
     assert "spreadsheet 1SharedSheetAbc is the sheet of alice's and bob's" in line
+
+
+def test_upgrading_folds_the_policy_numbers_stored_before(tmp_path: Path) -> None:
+    from alembic import command
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    database = Database(url)
+    try:
+        with database.engine.begin() as connection:
+            config = alembic_config(url)
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0011")
+        with database.session() as session:
+            session.execute(
+                text(
+                    "INSERT INTO users (id, username, full_name, role, password_hash,"
+                    " created_at) VALUES (1, 'a', 'A', 'agent', 'x', '2026-01-01')"
+                )
+            )
+            session.execute(
+                text(
+                    "INSERT INTO customers (id, name, email, phone, address, city,"
+                    " state, zip_code, notes, agent_id, version, created_at,"
+                    " updated_at) VALUES (7, 'C', '', '', '', '', '', '', '', 1, 1,"
+                    " '2026-01-01', '2026-01-01')"
+                )
+            )
+            for policy_id, number in ((1, "AB-1"), (2, "ПОЛ-2")):
+                session.execute(
+                    text(
+                        "INSERT INTO policies (id, policy_number, customer_id,"
+                        " carrier, line_of_business, effective_date,"
+                        " expiration_date, premium, status, agent_id, version,"
+                        " created_at, updated_at) VALUES (:id, :number, 7, 'X',"
+                        " 'auto', '2026-01-01', '2027-01-01', 1, 'active', 1, 1,"
+                        " '2026-01-01', '2026-01-01')"
+                    ),
+                    {"id": policy_id, "number": number},
+                )
+
+        database.upgrade()
+
+        with database.read_session() as session:
+            keys = session.execute(
+                text("SELECT id, policy_number_key FROM policies ORDER BY id")
+            ).all()
+        assert [tuple(row) for row in keys] == [(1, "ab-1"), (2, "пол-2")]
+    finally:
+        database.dispose()

@@ -150,3 +150,23 @@ def test_a_new_row_with_a_policys_number_in_other_case_is_refused_not_a_second(
     )
     assert sorted(numbers(synced).values()).count("AB-100") == 1
     assert "ab-100" not in numbers(synced).values()
+
+
+def test_two_new_rows_giving_one_number_in_two_cases_are_both_refused(
+    synced: Runtime,
+) -> None:
+    with alices_tab(synced, "Policies") as (policies, header):
+        rows = (policies.max_row + 1, policies.max_row + 2)
+        for new, number in zip(rows, ("zz-1", "ZZ-1"), strict=True):
+            for column in header:
+                if column != "ID":
+                    source = policies.cell(2, header[column]).value
+                    policies.cell(new, header[column]).value = source
+            policies.cell(new, header["Policy Number"]).value = number
+
+    imported = run_sync(synced, "alice", FROM_SHEET)
+
+    told = {i["row"]: i["reason"] for i in errors_of(imported, "Policies")}
+    assert f"zz-1 is already used by row {rows[1]}" in told[rows[0]]
+    assert f"ZZ-1 is already used by row {rows[0]}" in told[rows[1]]
+    assert imported["tabs"]["Policies"]["counts"]["created"] == 0

@@ -306,6 +306,27 @@ def test_a_policy_number_differing_only_in_case_from_one_in_use_is_refused(
     assert recased.json()["policy_number"] == "AB-100"
 
 
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("É-100", "é-100"), ("ПОЛ-1", "пол-1"), ("STRASSE-1", "straße-1")],
+)
+def test_policy_numbers_are_told_apart_in_no_case_in_any_alphabet(
+    alice: TestClient, first: str, second: str
+) -> None:
+    policy, other = alice.get("/api/policies", params={"limit": 2}).json()["items"]
+    assert _save_policy(alice, policy, policy_number=first).status_code == 200
+
+    taken = _save_policy(alice, other, policy_number=second)
+    found = alice.get("/api/policies", params={"q": second}).json()["items"]
+
+    assert taken.status_code == 422
+    assert (
+        f"is already used by policy {policy['id']}"
+        in (taken.json()["detail"][0]["msg"])
+    )
+    assert [item["id"] for item in found] == [policy["id"]], "search finds it too"
+
+
 def test_another_agents_customer_is_told_as_not_in_your_book(
     client: TestClient, tokens: dict[str, str]
 ) -> None:

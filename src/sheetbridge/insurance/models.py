@@ -5,19 +5,18 @@ from __future__ import annotations
 import re
 from datetime import date, datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import (
     Date,
     DateTime,
     ForeignKey,
-    Index,
     Integer,
     Numeric,
     String,
     Text,
-    func,
 )
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
 
 from sheetbridge import clock
 from sheetbridge.db import Base
@@ -104,11 +103,27 @@ class Customer(Base):
     __mapper_args__ = {"version_id_col": version}  # noqa: RUF012
 
 
+def fold_number(number: str) -> str:
+    """A policy number as numbers are told apart: in no case, in any
+    alphabet ("STRASSE-1" is "straße-1")."""
+    return number.casefold()
+
+
+def _folded_number(context: Any) -> str | None:
+    number = context.get_current_parameters().get("policy_number")
+    return fold_number(number) if isinstance(number, str) else None
+
+
 class Policy(Base):
     __tablename__ = "policies"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     policy_number: Mapped[str] = mapped_column(String(40), unique=True)
+    # The number in no case, as numbers are told apart ("ab-1" is "AB-1"):
+    # kept by the database's inserts and by every change through a Policy.
+    policy_number_key: Mapped[str | None] = mapped_column(
+        String(160), index=True, default=_folded_number
+    )
     customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
     carrier: Mapped[str] = mapped_column(String(100))
     line_of_business: Mapped[str] = mapped_column(String(32))
@@ -128,12 +143,12 @@ class Policy(Base):
     customer: Mapped[Customer] = relationship(lazy="joined")
     agent: Mapped[User] = relationship(lazy="joined")
 
-    __table_args__ = (
-        # Numbers are told apart in any case: the look-up of "ab-1" for "AB-1".
-        Index("ix_policies_policy_number_lower", func.lower(policy_number)),
-        # IDs are never handed out again: a row kept in the sheet for a deleted
-        # record must not be taken over by a new one (SQLite would reuse the
-        # top ID).
-        {"sqlite_autoincrement": True},
-    )
+    # IDs are never handed out again: a row kept in the sheet for a deleted
+    # record must not be taken over by a new one (SQLite would reuse the top ID).
+    __table_args__ = {"sqlite_autoincrement": True}  # noqa: RUF012
     __mapper_args__ = {"version_id_col": version}  # noqa: RUF012
+
+    @validates("policy_number")
+    def _keep_key(self, _name: str, number: str) -> str:
+        self.policy_number_key = fold_number(number)
+        return number

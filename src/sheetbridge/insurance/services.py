@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from sheetbridge import clock
-from sheetbridge.insurance.models import Customer, Policy, User
+from sheetbridge.insurance.models import Customer, Policy, User, fold_number
 from sheetbridge.insurance.schemas import (
     CustomerCreate,
     CustomerOut,
@@ -198,7 +198,9 @@ class Book:
             pattern = _contains(query.q)
             statement = statement.where(
                 or_(
-                    func.lower(Policy.policy_number).like(pattern, escape="\\"),
+                    Policy.policy_number_key.like(
+                        _contains(fold_number(query.q)), escape="\\"
+                    ),
                     func.lower(Policy.carrier).like(pattern, escape="\\"),
                     func.lower(Customer.name).like(pattern, escape="\\"),
                 )
@@ -255,10 +257,10 @@ class Book:
         (two swapping theirs, say): they must be updated together, with
         :meth:`free_policy_numbers`. ``held``: each one's number now. In any
         case, as numbers are told apart."""
-        holders = {number.lower(): policy_id for policy_id, number in held.items()}
+        holders = {fold_number(number): policy_id for policy_id, number in held.items()}
         trading: set[int] = set()
         for policy_id, number in wanted.items():
-            holder = holders.get(str(number).lower())
+            holder = holders.get(fold_number(str(number)))
             if holder is not None and holder != policy_id:
                 trading |= {policy_id, holder}
         return trading
@@ -276,7 +278,10 @@ class Book:
         self.session.execute(
             update(table)
             .where(table.c.id == bindparam("policy"))
-            .values(policy_number=bindparam("stand_in")),
+            .values(
+                policy_number=bindparam("stand_in"),
+                policy_number_key=bindparam("stand_in"),
+            ),
             [{"policy": id_, "stand_in": f"\x01{id_}"} for id_ in policy_ids],
         )
 
@@ -361,13 +366,13 @@ class Book:
             ) from exc
 
     def _check_policy_number(self, number: str, policy_id: int | None) -> None:
-        """Refuse a number another policy has, in any case: "ab-1" typed for
-        a new policy is most likely "AB-1", and two would be told apart by
-        no one."""
+        """Refuse a number another policy has, in any case and alphabet:
+        "ab-1" typed for a new policy is most likely "AB-1", and two would be
+        told apart by no one."""
         clash = self.session.execute(
             select(Policy.id, Policy.agent_id, Policy.policy_number)
             .where(
-                func.lower(Policy.policy_number) == func.lower(number),
+                Policy.policy_number_key == fold_number(number),
                 Policy.id != (policy_id or 0),
             )
             .limit(1)

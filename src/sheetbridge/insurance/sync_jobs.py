@@ -42,7 +42,13 @@ from sheetbridge.insurance.mapping import (
     policy_record,
     to_python,
 )
-from sheetbridge.insurance.models import Customer, Policy, User, is_file_name
+from sheetbridge.insurance.models import (
+    Customer,
+    Policy,
+    User,
+    fold_number,
+    is_file_name,
+)
 from sheetbridge.insurance.review import (
     CREATED,
     forget_sheet,
@@ -593,22 +599,22 @@ class SyncService:
 
     def _numbers_elsewhere(
         self, plan: ToSheetPlan, policies: dict[int, Record]
-    ) -> set[Canonical]:
+    ) -> set[str]:
         """The policy numbers that sheet edits and new rows give, which
-        policies outside the book have."""
-        wanted = {edit.get("policy_number") for edit in plan.edits.values()}
-        wanted |= {new.values.get("policy_number") for new in plan.new_rows}
-        wanted.discard(None)
+        policies outside the book have, in no case (:func:`fold_number`)."""
+        given = [edit.get("policy_number") for edit in plan.edits.values()]
+        given += [new.values.get("policy_number") for new in plan.new_rows]
+        wanted = {fold_number(str(number)) for number in given if number is not None}
         if not wanted:
             return set()
         with self.db.read_session() as session:
             holders = session.execute(
-                select(Policy.id, Policy.policy_number).where(
-                    Policy.policy_number.in_(wanted)
+                select(Policy.id, Policy.policy_number_key).where(
+                    Policy.policy_number_key.in_(wanted)
                 )
             )
             return {
-                number for record_id, number in holders if record_id not in policies
+                key for record_id, key in holders if key and record_id not in policies
             }
 
     def _read_sheet(
@@ -1101,12 +1107,12 @@ def _tell_refused(
     mapping: TabMapping,
     plan: ToSheetPlan,
     app: dict[str, dict[int, Record]],
-    elsewhere: set[Canonical],
+    elsewhere: set[str],
 ) -> None:
     """Sheet edits and new rows still to import that the import would refuse
     are errors to fix in the sheet, not changes waiting for a sync from the
     sheet, which would only refuse them again. ``elsewhere`` are the policy
-    numbers they give that policies outside the book have."""
+    numbers they give that policies outside the book have, in no case."""
     customers = app[CUSTOMERS.tab]
     _tell_refused_edits(mapping, plan)
     _tell_refused_records(mapping, plan, app[mapping.tab], customers)
@@ -1123,18 +1129,22 @@ def _refuse_numbers_given_twice(plan: FromSheetPlan) -> None:
     number another row of it gives too (a new row, or a number edited), each
     naming the others: importing the first would make the rest refused in
     favour of a policy the same import made, by order of rows."""
-    rows: dict[Canonical, list[int]] = defaultdict(list)
+    # Rows by the number they give, in no case: "ab-1" is "AB-1".
+    rows: dict[str, list[tuple[int, Canonical]]] = defaultdict(list)
     for record_id, fields in plan.updates.items():
-        if "policy_number" in fields:
-            rows[fields["policy_number"]].append(plan.rows[record_id])
+        number = fields.get("policy_number")
+        if number is not None:
+            rows[fold_number(str(number))].append((plan.rows[record_id], number))
     for new in plan.creates:
-        rows[new.values.get("policy_number")].append(new.row)
+        number = new.values.get("policy_number")
+        if number is not None:
+            rows[fold_number(str(number))].append((new.row, number))
     refused: dict[int, tuple[str, str]] = {}
-    for number, given in rows.items():
-        if number is None or len(given) < 2:
+    for given in rows.values():
+        if len(given) < 2:
             continue
-        for row in given:
-            others = ", ".join(f"row {other}" for other in given if other != row)
+        for row, number in given:
+            others = ", ".join(f"row {other}" for other, _ in given if other != row)
             refused[row] = (
                 str(number),
                 f"policy number {shown(number)} is already used by {others}; "
@@ -1238,25 +1248,29 @@ def _tell_refused_records(
 
 
 def _tell_numbers_taken(
-    plan: ToSheetPlan, policies: dict[int, Record], elsewhere: set[Canonical]
+    plan: ToSheetPlan, policies: dict[int, Record], elsewhere: set[str]
 ) -> dict[int, list[Refusal]]:
     """A policy number a sheet edit or a new row gives a policy while another
-    policy has it, or will after the import: one of the book (named) or of
-    another (not named). Edits are told at once; the new rows' refusals are
-    returned by row."""
-    holders: dict[Canonical, list[str]] = defaultdict(list)
+    policy has it (in any case), or will after the import: one of the book
+    (named) or of another (not named). Edits are told at once; the new rows'
+    refusals are returned by row."""
+    holders: dict[str, list[str]] = defaultdict(list)
+
+    def key(number: Canonical) -> str:
+        return "" if number is None else fold_number(str(number))
+
     for record_id, record in policies.items():
         number = plan.edits.get(record_id, {}).get(
             "policy_number", record.get("policy_number")
         )
         row = plan.rows.get(record_id)
-        holders[number].append(f"row {row}" if row else f"policy {record_id}")
+        holders[key(number)].append(f"row {row}" if row else f"policy {record_id}")
     for new in plan.new_rows:
-        holders[new.values.get("policy_number")].append(f"row {new.row}")
+        holders[key(new.values.get("policy_number"))].append(f"row {new.row}")
 
     def used(number: Canonical, here: str) -> str | None:
-        others = [where for where in holders[number] if where != here]
-        if number is None or not (others or number in elsewhere):
+        others = [where for where in holders[key(number)] if where != here]
+        if number is None or not (others or key(number) in elsewhere):
             return None
         if not others:
             return f"policy number {shown(number)} is already used"
