@@ -389,6 +389,33 @@ def test_conflict_is_resolved_in_the_page_by_button_and_by_keyboard(
         page.close()
 
 
+def test_a_conflict_over_a_required_field_refuses_a_blank_value_at_once(
+    browser: Browser, runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    run_sync(runtime, "alice", TO_SHEET)
+    record_id = edit_sheet_cell(runtime, 2, "Name", "Sheet Name")
+    with live_server(runtime) as url, api_client(url, tokens["alice"]) as api:
+        before = api.get(f"/api/customers/{record_id}").json()
+        api.patch(
+            f"/api/customers/{record_id}",
+            json={"version": before["version"], "name": "App Name"},
+        ).raise_for_status()
+        page = open_dashboard(browser, url, "alice")
+        page.click("#sync-from-sheet")
+        name = page.locator("#conflict-list li[data-field=name]")
+        name.get_by_role("button", name=re.compile("^Type another value")).click()
+
+        name.locator("input[name=value]").fill("  ")
+        name.locator("input[name=value]").press("Enter")
+
+        expect(name.locator(".conflict-editor .field-error")).to_have_text(
+            "Name may not be empty: type a value, or keep one side's."
+        )
+        expect(name).to_have_count(1)
+        assert api.get(f"/api/customers/{record_id}").json()["name"] == "App Name"
+        page.close()
+
+
 def test_a_conflict_with_no_earlier_sync_of_the_sheet_says_so_instead_of_a_base(
     browser: Browser, runtime: Runtime, tokens: dict[str, str]
 ) -> None:

@@ -2002,12 +2002,18 @@
       const input = $("input[name=value]", form);
       input.removeAttribute("aria-invalid");
       const error = $(".field-error", form);
-      // A blank value drops both sides' values: said first, done when asked again.
-      if (!input.value.trim() && form.dataset.clearAsked !== "yes") {
-        form.dataset.clearAsked = "yes";
+      // A blank value drops both sides' values: said first, done when asked
+      // again; a field no record may leave empty says so at once.
+      if (!input.value.trim() && (form.dataset.clearAsked !== "yes" || mustHave(li))) {
         const c = state.items.find((x) => x.id === Number(li.dataset.conflictId));
-        const what = c && c.column ? c.column : "field";
-        error.textContent = `Left blank, this clears ${what}: neither value is kept. Save again to clear it.`;
+        const what = c && c.column ? c.column : "This field";
+        if (mustHave(li)) {
+          error.textContent = `${what} may not be empty: type a value, or keep one side's.`;
+          input.setAttribute("aria-invalid", "true");
+        } else {
+          form.dataset.clearAsked = "yes";
+          error.textContent = `Left blank, this clears ${what}: neither value is kept. Save again to clear it.`;
+        }
         input.focus();
         return;
       }
@@ -2015,6 +2021,12 @@
       error.textContent = "";
       resolve(li, "edit", li.dataset.field === "premium" ? plainAmount(input.value.trim()) : input.value);
     });
+    // Whether the conflict's field is one a record must have (the form says).
+    function mustHave(li) {
+      const spec = ENTITIES[li.dataset.entity];
+      const field = spec && $(`${spec.fieldset} [name="${CSS.escape(li.dataset.field)}"]`);
+      return Boolean(field && field.required);
+    }
     listEl.addEventListener("input", (e) => {
       const form = e.target.closest("form.conflict-editor");
       if (form) delete form.dataset.clearAsked;
