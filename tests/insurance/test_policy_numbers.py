@@ -95,8 +95,15 @@ def test_a_swap_that_one_row_cannot_make_changes_neither_and_says_why(
     assert numbers(synced) == before, "nothing half moved"
     told = {issue["row"]: issue["reason"] for issue in errors_of(imported, "Policies")}
     assert f"{outside!r} is already used" in told[rows[third]]
+    assert "gives it up" not in told[rows[third]], "held by a policy not moving"
+    # The others' numbers are taken only because the third row was not
+    # imported, and they say so, naming its row.
     assert f"{before[third]!r} is already used" in told[rows[second]]
+    assert f"whose row (row {rows[third]}) gives it up in the sheet" in (
+        told[rows[second]]
+    )
     assert f"{before[second]!r} is already used" in told[rows[first]]
+    assert f"whose row (row {rows[second]}) gives it up" in told[rows[first]]
 
 
 def test_undoing_an_import_that_swapped_numbers_swaps_them_back(

@@ -54,6 +54,14 @@ class InvalidField(DomainError):
         self.message = message
 
 
+class NumberTaken(InvalidField):
+    """A policy number another policy (``holder``) has."""
+
+    def __init__(self, message: str, holder: int) -> None:
+        super().__init__("policy_number", message)
+        self.holder = holder
+
+
 class InUse(DomainError):
     """The record cannot be deleted while others depend on it."""
 
@@ -386,8 +394,7 @@ class Book:
                 if clash.policy_number != number
                 else ""
             )
-            raise InvalidField(
-                "policy_number",
-                f"{number!r} is already used by policy {clash.id}{written}",
+            raise NumberTaken(
+                f"{number!r} is already used by policy {clash.id}{written}", clash.id
             )
-        raise InvalidField("policy_number", f"{number!r} is already used")
+        raise NumberTaken(f"{number!r} is already used", clash.id)

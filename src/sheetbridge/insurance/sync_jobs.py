@@ -66,6 +66,7 @@ from sheetbridge.insurance.services import (
     Book,
     DomainError,
     InvalidField,
+    NumberTaken,
     StaleVersion,
 )
 from sheetbridge.queue.errors import PermanentJobError, RetryableJobError
@@ -886,12 +887,17 @@ class _Importer:
                     done[record_id] = self._apply(record_id, updates[record_id])
         except (DomainError, ValidationError, IntegrityError):
             for record_id in moving:
-                self._update(record_id, updates[record_id])
+                self._update(record_id, updates[record_id], trading=set(moving))
             return
         for record_id, record in done.items():
             self._updated(record_id, record, updates[record_id])
 
-    def _update(self, record_id: int, values: Record) -> None:
+    def _update(
+        self, record_id: int, values: Record, *, trading: Collection[int] = ()
+    ) -> None:
+        """Update one record, or tell why not. ``trading``: policies whose
+        numbers move among themselves in this import, which could not all
+        be updated together."""
         try:
             record = self._apply(record_id, values)
         except StaleVersion:
@@ -900,7 +906,12 @@ class _Importer:
             return
         except (DomainError, ValidationError) as exc:
             self.snapshots.pop(record_id, None)
-            self._reject(self._row_of(record_id), exc, values)
+            self._reject(
+                self._row_of(record_id),
+                exc,
+                values,
+                _held_back(exc, trading, self.plan.rows),
+            )
             return
         self._updated(record_id, record, values)
 
@@ -980,7 +991,9 @@ class _Importer:
         )
         self.plan.counts["conflicts"] = self.plan.counts.get("conflicts", 0) + 1
 
-    def _reject(self, row: int | None, exc: Exception, values: Record) -> None:
+    def _reject(
+        self, row: int | None, exc: Exception, values: Record, why: str = ""
+    ) -> None:
         for field, reason in _reasons(exc):
             column = next(
                 (c.header for c in self.mapping.columns if c.field == field), field
@@ -991,11 +1004,24 @@ class _Importer:
                     row=row,
                     column=column,
                     value=_text_of(values.get(field or "")),
-                    reason=f"{reason}; nothing of this row was imported",
+                    reason=f"{reason}{why}; nothing of this row was imported",
                     kind="error",
                 )
             )
         self.plan.counts["errors"] = self.plan.counts.get("errors", 0) + 1
+
+
+def _held_back(exc: Exception, trading: Collection[int], rows: dict[int, int]) -> str:
+    """Why a number another policy of the same import gives up is still
+    taken: that policy's row could not be imported."""
+    if not isinstance(exc, NumberTaken) or exc.holder not in trading:
+        return ""
+    row = rows.get(exc.holder)
+    where = f" (row {row})" if row is not None else ""
+    return (
+        f", whose row{where} gives it up in the sheet but could not be imported "
+        "itself: fix that row"
+    )
 
 
 # Why the import would refuse a record: the field named (if any), in words.
