@@ -99,8 +99,9 @@ def test_a_swap_that_one_row_cannot_make_changes_neither_and_says_why(
     # The others' numbers are taken only because the third row was not
     # imported, and they say so, naming its row.
     assert f"{before[third]!r} is already used" in told[rows[second]]
-    assert f"whose row (row {rows[third]}) gives it up in the sheet" in (
-        told[rows[second]]
+    assert (
+        f"whose row (row {rows[third]}) gives it up in the sheet"
+        in (told[rows[second]])
     )
     assert f"{before[second]!r} is already used" in told[rows[first]]
     assert f"whose row (row {rows[second]}) gives it up" in told[rows[first]]

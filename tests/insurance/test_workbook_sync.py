@@ -1018,7 +1018,7 @@ def test_an_id_cell_a_merge_emptied_gets_its_id_back_never_a_second_record(
         i for i in imported["tabs"]["Customers"]["issues"] if i["kind"] == "warning"
     ]
     assert (told["row"], told["column"]) == (6, "ID")
-    assert f"holds the values of record {record_id}" in told["reason"]
+    assert f"holds record {record_id}'s values" in told["reason"]
     assert sheet_cell(synced, 6, 1) == record_id
     assert sheet_cell(synced, 5, 1) == first
     assert written["summary"]["issues"] == 0

@@ -262,6 +262,11 @@ def test_bad_dates_are_rejected_with_a_format_hint(raw: Cell) -> None:
         )
 
 
+@pytest.mark.parametrize("raw", ["2/30/2020", "2/29/2021", "4/31/2020"])
+def test_a_us_date_of_a_day_the_calendar_lacks_says_so(raw: str) -> None:
+    assert reason(DATE, raw) == f"{raw} is not a day of the calendar"
+
+
 def test_a_us_date_in_text_is_read_month_first() -> None:
     assert parse_cell(DATE, "1/5/2020") == "2020-01-05"
     assert parse_cell(DATE, "12/31/2020") == "2020-12-31"

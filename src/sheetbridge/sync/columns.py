@@ -397,15 +397,26 @@ def _date_text(text: str) -> date:
     try:
         if us:
             month, day, year = (int(part) for part in us.groups())
-            return date(year, month, day)
+            if not (1 <= month <= 12 and 1 <= day <= 31):
+                raise ValueError(text)  # no date written M/D/YYYY: the hint
+            return _calendar_day(text, year, month, day)
         if len(text) == 10:
             return date.fromisoformat(text)
         return _date_of(datetime.fromisoformat(text))
+    except CellError:
+        raise
     except ValueError:
         raise CellError(
             "not a date; use YYYY-MM-DD, or M/D/YYYY with the month first "
             "(1/5/2020 is 5 January)"
         ) from None
+
+
+def _calendar_day(text: str, year: int, month: int, day: int) -> date:
+    try:
+        return date(year, month, day)
+    except ValueError:
+        raise CellError(f"{text} is not a day of the calendar") from None
 
 
 def _parse_enum(column: Column, raw: Cell) -> str:

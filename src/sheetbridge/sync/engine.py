@@ -665,10 +665,10 @@ def _found_again_issue(mapping: TabMapping, record_id: int, number: int) -> Issu
         number,
         mapping.id_header,
         None,
-        f"row {number} had no ID, and holds the values of record {record_id}, "
-        "whose ID no other row has: it is that record's row, and its ID was "
-        "put back in it (clear the row's other cells too, and type it anew, "
-        "to make it a new record)",
+        f"row {number} had no ID, and holds record {record_id}'s values (all, "
+        "or all but one), whose ID no other row has: it is that record's row, "
+        "and its ID was put back in it (to make the row a new record instead, "
+        "type it anew below, with values of its own)",
         "warning",
     )
 
