@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -37,9 +38,10 @@ def test_upgrade_is_idempotent(db: Database) -> None:
     db.upgrade()
 
 
-def test_rebuilding_record_tables_for_ids_never_reused_keeps_every_row(
-    tmp_path: Path,
-) -> None:
+@contextmanager
+def customer_at(tmp_path: Path, revision: str) -> Iterator[Database]:
+    """A SQLite database migrated to ``revision`` holding user 1 and its
+    customer 7, 'C'."""
     from alembic import command
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
@@ -48,7 +50,7 @@ def test_rebuilding_record_tables_for_ids_never_reused_keeps_every_row(
         with database.engine.begin() as connection:
             config = alembic_config(url)
             config.attributes["connection"] = connection
-            command.upgrade(config, "0005")
+            command.upgrade(config, revision)
         with database.session() as session:
             session.execute(
                 text(
@@ -64,6 +66,15 @@ def test_rebuilding_record_tables_for_ids_never_reused_keeps_every_row(
                     " '2026-01-01', '2026-01-01')"
                 )
             )
+        yield database
+    finally:
+        database.dispose()
+
+
+def test_rebuilding_record_tables_for_ids_never_reused_keeps_every_row(
+    tmp_path: Path,
+) -> None:
+    with customer_at(tmp_path, "0005") as database:
         database.upgrade()
         with database.session() as session:
             assert session.scalar(text("SELECT name FROM customers")) == "C"
@@ -77,8 +88,6 @@ def test_rebuilding_record_tables_for_ids_never_reused_keeps_every_row(
                 )
             )
             assert session.scalar(text("SELECT id FROM customers")) == 8
-    finally:
-        database.dispose()
 
 
 @pytest.fixture(
@@ -214,30 +223,8 @@ def test_db_upgrade_says_which_books_share_a_spreadsheet_in_one_line(
 
 
 def test_upgrading_folds_the_policy_numbers_stored_before(tmp_path: Path) -> None:
-    from alembic import command
-
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    database = Database(url)
-    try:
-        with database.engine.begin() as connection:
-            config = alembic_config(url)
-            config.attributes["connection"] = connection
-            command.upgrade(config, "0011")
+    with customer_at(tmp_path, "0011") as database:
         with database.session() as session:
-            session.execute(
-                text(
-                    "INSERT INTO users (id, username, full_name, role, password_hash,"
-                    " created_at) VALUES (1, 'a', 'A', 'agent', 'x', '2026-01-01')"
-                )
-            )
-            session.execute(
-                text(
-                    "INSERT INTO customers (id, name, email, phone, address, city,"
-                    " state, zip_code, notes, agent_id, version, created_at,"
-                    " updated_at) VALUES (7, 'C', '', '', '', '', '', '', '', 1, 1,"
-                    " '2026-01-01', '2026-01-01')"
-                )
-            )
             for policy_id, number in ((1, "AB-1"), (2, "ПОЛ-2")):
                 session.execute(
                     text(
@@ -258,5 +245,3 @@ def test_upgrading_folds_the_policy_numbers_stored_before(tmp_path: Path) -> Non
                 text("SELECT id, policy_number_key FROM policies ORDER BY id")
             ).all()
         assert [tuple(row) for row in keys] == [(1, "ab-1"), (2, "пол-2")]
-    finally:
-        database.dispose()
