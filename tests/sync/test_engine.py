@@ -1285,6 +1285,10 @@ def test_a_bad_cell_is_quoted_as_the_sheet_shows_it_never_as_python(
     assert (issue.column, issue.value) == (column, shown)
 
 
+def warnings_of(plan: ToSheetPlan | FromSheetPlan) -> list[Any]:
+    return [issue for issue in plan.issues if issue.kind == "warning"]
+
+
 @pytest.mark.parametrize("plan", [plan_to_sheet, plan_from_sheet])
 def test_only_a_column_without_header_that_holds_values_is_warned_about(
     plan: Any,
@@ -1294,7 +1298,7 @@ def test_only_a_column_without_header_that_holds_values_is_warned_about(
     tab.rows[0] += [None, None, None, "Helper"]  # J, K, L empty; M has a header
     tab.rows[2] += [None, "typed", None, "x"]  # a value in K
 
-    warned = [i for i in plan(MAPPING, tab, app, base).issues if i.kind == "warning"]
+    warned = warnings_of(plan(MAPPING, tab, app, base))
 
     assert [(i.column, i.reason) for i in warned] == [
         ("K", "column K has no header; its values are not synced")
@@ -1309,7 +1313,7 @@ def test_a_column_whose_header_was_cleared_is_named_as_the_one_missing(
     tab, base = synced(app)
     tab.rows[0][HEADER.index("Agent")] = None  # lost to a merge, say
 
-    warned = [i for i in plan(MAPPING, tab, app, base).issues if i.kind == "warning"]
+    warned = warnings_of(plan(MAPPING, tab, app, base))
 
     (told,) = [i for i in warned if i.column == "I"]
     assert told.reason == (
@@ -1394,7 +1398,7 @@ def test_a_column_without_header_is_warned_about_at_its_first_cell_holding_a_val
     _stray(tab.rows, 4, width + 1, "first")
     _stray(tab.rows, 6, width + 1, "second")
 
-    warned = [i for i in plan(MAPPING, tab, app, base).issues if i.kind == "warning"]
+    warned = warnings_of(plan(MAPPING, tab, app, base))
 
     letter = column_letter(width + 2)
     assert [(i.column, i.row, i.value) for i in warned] == [(letter, 4, "first")]

@@ -1373,15 +1373,9 @@ def test_a_birth_date_not_written_yyyy_mm_dd_is_refused_in_plain_words(
 def test_a_policy_date_not_written_yyyy_mm_dd_is_refused_in_plain_words(
     alice: TestClient, field: str, value: object
 ) -> None:
-    policy = _first_policy(alice)
-
-    answer = _save_policy(alice, policy, **{field: value})
-
-    assert answer.status_code == 422, answer.text
-    assert [(e["field"], e["msg"]) for e in answer.json()["detail"]] == [
+    assert _refused_policy_date(alice, field, value) == [
         (field, "must be a date written YYYY-MM-DD")
     ]
-    assert _first_policy(alice) == policy
 
 
 @pytest.mark.parametrize("blank", ["", "  ", None], ids=repr)
@@ -1389,15 +1383,21 @@ def test_a_policy_date_not_written_yyyy_mm_dd_is_refused_in_plain_words(
 def test_a_policy_date_left_blank_is_refused_as_empty_and_the_policy_kept(
     alice: TestClient, field: str, blank: str | None
 ) -> None:
+    assert _refused_policy_date(alice, field, blank) == [(field, "may not be empty")]
+
+
+def _refused_policy_date(
+    alice: TestClient, field: str, value: object
+) -> list[tuple[str, str]]:
+    """Save ``value`` as a policy's date, which must be refused and leave the
+    policy as it was; the (field, message) pairs of the refusal."""
     policy = _first_policy(alice)
 
-    answer = _save_policy(alice, policy, **{field: blank})
+    answer = _save_policy(alice, policy, **{field: value})
 
     assert answer.status_code == 422, answer.text
-    assert [(e["field"], e["msg"]) for e in answer.json()["detail"]] == [
-        (field, "may not be empty")
-    ]
     assert _first_policy(alice) == policy
+    return [(e["field"], e["msg"]) for e in answer.json()["detail"]]
 
 
 @pytest.mark.parametrize("blank", ["", "  "], ids=repr)
