@@ -1741,3 +1741,34 @@ def test_the_api_docs_show_a_record_ids_bounds_as_its_minimum_and_maximum(
 
     assert (customer_id["minimum"], customer_id["maximum"]) == (1, 2**31 - 1)
     assert (version["minimum"], version["maximum"]) == (1, 2**31 - 1)
+
+
+def test_search_finds_names_and_carriers_in_any_letter_case_of_any_alphabet(
+    alice: TestClient,
+) -> None:
+    customers = {
+        name: alice.post("/api/customers", json={"name": name}).json()["id"]
+        for name in ("Émile Zola", "Ольга Петрова", "Ærø Ömer")
+    }
+    policy = alice.post(
+        "/api/policies",
+        json={
+            "policy_number": "UC-1",
+            "customer_id": customers["Ольга Петрова"],
+            "carrier": "Société Mutuelle",
+            "line_of_business": "auto",
+            "effective_date": "2026-05-01",
+            "expiration_date": "2027-05-01",
+            "premium": "100.00",
+        },
+    ).json()
+
+    def found(path: str, q: str) -> set[int]:
+        return {item["id"] for item in alice.get(path, params={"q": q}).json()["items"]}
+
+    assert found("/api/customers", "émile") == {customers["Émile Zola"]}
+    assert found("/api/customers", "ÉMILE") == {customers["Émile Zola"]}
+    assert found("/api/customers", "ольга") == {customers["Ольга Петрова"]}
+    assert found("/api/customers", "ærø ö") == {customers["Ærø Ömer"]}
+    assert found("/api/policies", "SOCIÉTÉ") == {policy["id"]}
+    assert found("/api/policies", "петрова") == {policy["id"]}
