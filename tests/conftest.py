@@ -42,10 +42,7 @@ def postgres_url() -> str | None:
     """A reachable PostgreSQL URL, or None (a failure under CI)."""
     url = os.environ.get("SHEETBRIDGE_TEST_DATABASE_URL") or PG_DEFAULT_URL
     try:
-        engine = create_engine(url)
-        with engine.connect():
-            pass
-        engine.dispose()
+        _reach(url)
     except Exception as exc:
         message = f"PostgreSQL is not reachable at {url}: {exc}"
         if os.environ.get("CI") == "true":
@@ -53,6 +50,15 @@ def postgres_url() -> str | None:
         print(f"\n*** SKIPPING PostgreSQL tests: {message} ***\n")
         return None
     return url
+
+
+def _reach(url: str) -> None:
+    engine = create_engine(url, connect_args={"connect_timeout": 5})
+    try:
+        with engine.connect():
+            pass
+    finally:
+        engine.dispose()
 
 
 @contextmanager
@@ -95,6 +101,15 @@ def database_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
     """A migrated database: a PostgreSQL URL, or the path of a SQLite file."""
     url = os.environ.get("SHEETBRIDGE_TEST_DATABASE_URL")
     if url:
+        try:
+            _reach(url)
+        except Exception as exc:
+            # Asked for by name: its absence is an error, never a skip.
+            pytest.fail(
+                f"SHEETBRIDGE_TEST_DATABASE_URL names {url}, which is not "
+                f"reachable: {exc}. Unset it to run these tests on SQLite.",
+                pytrace=False,
+            )
         with private_database(url) as private:
             yield private
         return
