@@ -22,6 +22,7 @@ from sheetbridge.sheets.base import (
     Cell,
     CellRange,
     ClippedText,
+    DateSystem,
     TabChanges,
     TabData,
     cell_length,
@@ -163,6 +164,33 @@ def test_error_cells_read_as_their_error_text_never_as_empty(tmp_path: Path) -> 
         [1, "#N/A", "#DIV/0!"],
         [2],
     ]
+
+
+@pytest.mark.parametrize("with_an_error_cell", [False, True])
+def test_a_workbook_tells_which_day_its_date_numbers_count_from(
+    tmp_path: Path, with_an_error_cell: bool
+) -> None:
+    # Both readers (the fast one, and openpyxl for a book with error cells).
+    row: list[Any] = [42000, "#N/A"] if with_an_error_cell else [42000]
+    for epoch, system in (
+        (openpyxl.utils.datetime.CALENDAR_WINDOWS_1900, DateSystem.EXCEL_1900),
+        (openpyxl.utils.datetime.CALENDAR_MAC_1904, DateSystem.EXCEL_1904),
+    ):
+        path = tmp_path / f"{system.name}.xlsx"
+        workbook = openpyxl.Workbook()
+        workbook.epoch = epoch
+        sheet = workbook.active
+        assert sheet is not None
+        sheet.title = "T"
+        sheet.append(row)
+        if with_an_error_cell:
+            sheet["B1"].data_type = "e"
+        workbook.save(path)
+
+        tab = read(XlsxBackend(path))
+
+        assert tab.date_system is system
+        assert tab.rows == [row]
 
 
 def test_shared_strings_books_read_like_inline_strings_books(tmp_path: Path) -> None:

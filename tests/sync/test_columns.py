@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import pytest
 
-from sheetbridge.sheets.base import Cell, ClippedText
+from sheetbridge.sheets.base import Cell, ClippedText, DateSystem
 from sheetbridge.sync.columns import (
     Canonical,
     CellError,
@@ -294,14 +294,29 @@ def test_a_time_in_a_date_column_says_dates_before_1900_cannot_be_held() -> None
 def test_a_serial_below_61_counts_excels_29_february_1900_in_workbooks_only(
     serial: float, excel: str, google: str
 ) -> None:
-    assert CellParser(excel_serials=True).parse(DATE, serial) == excel
+    assert CellParser(date_system=DateSystem.EXCEL_1900).parse(DATE, serial) == excel
     assert CellParser().parse(DATE, serial) == google
+
+
+@pytest.mark.parametrize(
+    ("serial", "day"),
+    [
+        (0, "1904-01-01"),
+        (59, "1904-02-29"),
+        (60.5, "1904-03-01"),
+        (Decimal("42000"), "2018-12-28"),
+    ],
+)
+def test_a_serial_of_a_1904_workbook_counts_days_from_1_january_1904(
+    serial: Cell, day: str
+) -> None:
+    assert CellParser(date_system=DateSystem.EXCEL_1904).parse(DATE, serial) == day
 
 
 @pytest.mark.parametrize("serial", [60, 60.0, 60.75, Decimal("60.5")])
 def test_excels_serial_60_is_refused_as_the_day_that_never_was(serial: Cell) -> None:
     with pytest.raises(CellError) as refused:
-        CellParser(excel_serials=True).parse(DATE, serial)
+        CellParser(date_system=DateSystem.EXCEL_1900).parse(DATE, serial)
 
     assert refused.value.reason == (
         "not a date: 29 February 1900, a day Excel counts though 1900 was no "

@@ -6,11 +6,20 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import openpyxl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from openpyxl.utils.datetime import CALENDAR_MAC_1904
 
-from sheetbridge.sheets.base import Cell, CellRange, ErrorValue, TabChanges, TabData
+from sheetbridge.sheets.base import (
+    Cell,
+    CellRange,
+    DateSystem,
+    ErrorValue,
+    TabChanges,
+    TabData,
+)
 from sheetbridge.sheets.xlsx import XlsxBackend
 from sheetbridge.sync.columns import Canonical, Column, ColumnType, parse_value
 from sheetbridge.sync.engine import (
@@ -1050,11 +1059,46 @@ def test_a_plain_number_in_a_workbooks_date_column_is_read_as_excel_counts_days(
     assert tab is not None
     frm = plan_from_sheet(MAPPING, tab, app, plan.snapshots)
 
-    assert tab.excel_serials
+    assert tab.date_system is DateSystem.EXCEL_1900
     assert frm.updates == {}
     (error,) = [issue for issue in frm.issues if issue.kind == "error"]
     assert (error.row, error.column, error.value) == (3, "Start", "60")
     assert "29 February 1900" in error.reason
+
+
+def test_a_plain_number_in_a_1904_workbooks_date_column_counts_days_from_1904(
+    tmp_path: Path,
+) -> None:
+    # Excel for Mac saved workbooks counting days from 1 January 1904 (day 0),
+    # and any workbook may still be set to: 42000 is then 28 December 2018,
+    # not 27 December 2014.
+    path = tmp_path / "book.xlsx"
+    workbook = openpyxl.Workbook()
+    workbook.epoch = CALENDAR_MAC_1904
+    workbook.save(path)
+    backend = XlsxBackend(path)
+    app = {1: rec("Ann", start="2020-01-01"), 2: rec("Bob", start="2021-06-30")}
+    tab = backend.read_tabs([MAPPING.tab])[MAPPING.tab]
+    plan = plan_to_sheet(MAPPING, tab, app, {})
+    backend.write({MAPPING.tab: plan.changes}, expected_version=backend.version())
+    tab = backend.read_tabs([MAPPING.tab])[MAPPING.tab]
+    assert tab is not None
+    # The app's own dates read back as written: nothing to import.
+    assert plan_from_sheet(MAPPING, tab, app, plan.snapshots).updates == {}
+    start = HEADER.index("Start") + 1
+    backend.write(
+        {MAPPING.tab: TabChanges(cells={(3, start): 42000})},
+        expected_version=tab.version,
+    )
+
+    tab = backend.read_tabs([MAPPING.tab])[MAPPING.tab]
+    assert tab is not None
+    frm = plan_from_sheet(MAPPING, tab, app, plan.snapshots)
+
+    assert tab.date_system is DateSystem.EXCEL_1904
+    assert frm.updates == {2: {"start": "2018-12-28"}}
+    sheet = openpyxl.load_workbook(path)[MAPPING.tab]
+    assert sheet.cell(2, start).value == datetime(2020, 1, 1)
 
 
 def test_round_trip_through_a_workbook_with_sorting_and_edits(tmp_path: Path) -> None:

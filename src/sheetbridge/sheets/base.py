@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
+from enum import Enum
 from typing import Protocol, TypeAlias
 
 Cell: TypeAlias = str | int | float | Decimal | date | datetime | bool | None
@@ -45,6 +46,20 @@ class CellRange:
     last_column: int
 
 
+class DateSystem(Enum):
+    """The day a number standing for a date counts from.
+
+    ``GOOGLE``: 1 is 31 December 1899. ``EXCEL_1900``: 1 is 1 January 1900,
+    and 60 a 29 February 1900 that never was; from 61 on both agree.
+    ``EXCEL_1904``: 0 is 1 January 1904, as in workbooks of Excel for Mac of
+    old, or any workbook set to its 1904 date system.
+    """
+
+    GOOGLE = "google"
+    EXCEL_1900 = "1900"
+    EXCEL_1904 = "1904"
+
+
 @dataclass
 class TabData:
     """The values of one tab as read.
@@ -54,15 +69,13 @@ class TabData:
     ragged. ``version`` is an opaque token of what was read ("" when the
     tab or file did not exist). ``merges`` are the tab's merged cells: of
     each, only the top-left cell holds a value; the others read empty.
-    ``excel_serials``: a number standing for a date counts days as Excel
-    does (1 is 1 January 1900, 60 a 29 February 1900 that never was), not
-    as Google Sheets does (1 is 31 December 1899); from 61 on both agree.
+    ``date_system``: the day a number standing for a date counts from.
     """
 
     rows: list[list[Cell]]
     version: str = ""
     merges: list[CellRange] = field(default_factory=list)
-    excel_serials: bool = False
+    date_system: DateSystem = DateSystem.GOOGLE
 
 
 class SheetBackend(Protocol):

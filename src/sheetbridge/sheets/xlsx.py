@@ -55,6 +55,7 @@ from sheetbridge.sheets.base import (
     Cell,
     CellRange,
     ClippedText,
+    DateSystem,
     ErrorValue,
     TabChanges,
     TabData,
@@ -71,6 +72,7 @@ from sheetbridge.sheets.errors import (
 from sheetbridge.sheets.xlsx_package import (
     FormulaResults,
     RichTextCells,
+    counts_days_from_1904,
     find_bad_xml,
     formula_results,
     put_back_formula_results,
@@ -222,8 +224,9 @@ class XlsxBackend:
     def _read_values(
         self, tabs: Sequence[str], version: str
     ) -> dict[str, TabData | None]:
-        if self._needs_openpyxl():
-            return self._read_with_openpyxl(tabs, version)
+        needs_openpyxl, date_system = self._look_inside()
+        if needs_openpyxl:
+            return self._read_with_openpyxl(tabs, version, date_system)
         try:
             workbook = python_calamine.CalamineWorkbook.from_path(self.path)
         except OSError as exc:
@@ -242,18 +245,19 @@ class XlsxBackend:
                     _trimmed(values, _calamine_cell),
                     version,
                     _calamine_merges(sheet.merged_cell_ranges),
-                    excel_serials=True,
+                    date_system,
                 )
             return result
         finally:
             workbook.close()
 
-    def _needs_openpyxl(self) -> bool:
-        """Whether a cell holds an error or a formula without a result: calamine
-        reads both as empty, openpyxl tells them apart."""
+    def _look_inside(self) -> tuple[bool, DateSystem]:
+        """Whether a cell holds an error or a formula without a result (calamine
+        reads both as empty, openpyxl tells them apart), and the day the
+        workbook's date numbers count from."""
         try:
             with zipfile.ZipFile(self.path) as archive:
-                return any(
+                needs_openpyxl = any(
                     _ERROR_CELL.search(xml) or _FORMULA_WITHOUT_VALUE.search(xml)
                     for xml in (
                         archive.read(name)
@@ -262,13 +266,16 @@ class XlsxBackend:
                         if name.startswith("xl/worksheets/") and name.endswith(".xml")
                     )
                 )
+                if counts_days_from_1904(archive):
+                    return needs_openpyxl, DateSystem.EXCEL_1904
+                return needs_openpyxl, DateSystem.EXCEL_1900
         except OSError as exc:
             raise self._unreadable(exc) from exc
         except (zipfile.BadZipFile, KeyError) as exc:
             raise self._not_a_workbook(exc) from exc
 
     def _read_with_openpyxl(
-        self, tabs: Sequence[str], version: str
+        self, tabs: Sequence[str], version: str, date_system: DateSystem
     ) -> dict[str, TabData | None]:
         workbook = self._open(read_only=True, data_only=True)
         formulas = self._open(read_only=True, data_only=False)
@@ -288,7 +295,7 @@ class XlsxBackend:
                     _trimmed(rows, _openpyxl_cell),
                     version,
                     _xml_merges(workbook[tab]),
-                    excel_serials=True,
+                    date_system,
                 )
             return result
         finally:

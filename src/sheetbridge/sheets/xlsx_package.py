@@ -199,6 +199,18 @@ def _sheets(archive: zipfile.ZipFile) -> Iterator[tuple[str, str, str]]:
             yield str(sheet.get("name", "")), part, kind
 
 
+def counts_days_from_1904(archive: zipfile.ZipFile) -> bool:
+    """Whether the workbook is set to the 1904 date system, where a number
+    standing for a date counts days from 1 January 1904."""
+    try:
+        tree = fromstring(archive.read(_workbook_part(archive)))
+    except (KeyError, ParseError):
+        return False
+    properties = tree.find(f"{{{_MAIN_NS}}}workbookPr")
+    flag = properties.get("date1904", "") if properties is not None else ""
+    return str(flag).strip().lower() in ("1", "true")
+
+
 def _workbook_part(archive: zipfile.ZipFile) -> str:
     for kind, target in _relations(archive, ""):
         if kind == "officeDocument":

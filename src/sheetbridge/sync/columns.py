@@ -20,6 +20,7 @@ from sheetbridge.sheets.base import (
     XLSX_CELL_LIMIT,
     Cell,
     ClippedText,
+    DateSystem,
     ErrorValue,
     UncomputedFormula,
     cell_length,
@@ -32,6 +33,7 @@ MAX_TEXT_LENGTH = 50_000
 SPREADSHEET_EPOCH = date(1899, 12, 30)
 _MAX_SERIAL = (date(9999, 12, 31) - SPREADSHEET_EPOCH).days
 EXCEL_LEAP_DAY = 60  # Excel's serial number of 29 February 1900
+_DAYS_FROM_1900_TO_1904 = 1462  # Google's serial number of 1 January 1904
 _CENT = Decimal("0.01")
 _MONEY_TOLERANCE = Decimal("1e-9")
 _US_DATE = re.compile(r"([0-9]{1,2})/([0-9]{1,2})/([0-9]{4})")
@@ -113,14 +115,15 @@ def parse_cell(column: Column, raw: Cell) -> Canonical:
     return value
 
 
-def parse_value(column: Column, raw: Cell, *, excel_serials: bool = False) -> Canonical:
+def parse_value(
+    column: Column, raw: Cell, *, date_system: DateSystem = DateSystem.GOOGLE
+) -> Canonical:
     """Like :func:`parse_cell`, but an empty value is ``None`` even if required;
-    with ``excel_serials``, a number in a date column counts days as Excel
-    does (see :attr:`~sheetbridge.sheets.base.TabData.excel_serials`)."""
+    a number in a date column counts days from the day ``date_system`` says."""
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return None
-    if excel_serials and column.type is ColumnType.DATE:
-        raw = _google_serial(raw)
+    if column.type is ColumnType.DATE and date_system is not DateSystem.GOOGLE:
+        raw = _google_serial(raw, date_system)
     if isinstance(raw, UncomputedFormula):
         raise CellError(
             f"is a formula ({raw}) saved without its result, so its value is "
@@ -162,15 +165,15 @@ class CellParser:
     parsed every time.
     """
 
-    def __init__(self, *, excel_serials: bool = False) -> None:
-        self.excel_serials = excel_serials
+    def __init__(self, *, date_system: DateSystem = DateSystem.GOOGLE) -> None:
+        self.date_system = date_system
         self._memos: dict[int, dict[tuple[type, Cell], Canonical | _Rejected]] = {}
 
     def parse(self, column: Column, raw: Cell) -> Canonical:
         """Like :func:`parse_value`, raising a fresh CellError for a bad cell."""
         kind = type(raw)
         if kind not in _REMEMBERED:
-            return parse_value(column, raw, excel_serials=self.excel_serials)
+            return parse_value(column, raw, date_system=self.date_system)
         memo = self._memos.get(id(column))
         if memo is None:
             memo = self._memos[id(column)] = {}
@@ -178,7 +181,7 @@ class CellParser:
         found = memo.get(key, _UNSEEN)
         if found is _UNSEEN:
             try:
-                found = parse_value(column, raw, excel_serials=self.excel_serials)
+                found = parse_value(column, raw, date_system=self.date_system)
             except CellError as exc:
                 found = _Rejected(exc.reason)
             memo[key] = found
@@ -363,16 +366,19 @@ def _is_midnight(value: datetime) -> bool:
     return value.time() == datetime.min.time()
 
 
-def _google_serial(raw: Cell) -> Cell:
+def _google_serial(raw: Cell, date_system: DateSystem) -> Cell:
     """The serial number Google Sheets gives the day an Excel serial number
     names; any other cell as it is.
 
     Excel counts a 29 February 1900, as Lotus 1-2-3 did before it, though
     1900 was no leap year: its serial 60 is that day, and each serial below it
-    is one less than Google's for the same day. From 61 on both agree.
+    is one less than Google's for the same day. From 61 on both agree. In the
+    1904 date system, 0 is 1 January 1904, Google's 1,462.
     """
     if isinstance(raw, bool) or not isinstance(raw, int | float | Decimal):
         return raw
+    if date_system is DateSystem.EXCEL_1904:
+        return raw + _DAYS_FROM_1900_TO_1904
     number = float(raw)
     if not math.isfinite(number) or not 1 <= number < EXCEL_LEAP_DAY + 1:
         return raw

@@ -25,7 +25,14 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Generic, TypeAlias, TypeVar
 
-from sheetbridge.sheets.base import Cell, CellRange, TabChanges, TabData, cell_length
+from sheetbridge.sheets.base import (
+    Cell,
+    CellRange,
+    DateSystem,
+    TabChanges,
+    TabData,
+    cell_length,
+)
 from sheetbridge.sync.columns import (
     MAX_TEXT_LENGTH,
     Canonical,
@@ -793,7 +800,7 @@ _ToSheet: TypeAlias = _Pass[ToSheetPlan]
 
 
 def _parser_for(tab: TabData | None) -> CellParser:
-    return CellParser(excel_serials=tab is not None and tab.excel_serials)
+    return CellParser(date_system=tab.date_system if tab else DateSystem.GOOGLE)
 
 
 def _to_sheet_counts() -> dict[str, int]:
