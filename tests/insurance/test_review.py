@@ -156,26 +156,26 @@ def test_a_resolution_the_record_would_refuse_is_a_422_and_the_conflict_stays_op
     runtime: Runtime, tokens: dict[str, str]
 ) -> None:
     run_sync(runtime, "alice", TO_SHEET)
-    record_id = edit_sheet_cell(runtime, 2, "State", "12")
+    record_id = edit_sheet_cell(runtime, 2, "ZIP", "ABCDE")
     with runtime.db.session() as session:
         customer = session.get(Customer, record_id)
         assert customer is not None
-        customer.state = "CA"
+        customer.zip_code = "04609"
     run_sync(runtime, "alice", FROM_SHEET)
     client = TestClient(create_app(runtime, workers=False))
     (conflict_id,) = open_conflict_ids(client, tokens["alice"])
 
     answers = [
         resolve(client, tokens["alice"], conflict_id, body)
-        for body in ({"choice": "edit", "value": "12"}, {"choice": "sheet"})
+        for body in ({"choice": "edit", "value": "ABCDE"}, {"choice": "sheet"})
     ]
 
     assert [answer.status_code for answer in answers] == [422, 422]
-    assert all("state" in answer.text for answer in answers)
+    assert all("zip_code" in answer.text for answer in answers)
     assert open_conflict_ids(client, tokens["alice"]) == [conflict_id]
     with runtime.db.read_session() as session:
         customer = session.get(Customer, record_id)
-    assert customer is not None and customer.state == "CA"
+    assert customer is not None and customer.zip_code == "04609"
 
 
 def test_a_refused_edit_quotes_its_value_cut_short_and_an_empty_one_in_words(

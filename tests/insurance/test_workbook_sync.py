@@ -547,7 +547,7 @@ def test_a_sheet_edit_the_import_would_refuse_is_told_as_an_error_by_to_sheet(
     synced: Runtime,
 ) -> None:
     with alices_tab(synced) as (customers, header):
-        customers.cell(2, header["State"]).value = "12"
+        customers.cell(2, header["ZIP"]).value = "ABCDE"
         customers.cell(3, header["City"]).value = "Newtown"
         customers.cell(4, header["ZIP"]).value = 4001  # a number: imported as 04001
 
@@ -555,11 +555,11 @@ def test_a_sheet_edit_the_import_would_refuse_is_told_as_an_error_by_to_sheet(
     pulled = run_sync(synced, "alice", FROM_SHEET)
 
     told = {(i["row"], i["column"]): i for i in pushed["tabs"]["Customers"]["issues"]}
-    assert told[(2, "State")]["kind"] == "error"
-    assert "fix it in the sheet" in told[(2, "State")]["reason"]
+    assert told[(2, "ZIP")]["kind"] == "error"
+    assert "fix it in the sheet" in told[(2, "ZIP")]["reason"]
     assert told[(3, "City")]["kind"] == "pending_import"
     assert told[(4, "ZIP")]["kind"] == "pending_import"
-    assert [(i["row"], i["column"]) for i in errors_of(pulled)] == [(2, "State")]
+    assert [(i["row"], i["column"]) for i in errors_of(pulled)] == [(2, "ZIP")]
     assert pushed["tabs"]["Customers"]["counts"]["errors"] == 1
 
 
@@ -606,7 +606,7 @@ def test_a_new_sheet_row_the_import_would_refuse_is_told_as_an_error_by_to_sheet
     with alices_tab(synced) as (customers, header):
         last = customers.max_row
         customers.cell(last + 1, header["Name"]).value = "Ann Lee"
-        customers.cell(last + 1, header["State"]).value = "12"
+        customers.cell(last + 1, header["ZIP"]).value = "ABCDE"
         customers.cell(last + 2, header["Name"]).value = "Bo Chan"
         customers.cell(last + 2, header["State"]).value = "me"
 
@@ -614,12 +614,12 @@ def test_a_new_sheet_row_the_import_would_refuse_is_told_as_an_error_by_to_sheet
     pulled = run_sync(synced, "alice", FROM_SHEET)
 
     told = {(i["row"], i["column"]): i for i in pushed["tabs"]["Customers"]["issues"]}
-    assert told[(last + 1, "State")]["kind"] == "error"
-    assert "fix it in the sheet" in told[(last + 1, "State")]["reason"]
+    assert told[(last + 1, "ZIP")]["kind"] == "error"
+    assert "fix it in the sheet" in told[(last + 1, "ZIP")]["reason"]
     assert told[(last + 2, None)]["kind"] == "pending_import"
     assert pushed["tabs"]["Customers"]["counts"]["pending_import"] == 1
     refused = [i for i in pulled["tabs"]["Customers"]["issues"] if i["kind"] == "error"]
-    assert [(i["row"], i["column"]) for i in refused] == [(last + 1, "State")]
+    assert [(i["row"], i["column"]) for i in refused] == [(last + 1, "ZIP")]
     assert pulled["tabs"]["Customers"]["counts"]["created"] == 1
 
 
@@ -1176,3 +1176,33 @@ def test_rows_deleted_in_the_sheet_come_back_when_written_back(
     again = run_sync(synced, "alice", TO_SHEET)
     assert again["summary"]["appended"] == 0
     assert again["tabs"]["Customers"]["counts"]["deleted_in_sheet"] == 1
+
+
+def test_a_state_typed_in_lower_case_imports_once_and_then_settles(
+    synced: Runtime,
+) -> None:
+    with alices_tab(synced) as (sheet, header):
+        record_id = sheet.cell(2, 1).value
+        sheet.cell(2, header["State"]).value = "ny"
+        sheet.cell(3, header["State"]).value = "zz"
+
+    imported = run_sync(synced, "alice", FROM_SHEET)
+
+    assert customer_field(synced, record_id, "state") == "NY"
+    ((error),) = errors_of(imported)
+    assert (error["row"], error["column"], error["value"]) == (3, "State", "zz")
+    assert error["reason"].startswith("must be a US postal code like ME")
+    with alices_tab(synced) as (sheet, header):
+        sheet.cell(3, header["State"]).value = "ME"
+    run_sync(synced, "alice", FROM_SHEET)
+    again = run_sync(synced, "alice", FROM_SHEET)["summary"]
+    assert again["updated"] == 0
+    assert run_sync(synced, "alice", TO_SHEET)["summary"]["pending_import"] == 0
+    with synced.db.session() as session:
+        customer = session.get(Customer, record_id)
+        assert customer is not None
+        customer.state = "CA"
+    written = run_sync(synced, "alice", TO_SHEET)["summary"]
+    assert written["conflicts"] == 0
+    with alices_tab(synced) as (sheet, header):
+        assert sheet.cell(2, header["State"]).value == "CA"

@@ -16,6 +16,7 @@ from sheetbridge.insurance.models import (
     Policy,
     User,
 )
+from sheetbridge.insurance.schemas import US_STATES
 from sheetbridge.sync.columns import Canonical, Column, ColumnType
 from sheetbridge.sync.engine import Record, TabMapping
 
@@ -28,7 +29,13 @@ CUSTOMERS = TabMapping(
         Column("Phone", "phone", ColumnType.PHONE, max_length=40),
         Column("Address", "address", max_length=300),
         Column("City", "city", max_length=100),
-        Column("State", "state", max_length=2),
+        Column(
+            "State",
+            "state",
+            ColumnType.ENUM,
+            choices=tuple(sorted(US_STATES)),
+            choices_named="a US postal code like ME",
+        ),
         Column("ZIP", "zip_code", max_length=10, digits=5),
         Column("Date of Birth", "date_of_birth", ColumnType.DATE),
         Column("Notes", "notes"),

@@ -30,7 +30,7 @@ from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
 from sheetbridge import clock
 from sheetbridge.sheets.base import XLSX_TEXT_LIMIT, cell_length
-from sheetbridge.sync.columns import NOT_TEXT, foreign_digits
+from sheetbridge.sync.columns import NOT_TEXT, foreign_digits, workbook_line_breaks
 
 PolicyStatus = Literal["active", "pending", "cancelled", "expired", "non-renewed"]
 LineOfBusiness = Literal[
@@ -91,8 +91,7 @@ def _state(value: str) -> str:
 
 
 def _text(value: str) -> str:
-    # Line breaks as a workbook gives them back, so no sync sees a change.
-    return value.replace("\r\n", "\n").strip()
+    return workbook_line_breaks(value).strip()
 
 
 def _visible(char: str) -> bool:

@@ -86,6 +86,8 @@ class Column:
     # Codes of a fixed width, like ZIP codes: a number typed in (the sheet
     # program dropped its leading zeros) is padded back to this many digits.
     digits: int | None = None
+    # What an error calls the choices, for a list too long to spell out.
+    choices_named: str = ""
 
 
 class CellError(ValueError):
@@ -215,7 +217,7 @@ def render_cell(column: Column, value: Canonical) -> Cell:
 
 
 def _parse_text(column: Column, raw: Cell) -> str:
-    text = cell_text(raw)
+    text = workbook_line_breaks(cell_text(raw))
     if column.digits and isinstance(raw, int | float) and text.isdigit():
         text = text.zfill(column.digits)
     if len(text) > MAX_TEXT_LENGTH:
@@ -225,6 +227,12 @@ def _parse_text(column: Column, raw: Cell) -> str:
     if NOT_TEXT.search(text):
         raise CellError("contains a control character; remove it")
     return text
+
+
+def workbook_line_breaks(text: str) -> str:
+    """``text`` with its line breaks as a workbook gives them back: a cell
+    and a record that differ in how a line ends are the same."""
+    return text.replace("\r\n", "\n")
 
 
 def cell_text(raw: Cell) -> str:
@@ -430,7 +438,11 @@ def _parse_enum(column: Column, raw: Cell) -> str:
     for choice in column.choices:
         if _fold(choice) == folded:
             return choice
-    raise CellError(f"must be one of {', '.join(column.choices)}")
+    raise CellError(f"must be {column.choices_named or _one_of(column.choices)}")
+
+
+def _one_of(choices: tuple[str, ...]) -> str:
+    return f"one of {', '.join(choices)}"
 
 
 def _fold(text: str) -> str:
