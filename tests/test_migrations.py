@@ -225,7 +225,11 @@ def test_db_upgrade_says_which_books_share_a_spreadsheet_in_one_line(
 def test_upgrading_folds_the_policy_numbers_stored_before(tmp_path: Path) -> None:
     with customer_at(tmp_path, "0011") as database:
         with database.session() as session:
-            for policy_id, number in ((1, "AB-1"), (2, "ПОЛ-2")):
+            for policy_id, number in (
+                (1, "AB-1"),
+                (2, "ПОЛ-2"),
+                (3, "Mu\u0308ller\u200b-3"),
+            ):
                 session.execute(
                     text(
                         "INSERT INTO policies (id, policy_number, customer_id,"
@@ -244,4 +248,12 @@ def test_upgrading_folds_the_policy_numbers_stored_before(tmp_path: Path) -> Non
             keys = session.execute(
                 text("SELECT id, policy_number_key FROM policies ORDER BY id")
             ).all()
-        assert [tuple(row) for row in keys] == [(1, "ab-1"), (2, "пол-2")]
+            table = session.scalar(
+                text("SELECT sql FROM sqlite_master WHERE name = 'policies'")
+            )
+        assert [tuple(row) for row in keys] == [
+            (1, "ab-1"),
+            (2, "пол-2"),
+            (3, "müller-3"),
+        ]
+        assert "AUTOINCREMENT" in str(table), "IDs are still never handed out again"

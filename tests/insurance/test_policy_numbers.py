@@ -3,6 +3,7 @@ a chain, or moved where one row cannot take its new number."""
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import select
 
 from sheetbridge.insurance import review
@@ -134,11 +135,14 @@ def import_job(runtime: Runtime) -> int:
     return queued.job_id
 
 
-def test_a_new_row_with_a_policys_number_in_other_case_is_refused_not_a_second(
-    synced: Runtime,
+@pytest.mark.parametrize(
+    ("number", "typed"), [("AB-100", "ab-100"), ("Café-77", "Cafe\u0301-77")]
+)
+def test_a_new_row_with_a_policys_number_in_other_case_or_form_is_refused(
+    synced: Runtime, number: str, typed: str
 ) -> None:
     (first,) = alices_policies(synced, 1)
-    renumber(synced, {first: "AB-100"})
+    renumber(synced, {first: number})
     run_sync(synced, "alice", FROM_SHEET)
     with alices_tab(synced, "Policies") as (policies, header):
         new = policies.max_row + 1
@@ -146,18 +150,18 @@ def test_a_new_row_with_a_policys_number_in_other_case_is_refused_not_a_second(
             if column != "ID":
                 source = policies.cell(2, header[column]).value
                 policies.cell(new, header[column]).value = source
-        policies.cell(new, header["Policy Number"]).value = "ab-100"
+        policies.cell(new, header["Policy Number"]).value = typed
 
     imported = run_sync(synced, "alice", FROM_SHEET)
 
     (error,) = errors_of(imported, "Policies")
     assert (error["row"], error["column"]) == (new, "Policy Number")
     assert (
-        f"'ab-100' is already used by policy {first}, written 'AB-100'"
+        f"'{typed}' is already used by policy {first}, written '{number}'"
         in (error["reason"])
     )
-    assert sorted(numbers(synced).values()).count("AB-100") == 1
-    assert "ab-100" not in numbers(synced).values()
+    assert sorted(numbers(synced).values()).count(number) == 1
+    assert typed not in numbers(synced).values()
 
 
 def test_two_new_rows_giving_one_number_in_two_cases_are_both_refused(

@@ -308,9 +308,19 @@ def test_a_policy_number_differing_only_in_case_from_one_in_use_is_refused(
 
 @pytest.mark.parametrize(
     ("first", "second"),
-    [("É-100", "é-100"), ("ПОЛ-1", "пол-1"), ("STRASSE-1", "straße-1")],
+    [
+        ("É-100", "é-100"),
+        ("ПОЛ-1", "пол-1"),
+        ("STRASSE-1", "straße-1"),
+        # One look, other characters: an accent typed apart from its letter,
+        # an invisible zero-width space or soft hyphen, full-width letters.
+        ("Müller-9", "Mu\u0308ller-9"),
+        ("Müller-9", "MÜLLER\u200b-9"),
+        ("AB-100", "AB\u00ad-100"),
+        ("AB-100", "\uff21\uff22\uff0d\uff11\uff10\uff10"),
+    ],
 )
-def test_policy_numbers_are_told_apart_in_no_case_in_any_alphabet(
+def test_policy_numbers_are_told_apart_in_no_case_in_any_alphabet_or_form(
     alice: TestClient, first: str, second: str
 ) -> None:
     policy, other = alice.get("/api/policies", params={"limit": 2}).json()["items"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -104,9 +105,15 @@ class Customer(Base):
 
 
 def fold_number(number: str) -> str:
-    """A policy number as numbers are told apart: in no case, in any
-    alphabet ("STRASSE-1" is "straße-1")."""
-    return number.casefold()
+    """A policy number as numbers are told apart: by how it looks, not by the
+    characters that make it up. In no case, in any alphabet ("STRASSE-1" is
+    "straße-1"); an accent typed apart from its letter, full-width letters and
+    digits, and characters nobody sees (a zero-width space, a soft hyphen) as
+    the plain number."""
+    folded = unicodedata.normalize(
+        "NFKC", unicodedata.normalize("NFKC", number).casefold()
+    )
+    return "".join(char for char in folded if unicodedata.category(char) != "Cf")
 
 
 def _folded_number(context: Any) -> str | None:
@@ -119,10 +126,11 @@ class Policy(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     policy_number: Mapped[str] = mapped_column(String(40), unique=True)
-    # The number in no case, as numbers are told apart ("ab-1" is "AB-1"):
-    # kept by the database's inserts and by every change through a Policy.
+    # The number as numbers are told apart ("ab-1" is "AB-1", see
+    # fold_number; its plain forms can be many times longer): kept by the
+    # database's inserts and by every change through a Policy.
     policy_number_key: Mapped[str | None] = mapped_column(
-        String(160), index=True, default=_folded_number
+        Text, index=True, default=_folded_number
     )
     customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
     carrier: Mapped[str] = mapped_column(String(100))
