@@ -647,6 +647,44 @@ def test_not_a_workbook_is_a_permanent_invalid_request(tmp_path: Path) -> None:
     assert not info.value.transient
 
 
+@pytest.mark.parametrize("with_an_error_cell", [False, True])
+def test_a_damaged_tab_is_named_in_a_permanent_invalid_request(
+    tmp_path: Path, with_an_error_cell: bool
+) -> None:
+    # Both readers (the fast one, and openpyxl for a book with error cells).
+    path = tmp_path / "book.xlsx"
+    rows: list[list[Cell]] = [["ID", "Name"], *([n, f"name {n}"] for n in range(50))]
+    make_book(path, {"Customers": [["ID"]], "Policies": rows})
+    if with_an_error_cell:
+        book = openpyxl.load_workbook(path)
+        book["Policies"]["C2"] = "#N/A"
+        book["Policies"]["C2"].data_type = "e"
+        book.save(path)
+    parts = {}
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            parts[name] = archive.read(name)
+    half = parts["xl/worksheets/sheet2.xml"]
+    parts["xl/worksheets/sheet2.xml"] = half[: len(half) // 2]
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in parts.items():
+            archive.writestr(name, data)
+    an_hour_ago = time.time() - 3600
+    os.utime(path, (an_hour_ago, an_hour_ago))
+
+    with pytest.raises(SheetInvalidRequest) as info:
+        XlsxBackend(path).read_tabs(["Customers", "Policies"])
+
+    assert not info.value.transient
+    said = str(info.value)
+    assert said.startswith(f"{path} cannot be read: its tab 'Policies' is damaged (")
+    assert said.endswith(
+        "). Nothing was imported or written. Open the workbook in Excel or "
+        "LibreOffice and save it (they repair what they can), or put back a "
+        "copy saved before, then press Sync again"
+    )
+
+
 def test_half_a_workbook_saved_a_moment_ago_is_retried_as_still_being_saved(
     tmp_path: Path,
 ) -> None:

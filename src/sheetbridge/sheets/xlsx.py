@@ -239,8 +239,11 @@ class XlsxBackend:
                 if tab not in workbook.sheet_names:
                     result[tab] = None
                     continue
-                sheet = workbook.get_sheet_by_name(tab)
-                values = sheet.to_python(skip_empty_area=False)
+                try:
+                    sheet = workbook.get_sheet_by_name(tab)
+                    values = sheet.to_python(skip_empty_area=False)
+                except python_calamine.CalamineError as exc:
+                    raise self._damaged(tab, exc) from exc
                 result[tab] = TabData(
                     _trimmed(values, _calamine_cell),
                     version,
@@ -291,12 +294,15 @@ class XlsxBackend:
                     map(_unknown_if_uncomputed, value_row, typed_row)
                     for value_row, typed_row in zip(values, typed, strict=True)
                 )
-                result[tab] = TabData(
-                    _trimmed(rows, _openpyxl_cell),
-                    version,
-                    _xml_merges(workbook[tab]),
-                    date_system,
-                )
+                try:
+                    result[tab] = TabData(
+                        _trimmed(rows, _openpyxl_cell),
+                        version,
+                        _xml_merges(workbook[tab]),
+                        date_system,
+                    )
+                except ParseError as exc:
+                    raise self._damaged(tab, exc) from exc
             return result
         finally:
             workbook.close()
@@ -352,6 +358,25 @@ class XlsxBackend:
             "then press Sync again",
             location=self.location,
             tab=bad.tab,
+        )
+
+    def _damaged(self, tab: str, exc: Exception) -> Exception:
+        """A tab whose part of the package does not read to its end: cut short
+        by a copy or a save that broke off, or garbled."""
+        try:
+            with zipfile.ZipFile(self.path) as archive:
+                bad = find_bad_xml(archive)
+        except (OSError, zipfile.BadZipFile):
+            bad = None
+        reason = bad.reason if bad is not None and bad.tab == tab else str(exc)
+        return SheetInvalidRequest(
+            f"{self.location} cannot be read: its tab {tab!r} is damaged "
+            f"({reason or type(exc).__name__}). Nothing was imported or written. "
+            "Open the workbook in Excel or LibreOffice and save it (they repair "
+            "what they can), or put back a copy saved before, then press Sync "
+            "again",
+            location=self.location,
+            tab=tab,
         )
 
     def _not_a_workbook(self, exc: Exception) -> Exception:
