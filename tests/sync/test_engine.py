@@ -338,6 +338,31 @@ def test_an_unknown_header_beside_a_missing_column_is_named_both_ways() -> None:
         assert "'Phone', 'Note'" in warned["H"]
 
 
+def test_the_records_own_text_that_reads_as_a_sheet_error_is_no_error() -> None:
+    # The Sheets API gives an error a formula shows (#N/A) as its text, the
+    # same as that text typed: a note of "#N/A" must not block its row.
+    app = {1: rec("Ann", note="#N/A"), 2: rec("Bo", note="#N/A")}
+    tab, base = synced(app)
+    note = HEADER.index("Note")
+    for row in tab.rows[1:]:
+        row[note] = ErrorValue(row[note])
+    tab.rows[1][HEADER.index("Name")] = "Ann Lee"  # edited in the sheet
+    app[2]["name"] = "Bo Chan"  # edited in the app
+
+    frm = plan_from_sheet(MAPPING, tab, app, base)
+    to = plan_to_sheet(MAPPING, tab, app, base)
+
+    assert [i for i in (*frm.issues, *to.issues) if i.kind == "error"] == []
+    assert frm.updates == {1: {"name": "Ann Lee"}}
+    assert to.changes.cells == {(3, HEADER.index("Name") + 1): "Bo Chan"}
+    # Where the record holds other text, the error is the sheet's.
+    app[1]["note"] = base[1]["note"] = "call back"
+    (error,) = [
+        i for i in plan_from_sheet(MAPPING, tab, app, base).issues if i.kind == "error"
+    ]
+    assert (error.row, error.column) == (2, "Note")
+
+
 def test_a_column_of_peoples_own_is_no_warning_while_ours_are_all_there() -> None:
     app = {1: rec("Ann")}
     tab, base = synced(app)

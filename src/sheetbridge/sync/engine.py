@@ -29,6 +29,7 @@ from sheetbridge.sheets.base import (
     Cell,
     CellRange,
     DateSystem,
+    ErrorValue,
     TabChanges,
     TabData,
     cell_length,
@@ -929,6 +930,7 @@ def _sync_row_to_sheet(
         _deleted_in_app(ctx, record_id, number, cells, base, delete_mode)
         return
     old = base.get(record_id)
+    cells = _own_texts(ctx, cells, record, old)
     writes: dict[int, Cell] = {}
     snapshot = _last_agreed(old)
     # An emptied cell the sheet shows again gets its value now, or holds one.
@@ -1370,6 +1372,25 @@ def _ambiguous(mapping: TabMapping, layout: _Layout) -> list[Column]:
     return [col for col in mapping.columns if col.field in layout.ambiguous]
 
 
+def _own_texts(
+    ctx: _Pass[Any], cells: list[Cell], record: Record, old: Record | None
+) -> list[Cell]:
+    """``cells``, where one reads as a spreadsheet error whose text the record
+    holds or held when last synced, with that text instead: the Sheets API
+    gives an error a formula shows (``#N/A``) as its text, the same as that
+    text typed, and the text is the record's own, written by a sync."""
+    own: list[Cell] | None = None
+    for column, index in ctx.columns:
+        raw = _cell(cells, index)
+        if isinstance(raw, ErrorValue) and (
+            record.get(column.field) == raw
+            or (old is not None and old.get(column.field) == raw)
+        ):
+            own = own if own is not None else list(cells)
+            own[index] = str(raw)
+    return own if own is not None else cells
+
+
 def _parse_row(
     ctx: _Pass[Any], number: int, cells: list[Cell]
 ) -> dict[str, Canonical] | None:
@@ -1406,6 +1427,7 @@ def _import_row(
     if record is None:
         _report_unimportable(ctx, record_id, number, base)
         return
+    cells = _own_texts(ctx, cells, record, base.get(record_id))
     values = _parse_row(ctx, number, cells)
     if values is None:
         return
