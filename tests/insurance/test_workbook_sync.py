@@ -898,6 +898,17 @@ def test_a_sync_to_a_renamed_tab_writes_it_again_whole_and_leaves_the_renamed_on
     assert _ids_in(book["Policies"]) == policies
     assert result["tabs"]["Customers"]["counts"]["deleted_in_sheet"] == 0
     assert result["summary"]["appended"] == len(customers_ids)
+    # Edits made in the renamed tab are never imported from there: said.
+    (warning,) = result["tabs"]["Customers"]["issues"]
+    assert warning["kind"] == "warning"
+    assert warning["reason"].startswith(
+        "tab 'Customers' was synced before but was not in the sheet: it was "
+        "written anew. If it was renamed, edits made in it since the last sync "
+        "are not imported from there"
+    )
+    assert result["tabs"]["Policies"]["issues"] == []
+    again = run_sync(synced, "alice", TO_SHEET)
+    assert again["tabs"]["Customers"]["issues"] == []
 
 
 def test_a_renamed_tab_fails_the_import_naming_the_workbook_and_tab(

@@ -368,6 +368,7 @@ class SyncService:
             for mapping in MAPPINGS
         }
         elsewhere = self._numbers_elsewhere(plans[POLICIES.tab], app[POLICIES.tab])
+        gone = _workbook_gone(backend)  # written whole again, as asked
         for mapping in MAPPINGS:
             _tell_refused(mapping, plans[mapping.tab], app, elsewhere)
             _tell_blocked_edits(plans[mapping.tab])
@@ -375,6 +376,8 @@ class SyncService:
                 mapping, plans[mapping.tab], write_back.get(mapping.tab, ()), app
             )
             _tell_lost(mapping, plans[mapping.tab], pending.lost[mapping.tab])
+            if tabs[mapping.tab] is None and base[mapping.tab] and not gone:
+                _tell_written_anew(mapping, plans[mapping.tab])
         changes = {
             tab: changes
             for tab, plan in plans.items()
@@ -1103,7 +1106,7 @@ def _require_tabs(
 ) -> None:
     """Refuse an import from a workbook or tabs that are not there; a book
     never ``synced`` to its workbook is told to write it first."""
-    if isinstance(backend, XlsxBackend) and not backend.path.exists():
+    if _workbook_gone(backend):
         if not synced:
             raise PermanentJobError(
                 f"{backend.location} does not exist yet: this book was never "
@@ -1120,9 +1123,14 @@ def _require_tabs(
         names = " and ".join(repr(tab) for tab in missing)
         raise PermanentJobError(
             f"{backend.location} has no tab {names}: was it renamed or "
-            "deleted? Rename it back, or run Sync to sheet to create it. "
-            "Nothing was imported."
+            "deleted? Rename it back, or run Sync to sheet to write it anew "
+            "(edits made in a renamed tab are then not imported). Nothing was "
+            "imported."
         )
+
+
+def _workbook_gone(backend: SheetBackend) -> bool:
+    return isinstance(backend, XlsxBackend) and not backend.path.exists()
 
 
 def _text_of(value: object) -> str | None:
@@ -1425,6 +1433,24 @@ def _tell_lost(
                 "warning",
             )
         )
+
+
+def _tell_written_anew(mapping: TabMapping, plan: ToSheetPlan) -> None:
+    """A tab synced before was gone, and is written whole again: a renamed
+    one keeps its edits, which no import takes from there."""
+    plan.issues.append(
+        Issue(
+            mapping.tab,
+            None,
+            None,
+            None,
+            f"tab {mapping.tab!r} was synced before but was not in the sheet: it "
+            "was written anew. If it was renamed, edits made in it since the "
+            "last sync are not imported from there: type them into this tab, "
+            "then delete the renamed one",
+            "warning",
+        )
+    )
 
 
 def _tell_gone_before_write_back(
