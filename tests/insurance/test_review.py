@@ -349,6 +349,43 @@ def test_undo_import_restores_imported_values_but_not_ones_edited_since(
     assert [r["record_id"] for r in twice.json()["left_alone"]] == [second]
 
 
+def test_undo_says_why_it_left_a_record_a_later_import_changed_or_one_moved_away(
+    runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    run_sync(runtime, "alice", TO_SHEET)
+    reimported = edit_sheet_cell(runtime, 2, "City", "Imported One")
+    moved = edit_sheet_cell(runtime, 3, "City", "Imported Two")
+    run_sync(runtime, "alice", FROM_SHEET)
+    client = TestClient(create_app(runtime, workers=False))
+    alice = bearer(tokens["alice"])
+
+    def last_import() -> int:
+        recent = client.get("/api/insurance/sync/status", headers=alice).json()
+        return max(job["id"] for job in recent["recent"] if job["kind"] == FROM_SHEET)
+
+    first = last_import()
+    edit_sheet_cell(runtime, 2, "City", "Imported Again")
+    run_sync(runtime, "alice", FROM_SHEET)
+    later = last_import()
+    with runtime.db.session() as session:
+        bob = session.scalars(select(User).where(User.username == "bob")).one()
+        customer = session.get(Customer, moved)
+        assert customer is not None
+        customer.agent_id = bob.id
+
+    undone = client.post(f"/api/insurance/sync/jobs/{first}/undo", headers=alice)
+
+    reasons = {
+        item["record_id"]: item["reason"] for item in undone.json()["left_alone"]
+    }
+    assert reasons == {
+        reimported: f"changed since by the import of sync #{later}; undo that "
+        "one first",
+        moved: "moved to another agent's book since the import",
+    }
+    assert app_city(runtime, reimported) == "Imported Again"
+
+
 def test_an_import_tells_how_many_of_its_records_an_undo_can_still_take_back(
     runtime: Runtime, tokens: dict[str, str]
 ) -> None:

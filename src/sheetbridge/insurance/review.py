@@ -447,6 +447,24 @@ def _as_the_import_left_it(
     return current == left
 
 
+def _changed_since(
+    book: Book, entity: str, record_id: int, changes: list[ImportChange]
+) -> str:
+    """Why a record holds other values than the import left in it: a later
+    import (whose undo comes first), else an edit in the app."""
+    later = book.session.scalar(
+        select(func.max(ImportChange.job_id)).where(
+            ImportChange.entity == entity,
+            ImportChange.record_id == record_id,
+            ImportChange.job_id > changes[0].job_id,
+            ImportChange.undone_at.is_(None),
+        )
+    )
+    if later is not None:
+        return f"changed since by the import of sync #{later}; undo that one first"
+    return "edited in the app since the import"
+
+
 def _undo_record(
     book: Book, entity: str, record_id: int, changes: list[ImportChange]
 ) -> str | None:
@@ -458,6 +476,8 @@ def _undo_record(
     )
     if record is None:
         return "deleted since the import"
+    if record.agent_id != book.user.id and not book.user.is_admin:
+        return "moved to another agent's book since the import"
     current = (
         customer_record(record)
         if isinstance(record, Customer)
@@ -467,14 +487,14 @@ def _undo_record(
         with book.session.begin_nested():
             if any(change.field == CREATED for change in changes):
                 if not _as_the_import_left_it(record, current, changes):
-                    return "edited in the app since the import"
+                    return _changed_since(book, entity, record_id, changes)
                 if isinstance(record, Customer):
                     book.delete_customer(record_id, None)
                 else:
                     book.delete_policy(record_id, None)
                 return None
             if any(current.get(c.field) != c.after for c in changes):
-                return "edited in the app since the import"
+                return _changed_since(book, entity, record_id, changes)
             mapping = _MAPPING[entity]
             fields = to_python(mapping, {c.field: c.before for c in changes})
             if isinstance(record, Customer):
