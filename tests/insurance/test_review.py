@@ -314,18 +314,37 @@ def test_keep_sheet_and_edit_settle_both_sides(
     assert sheet_city(runtime, record_id) == "Agreed City"
 
 
+def import_cities(
+    runtime: Runtime, tokens: dict[str, str], *rows: int
+) -> tuple[TestClient, dict[str, str], list[int]]:
+    """A new city typed into each row of alice's synced sheet, and imported:
+    a client, her headers and the row's customers."""
+    customers = [
+        edit_sheet_cell(runtime, row, "City", f"Imported {n}")
+        for n, row in enumerate(rows, 1)
+    ]
+    run_sync(runtime, "alice", FROM_SHEET)
+    client = TestClient(create_app(runtime, workers=False))
+    return client, bearer(tokens["alice"]), customers
+
+
+def last_import(client: TestClient, headers: dict[str, str]) -> int:
+    recent = client.get("/api/insurance/sync/status", headers=headers).json()
+    return max(job["id"] for job in recent["recent"] if job["kind"] == FROM_SHEET)
+
+
+def customer_in_row(runtime: Runtime, row: int) -> int:
+    sheet = load_workbook(workbook_path(runtime, "alice"))["Customers"]
+    return int(sheet.cell(row, 1).value)
+
+
 def test_undo_import_restores_imported_values_but_not_ones_edited_since(
     runtime: Runtime, tokens: dict[str, str]
 ) -> None:
     run_sync(runtime, "alice", TO_SHEET)
-    first = edit_sheet_cell(runtime, 2, "City", "Imported One")
-    second = edit_sheet_cell(runtime, 3, "City", "Imported Two")
-    before_first = app_city(runtime, first)
-    run_sync(runtime, "alice", FROM_SHEET)
-    client = TestClient(create_app(runtime, workers=False))
-    alice = bearer(tokens["alice"])
-    recent = client.get("/api/insurance/sync/status", headers=alice).json()["recent"]
-    job_id = next(job["id"] for job in recent if job["kind"] == FROM_SHEET)
+    before_first = app_city(runtime, customer_in_row(runtime, 2))
+    client, alice, (first, second) = import_cities(runtime, tokens, 2, 3)
+    job_id = last_import(client, alice)
     edit_app_city(runtime, second, "Edited After Import")
     with runtime.db.session() as session:
         customer = session.get(Customer, first)
@@ -353,20 +372,11 @@ def test_undo_says_why_it_left_a_record_a_later_import_changed_or_one_moved_away
     runtime: Runtime, tokens: dict[str, str]
 ) -> None:
     run_sync(runtime, "alice", TO_SHEET)
-    reimported = edit_sheet_cell(runtime, 2, "City", "Imported One")
-    moved = edit_sheet_cell(runtime, 3, "City", "Imported Two")
-    run_sync(runtime, "alice", FROM_SHEET)
-    client = TestClient(create_app(runtime, workers=False))
-    alice = bearer(tokens["alice"])
-
-    def last_import() -> int:
-        recent = client.get("/api/insurance/sync/status", headers=alice).json()
-        return max(job["id"] for job in recent["recent"] if job["kind"] == FROM_SHEET)
-
-    first = last_import()
+    client, alice, (reimported, moved) = import_cities(runtime, tokens, 2, 3)
+    first = last_import(client, alice)
     edit_sheet_cell(runtime, 2, "City", "Imported Again")
     run_sync(runtime, "alice", FROM_SHEET)
-    later = last_import()
+    later = last_import(client, alice)
     with runtime.db.session() as session:
         bob = session.scalars(select(User).where(User.username == "bob")).one()
         customer = session.get(Customer, moved)
@@ -390,24 +400,14 @@ def test_an_import_tells_how_many_of_its_records_an_undo_can_still_take_back(
     runtime: Runtime, tokens: dict[str, str]
 ) -> None:
     run_sync(runtime, "alice", TO_SHEET)
-    edit_sheet_cell(runtime, 2, "City", "Imported One")
-    edit_sheet_cell(runtime, 3, "City", "Imported Two")
-    run_sync(runtime, "alice", FROM_SHEET)
-    client = TestClient(create_app(runtime, workers=False))
-    alice = bearer(tokens["alice"])
+    client, alice, _ = import_cities(runtime, tokens, 2, 3)
 
     def undoable() -> list[object]:
         recent = client.get("/api/insurance/sync/status", headers=alice).json()
         return [job["undoable"] for job in recent["recent"]]
 
     before = undoable()
-    (job_id,) = [
-        job["id"]
-        for job in client.get("/api/insurance/sync/status", headers=alice).json()[
-            "recent"
-        ]
-        if job["kind"] == FROM_SHEET
-    ]
+    job_id = last_import(client, alice)
     client.post(f"/api/insurance/sync/jobs/{job_id}/undo", headers=alice)
 
     assert before == [2, None]  # the import, then the sync to the sheet
