@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from datetime import date
 
 import httpx
@@ -14,6 +15,8 @@ from sqlalchemy import select
 from sheetbridge.config import Settings
 from sheetbridge.insurance.models import Customer, User
 from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
+from sheetbridge.queue.models import Job
+from sheetbridge.queue.worker import WorkerPool
 from sheetbridge.sheets.base import TabChanges, TabData
 from sheetbridge.sheets.google import GoogleSheetsBackend
 from sheetbridge.testing.emulator import EmulatorServer
@@ -117,6 +120,45 @@ def test_a_503_on_read_is_retried_and_the_job_succeeds(
     emulator.state.inject(503, count=2, method="GET")
     result = run_sync(runtime, "alice", TO_SHEET)
     assert result["summary"]["appended"] > 0
+
+
+def test_a_sync_stopped_while_it_waits_to_retry_stops_without_calling_again(
+    runtime: Runtime, spreadsheet_id: str, emulator: EmulatorServer
+) -> None:
+    # The wait is told a second at a time, each a point where a stop is seen.
+    runtime.sync.settings = runtime.settings.model_copy(
+        update={"google_backoff_base_s": 60.0, "google_backoff_max_s": 60.0}
+    )
+    emulator.state.inject(503, count=1, method="GET")
+    with runtime.db.read_session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+    pool = WorkerPool(runtime.queue, runtime.sync.handlers, concurrency=1)
+    pool.start()
+    try:
+        queued = runtime.sync.enqueue(alice, TO_SHEET)
+        job = _wait_for(runtime, queued.job_id, lambda job: _phase(job) == "retrying")
+        assert (job.progress or {})["delay_s"] >= 30
+        runtime.queue.cancel(queued.job_id)
+        job = _wait_for(runtime, queued.job_id, lambda job: job.state != "running")
+    finally:
+        pool.stop()
+
+    assert job.state == "cancelled"
+    assert emulator.state.calls("GET") == 1, "no call after the stop"
+
+
+def _phase(job: Job) -> object:
+    return (job.progress or {}).get("phase")
+
+
+def _wait_for(runtime: Runtime, job_id: int, seen: Callable[[Job], bool]) -> Job:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        job = runtime.queue.get(job_id)
+        if seen(job):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} never got there: {job.state} {job.progress}")
 
 
 def test_a_spreadsheet_id_alone_moves_a_google_book_and_is_refused_for_a_workbook(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import math
 import os
 import threading
 import time
@@ -145,6 +146,30 @@ def test_server_errors_are_retried_then_succeed(harness: GoogleHarness) -> None:
     assert all(isinstance(error, SheetTransientError) for _, _, error in retries)
 
 
+def test_a_retry_waits_a_second_at_a_time_telling_what_is_left(
+    harness: GoogleHarness,
+) -> None:
+    # Each step is a safe point: a sync asked to stop ends its wait at once.
+    book = harness.spreadsheet()
+    told: list[float] = []
+    slept: list[float] = []
+    backend = harness.backend(
+        book,
+        backoff_base_s=3.5,
+        backoff_max_s=3.5,
+        on_retry=lambda attempt, delay_s, error: told.append(delay_s),
+        sleep=slept.append,
+    )
+    harness.state.inject(503, count=1, method="GET")
+
+    backend.read_tabs(["Sheet1"])
+
+    assert len(told) == len(slept) == math.ceil(told[0]) > 1
+    assert sum(slept) == pytest.approx(told[0])
+    assert all(0 < step <= 1.0 for step in slept)
+    assert told == pytest.approx([told[0] - n for n in range(len(told))])
+
+
 def test_persistent_server_errors_give_up_as_transient(harness: GoogleHarness) -> None:
     book = harness.spreadsheet()
     backend = harness.backend(book, max_retries=2)
@@ -170,7 +195,7 @@ def test_rate_limit_is_transient_and_retry_waits_retry_after(
         harness.client(max_retries=1, sleep=slept.append).get_spreadsheet(
             book.spreadsheet_id
         )
-    assert slept and slept[0] >= info.value.retry_after - 1
+    assert slept and sum(slept) >= info.value.retry_after - 1
 
 
 def test_random_failures_knob_is_survived_by_retries(harness: GoogleHarness) -> None:

@@ -58,8 +58,40 @@ def test_the_request_over_the_limit_waits_for_the_window_and_reports_it() -> Non
     limiter.acquire("write", "bot")
     clock.now = 20.0
     waited = limiter.acquire("write", "bot", on_wait=waits.append)
-    assert waits == [pytest.approx(40.001)]
+    assert waits[0] == pytest.approx(40.001)
     assert waited == pytest.approx(40.001)
+
+
+class Stopped(Exception):
+    pass
+
+
+def test_a_long_wait_is_slept_a_second_at_a_time_telling_what_is_left() -> None:
+    # Each step is a safe point: a sync asked to stop ends its wait at once.
+    clock = FakeClock()
+    limiter = InProcessQuotaLimiter(
+        QuotaLimits(writes_per_minute_user=1), clock=clock, sleep=clock.sleep
+    )
+    limiter.acquire("write", "bot")
+    clock.now = 20.0
+    told: list[float] = []
+
+    waited = limiter.acquire("write", "bot", on_wait=told.append)
+
+    assert waited == pytest.approx(40.001)
+    assert told[0] == pytest.approx(40.001)
+    assert len(told) == len(clock.slept) == 41
+    assert all(0 < step <= 1.0 for step in clock.slept)
+    assert told == pytest.approx([40.001 - n for n in range(41)])
+
+    def stop_at_the_third(left_s: float) -> None:
+        if len(clock.slept) == 2:
+            raise Stopped
+
+    clock.slept.clear()
+    with pytest.raises(Stopped):
+        limiter.acquire("write", "bot", on_wait=stop_at_the_third)
+    assert clock.slept == [1.0, 1.0]
 
 
 def test_users_have_separate_windows_but_share_the_project_one() -> None:
@@ -70,7 +102,7 @@ def test_users_have_separate_windows_but_share_the_project_one() -> None:
     limiter.acquire("write", "b")
     assert clock.slept == []
     limiter.acquire("write", "c")  # project window full
-    assert clock.slept and clock.slept[0] == pytest.approx(60.001)
+    assert sum(clock.slept) == pytest.approx(60.001)
 
 
 def test_reads_and_writes_are_counted_apart() -> None:

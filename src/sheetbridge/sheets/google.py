@@ -53,7 +53,13 @@ from sheetbridge.sheets.errors import (
     SheetRateLimited,
     SheetTransientError,
 )
-from sheetbridge.sheets.quota import Kind, OnWait, QuotaLimiter, UnlimitedQuota
+from sheetbridge.sheets.quota import (
+    Kind,
+    OnWait,
+    QuotaLimiter,
+    UnlimitedQuota,
+    wait_telling,
+)
 from sheetbridge.sheets.ranges import (
     RangeSyntaxError,
     a1_range,
@@ -437,9 +443,15 @@ class SheetsClient:
                         "error": type(exc).__name__,
                     },
                 )
-                if self.on_retry is not None:
-                    self.on_retry(attempt, delay_s, exc)
-                self._sleep(delay_s)
+                wait_telling(delay_s, self._sleep, self._retry_teller(attempt, exc))
+
+    def _retry_teller(
+        self, attempt: int, error: SheetError
+    ) -> Callable[[float], None] | None:
+        on_retry = self.on_retry
+        if on_retry is None:
+            return None
+        return lambda left_s: on_retry(attempt, left_s, error)
 
     def _backoff_s(self, attempt: int, retry_after_s: float | None) -> float:
         ceiling = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))

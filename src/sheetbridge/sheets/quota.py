@@ -232,18 +232,34 @@ def _wait_for_grant(
         wait_s = try_grant(kind, user)
         if wait_s <= 0:
             return waited_s
-        _report_wait(kind, user, wait_s, on_wait)
-        sleep(wait_s)
+        logger.info(
+            "sheets.quota_wait",
+            extra={"kind": kind, "quota_user": user, "wait_s": round(wait_s, 3)},
+        )
+        wait_telling(wait_s, sleep, on_wait)
         waited_s += wait_s
 
 
-def _report_wait(kind: Kind, user: str, wait_s: float, on_wait: OnWait | None) -> None:
-    logger.info(
-        "sheets.quota_wait",
-        extra={"kind": kind, "quota_user": user, "wait_s": round(wait_s, 3)},
-    )
-    if on_wait is not None:
-        on_wait(wait_s)
+def wait_telling(
+    seconds: float,
+    sleep: Callable[[float], None],
+    tell: Callable[[float], None] | None,
+    *,
+    step_s: float = 1.0,
+) -> None:
+    """Sleep ``seconds`` a step at a time, telling ``tell`` the seconds left
+    before each: every step is a safe point, where a sync asked to stop ends
+    its wait (its reporter raises), and its user sees the time count down."""
+    left = seconds
+    while left > _NOTHING_LEFT_S:
+        if tell is not None:
+            tell(left)
+        step = min(left, step_s)
+        sleep(step)
+        left -= step
+
+
+_NOTHING_LEFT_S = 1e-6  # what the sum of the steps leaves over of the wait
 
 
 _shared: dict[tuple[object, ...], QuotaLimiter] = {}
