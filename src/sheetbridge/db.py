@@ -6,16 +6,19 @@ import fcntl
 import os
 import threading
 import time
+import unicodedata
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import Histogram
-from sqlalchemy import Connection, Engine, MetaData, create_engine, event
+from sqlalchemy import Connection, Engine, MetaData, String, create_engine, event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.sql.functions import FunctionElement
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -113,8 +116,10 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
         # SQLite's own lower() folds A-Z only: "Émile" would not be found by
-        # "émile". PostgreSQL's lowers every alphabet, and so does this one.
+        # "émile". PostgreSQL's lowers every alphabet, and so does this one;
+        # search_text() below also composes accents here.
         dbapi_conn.create_function("lower", 1, _lower, deterministic=True)
+        dbapi_conn.create_function(_SEARCH_TEXT, 1, search_form, deterministic=True)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
@@ -124,6 +129,36 @@ def _configure_sqlite(engine: Engine) -> None:
 
 def _lower(value: object) -> object:
     return value.lower() if isinstance(value, str) else value
+
+
+def search_form(text: object) -> object:
+    """Text as searches compare it: lower case in every alphabet, an accent
+    typed apart from its letter ("e" + U+0301) joined to it ("é")."""
+    if not isinstance(text, str):
+        return text
+    return unicodedata.normalize("NFC", text.lower())
+
+
+_SEARCH_TEXT = "search_text"
+
+
+class search_text(FunctionElement[str]):
+    """A column in :func:`search_form`, in SQL: PostgreSQL's own lower() and
+    normalize(); on SQLite, a function of this process's."""
+
+    type = String()
+    name = _SEARCH_TEXT
+    inherit_cache = True
+
+
+@compiles(search_text)
+def _search_text(element: search_text, compiler: Any, **kw: Any) -> str:
+    return f"normalize(lower({compiler.process(element.clauses, **kw)}), NFC)"
+
+
+@compiles(search_text, "sqlite")
+def _search_text_sqlite(element: search_text, compiler: Any, **kw: Any) -> str:
+    return f"{_SEARCH_TEXT}({compiler.process(element.clauses, **kw)})"
 
 
 def is_sqlite(engine: Engine) -> bool:

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from sheetbridge import clock
+from sheetbridge.db import search_form, search_text
 from sheetbridge.insurance.models import Customer, Policy, User, fold_number
 from sheetbridge.insurance.schemas import (
     CustomerCreate,
@@ -84,8 +85,10 @@ class ListQuery:
 
 
 def _contains(text: str) -> str:
-    """A LIKE pattern matching ``text`` anywhere, its wildcards taken literally."""
-    escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    """A LIKE pattern matching ``text`` anywhere in a :class:`search_text`,
+    its wildcards taken literally."""
+    folded = str(search_form(text))
+    escaped = folded.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
 
 
@@ -131,10 +134,10 @@ class Book:
             pattern = _contains(query.q)
             statement = statement.where(
                 or_(
-                    func.lower(Customer.name).like(pattern, escape="\\"),
-                    func.lower(Customer.email).like(pattern, escape="\\"),
+                    search_text(Customer.name).like(pattern, escape="\\"),
+                    search_text(Customer.email).like(pattern, escape="\\"),
                     Customer.phone.like(pattern, escape="\\"),
-                    func.lower(Customer.city).like(pattern, escape="\\"),
+                    search_text(Customer.city).like(pattern, escape="\\"),
                     Customer.zip_code.like(pattern, escape="\\"),
                 )
             )
@@ -209,8 +212,8 @@ class Book:
                     Policy.policy_number_key.like(
                         _contains(fold_number(query.q)), escape="\\"
                     ),
-                    func.lower(Policy.carrier).like(pattern, escape="\\"),
-                    func.lower(Customer.name).like(pattern, escape="\\"),
+                    search_text(Policy.carrier).like(pattern, escape="\\"),
+                    search_text(Customer.name).like(pattern, escape="\\"),
                 )
             )
         for column, value in (
