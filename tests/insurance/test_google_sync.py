@@ -5,13 +5,14 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterator
-from datetime import date
+from datetime import date, timedelta
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from sheetbridge import clock
 from sheetbridge.config import Settings
 from sheetbridge.insurance.models import Customer, User
 from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
@@ -307,6 +308,40 @@ def test_an_import_dying_after_writing_new_ids_to_google_leaves_them_naming_its_
         for name in names:
             (customer,) = session.query(Customer).filter_by(name=name).all()
             assert in_sheet[name] == customer.id
+
+
+def test_a_write_cut_short_then_a_sort_puts_every_value_in_its_own_records_row(
+    runtime: Runtime, spreadsheet_id: str, emulator: EmulatorServer
+) -> None:
+    run_sync(runtime, "alice", TO_SHEET)
+    with runtime.db.session() as session:
+        alice = select(User.id).where(User.username == "alice").scalar_subquery()
+        customers = session.scalars(
+            select(Customer).where(Customer.agent_id == alice).order_by(Customer.id)
+        ).all()[:5]
+        for customer in customers:
+            customer.city = f"Moved {customer.id}"
+    emulator.state.inject(503, count=1, method="POST", path_contains="values:")
+    with runtime.db.read_session() as session:
+        user = session.scalars(select(User).where(User.username == "alice")).one()
+    queued = runtime.sync.enqueue(user, TO_SHEET)
+    pool = WorkerPool(runtime.queue, runtime.sync.handlers)
+    pool.run_until_empty()
+    cut = runtime.queue.get(queued.job_id)
+    # A person sorts the tab before the sync tries again.
+    (book,) = emulator.state.spreadsheets.values()
+    sheet = next(tab for tab in book.sheets if tab.title == "Customers")
+    sheet.rows[1:] = sheet.rows[:0:-1]
+    runtime.queue.now = lambda: clock.now() + timedelta(minutes=5)  # retry due
+    pool.run_until_empty()
+
+    assert cut.state == "queued" and "cut short" in (cut.error or "")
+    assert runtime.queue.get(queued.job_id).state == "succeeded"
+    _, tab, header = customers_tab(emulator, spreadsheet_id)
+    city = header.index("City")
+    cities = {row[0]: row[city] for row in tab.rows[1:]}
+    assert all(cities[c.id] == f"Moved {c.id}" for c in customers)
+    assert sum(str(v).startswith("Moved") for v in cities.values()) == len(customers)
 
 
 def test_dates_and_premiums_a_sync_writes_show_as_dates_and_amounts_in_google(

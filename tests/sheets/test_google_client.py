@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from sheetbridge.config import Settings
 from sheetbridge.sheets.base import TabChanges
 from sheetbridge.sheets.errors import (
+    SheetChanged,
     SheetError,
     SheetInvalidRequest,
     SheetNotFound,
@@ -42,6 +43,7 @@ from sheetbridge.sheets.ranges import a1_range, parse_range, quote_title
 from sheetbridge.testing.emulator import EmulatorServer, Knobs
 from sheetbridge.testing.harness import GoogleHarness
 from tests.support.server import free_port
+from tests.support.sheets import write_until_done
 
 
 @pytest.fixture
@@ -170,6 +172,46 @@ def test_a_retry_waits_a_second_at_a_time_telling_what_is_left(
     assert told == pytest.approx([told[0] - n for n in range(len(told))])
 
 
+@pytest.mark.parametrize("cut", ["/values:batchUpdate", "{book}:batchUpdate"])
+def test_a_write_cut_short_is_not_sent_again_where_rows_may_have_moved(
+    harness: GoogleHarness, cut: str
+) -> None:
+    # A person sorting the tab while a write waits to be tried again would
+    # have its values land in other rows: the write goes back to the sync,
+    # which reads the sheet again, never out again as it was.
+    book = harness.spreadsheet()
+    setup = harness.backend(book)
+    setup.write({"Sheet1": TabChanges(cells={(1, 1): "ID", (1, 2): "Name"})})
+    setup.write({"Sheet1": TabChanges(append=[[n, f"name {n}"] for n in (1, 2, 3)])})
+    sheet = next(tab for tab in book.sheets if tab.title == "Sheet1")
+
+    def sort_meanwhile(_seconds: float) -> None:
+        sheet.rows[1:] = sheet.rows[:0:-1]  # Z to A, by the emulator's hand
+
+    backend = harness.backend(book, sleep=sort_meanwhile)
+    version = backend.read_tabs(["Sheet1"])["Sheet1"].version  # type: ignore[union-attr]
+    cut = cut.format(book=book.spreadsheet_id)
+    harness.state.inject(503, count=1, method="POST", path_contains=cut)
+    writes = harness.state.calls("POST")
+
+    with pytest.raises(SheetChanged) as info:
+        backend.write(
+            {
+                "Sheet1": TabChanges(
+                    cells={(2, 2): "one", (4, 2): "three"}, delete_rows=[3]
+                )
+            },
+            expected_version=version,
+        )
+
+    assert info.value.transient
+    assert "cut short" in str(info.value) and "read" in str(info.value)
+    assert harness.state.calls("POST") - writes <= 2, "nothing sent again"
+    rows = backend.read_tabs(["Sheet1"])["Sheet1"].rows  # type: ignore[union-attr]
+    named = {row[0]: row[1] for row in rows[1:]}
+    assert all(named[n] in (f"name {n}", {1: "one", 3: "three"}.get(n)) for n in named)
+
+
 def test_persistent_server_errors_give_up_as_transient(harness: GoogleHarness) -> None:
     book = harness.spreadsheet()
     backend = harness.backend(book, max_retries=2)
@@ -202,9 +244,11 @@ def test_random_failures_knob_is_survived_by_retries(harness: GoogleHarness) -> 
     harness.state.knobs.error_rate = 0.3
     harness.state.rng.seed(7)
     backend = harness.backend(max_retries=8)
-    for n in range(10):
-        backend.write({"T": TabChanges(append=[[n]])})
+    cut = sum(
+        write_until_done(backend, {"T": TabChanges(append=[[n]])}) for n in range(10)
+    )
     harness.state.knobs.error_rate = 0.0
+    assert cut > 0
     data = backend.read_tabs(["T"])["T"]
     assert data is not None and data.rows == [[n] for n in range(10)]
 

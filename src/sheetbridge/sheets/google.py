@@ -364,12 +364,20 @@ class SheetsClient:
         return value_ranges
 
     def batch_update_values(
-        self, spreadsheet_id: str, data: list[Json], *, value_input: str = "RAW"
+        self,
+        spreadsheet_id: str,
+        data: list[Json],
+        *,
+        value_input: str = "RAW",
+        retry: bool = True,
     ) -> Json:
-        """values.batchUpdate of several ranges in one call (RAW unless told)."""
+        """values.batchUpdate of several ranges in one call (RAW unless told);
+        without ``retry``, a transient failure is raised, not sent again."""
         body = {"valueInputOption": value_input, "data": data}
         path = f"{_book(spreadsheet_id)}/values:batchUpdate"
-        return self.call("POST", path, "write", spreadsheet_id, json_body=body)
+        return self.call(
+            "POST", path, "write", spreadsheet_id, json_body=body, retry=retry
+        )
 
     def append(self, spreadsheet_id: str, range_: str, values: list[list[Any]]) -> Json:
         """values.append (RAW, rows inserted) after the table found in ``range_``."""
@@ -389,11 +397,16 @@ class SheetsClient:
         body = {"ranges": list(ranges)}
         return self.call("POST", path, "write", spreadsheet_id, json_body=body)
 
-    def batch_update(self, spreadsheet_id: str, requests: list[Json]) -> Json:
-        """spreadsheets.batchUpdate (structural requests, applied atomically)."""
+    def batch_update(
+        self, spreadsheet_id: str, requests: list[Json], *, retry: bool = True
+    ) -> Json:
+        """spreadsheets.batchUpdate (structural requests, applied atomically);
+        without ``retry``, a transient failure is raised, not sent again."""
         path = f"{_book(spreadsheet_id)}:batchUpdate"
         body = {"requests": requests}
-        return self.call("POST", path, "write", spreadsheet_id, json_body=body)
+        return self.call(
+            "POST", path, "write", spreadsheet_id, json_body=body, retry=retry
+        )
 
     # -- the request path --------------------------------------------------------
 
@@ -405,11 +418,20 @@ class SheetsClient:
         spreadsheet_id: str,
         params: Any = None,
         json_body: Json | None = None,
+        *,
+        retry: bool = True,
     ) -> Json:
-        """Send one API call through quota, retries and auth; return its JSON."""
+        """Send one API call through quota, retries (unless not to ``retry``)
+        and auth; return its JSON."""
         self.calls[_call_name(method, path)] += 1
         return self._send_with_retries(
-            method, path, kind, spreadsheet_id, params, json_body
+            method,
+            path,
+            kind,
+            spreadsheet_id,
+            params,
+            json_body,
+            self.max_retries if retry else 0,
         )
 
     def _send_with_retries(
@@ -420,6 +442,7 @@ class SheetsClient:
         spreadsheet_id: str,
         params: Any,
         json_body: Json | None,
+        max_retries: int,
     ) -> Json:
         attempt = 0
         while True:
@@ -430,7 +453,7 @@ class SheetsClient:
                     method, path, spreadsheet_id, params, json_body, attempt
                 )
             except SheetError as exc:
-                if not exc.transient or attempt > self.max_retries:
+                if not exc.transient or attempt > max_retries:
                     raise
                 delay_s = self._backoff_s(attempt, exc.retry_after)
                 self.retries += 1
@@ -703,13 +726,27 @@ class GoogleSheetsBackend:
                 if "addSheet" in reply:
                     added = reply["addSheet"]["properties"]
                     sheets[added["title"]] = added
+        # These calls name rows by where they were just read. Sent again after
+        # a wait, they would land wherever a sort had moved other rows to:
+        # cut short, they go back to the sync, which reads the sheet again.
         data = _value_ranges(changes, rows, tz)
-        if data:
-            self.client.batch_update_values(self.spreadsheet_id, data)
-        # Formats first: they name rows as they are before the deletes.
         finish = _formats(changes, rows, sheets) + _delete_requests(changes, sheets)
-        if finish:
-            self.client.batch_update(self.spreadsheet_id, finish)
+        try:
+            if data:
+                self.client.batch_update_values(self.spreadsheet_id, data, retry=False)
+            # Formats first: they name rows as they are before the deletes.
+            if finish:
+                self.client.batch_update(self.spreadsheet_id, finish, retry=False)
+        except SheetError as exc:
+            if not exc.transient:
+                raise
+            raise SheetChanged(
+                f"a write to {self.location} was cut short ({exc}); rows may "
+                "have moved since, so it is not sent again as it was: the sync "
+                "reads the sheet again and writes what is still needed",
+                location=self.spreadsheet_id,
+                retry_after=exc.retry_after,
+            ) from exc
         logger.info(
             "sheets.write",
             extra={
