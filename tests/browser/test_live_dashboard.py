@@ -7,9 +7,11 @@ times, stored values), not only what the page says.
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import statistics
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -18,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from openpyxl import load_workbook
 from playwright.sync_api import Browser, Locator, Page, expect
 from sqlalchemy import select
 
@@ -741,6 +744,43 @@ def test_failed_sync_shows_the_reason_and_what_to_do(
         retried = page.locator("#recent-jobs li.job").first
         expect(retried.locator(".job-error")).to_have_text(f"Reason: {reason}")
         expect(page.locator("#page-status")).to_contain_text("failed")
+        page.close()
+
+
+def test_a_damaged_or_a_missing_tab_gets_the_advice_that_fits(
+    browser: Browser, runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    run_sync(runtime, "alice", TO_SHEET)
+    path = workbook_path(runtime, "alice")
+    good = path.read_bytes()
+    with zipfile.ZipFile(path) as archive:
+        parts = {name: archive.read(name) for name in archive.namelist()}
+    part = "xl/worksheets/sheet2.xml"
+    parts[part] = parts[part][: len(parts[part]) // 2]
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in parts.items():
+            archive.writestr(name, data)
+    os.utime(path, (time.time() - 3600,) * 2)  # no save in progress
+    with live_server(runtime) as url, api_client(url, tokens["alice"]) as api:
+        damaged = final_job(
+            api, api.post("/api/insurance/sync/from-sheet").json()["job_id"]
+        )
+        path.write_bytes(good)
+        book = load_workbook(path)
+        book["Policies"].title = "Policies 2026"
+        book.save(path)
+        missing = final_job(
+            api, api.post("/api/insurance/sync/from-sheet").json()["job_id"]
+        )
+        assert "is damaged" in damaged["error"] and "has no tab" in missing["error"]
+
+        page = open_dashboard(browser, url, "alice")
+        for job, advice in (
+            (damaged, "The workbook file is damaged"),
+            (missing, "run Sync to sheet to write it anew"),
+        ):
+            item = page.locator(f"#recent-jobs li[data-job-id='{job['id']}']")
+            expect(item.locator(".job-advice")).to_contain_text(advice)
         page.close()
 
 

@@ -955,12 +955,13 @@
 
   function adviceFor(job) {
     const e = String(job.error || "").toLowerCase();
-    if (/not a readable|not a zip|bad zip|invalid spreadsheet|corrupt/.test(e)) {
+    if (/not a readable|not a zip|bad zip|invalid spreadsheet|corrupt|is damaged/.test(e)) {
       return "The workbook file is damaged or is not an Excel (.xlsx) file. Put back a good copy (or remove it and run Sync to sheet to write a fresh one), then sync again.";
     }
     if (/locked|open in another program/.test(e)) return "Close the workbook in the other program, then sync again.";
     if (/permission denied/.test(e)) return "Sheetbridge may not open this sheet. Ask an admin to check who the sheet is shared with, then sync again.";
-    if (/not found|does not exist/.test(e)) return "The sheet or one of its tabs is missing. Run Sync to sheet to create it, or restore the tab, then sync again.";
+    if (/check the spreadsheet id/.test(e)) return "The Google spreadsheet could not be opened: check its ID in the sheet settings, and that it is shared with the account the reason names, then sync again.";
+    if (/not found|does not exist|has no tab/.test(e)) return "The sheet or one of its tabs is missing. Restore it, or run Sync to sheet to write it anew, then sync again.";
     if (/header|column/.test(e)) return "Fix the header row the message names (row 1 of that tab), then sync again.";
     if (/quota|temporar|timed out|timeout|rate/.test(e)) return "The spreadsheet service is busy. Wait a minute, then sync again.";
     if (/stopped responding|worker/.test(e)) return "The server was interrupted. Sync again; nothing was half written.";
