@@ -690,7 +690,9 @@ def test_an_import_that_failed_after_saving_says_so_and_is_undone(
         expect(job.locator(".job-error")).to_contain_text("the import itself was saved")
         job.get_by_role("button", name=re.compile("^Undo import")).click()
         job.get_by_role("button", name=re.compile("^Confirm: undo import")).click()
-        expect(job.locator(".undo-report")).to_contain_text("1 record restored")
+        expect(job.locator(".undo-report > p").first).to_have_text(
+            "Import undone: 1 record it created deleted."
+        )
         expect(job.locator(".undo-note")).to_contain_text(
             "1 record the import created was deleted; its row stays in the "
             "sheet: delete it there"

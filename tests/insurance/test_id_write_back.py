@@ -249,7 +249,7 @@ def test_a_failed_import_that_saved_records_tells_how_many_and_can_be_undone(
 
         assert failed["saved_changes"] == job["saved_changes"] == len(NAMES)
         undone = client.post(f"/api/insurance/sync/jobs/{job['id']}/undo").json()
-        assert len(undone["restored"]) == len(NAMES)
+        assert len(undone["restored"]) == undone["removed"] == len(NAMES)
         assert client.get(failed["status_url"]).json()["saved_changes"] == 0
     assert all(ids == [] for ids in customers_named(synced).values())
 

@@ -331,6 +331,8 @@ def undo_import(job_id: JobId, user: CurrentUser, rt: RuntimeDep) -> dict[str, A
         report = review.undo_import(session, user, job_id)
     return {
         "restored": report.restored,
+        # Of them, records the import created, deleted: their rows stay.
+        "removed": report.removed,
         "left_alone": report.left_alone,
         "note": report.note,
     }

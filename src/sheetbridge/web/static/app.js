@@ -1124,14 +1124,24 @@
     actions.push(undo);
   }
 
+  // "1 record restored, 1 record it created deleted, 2 records left alone".
+  function undoneCounts(r) {
+    const removed = Number(r.removed || 0);
+    const restored = r.restored.length - removed;
+    const parts = [];
+    if (restored || !removed) parts.push(`${plural(restored, "record")} restored`);
+    if (removed) parts.push(`${plural(removed, "record")} it created deleted`);
+    if (r.left_alone.length) parts.push(`${plural(r.left_alone.length, "record")} left alone`);
+    return parts.join("; ");
+  }
+
   function undoReportBlock(id) {
     const u = undoState.get(id);
     if (!u) return null;
     if (u.busy) return el("p", { className: "job-line", text: "Undoing the import…" });
     if (u.error) return el("p", { className: "job-error", text: `Not undone: ${u.error}` });
     const r = u.report;
-    const parts = [`Import undone: ${plural(r.restored.length, "record")} restored`];
-    if (r.left_alone.length) parts.push(`${plural(r.left_alone.length, "record")} left alone`);
+    const parts = [`Import undone: ${undoneCounts(r)}`];
     const box = el("div", { className: "undo-report", role: "group", tabindex: "-1", "aria-label": `Undo report for sync #${id}` },
       el("p", { className: "job-line", text: `${parts.join("; ")}.` }));
     if (r.note) box.append(el("p", { className: "job-line undo-note", text: `${r.note[0].toUpperCase()}${r.note.slice(1)}.` }));
@@ -1637,7 +1647,7 @@
     const focusTarget = li && (li.querySelector(".undo-report") || li.querySelector("button"));
     if (focusTarget) focusTarget.focus();
     if (report) {
-      announce(`Import #${id} undone: ${plural(report.restored.length, "record")} restored${report.left_alone.length ? `, ${plural(report.left_alone.length, "record")} left alone` : ""}.`);
+      announce(`Import #${id} undone: ${undoneCounts(report)}.`);
       const ids = { customer: [], policy: [] };
       for (const r of report.restored) if (ids[r.entity]) ids[r.entity].push(Number(r.record_id));
       refreshRecords(ids, "This record was changed by undoing an import.").catch(() => {});
