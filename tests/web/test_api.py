@@ -337,6 +337,22 @@ def test_policy_numbers_are_told_apart_in_no_case_in_any_alphabet_or_form(
     assert [item["id"] for item in found] == [policy["id"]], "search finds it too"
 
 
+def test_a_look_alike_policy_number_is_refused_naming_the_characters_that_differ(
+    alice: TestClient,
+) -> None:
+    policy, other = alice.get("/api/policies", params={"limit": 2}).json()["items"]
+    assert _save_policy(alice, policy, policy_number="ÁB-1").status_code == 200
+
+    taken = _save_policy(alice, other, policy_number="A\u0301B-1")
+
+    assert taken.status_code == 422
+    assert taken.json()["detail"][0]["msg"] == (
+        f"'A\u0301B-1' is already used by policy {policy['id']}, written 'ÁB-1' "
+        "(yours holds U+0301 COMBINING ACUTE ACCENT, a character that looks like "
+        "part of another)"
+    )
+
+
 def test_another_agents_customer_is_told_as_not_in_your_book(
     client: TestClient, tokens: dict[str, str]
 ) -> None:

@@ -7,6 +7,7 @@ another one made meanwhile.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -90,6 +91,30 @@ def _contains(text: str) -> str:
     folded = str(search_form(text))
     escaped = folded.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
+
+
+def _look_alike(mine: str, theirs: str) -> str:
+    """Which characters make two numbers that look the same differ: accents
+    typed apart, invisible ones, full-width forms."""
+    told = [
+        f"{whose} holds {', '.join(names)}"
+        for whose, names in (("yours", _unusual(mine)), ("that one", _unusual(theirs)))
+        if names
+    ]
+    if not told:
+        return ""
+    one = sum(len(part.split(", ")) for part in told) == 1
+    what = "a character that looks" if one else "characters that look"
+    return f" ({'; '.join(told)}, {what} like part of another)"
+
+
+def _unusual(text: str) -> list[str]:
+    return [
+        f"U+{ord(char):04X} {unicodedata.name(char, 'unnamed')}"
+        for char in dict.fromkeys(text)
+        if unicodedata.category(char) in ("Mn", "Me", "Cf")
+        or unicodedata.normalize("NFKC", char) != char
+    ]
 
 
 def customer_out(customer: Customer) -> CustomerOut:
@@ -392,9 +417,10 @@ class Book:
             return
         # Policy N, where the caller can look it up; another agent's is theirs.
         if self.user.is_admin or clash.agent_id == self.user.id:
+            held = clash.policy_number
             written = (
-                f", written {clash.policy_number!r}"
-                if clash.policy_number != number
+                f", written {held!r}{_look_alike(number, held)}"
+                if held != number
                 else ""
             )
             raise NumberTaken(
