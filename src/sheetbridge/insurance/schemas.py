@@ -417,7 +417,10 @@ class PolicyFields(_Input):
     def _dates_in_order(cls, value: date, info: ValidationInfo) -> date:
         effective = info.data.get("effective_date")  # absent if itself invalid
         if effective is not None and value < effective:
-            raise ValueError("is before the effective date")
+            raise ValueError(
+                f"{value.isoformat()} is before the effective date, "
+                f"{effective.isoformat()}"
+            )
         return value
 
 

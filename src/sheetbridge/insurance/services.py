@@ -281,7 +281,11 @@ class Book:
         effective = changes.get("effective_date", policy.effective_date)
         expiration = changes.get("expiration_date", policy.expiration_date)
         if expiration < effective:
-            raise InvalidField("expiration_date", "is before the effective date")
+            raise InvalidField(
+                "expiration_date",
+                f"{expiration.isoformat()} is before the effective date, "
+                f"{effective.isoformat()}",
+            )
         return self._update(policy, data.version, changes)
 
     @staticmethod
