@@ -96,14 +96,11 @@ def _contains(text: str) -> str:
 def _look_alike(mine: str, theirs: str) -> str:
     """Which characters make two numbers that look the same differ: accents
     typed apart, invisible ones, full-width forms."""
-    told = [
-        f"{whose} holds {', '.join(names)}"
-        for whose, names in (("yours", _unusual(mine)), ("that one", _unusual(theirs)))
-        if names
-    ]
+    sides = (("yours", _unusual(mine)), ("that one", _unusual(theirs)))
+    told = [f"{whose} holds {', '.join(names)}" for whose, names in sides if names]
     if not told:
         return ""
-    one = sum(len(part.split(", ")) for part in told) == 1
+    one = sum(len(names) for _, names in sides) == 1
     what = "a character that looks" if one else "characters that look"
     return f" ({'; '.join(told)}, {what} like part of another)"
 
