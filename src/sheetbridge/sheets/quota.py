@@ -240,6 +240,9 @@ def _wait_for_grant(
         waited_s += wait_s
 
 
+_NOTHING_LEFT_S = 1e-6  # what the sum of the steps leaves over of the wait
+
+
 def wait_telling(
     seconds: float,
     sleep: Callable[[float], None],
@@ -257,9 +260,6 @@ def wait_telling(
         step = min(left, step_s)
         sleep(step)
         left -= step
-
-
-_NOTHING_LEFT_S = 1e-6  # what the sum of the steps leaves over of the wait
 
 
 _shared: dict[tuple[object, ...], QuotaLimiter] = {}
