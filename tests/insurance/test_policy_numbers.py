@@ -3,6 +3,8 @@ a chain, or moved where one row cannot take its new number."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from sqlalchemy import select
 
@@ -135,6 +137,17 @@ def import_job(runtime: Runtime) -> int:
     return queued.job_id
 
 
+def copy_of_row_2(policies: Any, header: dict[str, int], row: int, number: str) -> None:
+    """A new row typed into the Policies tab: row 2's values, without an ID,
+    with ``number``."""
+    for column in header:
+        if column != "ID":
+            policies.cell(row, header[column]).value = policies.cell(
+                2, header[column]
+            ).value
+    policies.cell(row, header["Policy Number"]).value = number
+
+
 @pytest.mark.parametrize(
     ("number", "typed"), [("AB-100", "ab-100"), ("Café-77", "Cafe\u0301-77")]
 )
@@ -146,11 +159,7 @@ def test_a_new_row_with_a_policys_number_in_other_case_or_form_is_refused(
     run_sync(synced, "alice", FROM_SHEET)
     with alices_tab(synced, "Policies") as (policies, header):
         new = policies.max_row + 1
-        for column in header:
-            if column != "ID":
-                source = policies.cell(2, header[column]).value
-                policies.cell(new, header[column]).value = source
-        policies.cell(new, header["Policy Number"]).value = typed
+        copy_of_row_2(policies, header, new, typed)
 
     imported = run_sync(synced, "alice", FROM_SHEET)
 
@@ -170,11 +179,7 @@ def test_two_new_rows_giving_one_number_in_two_cases_are_both_refused(
     with alices_tab(synced, "Policies") as (policies, header):
         rows = (policies.max_row + 1, policies.max_row + 2)
         for new, number in zip(rows, ("zz-1", "ZZ-1"), strict=True):
-            for column in header:
-                if column != "ID":
-                    source = policies.cell(2, header[column]).value
-                    policies.cell(new, header[column]).value = source
-            policies.cell(new, header["Policy Number"]).value = number
+            copy_of_row_2(policies, header, new, number)
 
     imported = run_sync(synced, "alice", FROM_SHEET)
 
