@@ -33,7 +33,7 @@ MAX_TEXT_LENGTH = 50_000
 SPREADSHEET_EPOCH = date(1899, 12, 30)
 _MAX_SERIAL = (date(9999, 12, 31) - SPREADSHEET_EPOCH).days
 EXCEL_LEAP_DAY = 60  # Excel's serial number of 29 February 1900
-_DAYS_FROM_1900_TO_1904 = 1462  # Google's serial number of 1 January 1904
+_GOOGLE_SERIAL_OF_1904 = 1462  # 1 January 1904, as Google counts days
 _CENT = Decimal("0.01")
 _MONEY_TOLERANCE = Decimal("1e-9")
 _US_DATE = re.compile(r"([0-9]{1,2})/([0-9]{1,2})/([0-9]{4})")
@@ -386,7 +386,7 @@ def _google_serial(raw: Cell, date_system: DateSystem) -> Cell:
     if isinstance(raw, bool) or not isinstance(raw, int | float | Decimal):
         return raw
     if date_system is DateSystem.EXCEL_1904:
-        return raw + _DAYS_FROM_1900_TO_1904
+        return raw + _GOOGLE_SERIAL_OF_1904
     number = float(raw)
     if not math.isfinite(number) or not 1 <= number < EXCEL_LEAP_DAY + 1:
         return raw
@@ -438,11 +438,8 @@ def _parse_enum(column: Column, raw: Cell) -> str:
     for choice in column.choices:
         if _fold(choice) == folded:
             return choice
-    raise CellError(f"must be {column.choices_named or _one_of(column.choices)}")
-
-
-def _one_of(choices: tuple[str, ...]) -> str:
-    return f"one of {', '.join(choices)}"
+    named = column.choices_named or f"one of {', '.join(column.choices)}"
+    raise CellError(f"must be {named}")
 
 
 def _fold(text: str) -> str:
