@@ -318,6 +318,11 @@ def test_a_policy_number_differing_only_in_case_from_one_in_use_is_refused(
         ("Müller-9", "MÜLLER\u200b-9"),
         ("AB-100", "AB\u00ad-100"),
         ("AB-100", "\uff21\uff22\uff0d\uff11\uff10\uff10"),
+        # Dashes of any kind, an emoji's variation selector.
+        ("AB-100", "AB\u2011100"),
+        ("AB-100", "AB\u2013100"),
+        ("AB-100", "AB\u2212100"),
+        ("AB-100", "AB-100\ufe0f"),
     ],
 )
 def test_policy_numbers_are_told_apart_in_no_case_in_any_alphabet_or_form(

@@ -108,12 +108,27 @@ def fold_number(number: str) -> str:
     """A policy number as numbers are told apart: by how it looks, not by the
     characters that make it up. In no case, in any alphabet ("STRASSE-1" is
     "straße-1"); an accent typed apart from its letter, full-width letters and
-    digits, and characters nobody sees (a zero-width space, a soft hyphen) as
-    the plain number."""
+    digits, dashes of any kind, and characters nobody sees (a zero-width
+    space, a soft hyphen, a variation selector) as the plain number."""
     folded = unicodedata.normalize(
         "NFKC", unicodedata.normalize("NFKC", number).casefold()
     )
-    return "".join(char for char in folded if unicodedata.category(char) != "Cf")
+    return "".join(_plain(char) for char in folded)
+
+
+def _plain(char: str) -> str:
+    """A character of a folded number as numbers are told apart: a dash or
+    minus of any kind is a hyphen; an invisible one (a format character, a
+    variation selector) is nothing."""
+    category = unicodedata.category(char)
+    if category == "Pd" or char == "\u2212":
+        return "-"
+    if category == "Cf" or _VARIATION_SELECTOR.fullmatch(char):
+        return ""
+    return char
+
+
+_VARIATION_SELECTOR = re.compile("[\ufe00-\ufe0f\U000e0100-\U000e01ef]")
 
 
 def _folded_number(context: Any) -> str | None:

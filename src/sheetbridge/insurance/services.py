@@ -111,6 +111,7 @@ def _unusual(text: str) -> list[str]:
         for char in dict.fromkeys(text)
         if unicodedata.category(char) in ("Mn", "Me", "Cf")
         or unicodedata.normalize("NFKC", char) != char
+        or fold_number(char) != char.casefold()
     ]
 
 

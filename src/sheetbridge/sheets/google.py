@@ -742,8 +742,8 @@ class GoogleSheetsBackend:
                 raise
             raise SheetChanged(
                 f"a write to {self.location} was cut short ({exc}); rows may "
-                "have moved since, so it is not sent again as it was: the sync "
-                "reads the sheet again and writes what is still needed",
+                "have moved since the sheet was read, so it was not sent again "
+                "as it was",
                 location=self.spreadsheet_id,
                 retry_after=exc.retry_after,
             ) from exc

@@ -2,9 +2,10 @@
 
 Beside case, a number is now the same as another that differs only in the
 form of its characters: an accent typed apart from its letter, full-width
-letters and digits, characters nobody sees (a zero-width space, a soft
-hyphen). The folded numbers stored before are folded again; such a form can
-be many times longer than the number, so the column takes text of any length.
+letters and digits, dashes of any kind, characters nobody sees (a
+zero-width space, a soft hyphen, a variation selector). The folded numbers
+stored before are folded again; such a form can be many times longer than
+the number, so the column takes text of any length.
 
 Revision ID: 0013
 Revises: 0012
@@ -12,6 +13,7 @@ Revises: 0012
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Callable
 
@@ -59,11 +61,24 @@ def _refold(fold: Callable[[str], str]) -> None:
 
 
 def _fold(number: str) -> str:
-    """The rule of this revision: NFKC, case folded, format characters out."""
+    """The rule of this revision: NFKC and case folded, a dash or minus of
+    any kind a hyphen, format characters and variation selectors out."""
     folded = unicodedata.normalize(
         "NFKC", unicodedata.normalize("NFKC", number).casefold()
     )
-    return "".join(char for char in folded if unicodedata.category(char) != "Cf")
+    return "".join(_plain(char) for char in folded)
+
+
+def _plain(char: str) -> str:
+    category = unicodedata.category(char)
+    if category == "Pd" or char == "\u2212":
+        return "-"
+    if category == "Cf" or _VARIATION_SELECTOR.fullmatch(char):
+        return ""
+    return char
+
+
+_VARIATION_SELECTOR = re.compile("[\ufe00-\ufe0f\U000e0100-\U000e01ef]")
 
 
 def _retype(type_: sa.types.TypeEngine[str]) -> None:
