@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sheetbridge.insurance.models import Customer, Policy, User
 from sheetbridge.insurance.review import forget_sheet
 from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
-from sheetbridge.sync.models import SyncTarget
+from sheetbridge.sync.models import SyncConflict, SyncTarget
 from sheetbridge.web.app import create_app
 from sheetbridge.web.deps import Runtime
 from tests.conftest import bearer
@@ -134,6 +134,42 @@ def resolve(
         json=body,
         headers=bearer(token),
     )
+
+
+def test_a_conflict_found_again_is_the_same_conflict_with_the_newest_values(
+    runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    client, record_id, _ = make_conflict(runtime)
+    (first,) = open_conflict_ids(client, tokens["alice"])
+    edit_sheet_cell(runtime, 2, "City", "Other Sheet City")
+
+    run_sync(runtime, "alice", FROM_SHEET)
+
+    (again,) = client.get(
+        "/api/insurance/sync/conflicts", headers=bearer(tokens["alice"])
+    ).json()["conflicts"]
+    assert (again["id"], again["record_id"]) == (first, record_id)
+    assert (again["app"], again["sheet"]) == ("App City", "Other Sheet City")
+
+
+def test_a_conflict_closes_itself_when_both_sides_come_to_agree(
+    runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    client, record_id, _ = make_conflict(runtime)
+    (conflict_id,) = open_conflict_ids(client, tokens["alice"])
+    edit_sheet_cell(runtime, 2, "City", "App City")
+
+    run_sync(runtime, "alice", FROM_SHEET)
+
+    assert open_conflict_ids(client, tokens["alice"]) == []
+    with runtime.db.read_session() as session:
+        closed = session.get(SyncConflict, conflict_id)
+        assert closed is not None
+        assert (closed.resolution, closed.resolved_at is not None) == (
+            "converged",
+            True,
+        )
+    assert app_city(runtime, record_id) == "App City"
 
 
 def test_another_users_or_a_missing_conflict_is_not_found(

@@ -8,7 +8,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import (
+    Connection,
+    Table,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from sheetbridge import clock
@@ -61,48 +70,95 @@ class ConflictOutdated(ReviewError):
         self.current = current
 
 
+_CONFLICTS: Table = SyncConflict.__table__  # type: ignore[assignment]
+# A sync's end runs these while it holds the database's write turn: built once,
+# they cost no statement building there.
+_OPEN_CONFLICTS = select(
+    _CONFLICTS.c.id, _CONFLICTS.c.record_id, _CONFLICTS.c.field
+).where(
+    _CONFLICTS.c.target_id == bindparam("target"),
+    _CONFLICTS.c.entity == bindparam("entity"),
+    _CONFLICTS.c.resolved_at.is_(None),
+)
+_FOUND_AGAIN = (
+    update(_CONFLICTS)
+    .where(_CONFLICTS.c.id == bindparam("conflict"))
+    .values(
+        {
+            name: bindparam(f"new_{name}")
+            for name in ("column", "row", "app_value", "sheet_value", "base_value")
+        }
+        | {
+            "base_known": bindparam("new_base_known"),
+            "job_id": bindparam("new_job_id"),
+        }
+    )
+)
+_CONVERGED = (
+    update(_CONFLICTS)
+    .where(_CONFLICTS.c.id.in_(bindparam("conflicts", expanding=True)))
+    .values(resolved_at=bindparam("at"), resolution="converged")
+)
+
+
 def record_conflicts(
-    session: Session,
+    connection: Connection,
     target_id: int,
     entity: str,
     found: list[Conflict],
-    seen: dict[int, Record],
+    seen: Collection[int],
     job_id: int,
 ) -> None:
-    """Store the conflicts a sync found; close the ones whose sides now agree."""
-    open_rows = {
-        (row.record_id, row.field): row
-        for row in session.scalars(
-            select(SyncConflict).where(
-                SyncConflict.target_id == target_id,
-                SyncConflict.entity == entity,
-                SyncConflict.resolved_at.is_(None),
-            )
+    """Store the conflicts a sync found (one found again keeps its row and
+    takes the newest values); close the open ones of the records ``seen``
+    that it did not find again: their sides now agree."""
+    open_ids = {
+        (row.record_id, row.field): row.id
+        for row in connection.execute(
+            _OPEN_CONFLICTS, {"target": target_id, "entity": entity}
         )
     }
     now = clock.now()
+    new: list[dict[str, Any]] = []
+    again: list[dict[str, Any]] = []
     for conflict in found:
-        row = open_rows.pop((conflict.record_id, conflict.field), None)
-        if row is None:
-            row = SyncConflict(
-                target_id=target_id,
-                entity=entity,
-                record_id=conflict.record_id,
-                field=conflict.field,
-                detected_at=now,
+        values = {
+            "column": conflict.column,
+            "row": conflict.row,
+            "app_value": conflict.app,
+            "sheet_value": conflict.sheet,
+            "base_value": conflict.base,
+            "base_known": conflict.base_known,
+            "job_id": job_id,
+        }
+        conflict_id = open_ids.pop((conflict.record_id, conflict.field), None)
+        if conflict_id is None:
+            new.append(
+                values
+                | {
+                    "target_id": target_id,
+                    "entity": entity,
+                    "record_id": conflict.record_id,
+                    "field": conflict.field,
+                    "detected_at": now,
+                }
             )
-            session.add(row)
-        row.column = conflict.column
-        row.row = conflict.row
-        row.app_value = conflict.app
-        row.sheet_value = conflict.sheet
-        row.base_value = conflict.base
-        row.base_known = conflict.base_known
-        row.job_id = job_id
-    for (record_id, _), row in open_rows.items():
-        if record_id in seen:
-            row.resolved_at = now
-            row.resolution = "converged"
+        else:
+            again.append(
+                {"conflict": conflict_id}
+                | {f"new_{name}": value for name, value in values.items()}
+            )
+    if new:
+        connection.execute(insert(_CONFLICTS), new)
+    if again:
+        connection.execute(_FOUND_AGAIN, again)
+    converged = [
+        conflict_id
+        for (record_id, _), conflict_id in open_ids.items()
+        if record_id in seen
+    ]
+    if converged:
+        connection.execute(_CONVERGED, {"conflicts": converged, "at": now})
 
 
 def forget_sheet(session: Session, target_id: int) -> None:

@@ -405,25 +405,27 @@ class SyncService:
             rows_deleted=deleted,
         )
 
+        remembered = [
+            _Remembered.of(
+                target.id,
+                mapping,
+                plans[mapping.tab],
+                plans[mapping.tab].snapshots,
+                base[mapping.tab],
+                pending.lost[mapping.tab],
+            )
+            for mapping in MAPPINGS
+        ]
+
         def remember(connection: Connection) -> None:
-            with Session(connection) as session:
-                for mapping in MAPPINGS:
-                    plan = plans[mapping.tab]
-                    self._remember(
-                        session,
-                        target.id,
-                        mapping,
-                        plan,
-                        plan.snapshots,
-                        base[mapping.tab],
-                        context.job.id,
-                        pending.lost[mapping.tab],
-                    )
-                session.flush()
+            for tab in remembered:
+                tab.store(connection, context.job.id)
             pending.settle(connection, context.job.id)
 
         # What both sides now agree on is stored as the job succeeds, in one
-        # commit: a job that was taken over meanwhile stores nothing.
+        # commit: a job that was taken over meanwhile stores nothing. It is
+        # worked out before, so that commit holds the write turn only for
+        # its statements.
         context.on_success(remember)
         return _report(TO_SHEET, backend, plans)
 
@@ -564,16 +566,15 @@ class SyncService:
                 importer.run()
                 changed[entity] = importer.changed
                 created[entity] = importer.created
-                self._remember(
-                    session,
+                session.flush()
+                _Remembered.of(
                     target.id,
                     mapping,
                     plan,
                     importer.snapshots,
                     sides.base[mapping.tab],
-                    job_id,
                     pending.lost[mapping.tab],
-                )
+                ).store(session.connection(), job_id)
                 if importer.id_cells:
                     rows = tabs[mapping.tab]
                     assert rows is not None  # rows were created from it
@@ -652,27 +653,6 @@ class SyncService:
             pending.settled += found.settled
         return backend, tabs, pending
 
-    def _remember(
-        self,
-        session: Session,
-        target_id: int,
-        mapping: TabMapping,
-        plan: ToSheetPlan | FromSheetPlan,
-        snapshots: dict[int, Record],
-        base: dict[int, Record],
-        job_id: int,
-        lost: set[int],
-    ) -> None:
-        """Store what both sides now agree on, and the conflicts that remain;
-        forget the snapshots of ``lost`` records (created by an import, their
-        rows not found again: see :mod:`~sheetbridge.sync.pending_ids`)."""
-        dropped = set(lost)
-        if isinstance(plan, ToSheetPlan):
-            dropped |= plan.drop_snapshots
-        self._store_snapshots(session, target_id, mapping, snapshots, base, dropped)
-        entity = ENTITY[mapping.tab]
-        record_conflicts(session, target_id, entity, plan.conflicts, snapshots, job_id)
-
     def _load(self, context: JobContext) -> tuple[SyncTarget, User]:
         with self.db.read_session() as session:
             target = session.get(SyncTarget, context.payload["target_id"])
@@ -706,58 +686,105 @@ class SyncService:
                 app[tab].pop(record_id, None)
         return _Sides(app, base, versions)
 
-    @staticmethod
-    def _store_snapshots(
-        session: Session,
+
+_SNAPSHOTS: Table = SyncSnapshot.__table__  # type: ignore[assignment]
+_OF_TAB = (
+    _SNAPSHOTS.c.target_id == bindparam("of_target"),
+    _SNAPSHOTS.c.entity == bindparam("of_entity"),
+)
+_DROP_SNAPSHOTS = delete(_SNAPSHOTS).where(
+    *_OF_TAB, _SNAPSHOTS.c.record_id.in_(bindparam("records", expanding=True))
+)
+_CHANGE_SNAPSHOT = (
+    update(_SNAPSHOTS)
+    .where(*_OF_TAB, _SNAPSHOTS.c.record_id == bindparam("of_record"))
+    .values(fields=bindparam("new_fields"), synced_at=bindparam("at"))
+)
+
+
+_PENDING: Table = PendingId.__table__  # type: ignore[assignment]
+_SETTLE = delete(_PENDING).where(
+    _PENDING.c.id.in_(bindparam("settled", expanding=True))
+    | (_PENDING.c.job_id == bindparam("job"))
+)
+
+
+@dataclass(frozen=True)
+class _Remembered:
+    """What a sync stores of one tab as it ends, worked out before its write
+    transaction: the snapshots that differ from the ones it read (a big book
+    changes a few records a sync, not thousands), and the conflicts it found."""
+
+    target_id: int
+    entity: str
+    dropped: list[int]
+    new: list[dict[str, Any]]
+    changed: list[dict[str, Any]]
+    conflicts: list[Conflict]
+    seen: frozenset[int]
+
+    @classmethod
+    def of(
+        cls,
         target_id: int,
         mapping: TabMapping,
+        plan: ToSheetPlan | FromSheetPlan,
         snapshots: dict[int, Record],
         base: dict[int, Record],
-        dropped: set[int] | None = None,
-    ) -> None:
+        lost: set[int],
+    ) -> _Remembered:
+        """What both sides now agree on (``snapshots``) against what the sync
+        read (``base``); the snapshots of ``lost`` records are forgotten
+        (created by an import, their rows not found again: see
+        :mod:`~sheetbridge.sync.pending_ids`)."""
         entity = ENTITY[mapping.tab]
-        if dropped:
-            session.execute(
-                delete(SyncSnapshot).where(
-                    SyncSnapshot.target_id == target_id,
-                    SyncSnapshot.entity == entity,
-                    SyncSnapshot.record_id.in_(dropped),
-                )
-            )
-        # Write only what differs from the snapshot this job read: a big book
-        # changes a few records per sync, not thousands.
+        dropped = set(lost)
+        if isinstance(plan, ToSheetPlan):
+            dropped |= plan.drop_snapshots
         now = clock.now()
-        new = [
-            {
-                "target_id": target_id,
-                "entity": entity,
-                "record_id": record_id,
-                "fields": fields,
-                "synced_at": now,
-            }
-            for record_id, fields in snapshots.items()
-            if record_id not in base
-        ]
-        if new:
-            session.execute(insert(SyncSnapshot), new)
-        changed = [
-            {"record": record_id, "new_fields": fields}
-            for record_id, fields in snapshots.items()
-            if record_id in base and base[record_id] != fields
-        ]
-        if changed:
-            table = SyncSnapshot.__table__
-            assert isinstance(table, Table)
-            session.execute(
-                update(table)
-                .where(
-                    table.c.target_id == target_id,
-                    table.c.entity == entity,
-                    table.c.record_id == bindparam("record"),
-                )
-                .values(fields=bindparam("new_fields"), synced_at=now),
-                changed,
-            )
+        return cls(
+            target_id=target_id,
+            entity=entity,
+            dropped=sorted(dropped),
+            new=[
+                {
+                    "target_id": target_id,
+                    "entity": entity,
+                    "record_id": record_id,
+                    "fields": fields,
+                    "synced_at": now,
+                }
+                for record_id, fields in snapshots.items()
+                if record_id not in base
+            ],
+            changed=[
+                {
+                    "of_target": target_id,
+                    "of_entity": entity,
+                    "of_record": record_id,
+                    "new_fields": fields,
+                    "at": now,
+                }
+                for record_id, fields in snapshots.items()
+                if record_id in base and base[record_id] != fields
+            ],
+            conflicts=plan.conflicts,
+            seen=frozenset(snapshots),
+        )
+
+    def store(self, connection: Connection, job_id: int) -> None:
+        """Store it, with the conflicts that remain, in the caller's
+        transaction."""
+        tab = {"of_target": self.target_id, "of_entity": self.entity}
+        if self.dropped:
+            connection.execute(_DROP_SNAPSHOTS, tab | {"records": self.dropped})
+        if self.new:
+            connection.execute(insert(_SNAPSHOTS), self.new)
+        if self.changed:
+            connection.execute(_CHANGE_SNAPSHOT, self.changed)
+        record_conflicts(
+            connection, self.target_id, self.entity, self.conflicts, self.seen, job_id
+        )
 
 
 @dataclass
@@ -1059,11 +1086,7 @@ class _Pending:
     def settle(self, connection: Connection, job_id: int) -> None:
         """Forget the entries this sync found, and those the job stored: its
         writes, IDs included, are done."""
-        connection.execute(
-            delete(PendingId).where(
-                PendingId.id.in_(self.settled) | (PendingId.job_id == job_id)
-            )
-        )
+        connection.execute(_SETTLE, {"settled": self.settled, "job": job_id})
 
 
 @dataclass(frozen=True)
