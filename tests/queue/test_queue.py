@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -131,6 +133,42 @@ def test_settling_a_job_can_claim_the_workers_next_one_in_the_same_step(
         ("cancel_requested", second.job_id),
         ("cancelled", second.job_id),
     ]
+
+
+# A worker process's first queries are the queue's own statements, not the
+# ORM's: the jobs it reads back must work before any ORM query has run.
+_FRESH_WORKER = """
+import sys
+from sheetbridge.db import Database
+from sheetbridge.queue.store import JobQueue
+queue = JobQueue(Database(sys.argv[1]))
+claimed = queue.claim("fresh")
+assert claimed is not None
+queue.keep_running([(claimed.id, claimed.epoch, {"phase": "reading"})])
+queue.succeed(claimed.id, claimed.epoch, {"done": True})
+"""
+
+
+def test_a_fresh_worker_process_claims_keeps_and_finishes_a_job(
+    queue: JobQueue, database_url: str
+) -> None:
+    job_id = queue.enqueue("k", queue_key="a").job_id
+
+    ran = subprocess.run(
+        [sys.executable, "-c", _FRESH_WORKER, database_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    job = queue.get(job_id)
+    assert (job.state, job.result, job.progress) == (
+        "succeeded",
+        {"done": True},
+        {"phase": "reading"},
+    )
 
 
 def test_enqueue_reports_position_behind_earlier_jobs(queue: JobQueue) -> None:

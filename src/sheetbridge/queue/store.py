@@ -49,8 +49,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm import Session, configure_mappers, defer
 from sqlalchemy.orm.attributes import manager_of_class, set_committed_value
+from sqlalchemy.orm.instrumentation import ClassManager
 
 from sheetbridge import clock
 from sheetbridge.db import Database, is_sqlite
@@ -1382,17 +1383,22 @@ _EVENT_FIELDS = (
 _EVENT_TIMES = ("enqueued_at", "run_after", "started_at", "finished_at", "ready_at")
 
 
-_JOB_CLASS = manager_of_class(Job)
-
-
 def _job(row: dict[str, Any]) -> Job:
     """A job from a whole row a statement returned, built as SQLAlchemy loads
     one, without the change tracking of ``Job(**row)``: a sixteenth of its
     cost, paid while a transaction holds the database (on SQLite, the write
     turn every web request waits for)."""
-    job: Job = _JOB_CLASS.new_instance()
+    job: Job = _job_class().new_instance()
     job.__dict__.update(row)
     return job
+
+
+@functools.cache
+def _job_class() -> ClassManager[Job]:
+    # Job(**row) would set up the mapped classes on first use; a worker
+    # process may read jobs back before anything else has.
+    configure_mappers()
+    return manager_of_class(Job)
 
 
 def _job_fields(job: Job, *, small: bool = False) -> dict[str, Any]:
