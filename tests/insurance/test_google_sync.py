@@ -89,6 +89,25 @@ def test_to_sheet_writes_the_book_and_an_unchanged_resync_only_reads(
     assert len(calls) <= 2
 
 
+def test_a_sync_to_a_spreadsheet_whose_tabs_were_both_renamed_writes_both_anew(
+    runtime: Runtime, spreadsheet_id: str, emulator: EmulatorServer
+) -> None:
+    run_sync(runtime, "alice", TO_SHEET)
+    for sheet in emulator.state.spreadsheets[spreadsheet_id].sheets:
+        sheet.title = f"Old {sheet.title}"
+
+    result = run_sync(runtime, "alice", TO_SHEET)
+
+    read = GoogleHarness(emulator).backend(spreadsheet_id).read_tabs
+    tabs = read(["Customers", "Policies", "Old Customers", "Old Policies"])
+    for name in ("Customers", "Policies"):
+        written, renamed = tabs[name], tabs[f"Old {name}"]
+        assert written is not None and renamed is not None
+        assert written.rows == renamed.rows
+        (warning,) = result["tabs"][name]["issues"]
+        assert "was synced before but was not in the sheet" in warning["reason"]
+
+
 def test_sheet_edits_import_and_text_stays_text(
     runtime: Runtime, spreadsheet_id: str, emulator: EmulatorServer
 ) -> None:

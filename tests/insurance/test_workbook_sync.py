@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from openpyxl import load_workbook
+from openpyxl import Workbook, load_workbook
 from openpyxl.utils import get_column_letter
 from sqlalchemy import select
 
@@ -913,6 +913,33 @@ def test_a_sync_to_a_renamed_tab_writes_it_again_whole_and_leaves_the_renamed_on
     assert result["tabs"]["Policies"]["issues"] == []
     again = run_sync(synced, "alice", TO_SHEET)
     assert again["tabs"]["Customers"]["issues"] == []
+
+
+@pytest.mark.parametrize("left", ["a new blank workbook", "both tabs renamed"])
+def test_a_sync_to_a_workbook_without_either_tab_writes_both_anew(
+    synced: Runtime, left: str
+) -> None:
+    path = workbook_path(synced, "alice")
+    if left == "a new blank workbook":
+        Workbook().save(path)
+    else:
+        with alices_tab(synced) as (customers, _):
+            customers.title = "Old Customers"
+            customers.parent["Policies"].title = "Old Policies"
+
+    result = run_sync(synced, "alice", TO_SHEET)
+
+    customers_ids, policies = _alices_ids(synced)
+    book = load_workbook(path)
+    assert _ids_in(book["Customers"]) == customers_ids
+    assert _ids_in(book["Policies"]) == policies
+    for tab in ("Customers", "Policies"):
+        (warning,) = result["tabs"][tab]["issues"]
+        assert warning["reason"].startswith(
+            f"tab '{tab}' was synced before but was not in the sheet: it was "
+            "written anew"
+        )
+    assert run_sync(synced, "alice", TO_SHEET)["summary"]["issues"] == 0
 
 
 def test_a_renamed_tab_fails_the_import_naming_the_workbook_and_tab(

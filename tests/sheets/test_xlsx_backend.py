@@ -546,13 +546,35 @@ def read_missing_version(backend: XlsxBackend) -> str:
     return backend.version()
 
 
-def test_expected_empty_version_fails_when_file_appeared(tmp_path: Path) -> None:
+def test_expected_empty_version_fails_when_one_of_its_tabs_appeared(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "v.xlsx"
-    make_book(path, {"T": [["ID"]]})
+    make_book(path, {"Other": [["x"]], "T": [["ID"]]})
     with pytest.raises(SheetChanged):
         XlsxBackend(path).write(
             {"T": TabChanges(cells={(1, 1): "X"})}, expected_version=""
         )
+    assert read(XlsxBackend(path)).rows == [["ID"]]
+
+
+def test_expected_empty_version_adds_its_tabs_beside_a_workbooks_others(
+    tmp_path: Path,
+) -> None:
+    # An empty version: none of the tabs was there when read, as in a
+    # workbook whose tabs were all renamed.
+    path = tmp_path / "v.xlsx"
+    make_book(path, {"Other": [["x"]]})
+    backend = XlsxBackend(path)
+    assert backend.read_tabs(["T"]) == {"T": None}
+
+    backend.write({"T": TabChanges(cells={(1, 1): "ID"})}, expected_version="")
+
+    tabs = backend.read_tabs(["Other", "T"])
+    assert {name: tab.rows for name, tab in tabs.items() if tab} == {
+        "Other": [["x"]],
+        "T": [["ID"]],
+    }
 
 
 def test_failed_save_leaves_original_intact_and_no_temp_files(

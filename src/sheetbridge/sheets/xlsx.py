@@ -197,7 +197,10 @@ class XlsxBackend:
         self._check_not_open_elsewhere()
         with self._exclusive():
             before = self.version()
-            if expected_version is not None and before != expected_version:
+            # An empty version: none of the tabs was there when read (nor,
+            # perhaps, the file); that none has appeared since is checked
+            # once the workbook is open.
+            if expected_version and before != expected_version:
                 raise SheetChanged(location=self.location)
             if not before and not any(ch.delete_rows for ch in changes.values()):
                 self._save_atomically(self._new_book_writer(changes), before)
@@ -208,6 +211,8 @@ class XlsxBackend:
                 self._refuse_to_delete_content()
                 results, rich = self._formula_results_and_rich_text()
             workbook = self._load_for_write(before)
+            if expected_version == "" and any(tab in workbook for tab in changes):
+                raise SheetChanged(location=self.location)
             _keep_rich_text(workbook, rich)
             for tab, tab_changes in changes.items():
                 sheet = _ensure_sheet(workbook, tab, self.location)
