@@ -1153,6 +1153,36 @@ def test_pydantics_own_checks_are_told_in_plain_words(alice: TestClient) -> None
     }
 
 
+@pytest.mark.parametrize(
+    ("path", "unknown", "takes"),
+    [
+        ("/api/customers?state=MA&limit=1", "state", "q, agent_id, ids, limit"),
+        ("/api/policies?premium=100", "premium", "q, status, line_of_business"),
+        ("/api/insurance/sync/status?user=2", "user", "all_users"),
+        ("/api/insurance/sync/conflicts?open=false", "open", None),
+    ],
+)
+def test_a_query_parameter_a_request_does_not_take_is_a_422_naming_it(
+    alice: TestClient, path: str, unknown: str, takes: str | None
+) -> None:
+    answer = alice.get(path)
+
+    assert answer.status_code == 422, answer.text
+    (error,) = answer.json()["detail"]
+    assert (error["loc"], error["field"]) == (["query", unknown], unknown)
+    assert error["msg"].startswith("is not a parameter of this request")
+    if takes is None:
+        assert error["msg"].endswith("it takes none")
+    else:
+        assert f"it takes {takes}" in error["msg"]
+
+
+def test_the_query_parameters_a_request_takes_still_answer(alice: TestClient) -> None:
+    listed = alice.get("/api/customers?q=a&limit=2&offset=0")
+    assert listed.status_code == 200, listed.text
+    assert len(listed.json()["items"]) <= 2
+
+
 WRONG_TYPES: list[tuple[str, str, dict[str, object], str, str]] = [
     # method, path, body, field, message
     ("POST", "/api/customers", {"name": ["A"]}, "name", "must be text"),

@@ -15,6 +15,8 @@ from decimal import Decimal
 from typing import Any
 
 from fastapi import HTTPException, Request, Response
+from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
 # The largest body a client needs (a write-back of 100,000 records) is near
@@ -167,12 +169,37 @@ class JsonRequest(Request):
 
 
 class JsonRoute(APIRoute):
-    """A route whose JSON body is read by :func:`read_json`."""
+    """A route whose JSON body is read by :func:`read_json`, and which refuses
+    a query parameter it does not take, as a body refuses an unknown field: a
+    filter misspelt or not offered would otherwise be left out in silence."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handle = super().get_route_handler()
+        takes = _query_names(self.dependant)
 
         async def route_handler(request: Request) -> Response:
+            unknown = [name for name in request.query_params if name not in takes]
+            if unknown:
+                raise RequestValidationError(
+                    [_not_taken(name, takes) for name in dict.fromkeys(unknown)]
+                )
             return await handle(JsonRequest(request.scope, request.receive))
 
         return route_handler
+
+
+def _query_names(dependant: Dependant) -> list[str]:
+    """The query parameters a route and its dependencies take, in order."""
+    names = [field.alias for field in dependant.query_params]
+    for needed in dependant.dependencies:
+        names += [name for name in _query_names(needed) if name not in names]
+    return names
+
+
+def _not_taken(name: str, takes: list[str]) -> dict[str, Any]:
+    listed = ", ".join(takes) if takes else "none"
+    return {
+        "type": "query_parameter_unknown",
+        "loc": ("query", name),
+        "msg": f"is not a parameter of this request; it takes {listed}",
+    }
