@@ -358,8 +358,8 @@ def _parse_date(column: Column, raw: Cell) -> str:
         return _date_text(raw.strip()).isoformat()
     if isinstance(raw, time):  # what a reader makes of a serial number below 1
         raise CellError(
-            "not a date: a time of day, or a date before 1900, which a "
-            "spreadsheet cannot hold as a date; use YYYY-MM-DD"
+            "not a date: a time of day, a negative number or a date before "
+            "1900, none of which a spreadsheet holds as a date; use YYYY-MM-DD"
         )
     raise CellError("not a date; use YYYY-MM-DD")
 
