@@ -136,14 +136,24 @@ def resolve(
     )
 
 
+def conflict_then_sheet_city(
+    runtime: Runtime, tokens: dict[str, str], city: str
+) -> tuple[TestClient, int, int]:
+    """A city conflict in alice's book, then ``city`` typed into its sheet
+    cell and imported: the client, the record's ID and the conflict's."""
+    client, record_id, _ = make_conflict(runtime)
+    (conflict_id,) = open_conflict_ids(client, tokens["alice"])
+    edit_sheet_cell(runtime, 2, "City", city)
+    run_sync(runtime, "alice", FROM_SHEET)
+    return client, record_id, conflict_id
+
+
 def test_a_conflict_found_again_is_the_same_conflict_with_the_newest_values(
     runtime: Runtime, tokens: dict[str, str]
 ) -> None:
-    client, record_id, _ = make_conflict(runtime)
-    (first,) = open_conflict_ids(client, tokens["alice"])
-    edit_sheet_cell(runtime, 2, "City", "Other Sheet City")
-
-    run_sync(runtime, "alice", FROM_SHEET)
+    client, record_id, first = conflict_then_sheet_city(
+        runtime, tokens, "Other Sheet City"
+    )
 
     (again,) = client.get(
         "/api/insurance/sync/conflicts", headers=bearer(tokens["alice"])
@@ -155,11 +165,9 @@ def test_a_conflict_found_again_is_the_same_conflict_with_the_newest_values(
 def test_a_conflict_closes_itself_when_both_sides_come_to_agree(
     runtime: Runtime, tokens: dict[str, str]
 ) -> None:
-    client, record_id, _ = make_conflict(runtime)
-    (conflict_id,) = open_conflict_ids(client, tokens["alice"])
-    edit_sheet_cell(runtime, 2, "City", "App City")
-
-    run_sync(runtime, "alice", FROM_SHEET)
+    client, record_id, conflict_id = conflict_then_sheet_city(
+        runtime, tokens, "App City"
+    )
 
     assert open_conflict_ids(client, tokens["alice"]) == []
     with runtime.db.read_session() as session:
