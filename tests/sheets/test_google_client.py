@@ -212,6 +212,30 @@ def test_a_write_cut_short_is_not_sent_again_where_rows_may_have_moved(
     assert all(named[n] in (f"name {n}", {1: "one", 3: "three"}.get(n)) for n in named)
 
 
+@pytest.mark.parametrize("checked", [True, False])
+def test_a_tab_deleted_between_the_read_and_the_write_is_a_change_to_read_again(
+    harness: GoogleHarness, checked: bool
+) -> None:
+    # A person deleting the tab while a sync runs: the sync reads the sheet
+    # again (and writes the tab anew), it does not fail for good.
+    book = harness.spreadsheet()
+    setup = harness.backend(book)
+    setup.write({"Customers": TabChanges(cells={(1, 1): "ID", (2, 1): 1})})
+    backend = harness.backend(book)
+    tab = backend.read_tabs(["Customers"])["Customers"]
+    assert tab is not None
+    book.sheets = [sheet for sheet in book.sheets if sheet.title != "Customers"]
+
+    with pytest.raises(SheetChanged) as info:
+        backend.write(
+            {"Customers": TabChanges(cells={(2, 2): "x"})},
+            expected_version=tab.version if checked else None,
+        )
+
+    assert info.value.transient
+    assert "'Customers'" in str(info.value) and "read" in str(info.value)
+
+
 def test_persistent_server_errors_give_up_as_transient(harness: GoogleHarness) -> None:
     book = harness.spreadsheet()
     backend = harness.backend(book, max_retries=2)

@@ -29,6 +29,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from pathlib import Path
@@ -689,6 +690,23 @@ class GoogleSheetsBackend:
             for tab in tabs
         }
 
+    @contextmanager
+    def _gone_meanwhile(self, changes: Mapping[str, TabChanges]) -> Iterator[None]:
+        """A tab to write that Google no longer finds was renamed or deleted
+        since the sync read it: the sync reads the sheet again (and writes
+        the tab anew), it does not fail for good."""
+        try:
+            yield
+        except SheetNotFound as exc:
+            written = {tab.casefold() for tab in changes}
+            if exc.tab is None or exc.tab.casefold() not in written:
+                raise
+            raise SheetChanged(
+                f"tab {exc.tab!r} of {self.location} was renamed or deleted while "
+                "the sync ran; the sync reads the sheet again",
+                location=self.spreadsheet_id,
+            ) from exc
+
     def write(
         self,
         changes: Mapping[str, TabChanges],
@@ -700,6 +718,12 @@ class GoogleSheetsBackend:
         if not changes:
             return
         _check_cell_sizes(changes, self.location)
+        with self._gone_meanwhile(changes):
+            self._write(changes, expected_version)
+
+    def _write(
+        self, changes: Mapping[str, TabChanges], expected_version: str | None
+    ) -> None:
         meta, self._read_meta = self._read_meta or self._metadata(), None
         tz = _zone(meta)
         # Where rows go, and which cells hold numbers (see _formats).
