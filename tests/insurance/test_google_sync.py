@@ -108,6 +108,22 @@ def test_a_sync_to_a_spreadsheet_whose_tabs_were_both_renamed_writes_both_anew(
         assert "was synced before but was not in the sheet" in warning["reason"]
 
 
+def test_an_import_from_a_spreadsheet_never_synced_says_to_write_it_first(
+    runtime: Runtime, spreadsheet_id: str
+) -> None:
+    with runtime.db.read_session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+    queued = runtime.sync.enqueue(alice, FROM_SHEET)
+    WorkerPool(runtime.queue, runtime.sync.handlers).run_until_empty()
+
+    job = runtime.queue.get(queued.job_id)
+    assert job.state == "failed" and job.error is not None
+    assert "has no tabs 'Customers' and 'Policies' yet: this book was never " in (
+        job.error
+    )
+    assert "Run Sync to sheet first" in job.error and "renamed" not in job.error
+
+
 def test_sheet_edits_import_and_text_stays_text(
     runtime: Runtime, spreadsheet_id: str, emulator: EmulatorServer
 ) -> None:

@@ -1142,14 +1142,22 @@ def _require_tabs(
             "Nothing was imported."
         )
     missing = [mapping.tab for mapping in MAPPINGS if tabs[mapping.tab] is None]
-    if missing:
-        names = " and ".join(repr(tab) for tab in missing)
+    if not missing:
+        return
+    names = " and ".join(repr(tab) for tab in missing)
+    tab, it = ("tabs", "them") if len(missing) > 1 else ("tab", "it")
+    if not synced:
         raise PermanentJobError(
-            f"{backend.location} has no tab {names}: was it renamed or "
-            "deleted? Rename it back, or run Sync to sheet to write it anew "
-            "(edits made in a renamed tab are then not imported). Nothing was "
+            f"{backend.location} has no {tab} {names} yet: this book was never "
+            f"synced to it. Run Sync to sheet first to write {it}. Nothing was "
             "imported."
         )
+    raise PermanentJobError(
+        f"{backend.location} has no {tab} {names}: was {it} renamed or "
+        f"deleted? Rename {it} back, or run Sync to sheet to write {it} anew "
+        f"(edits made in a renamed tab are then not imported). Nothing was "
+        "imported."
+    )
 
 
 def _workbook_gone(backend: SheetBackend) -> bool:

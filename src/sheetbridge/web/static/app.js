@@ -961,6 +961,7 @@
     if (/locked|open in another program/.test(e)) return "Close the workbook in the other program, then sync again.";
     if (/permission denied/.test(e)) return "Sheetbridge may not open this sheet. Ask an admin to check who the sheet is shared with, then sync again.";
     if (/check the spreadsheet id/.test(e)) return "The Google spreadsheet could not be opened: check its ID in the sheet settings, and that it is shared with the account the reason names, then sync again.";
+    if (/never synced/.test(e)) return "This book has not been written to its sheet yet. Run Sync to sheet first; Sync from sheet works after that.";
     if (/not found|does not exist|has no tab/.test(e)) return "The sheet or one of its tabs is missing. Restore it, or run Sync to sheet to write it anew, then sync again.";
     if (/header|column/.test(e)) return "Fix the header row the message names (row 1 of that tab), then sync again.";
     if (/quota|temporar|timed out|timeout|rate/.test(e)) return "The spreadsheet service is busy. Wait a minute, then sync again.";
