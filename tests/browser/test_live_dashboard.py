@@ -392,6 +392,33 @@ def test_conflict_is_resolved_in_the_page_by_button_and_by_keyboard(
         page.close()
 
 
+def test_a_conflict_settled_in_another_window_says_what_was_kept_when_chosen_again(
+    browser: Browser, runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    run_sync(runtime, "alice", TO_SHEET)
+    record_id = edit_sheet_cell(runtime, 2, "City", "Sheet City")
+    edit_app_city(runtime, record_id, "App City")
+    run_sync(runtime, "alice", FROM_SHEET)
+    with live_server(runtime) as url, api_client(url, tokens["alice"]) as api:
+        first, second = (open_dashboard(browser, url, "alice") for _ in range(2))
+        for page in (first, second):
+            expect(page.locator("#conflict-list li.conflict")).to_have_count(1)
+
+        first.get_by_role("button", name=re.compile("^Keep the sheet's value")).click()
+        expect(first.locator("#no-conflicts")).to_be_visible()
+        second.get_by_role("button", name=re.compile("^Keep the app's value")).click()
+
+        expect(second.locator("#page-status")).to_contain_text(
+            "was already resolved: the sheet's value, 'Sheet City', was kept by "
+            "alice; your choice was not applied"
+        )
+        expect(second.locator("#no-conflicts")).to_be_visible()
+        assert api.get(f"/api/customers/{record_id}").json()["city"] == "Sheet City"
+        assert_not_reloaded(second)
+        for page in (first, second):
+            page.close()
+
+
 def test_a_conflict_over_a_required_field_refuses_a_blank_value_at_once(
     browser: Browser, runtime: Runtime, tokens: dict[str, str]
 ) -> None:

@@ -291,6 +291,38 @@ def test_a_resolution_over_an_app_value_edited_since_is_refused_until_seen(
     assert again.status_code == 200 and app_city(runtime, record_id) == kept
 
 
+@pytest.mark.parametrize(
+    ("first", "told"),
+    [
+        ({"choice": "sheet"}, "the sheet's value, 'Sheet City', was kept by alice"),
+        ({"choice": "app"}, "the app's value, 'App City', was kept by alice"),
+        (
+            {"choice": "edit", "value": "Typed City"},
+            "a new value, 'Typed City', was saved by alice",
+        ),
+    ],
+    ids=["sheet", "app", "edit"],
+)
+def test_a_second_resolution_says_how_the_first_settled_it_and_changes_nothing(
+    runtime: Runtime, tokens: dict[str, str], first: dict[str, object], told: str
+) -> None:
+    # Two windows showing the same conflict: the later choice is refused, in
+    # words that say what was kept.
+    client, record_id, _ = make_conflict(runtime)
+    (conflict_id,) = open_conflict_ids(client, tokens["alice"])
+    assert resolve(client, tokens["alice"], conflict_id, first).status_code == 200
+    kept = app_city(runtime, record_id)
+
+    later = resolve(client, tokens["alice"], conflict_id, {"choice": "app"})
+
+    assert later.status_code == 409
+    assert later.json()["detail"] == (
+        f"conflict {conflict_id} was already resolved: {told}; your choice was "
+        "not applied"
+    )
+    assert app_city(runtime, record_id) == kept
+
+
 def test_keeping_the_app_value_keeps_the_one_the_app_has_now(
     runtime: Runtime, tokens: dict[str, str]
 ) -> None:

@@ -281,8 +281,26 @@ def _own_conflict(session: Session, user: User, conflict_id: int) -> SyncConflic
     ):
         raise RecordNotFound("conflict", conflict_id)
     if row.resolved_at is not None:
-        raise ReviewError(f"conflict {conflict_id} was already resolved")
+        raise ReviewError(
+            f"conflict {conflict_id} was already resolved: {_how_settled(session, row)}"
+            "; your choice was not applied"
+        )
     return row
+
+
+def _how_settled(session: Session, row: SyncConflict) -> str:
+    """How a resolved conflict was settled, in the words of the dashboard's
+    buttons (a person with it open in two windows chose in the other)."""
+    value = repr(shown(row.resolved_value))
+    how = {
+        "app": f"the app's value, {value}, was kept",
+        "sheet": f"the sheet's value, {value}, was kept",
+        "edit": f"a new value, {value}, was saved",
+        "converged": "a later sync found both sides agreeing",
+        "target changed": "the book was pointed at another sheet",
+    }.get(row.resolution or "", "it was settled")
+    person = session.get(User, row.resolved_by) if row.resolved_by else None
+    return f"{how} by {person.username}" if person is not None else how
 
 
 def _set_app_value(

@@ -1974,9 +1974,11 @@
             showError(li, `Not resolved: ${msgs.join(" ")}`);
           }
         } else if (err.status === 409 || err.status === 404) {
-          // Settled elsewhere (it goes from the list), or its app value
-          // changed since: the list shows the value the app has now.
+          // Settled elsewhere (it goes from the list, so the page says what
+          // was kept), or its app value changed since: the list shows the
+          // value the app has now.
           showError(li, `Not resolved: ${err.message}`);
+          announce(`Not resolved: ${err.message}`, "error");
           refreshSoon();
         } else {
           showError(li, `Not resolved: ${err.message}`);
@@ -2201,6 +2203,10 @@
   loadList(lists.policy);
   connectStream();
   conflicts.refresh();
+  // Another window may have settled some while this one was in the background.
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState === "visible") conflicts.refreshSoon();
+  });
   sheetSettings();
   everyonesSyncs();
 
