@@ -1177,6 +1177,19 @@ def test_a_query_parameter_a_request_does_not_take_is_a_422_naming_it(
         assert f"it takes {takes}" in error["msg"]
 
 
+def test_a_query_parameter_given_twice_is_a_422_not_the_last_one_winning(
+    alice: TestClient,
+) -> None:
+    answer = alice.get("/api/customers?limit=1&q=a&limit=2")
+
+    assert answer.status_code == 422, answer.text
+    (error,) = answer.json()["detail"]
+    assert (error["field"], error["msg"]) == (
+        "limit",
+        "is given more than once; send it once",
+    )
+
+
 def test_the_query_parameters_a_request_takes_still_answer(alice: TestClient) -> None:
     listed = alice.get("/api/customers?q=a&limit=2&offset=0")
     assert listed.status_code == 200, listed.text

@@ -178,11 +178,9 @@ class JsonRoute(APIRoute):
         takes = _query_names(self.dependant)
 
         async def route_handler(request: Request) -> Response:
-            unknown = [name for name in request.query_params if name not in takes]
-            if unknown:
-                raise RequestValidationError(
-                    [_not_taken(name, takes) for name in dict.fromkeys(unknown)]
-                )
+            errors = _query_errors(request, takes)
+            if errors:
+                raise RequestValidationError(errors)
             return await handle(JsonRequest(request.scope, request.receive))
 
         return route_handler
@@ -196,10 +194,20 @@ def _query_names(dependant: Dependant) -> list[str]:
     return names
 
 
-def _not_taken(name: str, takes: list[str]) -> dict[str, Any]:
+def _query_errors(request: Request, takes: list[str]) -> list[dict[str, Any]]:
+    """A query parameter the route does not take, or one given twice (only
+    one would count, as a body's field given twice would), each named."""
+    given = [name for name, _ in request.query_params.multi_items()]
     listed = ", ".join(takes) if takes else "none"
-    return {
-        "type": "query_parameter_unknown",
-        "loc": ("query", name),
-        "msg": f"is not a parameter of this request; it takes {listed}",
-    }
+    errors = []
+    for name in dict.fromkeys(given):
+        if name not in takes:
+            message = f"is not a parameter of this request; it takes {listed}"
+        elif given.count(name) > 1:
+            message = "is given more than once; send it once"
+        else:
+            continue
+        errors.append(
+            {"type": "query_parameter", "loc": ("query", name), "msg": message}
+        )
+    return errors
