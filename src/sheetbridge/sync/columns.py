@@ -357,11 +357,15 @@ def _parse_date(column: Column, raw: Cell) -> str:
     if isinstance(raw, str):
         return _date_text(raw.strip()).isoformat()
     if isinstance(raw, time):  # what a reader makes of a serial number below 1
-        raise CellError(
-            "not a date: a time of day, a negative number or a date before "
-            "1900, none of which a spreadsheet holds as a date; use YYYY-MM-DD"
-        )
+        raise CellError(_BELOW_FIRST_DAY)
     raise CellError("not a date; use YYYY-MM-DD")
+
+
+# A serial number below 1, which a workbook reader may turn into a time of day.
+_BELOW_FIRST_DAY = (
+    "not a date: a time of day, a negative number or a date before 1900, none "
+    "of which a spreadsheet holds as a date; use YYYY-MM-DD"
+)
 
 
 def _date_of(value: datetime) -> date:
@@ -401,7 +405,9 @@ def _google_serial(raw: Cell, date_system: DateSystem) -> Cell:
 def _from_serial(serial: int | float | Decimal) -> date:
     """The day of a serial number; its fraction is the time of day."""
     number = float(serial)
-    if not math.isfinite(number) or not 1 <= number <= _MAX_SERIAL:
+    if number < 1:
+        raise CellError(_BELOW_FIRST_DAY)
+    if not math.isfinite(number) or number > _MAX_SERIAL:
         raise CellError("not a date; use YYYY-MM-DD")
     return SPREADSHEET_EPOCH + timedelta(days=math.floor(number))
 
