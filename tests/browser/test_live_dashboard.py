@@ -392,13 +392,20 @@ def test_conflict_is_resolved_in_the_page_by_button_and_by_keyboard(
         page.close()
 
 
-def test_a_conflict_settled_in_another_window_says_what_was_kept_when_chosen_again(
-    browser: Browser, runtime: Runtime, tokens: dict[str, str]
-) -> None:
+def city_conflict(runtime: Runtime) -> int:
+    """A conflict over a city of alice's book, edited in her workbook and in
+    the app after a sync; the record's ID."""
     run_sync(runtime, "alice", TO_SHEET)
     record_id = edit_sheet_cell(runtime, 2, "City", "Sheet City")
     edit_app_city(runtime, record_id, "App City")
     run_sync(runtime, "alice", FROM_SHEET)
+    return record_id
+
+
+def test_a_conflict_settled_in_another_window_says_what_was_kept_when_chosen_again(
+    browser: Browser, runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    record_id = city_conflict(runtime)
     with live_server(runtime) as url, api_client(url, tokens["alice"]) as api:
         first, second = (open_dashboard(browser, url, "alice") for _ in range(2))
         for page in (first, second):
@@ -484,10 +491,7 @@ def test_an_admin_sees_whose_sheet_each_conflict_is_in(
 def test_a_conflict_whose_app_value_changed_since_is_shown_again_not_overwritten(
     browser: Browser, runtime: Runtime, tokens: dict[str, str], choice: str
 ) -> None:
-    run_sync(runtime, "alice", TO_SHEET)
-    record_id = edit_sheet_cell(runtime, 2, "City", "Sheet City")
-    edit_app_city(runtime, record_id, "App City")
-    run_sync(runtime, "alice", FROM_SHEET)
+    record_id = city_conflict(runtime)
     with live_server(runtime) as url, api_client(url, tokens["alice"]) as api:
         page = open_dashboard(browser, url, "alice")
         city = page.locator("#conflict-list li[data-field=city]")

@@ -25,7 +25,7 @@ from sheetbridge.testing.harness import GoogleHarness
 from sheetbridge.web.app import create_app
 from sheetbridge.web.deps import Runtime
 from tests.conftest import bearer
-from tests.insurance.test_workbook_sync import run_sync
+from tests.insurance.test_workbook_sync import failed_import, run_sync
 from tests.support.server import free_port
 
 
@@ -111,17 +111,10 @@ def test_a_sync_to_a_spreadsheet_whose_tabs_were_both_renamed_writes_both_anew(
 def test_an_import_from_a_spreadsheet_never_synced_says_to_write_it_first(
     runtime: Runtime, spreadsheet_id: str
 ) -> None:
-    with runtime.db.read_session() as session:
-        alice = session.scalars(select(User).where(User.username == "alice")).one()
-    queued = runtime.sync.enqueue(alice, FROM_SHEET)
-    WorkerPool(runtime.queue, runtime.sync.handlers).run_until_empty()
+    error = failed_import(runtime).error or ""
 
-    job = runtime.queue.get(queued.job_id)
-    assert job.state == "failed" and job.error is not None
-    assert "has no tabs 'Customers' and 'Policies' yet: this book was never " in (
-        job.error
-    )
-    assert "Run Sync to sheet first" in job.error and "renamed" not in job.error
+    assert "has no tabs 'Customers' and 'Policies' yet: this book was never " in (error)
+    assert "Run Sync to sheet first" in error and "renamed" not in error
 
 
 def test_sheet_edits_import_and_text_stays_text(
