@@ -80,19 +80,12 @@ _OPEN_CONFLICTS = select(
     _CONFLICTS.c.entity == bindparam("entity"),
     _CONFLICTS.c.resolved_at.is_(None),
 )
+# What a conflict found again takes from the sync that found it.
+_FOUND = ("column", "row", "app_value", "sheet_value", "base_value", "base_known")
 _FOUND_AGAIN = (
     update(_CONFLICTS)
     .where(_CONFLICTS.c.id == bindparam("conflict"))
-    .values(
-        {
-            name: bindparam(f"new_{name}")
-            for name in ("column", "row", "app_value", "sheet_value", "base_value")
-        }
-        | {
-            "base_known": bindparam("new_base_known"),
-            "job_id": bindparam("new_job_id"),
-        }
-    )
+    .values({name: bindparam(f"new_{name}") for name in (*_FOUND, "job_id")})
 )
 _CONVERGED = (
     update(_CONFLICTS)
