@@ -942,6 +942,21 @@ def test_a_sync_to_a_workbook_without_either_tab_writes_both_anew(
     assert run_sync(synced, "alice", TO_SHEET)["summary"]["issues"] == 0
 
 
+def test_an_import_with_both_tabs_renamed_names_both_in_plain_words(
+    synced: Runtime,
+) -> None:
+    with alices_tab(synced) as (customers, _):
+        customers.title = "Old Customers"
+        customers.parent["Policies"].title = "Old Policies"
+
+    error = failed_import(synced).error or ""
+
+    assert (
+        "has no tabs 'Customers' and 'Policies': were they renamed or deleted? "
+        "Rename them back, or run Sync to sheet to write them anew"
+    ) in error
+
+
 def test_a_renamed_tab_fails_the_import_naming_the_workbook_and_tab(
     synced: Runtime,
 ) -> None:

@@ -236,6 +236,26 @@ def test_a_tab_deleted_between_the_read_and_the_write_is_a_change_to_read_again(
     assert "'Customers'" in str(info.value) and "read" in str(info.value)
 
 
+def test_a_tab_read_but_not_written_deleted_before_the_write_is_a_change_too(
+    harness: GoogleHarness,
+) -> None:
+    book = harness.spreadsheet()
+    setup = harness.backend(book)
+    setup.write({"Customers": TabChanges(cells={(1, 1): "ID"})})
+    setup.write({"Policies": TabChanges(cells={(1, 1): "ID"})})
+    backend = harness.backend(book)
+    tabs = backend.read_tabs(["Customers", "Policies"])
+    version = tabs["Policies"].version  # type: ignore[union-attr]
+    book.sheets = [sheet for sheet in book.sheets if sheet.title != "Customers"]
+
+    with pytest.raises(SheetChanged) as info:
+        backend.write(
+            {"Policies": TabChanges(cells={(2, 1): 1})}, expected_version=version
+        )
+
+    assert info.value.transient and "'Customers'" in str(info.value)
+
+
 def test_persistent_server_errors_give_up_as_transient(harness: GoogleHarness) -> None:
     book = harness.spreadsheet()
     backend = harness.backend(book, max_retries=2)

@@ -1160,6 +1160,7 @@ def test_pydantics_own_checks_are_told_in_plain_words(alice: TestClient) -> None
         ("/api/policies?premium=100", "premium", "q, status, line_of_business"),
         ("/api/insurance/sync/status?user=2", "user", "all_users"),
         ("/api/insurance/sync/conflicts?open=false", "open", None),
+        ("/api/insurance/sync/events?since=5", "since", "all_users"),
     ],
 )
 def test_a_query_parameter_a_request_does_not_take_is_a_422_naming_it(

@@ -1145,16 +1145,19 @@ def _require_tabs(
     if not missing:
         return
     names = " and ".join(repr(tab) for tab in missing)
-    tab, it = ("tabs", "them") if len(missing) > 1 else ("tab", "it")
+    tab, it, was = (
+        ("tabs", "they", "were") if len(missing) > 1 else ("tab", "it", "was")
+    )
+    them = "them" if len(missing) > 1 else "it"
     if not synced:
         raise PermanentJobError(
             f"{backend.location} has no {tab} {names} yet: this book was never "
-            f"synced to it. Run Sync to sheet first to write {it}. Nothing was "
+            f"synced to it. Run Sync to sheet first to write {them}. Nothing was "
             "imported."
         )
     raise PermanentJobError(
-        f"{backend.location} has no {tab} {names}: was {it} renamed or "
-        f"deleted? Rename {it} back, or run Sync to sheet to write {it} anew "
+        f"{backend.location} has no {tab} {names}: {was} {it} renamed or "
+        f"deleted? Rename {them} back, or run Sync to sheet to write {them} anew "
         f"(edits made in a renamed tab are then not imported). Nothing was "
         "imported."
     )

@@ -691,15 +691,15 @@ class GoogleSheetsBackend:
         }
 
     @contextmanager
-    def _gone_meanwhile(self, changes: Mapping[str, TabChanges]) -> Iterator[None]:
-        """A tab to write that Google no longer finds was renamed or deleted
-        since the sync read it: the sync reads the sheet again (and writes
-        the tab anew), it does not fail for good."""
+    def _gone_meanwhile(self) -> Iterator[None]:
+        """A tab that Google no longer finds as the sync writes (one it read,
+        to check it, or one it writes) was renamed or deleted since it was
+        read: the sync reads the sheet again (and writes the tab anew), it
+        does not fail for good."""
         try:
             yield
         except SheetNotFound as exc:
-            written = {tab.casefold() for tab in changes}
-            if exc.tab is None or exc.tab.casefold() not in written:
+            if exc.tab is None:
                 raise
             raise SheetChanged(
                 f"tab {exc.tab!r} of {self.location} was renamed or deleted while "
@@ -718,7 +718,7 @@ class GoogleSheetsBackend:
         if not changes:
             return
         _check_cell_sizes(changes, self.location)
-        with self._gone_meanwhile(changes):
+        with self._gone_meanwhile():
             self._write(changes, expected_version)
 
     def _write(

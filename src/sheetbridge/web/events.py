@@ -15,11 +15,12 @@ from fastapi.responses import StreamingResponse
 from sheetbridge.db import DATABASE_UNAVAILABLE_ERRORS, unavailable_reason
 from sheetbridge.queue.errors import JobNotFound
 from sheetbridge.queue.models import Job
+from sheetbridge.web.bodies import JsonRoute
 from sheetbridge.web.deps import CurrentUser, Runtime, RuntimeDep
 from sheetbridge.web.sync_api import job_views, jobs_status
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/api/insurance/sync", tags=["sync"])
+router = APIRouter(prefix="/api/insurance/sync", tags=["sync"], route_class=JsonRoute)
 
 KEEPALIVE_S = 15.0
 QUIET_EVENTS = frozenset({"progress", "queued"})
