@@ -843,6 +843,41 @@ def test_a_worker_whose_settling_fails_goes_on_and_the_job_is_retried(
     assert queue.get(ids[0]).attempts == 2
 
 
+class _Panic(BaseException):
+    """What a library written in Rust raises when it panics: no Exception."""
+
+
+def test_a_handler_that_panics_fails_its_job_and_its_worker_goes_on(
+    db: Database,
+) -> None:
+    def panic(context: JobContext) -> dict[str, Any]:
+        raise _Panic("TimeDelta::milliseconds out of bounds")
+
+    queue = JobQueue(db, lease_s=30)
+    panicked = queue.enqueue("panic", queue_key="user:1").job_id
+    after = queue.enqueue("noop", queue_key="user:1").job_id
+    pool = WorkerPool(
+        queue,
+        {"panic": panic, "noop": lambda context: {}},
+        concurrency=1,
+        poll_interval_s=0.05,
+    )
+    pool.start()
+    try:
+        deadline = time.monotonic() + 10
+        while queue.get(after).state != "succeeded":
+            assert time.monotonic() < deadline, "the worker died with the job"
+            time.sleep(0.02)
+    finally:
+        pool.stop()
+    failed = queue.get(panicked)
+    assert failed.state == "failed"
+    assert (
+        failed.error
+        == "unexpected error: _Panic: TimeDelta::milliseconds out of bounds"
+    )
+
+
 def _outline(result: dict[str, Any] | None) -> dict[str, Any] | None:
     """A listing's form of a result in these tests: its keys, no values."""
     return None if result is None else {"keys": sorted(result)}

@@ -23,6 +23,7 @@ from sheetbridge.sheets.base import (
     CellRange,
     ClippedText,
     DateSystem,
+    ErrorValue,
     TabChanges,
     TabData,
     cell_length,
@@ -63,6 +64,27 @@ def make_book(path: Path, rows: dict[str, list[list[Cell]]]) -> None:
         for row in values:
             sheet.append(row)
     workbook.save(path)
+
+
+def test_a_date_number_no_calendar_holds_reads_as_an_error_cell_not_a_crash(
+    tmp_path: Path,
+) -> None:
+    # The fast reader (written in Rust) panics on such a cell; the workbook
+    # is read the slower way instead, where the cell shows an error.
+    path = tmp_path / "far.xlsx"
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    sheet.title = "T"
+    sheet.append(["Born", "Name"])
+    sheet.append([-1e300, "Ann"])
+    sheet["A2"].number_format = "yyyy-mm-dd"
+    workbook.save(path)
+
+    tab = XlsxBackend(path).read_tabs(["T"])["T"]
+
+    assert tab is not None
+    assert tab.rows[0] == ["Born", "Name"]
+    assert isinstance(tab.rows[1][0], ErrorValue) and tab.rows[1][1] == "Ann"
 
 
 def test_missing_workbook_reads_as_missing_tabs(tmp_path: Path) -> None:

@@ -329,9 +329,11 @@ class WorkerPool:
             return PermanentJobError(f"no handler for job kind {context.job.kind!r}")
         try:
             return handler(context)
-        except LeaseLost:
+        except (LeaseLost, KeyboardInterrupt, SystemExit):
             raise
-        except Exception as exc:
+        # Not only Exception: a library written in Rust that panics raises a
+        # BaseException, which would end the worker's thread with the job.
+        except BaseException as exc:
             if not isinstance(
                 exc, RetryableJobError | PermanentJobError | JobCancelled
             ):

@@ -233,6 +233,19 @@ class XlsxBackend:
         if needs_openpyxl:
             return self._read_with_openpyxl(tabs, version, date_system)
         try:
+            return self._read_with_calamine(tabs, version, date_system)
+        except BaseException as exc:
+            # calamine panics (a BaseException, from Rust) on a cell it cannot
+            # turn into a value, such as a date number no calendar holds;
+            # openpyxl reads that cell as an error, which the sync reports.
+            if type(exc).__name__ != "PanicException":
+                raise
+            return self._read_with_openpyxl(tabs, version, date_system)
+
+    def _read_with_calamine(
+        self, tabs: Sequence[str], version: str, date_system: DateSystem
+    ) -> dict[str, TabData | None]:
+        try:
             workbook = python_calamine.CalamineWorkbook.from_path(self.path)
         except OSError as exc:
             raise self._unreadable(exc) from exc
