@@ -108,6 +108,33 @@ def test_a_sync_to_a_spreadsheet_whose_tabs_were_both_renamed_writes_both_anew(
         assert "was synced before but was not in the sheet" in warning["reason"]
 
 
+def test_a_sync_cut_short_after_adding_a_tab_writes_that_tab_whole_on_its_retry(
+    runtime: Runtime, spreadsheet_id: str, emulator: EmulatorServer
+) -> None:
+    run_sync(runtime, "alice", TO_SHEET)
+    book = emulator.state.spreadsheets[spreadsheet_id]
+    book.sheets = [sheet for sheet in book.sheets if sheet.title != "Policies"]
+    emulator.state.inject(503, count=1, method="POST", path_contains="values:batch")
+    with runtime.db.read_session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+    job_id = runtime.sync.enqueue(alice, TO_SHEET).job_id
+
+    pool = WorkerPool(runtime.queue, runtime.sync.handlers)
+    deadline = time.monotonic() + 30
+    while (job := runtime.queue.get(job_id)).finished_at is None:
+        assert time.monotonic() < deadline, "the sync never finished"
+        pool.run_until_empty()  # and its retry, once its time comes
+        time.sleep(0.05)
+
+    assert (job.state, job.attempts) == ("succeeded", 2), job.error
+    assert job.result is not None
+    read = GoogleHarness(emulator).backend(spreadsheet_id).read_tabs
+    policies = read(["Policies"])["Policies"]
+    assert policies is not None
+    assert len(policies.rows) - 1 == job.result["summary"]["appended"] > 0
+    assert job.result["tabs"]["Policies"]["counts"]["deleted_in_sheet"] == 0
+
+
 def test_an_import_from_a_spreadsheet_never_synced_says_to_write_it_first(
     runtime: Runtime, spreadsheet_id: str
 ) -> None:

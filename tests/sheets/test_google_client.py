@@ -256,6 +256,32 @@ def test_a_tab_read_but_not_written_deleted_before_the_write_is_a_change_too(
     assert info.value.transient and "'Customers'" in str(info.value)
 
 
+def test_a_write_that_fails_takes_back_the_tabs_it_added(
+    harness: GoogleHarness,
+) -> None:
+    # A tab added for a write that then fails would be left empty: the next
+    # sync would read it as a tab whose rows were all deleted, not as one to
+    # write anew.
+    book = harness.spreadsheet()
+    harness.backend(book).write({"Customers": TabChanges(cells={(1, 1): "ID"})})
+    backend = harness.backend(book)
+    tabs = backend.read_tabs(["Customers", "Policies"])
+    assert tabs["Policies"] is None
+    version = tabs["Customers"].version  # type: ignore[union-attr]
+    harness.state.inject(503, count=1, method="POST", path_contains="values:batch")
+
+    with pytest.raises(SheetChanged):
+        backend.write(
+            {
+                "Customers": TabChanges(cells={(1, 2): "Name"}),
+                "Policies": TabChanges(cells={(1, 1): "ID"}, append=[[1], [2]]),
+            },
+            expected_version=version,
+        )
+
+    assert [sheet.title for sheet in book.sheets if sheet.title == "Policies"] == []
+
+
 def test_persistent_server_errors_give_up_as_transient(harness: GoogleHarness) -> None:
     book = harness.spreadsheet()
     backend = harness.backend(book, max_retries=2)

@@ -744,12 +744,54 @@ class GoogleSheetsBackend:
             )
         sheets = _sheets_by_title(meta)
         grow = self._grow_requests(changes, sheets, rows)
+        added: list[int] = []
         if grow:
             grown = self.client.batch_update(self.spreadsheet_id, grow)
             for reply in grown.get("replies", []):
                 if "addSheet" in reply:
-                    added = reply["addSheet"]["properties"]
-                    sheets[added["title"]] = added
+                    properties = reply["addSheet"]["properties"]
+                    sheets[properties["title"]] = properties
+                    added.append(properties["sheetId"])
+        try:
+            self._fill(changes, rows, sheets, tz)
+        except BaseException:
+            self._take_back(added)
+            raise
+        logger.info(
+            "sheets.write",
+            extra={
+                "spreadsheet": self.spreadsheet_id,
+                "tabs": sorted(changes),
+                "cells": sum(len(ch.cells) for ch in changes.values()),
+                "appended_rows": sum(len(ch.append) for ch in changes.values()),
+                "deleted_rows": sum(len(ch.delete_rows) for ch in changes.values()),
+            },
+        )
+
+    def _take_back(self, added: list[int]) -> None:
+        """Delete the tabs a write added before it failed: left empty, the
+        next sync would read each as a tab whose rows were all deleted, not
+        as one to write anew. If that fails too, the failure told is the
+        write's."""
+        if not added:
+            return
+        requests = [{"deleteSheet": {"sheetId": sheet_id}} for sheet_id in added]
+        try:
+            self.client.batch_update(self.spreadsheet_id, requests, retry=False)
+        except SheetError:
+            logger.warning(
+                "sheets.added_tabs_left",
+                extra={"spreadsheet": self.spreadsheet_id, "sheet_ids": added},
+            )
+
+    def _fill(
+        self,
+        changes: Mapping[str, TabChanges],
+        rows: dict[str, list[list[Cell]] | None],
+        sheets: dict[str, Json],
+        tz: tzinfo,
+    ) -> None:
+        """Write the values, then the formats and the row deletes."""
         # These calls name rows by where they were just read. Sent again after
         # a wait, they would land wherever a sort had moved other rows to:
         # cut short, they go back to the sync, which reads the sheet again.
@@ -771,16 +813,6 @@ class GoogleSheetsBackend:
                 location=self.spreadsheet_id,
                 retry_after=exc.retry_after,
             ) from exc
-        logger.info(
-            "sheets.write",
-            extra={
-                "spreadsheet": self.spreadsheet_id,
-                "tabs": sorted(changes),
-                "cells": sum(len(ch.cells) for ch in changes.values()),
-                "appended_rows": sum(len(ch.append) for ch in changes.values()),
-                "deleted_rows": sum(len(ch.delete_rows) for ch in changes.values()),
-            },
-        )
 
     def _metadata(self) -> Json:
         return self.client.get_spreadsheet(
