@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from httpx import Response
 from openpyxl import load_workbook
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from sheetbridge.insurance.models import Customer, Policy, User
 from sheetbridge.insurance.review import forget_sheet
@@ -321,6 +321,47 @@ def test_a_second_resolution_says_how_the_first_settled_it_and_changes_nothing(
         "not applied"
     )
     assert app_city(runtime, record_id) == kept
+
+
+def test_deleting_a_record_closes_its_open_conflicts(
+    runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    client, record_id, _ = make_conflict(runtime)
+    (conflict_id,) = open_conflict_ids(client, tokens["alice"])
+    alice = bearer(tokens["alice"])
+    for policy in client.get(
+        f"/api/policies?customer_id={record_id}&limit=200", headers=alice
+    ).json()["items"]:
+        deleted = client.delete(f"/api/policies/{policy['id']}", headers=alice)
+        assert deleted.status_code == 204, deleted.text
+
+    assert client.delete(f"/api/customers/{record_id}", headers=alice).status_code == (
+        204
+    )
+
+    assert open_conflict_ids(client, tokens["alice"]) == []
+    with runtime.db.read_session() as session:
+        closed = session.get(SyncConflict, conflict_id)
+        assert closed is not None and closed.resolution == "record deleted"
+
+
+def test_a_conflict_whose_record_is_gone_closes_when_chosen_and_says_why(
+    runtime: Runtime, tokens: dict[str, str]
+) -> None:
+    client, record_id, _ = make_conflict(runtime)
+    (conflict_id,) = open_conflict_ids(client, tokens["alice"])
+    with runtime.db.session() as session:  # gone without the app's delete
+        session.execute(delete(Policy).where(Policy.customer_id == record_id))
+        session.execute(delete(Customer).where(Customer.id == record_id))
+
+    answer = resolve(client, tokens["alice"], conflict_id, {"choice": "sheet"})
+
+    assert answer.status_code == 409
+    assert answer.json()["detail"] == (
+        f"customer {record_id} is no longer in the book; the conflict is closed "
+        "and nothing was changed"
+    )
+    assert open_conflict_ids(client, tokens["alice"]) == []
 
 
 def test_keeping_the_app_value_keeps_the_one_the_app_has_now(

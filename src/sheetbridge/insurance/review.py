@@ -32,6 +32,7 @@ from sheetbridge.insurance.mapping import (
 from sheetbridge.insurance.models import Customer, Policy, User
 from sheetbridge.insurance.schemas import CustomerUpdate, PolicyUpdate, error_message
 from sheetbridge.insurance.services import (
+    RECORD_DELETED,
     Book,
     DomainError,
     InvalidField,
@@ -214,7 +215,12 @@ def resolve_conflict(
     if choice not in CHOICES:
         raise InvalidField("choice", f"must be one of {', '.join(CHOICES)}")
     mapping = _MAPPING[row.entity]
-    current = _app_value(session, user, mapping, row)
+    try:
+        current = _app_value(session, user, mapping, row)
+    except RecordNotFound:
+        # Deleted or moved to another agent's book since the sync found it:
+        # no choice about its fields is left to make (see close_gone).
+        raise RecordGone(row) from None
     if choice != "app" and current != row.app_value:
         raise ConflictOutdated(row, current)
     row.app_value = current  # "keep app" keeps the value the app has now
@@ -244,6 +250,27 @@ def resolve_conflict(
     row.resolved_at = clock.now()
     row.resolved_by = user.id
     return row
+
+
+class RecordGone(ReviewError):
+    """A conflict's record is no longer in the book: the conflict is to be
+    closed, in a transaction of its own (:func:`close_gone`)."""
+
+    def __init__(self, row: SyncConflict) -> None:
+        super().__init__(
+            f"{row.entity} {row.record_id} is no longer in the book; the conflict "
+            "is closed and nothing was changed"
+        )
+        self.conflict_id = row.id
+
+
+def close_gone(session: Session, conflict_id: int) -> None:
+    """Close a conflict whose record is gone (after :class:`RecordGone`)."""
+    session.execute(
+        update(SyncConflict)
+        .where(SyncConflict.id == conflict_id, SyncConflict.resolved_at.is_(None))
+        .values(resolved_at=clock.now(), resolution=RECORD_DELETED)
+    )
 
 
 def show_app_value(session: Session, conflict_id: int, current: Canonical) -> None:
@@ -291,6 +318,7 @@ def _how_settled(session: Session, row: SyncConflict) -> str:
         "edit": f"a new value, {value}, was saved",
         "converged": "a later sync found both sides agreeing",
         "target changed": "the book was pointed at another sheet",
+        RECORD_DELETED: "its record was deleted",
     }.get(row.resolution or "", "it was settled")
     person = session.get(User, row.resolved_by) if row.resolved_by else None
     return f"{how} by {person.username}" if person is not None else how

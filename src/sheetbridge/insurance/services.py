@@ -28,6 +28,10 @@ from sheetbridge.insurance.schemas import (
     PolicyOut,
     PolicyUpdate,
 )
+from sheetbridge.sync.models import SyncConflict
+
+# How a sync conflict ends when its record is deleted.
+RECORD_DELETED = "record deleted"
 
 
 class DomainError(Exception):
@@ -223,6 +227,7 @@ class Book:
             )
         self.session.delete(customer)
         self.session.flush()
+        self._close_conflicts("customer", customer_id)
 
     # -- policies -------------------------------------------------------------
 
@@ -328,6 +333,20 @@ class Book:
         self._check_version(policy, version)
         self.session.delete(policy)
         self.session.flush()
+        self._close_conflicts("policy", policy_id)
+
+    def _close_conflicts(self, entity: str, record_id: int) -> None:
+        """A deleted record's open sync conflicts are closed: no choice about
+        its fields is left to make."""
+        self.session.execute(
+            update(SyncConflict)
+            .where(
+                SyncConflict.entity == entity,
+                SyncConflict.record_id == record_id,
+                SyncConflict.resolved_at.is_(None),
+            )
+            .values(resolved_at=clock.now(), resolution=RECORD_DELETED)
+        )
 
     # -- shared ---------------------------------------------------------------
 

@@ -321,6 +321,10 @@ def resolve_conflict(
         with rt.db.session() as session:
             review.show_app_value(session, outdated.conflict_id, outdated.current)
         raise
+    except review.RecordGone as gone:
+        with rt.db.session() as session:
+            review.close_gone(session, gone.conflict_id)
+        raise
 
 
 @router.post("/jobs/{job_id}/undo")
