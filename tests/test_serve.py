@@ -344,6 +344,54 @@ def test_a_database_that_cannot_be_reached_is_one_clear_line_not_a_traceback(
     assert "refused" in line and "secret" not in line
 
 
+@pytest.mark.parametrize(
+    ("setting", "told"),
+    [
+        ("data dir a file", "cannot use the data folder"),
+        ("unknown database", "cannot use the database bogus://***@somewhere/x"),
+        ("driver not installed", "cannot use the database mysql://***@somewhere/x"),
+    ],
+)
+def test_a_data_folder_or_database_url_that_cannot_be_used_is_one_clear_line(
+    tmp_path: Path, setting: str, told: str
+) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    env = {**os.environ, "SHEETBRIDGE_DATA_DIR": str(tmp_path / "data")}
+    if setting == "data dir a file":
+        env["SHEETBRIDGE_DATA_DIR"] = str(a_file)
+    elif setting == "unknown database":
+        env["SHEETBRIDGE_DATABASE_URL"] = "bogus://me:secret@somewhere/x"
+    else:
+        env["SHEETBRIDGE_DATABASE_URL"] = "mysql://me:secret@somewhere/x"
+
+    ran = subprocess.run(
+        [sys.executable, "-m", "sheetbridge", "db", "upgrade"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_S,
+    )
+
+    assert ran.returncode == 1
+    (line,) = ran.stderr.strip().splitlines()
+    assert line.startswith(told) and "secret" not in line
+
+
+def test_a_port_out_of_range_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    ran = subprocess.run(
+        [sys.executable, "-m", "sheetbridge", "serve", "--port", "99999"],
+        env={**os.environ, "SHEETBRIDGE_DATA_DIR": str(tmp_path / "data")},
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_S,
+    )
+
+    assert ran.returncode == 2
+    assert "--port" in ran.stderr and "65535" in ran.stderr
+    assert not (tmp_path / "data").exists()
+
+
 def _cli(tmp_path: Path, *command: str) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,

@@ -10,11 +10,13 @@ import socket
 import subprocess
 import sys
 import threading
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
 
 import typer
 from pydantic_core import to_json
 from sqlalchemy import select
+from sqlalchemy.exc import ArgumentError
 
 from sheetbridge.config import Settings, get_settings
 from sheetbridge.db import (
@@ -49,19 +51,32 @@ def _runtime() -> Runtime:
     database that cannot be reached is one line on stderr, not a traceback."""
     settings = get_settings()
     configure_logging(settings.log_level)
-    runtime = build_runtime(settings)
     try:
+        runtime = build_runtime(settings)
         runtime.db.upgrade()
     except DATABASE_UNAVAILABLE_ERRORS as exc:
         reason = unavailable_reason(exc)
-        typer.echo(f"cannot use the database {_redacted(settings)}: {reason}", err=True)
-        raise typer.Exit(1) from None
-    except MigrationRefused as exc:
-        typer.echo(
-            f"cannot upgrade the database {_redacted(settings)}: {exc}", err=True
+        _refuse(f"cannot use the database {_redacted(settings)}: {reason}")
+    except (ArgumentError, ModuleNotFoundError) as exc:
+        _refuse(
+            f"cannot use the database {_redacted(settings)}: {unavailable_reason(exc)}"
+            " (Sheetbridge uses sqlite:///<file> or postgresql+psycopg://…)"
         )
-        raise typer.Exit(1) from None
+    except MigrationRefused as exc:
+        _refuse(f"cannot upgrade the database {_redacted(settings)}: {exc}")
+    except OSError as exc:
+        # A folder it must make is a file, or may not be written.
+        where = Path(exc.filename) if exc.filename else None
+        if where is None or where.is_relative_to(settings.data_dir):
+            _refuse(f"cannot use the data folder {settings.data_dir}: {exc.strerror}")
+        _refuse(f"cannot use {where}: {exc.strerror}")
     return runtime
+
+
+def _refuse(message: str) -> NoReturn:
+    """End the command with one line on stderr, not a traceback."""
+    typer.echo(message, err=True)
+    raise typer.Exit(1)
 
 
 def _seed_if_empty(runtime: Runtime) -> list[tuple[str, str, str]]:
@@ -74,7 +89,9 @@ def _seed_if_empty(runtime: Runtime) -> list[tuple[str, str, str]]:
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Interface to listen on")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on")] = None,
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Port to listen on")
+    ] = None,
     workers: Annotated[bool, typer.Option(help="Run sync workers in-process")] = True,
 ) -> None:
     """Upgrade the database, seed the demo agency if empty, and serve the app."""
