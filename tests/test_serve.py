@@ -326,17 +326,12 @@ def test_a_database_that_cannot_be_reached_is_one_clear_line_not_a_traceback(
     tmp_path: Path, command: list[str]
 ) -> None:
     nowhere = f"postgresql+psycopg://someone:secret@127.0.0.1:{free_port()}/books"
-    env = {
-        **os.environ,
-        "SHEETBRIDGE_DATA_DIR": str(tmp_path / "data"),
-        "SHEETBRIDGE_DATABASE_URL": nowhere,
-    }
-    ran = subprocess.run(
-        [sys.executable, "-m", "sheetbridge", *command],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=DEADLINE_S,
+    ran = _sheetbridge(
+        {
+            "SHEETBRIDGE_DATA_DIR": str(tmp_path / "data"),
+            "SHEETBRIDGE_DATABASE_URL": nowhere,
+        },
+        *command,
     )
     assert ran.returncode == 1
     (line,) = ran.stderr.strip().splitlines()
@@ -357,7 +352,7 @@ def test_a_data_folder_or_database_url_that_cannot_be_used_is_one_clear_line(
 ) -> None:
     a_file = tmp_path / "a-file"
     a_file.write_text("not a folder")
-    env = {**os.environ, "SHEETBRIDGE_DATA_DIR": str(tmp_path / "data")}
+    env = {"SHEETBRIDGE_DATA_DIR": str(tmp_path / "data")}
     if setting == "data dir a file":
         env["SHEETBRIDGE_DATA_DIR"] = str(a_file)
     elif setting == "unknown database":
@@ -365,13 +360,7 @@ def test_a_data_folder_or_database_url_that_cannot_be_used_is_one_clear_line(
     else:
         env["SHEETBRIDGE_DATABASE_URL"] = "mysql://me:secret@somewhere/x"
 
-    ran = subprocess.run(
-        [sys.executable, "-m", "sheetbridge", "db", "upgrade"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=DEADLINE_S,
-    )
+    ran = _sheetbridge(env, "db", "upgrade")
 
     assert ran.returncode == 1
     (line,) = ran.stderr.strip().splitlines()
@@ -379,12 +368,8 @@ def test_a_data_folder_or_database_url_that_cannot_be_used_is_one_clear_line(
 
 
 def test_a_port_out_of_range_is_refused_before_anything_starts(tmp_path: Path) -> None:
-    ran = subprocess.run(
-        [sys.executable, "-m", "sheetbridge", "serve", "--port", "99999"],
-        env={**os.environ, "SHEETBRIDGE_DATA_DIR": str(tmp_path / "data")},
-        capture_output=True,
-        text=True,
-        timeout=DEADLINE_S,
+    ran = _sheetbridge(
+        {"SHEETBRIDGE_DATA_DIR": str(tmp_path / "data")}, "serve", "--port", "99999"
     )
 
     assert ran.returncode == 2
@@ -392,18 +377,26 @@ def test_a_port_out_of_range_is_refused_before_anything_starts(tmp_path: Path) -
     assert not (tmp_path / "data").exists()
 
 
-def _cli(tmp_path: Path, *command: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "SHEETBRIDGE_DATA_DIR": str(tmp_path / "data"),
-        "SHEETBRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 'data' / 'app.db'}",
-    }
+def _sheetbridge(
+    settings: dict[str, str], *command: str
+) -> subprocess.CompletedProcess[str]:
+    """Run a ``sheetbridge`` command with these settings in its environment."""
     return subprocess.run(
         [sys.executable, "-m", "sheetbridge", *command],
-        env=env,
+        env={**os.environ, **settings},
         capture_output=True,
         text=True,
         timeout=DEADLINE_S,
+    )
+
+
+def _cli(tmp_path: Path, *command: str) -> subprocess.CompletedProcess[str]:
+    return _sheetbridge(
+        {
+            "SHEETBRIDGE_DATA_DIR": str(tmp_path / "data"),
+            "SHEETBRIDGE_DATABASE_URL": f"sqlite:///{tmp_path / 'data' / 'app.db'}",
+        },
+        *command,
     )
 
 
