@@ -942,6 +942,27 @@ def test_a_sync_to_a_workbook_without_either_tab_writes_both_anew(
     assert run_sync(synced, "alice", TO_SHEET)["summary"]["issues"] == 0
 
 
+def test_tabs_renamed_only_in_letter_case_are_still_the_books_tabs(
+    synced: Runtime,
+) -> None:
+    with alices_tab(synced) as (customers, header):
+        policies = customers.parent["Policies"]
+        # openpyxl renames a tab to its own name in other case by adding a 1
+        # (Excel does not): through another name first.
+        for tab, name in ((customers, "customers"), (policies, "POLICIES")):
+            tab.title = "renamed"
+            tab.title = name
+        customers.cell(2, header["City"]).value = "Lowercase Tab City"
+
+    imported = run_sync(synced, "alice", FROM_SHEET)
+    written = run_sync(synced, "alice", TO_SHEET)
+
+    assert imported["summary"]["updated"] == 1
+    assert written["summary"]["issues"] == written["summary"]["appended"] == 0
+    book = load_workbook(workbook_path(synced, "alice"))
+    assert book.sheetnames == ["customers", "POLICIES"]
+
+
 def test_an_import_with_both_tabs_renamed_names_both_in_plain_words(
     synced: Runtime,
 ) -> None:

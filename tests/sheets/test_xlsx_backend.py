@@ -87,6 +87,27 @@ def test_a_date_number_no_calendar_holds_reads_as_an_error_cell_not_a_crash(
     assert isinstance(tab.rows[1][0], ErrorValue) and tab.rows[1][1] == "Ann"
 
 
+def test_a_tab_named_in_other_letter_case_is_that_tab_for_reads_and_writes(
+    tmp_path: Path,
+) -> None:
+    # Excel and LibreOffice hold tab names without regard to case (a workbook
+    # cannot have both "customers" and "Customers"), and so does Google.
+    path = tmp_path / "case.xlsx"
+    make_book(path, {"customers": [["ID", "Name"], [1, "Ann"]]})
+    backend = XlsxBackend(path)
+
+    tab = backend.read_tabs(["Customers"])["Customers"]
+    assert tab is not None and tab.rows == [["ID", "Name"], [1, "Ann"]]
+    backend.write(
+        {"Customers": TabChanges(cells={(2, 2): "Anne"})},
+        expected_version=tab.version,
+    )
+
+    assert openpyxl.load_workbook(path).sheetnames == ["customers"]
+    again = backend.read_tabs(["Customers"])["Customers"]
+    assert again is not None and again.rows == [["ID", "Name"], [1, "Anne"]]
+
+
 def test_missing_workbook_reads_as_missing_tabs(tmp_path: Path) -> None:
     backend = XlsxBackend(tmp_path / "none.xlsx")
     assert backend.read_tabs(["A", "B"]) == {"A": None, "B": None}

@@ -211,8 +211,11 @@ class XlsxBackend:
                 self._refuse_to_delete_content()
                 results, rich = self._formula_results_and_rich_text()
             workbook = self._load_for_write(before)
-            if expected_version == "" and any(tab in workbook for tab in changes):
+            named = {tab: tab_named(workbook.sheetnames, tab) for tab in changes}
+            if expected_version == "" and any(named.values()):
                 raise SheetChanged(location=self.location)
+            # A tab named in other letter case is that tab, as in Excel.
+            changes = {named[tab] or tab: ch for tab, ch in changes.items()}
             _keep_rich_text(workbook, rich)
             for tab, tab_changes in changes.items():
                 sheet = _ensure_sheet(workbook, tab, self.location)
@@ -254,11 +257,12 @@ class XlsxBackend:
         try:
             result: dict[str, TabData | None] = {}
             for tab in tabs:
-                if tab not in workbook.sheet_names:
+                name = tab_named(workbook.sheet_names, tab)
+                if name is None:
                     result[tab] = None
                     continue
                 try:
-                    sheet = workbook.get_sheet_by_name(tab)
+                    sheet = workbook.get_sheet_by_name(name)
                     values = sheet.to_python(skip_empty_area=False)
                 except python_calamine.CalamineError as exc:
                     raise self._damaged(tab, exc) from exc
@@ -303,11 +307,12 @@ class XlsxBackend:
         try:
             result: dict[str, TabData | None] = {}
             for tab in tabs:
-                if tab not in workbook.sheetnames:
+                name = tab_named(workbook.sheetnames, tab)
+                if name is None:
                     result[tab] = None
                     continue
-                values = _sheet_values(workbook[tab])
-                typed = _sheet_rows(formulas[tab])
+                values = _sheet_values(workbook[name])
+                typed = _sheet_rows(formulas[name])
                 rows = (
                     map(_unknown_if_uncomputed, value_row, typed_row)
                     for value_row, typed_row in zip(values, typed, strict=True)
@@ -703,6 +708,15 @@ def _keep_rich_text(workbook: Any, rich: dict[str, RichTextCells]) -> None:
 
 def _is_empty(value: object) -> bool:
     return value is None or value == ""
+
+
+def tab_named(names: Sequence[str], tab: str) -> str | None:
+    """Which of a workbook's tab ``names`` is ``tab``: the same name in any
+    letter case, as Excel and LibreOffice compare them (a workbook cannot
+    have both "customers" and "Customers")."""
+    if tab in names:
+        return tab
+    return next((name for name in names if name.casefold() == tab.casefold()), None)
 
 
 def _ensure_sheet(workbook: Any, tab: str, location: str) -> Any:
