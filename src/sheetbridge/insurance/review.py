@@ -37,6 +37,7 @@ from sheetbridge.insurance.services import (
     DomainError,
     InvalidField,
     RecordNotFound,
+    close_conflicts_of,
 )
 from sheetbridge.sync.columns import Canonical
 from sheetbridge.sync.engine import Conflict, Record, TabMapping, shown
@@ -253,24 +254,23 @@ def resolve_conflict(
 
 
 class RecordGone(ReviewError):
-    """A conflict's record is no longer in the book: the conflict is to be
-    closed, in a transaction of its own (:func:`close_gone`)."""
+    """A conflict's record is no longer in the book: its conflicts there are
+    to be closed, in a transaction of its own (:func:`close_gone`)."""
 
     def __init__(self, row: SyncConflict) -> None:
         super().__init__(
             f"{row.entity} {row.record_id} is no longer in the book; the conflict "
             "is closed and nothing was changed"
         )
-        self.conflict_id = row.id
+        self.entity = row.entity
+        self.record_id = row.record_id
+        self.target_id = row.target_id
 
 
-def close_gone(session: Session, conflict_id: int) -> None:
-    """Close a conflict whose record is gone (after :class:`RecordGone`)."""
-    session.execute(
-        update(SyncConflict)
-        .where(SyncConflict.id == conflict_id, SyncConflict.resolved_at.is_(None))
-        .values(resolved_at=clock.now(), resolution=RECORD_DELETED)
-    )
+def close_gone(session: Session, gone: RecordGone) -> None:
+    """Close the conflicts of a record gone from the book (after
+    :class:`RecordGone`), in the sheet where it was found."""
+    close_conflicts_of(session, gone.entity, gone.record_id, target_id=gone.target_id)
 
 
 def show_app_value(session: Session, conflict_id: int, current: Canonical) -> None:

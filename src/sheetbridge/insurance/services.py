@@ -34,6 +34,24 @@ from sheetbridge.sync.models import SyncConflict
 RECORD_DELETED = "record deleted"
 
 
+def close_conflicts_of(
+    session: Session, entity: str, record_id: int, *, target_id: int | None = None
+) -> None:
+    """Close the open sync conflicts of a record deleted (in every sheet) or
+    gone from one book (``target_id``'s): no choice about its fields is left
+    to make."""
+    statement = update(SyncConflict).where(
+        SyncConflict.entity == entity,
+        SyncConflict.record_id == record_id,
+        SyncConflict.resolved_at.is_(None),
+    )
+    if target_id is not None:
+        statement = statement.where(SyncConflict.target_id == target_id)
+    session.execute(
+        statement.values(resolved_at=clock.now(), resolution=RECORD_DELETED)
+    )
+
+
 class DomainError(Exception):
     """Root of the insurance domain's errors."""
 
@@ -227,7 +245,7 @@ class Book:
             )
         self.session.delete(customer)
         self.session.flush()
-        self._close_conflicts("customer", customer_id)
+        close_conflicts_of(self.session, "customer", customer_id)
 
     # -- policies -------------------------------------------------------------
 
@@ -333,20 +351,7 @@ class Book:
         self._check_version(policy, version)
         self.session.delete(policy)
         self.session.flush()
-        self._close_conflicts("policy", policy_id)
-
-    def _close_conflicts(self, entity: str, record_id: int) -> None:
-        """A deleted record's open sync conflicts are closed: no choice about
-        its fields is left to make."""
-        self.session.execute(
-            update(SyncConflict)
-            .where(
-                SyncConflict.entity == entity,
-                SyncConflict.record_id == record_id,
-                SyncConflict.resolved_at.is_(None),
-            )
-            .values(resolved_at=clock.now(), resolution=RECORD_DELETED)
-        )
+        close_conflicts_of(self.session, "policy", policy_id)
 
     # -- shared ---------------------------------------------------------------
 

@@ -323,7 +323,7 @@ def resolve_conflict(
         raise
     except review.RecordGone as gone:
         with rt.db.session() as session:
-            review.close_gone(session, gone.conflict_id)
+            review.close_gone(session, gone)
         raise
 
 
