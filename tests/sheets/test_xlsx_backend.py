@@ -108,6 +108,18 @@ def test_a_tab_named_in_other_letter_case_is_that_tab_for_reads_and_writes(
     assert again is not None and again.rows == [["ID", "Name"], [1, "Anne"]]
 
 
+def test_a_tab_named_in_other_letter_case_is_found_by_the_slower_reader_too(
+    tmp_path: Path,
+) -> None:
+    # A formula cell sends the read to openpyxl, which must find it as well.
+    path = tmp_path / "case.xlsx"
+    make_book(path, {"customers": [["ID", "Total"], [1, "=NA()"]]})
+
+    tab = XlsxBackend(path).read_tabs(["Customers"])["Customers"]
+
+    assert tab is not None and tab.rows[0] == ["ID", "Total"]
+
+
 def test_missing_workbook_reads_as_missing_tabs(tmp_path: Path) -> None:
     backend = XlsxBackend(tmp_path / "none.xlsx")
     assert backend.read_tabs(["A", "B"]) == {"A": None, "B": None}

@@ -321,7 +321,7 @@ class XlsxBackend:
                     result[tab] = TabData(
                         _trimmed(rows, _openpyxl_cell),
                         version,
-                        _xml_merges(workbook[tab]),
+                        _xml_merges(workbook[name]),
                         date_system,
                     )
                 except ParseError as exc:
