@@ -318,7 +318,7 @@ def _how_settled(session: Session, row: SyncConflict) -> str:
         "edit": f"a new value, {value}, was saved",
         "converged": "a later sync found both sides agreeing",
         "target changed": "the book was pointed at another sheet",
-        RECORD_DELETED: "its record was deleted",
+        RECORD_DELETED: "its record was deleted or left the book",
     }.get(row.resolution or "", "it was settled")
     person = session.get(User, row.resolved_by) if row.resolved_by else None
     return f"{how} by {person.username}" if person is not None else how
