@@ -377,6 +377,28 @@ def test_a_port_out_of_range_is_refused_before_anything_starts(tmp_path: Path) -
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.parametrize("command", [["serve"], ["worker"], ["db", "upgrade"]])
+def test_bad_settings_from_the_environment_are_one_line_each_not_a_traceback(
+    tmp_path: Path, command: list[str]
+) -> None:
+    ran = _sheetbridge(
+        {
+            "SHEETBRIDGE_DATA_DIR": str(tmp_path / "data"),
+            "SHEETBRIDGE_PORT": "70000",
+            "SHEETBRIDGE_WORKER_NICE": "fifty",
+        },
+        *command,
+    )
+
+    assert ran.returncode == 1
+    assert ran.stderr.strip().splitlines() == [
+        "SHEETBRIDGE_PORT='70000': should be less than or equal to 65535",
+        "SHEETBRIDGE_WORKER_NICE='fifty': should be a valid integer, "
+        "unable to parse string as an integer",
+    ]
+    assert not (tmp_path / "data").exists()
+
+
 def _sheetbridge(
     settings: dict[str, str], *command: str
 ) -> subprocess.CompletedProcess[str]:

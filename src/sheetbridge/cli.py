@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
+from pydantic import ValidationError
 from pydantic_core import to_json
 from sqlalchemy import select
 from sqlalchemy.exc import ArgumentError
 
-from sheetbridge.config import Settings, get_settings
+from sheetbridge.config import Settings, get_settings, setting_problems
 from sheetbridge.db import (
     DATABASE_UNAVAILABLE_ERRORS,
     MigrationRefused,
@@ -49,7 +50,10 @@ app.add_typer(users_app, name="users")
 def _runtime() -> Runtime:
     """The app's parts, with the database schema brought up to date; a
     database that cannot be reached is one line on stderr, not a traceback."""
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        _refuse("\n".join(setting_problems(exc)))
     configure_logging(settings.log_level)
     try:
         runtime = build_runtime(settings)

@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import (
+    AliasChoices,
+    BeforeValidator,
+    Field,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from sheetbridge.db import PG_MAX_OVERFLOW, PG_POOL_SIZE
+
+ENV_PREFIX = "SHEETBRIDGE_"
+
+LogLevel = Annotated[
+    Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+    BeforeValidator(lambda level: level.upper() if isinstance(level, str) else level),
+]
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="SHEETBRIDGE_",
+        env_prefix=ENV_PREFIX,
         env_file=".env",
         extra="ignore",
         populate_by_name=True,
@@ -43,7 +60,7 @@ class Settings(BaseSettings):
         description="PostgreSQL connections a process opens beyond its pool at peaks",
     )
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(default=8000, ge=1, le=65535)
     secret_key: str = Field(
         default="",
         description="Signs session cookies; empty means a key kept in the data folder",
@@ -95,7 +112,7 @@ class Settings(BaseSettings):
     sheet_latency_ms: int = Field(
         default=0, ge=0, description="Added to every workbook call (demos, benchmarks)"
     )
-    log_level: str = "INFO"
+    log_level: LogLevel = "INFO"
 
     # Google Sheets
     google_sheets_base_url: str = Field(
@@ -116,15 +133,34 @@ class Settings(BaseSettings):
     google_max_retries: int = Field(default=5, ge=0, le=20)
     google_backoff_base_s: float = Field(default=1.0, gt=0)
     google_backoff_max_s: float = Field(default=32.0, gt=0)
-    sheets_quota_backend: str = Field(
+    sheets_quota_backend: Literal["memory", "postgres"] = Field(
         default="memory",
-        pattern="^(memory|postgres)$",
         description="Where the API quota limiter counts: this process or PostgreSQL",
     )
     sheets_reads_per_minute_project: int = Field(default=300, ge=0)
     sheets_writes_per_minute_project: int = Field(default=300, ge=0)
     sheets_reads_per_minute_user: int = Field(default=60, ge=0)
     sheets_writes_per_minute_user: int = Field(default=60, ge=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _not_in_memory(cls, url: str) -> str:
+        """serve's web and worker processes share the book, so SQLite must be a
+        file: a database in memory would be one process's alone."""
+        try:
+            parsed = make_url(url) if url else None
+        except ArgumentError:
+            return url  # named when the database is opened
+        if parsed is not None and parsed.get_backend_name() == "sqlite":
+            where = parsed.database or ""
+            in_memory = where in ("", ":memory:") or where.startswith("file::memory:")
+            if in_memory or parsed.query.get("mode") == "memory":
+                raise ValueError(
+                    "an in-memory SQLite database lives in one process, and the web "
+                    "and its workers share the book: give a file, as "
+                    "sqlite:////path/to/sheetbridge.db"
+                )
+        return url
 
     @property
     def effective_database_url(self) -> str:
@@ -140,3 +176,33 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def setting_problems(refused: ValidationError) -> list[str]:
+    """One line per bad setting: the variable as it was set, its value, and
+    what it should be."""
+    problems = []
+    for error in refused.errors(include_url=False):
+        name = _variable(str(error["loc"][0]) if error["loc"] else "")
+        rule = error["msg"].removeprefix("Value error, ").removeprefix("Input ")
+        problems.append(f"{name}={error['input']!r}: {rule}")
+    return problems
+
+
+def _variable(name: str) -> str:
+    """The environment variable behind a field pydantic names by its name or by
+    its first alias: the alias that was set, if any."""
+    for field, info in Settings.model_fields.items():
+        aliases = _aliases(info.validation_alias)
+        if name in (field, *aliases):
+            set_as = (alias for alias in aliases if alias in os.environ)
+            return next(set_as, ENV_PREFIX + field.upper())
+    return name
+
+
+def _aliases(alias: object) -> list[str]:
+    return (
+        [str(choice) for choice in alias.choices]
+        if isinstance(alias, AliasChoices)
+        else []
+    )

@@ -1,0 +1,70 @@
+"""Settings from the environment: a bad value is named, with what it should be."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from sheetbridge.config import Settings, setting_problems
+
+
+def _problems(monkeypatch: pytest.MonkeyPatch, **environment: str) -> list[str]:
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as refused:
+        Settings(_env_file=None)
+    return setting_problems(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "told"),
+    [
+        ("SHEETBRIDGE_PORT", "abc", "should be a valid integer"),
+        ("SHEETBRIDGE_PORT", "70000", "less than or equal to 65535"),
+        ("SHEETBRIDGE_PORT", "0", "greater than or equal to 1"),
+        ("SHEETBRIDGE_WORKER_NICE", "50", "less than or equal to 19"),
+        ("SHEETBRIDGE_DEMO", "maybe", "should be a valid boolean"),
+        ("SHEETBRIDGE_LOG_LEVEL", "LOUD", "'DEBUG', 'INFO', 'WARNING', 'ERROR'"),
+        ("SHEETBRIDGE_SHEETS_QUOTA_BACKEND", "redis", "'memory' or 'postgres'"),
+        ("SHEETBRIDGE_DATABASE_URL", "sqlite://", "in-memory SQLite"),
+        ("SHEETBRIDGE_DATABASE_URL", "sqlite:///:memory:", "in-memory SQLite"),
+        ("DATABASE_URL", "sqlite:///file::memory:?uri=true", "in-memory SQLite"),
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_the_variable_its_value_and_the_rule(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, told: str
+) -> None:
+    (problem,) = _problems(monkeypatch, **{variable: value})
+
+    assert problem.startswith(f"{variable}={value!r}: ")
+    assert told in problem
+    assert "\n" not in problem and "errors.pydantic.dev" not in problem
+
+
+def test_every_bad_setting_is_named_not_only_the_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    problems = _problems(
+        monkeypatch, SHEETBRIDGE_PORT="abc", SHEETBRIDGE_WORKER_CONCURRENCY="0"
+    )
+
+    assert [problem.split("=")[0] for problem in problems] == [
+        "SHEETBRIDGE_PORT",
+        "SHEETBRIDGE_WORKER_CONCURRENCY",
+    ]
+
+
+def test_a_log_level_is_taken_in_any_letter_case(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SHEETBRIDGE_LOG_LEVEL", "debug")
+
+    assert Settings(_env_file=None).log_level == "DEBUG"
+
+
+def test_a_database_file_url_is_taken_as_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHEETBRIDGE_DATABASE_URL", "sqlite:////srv/book/sheetbridge.db")
+
+    settings = Settings(_env_file=None)
+
+    assert settings.effective_database_url == "sqlite:////srv/book/sheetbridge.db"
