@@ -26,6 +26,7 @@ from sheetbridge.sheets.base import (
     ErrorValue,
     TabChanges,
     TabData,
+    UncomputedFormula,
     cell_length,
 )
 from sheetbridge.sheets.errors import (
@@ -66,25 +67,33 @@ def make_book(path: Path, rows: dict[str, list[list[Cell]]]) -> None:
     workbook.save(path)
 
 
-def test_a_date_number_no_calendar_holds_reads_as_an_error_cell_not_a_crash(
-    tmp_path: Path,
+@pytest.mark.parametrize("formula_elsewhere", [False, True])
+def test_a_date_number_no_calendar_holds_reads_as_the_number_typed_not_a_crash(
+    tmp_path: Path, formula_elsewhere: bool
 ) -> None:
-    # The fast reader (written in Rust) panics on such a cell; the workbook
-    # is read the slower way instead, where the cell shows an error.
+    # The fast reader (written in Rust) panics on such a cell, and the slower
+    # one (which also reads every workbook with a formula) takes it for an
+    # error cell: either way the sync must see the number, to say what it is.
     path = tmp_path / "far.xlsx"
     workbook = openpyxl.Workbook()
     sheet = workbook.active
     sheet.title = "T"
-    sheet.append(["Born", "Name"])
-    sheet.append([-1e300, "Ann"])
-    sheet["A2"].number_format = "yyyy-mm-dd"
+    sheet.append(["Born", "Name", "Age"])
+    sheet.append([-1e300, "Ann", "=1+1" if formula_elsewhere else 2])
+    sheet.append([1e300, "Bo", 3])
+    sheet.append(["=NA()", "Cy", 4])
+    for cell in ("A2", "A3"):
+        sheet[cell].number_format = "yyyy-mm-dd"
     workbook.save(path)
 
     tab = XlsxBackend(path).read_tabs(["T"])["T"]
 
     assert tab is not None
-    assert tab.rows[0] == ["Born", "Name"]
-    assert isinstance(tab.rows[1][0], ErrorValue) and tab.rows[1][1] == "Ann"
+    assert tab.rows[0] == ["Born", "Name", "Age"]
+    assert tab.rows[1][:2] == [-1e300, "Ann"]
+    assert tab.rows[2][:2] == [1e300, "Bo"]
+    # A formula's own error stays an error.
+    assert isinstance(tab.rows[3][0], ErrorValue | UncomputedFormula)
 
 
 def test_a_tab_named_in_other_letter_case_is_that_tab_for_reads_and_writes(

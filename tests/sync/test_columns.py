@@ -282,6 +282,19 @@ def test_a_time_in_a_date_column_says_dates_before_1900_cannot_be_held() -> None
     )
 
 
+@pytest.mark.parametrize(
+    "day", [datetime(1899, 12, 29, 12), datetime(1899, 12, 31), datetime(1, 1, 1)]
+)
+def test_a_day_before_1900_from_a_workbook_reader_says_a_spreadsheet_holds_none(
+    day: datetime,
+) -> None:
+    # openpyxl reads a small negative number in a date cell (-0.5) as a day
+    # of 1899; what was typed was a negative number, not that day.
+    assert reason(DATE, day).startswith(
+        "not a date: a time of day, a negative number or a date before 1900"
+    )
+
+
 @pytest.mark.parametrize("serial", [-3_000_000, -1e9, -1, 0, 0.5])
 def test_a_date_number_below_1_says_a_spreadsheet_holds_no_such_date(
     serial: float,

@@ -29,6 +29,7 @@ import re
 import tempfile
 import threading
 import time
+import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import date, datetime
@@ -105,6 +106,12 @@ _EXACT_INTEGERS = 2**53
 
 _thread_locks: dict[Path, threading.Lock] = {}
 _thread_locks_guard = threading.Lock()
+
+# openpyxl warns of each date cell whose number is no day it can make; the
+# number is read as typed and a sync names the cell, so the warning is noise.
+warnings.filterwarnings(
+    "ignore", r"Cell \w+ is marked as a date", UserWarning, "openpyxl"
+)
 
 
 # A save's temporary file: ".<stem>-" and mkstemp's 8 random characters first.
@@ -304,6 +311,8 @@ class XlsxBackend:
     ) -> dict[str, TabData | None]:
         workbook = self._open(read_only=True, data_only=True)
         formulas = self._open(read_only=True, data_only=False)
+        # Its cells as typed: a date cell's number stays a number.
+        formulas._date_formats = formulas._timedelta_formats = set()
         try:
             result: dict[str, TabData | None] = {}
             for tab in tabs:
@@ -590,9 +599,15 @@ def _sheet_rows(sheet: Any) -> Iterator[tuple[Any, ...]]:
 
 
 def _unknown_if_uncomputed(value: Any, typed: Any) -> Any:
-    """A cell's saved value; a formula saved without one is marked unknown."""
+    """A cell's saved value; a formula saved without one is marked unknown.
+
+    openpyxl reads a date cell whose number is no day it can make (1e300) as
+    the error #VALUE!; the number typed is what was there.
+    """
     if value is None and isinstance(typed, str) and typed.startswith("="):
         return UncomputedFormula(typed)
+    if isinstance(value, ErrorValue) and type(typed) in (int, float):
+        return typed
     return value
 
 

@@ -349,6 +349,8 @@ def _parse_date(column: Column, raw: Cell) -> str:
     if isinstance(raw, bool):
         raise CellError("not a date; use YYYY-MM-DD")
     if isinstance(raw, datetime):
+        if raw < _FIRST_DAY:  # a reader's reading of a number below 1
+            raise CellError(_BELOW_FIRST_DAY)
         return _date_of(raw).isoformat()
     if isinstance(raw, date):
         return raw.isoformat()
@@ -361,7 +363,9 @@ def _parse_date(column: Column, raw: Cell) -> str:
     raise CellError("not a date; use YYYY-MM-DD")
 
 
-# A serial number below 1, which a workbook reader may turn into a time of day.
+# A serial number below 1, which a workbook reader may turn into a time of day
+# or a day before 1900.
+_FIRST_DAY = datetime(1900, 1, 1)
 _BELOW_FIRST_DAY = (
     "not a date: a time of day, a negative number or a date before 1900, none "
     "of which a spreadsheet holds as a date; use YYYY-MM-DD"
