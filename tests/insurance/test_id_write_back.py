@@ -73,6 +73,46 @@ def test_an_import_fills_in_the_app_columns_of_the_rows_it_created(
     assert {agents[name] for name in NAMES[1:]} == {"alice"}
 
 
+def agent_cells(runtime: Runtime) -> dict[str, Any]:
+    """The Agent cell of each typed name's row."""
+    customers = load_workbook(workbook_path(runtime, "alice"))["Customers"]
+    header = columns(customers)
+    return {
+        name: customers.cell(row_named(customers, name), header["Agent"]).value
+        for name in NAMES
+    }
+
+
+def test_the_import_that_writes_an_earlier_imports_ids_fills_in_their_agent_too(
+    synced: Runtime, write_fails: Callable[[bool], None]
+) -> None:
+    import_dies(synced, write_fails, after_saving=False)
+
+    run_sync(synced, "alice", FROM_SHEET)
+
+    assert_each_row_imported_once(synced)
+    assert agent_cells(synced) == dict.fromkeys(NAMES, "alice")
+
+
+def test_an_import_with_nothing_to_write_leaves_a_cleared_agent_cell_to_a_to_sheet(
+    synced: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A sheet may be shared with the app read-only: an import that changes
+    # nothing in it must not fail for want of writing the app's own columns.
+    with alices_tab(synced) as (customers, header):
+        customers.cell(2, header["Agent"]).value = None
+    refuse_writes(monkeypatch)
+
+    result = run_sync(synced, "alice", FROM_SHEET)
+
+    assert result["summary"]["updated"] == 0
+    assert not result["tabs"]["Customers"]["issues"]
+    monkeypatch.undo()
+    run_sync(synced, "alice", TO_SHEET)
+    customers = load_workbook(workbook_path(synced, "alice"))["Customers"]
+    assert customers.cell(2, columns(customers)["Agent"]).value == "alice"
+
+
 def row_named(customers: Any, name: str) -> int:
     header = columns(customers)
     return next(

@@ -471,6 +471,15 @@ class SyncService:
                 changes := pending.with_ids(tab, TabChanges(id_cells.get(tab, {})))
             ).is_empty()
         }
+        # A tab written anyway gets its blank agent cells filled in too; an
+        # import that has nothing else to write does not write for them (the
+        # sheet may be shared with the app read-only).
+        for tab, changes in writes.items():
+            changes.cells.update(
+                (cell, value)
+                for cell, value in plans[tab].fill_ins.items()
+                if cell not in changes.cells
+            )
         if writes:
             saved = IMPORT_SAVED if any(changed.values()) else EARLIER_IDS
             with _sheet_errors(saved):

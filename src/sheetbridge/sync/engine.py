@@ -159,6 +159,10 @@ class FromSheetPlan:
     rows: dict[int, int] = dataclasses.field(default_factory=dict)
     compared: int = 0  # rows of the tab that hold an ID or values
     can_write_back: list[int] = dataclasses.field(default_factory=list)  # as above
+    # Blank cells of the columns the app fills in (an agent's name) in rows of
+    # records it has, with its values: rows whose import wrote only their IDs,
+    # or cells a person cleared. Written with the IDs.
+    fill_ins: dict[tuple[int, int], Cell] = dataclasses.field(default_factory=dict)
 
 
 PlanT = TypeVar("PlanT", ToSheetPlan, FromSheetPlan)
@@ -1436,13 +1440,16 @@ def _import_row(
     snapshot = _last_agreed(old)
     emptied = _emptied(old)
     waiting = {name for name in emptied if name not in values}
-    for column, _ in ctx.columns:
+    for column, index in ctx.columns:
         name = column.field
         if name not in values:
             continue
         if values[name] == record.get(name):
             snapshot[name] = values[name]  # the common case, decided at once
             continue
+        if column.readonly and values[name] is None:
+            filled = render_cell(column, record.get(name))
+            ctx.plan.fill_ins[(number, index + 1)] = filled
         if name in emptied and values[name] is None:
             waiting.add(name)  # no edit: a sync to the sheet fills the cell in
             ctx.plan.counts["pending_export"] += 1
