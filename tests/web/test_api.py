@@ -911,7 +911,7 @@ def test_an_admin_lists_everyones_syncs_each_naming_whose_it_is(
 
     status = client.get("/api/insurance/sync/status", params=everyone, headers=admin)
     older = client.get("/api/insurance/sync/jobs", params=everyone, headers=admin)
-    own = client.get("/api/insurance/sync/status", params=everyone, headers=alice)
+    own = client.get("/api/insurance/sync/status", headers=alice)
 
     listed = status.json()["queued"] + status.json()["recent"]
     assert {job["id"]: job["owner"] for job in listed} == made
@@ -920,9 +920,25 @@ def test_an_admin_lists_everyones_syncs_each_naming_whose_it_is(
         for job_id, name in made.items()
         if job_id != waiting.json()["job_id"]
     }
-    # Anyone else asking for everyone's gets their own, as before.
     assert [job["id"] for job in own.json()["recent"]] == [min(made)]
     assert "owner" not in own.json()["recent"][0]
+
+
+@pytest.mark.parametrize("path", ["status", "jobs", "events"])
+def test_anyone_but_an_admin_asking_for_everyones_syncs_is_refused_saying_why(
+    client: TestClient, tokens: dict[str, str], path: str
+) -> None:
+    # Not their own instead: a script would take those for everyone's.
+    answer = client.get(
+        f"/api/insurance/sync/{path}",
+        params={"all_users": "true"},
+        headers=bearer(tokens["alice"]),
+    )
+
+    assert answer.status_code == 403
+    assert answer.json()["detail"] == (
+        "all_users: only admins see everyone's syncs; leave it out for your own"
+    )
 
 
 def test_job_times_are_utc_with_a_z_like_every_record_time(alice: TestClient) -> None:

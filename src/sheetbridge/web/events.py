@@ -17,7 +17,7 @@ from sheetbridge.queue.errors import JobNotFound
 from sheetbridge.queue.models import Job
 from sheetbridge.web.bodies import JsonRoute
 from sheetbridge.web.deps import CurrentUser, Runtime, RuntimeDep
-from sheetbridge.web.sync_api import job_views, jobs_status
+from sheetbridge.web.sync_api import job_views, jobs_status, whose_syncs
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/insurance/sync", tags=["sync"], route_class=JsonRoute)
@@ -64,7 +64,7 @@ async def sync_events(
     a client that reconnects after a drop misses no final state. Each ``job``
     event after it is one job's whole view, its issues listed.
     """
-    owner = None if (all_users and user.is_admin) else user.id
+    owner = whose_syncs(user, all_users)
     stream = _stream(request, rt, owner, request.app.state.open_streams)
     # The status is read before anything is answered: with the database
     # down, the caller gets its 503 instead of a 200 whose stream breaks.

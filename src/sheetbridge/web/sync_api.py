@@ -210,9 +210,7 @@ def sync_status(
 ) -> JsonAnswer:
     """The caller's running, queued and recent jobs (admins may ask for all),
     each result with its issues counted: a job's own view lists them."""
-    return JsonAnswer(
-        jobs_status(rt, None if (all_users and user.is_admin) else user.id)
-    )
+    return JsonAnswer(jobs_status(rt, whose_syncs(user, all_users)))
 
 
 @router.get("/jobs")
@@ -226,9 +224,23 @@ def older_jobs(
     """The caller's finished jobs (admins may ask for all), newest first,
     older than job ``before``: the history past the status's recent jobs,
     a page at a time, each result with its issues counted."""
-    owner = None if (all_users and user.is_admin) else user.id
+    owner = whose_syncs(user, all_users)
     jobs, more = rt.queue.finished(owner, before=before, limit=limit)
     return JsonAnswer({"jobs": listed_views(rt, jobs, owner), "more": more})
+
+
+def whose_syncs(user: User, all_users: bool) -> int | None:
+    """The owner whose syncs a listing shows: the caller's, or everyone's
+    (None) for an admin who asks; anyone else asking is refused, not shown
+    their own as if they were everyone's."""
+    if not all_users:
+        return user.id
+    if not user.is_admin:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            "all_users: only admins see everyone's syncs; leave it out for your own",
+        )
+    return None
 
 
 def jobs_status(rt: Runtime, owner: int | None) -> dict[str, list[dict[str, Any]]]:
