@@ -179,6 +179,26 @@ def test_write_with_stale_version_raises_changed_and_writes_nothing(
     assert read(backend).rows == [["ID"], ["someone else"]]
 
 
+@pytest.mark.parametrize("other_tab_read", [False, True])
+def test_a_tab_someone_added_since_the_read_is_a_change_the_write_leaves_alone(
+    make_backend: Factory, other_tab_read: bool
+) -> None:
+    # The sync read no tab T and would add it; meanwhile a person added it.
+    backend, someone = make_backend(), make_backend()
+    someone.write({"U": TabChanges(cells={(1, 1): "theirs"})})
+    tabs = backend.read_tabs(["T", "U"] if other_tab_read else ["T"])
+    assert tabs["T"] is None
+    version = next((tab.version for tab in tabs.values() if tab is not None), "")
+    if isinstance(backend, XlsxBackend):
+        time.sleep(0.01)  # the xlsx version is the file's mtime
+    someone.write({"t": TabChanges(cells={(1, 1): "typed meanwhile"})})
+
+    with pytest.raises(SheetChanged):
+        backend.write({"T": TabChanges(cells={(1, 1): "ID"})}, expected_version=version)
+
+    assert read(make_backend(), "T").rows == [["typed meanwhile"]]
+
+
 def test_write_with_current_version_succeeds(make_backend: Factory) -> None:
     backend = make_backend()
     backend.write({"T": TabChanges(cells={(1, 1): "ID"})})

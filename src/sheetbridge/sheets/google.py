@@ -746,7 +746,7 @@ class GoogleSheetsBackend:
         grow = self._grow_requests(changes, sheets, rows)
         added: list[int] = []
         if grow:
-            grown = self.client.batch_update(self.spreadsheet_id, grow)
+            grown = self._grow(grow)
             for reply in grown.get("replies", []):
                 if "addSheet" in reply:
                     properties = reply["addSheet"]["properties"]
@@ -767,6 +767,32 @@ class GoogleSheetsBackend:
                 "deleted_rows": sum(len(ch.delete_rows) for ch in changes.values()),
             },
         )
+
+    def _grow(self, requests: list[Json]) -> Json:
+        """Add the missing tabs and the rows and columns the write needs.
+
+        A tab that was missing when the sheet was read may have been added
+        since (by a person, or a sync of another user of the sheet): Google
+        then refuses the whole request, and the sync reads the sheet again
+        rather than failing for good.
+        """
+        try:
+            return self.client.batch_update(self.spreadsheet_id, requests)
+        except SheetInvalidRequest as exc:
+            adding = [
+                request["addSheet"]["properties"]["title"]
+                for request in requests
+                if "addSheet" in request
+            ]
+            sheets = _sheets_by_title(self._metadata()) if adding else {}
+            found = [tab for tab in adding if _find(sheets, tab) is not None]
+            if not found:
+                raise
+            raise SheetChanged(
+                f"tab {found[0]!r} was added to {self.location} while the sync "
+                "ran; the sync reads the sheet again",
+                location=self.spreadsheet_id,
+            ) from exc
 
     def _take_back(self, added: list[int]) -> None:
         """Delete the tabs a write added before it failed: left empty, the
