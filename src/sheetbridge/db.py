@@ -133,10 +133,22 @@ def _lower(value: object) -> object:
 
 def search_form(text: object) -> object:
     """Text as searches compare it: lower case in every alphabet, an accent
-    typed apart from its letter ("e" + U+0301) joined to it ("é")."""
+    typed apart from its letter ("e" + U+0301) joined to it ("é"), and the
+    letters lower case alone keeps apart from others folded as
+    :data:`_FOLDED` (PostgreSQL's form does the same)."""
     if not isinstance(text, str):
         return text
-    return unicodedata.normalize("NFC", text.lower())
+    return unicodedata.normalize("NFC", text.lower()).translate(_FOLD_TABLE)
+
+
+# A sharp s is "SS" in capitals ("STRASSE"); a Greek word's final sigma is
+# the sigma written anywhere else; a long s is an old "s".
+_FOLDED = {
+    "\N{LATIN SMALL LETTER SHARP S}": "ss",
+    "\N{GREEK SMALL LETTER FINAL SIGMA}": "\N{GREEK SMALL LETTER SIGMA}",
+    "\N{LATIN SMALL LETTER LONG S}": "s",
+}
+_FOLD_TABLE = str.maketrans(_FOLDED)
 
 
 _SEARCH_TEXT = "search_text"
@@ -153,7 +165,10 @@ class search_text(FunctionElement[str]):
 
 @compiles(search_text)
 def _search_text(element: search_text, compiler: Any, **kw: Any) -> str:
-    return f"normalize(lower({compiler.process(element.clauses, **kw)}), NFC)"
+    text = f"normalize(lower({compiler.process(element.clauses, **kw)}), NFC)"
+    for letter, folded in _FOLDED.items():
+        text = f"replace({text}, '{letter}', '{folded}')"
+    return text
 
 
 @compiles(search_text, "sqlite")

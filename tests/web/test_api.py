@@ -1866,3 +1866,24 @@ def test_search_finds_names_and_carriers_in_any_letter_case_of_any_alphabet(
     assert found("/api/customers", "e\u0301mile") == {customers["Émile Zola"]}
     assert found("/api/policies", "SOCIÉTÉ") == {policy["id"]}
     assert found("/api/policies", "петрова") == {policy["id"]}
+
+
+def test_search_takes_a_sharp_s_for_ss_and_a_final_sigma_for_sigma(
+    alice: TestClient,
+) -> None:
+    # What lower case alone keeps apart: "STRASSE" is how "Straße" is
+    # written in capitals, and a Greek word's last sigma has its own form.
+    customers = {
+        name: alice.post("/api/customers", json={"name": name}).json()["id"]
+        for name in ("Hauptstraße 5", "ODYSSEUS WEG", "ΟΔΥΣΣΕΑΣ Παππάς")
+    }
+
+    def found(q: str) -> set[int]:
+        answer = alice.get("/api/customers", params={"q": q}).json()
+        return {item["id"] for item in answer["items"]} & set(customers.values())
+
+    for typed in ("STRASSE", "strasse", "straße", "STRAẞE"):
+        assert found(typed) == {customers["Hauptstraße 5"]}, typed
+    assert found("Οδυσσέας") == set()  # the accent is a letter of its own here
+    assert found("Οδυσσεας") == {customers["ΟΔΥΣΣΕΑΣ Παππάς"]}
+    assert found("ΟΔΥΣΣΕΑΣ") == {customers["ΟΔΥΣΣΕΑΣ Παππάς"]}
