@@ -29,6 +29,13 @@ def _problems(monkeypatch: pytest.MonkeyPatch, **environment: str) -> list[str]:
         ("SHEETBRIDGE_DATABASE_URL", "sqlite://", "in-memory SQLite"),
         ("SHEETBRIDGE_DATABASE_URL", "sqlite:///:memory:", "in-memory SQLite"),
         ("DATABASE_URL", "sqlite:///file::memory:?uri=true", "in-memory SQLite"),
+        ("SHEETBRIDGE_LEASE_S", "inf", "should be a finite number"),
+        ("SHEETBRIDGE_LEASE_S", "1e12", "less than or equal to 3600"),
+        ("SHEETBRIDGE_POLL_INTERVAL_S", "inf", "should be a finite number"),
+        ("SHEETBRIDGE_PROGRESS_INTERVAL_S", "nan", "should be a finite number"),
+        ("SHEETBRIDGE_GOOGLE_TIMEOUT_S", "1e308", "less than or equal to 600"),
+        ("SHEETBRIDGE_SESSION_MAX_AGE_S", "0", "greater than or equal to 60"),
+        ("SHEETBRIDGE_SHEET_LATENCY_MS", "99999999999", "less than or equal to"),
     ],
 )
 def test_a_bad_setting_is_one_line_naming_the_variable_its_value_and_the_rule(
@@ -52,6 +59,22 @@ def test_every_bad_setting_is_named_not_only_the_first(
         "SHEETBRIDGE_PORT",
         "SHEETBRIDGE_WORKER_CONCURRENCY",
     ]
+
+
+def test_progress_kept_less_often_than_a_lease_lasts_is_refused_naming_both(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each keep of a job's progress renews its lease: kept too seldom, every
+    # running job would be taken for a dead worker's.
+    (problem,) = _problems(
+        monkeypatch, SHEETBRIDGE_LEASE_S="10", SHEETBRIDGE_PROGRESS_INTERVAL_S="6"
+    )
+
+    assert problem == (
+        "SHEETBRIDGE_PROGRESS_INTERVAL_S=6.0 must be at most half of "
+        "SHEETBRIDGE_LEASE_S=10.0: running jobs renew their lease each time "
+        "their progress is kept"
+    )
 
 
 def test_a_log_level_is_taken_in_any_letter_case(

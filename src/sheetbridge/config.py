@@ -13,6 +13,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
@@ -34,6 +35,7 @@ class Settings(BaseSettings):
         env_file=".env",
         extra="ignore",
         populate_by_name=True,
+        allow_inf_nan=False,
     )
 
     data_dir: Path = Field(
@@ -65,7 +67,7 @@ class Settings(BaseSettings):
         default="",
         description="Signs session cookies; empty means a key kept in the data folder",
     )
-    session_max_age_s: int = 8 * 3600
+    session_max_age_s: int = Field(default=8 * 3600, ge=60, le=366 * 24 * 3600)
     cookie_secure: bool = False
     worker_concurrency: int = Field(
         default=32,
@@ -98,11 +100,12 @@ class Settings(BaseSettings):
             "web process's, so a click is answered before sync work goes on"
         ),
     )
-    lease_s: float = Field(default=30.0, gt=0)
-    poll_interval_s: float = Field(default=1.0, gt=0)
+    lease_s: float = Field(default=30.0, gt=0, le=3600)
+    poll_interval_s: float = Field(default=1.0, gt=0, le=600)
     progress_interval_s: float = Field(
         default=0.5,
         gt=0,
+        le=1800,
         description="how often a worker process stores its running jobs' progress",
     )
     recent_jobs: int = Field(default=20, ge=1, le=500)
@@ -110,7 +113,10 @@ class Settings(BaseSettings):
         default=True, description="Seed the demo agency into an empty DB"
     )
     sheet_latency_ms: int = Field(
-        default=0, ge=0, description="Added to every workbook call (demos, benchmarks)"
+        default=0,
+        ge=0,
+        le=600_000,
+        description="Added to every workbook call (demos, benchmarks)",
     )
     log_level: LogLevel = "INFO"
 
@@ -129,10 +135,10 @@ class Settings(BaseSettings):
     google_static_token: str = Field(
         default="", description="Fixed bearer token (emulator only); empty = none"
     )
-    google_timeout_s: float = Field(default=30.0, gt=0)
+    google_timeout_s: float = Field(default=30.0, gt=0, le=600)
     google_max_retries: int = Field(default=5, ge=0, le=20)
-    google_backoff_base_s: float = Field(default=1.0, gt=0)
-    google_backoff_max_s: float = Field(default=32.0, gt=0)
+    google_backoff_base_s: float = Field(default=1.0, gt=0, le=3600)
+    google_backoff_max_s: float = Field(default=32.0, gt=0, le=3600)
     sheets_quota_backend: Literal["memory", "postgres"] = Field(
         default="memory",
         description="Where the API quota limiter counts: this process or PostgreSQL",
@@ -162,6 +168,16 @@ class Settings(BaseSettings):
                 )
         return url
 
+    @model_validator(mode="after")
+    def _leases_kept(self) -> Settings:
+        if self.progress_interval_s > self.lease_s / 2:
+            raise ValueError(
+                f"{ENV_PREFIX}PROGRESS_INTERVAL_S={self.progress_interval_s} must be "
+                f"at most half of {ENV_PREFIX}LEASE_S={self.lease_s}: running jobs "
+                "renew their lease each time their progress is kept"
+            )
+        return self
+
     @property
     def effective_database_url(self) -> str:
         if self.database_url:
@@ -183,8 +199,11 @@ def setting_problems(refused: ValidationError) -> list[str]:
     what it should be."""
     problems = []
     for error in refused.errors(include_url=False):
-        name = _variable(str(error["loc"][0]) if error["loc"] else "")
         rule = error["msg"].removeprefix("Value error, ").removeprefix("Input ")
+        if not error["loc"]:  # a rule between settings, which names them
+            problems.append(rule)
+            continue
+        name = _variable(str(error["loc"][0]))
         problems.append(f"{name}={error['input']!r}: {rule}")
     return problems
 
