@@ -244,7 +244,6 @@ def test_dates_become_iso_text(raw: Cell, expected: str) -> None:
     [
         "31/12/2020",
         "tomorrow",
-        "2020-02-30",
         True,
         10**9,
         "\u0661/\u0662/\u0662\u0660\u0662\u0660",  # 1/2/2020 in Arabic-Indic digits
@@ -259,6 +258,24 @@ def test_bad_dates_are_rejected_with_a_format_hint(raw: Cell) -> None:
             "not a date; use YYYY-MM-DD, or M/D/YYYY with the month first "
             "(1/5/2020 is 5 January)"
         )
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "2020-02-30",
+        "2025-02-29",
+        "2025-13-01",
+        "2025-00-10",
+        "2025-04-31",
+        "2025-01-00",
+    ],
+)
+def test_a_date_written_yyyy_mm_dd_of_a_day_the_calendar_lacks_says_so(
+    raw: str,
+) -> None:
+    # Not "use YYYY-MM-DD": that is how it is written.
+    assert reason(DATE, raw) == f"{raw} is not a day of the calendar"
 
 
 @pytest.mark.parametrize("raw", ["2/30/2020", "2/29/2021", "4/31/2020"])

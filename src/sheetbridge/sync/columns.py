@@ -37,6 +37,7 @@ _GOOGLE_SERIAL_OF_1904 = 1462  # 1 January 1904, as Google counts days
 _CENT = Decimal("0.01")
 _MONEY_TOLERANCE = Decimal("1e-9")
 _US_DATE = re.compile(r"([0-9]{1,2})/([0-9]{1,2})/([0-9]{4})")
+_ISO_DATE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
 _FOLD = re.compile(r"[\s_\-]+")
 # Characters no sheet holds: control characters other than tab and line
 # breaks, and U+FFFE / U+FFFF, which are no characters in a workbook's XML.
@@ -423,6 +424,9 @@ def _date_text(text: str) -> date:
             month, day, year = (int(part) for part in us.groups())
             if not (1 <= month <= 12 and 1 <= day <= 31):
                 raise ValueError(text)  # no date written M/D/YYYY: the hint
+            return _calendar_day(text, year, month, day)
+        if iso := _ISO_DATE.fullmatch(text):
+            year, month, day = (int(part) for part in iso.groups())
             return _calendar_day(text, year, month, day)
         if len(text) == 10:
             return date.fromisoformat(text)
