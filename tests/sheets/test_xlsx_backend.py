@@ -129,6 +129,33 @@ def test_a_tab_named_in_other_letter_case_is_found_by_the_slower_reader_too(
     assert tab is not None and tab.rows[0] == ["ID", "Total"]
 
 
+def test_a_workbook_reached_through_a_link_is_written_where_the_link_points(
+    tmp_path: Path,
+) -> None:
+    # A data folder may link to a workbook kept elsewhere (a shared drive):
+    # the link stays, and the workbook it names gets the sync's writes.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    make_book(shared / "book.xlsx", {"T": [["ID", "Name"], [1, "Ann"]]})
+    link = tmp_path / "book.xlsx"
+    link.symlink_to(shared / "book.xlsx")
+    backend = XlsxBackend(link)
+    (shared / "~$book.xlsx").write_text("open in Excel there")
+
+    with pytest.raises(SheetLocked):
+        backend.write({"T": TabChanges(cells={(2, 2): "Anne"})})
+    (shared / "~$book.xlsx").unlink()
+    tab = backend.read_tabs(["T"])["T"]
+    assert tab is not None
+    backend.write(
+        {"T": TabChanges(cells={(2, 2): "Anne"})}, expected_version=tab.version
+    )
+
+    assert link.is_symlink()
+    assert openpyxl.load_workbook(shared / "book.xlsx")["T"]["B2"].value == "Anne"
+    assert backend.location == str(link)
+
+
 def test_missing_workbook_reads_as_missing_tabs(tmp_path: Path) -> None:
     backend = XlsxBackend(tmp_path / "none.xlsx")
     assert backend.read_tabs(["A", "B"]) == {"A": None, "B": None}

@@ -142,11 +142,13 @@ class XlsxBackend:
         would silently overwrite what the sync wrote; the next try should wait
         ``locked_retry_s``, time enough to close it.
         """
-        self.path = Path(path)
+        # A link (to a workbook on a shared drive, say) stays a link: the
+        # workbook it names is read and replaced, and messages name the link.
+        self.path = Path(os.path.realpath(path))
         self.latency_ms = latency_ms
         self.respect_lock_files = respect_lock_files
         self.locked_retry_s = locked_retry_s
-        self.location = str(self.path)
+        self.location = str(path)
 
     def version(self) -> str:
         """Return the current version token of the file ("" if missing)."""
