@@ -298,6 +298,59 @@ def test_a_conflict_stays_a_conflict_until_resolved(synced: Runtime) -> None:
     )
 
 
+def test_a_row_whose_one_difference_is_a_conflict_is_not_counted_unchanged_too(
+    synced: Runtime,
+) -> None:
+    edit_both_sides(synced, sheet={"City": "Sheet City"}, app={"city": "App City"})
+    rows = len(list(load_workbook(workbook_path(synced, "alice"))["Customers"])) - 1
+
+    counts = run_sync(synced, "alice", FROM_SHEET)["tabs"]["Customers"]["counts"]
+
+    assert (counts["conflicts"], counts["updated"]) == (1, 0)
+    assert counts["unchanged"] == rows - 1
+
+
+def test_an_app_edit_landing_while_an_import_runs_is_merged_field_by_field_at_once(
+    synced: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The import compared the book as it was before the edit. The field both
+    # sides changed is an open conflict at once, not one left for the next
+    # sync; the field only the sheet changed imports; the app's edit stays.
+    record_id, _ = edit_both_sides(
+        synced, sheet={"City": "Sheet City", "Address": "2 Sheet Street"}, app={}
+    )
+    real_import = sync_jobs.SyncService._import
+
+    def edited_meanwhile(self: sync_jobs.SyncService, *args: Any) -> Any:
+        with synced.db.session() as session:
+            customer = session.get(Customer, record_id)
+            assert customer is not None
+            customer.city, customer.phone = "App City", "207-555-0199"
+        return real_import(self, *args)
+
+    monkeypatch.setattr(sync_jobs.SyncService, "_import", edited_meanwhile)
+    result = run_sync(synced, "alice", FROM_SHEET)
+    monkeypatch.undo()
+
+    assert (
+        customer_field(synced, record_id, "city"),
+        customer_field(synced, record_id, "address"),
+        customer_field(synced, record_id, "phone"),
+    ) == ("App City", "2 Sheet Street", "207-555-0199")
+    tab = result["tabs"]["Customers"]
+    assert [(c["record_id"], c["field"]) for c in tab["conflicts"]] == [
+        (record_id, "city")
+    ]
+    assert [i["column"] for i in tab["issues"] if i["kind"] == "conflict"] == ["City"]
+    assert (result["summary"]["updated"], result["summary"]["conflicts"]) == (1, 1)
+    with synced.db.read_session() as session:
+        (stored,) = session.scalars(select(SyncConflict)).all()
+    assert (stored.app_value, stored.sheet_value) == ("App City", "Sheet City")
+    # The next import finds the same conflict, and nothing else to do.
+    again = run_sync(synced, "alice", FROM_SHEET)["summary"]
+    assert (again["updated"], again["conflicts"]) == (0, 1)
+
+
 @contextmanager
 def alices_tab(
     runtime: Runtime, tab: str = "Customers"

@@ -91,6 +91,7 @@ from sheetbridge.sync.engine import (
     Record,
     TabMapping,
     ToSheetPlan,
+    merge_again,
     plan_from_sheet,
     plan_to_sheet,
     shown,
@@ -571,6 +572,7 @@ class SyncService:
                     plan,
                     sides.versions[mapping.tab],
                     _Audit(target.id, job_id, entity, app),
+                    sides.base[mapping.tab],
                 )
                 importer.run()
                 changed[entity] = importer.changed
@@ -854,12 +856,14 @@ class _Importer:
         plan: FromSheetPlan,
         versions: dict[int, int],
         audit: _Audit,
+        base: dict[int, Record],
     ) -> None:
         self.book = book
         self.mapping = mapping
         self.plan = plan
         self.versions = versions
         self.audit = audit
+        self.base = base  # the records' last-synced values
         self.snapshots: dict[int, Record] = dict(plan.snapshots)
         self.id_cells: dict[tuple[int, int], Any] = {}
         # The new rows' blank cells of columns the app fills in (an agent).
@@ -932,16 +936,25 @@ class _Importer:
             self._updated(record_id, record, updates[record_id])
 
     def _update(
-        self, record_id: int, values: Record, *, trading: Collection[int] = ()
+        self,
+        record_id: int,
+        values: Record,
+        *,
+        trading: Collection[int] = (),
+        merged_again: bool = False,
     ) -> None:
         """Update one record, or tell why not. ``trading``: policies whose
         numbers move among themselves in this import, which could not all
-        be updated together."""
+        be updated together. ``merged_again``: ``values`` are what is left
+        once an app edit since the plan was merged in."""
         try:
             record = self._apply(record_id, values)
-        except StaleVersion:
-            self.snapshots.pop(record_id, None)
-            self._edited_meanwhile(record_id)
+        except StaleVersion as stale:
+            if stale.current is None or merged_again:
+                self.snapshots.pop(record_id, None)
+                self._edited_meanwhile(record_id)
+            else:
+                self._merge_again(record_id, values, stale.current, trading)
             return
         except (DomainError, ValidationError) as exc:
             self.snapshots.pop(record_id, None)
@@ -953,6 +966,36 @@ class _Importer:
             )
             return
         self._updated(record_id, record, values)
+
+    def _merge_again(
+        self,
+        record_id: int,
+        values: Record,
+        current: Customer | Policy,
+        trading: Collection[int],
+    ) -> None:
+        """The app changed the record after the plan read it: import what the
+        app left alone, and report each field both changed as a conflict now
+        rather than leave the whole record to the next sync."""
+        old = self.base.get(record_id)
+        take, conflicted = merge_again(
+            self.plan,
+            self.mapping,
+            record_id,
+            values,
+            (self.audit.before.get(record_id, {}), self._record(current)),
+            old,
+        )
+        # A field in conflict keeps its last-synced value, to be found again.
+        snapshot = self.snapshots[record_id]
+        for name in conflicted:
+            if old is not None and name in old:
+                snapshot[name] = old[name]
+            else:
+                snapshot.pop(name, None)
+        self.versions[record_id] = current.version
+        if take:
+            self._update(record_id, take, trading=trading, merged_again=True)
 
     def _apply(self, record_id: int, values: Record) -> Customer | Policy:
         """Update the record in a savepoint of its own; raises what refused it."""

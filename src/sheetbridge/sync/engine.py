@@ -1010,8 +1010,13 @@ def _field_to_sheet(
         )
     else:
         _keep_base(snapshot, name, base_value)
-        _report_conflict(
-            ctx, record_id, column, number, (app_value, sheet_value, base_value)
+        report_conflict(
+            ctx.plan,
+            ctx.mapping,
+            record_id,
+            column,
+            number,
+            (app_value, sheet_value, base_value),
         )
     return None
 
@@ -1208,8 +1213,9 @@ def _pending_edit_issue(
     )
 
 
-def _report_conflict(
-    ctx: _ToSheet | _FromSheet,
+def report_conflict(
+    plan: ToSheetPlan | FromSheetPlan,
+    mapping: TabMapping,
     record_id: int,
     column: Column,
     number: int,
@@ -1230,8 +1236,8 @@ def _report_conflict(
         None if isinstance(base, _Missing) else base,
         base_known=not unsynced,
     )
-    ctx.plan.conflicts.append(conflict)
-    ctx.plan.counts["conflicts"] += 1
+    plan.conflicts.append(conflict)
+    plan.counts["conflicts"] += 1
     sides = f"the app ({app!r}) and the sheet ({sheet!r})"
     how = (
         f"differs in {sides}, and no earlier sync of it with this sheet tells "
@@ -1239,9 +1245,9 @@ def _report_conflict(
         if unsynced
         else f"changed in both {sides} since the last sync"
     )
-    ctx.plan.issues.append(
+    plan.issues.append(
         Issue(
-            ctx.mapping.tab,
+            mapping.tab,
             number,
             column.header,
             None if sheet is None else str(sheet),
@@ -1249,6 +1255,38 @@ def _report_conflict(
             "conflict",
         )
     )
+
+
+def merge_again(
+    plan: FromSheetPlan,
+    mapping: TabMapping,
+    record_id: int,
+    imports: Record,
+    app: tuple[Record, Record],
+    old: Record | None,
+) -> tuple[Record, list[str]]:
+    """The sheet's values an import planned for a record (``imports``) that
+    the app changed after the plan read it, merged with the record as it is
+    now: ``app`` is the record as the plan read it and as it is now, ``old``
+    its last-synced values. A field the app left alone still imports; one
+    both sides changed differently is reported in ``plan`` as a conflict, at
+    once. Returns the values to import and the fields in conflict."""
+    then, now = app
+    row = plan.rows[record_id]
+    take: Record = {}
+    conflicted: list[str] = []
+    for name, sheet_value in imports.items():
+        app_value = now.get(name)
+        if app_value == sheet_value:
+            continue
+        if app_value == then.get(name):
+            take[name] = sheet_value
+            continue
+        column = next(c for c in mapping.columns if c.field == name)
+        values = (app_value, sheet_value, _base_value(old, name))
+        report_conflict(plan, mapping, record_id, column, row, values)
+        conflicted.append(name)
+    return take, conflicted
 
 
 # from-sheet
@@ -1440,6 +1478,7 @@ def _import_row(
     snapshot = _last_agreed(old)
     emptied = _emptied(old)
     waiting = {name for name in emptied if name not in values}
+    conflicts = len(ctx.plan.conflicts)
     for column, index in ctx.columns:
         name = column.field
         if name not in values:
@@ -1459,16 +1498,12 @@ def _import_row(
         )
     if updates and not _required_present(ctx, number, updates):
         return
-    _finish_import(ctx, record_id, updates)
-    ctx.plan.snapshots[record_id] = _emptied_by_merge(ctx, number, snapshot, waiting)
-
-
-def _finish_import(ctx: _FromSheet, record_id: int, updates: Record) -> None:
     if updates:
         ctx.plan.updates[record_id] = updates
         ctx.plan.counts["updated"] += 1
-    else:
+    elif len(ctx.plan.conflicts) == conflicts:  # a conflict is no "unchanged"
         ctx.plan.counts["unchanged"] += 1
+    ctx.plan.snapshots[record_id] = _emptied_by_merge(ctx, number, snapshot, waiting)
 
 
 def _report_unimportable(
@@ -1521,8 +1556,13 @@ def _field_from_sheet(
         ctx.plan.counts["pending_export"] += 1
     else:
         _keep_base(snapshot, name, base_value)
-        _report_conflict(
-            ctx, record_id, column, number, (app_value, sheet_value, base_value)
+        report_conflict(
+            ctx.plan,
+            ctx.mapping,
+            record_id,
+            column,
+            number,
+            (app_value, sheet_value, base_value),
         )
 
 
