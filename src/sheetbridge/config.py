@@ -69,6 +69,25 @@ class Settings(BaseSettings):
     )
     session_max_age_s: int = Field(default=8 * 3600, ge=60, le=366 * 24 * 3600)
     cookie_secure: bool = False
+    sign_in_tries: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description=(
+            "wrong passwords for one user from one address, within "
+            "sign_in_window_s, after which that user's tries from there wait"
+        ),
+    )
+    sign_in_tries_per_address: int = Field(
+        default=30,
+        ge=1,
+        le=100_000,
+        description=(
+            "wrong sign-ins from one address, for any users, within "
+            "sign_in_window_s, after which every try from there waits"
+        ),
+    )
+    sign_in_window_s: int = Field(default=900, ge=1, le=24 * 3600)
     worker_concurrency: int = Field(
         default=32,
         ge=1,

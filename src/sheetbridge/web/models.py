@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, ForeignKey, Integer, String
+from sqlalchemy import DateTime, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sheetbridge import clock
@@ -36,3 +36,18 @@ class WebSession(Base):
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=clock.now, index=True
     )
+
+
+class SignInFailure(Base):
+    """A wrong password (or unknown user) typed into the sign-in form: a few
+    of them in a while hold off that user's next tries from that address,
+    many hold off the address (see :func:`~sheetbridge.web.security.held_off`).
+    """
+
+    __tablename__ = "sign_in_failures"
+    __table_args__ = (Index("ix_sign_in_failures_who", "username", "address"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64))  # as sign-ins fold it
+    address: Mapped[str] = mapped_column(String(64), index=True)
+    failed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

@@ -15,10 +15,15 @@ from sheetbridge.insurance.models import LINES_OF_BUSINESS, POLICY_STATUSES
 from sheetbridge.web.deps import PageUser, Runtime, session_key
 from sheetbridge.web.security import (
     MAX_PASSWORD,
+    HeldOff,
+    SignInLimits,
     authenticate,
     csrf_matches,
     end_session,
+    forget_wrong_sign_ins,
+    held_off,
     new_csrf_token,
+    note_wrong_sign_in,
     start_session,
 )
 
@@ -62,9 +67,17 @@ async def login(request: Request) -> Response:
     # No user has a longer name or password: refused without hashing it.
     if not 1 <= len(username) <= 64 or len(password) > MAX_PASSWORD:
         return _login_again(request, "Wrong username or password.")
+    address = request.client.host if request.client else "unknown"
     token = await run_in_threadpool(
-        _sign_in, request.app.state.runtime, username, password
+        _sign_in, request.app.state.runtime, username, password, address
     )
+    if isinstance(token, HeldOff):
+        return _login_again(
+            request,
+            token.message(),
+            status_code=429,
+            headers={"Retry-After": str(token.seconds)},
+        )
     if token is None:
         return _login_again(request, "Wrong username or password.")
     request.session.clear()
@@ -113,14 +126,27 @@ def _capped(receive: Receive, limit: int) -> Receive:
     return receive_capped
 
 
-def _sign_in(rt: Runtime, username: str, password: str) -> str | None:
-    """The new sign-in's token, or None for a wrong username or password."""
+def _sign_in(
+    rt: Runtime, username: str, password: str, address: str
+) -> str | HeldOff | None:
+    """The new sign-in's token; None for a wrong username or password, or
+    how long tries wait after too many of those (the password unchecked)."""
+    settings = rt.settings
+    limits = SignInLimits(
+        settings.sign_in_tries,
+        settings.sign_in_tries_per_address,
+        settings.sign_in_window_s,
+    )
     with rt.db.read_session() as session:
+        if waiting := held_off(session, username, address, limits):
+            return waiting
         user = authenticate(session, username, password)
-    if user is None:
-        return None
     with rt.db.session() as session:
-        return start_session(session, user, rt.settings.session_max_age_s)
+        if user is None:
+            note_wrong_sign_in(session, username, address, limits)
+            return None
+        forget_wrong_sign_ins(session, username, address)
+        return start_session(session, user, settings.session_max_age_s)
 
 
 def _end_session(rt: Runtime, token: str) -> None:
@@ -129,12 +155,19 @@ def _end_session(rt: Runtime, token: str) -> None:
     rt.users.forget(session_key(token))
 
 
-def _login_again(request: Request, error: str) -> Response:
+def _login_again(
+    request: Request,
+    error: str,
+    *,
+    status_code: int = 400,
+    headers: dict[str, str] | None = None,
+) -> Response:
     return templates.TemplateResponse(
         request,
         "login.html",
         {"csrf": csrf_token(request), "error": error},
-        status_code=400,
+        status_code=status_code,
+        headers=headers,
     )
 
 

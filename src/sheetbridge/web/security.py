@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import math
 import secrets
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from sheetbridge import clock
 from sheetbridge.insurance.models import ROLES, USERNAME, User, is_device_name
-from sheetbridge.web.models import ApiToken, WebSession
+from sheetbridge.web.models import ApiToken, SignInFailure, WebSession
 
 MAX_PASSWORD = 200  # longer is no password anyone types; refused unhashed
 
@@ -52,6 +54,94 @@ def authenticate(session: Session, username: str, password: str) -> User | None:
         verify_password(_dummy_hash(), password)  # same cost, user or not
         return None
     return user if verify_password(user.password_hash, password) else None
+
+
+@dataclass(frozen=True)
+class SignInLimits:
+    """How many wrong sign-ins, within ``window_s``, hold off further tries:
+    ``per_user`` for one user from one address (whose other addresses, and
+    other users, are not held off by them), ``per_address`` for any users
+    from one address."""
+
+    per_user: int
+    per_address: int
+    window_s: int
+
+
+@dataclass(frozen=True)
+class HeldOff:
+    """Sign-ins refused unchecked for ``seconds`` more: ``username``'s from
+    this address, or (``username`` None) every one from this address."""
+
+    seconds: int
+    username: str | None
+
+    def message(self) -> str:
+        minutes = math.ceil(self.seconds / 60)
+        wait = f"{minutes} minute{'s' * (minutes != 1)}"
+        if self.username is None:
+            return f"Too many wrong sign-ins from this address: try again in {wait}."
+        return f"Too many wrong passwords for {self.username}: try again in {wait}."
+
+
+def sign_in_name(username: str) -> str:
+    """A user name as wrong sign-ins are counted by: spaces and case aside."""
+    return username.strip().casefold()[:64]
+
+
+def held_off(
+    session: Session, username: str, address: str, limits: SignInLimits
+) -> HeldOff | None:
+    """Whether sign-ins of ``username`` from ``address`` wait, and how long:
+    until enough of the wrong ones in the window have left it."""
+    now = clock.now()
+    recent = SignInFailure.failed_at > now - timedelta(seconds=limits.window_s)
+    counted = (
+        (SignInFailure.address == address, limits.per_address, None),
+        (
+            (SignInFailure.address == address)
+            & (SignInFailure.username == sign_in_name(username)),
+            limits.per_user,
+            sign_in_name(username),
+        ),
+    )
+    for who, allowed, named in counted:
+        times = session.scalars(
+            select(SignInFailure.failed_at)
+            .where(who, recent)
+            .order_by(SignInFailure.failed_at.desc())
+            .limit(allowed)
+        ).all()
+        if len(times) >= allowed:
+            # Held off until the oldest of the last ``allowed`` leaves.
+            frees_at = clock.as_utc(times[-1]) + timedelta(seconds=limits.window_s)
+            return HeldOff(max(1, math.ceil((frees_at - now).total_seconds())), named)
+    return None
+
+
+def note_wrong_sign_in(
+    session: Session, username: str, address: str, limits: SignInLimits
+) -> None:
+    """Count a wrong sign-in; those that have left the window are forgotten."""
+    now = clock.now()
+    session.execute(
+        delete(SignInFailure).where(
+            SignInFailure.failed_at <= now - timedelta(seconds=limits.window_s)
+        )
+    )
+    session.add(
+        SignInFailure(username=sign_in_name(username), address=address, failed_at=now)
+    )
+
+
+def forget_wrong_sign_ins(session: Session, username: str, address: str) -> None:
+    """A right password: that user's wrong ones from this address are done."""
+    session.execute(
+        delete(SignInFailure).where(
+            SignInFailure.username == sign_in_name(username),
+            SignInFailure.address == address,
+        )
+    )
 
 
 def add_user(

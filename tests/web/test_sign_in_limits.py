@@ -1,0 +1,118 @@
+"""Wrong passwords: after a few, the sign-in form holds off further tries for a
+while, naming how long, so that passwords cannot be guessed at speed."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from sheetbridge import clock
+from sheetbridge.web.deps import Runtime
+
+PASSWORDS = {"alice": "alice-demo", "bob": "bob-demo"}
+
+
+@pytest.fixture
+def now(monkeypatch: pytest.MonkeyPatch) -> list[datetime]:
+    """The app's clock, which a test moves on by changing ``now[0]``."""
+    moment = [datetime(2026, 12, 6, 9, 0, tzinfo=UTC)]
+    monkeypatch.setattr(clock, "now", lambda: moment[0])
+    return moment
+
+
+def sign_in(client: TestClient, username: str, password: str) -> httpx.Response:
+    page = client.get("/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert csrf is not None
+    return client.post(
+        "/login",
+        data={"username": username, "password": password, "csrf": csrf[1]},
+        follow_redirects=False,
+    )
+
+
+def error_on(page: httpx.Response) -> str:
+    found = re.search(r'role="alert"[^>]*>\s*([^<]+?)\s*<', page.text)
+    assert found is not None, page.text
+    return found[1]
+
+
+def test_wrong_passwords_for_a_user_hold_off_their_next_tries_saying_how_long(
+    client: TestClient, now: list[datetime]
+) -> None:
+    for _ in range(5):
+        assert sign_in(client, "alice", "guess").status_code == 400
+
+    held = sign_in(client, "alice", PASSWORDS["alice"])
+
+    assert held.status_code == 429
+    assert held.headers["retry-after"] == "900"
+    assert error_on(held) == (
+        "Too many wrong passwords for alice: try again in 15 minutes."
+    )
+    # The first wrong try leaves the 15 minutes: one more try is let through.
+    now[0] += timedelta(minutes=15, seconds=1)
+    assert sign_in(client, "alice", PASSWORDS["alice"]).status_code == 303
+
+
+def test_the_hold_off_counts_from_the_first_wrong_try_of_the_last_15_minutes(
+    client: TestClient, now: list[datetime]
+) -> None:
+    for _ in range(5):
+        sign_in(client, "alice", "guess")
+        now[0] += timedelta(minutes=2)
+
+    held = sign_in(client, "alice", "guess")
+
+    assert held.status_code == 429
+    assert held.headers["retry-after"] == str(15 * 60 - 10 * 60)
+    assert "try again in 5 minutes" in error_on(held)
+
+
+def test_a_right_password_clears_the_wrong_ones_before_it(
+    client: TestClient, now: list[datetime]
+) -> None:
+    for _ in range(4):
+        sign_in(client, "alice", "guess")
+    assert sign_in(client, "alice", PASSWORDS["alice"]).status_code == 303
+
+    for _ in range(4):
+        assert sign_in(client, "alice", "guess").status_code == 400
+
+
+def test_one_users_wrong_passwords_hold_off_no_one_else(
+    client: TestClient, now: list[datetime]
+) -> None:
+    for _ in range(5):
+        sign_in(client, "alice", "guess")
+
+    assert sign_in(client, "bob", PASSWORDS["bob"]).status_code == 303
+
+
+def test_many_users_tried_from_one_address_hold_off_that_address(
+    client: TestClient, runtime: Runtime, now: list[datetime]
+) -> None:
+    runtime.settings.sign_in_tries_per_address = 6
+    for name in ("ann", "ben", "cal", "dee", "eve", "fay"):
+        assert sign_in(client, name, "guess").status_code == 400
+
+    held = sign_in(client, "bob", PASSWORDS["bob"])
+
+    assert held.status_code == 429
+    assert error_on(held) == (
+        "Too many wrong sign-ins from this address: try again in 15 minutes."
+    )
+    assert int(held.headers["retry-after"]) == 900
+
+
+def test_a_user_name_in_other_letter_case_or_spacing_counts_as_the_same(
+    client: TestClient, now: list[datetime]
+) -> None:
+    for name in ("alice", "Alice", " alice", "ALICE ", "alice"):
+        sign_in(client, name, "guess")
+
+    assert sign_in(client, "alice", PASSWORDS["alice"]).status_code == 429
