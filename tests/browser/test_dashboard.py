@@ -313,3 +313,35 @@ def test_a_row_s_edit_and_delete_stay_in_view_at_laptop_width(
             assert box["x"] <= button["x"]
             assert button["x"] + button["width"] <= box["x"] + box["width"], name
         page.close()
+
+
+@pytest.mark.parametrize("width", [1280, 375])
+def test_the_keyboard_goes_through_the_page_in_the_order_it_is_drawn(
+    browser: Browser, runtime: Runtime, width: int
+) -> None:
+    # The sheet sync panel comes first on screen, beside the records on a
+    # laptop and above them on a phone, and first to the keyboard too; a
+    # skip link leads past it to the records.
+    with live_server(runtime) as url:
+        page = sign_in(browser, url, "alice")
+        page.set_viewport_size({"width": width, "height": 800})
+        panel = page.locator(".sync-panel").bounding_box()
+        records = page.locator("#records").bounding_box()
+        assert panel is not None and records is not None
+        if width > 1100:
+            assert panel["x"] + panel["width"] <= records["x"]
+        else:
+            assert panel["y"] + panel["height"] <= records["y"]
+        assert page.evaluate(
+            "document.querySelector('.sync-panel').compareDocumentPosition("
+            "document.querySelector('#records')) & Node.DOCUMENT_POSITION_FOLLOWING"
+        )
+
+        page.evaluate("document.activeElement.blur()")
+        page.keyboard.press("Tab")
+        page.keyboard.press("Tab")
+        expect(page.locator(":focus")).to_have_text("Skip to records")
+        page.keyboard.press("Enter")
+        page.keyboard.press("Tab")
+        assert page.evaluate("!!document.activeElement.closest('#records')")
+        page.close()
