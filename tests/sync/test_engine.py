@@ -231,6 +231,37 @@ def test_a_required_cell_left_blank_says_the_row_waits_until_it_is_filled_in(
     )
 
 
+@pytest.mark.parametrize(
+    "above", [[["Alice's book"], []], [[], [], ["updated weekly"]]]
+)
+def test_headers_below_the_first_row_are_one_error_saying_where_and_nothing_moves(
+    above: list[list[Cell]],
+) -> None:
+    # Rows inserted above the headers (a title, say): the tab is not read
+    # as one without headers, nor written over.
+    app = {1: rec("Ann"), 2: rec("Bob")}
+    tab, base = synced(app)
+    moved = TabData([*above, *tab.rows], "v1")
+    app[1]["name"] = "Anne"
+    header_row = len(above) + 1
+
+    imported = plan_from_sheet(MAPPING, moved, copy.deepcopy(app), base)
+    written = plan_to_sheet(MAPPING, moved, app, base)
+
+    for plan in (imported, written):
+        (issue,) = plan.issues
+        assert (issue.kind, issue.row, issue.column) == ("error", header_row, None)
+        assert issue.reason == (
+            f"the headers are in row {header_row}, not row 1, where a sync reads "
+            f"them: delete the {len(above)} row{'s' * (len(above) > 1)} above "
+            "them (a title can go right of the columns); until then this tab "
+            "is not synced"
+        )
+        assert plan.counts["errors"] == 1
+    assert imported.updates == {} and imported.creates == []
+    assert written.changes.is_empty()
+
+
 def test_duplicate_id_header_stops_the_tab() -> None:
     tab = tab_of([1, "Ann"], header=["ID", "Name", "ID"])
     plan = plan_from_sheet(MAPPING, tab, {1: rec("Bob")}, {1: rec("Bob")})

@@ -223,6 +223,9 @@ class _Layout:
     # Merges hiding cells of our columns below the last row: no row there yet,
     # but none can be added into them.
     below: list[CellRange] = dataclasses.field(default_factory=list)
+    # The sheet row our headers are in: below 1, rows were put above them
+    # and the tab is not synced until they are gone.
+    header_row: int = 1
 
     def columns(self, mapping: TabMapping) -> list[tuple[Column, int]]:
         return [
@@ -238,6 +241,12 @@ def _read_layout(
     header = rows[0] if rows else []
     # Values may stand right of the last header too.
     width = max((len(row) for row in rows), default=0)
+    header_row = _header_row(mapping, rows)
+    if header_row != 1:
+        issue = _header_row_issue(mapping, header_row)
+        return _Layout(
+            None, {}, [], set(), False, width, [issue], header_row=header_row
+        )
     positions: dict[str, list[int]] = defaultdict(list)
     for index in range(width):
         text = header[index] if index < len(header) else None
@@ -285,6 +294,42 @@ def _read_layout(
     for merge in sorted(merges):
         _read_merge(mapping, rows, layout, merge, ours_unsettled)
     return layout
+
+
+# How far down a tab its headers are looked for when the first row lacks them.
+_HEADER_SEARCH_ROWS = 20
+
+
+def _header_row(mapping: TabMapping, rows: Sequence[list[Cell]]) -> int:
+    """The sheet row our headers are in: 1, unless the first row has few of
+    them and one of the next rows has the ID header and most of the rest."""
+    ours = {normalize_header(mapping.id_header)}
+    ours.update(normalize_header(column.header) for column in mapping.columns)
+
+    def ours_in(row: list[Cell]) -> set[str]:
+        return ours & {normalize_header(text) for text in row}
+
+    if not rows or len(ours_in(rows[0])) * 2 > len(ours):
+        return 1
+    for number, row in enumerate(rows[1:_HEADER_SEARCH_ROWS], 2):
+        found = ours_in(row)
+        if normalize_header(mapping.id_header) in found and len(found) * 2 > len(ours):
+            return number
+    return 1
+
+
+def _header_row_issue(mapping: TabMapping, header_row: int) -> Issue:
+    above = header_row - 1
+    return Issue(
+        mapping.tab,
+        header_row,
+        None,
+        None,
+        f"the headers are in row {header_row}, not row 1, where a sync reads "
+        f"them: delete the {above} row{'s' * (above > 1)} above them (a title "
+        "can go right of the columns); until then this tab is not synced",
+        "error",
+    )
 
 
 def _read_merge(
@@ -899,7 +944,7 @@ def _to_sheet_header_usable(
     ctx: _ToSheet, rows: Sequence[list[Cell]], base: dict[int, Record]
 ) -> bool:
     layout, mapping = ctx.layout, ctx.mapping
-    if layout.id_ambiguous:
+    if layout.id_ambiguous or layout.header_row != 1:
         return False
     if layout.id_index is None and len(rows) > 1 and base:
         # the ID column was removed: every row would look new and be duplicated
@@ -1376,7 +1421,7 @@ def _prepare_from_sheet_header(
     ctx: _FromSheet, rows: Sequence[list[Cell]], base: dict[int, Record]
 ) -> bool:
     layout, mapping, plan = ctx.layout, ctx.mapping, ctx.plan
-    if layout.id_ambiguous:
+    if layout.id_ambiguous or layout.header_row != 1:
         return False
     ok = True
     if layout.id_index is None and len(rows) > 1 and base:
