@@ -987,7 +987,7 @@ class _Importer:
             old,
         )
         # A field in conflict keeps its last-synced value, to be found again.
-        snapshot = self.snapshots[record_id]
+        snapshot = self.snapshots[record_id] = dict(self.snapshots[record_id])
         for name in conflicted:
             if old is not None and name in old:
                 snapshot[name] = old[name]
