@@ -294,3 +294,60 @@ def test_rows_inserted_above_a_merge_move_it_down_and_inside_it_grow_it() -> Non
     assert [(m["startRowIndex"], m["endRowIndex"]) for m in book.sheets[0].merges] == [
         (2, 5)
     ]
+
+
+def test_knobs_are_changed_while_it_serves_through_its_own_address(
+    server: EmulatorServer, http: httpx.Client
+) -> None:
+    # A person trying a sync by hand turns on errors or latency between
+    # syncs, without a restart that would lose the spreadsheets.
+    book = new_book(http)
+
+    changed = http.patch("/_emulator/knobs", json={"error_rate": 1, "latency_ms": 5})
+
+    assert changed.status_code == 200
+    assert changed.json()["error_rate"] == 1.0 and changed.json()["latency_ms"] == 5
+    assert http.get("/_emulator/knobs").json() == changed.json()
+    assert http.get(f"/v4/spreadsheets/{book}").status_code in (500, 503)
+    http.patch("/_emulator/knobs", json={"error_rate": 0})
+    assert http.get(f"/v4/spreadsheets/{book}").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "told"),
+    [
+        ({"error_rat": 1}, "unknown knob 'error_rat'"),
+        ({"error_rate": "often"}, "error_rate"),
+        ({"error_rate": 2}, "error_rate"),
+        ({"latency_ms": -1}, "latency_ms"),
+        ([1, 2], "a JSON object"),
+    ],
+)
+def test_a_knob_it_cannot_take_is_refused_naming_it_and_nothing_changes(
+    server: EmulatorServer, http: httpx.Client, body: object, told: str
+) -> None:
+    before = http.get("/_emulator/knobs").json()
+
+    refused = http.patch("/_emulator/knobs", json=body)
+
+    assert refused.status_code == 400
+    assert told in refused.json()["error"]
+    assert http.get("/_emulator/knobs").json() == before
+
+
+def test_a_fault_injected_through_its_own_address_answers_the_next_matching_call(
+    server: EmulatorServer, http: httpx.Client
+) -> None:
+    book = new_book(http)
+
+    injected = http.post(
+        "/_emulator/faults",
+        json={"status": 429, "count": 2, "method": "GET", "path_contains": book},
+    )
+
+    assert injected.status_code == 200
+    assert [http.get(f"/v4/spreadsheets/{book}").status_code for _ in range(3)] == [
+        429,
+        429,
+        200,
+    ]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import json
 import logging
 import random
@@ -29,6 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -207,6 +210,48 @@ class EmulatorState:
                 window.append(now)
 
 
+_KNOB_FIELDS = [knob.name for knob in dataclasses.fields(Knobs)]
+
+
+@pydantic_dataclass(config=ConfigDict(extra="forbid", allow_inf_nan=False))
+class _CheckedKnobs(Knobs):
+    """Knobs as a control request may set them: of the right types, in range."""
+
+    latency_ms: float = Field(default=0.0, ge=0, le=600_000)
+    error_rate: float = Field(default=0.0, ge=0, le=1)
+    quota_window_s: float = Field(default=60.0, gt=0)
+
+
+@pydantic_dataclass(config=ConfigDict(extra="forbid"))
+class _CheckedFault(Fault):
+    status: int = Field(ge=400, le=599)
+    count: int = Field(default=1, ge=1)
+
+
+_KNOBS: TypeAdapter[Knobs] = TypeAdapter(_CheckedKnobs)
+_FAULT: TypeAdapter[Fault] = TypeAdapter(_CheckedFault)
+
+
+async def _control_body(request: Request) -> dict[str, Any] | Response:
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except ValueError:
+        return _control_error("the body is not JSON")
+    if not isinstance(body, dict):
+        return _control_error("the body must be a JSON object")
+    return body
+
+
+def _control_error(message: str) -> Response:
+    return JSONResponse({"error": message}, status_code=400)
+
+
+def _first_problem(refused: ValidationError) -> str:
+    error = refused.errors(include_url=False)[0]
+    where = ".".join(str(part) for part in error["loc"])
+    return f"{where}: {error['msg']} (got {error['input']!r})"
+
+
 class _QuotaExceeded(ApiError):
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(429, message, "RESOURCE_EXHAUSTED")
@@ -228,6 +273,10 @@ def build_app(state: EmulatorState | None = None) -> Starlette:
             ),
             Route("/drive/v3/files", handler.dispatch, methods=["POST"]),
             Route("/drive/v3/files/{file_id}", handler.dispatch, methods=["DELETE"]),
+            # The emulator's own controls, at an address Google has no such
+            # thing at: knobs changed while it serves, faults injected.
+            Route("/_emulator/knobs", handler.knobs, methods=["GET", "PATCH"]),
+            Route("/_emulator/faults", handler.fault, methods=["POST"]),
         ]
     )
     app.state.emulator = state
@@ -255,6 +304,38 @@ class _Handler:
         return JSONResponse(
             {"access_token": access_token, "expires_in": 3600, "token_type": "Bearer"}
         )
+
+    async def knobs(self, request: Request) -> Response:
+        """The knobs as JSON; a PATCH changes those it names, all or none."""
+        if request.method == "PATCH":
+            body = await _control_body(request)
+            if isinstance(body, Response):
+                return body
+            unknown = sorted(set(body) - set(_KNOB_FIELDS))
+            if unknown:
+                return _control_error(
+                    f"unknown knob {unknown[0]!r}; knobs: {', '.join(_KNOB_FIELDS)}"
+                )
+            merged = dataclasses.asdict(self.state.knobs) | body
+            try:
+                self.state.knobs = _KNOBS.validate_python(merged)
+            except ValidationError as exc:
+                return _control_error(_first_problem(exc))
+        return JSONResponse(dataclasses.asdict(self.state.knobs))
+
+    async def fault(self, request: Request) -> Response:
+        """Inject a fault: ``{"status", "count", "method", "path_contains",
+        "message"}``, all but the status optional."""
+        body = await _control_body(request)
+        if isinstance(body, Response):
+            return body
+        try:
+            fault = _FAULT.validate_python(body)
+        except ValidationError as exc:
+            return _control_error(_first_problem(exc))
+        with self.state._lock:
+            self.state.faults.append(fault)
+        return JSONResponse(dataclasses.asdict(fault))
 
     async def dispatch(self, request: Request) -> Response:
         """Authenticate, apply knobs, route, and answer errors like the service."""
