@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import date
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -11,8 +14,10 @@ from httpx import Response
 from openpyxl import load_workbook
 from sqlalchemy import delete, select
 
+from sheetbridge.insurance import review
 from sheetbridge.insurance.models import Customer, Policy, User
 from sheetbridge.insurance.review import forget_sheet
+from sheetbridge.insurance.services import Book, StaleVersion
 from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
 from sheetbridge.sync.models import SyncConflict, SyncTarget
 from sheetbridge.web.app import create_app
@@ -321,6 +326,66 @@ def test_a_second_resolution_says_how_the_first_settled_it_and_changes_nothing(
         "not applied"
     )
     assert app_city(runtime, record_id) == kept
+
+
+def test_two_windows_choosing_at_one_moment_get_one_choice_and_one_refusal(
+    runtime: Runtime, tokens: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The second choice arrives while the first one's transaction is open
+    # (two web processes on PostgreSQL): it waits for it, then is refused.
+    client, record_id, _ = make_conflict(runtime)
+    other_window = TestClient(create_app(runtime, workers=False))
+    (conflict_id,) = open_conflict_ids(client, tokens["alice"])
+    real_resolve = review.resolve_conflict
+    first_inside = threading.Event()
+
+    def resolve_slowly(*args: Any, **kwargs: Any) -> SyncConflict:
+        row = real_resolve(*args, **kwargs)
+        if not first_inside.is_set():
+            first_inside.set()
+            time.sleep(0.5)  # its transaction stays open meanwhile
+        return row
+
+    monkeypatch.setattr(review, "resolve_conflict", resolve_slowly)
+    answers: dict[str, Response] = {}
+    first = threading.Thread(
+        target=lambda: answers.setdefault(
+            "sheet", resolve(client, tokens["alice"], conflict_id, {"choice": "sheet"})
+        )
+    )
+    first.start()
+    assert first_inside.wait(10)
+    answers["app"] = resolve(
+        other_window, tokens["alice"], conflict_id, {"choice": "app"}
+    )
+    first.join(10)
+
+    assert answers["sheet"].status_code == 200
+    assert answers["app"].status_code == 409
+    assert (
+        "the sheet's value, 'Sheet City', was kept" in answers["app"].json()["detail"]
+    )
+    assert app_city(runtime, record_id) == "Sheet City"
+
+
+def test_a_record_saved_by_someone_else_while_choosing_is_a_409_and_stays_open(
+    runtime: Runtime, tokens: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, record_id, _ = make_conflict(runtime)
+    (conflict_id,) = open_conflict_ids(client, tokens["alice"])
+
+    def saved_meanwhile(*args: Any, **kwargs: Any) -> Customer:
+        raise StaleVersion(None)  # as a save in another process that landed first
+
+    monkeypatch.setattr(Book, "update_customer", saved_meanwhile)
+    answer = resolve(client, tokens["alice"], conflict_id, {"choice": "sheet"})
+
+    assert answer.status_code == 409
+    assert answer.json()["detail"] == (
+        f"customer {record_id} was changed in the app while you chose; nothing "
+        "was changed: look at the conflict again and choose"
+    )
+    assert open_conflict_ids(client, tokens["alice"]) == [conflict_id]
 
 
 def test_deleting_a_record_closes_its_open_conflicts(

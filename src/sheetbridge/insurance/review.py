@@ -37,6 +37,7 @@ from sheetbridge.insurance.services import (
     DomainError,
     InvalidField,
     RecordNotFound,
+    StaleVersion,
     close_conflicts_of,
 )
 from sheetbridge.sync.columns import Canonical
@@ -292,7 +293,9 @@ def _app_value(
 
 
 def _own_conflict(session: Session, user: User, conflict_id: int) -> SyncConflict:
-    row = session.get(SyncConflict, conflict_id)
+    # Locked until this transaction ends: a choice made at the same moment in
+    # another window (another web process) waits, then finds it settled.
+    row = session.get(SyncConflict, conflict_id, with_for_update=True)
     target = session.get(SyncTarget, row.target_id) if row else None
     if (
         row is None
@@ -368,6 +371,13 @@ def _store(
                     row.record_id, PolicyUpdate(version=policy.version, **fields)
                 )
             )
+    except StaleVersion:
+        # Saved by someone else between the read and this write (another web
+        # process): what the person chose over may be gone.
+        raise ReviewError(
+            f"{row.entity} {row.record_id} was changed in the app while you chose; "
+            "nothing was changed: look at the conflict again and choose"
+        ) from None
     except ValidationError as exc:
         reasons = "; ".join(error_message(error) for error in exc.errors())
         what = (
