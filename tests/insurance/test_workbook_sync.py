@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
@@ -12,6 +15,7 @@ import pytest
 from openpyxl import Workbook, load_workbook
 from openpyxl.utils import get_column_letter
 from sqlalchemy import select
+from sqlalchemy.orm.exc import StaleDataError
 
 from sheetbridge.insurance import sync_jobs
 from sheetbridge.insurance.models import Customer, Policy, User
@@ -296,6 +300,39 @@ def test_a_conflict_stays_a_conflict_until_resolved(synced: Runtime) -> None:
     assert load_workbook(path)["Customers"].cell(2, header["City"]).value == (
         "Sheet City"
     )
+
+
+def test_an_app_save_arriving_during_an_imports_transaction_waits_for_it(
+    synced: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Once the import has read the records it updates, a save of one of them
+    # (another web process, on PostgreSQL) waits until the import is done:
+    # the import never finds a record changed under it at its own write.
+    record_id, _ = edit_both_sides(synced, sheet={"Address": "2 Sheet Street"}, app={})
+    real_load = sync_jobs._Importer._load
+    saver: list[threading.Thread] = []
+
+    def save_phone() -> None:
+        with contextlib.suppress(StaleDataError), synced.db.session() as session:
+            customer = session.get(Customer, record_id)
+            assert customer is not None
+            customer.phone = "207-555-0142"
+
+    def load_then_someone_saves(self: Any, record_ids: Any) -> list[Any]:
+        loaded = real_load(self, record_ids)
+        if not saver and self.mapping is sync_jobs.CUSTOMERS:
+            saver.append(threading.Thread(target=save_phone))
+            saver[0].start()
+            time.sleep(0.3)  # the save runs now, or waits
+        return loaded
+
+    monkeypatch.setattr(sync_jobs._Importer, "_load", load_then_someone_saves)
+    result = run_sync(synced, "alice", FROM_SHEET)
+    saver[0].join(10)
+
+    reasons = [issue["reason"] for issue in result["tabs"]["Customers"]["issues"]]
+    assert not any("while this sync ran" in reason for reason in reasons), reasons
+    assert customer_field(synced, record_id, "address") == "2 Sheet Street"
 
 
 def test_a_row_whose_one_difference_is_a_conflict_is_not_counted_unchanged_too(

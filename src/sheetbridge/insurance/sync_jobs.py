@@ -890,14 +890,20 @@ class _Importer:
         self.audit.save(self.book.session)
 
     def _load(self, record_ids: Iterable[int]) -> list[Any]:
-        """Load the records to update in a few queries instead of one each."""
+        """Load the records to update in a few queries instead of one each,
+        locked until the import ends (on PostgreSQL; SQLite has one writer at
+        a time): a save arriving from elsewhere meanwhile waits, so the
+        versions checked here are the ones the import writes over."""
         model: Any = Customer if self.mapping is CUSTOMERS else Policy
         ids = sorted(record_ids)
         loaded: list[Any] = []
         for start in range(0, len(ids), _LOAD_BATCH):
             batch = ids[start : start + _LOAD_BATCH]
             loaded += self.book.session.scalars(
-                select(model).where(model.id.in_(batch))
+                select(model)
+                .where(model.id.in_(batch))
+                .order_by(model.id)
+                .with_for_update(of=model)
             ).unique()
         return loaded
 
