@@ -399,6 +399,36 @@ def test_bad_settings_from_the_environment_are_one_line_each_not_a_traceback(
     assert not (tmp_path / "data").exists()
 
 
+def _wrong_sign_in(client: httpx.Client, forwarded_for: str) -> int:
+    """A wrong password for bob, sent as if through a proxy for that address."""
+    login = client.get("/login")
+    csrf = login.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    answer = client.post(
+        "/login",
+        data={"username": "bob", "password": "guess", "csrf": csrf},
+        headers={"X-Forwarded-For": forwarded_for},
+    )
+    return answer.status_code
+
+
+@pytest.mark.parametrize(
+    ("served", "held_off"),
+    [({}, True), ({"SHEETBRIDGE_FORWARDED_ALLOW_IPS": "127.0.0.1"}, False)],
+    indirect=["served"],
+    ids=["no proxy trusted", "a proxy on this host trusted"],
+)
+def test_a_forwarded_address_is_believed_only_from_a_proxy_the_settings_trust(
+    served: Served, held_off: bool
+) -> None:
+    # Else anyone could name a new address with each guess.
+    for guess in range(5):
+        assert _wrong_sign_in(served.client, f"10.0.0.{guess}") == 400
+
+    sixth = _wrong_sign_in(served.client, "10.0.0.9")
+
+    assert sixth == (429 if held_off else 400)
+
+
 def _sheetbridge(
     settings: dict[str, str], *command: str
 ) -> subprocess.CompletedProcess[str]:

@@ -118,7 +118,9 @@ def serve(
     # stopped and waited for (its running syncs finish) before serve ends.
     signal.signal(signal.SIGTERM, _exit_after_stopping)
     try:
-        run_server(web_app, host, port, settings.log_level)
+        run_server(
+            web_app, host, port, settings.log_level, settings.forwarded_allow_ips
+        )
     finally:
         if child is not None:
             child.stop()

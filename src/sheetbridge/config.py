@@ -63,6 +63,13 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    forwarded_allow_ips: str = Field(
+        default="",
+        description=(
+            "addresses of reverse proxies (comma-separated, or *) whose "
+            "X-Forwarded-For and X-Forwarded-Proto are believed; empty: none"
+        ),
+    )
     secret_key: str = Field(
         default="",
         description="Signs session cookies; empty means a key kept in the data folder",

@@ -4,13 +4,16 @@ while, naming how long, so that passwords cannot be guessed at speed."""
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from sheetbridge import clock
+from sheetbridge.web import pages
 from sheetbridge.web.deps import Runtime
 
 PASSWORDS = {"alice": "alice-demo", "bob": "bob-demo"}
@@ -115,4 +118,28 @@ def test_a_user_name_in_other_letter_case_or_spacing_counts_as_the_same(
     for name in ("alice", "Alice", " alice", "ALICE ", "alice"):
         sign_in(client, name, "guess")
 
+    assert sign_in(client, "alice", PASSWORDS["alice"]).status_code == 429
+
+
+def test_wrong_passwords_sent_all_at_once_are_checked_no_more_than_the_limit(
+    client: TestClient, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each try is counted before its password is checked, so a burst of them
+    # is held off as one after another would be.
+    checked: list[str] = []
+    real_authenticate = pages.authenticate
+
+    def counted(*args: Any) -> Any:
+        checked.append(args[1])
+        return real_authenticate(*args)
+
+    monkeypatch.setattr(pages, "authenticate", counted)
+    browsers = [TestClient(client.app) for _ in range(12)]  # a session each
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(
+            pool.map(lambda b: sign_in(b, "alice", "guess").status_code, browsers)
+        )
+
+    assert len(checked) <= 5
+    assert sorted(answers) == [400] * len(checked) + [429] * (12 - len(checked))
     assert sign_in(client, "alice", PASSWORDS["alice"]).status_code == 429

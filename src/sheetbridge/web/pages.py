@@ -18,13 +18,14 @@ from sheetbridge.web.security import (
     HeldOff,
     SignInLimits,
     authenticate,
+    count_sign_in,
     csrf_matches,
     end_session,
     forget_wrong_sign_ins,
     held_off,
     new_csrf_token,
-    note_wrong_sign_in,
     start_session,
+    uncount_sign_in,
 )
 
 router = APIRouter(include_in_schema=False)
@@ -137,14 +138,18 @@ def _sign_in(
         settings.sign_in_tries_per_address,
         settings.sign_in_window_s,
     )
-    with rt.db.read_session() as session:
-        if waiting := held_off(session, username, address, limits):
-            return waiting
-        user = authenticate(session, username, password)
     with rt.db.session() as session:
-        if user is None:
-            note_wrong_sign_in(session, username, address, limits)
-            return None
+        attempt = count_sign_in(session, username, address, limits)
+    with rt.db.read_session() as session:
+        waiting = held_off(session, username, address, limits, besides=attempt)
+        user = None if waiting else authenticate(session, username, password)
+    if waiting is not None:
+        with rt.db.session() as session:
+            uncount_sign_in(session, attempt)
+        return waiting
+    if user is None:
+        return None  # counted as wrong already
+    with rt.db.session() as session:
         forget_wrong_sign_ins(session, username, address)
         return start_session(session, user, settings.session_max_age_s)
 

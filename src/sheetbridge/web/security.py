@@ -89,13 +89,43 @@ def sign_in_name(username: str) -> str:
     return username.strip().casefold()[:64]
 
 
-def held_off(
+def count_sign_in(
     session: Session, username: str, address: str, limits: SignInLimits
-) -> HeldOff | None:
-    """Whether sign-ins of ``username`` from ``address`` wait, and how long:
-    until enough of the wrong ones in the window have left it."""
+) -> int:
+    """Count a sign-in as wrong before its password is checked, so that tries
+    sent at once are counted as tries sent one after another; the row's ID.
+    A right password, or a try held off unchecked, takes it back. Wrong ones
+    older than the window are forgotten."""
     now = clock.now()
-    recent = SignInFailure.failed_at > now - timedelta(seconds=limits.window_s)
+    session.execute(
+        delete(SignInFailure).where(
+            SignInFailure.failed_at <= now - timedelta(seconds=limits.window_s)
+        )
+    )
+    attempt = SignInFailure(
+        username=sign_in_name(username), address=address, failed_at=now
+    )
+    session.add(attempt)
+    session.flush()
+    return attempt.id
+
+
+def held_off(
+    session: Session,
+    username: str,
+    address: str,
+    limits: SignInLimits,
+    *,
+    besides: int,
+) -> HeldOff | None:
+    """Whether the sign-in counted as ``besides`` waits, and how long: until
+    enough of the other wrong ones (and tries still being checked) in the
+    window have left it."""
+    now = clock.now()
+    others = (
+        SignInFailure.failed_at > now - timedelta(seconds=limits.window_s),
+        SignInFailure.id != besides,
+    )
     counted = (
         (SignInFailure.address == address, limits.per_address, None),
         (
@@ -108,7 +138,7 @@ def held_off(
     for who, allowed, named in counted:
         times = session.scalars(
             select(SignInFailure.failed_at)
-            .where(who, recent)
+            .where(who, *others)
             .order_by(SignInFailure.failed_at.desc())
             .limit(allowed)
         ).all()
@@ -119,19 +149,9 @@ def held_off(
     return None
 
 
-def note_wrong_sign_in(
-    session: Session, username: str, address: str, limits: SignInLimits
-) -> None:
-    """Count a wrong sign-in; those that have left the window are forgotten."""
-    now = clock.now()
-    session.execute(
-        delete(SignInFailure).where(
-            SignInFailure.failed_at <= now - timedelta(seconds=limits.window_s)
-        )
-    )
-    session.add(
-        SignInFailure(username=sign_in_name(username), address=address, failed_at=now)
-    )
+def uncount_sign_in(session: Session, attempt: int) -> None:
+    """A try held off unchecked is no wrong password."""
+    session.execute(delete(SignInFailure).where(SignInFailure.id == attempt))
 
 
 def forget_wrong_sign_ins(session: Session, username: str, address: str) -> None:

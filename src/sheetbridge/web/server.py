@@ -26,13 +26,19 @@ class StreamClosingServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def run_server(app: FastAPI, host: str, port: int, log_level: str) -> None:
-    """Serve ``app`` until SIGINT or SIGTERM."""
+def run_server(
+    app: FastAPI, host: str, port: int, log_level: str, forwarded_allow_ips: str = ""
+) -> None:
+    """Serve ``app`` until SIGINT or SIGTERM. A client's address is the one it
+    connects from, or the one a proxy of ``forwarded_allow_ips`` forwards:
+    sign-in limits count by it, so no other sender may name it."""
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
         log_level=log_level.lower(),
         timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+        proxy_headers=bool(forwarded_allow_ips),
+        forwarded_allow_ips=forwarded_allow_ips or None,
     )
     StreamClosingServer(config, app).run()
