@@ -24,7 +24,7 @@ from sheetbridge.insurance.services import Book
 from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
 from sheetbridge.queue.models import Job
 from sheetbridge.queue.worker import WorkerPool
-from sheetbridge.sync.models import SyncConflict
+from sheetbridge.sync.models import SyncConflict, SyncSnapshot, SyncTarget
 from sheetbridge.web.deps import Runtime
 
 
@@ -428,6 +428,84 @@ def failed_import(runtime: Runtime) -> Job:
     job = runtime.queue.get(queued.job_id)
     assert job.state == "failed" and job.error is not None
     return job
+
+
+def test_a_workbook_linked_from_the_data_folder_is_followed_anew_at_each_sync(
+    runtime: Runtime,
+) -> None:
+    # The link is there before the book's first sync, and is pointed
+    # elsewhere later: the book keeps the link's path, not its first target.
+    path = workbook_path(runtime, "alice")
+    shared = path.parent.parent / "shared"
+    shared.mkdir(parents=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.symlink_to(shared / "old.xlsx")
+    run_sync(runtime, "alice", TO_SHEET)
+    (shared / "new.xlsx").write_bytes((shared / "old.xlsx").read_bytes())
+    path.unlink()
+    path.symlink_to(shared / "new.xlsx")
+    record_id = int(load_workbook(shared / "new.xlsx")["Customers"].cell(2, 1).value)
+    with runtime.db.session() as session:
+        customer = session.get(Customer, record_id)
+        assert customer is not None
+        customer.notes = "written through the new link"
+
+    result = run_sync(runtime, "alice", TO_SHEET)
+
+    assert result["workbook"] == str(path)
+    assert path.is_symlink()
+    assert "written through the new link" in _texts_of(shared / "new.xlsx")
+    assert "written through the new link" not in _texts_of(shared / "old.xlsx")
+
+
+def test_the_same_workbook_named_another_way_is_no_new_sheet_to_forget_the_last_sync(
+    synced: Runtime,
+) -> None:
+    # A book whose stored path reaches its workbook through a linked folder
+    # (as one resolved by an older version may): choosing the workbook again
+    # keeps what the last sync agreed on.
+    path = workbook_path(synced, "alice")
+    alias = path.parent.parent / "alias"
+    alias.symlink_to(path.parent)
+    with synced.db.session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+        target = session.scalars(
+            select(SyncTarget).where(SyncTarget.user_id == alice.id)
+        ).one()
+        target.location = str(alias / path.name)
+        snapshots = len(
+            session.scalars(
+                select(SyncSnapshot).where(SyncSnapshot.target_id == target.id)
+            ).all()
+        )
+    assert snapshots > 0
+
+    updated = synced.sync.update_target(alice, backend="xlsx")
+
+    assert updated.location == str(path)
+    with synced.db.read_session() as session:
+        kept = session.scalars(
+            select(SyncSnapshot).where(SyncSnapshot.target_id == updated.id)
+        ).all()
+    assert len(kept) == snapshots
+
+
+def _texts_of(path: Path) -> set[Any]:
+    return {cell for row in load_workbook(path)["Customers"].values for cell in row}
+
+
+def test_a_workbook_link_that_leads_round_in_a_loop_fails_at_once_saying_so(
+    synced: Runtime,
+) -> None:
+    path = workbook_path(synced, "alice")
+    path.unlink()
+    path.symlink_to(path.with_name("loop.xlsx"))
+    path.with_name("loop.xlsx").symlink_to(path)
+
+    job = failed_import(synced)
+
+    assert job.attempts == 1
+    assert job.error is not None and "links lead round in a loop" in job.error
 
 
 def test_text_cut_at_the_workbook_cell_limit_is_never_imported(

@@ -13,8 +13,10 @@ ID that names no record.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import logging
+import os
 import re
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator
@@ -222,8 +224,14 @@ class SyncService:
                     stored.backend,
                     stored.location,
                 ):
+                    # The same workbook reached another way (a linked folder)
+                    # is the same sheet: what its last sync agreed on stays.
+                    same_workbook = backend == stored.backend == XLSX and (
+                        os.path.realpath(location) == os.path.realpath(stored.location)
+                    )
                     stored.backend, stored.location = backend, location
-                    forget_sheet(session, stored.id)
+                    if not same_workbook:
+                        forget_sheet(session, stored.id)
         except IntegrityError:
             # Another book took the spreadsheet after the look above: the
             # database's one-book-a-spreadsheet index refused this change.
@@ -238,7 +246,8 @@ class SyncService:
         # Names are checked when users are added; one stored before that, or
         # by other means, that is no plain file name is never made a path.
         name = user.username if is_file_name(user.username) else f"user-{user.id}"
-        return (self.settings.workbook_dir / f"{name}.xlsx").resolve()
+        # Absolute, but a link stays a link: each sync follows it anew.
+        return Path(os.path.abspath(self.settings.workbook_dir / f"{name}.xlsx"))
 
     def enqueue(
         self,
@@ -1614,7 +1623,21 @@ def _sheet_errors(also: str = "") -> Iterator[None]:
             ) from exc
         raise PermanentJobError(f"{exc}{also}") from exc
     except OSError as exc:
+        if (reason := _UNUSABLE_PATH.get(exc.errno or 0)) is not None:
+            where = f" {exc.filename}" if exc.filename else ""
+            raise PermanentJobError(
+                f"the workbook{where} cannot be used: {reason}{also}"
+            ) from exc
         raise RetryableJobError(f"workbook not accessible: {exc}{also}") from exc
+
+
+# Paths no retry mends: a person has to change the path or its links.
+_UNUSABLE_PATH = {
+    errno.ELOOP: "its links lead round in a loop; point the link at the workbook",
+    errno.ENOTDIR: "a folder on its path is a file",
+    errno.EISDIR: "it is a folder, not a workbook",
+    errno.ENAMETOOLONG: "its path is too long",
+}
 
 
 class _Progress:
