@@ -345,3 +345,22 @@ def test_the_keyboard_goes_through_the_page_in_the_order_it_is_drawn(
         page.keyboard.press("Tab")
         assert page.evaluate("!!document.activeElement.closest('#records')")
         page.close()
+
+
+def test_a_record_open_for_editing_on_a_laptop_leaves_rows_and_sync_in_sight(
+    browser: Browser, runtime: Runtime
+) -> None:
+    with live_server(runtime) as url:
+        page = sign_in(browser, url, "alice")
+        row = page.locator("#customers-table tr[data-id]").first
+        row.get_by_role("button", name="Edit").click()
+        expect(page.locator("#editor")).to_be_visible()
+
+        editor = page.locator("#editor").bounding_box()
+        table = page.locator("#customers-panel .table-wrap").bounding_box()
+        topbar = page.locator(".topbar").bounding_box()
+        assert editor is not None and table is not None and topbar is not None
+        assert editor["x"] + editor["width"] <= table["x"]
+        assert editor["y"] >= topbar["y"] + topbar["height"] - 1  # Sync in reach
+        expect(page.locator("#sync-to-sheet")).to_be_visible()
+        page.close()

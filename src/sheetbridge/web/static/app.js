@@ -2209,6 +2209,11 @@
   });
   sheetSettings();
   everyonesSyncs();
+  // The editor opens below the top bar, whose height changes as it wraps.
+  const topbar = document.querySelector(".topbar");
+  new ResizeObserver(() => {
+    document.documentElement.style.setProperty("--topbar-height", `${topbar.offsetHeight}px`);
+  }).observe(topbar);
 
   // Expose a tiny hook for debugging in the console (no data, just state).
   window.sheetbridge = {
