@@ -36,6 +36,8 @@ def _problems(monkeypatch: pytest.MonkeyPatch, **environment: str) -> list[str]:
         ("SHEETBRIDGE_GOOGLE_TIMEOUT_S", "1e308", "less than or equal to 600"),
         ("SHEETBRIDGE_SESSION_MAX_AGE_S", "0", "greater than or equal to 60"),
         ("SHEETBRIDGE_SHEET_LATENCY_MS", "99999999999", "less than or equal to"),
+        ("SHEETBRIDGE_GOOGLE_SHEETS_BASE_URL", "notaurl", "an http:// or https://"),
+        ("SHEETBRIDGE_GOOGLE_SHEETS_BASE_URL", "ftp://x", "an http:// or https://"),
     ],
 )
 def test_a_bad_setting_is_one_line_naming_the_variable_its_value_and_the_rule(
@@ -75,6 +77,33 @@ def test_progress_kept_less_often_than_a_lease_lasts_is_refused_naming_both(
         "SHEETBRIDGE_LEASE_S=10.0: running jobs renew their lease each time "
         "their progress is kept"
     )
+
+
+@pytest.mark.parametrize(
+    ("environment", "told"),
+    [
+        (
+            {
+                "SHEETBRIDGE_GOOGLE_BACKOFF_BASE_S": "100",
+                "SHEETBRIDGE_GOOGLE_BACKOFF_MAX_S": "1",
+            },
+            "SHEETBRIDGE_GOOGLE_BACKOFF_BASE_S=100.0 must be at most "
+            "SHEETBRIDGE_GOOGLE_BACKOFF_MAX_S=1.0",
+        ),
+        (
+            {"SHEETBRIDGE_SHEETS_QUOTA_BACKEND": "postgres"},
+            "SHEETBRIDGE_SHEETS_QUOTA_BACKEND=postgres counts in PostgreSQL, and "
+            "the database is SQLite: set DATABASE_URL to a PostgreSQL database, "
+            "or leave the quota to each process (memory)",
+        ),
+    ],
+)
+def test_settings_that_disagree_with_each_other_are_one_line_naming_both(
+    monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], told: str
+) -> None:
+    (problem,) = _problems(monkeypatch, **environment)
+
+    assert problem == told
 
 
 def test_a_log_level_is_taken_in_any_letter_case(

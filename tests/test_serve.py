@@ -399,6 +399,20 @@ def test_bad_settings_from_the_environment_are_one_line_each_not_a_traceback(
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.parametrize("host", ["not..a..host", "999.1.1.1"])
+def test_an_address_serve_cannot_listen_on_is_one_line_naming_it(
+    tmp_path: Path, host: str
+) -> None:
+    ran = _sheetbridge(
+        {"SHEETBRIDGE_DATA_DIR": str(tmp_path / "data"), "SHEETBRIDGE_HOST": host},
+        "serve",
+    )
+
+    assert ran.returncode == 1
+    (line,) = ran.stderr.strip().splitlines()
+    assert line.startswith(f"cannot listen on {host}:8000 (SHEETBRIDGE_HOST")
+
+
 def _wrong_sign_in(client: httpx.Client, forwarded_for: str) -> int:
     """A wrong password for bob, sent as if through a proxy for that address."""
     login = client.get("/login")

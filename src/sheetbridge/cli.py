@@ -106,6 +106,7 @@ def serve(
     logins = _seed_if_empty(runtime) if settings.demo else []
     host = host or settings.host
     port = port or settings.port
+    _can_listen_on(host, port)
     typer.echo(f"Sheetbridge is at http://{host}:{port}/")
     typer.echo(f"Database: {_redacted(settings)}; workbooks in {settings.workbook_dir}")
     for username, password, role in logins:
@@ -126,6 +127,17 @@ def serve(
             child.stop()
         runtime.queue.close()
         runtime.db.dispose()
+
+
+def _can_listen_on(host: str, port: int) -> None:
+    """Refuse, in one line, an address no socket can be bound to by name."""
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        _refuse(
+            f"cannot listen on {host}:{port} (SHEETBRIDGE_HOST or --host): {reason}"
+        )
 
 
 def _exit_after_stopping(signum: int, frame: object) -> None:

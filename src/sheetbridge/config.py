@@ -6,6 +6,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -194,13 +195,38 @@ class Settings(BaseSettings):
                 )
         return url
 
+    @field_validator("google_sheets_base_url")
+    @classmethod
+    def _a_web_address(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(
+                "should be an http:// or https:// address, as "
+                "https://sheets.googleapis.com or http://127.0.0.1:8090"
+            )
+        return url
+
     @model_validator(mode="after")
-    def _leases_kept(self) -> Settings:
+    def _agree(self) -> Settings:
+        """Settings that only work together."""
         if self.progress_interval_s > self.lease_s / 2:
             raise ValueError(
                 f"{ENV_PREFIX}PROGRESS_INTERVAL_S={self.progress_interval_s} must be "
                 f"at most half of {ENV_PREFIX}LEASE_S={self.lease_s}: running jobs "
                 "renew their lease each time their progress is kept"
+            )
+        if self.google_backoff_base_s > self.google_backoff_max_s:
+            raise ValueError(
+                f"{ENV_PREFIX}GOOGLE_BACKOFF_BASE_S={self.google_backoff_base_s} must "
+                f"be at most {ENV_PREFIX}GOOGLE_BACKOFF_MAX_S="
+                f"{self.google_backoff_max_s}"
+            )
+        postgres = self.effective_database_url.startswith("postgresql")
+        if self.sheets_quota_backend == "postgres" and not postgres:
+            raise ValueError(
+                f"{ENV_PREFIX}SHEETS_QUOTA_BACKEND=postgres counts in PostgreSQL, "
+                "and the database is SQLite: set DATABASE_URL to a PostgreSQL "
+                "database, or leave the quota to each process (memory)"
             )
         return self
 
