@@ -269,6 +269,8 @@ def test_bad_dates_are_rejected_with_a_format_hint(raw: Cell) -> None:
         "2025-00-10",
         "2025-04-31",
         "2025-01-00",
+        "2025-02-29T10:00",
+        "2025-02-29 10:00:00",
     ],
 )
 def test_a_date_written_yyyy_mm_dd_of_a_day_the_calendar_lacks_says_so(

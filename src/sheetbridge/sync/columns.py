@@ -37,7 +37,7 @@ _GOOGLE_SERIAL_OF_1904 = 1462  # 1 January 1904, as Google counts days
 _CENT = Decimal("0.01")
 _MONEY_TOLERANCE = Decimal("1e-9")
 _US_DATE = re.compile(r"([0-9]{1,2})/([0-9]{1,2})/([0-9]{4})")
-_ISO_DATE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
+_ISO_DATE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})(?P<time>[T ].*)?")
 _FOLD = re.compile(r"[\s_\-]+")
 # Characters no sheet holds: control characters other than tab and line
 # breaks, and U+FFFE / U+FFFF, which are no characters in a workbook's XML.
@@ -426,8 +426,10 @@ def _date_text(text: str) -> date:
                 raise ValueError(text)  # no date written M/D/YYYY: the hint
             return _calendar_day(text, year, month, day)
         if iso := _ISO_DATE.fullmatch(text):
-            year, month, day = (int(part) for part in iso.groups())
-            return _calendar_day(text, year, month, day)
+            year, month, day = (int(part) for part in iso.groups()[:3])
+            written = _calendar_day(text, year, month, day)
+            if iso["time"] is None:
+                return written
         if len(text) == 10:
             return date.fromisoformat(text)
         return _date_of(datetime.fromisoformat(text))
