@@ -1055,14 +1055,7 @@ def _field_to_sheet(
         )
     else:
         _keep_base(snapshot, name, base_value)
-        report_conflict(
-            ctx.plan,
-            ctx.mapping,
-            record_id,
-            column,
-            number,
-            (app_value, sheet_value, base_value),
-        )
+        _conflict(ctx, record_id, column, number, (app_value, sheet_value, base_value))
     return None
 
 
@@ -1256,6 +1249,16 @@ def _pending_edit_issue(
         "edited in the sheet; waiting for a sync from the sheet",
         "pending_import",
     )
+
+
+def _conflict(
+    ctx: _ToSheet | _FromSheet,
+    record_id: int,
+    column: Column,
+    number: int,
+    values: tuple[Canonical, Canonical, Canonical | _Missing],
+) -> None:
+    report_conflict(ctx.plan, ctx.mapping, record_id, column, number, values)
 
 
 def report_conflict(
@@ -1601,14 +1604,7 @@ def _field_from_sheet(
         ctx.plan.counts["pending_export"] += 1
     else:
         _keep_base(snapshot, name, base_value)
-        report_conflict(
-            ctx.plan,
-            ctx.mapping,
-            record_id,
-            column,
-            number,
-            (app_value, sheet_value, base_value),
-        )
+        _conflict(ctx, record_id, column, number, (app_value, sheet_value, base_value))
 
 
 def _readonly_from_sheet(
