@@ -320,6 +320,9 @@ def test_knobs_are_changed_while_it_serves_through_its_own_address(
         ({"error_rate": "often"}, "error_rate"),
         ({"error_rate": 2}, "error_rate"),
         ({"latency_ms": -1}, "latency_ms"),
+        ({"latency_ms": True}, "latency_ms"),
+        ({"read_quota_per_user": -1}, "read_quota_per_user"),
+        ({"require_auth": "yes"}, "require_auth"),
         ([1, 2], "a JSON object"),
     ],
 )
@@ -351,3 +354,23 @@ def test_a_fault_injected_through_its_own_address_answers_the_next_matching_call
         429,
         200,
     ]
+
+
+def test_a_quota_of_none_answers_every_call_with_googles_quota_error(
+    server: EmulatorServer, http: httpx.Client
+) -> None:
+    book = new_book(http)
+
+    http.patch("/_emulator/knobs", json={"read_quota_per_user": 0})
+    refused = http.get(f"/v4/spreadsheets/{book}")
+
+    assert refused.status_code == 429
+    assert refused.json()["error"]["status"] == "RESOURCE_EXHAUSTED"
+
+
+def test_a_fault_for_a_method_the_api_has_not_is_refused(
+    server: EmulatorServer, http: httpx.Client
+) -> None:
+    refused = http.post("/_emulator/faults", json={"status": 503, "method": "FOO"})
+
+    assert refused.status_code == 400 and "method" in refused.json()["error"]

@@ -27,7 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
@@ -198,7 +198,8 @@ class EmulatorState:
                 while window and window[0] <= now - knobs.quota_window_s:
                     window.popleft()
                 if len(window) >= limit:
-                    retry_after = window[0] + knobs.quota_window_s - now
+                    oldest = window[0] if window else now  # a quota of none
+                    retry_after = oldest + knobs.quota_window_s - now
                     raise _QuotaExceeded(
                         f"Quota exceeded for quota metric '{kind} requests' and limit "
                         f"'{label}' of service 'sheets.googleapis.com' for consumer "
@@ -213,19 +214,32 @@ class EmulatorState:
 _KNOB_FIELDS = [knob.name for knob in dataclasses.fields(Knobs)]
 
 
-@pydantic_dataclass(config=ConfigDict(extra="forbid", allow_inf_nan=False))
+_CHECKED = ConfigDict(extra="forbid", allow_inf_nan=False)
+# Each knob as JSON gives it, not coerced: ``true`` is no latency, "yes" no flag.
+_QUOTA = Field(default=None, ge=0, strict=True)
+
+
+@pydantic_dataclass(config=_CHECKED)
 class _CheckedKnobs(Knobs):
     """Knobs as a control request may set them: of the right types, in range."""
 
-    latency_ms: float = Field(default=0.0, ge=0, le=600_000)
-    error_rate: float = Field(default=0.0, ge=0, le=1)
-    quota_window_s: float = Field(default=60.0, gt=0)
+    latency_ms: float = Field(default=0.0, ge=0, le=600_000, strict=True)
+    read_quota_per_project: int | None = _QUOTA
+    write_quota_per_project: int | None = _QUOTA
+    read_quota_per_user: int | None = _QUOTA
+    write_quota_per_user: int | None = _QUOTA
+    quota_window_s: float = Field(default=60.0, gt=0, strict=True)
+    send_retry_after: bool = Field(default=True, strict=True)
+    error_rate: float = Field(default=0.0, ge=0, le=1, strict=True)
+    required_token: str | None = Field(default=None, strict=True)
+    require_auth: bool = Field(default=False, strict=True)
 
 
-@pydantic_dataclass(config=ConfigDict(extra="forbid"))
+@pydantic_dataclass(config=_CHECKED)
 class _CheckedFault(Fault):
-    status: int = Field(ge=400, le=599)
-    count: int = Field(default=1, ge=1)
+    status: int = Field(ge=400, le=599, strict=True)
+    count: int = Field(default=1, ge=1, strict=True)
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] | None = None
 
 
 _KNOBS: TypeAdapter[Knobs] = TypeAdapter(_CheckedKnobs)
