@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -399,18 +400,35 @@ def test_bad_settings_from_the_environment_are_one_line_each_not_a_traceback(
     assert not (tmp_path / "data").exists()
 
 
-@pytest.mark.parametrize("host", ["not..a..host", "999.1.1.1"])
-def test_an_address_serve_cannot_listen_on_is_one_line_naming_it(
-    tmp_path: Path, host: str
+@pytest.mark.parametrize(
+    ("host", "told"),
+    [
+        ("not..a..host", "(SHEETBRIDGE_HOST or --host): not a host name or address"),
+        ("999.1.1.1", "(SHEETBRIDGE_HOST or --host): "),
+        ("192.0.2.1", "(SHEETBRIDGE_HOST or --host): Cannot assign requested address"),
+        ("127.0.0.1", "(SHEETBRIDGE_PORT or --port): Address already in use"),
+    ],
+)
+def test_an_address_serve_cannot_listen_on_is_one_line_naming_the_setting(
+    tmp_path: Path, host: str, told: str
 ) -> None:
-    ran = _sheetbridge(
-        {"SHEETBRIDGE_DATA_DIR": str(tmp_path / "data"), "SHEETBRIDGE_HOST": host},
-        "serve",
-    )
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1] if host == "127.0.0.1" else free_port()
+        ran = _sheetbridge(
+            {
+                "SHEETBRIDGE_DATA_DIR": str(tmp_path / "data"),
+                "SHEETBRIDGE_HOST": host,
+                "SHEETBRIDGE_PORT": str(port),
+            },
+            "serve",
+        )
 
     assert ran.returncode == 1
+    assert ran.stdout == ""  # not told it is at an address it is not at
     (line,) = ran.stderr.strip().splitlines()
-    assert line.startswith(f"cannot listen on {host}:8000 (SHEETBRIDGE_HOST")
+    assert line.startswith(f"cannot listen on {host}:{port} {told}")
 
 
 def _wrong_sign_in(client: httpx.Client, forwarded_for: str) -> int:

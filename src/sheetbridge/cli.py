@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -107,7 +108,7 @@ def serve(
     host = host or settings.host
     port = port or settings.port
     _can_listen_on(host, port)
-    typer.echo(f"Sheetbridge is at http://{host}:{port}/")
+    typer.echo(f"Sheetbridge is at http://{_url_host(host)}:{port}/")
     typer.echo(f"Database: {_redacted(settings)}; workbooks in {settings.workbook_dir}")
     for username, password, role in logins:
         typer.echo(f"  demo {role:<5} {username} / {password}")
@@ -130,14 +131,33 @@ def serve(
 
 
 def _can_listen_on(host: str, port: int) -> None:
-    """Refuse, in one line, an address no socket can be bound to by name."""
+    """Refuse, in one line, an address serve could not listen on: a name that
+    is none, an address not this machine's, a port in use."""
+    where = f"{_url_host(host)}:{port}"
     try:
-        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except UnicodeError:  # a name no resolver takes ("not..a..host")
         _refuse(
-            f"cannot listen on {host}:{port} (SHEETBRIDGE_HOST or --host): {reason}"
+            f"cannot listen on {where} (SHEETBRIDGE_HOST or --host): not a host "
+            "name or address"
         )
+    except OSError as exc:
+        setting = (
+            "SHEETBRIDGE_PORT or --port"
+            if exc.errno == errno.EADDRINUSE
+            else "SHEETBRIDGE_HOST or --host"
+        )
+        _refuse(f"cannot listen on {where} ({setting}): {exc.strerror or exc}")
+
+
+def _url_host(host: str) -> str:
+    """A host as a URL writes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
 
 
 def _exit_after_stopping(signum: int, frame: object) -> None:
