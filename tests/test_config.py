@@ -38,6 +38,8 @@ def _problems(monkeypatch: pytest.MonkeyPatch, **environment: str) -> list[str]:
         ("SHEETBRIDGE_SHEET_LATENCY_MS", "99999999999", "less than or equal to"),
         ("SHEETBRIDGE_GOOGLE_SHEETS_BASE_URL", "notaurl", "an http:// or https://"),
         ("SHEETBRIDGE_GOOGLE_SHEETS_BASE_URL", "ftp://x", "an http:// or https://"),
+        ("SHEETBRIDGE_FORWARDED_ALLOW_IPS", "not-an-ip", "'not-an-ip' is no address"),
+        ("SHEETBRIDGE_FORWARDED_ALLOW_IPS", "10.0.0.1,,x", "'x' is no address"),
     ],
 )
 def test_a_bad_setting_is_one_line_naming_the_variable_its_value_and_the_rule(
@@ -112,6 +114,15 @@ def test_a_log_level_is_taken_in_any_letter_case(
     monkeypatch.setenv("SHEETBRIDGE_LOG_LEVEL", "debug")
 
     assert Settings(_env_file=None).log_level == "DEBUG"
+
+
+@pytest.mark.parametrize("proxies", ["127.0.0.1", "10.0.0.1, 10.0.1.0/24", "*", "::1"])
+def test_proxy_addresses_and_networks_are_taken(
+    monkeypatch: pytest.MonkeyPatch, proxies: str
+) -> None:
+    monkeypatch.setenv("SHEETBRIDGE_FORWARDED_ALLOW_IPS", proxies)
+
+    assert Settings(_env_file=None).forwarded_allow_ips == proxies
 
 
 def test_a_database_file_url_is_taken_as_given(monkeypatch: pytest.MonkeyPatch) -> None:

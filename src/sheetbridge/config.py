@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -194,6 +195,22 @@ class Settings(BaseSettings):
                     "sqlite:////path/to/sheetbridge.db"
                 )
         return url
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _addresses(cls, proxies: str) -> str:
+        """Addresses or networks, comma-separated, or *: a typo would leave
+        every user behind the proxy sharing its address, unnoticed."""
+        for entry in (part.strip() for part in proxies.split(",")):
+            if entry and entry != "*":
+                try:
+                    ipaddress.ip_network(entry, strict=False)
+                except ValueError:
+                    raise ValueError(
+                        f"{entry!r} is no address; give the proxies' addresses or "
+                        "networks, comma-separated (10.0.0.5, 10.0.1.0/24), or *"
+                    ) from None
+        return proxies
 
     @field_validator("google_sheets_base_url")
     @classmethod
