@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from sheetbridge import clock
 from sheetbridge.web import pages
 from sheetbridge.web.deps import Runtime
+from sheetbridge.web.security import SignInLimits, count_sign_in
 
 PASSWORDS = {"alice": "alice-demo", "bob": "bob-demo"}
 
@@ -144,3 +145,26 @@ def test_wrong_passwords_sent_all_at_once_are_checked_no_more_than_the_limit(
 
     # A try held off unchecked is not counted as wrong; one checked is.
     assert len(checked) <= 5
+
+
+def test_tries_still_being_checked_hold_off_a_moment_not_for_the_window(
+    client: TestClient, runtime: Runtime, now: list[datetime]
+) -> None:
+    # Five tries sent with this one are being checked: it waits a moment,
+    # told so, not the 15 minutes that five wrong passwords would earn.
+    limits = SignInLimits(5, 30, 900)
+    with runtime.db.session() as session:
+        for _ in range(5):
+            count_sign_in(session, "alice", "testclient", limits)
+
+    held = sign_in(client, "alice", PASSWORDS["alice"])
+
+    assert held.status_code == 429
+    assert held.headers["retry-after"] == "5"
+    assert error_on(held) == (
+        "Several sign-ins for alice are being checked at once: try again in a "
+        "few seconds."
+    )
+    # Tries never finished (their process stopped) are not waited for long.
+    now[0] += timedelta(minutes=1, seconds=1)
+    assert sign_in(client, "alice", PASSWORDS["alice"]).status_code == 303

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, ForeignKey, Index, Integer, String
+from sqlalchemy import Boolean, DateTime, ForeignKey, Index, Integer, String, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sheetbridge import clock
@@ -51,3 +51,7 @@ class SignInFailure(Base):
     username: Mapped[str] = mapped_column(String(64))  # as sign-ins fold it
     address: Mapped[str] = mapped_column(String(64), index=True)
     failed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    # False while its password is being checked: a try is counted first.
+    checked: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )

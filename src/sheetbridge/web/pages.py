@@ -18,6 +18,7 @@ from sheetbridge.web.security import (
     HeldOff,
     SignInLimits,
     authenticate,
+    checked_wrong,
     count_sign_in,
     csrf_matches,
     end_session,
@@ -148,7 +149,9 @@ def _sign_in(
             uncount_sign_in(session, attempt)
         return waiting
     if user is None:
-        return None  # counted as wrong already
+        with rt.db.session() as session:
+            checked_wrong(session, attempt)
+        return None
     with rt.db.session() as session:
         forget_wrong_sign_ins(session, username, address)
         return start_session(session, user, settings.session_max_age_s)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from sheetbridge import clock
@@ -71,17 +71,32 @@ class SignInLimits:
 @dataclass(frozen=True)
 class HeldOff:
     """Sign-ins refused unchecked for ``seconds`` more: ``username``'s from
-    this address, or (``username`` None) every one from this address."""
+    this address, or (``username`` None) every one from this address.
+    ``busy``: for tries sent at the same time, still being checked."""
 
     seconds: int
     username: str | None
+    busy: bool = False
 
     def message(self) -> str:
+        whose = "from this address" if self.username is None else f"for {self.username}"
+        if self.busy:
+            return (
+                f"Several sign-ins {whose} are being checked at once: try again "
+                "in a few seconds."
+            )
         minutes = math.ceil(self.seconds / 60)
         wait = f"{minutes} minute{'s' * (minutes != 1)}"
         if self.username is None:
             return f"Too many wrong sign-ins from this address: try again in {wait}."
         return f"Too many wrong passwords for {self.username}: try again in {wait}."
+
+
+# How long a try counts as being checked (a password takes a fraction of a
+# second); one older was cut off, its process stopped. And how long tries
+# sent beside that many wait.
+CHECKING_S = 60
+BUSY_RETRY_S = 5
 
 
 def sign_in_name(username: str) -> str:
@@ -119,13 +134,11 @@ def held_off(
     besides: int,
 ) -> HeldOff | None:
     """Whether the sign-in counted as ``besides`` waits, and how long: until
-    enough of the other wrong ones (and tries still being checked) in the
-    window have left it."""
+    enough of the wrong ones in the window have left it, or (``busy``) a
+    moment, while tries sent beside it are checked."""
     now = clock.now()
-    others = (
-        SignInFailure.failed_at > now - timedelta(seconds=limits.window_s),
-        SignInFailure.id != besides,
-    )
+    recent = SignInFailure.failed_at > now - timedelta(seconds=limits.window_s)
+    checking = SignInFailure.failed_at > now - timedelta(seconds=CHECKING_S)
     counted = (
         (SignInFailure.address == address, limits.per_address, None),
         (
@@ -136,17 +149,34 @@ def held_off(
         ),
     )
     for who, allowed, named in counted:
-        times = session.scalars(
+        wrong = session.scalars(
             select(SignInFailure.failed_at)
-            .where(who, *others)
+            .where(who, recent, SignInFailure.checked)
             .order_by(SignInFailure.failed_at.desc())
             .limit(allowed)
         ).all()
-        if len(times) >= allowed:
+        if len(wrong) >= allowed:
             # Held off until the oldest of the last ``allowed`` leaves.
-            frees_at = clock.as_utc(times[-1]) + timedelta(seconds=limits.window_s)
+            frees_at = clock.as_utc(wrong[-1]) + timedelta(seconds=limits.window_s)
             return HeldOff(max(1, math.ceil((frees_at - now).total_seconds())), named)
+        in_flight = session.scalar(
+            select(func.count()).where(
+                who,
+                checking,
+                ~SignInFailure.checked,
+                SignInFailure.id != besides,
+            )
+        )
+        if len(wrong) + (in_flight or 0) >= allowed:
+            return HeldOff(BUSY_RETRY_S, named, busy=True)
     return None
+
+
+def checked_wrong(session: Session, attempt: int) -> None:
+    """The try's password was wrong: it counts as one from now on."""
+    session.execute(
+        update(SignInFailure).where(SignInFailure.id == attempt).values(checked=True)
+    )
 
 
 def uncount_sign_in(session: Session, attempt: int) -> None:

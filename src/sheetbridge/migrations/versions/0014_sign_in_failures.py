@@ -22,6 +22,7 @@ def upgrade() -> None:
         sa.Column("username", sa.String(length=64), nullable=False),
         sa.Column("address", sa.String(length=64), nullable=False),
         sa.Column("failed_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("checked", sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_sign_in_failures")),
     )
     with op.batch_alter_table("sign_in_failures") as batch:
