@@ -156,6 +156,21 @@ def test_a_workbook_reached_through_a_link_is_written_where_the_link_points(
     assert backend.location == str(link)
 
 
+def test_a_folder_where_the_workbook_should_be_is_refused_at_once_not_retried(
+    tmp_path: Path,
+) -> None:
+    # Made moments ago, as a file being saved would be: but no program saves
+    # a workbook as a folder.
+    folder = tmp_path / "book.xlsx"
+    folder.mkdir()
+
+    with pytest.raises(SheetInvalidRequest) as refused:
+        XlsxBackend(folder).read_tabs(["T"])
+
+    assert not refused.value.transient
+    assert "Is a directory" in str(refused.value)
+
+
 def test_missing_workbook_reads_as_missing_tabs(tmp_path: Path) -> None:
     backend = XlsxBackend(tmp_path / "none.xlsx")
     assert backend.read_tabs(["A", "B"]) == {"A": None, "B": None}

@@ -26,6 +26,7 @@ import glob
 import io
 import os
 import re
+import stat
 import tempfile
 import threading
 import time
@@ -188,10 +189,12 @@ class XlsxBackend:
 
     def _saved_moments_ago(self) -> bool:
         try:
-            age_s = time.time() - self.path.stat().st_mtime
+            saved = self.path.stat()
         except OSError:
             return False
-        return age_s < STILL_SAVING_S
+        # No program saves a workbook as a folder, however new the folder.
+        is_file = stat.S_ISREG(saved.st_mode)
+        return is_file and time.time() - saved.st_mtime < STILL_SAVING_S
 
     def write(
         self,
