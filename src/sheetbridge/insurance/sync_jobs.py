@@ -485,11 +485,8 @@ class SyncService:
         # import that has nothing else to write does not write for them (the
         # sheet may be shared with the app read-only).
         for tab, changes in writes.items():
-            changes.cells.update(
-                (cell, value)
-                for cell, value in plans[tab].fill_ins.items()
-                if cell not in changes.cells
-            )
+            for cell, value in plans[tab].fill_ins.items():
+                changes.cells.setdefault(cell, value)
         if writes:
             saved = IMPORT_SAVED if any(changed.values()) else EARLIER_IDS
             with _sheet_errors(saved):

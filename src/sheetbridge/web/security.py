@@ -79,17 +79,21 @@ class HeldOff:
     busy: bool = False
 
     def message(self) -> str:
-        whose = "from this address" if self.username is None else f"for {self.username}"
         if self.busy:
+            whose = (
+                "from this address" if self.username is None else f"for {self.username}"
+            )
             return (
                 f"Several sign-ins {whose} are being checked at once: try again "
                 "in a few seconds."
             )
+        what = (
+            "wrong sign-ins from this address"
+            if self.username is None
+            else f"wrong passwords for {self.username}"
+        )
         minutes = math.ceil(self.seconds / 60)
-        wait = f"{minutes} minute{'s' * (minutes != 1)}"
-        if self.username is None:
-            return f"Too many wrong sign-ins from this address: try again in {wait}."
-        return f"Too many wrong passwords for {self.username}: try again in {wait}."
+        return f"Too many {what}: try again in {minutes} minute{'s' * (minutes != 1)}."
 
 
 # How long a try counts as being checked (a password takes a fraction of a
@@ -107,10 +111,11 @@ def sign_in_name(username: str) -> str:
 def count_sign_in(
     session: Session, username: str, address: str, limits: SignInLimits
 ) -> int:
-    """Count a sign-in as wrong before its password is checked, so that tries
-    sent at once are counted as tries sent one after another; the row's ID.
-    A right password, or a try held off unchecked, takes it back. Wrong ones
-    older than the window are forgotten."""
+    """Count a sign-in before its password is checked, so that tries sent at
+    once are counted as tries sent one after another; the row's ID. A wrong
+    password marks it checked (:func:`checked_wrong`); a right one, or a try
+    held off unchecked, takes it back. Wrong ones older than the window are
+    forgotten."""
     now = clock.now()
     session.execute(
         delete(SignInFailure).where(
@@ -139,14 +144,11 @@ def held_off(
     now = clock.now()
     recent = SignInFailure.failed_at > now - timedelta(seconds=limits.window_s)
     checking = SignInFailure.failed_at > now - timedelta(seconds=CHECKING_S)
+    name = sign_in_name(username)
+    here = SignInFailure.address == address
     counted = (
-        (SignInFailure.address == address, limits.per_address, None),
-        (
-            (SignInFailure.address == address)
-            & (SignInFailure.username == sign_in_name(username)),
-            limits.per_user,
-            sign_in_name(username),
-        ),
+        (here, limits.per_address, None),
+        (here & (SignInFailure.username == name), limits.per_user, name),
     )
     for who, allowed, named in counted:
         wrong = session.scalars(
