@@ -405,6 +405,7 @@ def test_bad_settings_from_the_environment_are_one_line_each_not_a_traceback(
     [
         ("not..a..host", "(SHEETBRIDGE_HOST or --host): not a host name or address"),
         ("999.1.1.1", "(SHEETBRIDGE_HOST or --host): "),
+        ("[::1]", "(SHEETBRIDGE_HOST or --host): "),  # named as typed, once
         ("192.0.2.1", "(SHEETBRIDGE_HOST or --host): Cannot assign requested address"),
         ("127.0.0.1", "(SHEETBRIDGE_PORT or --port): Address already in use"),
     ],

@@ -157,7 +157,7 @@ def _can_listen_on(host: str, port: int) -> None:
 
 def _url_host(host: str) -> str:
     """A host as a URL writes it: an IPv6 address in brackets."""
-    return f"[{host}]" if ":" in host else host
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def _exit_after_stopping(signum: int, frame: object) -> None:

@@ -168,7 +168,10 @@ def test_a_folder_where_the_workbook_should_be_is_refused_at_once_not_retried(
         XlsxBackend(folder).read_tabs(["T"])
 
     assert not refused.value.transient
-    assert "Is a directory" in str(refused.value)
+    assert str(refused.value) == (
+        f"{folder} is a folder, not a workbook: put the workbook there, or point "
+        "the link at one"
+    )
 
 
 def test_missing_workbook_reads_as_missing_tabs(tmp_path: Path) -> None:

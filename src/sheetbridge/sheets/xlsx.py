@@ -417,6 +417,12 @@ class XlsxBackend:
         )
 
     def _not_a_workbook(self, exc: Exception) -> Exception:
+        if isinstance(exc, IsADirectoryError):
+            return SheetInvalidRequest(
+                f"{self.location} is a folder, not a workbook: put the workbook "
+                "there, or point the link at one",
+                location=self.location,
+            )
         return SheetInvalidRequest(
             f"{self.location} is not a readable .xlsx workbook ({exc})",
             location=self.location,
