@@ -430,6 +430,7 @@ def test_an_address_serve_cannot_listen_on_is_one_line_naming_the_setting(
     assert ran.stdout == ""  # not told it is at an address it is not at
     (line,) = ran.stderr.strip().splitlines()
     assert line.startswith(f"cannot listen on {host}:{port} {told}")
+    assert not (tmp_path / "data").exists()  # refused before it made a database
 
 
 def _wrong_sign_in(client: httpx.Client, forwarded_for: str) -> int:

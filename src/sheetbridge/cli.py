@@ -48,13 +48,18 @@ app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
 
 
-def _runtime() -> Runtime:
-    """The app's parts, with the database schema brought up to date; a
-    database that cannot be reached is one line on stderr, not a traceback."""
+def _settings() -> Settings:
+    """The settings, or one line on stderr for each bad one."""
     try:
-        settings = get_settings()
+        return get_settings()
     except ValidationError as exc:
         _refuse("\n".join(setting_problems(exc)))
+
+
+def _runtime(settings: Settings | None = None) -> Runtime:
+    """The app's parts, with the database schema brought up to date; a
+    database that cannot be reached is one line on stderr, not a traceback."""
+    settings = settings or _settings()
     configure_logging(settings.log_level)
     try:
         runtime = build_runtime(settings)
@@ -102,12 +107,12 @@ def serve(
     """Upgrade the database, seed the demo agency if empty, and serve the app."""
     from sheetbridge.web.server import run_server
 
-    runtime = _runtime()
-    settings = runtime.settings
-    logins = _seed_if_empty(runtime) if settings.demo else []
+    settings = _settings()
     host = host or settings.host
     port = port or settings.port
     _can_listen_on(host, port)
+    runtime = _runtime(settings)
+    logins = _seed_if_empty(runtime) if settings.demo else []
     typer.echo(f"Sheetbridge is at http://{_url_host(host)}:{port}/")
     typer.echo(f"Database: {_redacted(settings)}; workbooks in {settings.workbook_dir}")
     for username, password, role in logins:
