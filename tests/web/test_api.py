@@ -593,7 +593,9 @@ def test_a_delete_with_a_body_is_refused_as_the_version_goes_in_its_query(
     refused = alice.request("DELETE", url, json={"version": 999})
 
     assert refused.status_code == 422
-    assert "send the version as ?version=" in refused.json()["detail"][0]["msg"]
+    (error,) = refused.json()["detail"]
+    assert error["loc"] == ["body", "version"]
+    assert "send version in the query, ?version=" in error["msg"]
     assert alice.get(url).status_code == 200
     deleted = alice.delete(url, params={"version": record["version"]})
     assert deleted.status_code == 204

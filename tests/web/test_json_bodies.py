@@ -169,3 +169,61 @@ def test_no_body_at_all_says_the_body_is_missing(
     error = refusal(alice, b"", path, method)
 
     assert error["msg"] == "the body is missing: send a JSON object, {…}"
+
+
+def _jobs_of(client: TestClient) -> int:
+    status = client.get("/api/insurance/sync/status").json()
+    return sum(len(jobs) for jobs in status.values())
+
+
+SYNC_REQUESTS = ["/api/insurance/sync/to-sheet", "/api/insurance/sync/from-sheet"]
+
+
+@pytest.mark.parametrize("path", SYNC_REQUESTS)
+def test_a_field_sent_to_a_request_that_takes_no_body_is_named_and_nothing_queued(
+    alice: TestClient, path: str
+) -> None:
+    before = _jobs_of(alice)
+
+    answer = alice.post(path, json={"tabs": ["Policies"], "dry_run": True})
+
+    assert answer.status_code == 422, answer.text
+    errors = answer.json()["detail"]
+    assert [(error["loc"], error["field"]) for error in errors] == [
+        (["body", "tabs"], "tabs"),
+        (["body", "dry_run"], "dry_run"),
+    ]
+    assert all("takes no body" in error["msg"] for error in errors)
+    assert _jobs_of(alice) == before
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b"\xff", b"null"], ids=repr)
+def test_any_other_body_sent_to_a_request_that_takes_none_is_refused(
+    alice: TestClient, body: bytes
+) -> None:
+    before = _jobs_of(alice)
+
+    error = refusal(alice, body, SYNC_REQUESTS[0])
+
+    assert error["msg"] == "this request takes no body"
+    assert _jobs_of(alice) == before
+
+
+def test_a_body_past_the_limit_sent_to_a_request_that_takes_none_is_a_413(
+    alice: TestClient,
+) -> None:
+    before = _jobs_of(alice)
+
+    answer = alice.post(SYNC_REQUESTS[1], content=_megabytes(5), headers=JSON)
+
+    assert answer.status_code == 413
+    assert _jobs_of(alice) == before
+
+
+def test_a_request_that_takes_no_body_still_takes_an_empty_one(
+    alice: TestClient,
+) -> None:
+    for body in (b"", b"  \n", b"{}"):
+        answer = alice.post(SYNC_REQUESTS[0], content=body, headers=JSON)
+
+        assert answer.status_code == 202, answer.text

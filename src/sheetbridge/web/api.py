@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request, status
+from fastapi import APIRouter, Path, Query, status
 from fastapi.responses import JSONResponse, Response
 from pydantic import AfterValidator, BaseModel
 
@@ -31,7 +31,7 @@ from sheetbridge.insurance.services import (
     policy_out,
 )
 from sheetbridge.web.answers import JsonAnswer
-from sheetbridge.web.bodies import JsonRoute, UnreadableJson
+from sheetbridge.web.bodies import JsonRoute
 from sheetbridge.web.deps import CurrentUser, RuntimeDep
 
 router = APIRouter(prefix="/api", tags=["records"], route_class=JsonRoute)
@@ -126,19 +126,6 @@ def _change(
     )
 
 
-async def _no_body(request: Request) -> None:
-    """A delete reads its version from the query; a body would be ignored,
-    its version with it, and the record deleted whatever its version."""
-    if (await request.body()).strip():
-        raise UnreadableJson(
-            "body_not_taken",
-            "a delete takes no body: send the version as ?version=N",
-        )
-
-
-NoBody = Depends(_no_body)
-
-
 def _deleted(delete: Callable[[], None]) -> Response:
     delete()
     return Response(status_code=204)
@@ -193,7 +180,6 @@ def update_customer(
     "/customers/{customer_id}",
     status_code=204,
     response_model=None,
-    dependencies=[NoBody],
 )
 def delete_customer(
     customer_id: CustomerId,
@@ -267,9 +253,7 @@ def update_policy(
     )
 
 
-@router.delete(
-    "/policies/{policy_id}", status_code=204, response_model=None, dependencies=[NoBody]
-)
+@router.delete("/policies/{policy_id}", status_code=204, response_model=None)
 def delete_policy(
     policy_id: PolicyId, user: CurrentUser, rt: RuntimeDep, version: VersionQuery = None
 ) -> Any:

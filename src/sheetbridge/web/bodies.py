@@ -171,19 +171,57 @@ class JsonRequest(Request):
 class JsonRoute(APIRoute):
     """A route whose JSON body is read by :func:`read_json`, and which refuses
     a query parameter it does not take, as a body refuses an unknown field: a
-    filter misspelt or not offered would otherwise be left out in silence."""
+    filter misspelt or not offered would otherwise be left out in silence.
+    For the same reason a route that takes no body refuses one."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handle = super().get_route_handler()
         takes = _query_names(self.dependant)
+        takes_body = self.body_field is not None
 
         async def route_handler(request: Request) -> Response:
             errors = _query_errors(request, takes)
             if errors:
                 raise RequestValidationError(errors)
-            return await handle(JsonRequest(request.scope, request.receive))
+            json_request = JsonRequest(request.scope, request.receive)
+            if not takes_body:
+                _refuse_a_body(await json_request.body(), takes)
+            return await handle(json_request)
 
         return route_handler
+
+
+NO_BODY = "this request takes no body"
+
+
+def _refuse_a_body(body: bytes, query: list[str]) -> None:
+    """Refuse a body sent to a request that takes none, naming each field it
+    gives (and where one the query takes goes instead); nothing, or only
+    ``{}``, passes."""
+    if not body.strip():
+        return
+    try:
+        value = read_json(body)
+    except (UnreadableJson, ValueError):
+        value = None
+    if value == {}:
+        return
+    if not isinstance(value, dict):
+        raise UnreadableJson("body_not_taken", NO_BODY)
+    detail = []
+    for name in value:
+        message = f"is not a field of this request: {NO_BODY}"
+        if name in query:
+            message += f"; send {name} in the query, ?{name}=…"
+        detail.append(
+            {
+                "loc": ["body", name],
+                "field": name,
+                "msg": message,
+                "type": "body_not_taken",
+            }
+        )
+    raise HTTPException(status_code=422, detail=detail)
 
 
 def _query_names(dependant: Dependant) -> list[str]:
