@@ -546,8 +546,12 @@ def test_undo_import_restores_imported_values_but_not_ones_edited_since(
     run_sync(runtime, "alice", TO_SHEET)
     assert sheet_city(runtime, first) == before_first
     twice = client.post(f"/api/insurance/sync/jobs/{job_id}/undo", headers=alice)
-    assert twice.json()["restored"] == []
-    assert [r["record_id"] for r in twice.json()["left_alone"]] == [second]
+    assert twice.status_code == 409  # not a success that undid nothing
+    assert twice.json()["detail"] == (
+        f"nothing of sync #{job_id} could be undone: customer {second} "
+        "(edited in the app since the import)"
+    )
+    assert app_city(runtime, second) == "Edited After Import"
 
 
 def test_undo_says_why_it_left_a_record_a_later_import_changed_or_one_moved_away(
@@ -567,14 +571,12 @@ def test_undo_says_why_it_left_a_record_a_later_import_changed_or_one_moved_away
 
     undone = client.post(f"/api/insurance/sync/jobs/{first}/undo", headers=alice)
 
-    reasons = {
-        item["record_id"]: item["reason"] for item in undone.json()["left_alone"]
-    }
-    assert reasons == {
-        reimported: f"changed since by the import of sync #{later}; undo that "
-        "one first",
-        moved: "moved to another agent's book since the import",
-    }
+    assert undone.status_code == 409
+    assert undone.json()["detail"] == (
+        f"nothing of sync #{first} could be undone: customer {reimported} "
+        f"(changed since by the import of sync #{later}; undo that one first), "
+        f"customer {moved} (moved to another agent's book since the import)"
+    )
     assert app_city(runtime, reimported) == "Imported Again"
 
 

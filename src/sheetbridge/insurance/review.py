@@ -492,7 +492,23 @@ def undo_import(session: Session, user: User, job_id: int) -> UndoReport:
                 change.undone_at = clock.now()
             if any(change.field == CREATED for change in record_changes):
                 report.removed += 1
+    if not report.restored:
+        raise ReviewError(_nothing_undone(job_id, report.left_alone))
     return report
+
+
+MAX_NAMED = 5
+
+
+def _nothing_undone(job_id: int, left_alone: list[dict[str, Any]]) -> str:
+    named = [
+        f"{item['entity']} {item['record_id']} ({item['reason']})"
+        for item in left_alone[:MAX_NAMED]
+    ]
+    more = len(left_alone) - len(named)
+    if more:
+        named.append(f"and {more:,} more")
+    return f"nothing of sync #{job_id} could be undone: " + ", ".join(named)
 
 
 class _NotTogether(Exception):
