@@ -304,6 +304,50 @@ def test_a_deleted_column_comes_back_with_the_app_values_not_blanks() -> None:
     assert frm.updates == {} and frm.counts["updated"] == 0
 
 
+def test_a_column_that_came_back_is_no_edit_in_a_row_it_could_not_fill_yet() -> None:
+    # The row's ID was in two rows as the column came back: neither was
+    # written, and once one is gone its empty cell is still no edit.
+    app = {1: rec("Ann", note="call back"), 2: rec("Bob", note="paid")}
+    tab, base = synced(app)
+    note = HEADER.index("Note")
+    for row in tab.rows:
+        row[note] = None
+    tab.rows.append(list(tab.rows[1]))  # Ann's row, copied below
+
+    to = plan_to_sheet(MAPPING, tab, app, base)
+    rows = apply_changes(tab.rows, to.changes)
+    del rows[-1]  # the copy is deleted
+    stored = {**base, **to.snapshots}
+    frm = plan_from_sheet(MAPPING, TabData(rows, "v2"), app, stored)
+    stored.update(frm.snapshots)
+    again = plan_to_sheet(MAPPING, TabData(rows, "v3"), app, stored)
+
+    added = len(HEADER)
+    assert [row[added] if len(row) > added else None for row in rows[1:]] == [
+        None,
+        "paid",
+    ]
+    assert frm.updates == {} and frm.conflicts == []
+    assert apply_changes(rows, again.changes)[1][added] == "call back"
+
+
+def test_a_column_that_came_back_is_no_edit_in_a_row_whose_values_were_refused() -> (
+    None
+):
+    app = {1: rec("Ann", note="call back"), 2: rec("Bob", note="paid")}
+    tab, base = synced(app)
+    for row in tab.rows:
+        row[HEADER.index("Note")] = None
+    app[1]["policy_number"] = "9" * 101  # the whole row is not written
+
+    to = plan_to_sheet(MAPPING, tab, app, base, cell_limit=100)
+    rows = apply_changes(tab.rows, to.changes)
+    frm = plan_from_sheet(MAPPING, TabData(rows, "v2"), app, {**base, **to.snapshots})
+
+    assert to.counts["errors"] == 1
+    assert frm.updates == {} and frm.conflicts == []
+
+
 def test_a_renamed_column_is_left_for_its_name_to_come_back_then_syncs() -> None:
     app = {1: rec("Ann", note="call back"), 2: rec("Bob", note="paid")}
     tab, base = synced(app)

@@ -49,8 +49,9 @@ from sheetbridge.sync.matching import RowValues, naming, place
 
 Record: TypeAlias = dict[str, Canonical]
 """Field name -> canonical value."""
-# A snapshot's key (no field's name) listing the fields whose cells a merge
-# emptied, comma-separated.
+# A snapshot's key (no field's name) listing the fields whose empty cells wait
+# for the app's value, comma-separated: a merge emptied them, or a sync added
+# their column but could not fill the row's cell.
 EMPTIED_BY_MERGE = "~emptied by merge"
 
 DELETE_MODES = ("flag", "delete")
@@ -935,9 +936,24 @@ def plan_to_sheet(
             ctx.issue(_held_for_doubt_issue(mapping, record_id, doubtful), "errors")
         else:
             _append(ctx, record_id, app[record_id])
+    if layout.added:
+        _wait_for_added_cells(plan, scanned.seen & app.keys(), base, layout.added)
     if plan.changes.append:
         _keep_appends_in_room(ctx, len(rows))
     return plan
+
+
+def _wait_for_added_cells(
+    plan: ToSheetPlan, in_sheet: set[int], base: dict[int, Record], added: set[str]
+) -> None:
+    """A row this sync left alone (its ID in two rows, say) got no value in a
+    column the sync added: until the row syncs, its empty cells there are no
+    edits but wait for the app's values."""
+    for record_id in sorted(in_sheet - plan.snapshots.keys()):
+        old = base.get(record_id)
+        if old is not None:
+            waiting = ",".join(sorted(_emptied(old) | added))
+            plan.snapshots[record_id] = {**old, EMPTIED_BY_MERGE: waiting}
 
 
 def _to_sheet_header_usable(
@@ -997,7 +1013,8 @@ def _sync_row_to_sheet(
     if writes and not _app_values_valid(ctx, record_id, number, record, writes):
         writes = {}
         snapshot = dict(old) if old is not None else {}
-        waiting = set(_emptied(old))
+        # Nor are the cells of a column this sync added: they wait.
+        waiting = set(_emptied(old)) | ctx.layout.added
     _emit_writes(ctx, number, writes)
     ctx.plan.snapshots[record_id] = _emptied_by_merge(ctx, number, snapshot, waiting)
 
