@@ -163,6 +163,28 @@ def test_a_date_format_shows_serials_as_dates_and_stays_over_a_raw_write(
     assert _shown(http, book, "A2", "FORMATTED_VALUE") == [["1/3/2020"]]
 
 
+def test_a_format_given_to_empty_cells_shows_in_values_written_later(
+    http: httpx.Client,
+) -> None:
+    book = new_book(http)
+    put(http, book, "A1", [["Born"]])
+    formatted = http.post(
+        f"/v4/spreadsheets/{book}:batchUpdate",
+        json={"requests": [_date_format(0, (1, 3))]},
+    )
+    empty = http.get(f"/v4/spreadsheets/{book}/values/A1:A5").json()
+
+    put(http, book, "A2:A3", [[43831], [43832]])
+    shown = _shown(http, book, "A1:A3", "FORMATTED_VALUE")
+    cleared = http.post(f"/v4/spreadsheets/{book}/values/A2:clear")
+    put(http, book, "A2", [[43833]])
+
+    assert formatted.status_code == 200 and cleared.status_code == 200
+    assert empty["values"] == [["Born"]]  # a format alone is no value
+    assert shown == [["Born"], ["1/1/2020"], ["1/2/2020"]]
+    assert _shown(http, book, "A2", "FORMATTED_VALUE") == [["1/3/2020"]]
+
+
 def test_a_format_outside_the_grid_or_of_an_unknown_type_is_refused(
     http: httpx.Client,
 ) -> None:

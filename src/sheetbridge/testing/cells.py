@@ -24,9 +24,11 @@ MAX_CELL_CHARS = 50_000
 
 @dataclass
 class Rich:
-    """A cell with a formula or a number format (``kind`` is DATE, NUMBER, ...)."""
+    """A cell with a formula or a number format (``kind`` is DATE, NUMBER, ...);
+    with no value and no formula, an empty cell whose format a value written
+    there later shows in."""
 
-    value: Scalar
+    value: Scalar | None
     formula: str | None = None
     kind: str = ""
     pattern: str = ""
@@ -138,6 +140,13 @@ def to_serial(moment: datetime | date) -> int | float:
 def from_serial(serial: float) -> datetime:
     """Naive datetime of a serial number."""
     return EPOCH + timedelta(days=serial)
+
+
+def holds_value(cell: Stored) -> bool:
+    """Whether a cell holds a value or a formula, not only a format."""
+    if isinstance(cell, Rich):
+        return cell.value is not None or cell.formula is not None
+    return cell is not None
 
 
 def effective(cell: Stored, lookup: Lookup) -> Scalar | None:

@@ -28,6 +28,7 @@ from sheetbridge.testing.cells import (
     Rich,
     Scalar,
     Stored,
+    holds_value,
     parse_raw,
     parse_user_entered,
     render,
@@ -376,7 +377,7 @@ class Spreadsheet:
         for row in range(r1, min(r2, len(sheet.rows)) + 1):
             values = sheet.rows[row - 1]
             for col in range(c1, min(c2, len(values)) + 1):
-                values[col - 1] = None
+                values[col - 1] = _format_only(values[col - 1])
         return self.echo(sheet, rect)
 
     # -- spreadsheets.batchUpdate --------------------------------------------
@@ -602,9 +603,9 @@ class Spreadsheet:
         return {}
 
     def _req_repeatCell(self, where: str, body: Json, rng: random.Random) -> Json:
-        """Give every cell of a range a number format. Other parts of a cell's
-        format (colours, fonts) are taken and not modelled; nor is a format
-        on an empty cell, which a later write would show."""
+        """Give every cell of a range a number format, empty ones too: a value
+        written there later shows in it. Other parts of a cell's format
+        (colours, fonts) are taken and not modelled."""
         span = body.get("range", {})
         sheet = self.sheet_by_id(span.get("sheetId"), where)
         r1, r2 = _span(span, "Row", sheet.row_count, where)
@@ -623,13 +624,16 @@ class Spreadsheet:
                 f"number_format.type' ({kind!r})"
             )
         pattern = number_format.get("pattern") or DEFAULT_PATTERNS.get(kind, "")
-        for row in range(r1, min(r2, len(sheet.rows))):
+        while len(sheet.rows) < r2:
+            sheet.rows.append([])
+        for row in range(r1, r2):
             line = list(sheet.rows[row])  # a new list: a failed batch restores
-            for col in range(c1, min(c2, len(line))):
+            line.extend([None] * (c2 - len(line)))
+            for col in range(c1, c2):
                 cell = line[col]
                 if isinstance(cell, Rich):
                     line[col] = dataclasses.replace(cell, kind=kind, pattern=pattern)
-                elif cell is not None:
+                else:
                     line[col] = Rich(cell, kind=kind, pattern=pattern)
             sheet.rows[row] = line
         return {}
@@ -760,7 +764,7 @@ def _find_table(
     r1, c1, r2, c2 = rect
 
     def filled(row: int, col: int) -> bool:
-        return sheet.cell(row, col) is not None
+        return holds_value(sheet.cell(row, col))
 
     last_row = next(
         (
@@ -863,13 +867,20 @@ def as_rich(value: Scalar, kind: str, pattern: str) -> Rich:
     return Rich(value, kind=kind, pattern=pattern)
 
 
+def _format_only(cell: Stored) -> Stored:
+    """A cell emptied, its number format kept."""
+    if isinstance(cell, Rich) and cell.kind:
+        return Rich(None, kind=cell.kind, pattern=cell.pattern)
+    return None
+
+
 def _keep_format(before: Stored, after: Stored) -> Stored:
     """A value written into a cell keeps the cell's number format, as the
     values API never changes a format (but for a date typed USER_ENTERED,
     which brings its own)."""
     if isinstance(before, Rich) and before.kind and not isinstance(after, Rich):
         if after is None:
-            return None
+            return _format_only(before)
         return Rich(after, kind=before.kind, pattern=before.pattern)
     return after
 
