@@ -432,3 +432,37 @@ def test_dates_and_premiums_a_sync_writes_show_as_dates_and_amounts_in_google(
     (row,) = [row for row in customers[1:] if row[0] == str(record_id)]
     # Blank when its row was written, the cell now shows the date as a date.
     assert row[born] == "7/4/1980"
+
+
+def test_a_write_cut_short_at_its_formats_writes_and_counts_every_row_on_its_retry(
+    runtime: Runtime, spreadsheet_id: str, emulator: EmulatorServer
+) -> None:
+    run_sync(runtime, "alice", TO_SHEET)
+    with runtime.db.session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+        for n in (1, 2):
+            born = date(1980, 7, n)
+            session.add(
+                Customer(name=f"New {n}", agent_id=alice.id, date_of_birth=born)
+            )
+    # The call that formats the new rows' dates fails: it goes first, so
+    # nothing of the write has landed and the retry writes and counts it all.
+    emulator.state.inject(
+        503, count=1, method="POST", path_contains=f"{spreadsheet_id}:batchUpdate"
+    )
+    job_id = runtime.sync.enqueue(alice, TO_SHEET).job_id
+    pool = WorkerPool(runtime.queue, runtime.sync.handlers)
+    pool.run_until_empty()
+    runtime.queue.now = lambda: clock.now() + timedelta(minutes=5)  # retry due
+    pool.run_until_empty()
+
+    job = runtime.queue.get(job_id)
+    assert (job.state, job.attempts) == ("succeeded", 2), job.error
+    assert job.result is not None and job.result["summary"]["appended"] == 2
+    customers = httpx.get(
+        f"{emulator.base_url}/v4/spreadsheets/{spreadsheet_id}/values/Customers",
+        params={"valueRenderOption": "FORMATTED_VALUE"},
+    ).json()["values"]
+    name, born = customers[0].index("Name"), customers[0].index("Date of Birth")
+    shown = {row[name]: row[born] for row in customers[1:] if row[name][:4] == "New "}
+    assert shown == {"New 1": "7/1/1980", "New 2": "7/2/1980"}

@@ -18,6 +18,7 @@ window between check and write (the API has no conditional writes).
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import logging
@@ -817,18 +818,22 @@ class GoogleSheetsBackend:
         sheets: dict[str, Json],
         tz: tzinfo,
     ) -> None:
-        """Write the values, then the formats and the row deletes."""
+        """Format the cells to be written and delete rows, in one call that
+        lands whole or not at all, then write the values where the deletes
+        left their rows. Cut short between the two, a write has landed none
+        of its values: its retry writes them all, formats again and counts
+        them as written, not as rows the sheet already held."""
         # These calls name rows by where they were just read. Sent again after
         # a wait, they would land wherever a sort had moved other rows to:
         # cut short, they go back to the sync, which reads the sheet again.
+        # Formats come before the deletes: they name rows as they were read.
+        first = _formats(changes, rows, sheets) + _delete_requests(changes, sheets)
         data = _value_ranges(changes, rows, tz)
-        finish = _formats(changes, rows, sheets) + _delete_requests(changes, sheets)
         try:
+            if first:
+                self.client.batch_update(self.spreadsheet_id, first, retry=False)
             if data:
                 self.client.batch_update_values(self.spreadsheet_id, data, retry=False)
-            # Formats first: they name rows as they are before the deletes.
-            if finish:
-                self.client.batch_update(self.spreadsheet_id, finish, retry=False)
         except SheetError as exc:
             if not exc.transient:
                 raise
@@ -1288,15 +1293,25 @@ def _value_ranges(
     rows: Mapping[str, list[list[Cell]] | None],
     tz: tzinfo,
 ) -> list[Json]:
+    """The values to write, each row where it is once the write's deletes
+    have moved it up."""
     data: list[Json] = []
     for tab, ch in changes.items():
-        for top, left, block in _blocks(ch.cells, tz):
+        deleted = sorted(set(ch.delete_rows))
+
+        def after_deletes(row: int, deleted: list[int] = deleted) -> int:
+            return row - bisect.bisect_left(deleted, row)
+
+        cells = {
+            (after_deletes(row), col): value for (row, col), value in ch.cells.items()
+        }
+        for top, left, block in _blocks(cells, tz):
             bottom, right = top + len(block) - 1, left + len(block[0]) - 1
             data.append(
                 {"range": a1_range(tab, top, left, bottom, right), "values": block}
             )
         if ch.append:
-            first = last_row_after(rows.get(tab) or [], ch.cells) + 1
+            first = after_deletes(last_row_after(rows.get(tab) or [], ch.cells) + 1)
             width = max(len(values) for values in ch.append) or 1
             block = [
                 [api_value(value, tz) for value in values]
