@@ -26,7 +26,7 @@ from sqlalchemy import select
 
 from sheetbridge.config import Settings
 from sheetbridge.insurance import sync_jobs
-from sheetbridge.insurance.models import User
+from sheetbridge.insurance.models import Customer, User
 from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
 from sheetbridge.queue.store import Claimed
 from sheetbridge.queue.worker import JobContext
@@ -468,6 +468,31 @@ def test_a_conflict_with_no_earlier_sync_of_the_sheet_says_so_instead_of_a_base(
         expect(city.locator(".is-base dd")).to_have_text(
             "(never synced with this sheet)"
         )
+        page.close()
+
+
+def test_long_conflicting_values_scroll_in_their_boxes_keeping_the_choices_near(
+    browser: Browser, runtime: Runtime
+) -> None:
+    run_sync(runtime, "alice", TO_SHEET)
+    record_id = edit_sheet_cell(runtime, 2, "Notes", "Sheet note. " * 140)
+    with runtime.db.session() as session:
+        customer = session.get(Customer, record_id)
+        assert customer is not None
+        customer.notes = "App note. " * 160
+    with live_server(runtime) as url:
+        page = open_dashboard(browser, url, "alice")
+        page.click("#sync-from-sheet")
+
+        card = page.locator("#conflict-list li[data-field=notes]")
+        expect(card).to_have_count(1, timeout=20_000)
+        app_value = card.locator(".is-app dd")
+        expect(app_value).to_have_text(("App note. " * 160).strip())
+        box = card.bounding_box()
+        assert box is not None and box["height"] < 450, box
+        assert app_value.evaluate("e => e.scrollHeight > e.clientHeight")
+        expect(app_value).to_have_attribute("tabindex", "0")  # scrolls by keyboard
+        expect(card.locator(".is-base dd")).not_to_have_attribute("tabindex", "0")
         page.close()
 
 

@@ -1804,10 +1804,16 @@
     const notes = new Map(); // conflict id -> why it was not resolved, kept over a rebuild
     const state = { inflight: false, again: false, timer: null, items: [] };
 
+    // A value longer than this scrolls in its box (reachable by Tab), so a
+    // long note keeps the choices next to it.
+    const LONG_VALUE = 160;
+
     function valueBox(label, value, cls, text = canonical(value)) {
-      return el("div", { className: `conflict-value ${cls}` },
-        el("dt", { text: label }),
-        el("dd", { className: value === null || value === undefined || value === "" ? "empty" : "", text }));
+      const empty = value === null || value === undefined || value === "";
+      const long = text.length > LONG_VALUE;
+      const dd = el("dd", { className: empty ? "empty" : long ? "long" : "", text });
+      if (long) dd.tabIndex = 0;
+      return el("div", { className: `conflict-value ${cls}` }, el("dt", { text: label }), dd);
     }
 
     function valuesList(c) {
