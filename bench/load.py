@@ -13,7 +13,7 @@ owns a small book (50 policies, 20 customers), so the API latency dominates.
 Logging at WARNING. Seeding and every user's first sync into their empty
 spreadsheet happen from this process before the server starts, so every
 measured sync is the everyday kind: read the sheet, write one changed cell
-(5 API calls, 1.5 s of latency).
+(5 API calls, 1.5 s of latency; the last reads back the row it wrote).
 
 For each server configuration (Sheetbridge with several worker counts, or
 its worker process at several CPU priorities, then the naive baseline from

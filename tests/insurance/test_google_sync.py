@@ -6,6 +6,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from datetime import date, timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -19,7 +20,7 @@ from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
 from sheetbridge.queue.models import Job
 from sheetbridge.queue.worker import WorkerPool
 from sheetbridge.sheets.base import TabChanges, TabData
-from sheetbridge.sheets.google import GoogleSheetsBackend
+from sheetbridge.sheets.google import GoogleSheetsBackend, SheetsClient
 from sheetbridge.testing.emulator import EmulatorServer
 from sheetbridge.testing.harness import GoogleHarness
 from sheetbridge.web.app import create_app
@@ -466,3 +467,104 @@ def test_a_write_cut_short_at_its_formats_writes_and_counts_every_row_on_its_ret
     name, born = customers[0].index("Name"), customers[0].index("Date of Birth")
     shown = {row[name]: row[born] for row in customers[1:] if row[name][:4] == "New "}
     assert shown == {"New 1": "7/1/1980", "New 2": "7/2/1980"}
+
+
+Rows = list[list[Any]]
+
+
+def sync_as_rows_change(
+    runtime: Runtime,
+    emulator: EmulatorServer,
+    monkeypatch: pytest.MonkeyPatch,
+    change: Callable[[Rows], None],
+) -> tuple[Job, dict[int, str], set[int]]:
+    """A to-sheet of four changed cities during whose write a person changes
+    the Customers rows (below the header) as the write is sent: the job, run
+    to its end, the cities read before, and the customers changed."""
+    (book,) = emulator.state.spreadsheets.values()
+    sheet = next(tab for tab in book.sheets if tab.title == "Customers")
+    header = [str(cell) for cell in sheet.rows[0]]
+    city = header.index("City")
+    cities_before = {row[0]: row[city] for row in sheet.rows[1:]}
+    with runtime.db.session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+        moved = session.scalars(
+            select(Customer).where(Customer.agent_id == alice.id).order_by(Customer.id)
+        ).all()[:4]
+        for customer in moved:
+            customer.city = f"Moved {customer.id}"
+    write = SheetsClient.batch_update_values
+    changed: list[bool] = []
+
+    def person_changes_rows_first(self: SheetsClient, *args: Any, **kw: Any) -> Any:
+        if not changed:
+            change(sheet.rows)
+            changed.append(True)
+        return write(self, *args, **kw)
+
+    monkeypatch.setattr(SheetsClient, "batch_update_values", person_changes_rows_first)
+    job_id = runtime.sync.enqueue(alice, TO_SHEET).job_id
+    pool = WorkerPool(runtime.queue, runtime.sync.handlers)
+    pool.run_until_empty()
+    runtime.queue.now = lambda: clock.now() + timedelta(minutes=5)  # retry due
+    pool.run_until_empty()
+    return runtime.queue.get(job_id), cities_before, {c.id for c in moved}
+
+
+def cities_now(emulator: EmulatorServer, spreadsheet_id: str) -> dict[int, str]:
+    _, tab, header = customers_tab(emulator, spreadsheet_id)
+    city = header.index("City")
+    return {int(row[0]): str(row[city]) for row in tab.rows[1:] if row}
+
+
+def inserted_above(rows: Rows, *inserted: list[Any]) -> None:
+    rows[1:1] = list(inserted)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda rows: inserted_above(rows, [], []),
+        lambda rows: rows.__setitem__(slice(1, None), rows[:0:-1]),  # a sort
+    ],
+    ids=["two blank rows inserted above", "the rows sorted the other way"],
+)
+def test_rows_moved_as_a_sync_writes_get_back_their_values_and_no_import_takes_ours(
+    runtime: Runtime,
+    spreadsheet_id: str,
+    emulator: EmulatorServer,
+    monkeypatch: pytest.MonkeyPatch,
+    change: Callable[[Rows], None],
+) -> None:
+    run_sync(runtime, "alice", TO_SHEET)
+
+    job, before, moved = sync_as_rows_change(runtime, emulator, monkeypatch, change)
+    imported = run_sync(runtime, "alice", FROM_SHEET)
+
+    assert (job.state, job.attempts) == ("succeeded", 2), job.error
+    assert "moved while the sync wrote" in job.errors[0]["error"]
+    assert cities_now(emulator, spreadsheet_id) == {
+        record_id: f"Moved {record_id}" if record_id in moved else was
+        for record_id, was in before.items()
+    }
+    assert imported["summary"]["updated"] == 0
+
+
+def test_values_a_write_put_into_a_row_without_an_id_fail_it_naming_the_cells(
+    runtime: Runtime,
+    spreadsheet_id: str,
+    emulator: EmulatorServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run_sync(runtime, "alice", TO_SHEET)
+
+    def typed_above(rows: Rows) -> None:
+        inserted_above(rows, ["", "Typed Person"])
+
+    job, _, _ = sync_as_rows_change(runtime, emulator, monkeypatch, typed_above)
+
+    assert (job.state, job.attempts) == ("failed", 1)
+    assert "cells in rows without an ID may hold values meant for other rows: " in (
+        job.error or ""
+    )
+    assert "Customers!" in (job.error or "") and "check them" in (job.error or "")

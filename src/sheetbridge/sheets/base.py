@@ -25,11 +25,15 @@ class TabChanges:
     includes header cells to add. ``append`` rows go after the last non-empty
     row; each is a full row by column position, where ``None`` leaves the cell
     untouched. ``delete_rows`` are 1-based rows as they were read.
+    ``id_column`` (1-based), where given, holds each row's record ID: a
+    backend that writes cells by row number checks with it that the rows it
+    wrote into were still the rows it read.
     """
 
     cells: dict[tuple[int, int], Cell] = field(default_factory=dict)
     append: list[list[Cell]] = field(default_factory=list)
     delete_rows: list[int] = field(default_factory=list)
+    id_column: int | None = field(default=None, compare=False)
 
     def is_empty(self) -> bool:
         """Return True when applying these changes would change nothing."""

@@ -31,6 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from pathlib import Path
@@ -758,6 +759,7 @@ class GoogleSheetsBackend:
         except BaseException:
             self._take_back(added)
             raise
+        self._check_rows_stayed(meta, changes, rows, tz)
         logger.info(
             "sheets.write",
             extra={
@@ -768,6 +770,88 @@ class GoogleSheetsBackend:
                 "deleted_rows": sum(len(ch.delete_rows) for ch in changes.values()),
             },
         )
+
+    def _check_rows_stayed(
+        self,
+        meta: Json,
+        changes: Mapping[str, TabChanges],
+        rows: dict[str, list[list[Cell]] | None],
+        tz: tzinfo,
+    ) -> None:
+        """Read back the rows the write named by number, and undo what landed
+        in the wrong ones.
+
+        Google takes no condition with a write: rows inserted, deleted or
+        sorted between the sync's last read and its write move other rows
+        under the cells it writes, and the values meant for one record land
+        in another's row, where the next import would take them for edits.
+        A row whose ID is no longer the one read gets back the values its
+        own record's row held when read, and the sync reads the sheet again
+        and writes each value where its record now is. A row that held no
+        ID then cannot be told: the write fails naming its cells, for a
+        person to check."""
+        checked = {
+            tab: ch
+            for tab, ch in changes.items()
+            if _rows_to_check(ch, rows.get(tab) or [])
+        }
+        if not checked:
+            return  # only headers, new rows and rows being given their IDs
+        now = self._read_landed(meta, checked)
+        put_back: dict[str, dict[tuple[int, int], Cell]] = {}
+        unsure: list[str] = []
+        for tab, ch in checked.items():
+            moved = _moved_cells(ch, rows.get(tab) or [], now.get(tab) or [], tz)
+            put_back[tab] = moved.put_back
+            unsure += [f"{tab}!{column_letters(c)}{r}" for r, c in moved.unsure]
+        if not any(put_back.values()) and not unsure:
+            return
+        data = _value_ranges(
+            {tab: TabChanges(cells) for tab, cells in put_back.items() if cells},
+            now,
+            tz,
+        )
+        if data:
+            self.client.batch_update_values(self.spreadsheet_id, data, retry=False)
+        if unsure:
+            raise SheetInvalidRequest(
+                f"rows of {self.location} moved while the sync wrote to them (a "
+                "sort, or rows inserted or deleted), and cells in rows without an "
+                f"ID may hold values meant for other rows: {', '.join(unsure[:10])}"
+                f"{' …' if len(unsure) > 10 else ''}; check them, then sync again",
+                location=self.spreadsheet_id,
+            )
+        count = sum(len(cells) for cells in put_back.values())
+        raise SheetChanged(
+            f"rows of {self.location} moved while the sync wrote to them (a sort, "
+            f"or rows inserted or deleted): the {count:,} values that landed in "
+            "other records' rows were put back, and the sync reads the sheet again",
+            location=self.spreadsheet_id,
+        )
+
+    def _read_landed(
+        self, meta: Json, checked: Mapping[str, TabChanges]
+    ) -> dict[str, list[list[Cell]]]:
+        """Each tab's rows from the first to the last a write put cells into
+        (where the write's deletes left them), at their row numbers: one call."""
+        sheets = _sheets_by_title(meta)
+        spans: dict[str, tuple[str, int]] = {}  # tab -> (range, its first row)
+        for tab, ch in checked.items():
+            props = _find(sheets, tab)
+            if props is not None:
+                # Deletes move a row up by at most their number.
+                first = max(2, min(row for row, _ in ch.cells) - len(ch.delete_rows))
+                last = max(row for row, _ in ch.cells)
+                spans[tab] = (f"{quote_title(props['title'])}!{first}:{last}", first)
+        if not spans:
+            return {}
+        ranges = [text for text, _ in spans.values()]
+        answers = self.client.batch_get(self.spreadsheet_id, ranges)
+        return {
+            tab: [[] for _ in range(first - 1)]
+            + [_clean_row(line) for line in answer.get("values", [])]
+            for (tab, (_, first)), answer in zip(spans.items(), answers, strict=True)
+        }
 
     def _grow(self, requests: list[Json]) -> Json:
         """Add the missing tabs and the rows and columns the write needs.
@@ -1473,6 +1557,99 @@ def _delete_requests(
                 }
             )
     return requests
+
+
+@dataclass
+class _Moved:
+    """Cells a write put into rows that had moved: each with the value to put
+    back, or (row, column) where no row read held that row's ID."""
+
+    put_back: dict[tuple[int, int], Cell] = field(default_factory=dict)
+    unsure: list[tuple[int, int]] = field(default_factory=list)
+
+
+def _moved_cells(
+    ch: TabChanges,
+    before: list[list[Cell]],
+    now: list[list[Cell]],
+    tz: tzinfo,
+) -> _Moved:
+    """The written cells of ``ch`` that landed in another row than the one
+    read (known by ``ch.id_column``), and what to put back in each."""
+    assert ch.id_column is not None
+    ids = ch.id_column - 1
+    read_at = {
+        _at(before, number, ids): number
+        for number in range(2, len(before) + 1)
+        if _at(before, number, ids) is not None
+    }
+    deleted = sorted(set(ch.delete_rows))
+    moved = _Moved()
+    for (row, column), value in sorted(ch.cells.items()):
+        expected = _at(before, row, ids)
+        if row == 1 or expected is None:
+            continue  # the header, or a row being given its ID
+        landed = row - bisect.bisect_left(deleted, row)
+        holder = _at(now, landed, ids)
+        if holder == expected or not _same(
+            _at(now, landed, column - 1), api_value(value, tz)
+        ):
+            continue  # in its row, or changed again since: left as it is
+        source = read_at.get(holder)
+        if source is not None:
+            was = _at(before, source, column - 1)
+            moved.put_back[(landed, column)] = "" if was is None else was
+        elif holder is None and _only_written(ch, now, landed, tz):
+            moved.put_back[(landed, column)] = ""  # a blank row put in: blank again
+        else:
+            moved.unsure.append((landed, column))
+    return moved
+
+
+def _only_written(
+    ch: TabChanges, now: list[list[Cell]], landed: int, tz: tzinfo
+) -> bool:
+    """Whether row ``landed`` holds nothing but values this write sent to one
+    row: a blank row someone put in, which the write filled."""
+    line = now[landed - 1] if landed <= len(now) else []
+    sent = [
+        {
+            column: api_value(value, tz)
+            for (r, column), value in ch.cells.items()
+            if r == row
+        }
+        for row in {r for r, _ in ch.cells}
+    ]
+    filled = {i + 1: cell for i, cell in enumerate(line) if cell not in (None, "")}
+    return any(
+        filled.keys() <= values.keys()
+        and all(_same(cell, values[column]) for column, cell in filled.items())
+        for values in sent
+    )
+
+
+def _rows_to_check(ch: TabChanges, before: list[list[Cell]]) -> bool:
+    """Whether ``ch`` writes cells into rows that held an ID when read."""
+    if ch.id_column is None:
+        return False
+    ids = ch.id_column - 1
+    return any(row > 1 and _at(before, row, ids) is not None for row, _ in ch.cells)
+
+
+def _at(rows: list[list[Cell]], number: int, index: int) -> Cell:
+    """The cell at a 1-based row and a 0-based column, None past the data."""
+    if number > len(rows) or index >= len(rows[number - 1]):
+        return None
+    return rows[number - 1][index]
+
+
+def _same(read: Cell, written: Any) -> bool:
+    """Whether a cell read back holds what a RAW write put there."""
+    if read is None or read == "":
+        return written is None or written == ""
+    if isinstance(read, int | float) and isinstance(written, int | float):
+        return math.isclose(read, written, rel_tol=1e-12, abs_tol=1e-9)
+    return bool(read == written)
 
 
 def _runs(rows_desc: list[int]) -> Iterator[tuple[int, int]]:

@@ -938,6 +938,8 @@ def plan_to_sheet(
             _append(ctx, record_id, app[record_id])
     if layout.added:
         _wait_for_added_cells(plan, scanned.seen & app.keys(), base, layout.added)
+    if layout.id_index is not None:
+        plan.changes.id_column = layout.id_index + 1
     if plan.changes.append:
         _keep_appends_in_room(ctx, len(rows))
     return plan
