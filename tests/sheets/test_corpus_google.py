@@ -487,3 +487,40 @@ def test_merged_cells_are_read_and_reported_never_imported_as_empty(
     (error,) = [i for i in plan.issues if i.kind == "error"]
     assert "cells B2:C2 are merged" in error.reason
     assert plan.updates == {}
+
+
+def test_merged_cells_unmerged_again_are_read_as_cells_once_more(
+    harness: GoogleHarness,
+) -> None:
+    book = harness.spreadsheet()
+    backend = harness.backend(book)
+    header: list[Cell] = ["ID", "Name", "ZIP"]
+    cells = {(1, col): value for col, value in enumerate(header, 1)}
+    cells.update({(2, 1): 1, (2, 2): "Ann", (2, 3): "04001"})
+    backend.write({"People": TabChanges(cells=cells)})
+    people = book.sheet_by_title("People")
+    assert people is not None
+    span = {"sheetId": people.sheet_id, "startRowIndex": 1, "endRowIndex": 2}
+    merge = {
+        "mergeCells": {"range": {**span, "startColumnIndex": 1, "endColumnIndex": 3}}
+    }
+    merge_all = {
+        "mergeCells": {"range": {**span, "startColumnIndex": 0, "endColumnIndex": 3}}
+    }
+    part = {
+        "unmergeCells": {"range": {**span, "startColumnIndex": 2, "endColumnIndex": 3}}
+    }
+    whole = {
+        "unmergeCells": {"range": {**span, "startColumnIndex": 0, "endColumnIndex": 3}}
+    }
+    client = backend.client
+    client.batch_update(book.spreadsheet_id, [merge])
+    client.batch_update(book.spreadsheet_id, [merge_all])  # covers the first whole
+
+    with pytest.raises(SheetInvalidRequest, match="all cells in a merged range"):
+        client.batch_update(book.spreadsheet_id, [part])
+    merged = tab(backend.read_tabs(["People"]), "People").merges
+    client.batch_update(book.spreadsheet_id, [whole])
+
+    assert merged == [CellRange(2, 1, 2, 3)]
+    assert tab(backend.read_tabs(["People"]), "People").merges == []

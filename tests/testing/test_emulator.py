@@ -371,11 +371,29 @@ def test_a_fault_injected_through_its_own_address_answers_the_next_matching_call
     )
 
     assert injected.status_code == 200
-    assert [http.get(f"/v4/spreadsheets/{book}").status_code for _ in range(3)] == [
-        429,
-        429,
-        200,
-    ]
+    answers = [http.get(f"/v4/spreadsheets/{book}") for _ in range(3)]
+    assert [answer.status_code for answer in answers] == [429, 429, 200]
+    # As Google's own quota error: its status, its words and when to retry.
+    assert answers[0].json()["error"]["status"] == "RESOURCE_EXHAUSTED"
+    assert answers[0].json()["error"]["message"].startswith("Quota exceeded")
+    assert answers[0].headers["Retry-After"] == "1"
+
+
+def test_faults_waiting_are_listed_and_cleared_through_the_same_address(
+    server: EmulatorServer, http: httpx.Client
+) -> None:
+    book = new_book(http)
+    http.post("/_emulator/faults", json={"status": 500, "count": 26})
+    http.post("/_emulator/faults", json={"status": 503, "method": "POST"})
+
+    listed = http.get("/_emulator/faults")
+    http.get(f"/v4/spreadsheets/{book}")  # takes one of the 500s
+    cleared = http.delete("/_emulator/faults")
+
+    assert [(f["status"], f["count"]) for f in listed.json()] == [(500, 26), (503, 1)]
+    assert [(f["status"], f["count"]) for f in cleared.json()] == [(500, 25), (503, 1)]
+    assert http.get("/_emulator/faults").json() == []
+    assert http.get(f"/v4/spreadsheets/{book}").status_code == 200
 
 
 def test_a_quota_of_none_answers_every_call_with_googles_quota_error(

@@ -80,13 +80,35 @@ class Fault:
     count: int = 1
     method: str | None = None
     path_contains: str | None = None
-    message: str = "The service is currently unavailable."
+    message: str | None = None  # else the service's own words for the status
 
     def matches(self, method: str, path: str) -> bool:
         """True when this fault applies to the request."""
         return (self.method is None or self.method == method) and (
             self.path_contains is None or self.path_contains in path
         )
+
+    def error(self) -> ApiError:
+        """The answer, as the service gives it: a 429 as its quota error, with
+        a Retry-After of a second."""
+        if self.status == 429:
+            return _QuotaExceeded(self.message or _FAULT_QUOTA_MESSAGE, 1.0)
+        message = self.message or _FAULT_MESSAGES.get(self.status, "Unknown error.")
+        return ApiError(self.status, message)
+
+
+_FAULT_QUOTA_MESSAGE = (
+    "Quota exceeded for quota metric 'Requests' and limit 'Requests per minute' "
+    "of service 'sheets.googleapis.com' for consumer 'project_number:000000000000'."
+)
+_FAULT_MESSAGES = {
+    400: "Invalid request.",
+    401: "Request had invalid authentication credentials.",
+    403: "The caller does not have permission",
+    404: "Requested entity was not found.",
+    500: "Internal error encountered.",
+    503: "The service is currently unavailable.",
+}
 
 
 @dataclass
@@ -290,7 +312,9 @@ def build_app(state: EmulatorState | None = None) -> Starlette:
             # The emulator's own controls, at an address Google has no such
             # thing at: knobs changed while it serves, faults injected.
             Route("/_emulator/knobs", handler.knobs, methods=["GET", "PATCH"]),
-            Route("/_emulator/faults", handler.fault, methods=["POST"]),
+            Route(
+                "/_emulator/faults", handler.fault, methods=["GET", "POST", "DELETE"]
+            ),
         ]
     )
     app.state.emulator = state
@@ -338,8 +362,15 @@ class _Handler:
         return JSONResponse(dataclasses.asdict(self.state.knobs))
 
     async def fault(self, request: Request) -> Response:
-        """Inject a fault: ``{"status", "count", "method", "path_contains",
-        "message"}``, all but the status optional."""
+        """Inject a fault (POST ``{"status", "count", "method", "path_contains",
+        "message"}``, all but the status optional); list those waiting (GET)
+        or clear them (DELETE, answering those it cleared)."""
+        if request.method in ("GET", "DELETE"):
+            with self.state._lock:
+                waiting = [f for f in self.state.faults if f.count > 0]
+                if request.method == "DELETE":
+                    self.state.faults = []
+            return JSONResponse([dataclasses.asdict(fault) for fault in waiting])
         body = await _control_body(request)
         if isinstance(body, Response):
             return body
@@ -362,7 +393,7 @@ class _Handler:
             user = self._authenticate(request)
             fault = state._take_fault(method, path)
             if fault is not None:
-                raise ApiError(fault.status, fault.message)
+                raise fault.error()
             if state.knobs.error_rate and state.rng.random() < state.knobs.error_rate:
                 status = state.rng.choice((500, 503))
                 raise ApiError(

@@ -638,7 +638,10 @@ class Spreadsheet:
             sheet.rows[row] = line
         return {}
 
-    def _req_mergeCells(self, where: str, body: Json, rng: random.Random) -> Json:
+    def _merge_span(
+        self, body: Json, where: str
+    ) -> tuple[Sheet, tuple[int, int], tuple[int, int]]:
+        """The sheet and the (start, end) rows and columns of a merge request."""
         span = body.get("range", {})
         sheet = self.sheet_by_id(span.get("sheetId"), where)
         rows = (int(span.get("startRowIndex", 0)), int(span.get("endRowIndex", 0)))
@@ -651,6 +654,12 @@ class Spreadsheet:
             and 0 <= cols[0] < cols[1] <= sheet.col_count
         ):
             raise invalid(f"Invalid {where}: the range is not within the grid")
+        return sheet, rows, cols
+
+    def _req_mergeCells(self, where: str, body: Json, rng: random.Random) -> Json:
+        """Merge a range (or each of its rows or columns). Merges wholly inside
+        a new one give way to it; one only partly inside is refused."""
+        sheet, rows, cols = self._merge_span(body, where)
         kind = body.get("mergeType", "MERGE_ALL")
         if kind == "MERGE_ALL":
             blocks = [(rows, cols)]
@@ -660,26 +669,17 @@ class Spreadsheet:
             blocks = [((row, row + 1), cols) for row in range(*rows)]
         else:
             raise invalid(f"Invalid {where}: unknown mergeType {kind!r}")
-        for (top, bottom), (left, right) in blocks:
+        for block_rows, block_cols in blocks:
+            (top, bottom), (left, right) = block_rows, block_cols
             if (bottom - top) * (right - left) < 2:
                 continue  # a single cell is no merge
-            for other in sheet.merges:
-                if (
-                    top < other["endRowIndex"]
-                    and other["startRowIndex"] < bottom
-                    and left < other["endColumnIndex"]
-                    and other["startColumnIndex"] < right
-                ):
-                    raise invalid(
-                        f"Invalid {where}: You can't merge cells that are "
-                        "already partly merged."
-                    )
+            inside = _merges_within(sheet, block_rows, block_cols, where, "merge")
             # Only the top-left value is kept.
             for row in range(top + 1, bottom + 1):
                 for col in range(left + 1, right + 1):
                     if (row, col) != (top + 1, left + 1):
                         sheet.set(row, col, None)
-            sheet.merges.append(
+            sheet.merges = [m for m in sheet.merges if m not in inside] + [
                 {
                     "sheetId": sheet.sheet_id,
                     "startRowIndex": top,
@@ -687,7 +687,14 @@ class Spreadsheet:
                     "startColumnIndex": left,
                     "endColumnIndex": right,
                 }
-            )
+            ]
+        return {}
+
+    def _req_unmergeCells(self, where: str, body: Json, rng: random.Random) -> Json:
+        """Undo every merge inside a range; one only partly inside is refused."""
+        sheet, rows, cols = self._merge_span(body, where)
+        inside = _merges_within(sheet, rows, cols, where, "unmerge")
+        sheet.merges = [merge for merge in sheet.merges if merge not in inside]
         return {}
 
     def _req_addNamedRange(self, where: str, body: Json, rng: random.Random) -> Json:
@@ -865,6 +872,38 @@ def new_spreadsheet(spreadsheet_id: str, body: Json) -> Spreadsheet:
 def as_rich(value: Scalar, kind: str, pattern: str) -> Rich:
     """A stored value with a number format (used by fixtures)."""
     return Rich(value, kind=kind, pattern=pattern)
+
+
+def _merges_within(
+    sheet: Sheet,
+    rows: tuple[int, int],
+    cols: tuple[int, int],
+    where: str,
+    verb: str,
+) -> list[Json]:
+    """The sheet's merges inside the span; refused if one is only partly in."""
+    inside = []
+    for merge in sheet.merges:
+        overlaps = (
+            rows[0] < merge["endRowIndex"]
+            and merge["startRowIndex"] < rows[1]
+            and cols[0] < merge["endColumnIndex"]
+            and merge["startColumnIndex"] < cols[1]
+        )
+        if not overlaps:
+            continue
+        if not (
+            rows[0] <= merge["startRowIndex"]
+            and merge["endRowIndex"] <= rows[1]
+            and cols[0] <= merge["startColumnIndex"]
+            and merge["endColumnIndex"] <= cols[1]
+        ):
+            raise invalid(
+                f"Invalid {where}: You must select all cells in a merged range "
+                f"to {verb} them."
+            )
+        inside.append(merge)
+    return inside
 
 
 def _format_only(cell: Stored) -> Stored:
