@@ -1452,3 +1452,22 @@ def test_a_state_typed_in_lower_case_imports_once_and_then_settles(
     assert written["conflicts"] == 0
     with alices_tab(synced) as (sheet, header):
         assert sheet.cell(2, header["State"]).value == "CA"
+
+
+def test_a_syncs_retries_are_counted_across_its_calls_not_from_one_for_each() -> None:
+    class Notes:
+        def __init__(self) -> None:
+            self.seen: list[dict[str, Any]] = []
+
+        def note(self, phase: str, **details: Any) -> None:
+            self.seen.append({"phase": phase, **details})
+
+    notes = Notes()
+    report = sync_jobs._retry_reporter(notes)  # type: ignore[arg-type]
+    assert report is not None
+
+    report(1, 1.0, RuntimeError("reading: 503"))  # the read's first retry
+    report(1, 2.0, RuntimeError("writing: 503"))  # then the write's first
+
+    assert [note["retries"] for note in notes.seen] == [1, 2]
+    assert notes.seen[1]["reason"] == "writing: 503"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import functools
+import itertools
 import logging
 import os
 import re
@@ -1675,10 +1676,13 @@ def _quota_reporter(progress: _Progress | None) -> Callable[[float], None] | Non
 def _retry_reporter(
     progress: _Progress | None,
 ) -> Callable[[int, float, BaseException], None] | None:
+    """Each retry of a call to the sheet, counted over the whole attempt: the
+    write's first retry after two of the read's is its third."""
     if progress is None:
         return None
+    retries = itertools.count(1)
     return lambda attempt, delay_s, error: progress.note(
-        "retrying", retries=attempt, reason=str(error), delay_s=round(delay_s, 1)
+        "retrying", retries=next(retries), reason=str(error), delay_s=round(delay_s, 1)
     )
 
 
