@@ -30,6 +30,8 @@ from sheetbridge.insurance.models import Customer, User
 from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
 from sheetbridge.queue.store import Claimed
 from sheetbridge.queue.worker import JobContext
+from sheetbridge.sheets.errors import SheetTransientError
+from sheetbridge.sheets.xlsx import XlsxBackend
 from sheetbridge.web.deps import Runtime
 from sheetbridge.web.security import add_user
 from tests.conftest import api_client
@@ -766,6 +768,32 @@ def test_an_import_waiting_to_retry_after_saving_says_what_it_saved(
             "Its import was saved: 1 record changed, and it stays. "
             "The next try goes on from there.",
         )
+
+
+def test_a_sync_done_on_its_second_try_says_how_long_from_the_first(
+    browser: Browser, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write = XlsxBackend.write
+    tries: list[int] = []
+
+    def busy_once(self: XlsxBackend, *args: Any, **kwargs: Any) -> None:
+        tries.append(1)
+        if len(tries) == 1:
+            raise SheetTransientError("the workbook is busy", location=str(self.path))
+        write(self, *args, **kwargs)
+
+    monkeypatch.setattr(XlsxBackend, "write", busy_once)
+    with live_server(runtime) as url:
+        page = open_dashboard(browser, url, "alice")
+        page.click("#sync-to-sheet")
+
+        done = page.locator("#recent-jobs li.job[data-state=succeeded]")
+        expect(done).to_have_count(1, timeout=20_000)
+        expect(done).to_contain_text(
+            re.compile(r"2 attempts, [\d.]+ s from queued to finished")
+        )
+        expect(done).not_to_contain_text("took")
+        page.close()
 
 
 def break_alices_workbook(runtime: Runtime) -> Path:

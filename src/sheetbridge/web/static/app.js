@@ -1103,12 +1103,16 @@
     return counts.length ? [el("span", { className: "muted", text: counts.map(words).join(", ") })] : [];
   }
 
+  // How long a job took; one that needed more than one try, from its
+  // queueing, as its last try's start says nothing of the tries before.
   function duration(job) {
-    if (!job.started_at || !job.finished_at) return "";
-    const ms = new Date(job.finished_at) - new Date(job.started_at);
+    const retried = Number(job.attempts) > 1;
+    const from = retried ? job.enqueued_at : job.started_at;
+    if (!from || !job.finished_at) return "";
+    const ms = new Date(job.finished_at) - new Date(from);
     if (!Number.isFinite(ms) || ms < 0) return "";
-    if (ms < 100) return " · took under 0.1 s";
-    return ms < 60000 ? ` · took ${(ms / 1000).toFixed(1)} s` : ` · took ${Math.round(ms / 60000)} min`;
+    const span = ms < 100 ? "under 0.1 s" : ms < 60000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.round(ms / 60000)} min`;
+    return retried ? ` · ${job.attempts} attempts, ${span} from queued to finished` : ` · took ${span}`;
   }
 
   function changedCount(job) {
