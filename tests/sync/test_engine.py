@@ -331,9 +331,25 @@ def test_a_column_that_came_back_is_no_edit_in_a_row_it_could_not_fill_yet() -> 
     assert apply_changes(rows, again.changes)[1][added] == "call back"
 
 
-def test_a_column_that_came_back_is_no_edit_in_a_row_whose_values_were_refused() -> (
-    None
-):
+def test_a_column_that_came_back_is_no_edit_in_a_row_whose_id_was_typed_over() -> None:
+    # Bob's row was given Ann's ID as the column came back: Bob had no row
+    # the sync knew, and once his ID is back his empty cell is still no edit.
+    app = {1: rec("Ann", note="call back"), 2: rec("Bob", note="paid")}
+    tab, base = synced(app)
+    note = HEADER.index("Note")
+    for row in tab.rows:
+        row[note] = None
+    tab.rows[2][0] = 1
+
+    to = plan_to_sheet(MAPPING, tab, app, base)
+    rows = apply_changes(tab.rows, to.changes)
+    rows[2][0] = 2  # the ID typed back
+    frm = plan_from_sheet(MAPPING, TabData(rows, "v2"), app, {**base, **to.snapshots})
+
+    assert frm.updates == {} and frm.conflicts == []
+
+
+def test_a_column_that_came_back_is_no_edit_where_app_values_were_refused() -> None:
     app = {1: rec("Ann", note="call back"), 2: rec("Bob", note="paid")}
     tab, base = synced(app)
     for row in tab.rows:

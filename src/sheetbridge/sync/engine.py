@@ -937,7 +937,7 @@ def plan_to_sheet(
         else:
             _append(ctx, record_id, app[record_id])
     if layout.added:
-        _wait_for_added_cells(plan, scanned.seen & app.keys(), base, layout.added)
+        _wait_for_added_cells(plan, app.keys(), base, layout.added)
     if layout.id_index is not None:
         plan.changes.id_column = layout.id_index + 1
     if plan.changes.append:
@@ -946,12 +946,13 @@ def plan_to_sheet(
 
 
 def _wait_for_added_cells(
-    plan: ToSheetPlan, in_sheet: set[int], base: dict[int, Record], added: set[str]
+    plan: ToSheetPlan, records: Iterable[int], base: dict[int, Record], added: set[str]
 ) -> None:
-    """A row this sync left alone (its ID in two rows, say) got no value in a
-    column the sync added: until the row syncs, its empty cells there are no
-    edits but wait for the app's values."""
-    for record_id in sorted(in_sheet - plan.snapshots.keys()):
+    """A record whose row this sync left alone (its ID in two rows, say) or
+    did not find (its ID typed over) got no value in a column the sync added:
+    until its row syncs, its empty cells there are no edits but wait for the
+    app's values."""
+    for record_id in sorted(set(records) - plan.snapshots.keys()):
         old = base.get(record_id)
         if old is not None:
             waiting = ",".join(sorted(_emptied(old) | added))
