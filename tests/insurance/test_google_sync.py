@@ -568,3 +568,48 @@ def test_values_a_write_put_into_a_row_without_an_id_fail_it_naming_the_cells(
         job.error or ""
     )
     assert "Customers!" in (job.error or "") and "check them" in (job.error or "")
+
+
+def test_rows_sorted_as_an_import_writes_new_ids_keep_their_own_ids(
+    runtime: Runtime,
+    spreadsheet_id: str,
+    emulator: EmulatorServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run_sync(runtime, "alice", TO_SHEET)
+    (book,) = emulator.state.spreadsheets.values()
+    sheet = next(tab for tab in book.sheets if tab.title == "Customers")
+    header = [str(cell) for cell in sheet.rows[0]]
+    name = header.index("Name")
+    ids_before = {row[name]: row[0] for row in sheet.rows[1:]}
+    for typed in ("Aaron Typed", "Aaron Typed Two"):
+        line: list[Any] = [""] * len(header)
+        line[name] = typed
+        sheet.rows.append(line)
+    write = SheetsClient.batch_update_values
+    sorted_once: list[bool] = []
+
+    def person_sorts_by_name_first(self: SheetsClient, *args: Any, **kw: Any) -> Any:
+        if not sorted_once:
+            sheet.rows[1:] = sorted(sheet.rows[1:], key=lambda row: str(row[name]))
+            sorted_once.append(True)
+        return write(self, *args, **kw)
+
+    monkeypatch.setattr(SheetsClient, "batch_update_values", person_sorts_by_name_first)
+    with runtime.db.read_session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+    job_id = runtime.sync.enqueue(alice, FROM_SHEET).job_id
+    pool = WorkerPool(runtime.queue, runtime.sync.handlers)
+    pool.run_until_empty()
+    runtime.queue.now = lambda: clock.now() + timedelta(minutes=5)  # retry due
+    pool.run_until_empty()
+    again = run_sync(runtime, "alice", FROM_SHEET)
+
+    job = runtime.queue.get(job_id)
+    assert job.state == "succeeded", job.error
+    assert "moved while the sync wrote" in job.errors[0]["error"]
+    _, tab, _ = customers_tab(emulator, spreadsheet_id)
+    ids_now = {row[name]: row[0] for row in tab.rows[1:]}
+    assert {k: v for k, v in ids_now.items() if k in ids_before} == ids_before
+    assert ids_now["Aaron Typed"] and ids_now["Aaron Typed Two"]
+    assert again["summary"]["updated"] == again["summary"]["created"] == 0

@@ -479,7 +479,10 @@ class SyncService:
             tab: changes
             for tab in tabs
             if not (
-                changes := pending.with_ids(tab, TabChanges(id_cells.get(tab, {})))
+                changes := pending.with_ids(
+                    tab,
+                    TabChanges(id_cells.get(tab, {}), id_column=plans[tab].id_column),
+                )
             ).is_empty()
         }
         # A tab written anyway gets its blank agent cells filled in too; an

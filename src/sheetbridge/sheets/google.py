@@ -1575,65 +1575,83 @@ def _moved_cells(
     tz: tzinfo,
 ) -> _Moved:
     """The written cells of ``ch`` that landed in another row than the one
-    read (known by ``ch.id_column``), and what to put back in each."""
+    read, and what to put back in each. A row is known by its ID where the
+    write left that cell alone, else by what its other cells held (a row
+    being given its ID)."""
     assert ch.id_column is not None
     ids = ch.id_column - 1
-    read_at = {
-        _at(before, number, ids): number
-        for number in range(2, len(before) + 1)
-        if _at(before, number, ids) is not None
-    }
     deleted = sorted(set(ch.delete_rows))
+    written: dict[int, dict[int, Any]] = {}
+    for (row, column), value in ch.cells.items():
+        if row > 1:  # the header stays where it is
+            written.setdefault(row, {})[column] = api_value(value, tz)
     moved = _Moved()
-    for (row, column), value in sorted(ch.cells.items()):
-        expected = _at(before, row, ids)
-        if row == 1 or expected is None:
-            continue  # the header, or a row being given its ID
+    for row, sent in sorted(written.items()):
         landed = row - bisect.bisect_left(deleted, row)
-        holder = _at(now, landed, ids)
-        if holder == expected or not _same(
-            _at(now, landed, column - 1), api_value(value, tz)
-        ):
-            continue  # in its row, or changed again since: left as it is
-        source = read_at.get(holder)
-        if source is not None:
-            was = _at(before, source, column - 1)
-            moved.put_back[(landed, column)] = "" if was is None else was
-        elif holder is None and _only_written(ch, now, landed, tz):
-            moved.put_back[(landed, column)] = ""  # a blank row put in: blank again
-        else:
-            moved.unsure.append((landed, column))
+        line = now[landed - 1] if landed <= len(now) else []
+        read = before[row - 1] if row <= len(before) else []
+        if _identity(read, sent, ids) == _identity(line, sent, ids):
+            continue  # the row read: in place
+        source = _source(before, line, sent, ids)
+        for column, value in sorted(sent.items()):
+            if not _same(_at(now, landed, column - 1), value):
+                continue  # changed again since: left as it is
+            if source is not None:
+                was = _at(before, source, column - 1)
+                moved.put_back[(landed, column)] = "" if was is None else was
+            elif _only_written(line, sent):
+                moved.put_back[(landed, column)] = ""  # a blank row put in
+            else:
+                moved.unsure.append((landed, column))
     return moved
 
 
-def _only_written(
-    ch: TabChanges, now: list[list[Cell]], landed: int, tz: tzinfo
-) -> bool:
-    """Whether row ``landed`` holds nothing but values this write sent to one
-    row: a blank row someone put in, which the write filled."""
-    line = now[landed - 1] if landed <= len(now) else []
-    sent = [
-        {
-            column: api_value(value, tz)
-            for (r, column), value in ch.cells.items()
-            if r == row
-        }
-        for row in {r for r, _ in ch.cells}
+def _identity(line: Sequence[Cell], sent: Mapping[int, Any], ids: int) -> object:
+    """What tells row ``line`` from others, the cells a write sent to it
+    aside: its ID, or else its other cells."""
+    if ids + 1 not in sent and ids < len(line) and line[ids] not in (None, ""):
+        return ("id", line[ids])
+    return tuple(
+        (i, cell)
+        for i, cell in enumerate(line)
+        if i + 1 not in sent and cell not in (None, "")
+    )
+
+
+def _source(
+    before: list[list[Cell]], line: Sequence[Cell], sent: Mapping[int, Any], ids: int
+) -> int | None:
+    """The 1-based row, as read, that the row ``line`` is now: the one read
+    with its identity, if exactly one was."""
+    wanted = _identity(line, sent, ids)
+    if wanted == ():
+        return None  # nothing tells a blank row from another
+    found = [
+        number
+        for number in range(2, len(before) + 1)
+        if _identity(before[number - 1], sent, ids) == wanted
     ]
+    return found[0] if len(found) == 1 else None
+
+
+def _only_written(line: Sequence[Cell], sent: Mapping[int, Any]) -> bool:
+    """Whether ``line`` holds nothing but what a write sent to one row: a
+    blank row someone put in, which the write filled."""
     filled = {i + 1: cell for i, cell in enumerate(line) if cell not in (None, "")}
-    return any(
-        filled.keys() <= values.keys()
-        and all(_same(cell, values[column]) for column, cell in filled.items())
-        for values in sent
+    return filled.keys() <= sent.keys() and all(
+        _same(cell, sent[column]) for column, cell in filled.items()
     )
 
 
 def _rows_to_check(ch: TabChanges, before: list[list[Cell]]) -> bool:
-    """Whether ``ch`` writes cells into rows that held an ID when read."""
+    """Whether ``ch`` writes cells into rows that held something when read."""
     if ch.id_column is None:
         return False
-    ids = ch.id_column - 1
-    return any(row > 1 and _at(before, row, ids) is not None for row, _ in ch.cells)
+    return any(
+        row > 1 and any(cell not in (None, "") for cell in before[row - 1])
+        for row, _ in ch.cells
+        if row <= len(before)
+    )
 
 
 def _at(rows: list[list[Cell]], number: int, index: int) -> Cell:
