@@ -564,9 +564,7 @@ def test_values_a_write_put_into_a_row_without_an_id_fail_it_naming_the_cells(
     job, _, _ = sync_as_rows_change(runtime, emulator, monkeypatch, typed_above)
 
     assert (job.state, job.attempts) == ("failed", 1)
-    assert "cells in rows without an ID may hold values meant for other rows: " in (
-        job.error or ""
-    )
+    assert "these cells may hold values meant for other rows" in (job.error or "")
     assert "Customers!" in (job.error or "") and "check them" in (job.error or "")
 
 
@@ -613,3 +611,44 @@ def test_rows_sorted_as_an_import_writes_new_ids_keep_their_own_ids(
     assert {k: v for k, v in ids_now.items() if k in ids_before} == ids_before
     assert ids_now["Aaron Typed"] and ids_now["Aaron Typed Two"]
     assert again["summary"]["updated"] == again["summary"]["created"] == 0
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda rows: inserted_above(rows, [], []),
+        lambda rows: rows.append(["", "Typed Person", "typed@example.com"]),
+    ],
+    ids=["rows inserted above", "a row typed below the last"],
+)
+def test_rows_appended_over_rows_that_came_there_fail_the_sync_naming_them(
+    runtime: Runtime,
+    spreadsheet_id: str,
+    emulator: EmulatorServer,
+    monkeypatch: pytest.MonkeyPatch,
+    change: Callable[[Rows], None],
+) -> None:
+    run_sync(runtime, "alice", TO_SHEET)
+    (book,) = emulator.state.spreadsheets.values()
+    sheet = next(tab for tab in book.sheets if tab.title == "Customers")
+    last = len(sheet.rows)
+    with runtime.db.session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+        session.add(Customer(name="New Customer", agent_id=alice.id))
+    write = SheetsClient.batch_update_values
+    changed: list[bool] = []
+
+    def person_changes_rows_first(self: SheetsClient, *args: Any, **kw: Any) -> Any:
+        if not changed:
+            change(sheet.rows)
+            changed.append(True)
+        return write(self, *args, **kw)
+
+    monkeypatch.setattr(SheetsClient, "batch_update_values", person_changes_rows_first)
+    job_id = runtime.sync.enqueue(alice, TO_SHEET).job_id
+    WorkerPool(runtime.queue, runtime.sync.handlers).run_until_empty()
+
+    job = runtime.queue.get(job_id)
+    assert (job.state, job.attempts) == ("failed", 1)
+    assert f"Customers!{last + 1}:{last + 1}" in (job.error or "")
+    assert "rows appended may have gone over rows that came there" in (job.error or "")

@@ -790,20 +790,25 @@ class GoogleSheetsBackend:
         and writes each value where its record now is. A row that held no
         ID then cannot be told: the write fails naming its cells, for a
         person to check."""
-        checked = {
-            tab: ch
+        spans = {
+            tab: span
             for tab, ch in changes.items()
-            if _rows_to_check(ch, rows.get(tab) or [])
+            if (span := _span_to_check(ch, rows.get(tab) or [])) is not None
         }
-        if not checked:
-            return  # only headers, new rows and rows being given their IDs
-        now = self._read_landed(meta, checked)
+        if not spans:
+            return  # only headers, or nothing of the sheet's own to miss
+        now = self._read_landed(meta, spans)
         put_back: dict[str, dict[tuple[int, int], Cell]] = {}
         unsure: list[str] = []
-        for tab, ch in checked.items():
-            moved = _moved_cells(ch, rows.get(tab) or [], now.get(tab) or [], tz)
-            put_back[tab] = moved.put_back
-            unsure += [f"{tab}!{column_letters(c)}{r}" for r, c in moved.unsure]
+        for tab in spans:
+            ch, before, after = changes[tab], rows.get(tab) or [], now.get(tab) or []
+            if _rows_to_check(ch, before):
+                moved = _moved_cells(ch, before, after, tz)
+                put_back[tab] = moved.put_back
+                unsure += [f"{tab}!{column_letters(c)}{r}" for r, c in moved.unsure]
+            over = _appended_over(ch, before, after, tz)
+            if over is not None:
+                unsure.append(f"{tab}!{over[0]}:{over[1]}")
         if not any(put_back.values()) and not unsure:
             return
         data = _value_ranges(
@@ -816,9 +821,12 @@ class GoogleSheetsBackend:
         if unsure:
             raise SheetInvalidRequest(
                 f"rows of {self.location} moved while the sync wrote to them (a "
-                "sort, or rows inserted or deleted), and cells in rows without an "
-                f"ID may hold values meant for other rows: {', '.join(unsure[:10])}"
-                f"{' …' if len(unsure) > 10 else ''}; check them, then sync again",
+                "sort, or rows inserted, deleted or typed in), and these cells may "
+                "hold values meant for other rows, or rows appended may have gone "
+                f"over rows that came there: {', '.join(unsure[:10])}"
+                f"{' …' if len(unsure) > 10 else ''}; check them, then sync again "
+                "(the app keeps every record: one whose row is gone is offered for "
+                "writing back)",
                 location=self.spreadsheet_id,
             )
         count = sum(len(cells) for cells in put_back.values())
@@ -830,27 +838,25 @@ class GoogleSheetsBackend:
         )
 
     def _read_landed(
-        self, meta: Json, checked: Mapping[str, TabChanges]
+        self, meta: Json, spans: Mapping[str, tuple[int, int]]
     ) -> dict[str, list[list[Cell]]]:
-        """Each tab's rows from the first to the last a write put cells into
-        (where the write's deletes left them), at their row numbers: one call."""
+        """Each tab's rows from the first to the last of its span, at their
+        row numbers: one call."""
         sheets = _sheets_by_title(meta)
-        spans: dict[str, tuple[str, int]] = {}  # tab -> (range, its first row)
-        for tab, ch in checked.items():
+        ranges: dict[str, tuple[str, int]] = {}  # tab -> (range, its first row)
+        for tab, (first, last) in spans.items():
             props = _find(sheets, tab)
             if props is not None:
-                # Deletes move a row up by at most their number.
-                first = max(2, min(row for row, _ in ch.cells) - len(ch.delete_rows))
-                last = max(row for row, _ in ch.cells)
-                spans[tab] = (f"{quote_title(props['title'])}!{first}:{last}", first)
-        if not spans:
+                ranges[tab] = (f"{quote_title(props['title'])}!{first}:{last}", first)
+        if not ranges:
             return {}
-        ranges = [text for text, _ in spans.values()]
-        answers = self.client.batch_get(self.spreadsheet_id, ranges)
+        answers = self.client.batch_get(
+            self.spreadsheet_id, [text for text, _ in ranges.values()]
+        )
         return {
             tab: [[] for _ in range(first - 1)]
             + [_clean_row(line) for line in answer.get("values", [])]
-            for (tab, (_, first)), answer in zip(spans.items(), answers, strict=True)
+            for (tab, (_, first)), answer in zip(ranges.items(), answers, strict=True)
         }
 
     def _grow(self, requests: list[Json]) -> Json:
@@ -1641,6 +1647,65 @@ def _only_written(line: Sequence[Cell], sent: Mapping[int, Any]) -> bool:
     return filled.keys() <= sent.keys() and all(
         _same(cell, sent[column]) for column, cell in filled.items()
     )
+
+
+def _span_to_check(ch: TabChanges, before: list[list[Cell]]) -> tuple[int, int] | None:
+    """The rows (first, last, where the write left them) to read back: those
+    it wrote cells into, and the row above the rows it appended with them."""
+    if ch.id_column is None:
+        return None
+    wanted: list[int] = []
+    if _rows_to_check(ch, before):
+        # Deletes move a row up by at most their number.
+        wanted += [min(row for row, _ in ch.cells) - len(ch.delete_rows)]
+        wanted += [max(row for row, _ in ch.cells)]
+    if _appends_below_rows(ch, before):
+        first = _first_appended(ch, before)
+        wanted += [first - 1, first + len(ch.append) - 1]
+    return (max(2, min(wanted)), max(wanted)) if wanted else None
+
+
+def _appends_below_rows(ch: TabChanges, before: list[list[Cell]]) -> bool:
+    """Whether ``ch`` appends rows below data rows: into a tab that held only
+    its header, as a first sync writes, no rows could have moved."""
+    return bool(ch.append) and len(before) > 1
+
+
+def _first_appended(ch: TabChanges, before: list[list[Cell]]) -> int:
+    """The row the first appended row went to, the write's deletes done."""
+    last = last_row_after(before, ch.cells)
+    return last + 1 - bisect.bisect_left(sorted(set(ch.delete_rows)), last + 1)
+
+
+def _appended_over(
+    ch: TabChanges, before: list[list[Cell]], now: list[list[Cell]], tz: tzinfo
+) -> tuple[int, int] | None:
+    """The rows appended, if they went over rows that came there meanwhile: a
+    row appended holds a value in a cell it left empty, or the row above them
+    is no longer the last row read."""
+    if not _appends_below_rows(ch, before) or ch.id_column is None:
+        return None
+    first = _first_appended(ch, before)
+    span = (first, first + len(ch.append) - 1)
+    for offset, values in enumerate(ch.append):
+        line = now[first + offset - 1] if first + offset <= len(now) else []
+        left = [i for i, cell in enumerate(line) if cell not in (None, "")]
+        if any(i >= len(values) or values[i] is None for i in left):
+            return span
+    last = last_row_after(before, ch.cells)
+    if last < 2 or last in ch.delete_rows:
+        return None  # no data row above them, or it was the write's to delete
+    sent = {
+        column: api_value(value, tz)
+        for (row, column), value in ch.cells.items()
+        if row == last
+    }
+    read = before[last - 1] if last <= len(before) else []
+    above = now[first - 2] if first - 1 <= len(now) else []
+    ids = ch.id_column - 1
+    if _identity(read, sent, ids) != _identity(above, sent, ids):
+        return span
+    return None
 
 
 def _rows_to_check(ch: TabChanges, before: list[list[Cell]]) -> bool:
