@@ -385,8 +385,7 @@ def test_a_write_cut_short_then_a_sort_puts_every_value_in_its_own_records_row(
     pool.run_until_empty()
     cut = runtime.queue.get(queued.job_id)
     # A person sorts the tab before the sync tries again.
-    (book,) = emulator.state.spreadsheets.values()
-    sheet = next(tab for tab in book.sheets if tab.title == "Customers")
+    sheet = customers_sheet(emulator)
     sheet.rows[1:] = sheet.rows[:0:-1]
     runtime.queue.now = lambda: clock.now() + timedelta(minutes=5)  # retry due
     pool.run_until_empty()
@@ -472,6 +471,29 @@ def test_a_write_cut_short_at_its_formats_writes_and_counts_every_row_on_its_ret
 Rows = list[list[Any]]
 
 
+def before_the_first_write(
+    monkeypatch: pytest.MonkeyPatch, rows: Rows, change: Callable[[Rows], None]
+) -> None:
+    """A person changes ``rows`` (a tab's, in the emulator) as the sync's
+    first values write is sent, after its last read."""
+    write = SheetsClient.batch_update_values
+    changed: list[bool] = []
+
+    def person_changes_rows_first(self: SheetsClient, *args: Any, **kw: Any) -> Any:
+        if not changed:
+            change(rows)
+            changed.append(True)
+        return write(self, *args, **kw)
+
+    monkeypatch.setattr(SheetsClient, "batch_update_values", person_changes_rows_first)
+
+
+def customers_sheet(emulator: EmulatorServer) -> Any:
+    """The Customers tab of the one spreadsheet in the emulator."""
+    (book,) = emulator.state.spreadsheets.values()
+    return next(tab for tab in book.sheets if tab.title == "Customers")
+
+
 def sync_as_rows_change(
     runtime: Runtime,
     emulator: EmulatorServer,
@@ -481,8 +503,7 @@ def sync_as_rows_change(
     """A to-sheet of four changed cities during whose write a person changes
     the Customers rows (below the header) as the write is sent: the job, run
     to its end, the cities read before, and the customers changed."""
-    (book,) = emulator.state.spreadsheets.values()
-    sheet = next(tab for tab in book.sheets if tab.title == "Customers")
+    sheet = customers_sheet(emulator)
     header = [str(cell) for cell in sheet.rows[0]]
     city = header.index("City")
     cities_before = {row[0]: row[city] for row in sheet.rows[1:]}
@@ -493,16 +514,7 @@ def sync_as_rows_change(
         ).all()[:4]
         for customer in moved:
             customer.city = f"Moved {customer.id}"
-    write = SheetsClient.batch_update_values
-    changed: list[bool] = []
-
-    def person_changes_rows_first(self: SheetsClient, *args: Any, **kw: Any) -> Any:
-        if not changed:
-            change(sheet.rows)
-            changed.append(True)
-        return write(self, *args, **kw)
-
-    monkeypatch.setattr(SheetsClient, "batch_update_values", person_changes_rows_first)
+    before_the_first_write(monkeypatch, sheet.rows, change)
     job_id = runtime.sync.enqueue(alice, TO_SHEET).job_id
     pool = WorkerPool(runtime.queue, runtime.sync.handlers)
     pool.run_until_empty()
@@ -575,8 +587,7 @@ def test_rows_sorted_as_an_import_writes_new_ids_keep_their_own_ids(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     run_sync(runtime, "alice", TO_SHEET)
-    (book,) = emulator.state.spreadsheets.values()
-    sheet = next(tab for tab in book.sheets if tab.title == "Customers")
+    sheet = customers_sheet(emulator)
     header = [str(cell) for cell in sheet.rows[0]]
     name = header.index("Name")
     ids_before = {row[name]: row[0] for row in sheet.rows[1:]}
@@ -584,16 +595,11 @@ def test_rows_sorted_as_an_import_writes_new_ids_keep_their_own_ids(
         line: list[Any] = [""] * len(header)
         line[name] = typed
         sheet.rows.append(line)
-    write = SheetsClient.batch_update_values
-    sorted_once: list[bool] = []
 
-    def person_sorts_by_name_first(self: SheetsClient, *args: Any, **kw: Any) -> Any:
-        if not sorted_once:
-            sheet.rows[1:] = sorted(sheet.rows[1:], key=lambda row: str(row[name]))
-            sorted_once.append(True)
-        return write(self, *args, **kw)
+    def sort_by_name(rows: Rows) -> None:
+        rows[1:] = sorted(rows[1:], key=lambda row: str(row[name]))
 
-    monkeypatch.setattr(SheetsClient, "batch_update_values", person_sorts_by_name_first)
+    before_the_first_write(monkeypatch, sheet.rows, sort_by_name)
     with runtime.db.read_session() as session:
         alice = session.scalars(select(User).where(User.username == "alice")).one()
     job_id = runtime.sync.enqueue(alice, FROM_SHEET).job_id
@@ -629,22 +635,12 @@ def test_rows_appended_over_rows_that_came_there_fail_the_sync_naming_them(
     change: Callable[[Rows], None],
 ) -> None:
     run_sync(runtime, "alice", TO_SHEET)
-    (book,) = emulator.state.spreadsheets.values()
-    sheet = next(tab for tab in book.sheets if tab.title == "Customers")
+    sheet = customers_sheet(emulator)
     last = len(sheet.rows)
     with runtime.db.session() as session:
         alice = session.scalars(select(User).where(User.username == "alice")).one()
         session.add(Customer(name="New Customer", agent_id=alice.id))
-    write = SheetsClient.batch_update_values
-    changed: list[bool] = []
-
-    def person_changes_rows_first(self: SheetsClient, *args: Any, **kw: Any) -> Any:
-        if not changed:
-            change(sheet.rows)
-            changed.append(True)
-        return write(self, *args, **kw)
-
-    monkeypatch.setattr(SheetsClient, "batch_update_values", person_changes_rows_first)
+    before_the_first_write(monkeypatch, sheet.rows, change)
     job_id = runtime.sync.enqueue(alice, TO_SHEET).job_id
     WorkerPool(runtime.queue, runtime.sync.handlers).run_until_empty()
 
