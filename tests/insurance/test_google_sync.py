@@ -21,6 +21,7 @@ from sheetbridge.queue.models import Job
 from sheetbridge.queue.worker import WorkerPool
 from sheetbridge.sheets.base import TabChanges, TabData
 from sheetbridge.sheets.google import GoogleSheetsBackend, SheetsClient
+from sheetbridge.testing.cells import Rich
 from sheetbridge.testing.emulator import EmulatorServer
 from sheetbridge.testing.harness import GoogleHarness
 from sheetbridge.web.app import create_app
@@ -648,3 +649,25 @@ def test_rows_appended_over_rows_that_came_there_fail_the_sync_naming_them(
     assert (job.state, job.attempts) == ("failed", 1)
     assert f"Customers!{last + 1}:{last + 1}" in (job.error or "")
     assert "rows appended may have gone over rows that came there" in (job.error or "")
+
+
+def test_a_formula_on_the_id_in_a_typed_row_does_not_fail_the_import_writing_it(
+    runtime: Runtime, spreadsheet_id: str, emulator: EmulatorServer
+) -> None:
+    # Writing the new ID changes what the formula shows: the row is still
+    # the one read, known by the cells the sync reads.
+    run_sync(runtime, "alice", TO_SHEET)
+    sheet = customers_sheet(emulator)
+    header = [str(cell) for cell in sheet.rows[0]]
+    sheet.rows[0] = [*sheet.rows[0], "Ref"]
+    typed: list[Any] = [None] * len(header)
+    typed[header.index("Name")] = "Formula Row Person"
+    sheet.rows.append(typed)
+    number = len(sheet.rows)
+    sheet.rows[-1] = [*typed, Rich(0, formula=f'=CONCATENATE("C-",A{number})')]
+
+    imported = run_sync(runtime, "alice", FROM_SHEET)
+
+    assert imported["summary"]["created"] == 1
+    _, tab, _ = customers_tab(emulator, spreadsheet_id)
+    assert tab.rows[number - 1][-1] == f"C-{tab.rows[number - 1][0]}"

@@ -481,7 +481,11 @@ class SyncService:
             if not (
                 changes := pending.with_ids(
                     tab,
-                    TabChanges(id_cells.get(tab, {}), id_column=plans[tab].id_column),
+                    TabChanges(
+                        id_cells.get(tab, {}),
+                        id_column=plans[tab].id_column,
+                        known_columns=plans[tab].known_columns,
+                    ),
                 )
             ).is_empty()
         }

@@ -27,13 +27,16 @@ class TabChanges:
     untouched. ``delete_rows`` are 1-based rows as they were read.
     ``id_column`` (1-based), where given, holds each row's record ID: a
     backend that writes cells by row number checks with it that the rows it
-    wrote into were still the rows it read.
+    wrote into were still the rows it read; a row being given its ID, by its
+    cells in ``known_columns`` (1-based: the synced ones, whose values a
+    write of the ID leaves as they are, unlike a formula's beside them).
     """
 
     cells: dict[tuple[int, int], Cell] = field(default_factory=dict)
     append: list[list[Cell]] = field(default_factory=list)
     delete_rows: list[int] = field(default_factory=list)
     id_column: int | None = field(default=None, compare=False)
+    known_columns: frozenset[int] = field(default=frozenset(), compare=False)
 
     def is_empty(self) -> bool:
         """Return True when applying these changes would change nothing."""

@@ -1596,9 +1596,10 @@ def _moved_cells(
         landed = row - bisect.bisect_left(deleted, row)
         line = now[landed - 1] if landed <= len(now) else []
         read = before[row - 1] if row <= len(before) else []
-        if _identity(read, sent, ids) == _identity(line, sent, ids):
+        known = ch.known_columns
+        if _identity(read, sent, ids, known) == _identity(line, sent, ids, known):
             continue  # the row read: in place
-        source = _source(before, line, sent, ids)
+        source = _source(before, line, sent, ids, known)
         for column, value in sorted(sent.items()):
             if not _same(_at(now, landed, column - 1), value):
                 continue  # changed again since: left as it is
@@ -1612,30 +1613,42 @@ def _moved_cells(
     return moved
 
 
-def _identity(line: Sequence[Cell], sent: Mapping[int, Any], ids: int) -> object:
+def _identity(
+    line: Sequence[Cell],
+    sent: Mapping[int, Any],
+    ids: int,
+    known: frozenset[int] = frozenset(),
+) -> object:
     """What tells row ``line`` from others, the cells a write sent to it
-    aside: its ID, or else its other cells."""
+    aside: its ID, or else its other cells of the ``known`` columns (all
+    where none are given)."""
     if ids + 1 not in sent and ids < len(line) and line[ids] not in (None, ""):
         return ("id", line[ids])
     return tuple(
         (i, cell)
         for i, cell in enumerate(line)
-        if i + 1 not in sent and cell not in (None, "")
+        if i + 1 not in sent
+        and (not known or i + 1 in known)
+        and cell not in (None, "")
     )
 
 
 def _source(
-    before: list[list[Cell]], line: Sequence[Cell], sent: Mapping[int, Any], ids: int
+    before: list[list[Cell]],
+    line: Sequence[Cell],
+    sent: Mapping[int, Any],
+    ids: int,
+    known: frozenset[int],
 ) -> int | None:
     """The 1-based row, as read, that the row ``line`` is now: the one read
     with its identity, if exactly one was."""
-    wanted = _identity(line, sent, ids)
+    wanted = _identity(line, sent, ids, known)
     if wanted == ():
         return None  # nothing tells a blank row from another
     found = [
         number
         for number in range(2, len(before) + 1)
-        if _identity(before[number - 1], sent, ids) == wanted
+        if _identity(before[number - 1], sent, ids, known) == wanted
     ]
     return found[0] if len(found) == 1 else None
 

@@ -157,6 +157,9 @@ class FromSheetPlan:
     counts: dict[str, int]
     id_column: int
     id_cell_changes: TabChanges
+    # The 1-based columns of the synced fields people type (not the ID's, not
+    # the ones the app fills in): what tells a row being given its ID.
+    known_columns: frozenset[int] = frozenset()
     rows: dict[int, int] = dataclasses.field(default_factory=dict)
     compared: int = 0  # rows of the tab that hold an ID or values
     can_write_back: list[int] = dataclasses.field(default_factory=list)  # as above
@@ -940,9 +943,15 @@ def plan_to_sheet(
         _wait_for_added_cells(plan, app.keys(), base, layout.added)
     if layout.id_index is not None:
         plan.changes.id_column = layout.id_index + 1
+    plan.changes.known_columns = _known_columns(ctx)
     if plan.changes.append:
         _keep_appends_in_room(ctx, len(rows))
     return plan
+
+
+def _known_columns(ctx: _Pass[Any]) -> frozenset[int]:
+    """The 1-based columns of the synced fields people type."""
+    return frozenset(index + 1 for column, index in ctx.columns if not column.readonly)
 
 
 def _wait_for_added_cells(
@@ -1420,6 +1429,7 @@ def plan_from_sheet(
         if plan.creates:
             # a tab typed by hand without an ID column: add it for the new IDs
             plan.id_cell_changes.cells[(1, plan.id_column)] = mapping.id_header
+    plan.known_columns = _known_columns(ctx)
     doubtful = _doubtful_rows(scanned, app, base)
     for record_id in sorted((app.keys() & base.keys()) - scanned.seen):
         issue = _gone_from_sheet_issue(mapping, record_id, doubtful, asked=False)
