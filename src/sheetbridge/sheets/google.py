@@ -785,11 +785,13 @@ class GoogleSheetsBackend:
         sorted between the sync's last read and its write move other rows
         under the cells it writes, and the values meant for one record land
         in another's row, where the next import would take them for edits.
-        A row whose ID is no longer the one read gets back the values its
-        own record's row held when read, and the sync reads the sheet again
-        and writes each value where its record now is. A row that held no
-        ID then cannot be told: the write fails naming its cells, for a
-        person to check."""
+        A row is known by its ID, or, being given its ID, by its synced
+        cells. One that is not the row read gets back the values it held
+        when read (a blank row put in is blanked again), and the sync reads
+        the sheet again and writes each value where its row now is. Where
+        the row there is none the sync read (typed in meanwhile), or rows
+        appended went over rows that came there, what was there cannot be
+        told: the write fails naming the cells, for a person to check."""
         spans = {
             tab: span
             for tab, ch in changes.items()
@@ -1401,7 +1403,7 @@ def _value_ranges(
                 {"range": a1_range(tab, top, left, bottom, right), "values": block}
             )
         if ch.append:
-            first = after_deletes(last_row_after(rows.get(tab) or [], ch.cells) + 1)
+            first = _first_appended(ch, rows.get(tab) or [])
             width = max(len(values) for values in ch.append) or 1
             block = [
                 [api_value(value, tz) for value in values]
@@ -1568,7 +1570,7 @@ def _delete_requests(
 @dataclass
 class _Moved:
     """Cells a write put into rows that had moved: each with the value to put
-    back, or (row, column) where no row read held that row's ID."""
+    back, or (row, column) where the row there is none the sync read."""
 
     put_back: dict[tuple[int, int], Cell] = field(default_factory=dict)
     unsure: list[tuple[int, int]] = field(default_factory=list)
