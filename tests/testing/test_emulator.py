@@ -414,3 +414,54 @@ def test_a_fault_for_a_method_the_api_has_not_is_refused(
     refused = http.post("/_emulator/faults", json={"status": 503, "method": "FOO"})
 
     assert refused.status_code == 400 and "method" in refused.json()["error"]
+
+
+def test_rows_inserted_and_filled_in_one_batch_keep_the_rows_below(
+    http: httpx.Client,
+) -> None:
+    book = new_book(http)
+    put(http, book, "A1:B2", [["ID", "Born"], [1, 43831]])
+    cell = {"userEnteredFormat": {"numberFormat": {"type": "DATE"}}}
+
+    answer = http.post(
+        f"/v4/spreadsheets/{book}:batchUpdate",
+        json={
+            "requests": [
+                {
+                    "insertDimension": {
+                        "range": {
+                            "sheetId": 0,
+                            "dimension": "ROWS",
+                            "startIndex": 1,
+                            "endIndex": 2,
+                        }
+                    }
+                },
+                {
+                    "updateCells": {
+                        "start": {"sheetId": 0, "rowIndex": 1, "columnIndex": 0},
+                        "rows": [
+                            {
+                                "values": [
+                                    {"userEnteredValue": {"numberValue": 2}},
+                                    {
+                                        "userEnteredValue": {"numberValue": 43832},
+                                        **cell,
+                                    },
+                                    {"userEnteredValue": {"stringValue": "007"}},
+                                ]
+                            }
+                        ],
+                        "fields": "userEnteredValue,userEnteredFormat.numberFormat",
+                    }
+                },
+            ]
+        },
+    )
+
+    assert answer.status_code == 200, answer.text
+    assert _shown(http, book, "A1:C3", "FORMATTED_VALUE") == [
+        ["ID", "Born"],
+        ["2", "1/2/2020", "007"],
+        ["1", "43831"],
+    ]

@@ -19,6 +19,7 @@ window between check and write (the API has no conditional writes).
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import hashlib
 import json
 import logging
@@ -789,28 +790,24 @@ class GoogleSheetsBackend:
         cells. One that is not the row read gets back the values it held
         when read (a blank row put in is blanked again), and the sync reads
         the sheet again and writes each value where its row now is. Where
-        the row there is none the sync read (typed in meanwhile), or rows
-        appended went over rows that came there, what was there cannot be
-        told: the write fails naming the cells, for a person to check."""
+        the row there is none the sync read (typed in meanwhile), what was
+        there cannot be told: the write fails naming the cells, for a
+        person to check. Rows appended need no check: they are inserted."""
         spans = {
             tab: span
             for tab, ch in changes.items()
             if (span := _span_to_check(ch, rows.get(tab) or [])) is not None
         }
         if not spans:
-            return  # only headers, or nothing of the sheet's own to miss
+            return  # only headers, new rows, or rows the sync itself filled
         now = self._read_landed(meta, spans)
         put_back: dict[str, dict[tuple[int, int], Cell]] = {}
         unsure: list[str] = []
         for tab in spans:
-            ch, before, after = changes[tab], rows.get(tab) or [], now.get(tab) or []
-            if _rows_to_check(ch, before):
-                moved = _moved_cells(ch, before, after, tz)
-                put_back[tab] = moved.put_back
-                unsure += [f"{tab}!{column_letters(c)}{r}" for r, c in moved.unsure]
-            over = _appended_over(ch, before, after, tz)
-            if over is not None:
-                unsure.append(f"{tab}!{over[0]}:{over[1]}")
+            before, after = rows.get(tab) or [], now.get(tab) or []
+            moved = _moved_cells(changes[tab], before, after, tz)
+            put_back[tab] = moved.put_back
+            unsure += [f"{tab}!{column_letters(c)}{r}" for r, c in moved.unsure]
         if not any(put_back.values()) and not unsure:
             return
         data = _value_ranges(
@@ -824,8 +821,7 @@ class GoogleSheetsBackend:
             raise SheetInvalidRequest(
                 f"rows of {self.location} moved while the sync wrote to them (a "
                 "sort, or rows inserted, deleted or typed in), and these cells may "
-                "hold values meant for other rows, or rows appended may have gone "
-                f"over rows that came there: {', '.join(unsure[:10])}"
+                f"hold values meant for other rows: {', '.join(unsure[:10])}"
                 f"{' …' if len(unsure) > 10 else ''}; check them, then sync again "
                 "(the app keeps every record: one whose row is gone is offered for "
                 "writing back)",
@@ -919,8 +915,24 @@ class GoogleSheetsBackend:
         # a wait, they would land wherever a sort had moved other rows to:
         # cut short, they go back to the sync, which reads the sheet again.
         # Formats come before the deletes: they name rows as they were read.
-        first = _formats(changes, rows, sheets) + _delete_requests(changes, sheets)
-        data = _value_ranges(changes, rows, tz)
+        # Rows appended below rows read are inserted there and filled in the
+        # same call: a row typed or moved there meanwhile is moved down, not
+        # written over.
+        inserted = {
+            tab: ch
+            for tab, ch in changes.items()
+            if _appends_below_rows(ch, rows.get(tab) or [])
+        }
+        by_value = {
+            tab: dataclasses.replace(ch, append=[]) if tab in inserted else ch
+            for tab, ch in changes.items()
+        }
+        first = (
+            _formats(by_value, rows, sheets)
+            + _delete_requests(changes, sheets)
+            + _insert_requests(inserted, rows, sheets, tz)
+        )
+        data = _value_ranges(by_value, rows, tz)
         try:
             if first:
                 self.client.batch_update(self.spreadsheet_id, first, retry=False)
@@ -1542,6 +1554,69 @@ def _formats(
     return requests
 
 
+def _insert_requests(
+    changes: Mapping[str, TabChanges],
+    rows: Mapping[str, list[list[Cell]] | None],
+    sheets: dict[str, Json],
+    tz: tzinfo,
+) -> list[Json]:
+    """Rows to append, inserted below the last row and filled with their
+    values and the formats of their dates and amounts."""
+    requests: list[Json] = []
+    for tab, ch in changes.items():
+        props = _find(sheets, tab)
+        if props is None or not ch.append:
+            continue
+        start = _first_appended(ch, rows.get(tab) or []) - 1  # 0-based
+        requests.append(
+            {
+                "insertDimension": {
+                    "range": {
+                        "sheetId": props["sheetId"],
+                        "dimension": "ROWS",
+                        "startIndex": start,
+                        "endIndex": start + len(ch.append),
+                    },
+                    "inheritFromBefore": True,
+                }
+            }
+        )
+        requests.append(
+            {
+                "updateCells": {
+                    "start": {
+                        "sheetId": props["sheetId"],
+                        "rowIndex": start,
+                        "columnIndex": 0,
+                    },
+                    "rows": [
+                        {"values": [_cell_data(value, tz) for value in values]}
+                        for values in ch.append
+                    ],
+                    "fields": "userEnteredValue,userEnteredFormat.numberFormat",
+                }
+            }
+        )
+    return requests
+
+
+def _cell_data(value: Cell, tz: tzinfo) -> Json:
+    """A cell of an inserted row: its value, typed, and for a date or an
+    amount its number format."""
+    written = api_value(value, tz)
+    if written is None:
+        return {}
+    if isinstance(written, bool):
+        data: Json = {"userEnteredValue": {"boolValue": written}}
+    elif isinstance(written, int | float):
+        data = {"userEnteredValue": {"numberValue": written}}
+    else:
+        data = {"userEnteredValue": {"stringValue": str(written)}}
+    if name := _format_name(value):
+        data["userEnteredFormat"] = {"numberFormat": _NUMBER_FORMATS[name]}
+    return data
+
+
 def _delete_requests(
     changes: Mapping[str, TabChanges], sheets: dict[str, Json]
 ) -> list[Json]:
@@ -1666,23 +1741,18 @@ def _only_written(line: Sequence[Cell], sent: Mapping[int, Any]) -> bool:
 
 def _span_to_check(ch: TabChanges, before: list[list[Cell]]) -> tuple[int, int] | None:
     """The rows (first, last, where the write left them) to read back: those
-    it wrote cells into, and the row above the rows it appended with them."""
-    if ch.id_column is None:
+    it wrote cells into."""
+    if not _rows_to_check(ch, before):
         return None
-    wanted: list[int] = []
-    if _rows_to_check(ch, before):
-        # Deletes move a row up by at most their number.
-        wanted += [min(row for row, _ in ch.cells) - len(ch.delete_rows)]
-        wanted += [max(row for row, _ in ch.cells)]
-    if _appends_below_rows(ch, before):
-        first = _first_appended(ch, before)
-        wanted += [first - 1, first + len(ch.append) - 1]
-    return (max(2, min(wanted)), max(wanted)) if wanted else None
+    # Deletes move a row up by at most their number.
+    first = min(row for row, _ in ch.cells) - len(ch.delete_rows)
+    return max(2, first), max(row for row, _ in ch.cells)
 
 
 def _appends_below_rows(ch: TabChanges, before: list[list[Cell]]) -> bool:
-    """Whether ``ch`` appends rows below data rows: into a tab that held only
-    its header, as a first sync writes, no rows could have moved."""
+    """Whether ``ch`` appends rows below data rows (a tab that held only its
+    header, as a first sync writes, gets them as values: no row can have
+    moved in)."""
     return bool(ch.append) and len(before) > 1
 
 
@@ -1690,37 +1760,6 @@ def _first_appended(ch: TabChanges, before: list[list[Cell]]) -> int:
     """The row the first appended row went to, the write's deletes done."""
     last = last_row_after(before, ch.cells)
     return last + 1 - bisect.bisect_left(sorted(set(ch.delete_rows)), last + 1)
-
-
-def _appended_over(
-    ch: TabChanges, before: list[list[Cell]], now: list[list[Cell]], tz: tzinfo
-) -> tuple[int, int] | None:
-    """The rows appended, if they went over rows that came there meanwhile: a
-    row appended holds a value in a cell it left empty, or the row above them
-    is no longer the last row read."""
-    if not _appends_below_rows(ch, before) or ch.id_column is None:
-        return None
-    first = _first_appended(ch, before)
-    span = (first, first + len(ch.append) - 1)
-    for offset, values in enumerate(ch.append):
-        line = now[first + offset - 1] if first + offset <= len(now) else []
-        left = [i for i, cell in enumerate(line) if cell not in (None, "")]
-        if any(i >= len(values) or values[i] is None for i in left):
-            return span
-    last = last_row_after(before, ch.cells)
-    if last < 2 or last in ch.delete_rows:
-        return None  # no data row above them, or it was the write's to delete
-    sent = {
-        column: api_value(value, tz)
-        for (row, column), value in ch.cells.items()
-        if row == last
-    }
-    read = before[last - 1] if last <= len(before) else []
-    above = now[first - 2] if first - 1 <= len(now) else []
-    ids = ch.id_column - 1
-    if _identity(read, sent, ids) != _identity(above, sent, ids):
-        return span
-    return None
 
 
 def _rows_to_check(ch: TabChanges, before: list[list[Cell]]) -> bool:

@@ -29,6 +29,7 @@ from sheetbridge.testing.cells import (
     Scalar,
     Stored,
     holds_value,
+    number,
     parse_raw,
     parse_user_entered,
     render,
@@ -602,6 +603,58 @@ class Spreadsheet:
         )
         return {}
 
+    def _req_updateCells(self, where: str, body: Json, rng: random.Random) -> Json:
+        """Write rows of cells from a start cell: each cell's value, given
+        typed (``stringValue``, ``numberValue``, ``boolValue``,
+        ``formulaValue``), and its number format, as ``fields`` names them;
+        a part ``fields`` names that a cell leaves out is cleared."""
+        start = body.get("start")
+        if not isinstance(start, dict):
+            raise invalid(f"Invalid {where}: start is required")
+        sheet = self.sheet_by_id(start.get("sheetId"), where)
+        top, left = int(start.get("rowIndex", 0)), int(start.get("columnIndex", 0))
+        fields = {part.strip() for part in str(body.get("fields", "")).split(",")}
+        if fields == {""}:
+            raise invalid(f"Invalid {where}: fields is required")
+        values = "*" in fields or "userEnteredValue" in fields
+        formats = bool(
+            fields & {"*", "userEnteredFormat", "userEnteredFormat.numberFormat"}
+        )
+        lines = [row.get("values", []) for row in body.get("rows", [])]
+        width = max((len(line) for line in lines), default=0)
+        if top + len(lines) > sheet.row_count or left + width > sheet.col_count:
+            raise invalid(f"Invalid {where}: the range is not within the grid")
+        for offset, line in enumerate(lines):
+            for index, data in enumerate(line):
+                row, col = top + offset + 1, left + index + 1
+                cell = sheet.cell(row, col)
+                value = _typed_value(data.get("userEnteredValue"), where)
+                if not values:
+                    value = cell.value if isinstance(cell, Rich) else cell
+                number_format = (data.get("userEnteredFormat") or {}).get(
+                    "numberFormat"
+                )
+                if not formats:
+                    kind = cell.kind if isinstance(cell, Rich) else ""
+                    pattern = cell.pattern if isinstance(cell, Rich) else ""
+                elif number_format:
+                    kind = str(number_format.get("type", ""))
+                    pattern = number_format.get("pattern") or DEFAULT_PATTERNS.get(
+                        kind, ""
+                    )
+                else:
+                    kind = pattern = ""
+                if isinstance(value, Rich):
+                    stored: Stored = dataclasses.replace(
+                        value, kind=kind, pattern=pattern
+                    )
+                elif kind:
+                    stored = Rich(value, kind=kind, pattern=pattern)
+                else:
+                    stored = value
+                sheet.set(row, col, stored)
+        return {}
+
     def _req_repeatCell(self, where: str, body: Json, rng: random.Random) -> Json:
         """Give every cell of a range a number format, empty ones too: a value
         written there later shows in it. Other parts of a cell's format
@@ -825,6 +878,33 @@ def _a1(rect: tuple[int, int, int, int]) -> str:
 
 def _letters(col: int) -> str:
     return _a1((1, col, 1, col)).rstrip("0123456789")
+
+
+def _typed_value(given: object, where: str) -> Stored:
+    """A cell's ``userEnteredValue`` as stored: text stays text."""
+    if given is None:
+        return None
+    if not isinstance(given, dict) or len(given) != 1:
+        raise invalid(f"Invalid {where}: a userEnteredValue holds one value")
+    ((kind, value),) = given.items()
+    if kind == "stringValue" and isinstance(value, str):
+        if len(value) > MAX_CELL_CHARS:
+            raise invalid(
+                "Your input contains more than the maximum of "
+                f"{MAX_CELL_CHARS} characters in a single cell."
+            )
+        return value
+    if (
+        kind == "numberValue"
+        and isinstance(value, int | float)
+        and not isinstance(value, bool)
+    ):
+        return number(value)
+    if kind == "boolValue" and isinstance(value, bool):
+        return value
+    if kind == "formulaValue" and isinstance(value, str):
+        return Rich(0, formula=value)
+    raise invalid(f"Invalid {where}: {kind} {value!r} is no cell value")
 
 
 def _check_values(values: list[list[Any]]) -> None:
