@@ -906,11 +906,13 @@ class GoogleSheetsBackend:
         sheets: dict[str, Json],
         tz: tzinfo,
     ) -> None:
-        """Format the cells to be written and delete rows, in one call that
-        lands whole or not at all, then write the values where the deletes
-        left their rows. Cut short between the two, a write has landed none
-        of its values: its retry writes them all, formats again and counts
-        them as written, not as rows the sheet already held."""
+        """Format the cells to be written, delete rows and insert the rows
+        to append below the rows read, filled, in one call that lands whole
+        or not at all; then write the other values where the deletes left
+        their rows. Cut short between the two, a write has landed none of
+        the values of rows already there: its retry writes them, formats
+        again and counts them as written. Rows it appended are in, and the
+        retry counts them as rows the sheet already held."""
         # These calls name rows by where they were just read. Sent again after
         # a wait, they would land wherever a sort had moved other rows to:
         # cut short, they go back to the sync, which reads the sheet again.
