@@ -1403,13 +1403,10 @@ def _value_ranges(
     have moved it up."""
     data: list[Json] = []
     for tab, ch in changes.items():
-        deleted = sorted(set(ch.delete_rows))
-
-        def after_deletes(row: int, deleted: list[int] = deleted) -> int:
-            return row - bisect.bisect_left(deleted, row)
-
+        deleted = _deleted(ch)
         cells = {
-            (after_deletes(row), col): value for (row, col), value in ch.cells.items()
+            (_moved_up(row, deleted), col): value
+            for (row, col), value in ch.cells.items()
         }
         for top, left, block in _blocks(cells, tz):
             bottom, right = top + len(block) - 1, left + len(block[0]) - 1
@@ -1665,14 +1662,14 @@ def _moved_cells(
     being given its ID)."""
     assert ch.id_column is not None
     ids = ch.id_column - 1
-    deleted = sorted(set(ch.delete_rows))
+    deleted = _deleted(ch)
     written: dict[int, dict[int, Any]] = {}
     for (row, column), value in ch.cells.items():
         if row > 1:  # the header stays where it is
             written.setdefault(row, {})[column] = api_value(value, tz)
     moved = _Moved()
     for row, sent in sorted(written.items()):
-        landed = row - bisect.bisect_left(deleted, row)
+        landed = _moved_up(row, deleted)
         line = now[landed - 1] if landed <= len(now) else []
         read = before[row - 1] if row <= len(before) else []
         known = ch.known_columns
@@ -1761,7 +1758,17 @@ def _appends_below_rows(ch: TabChanges, before: list[list[Cell]]) -> bool:
 def _first_appended(ch: TabChanges, before: list[list[Cell]]) -> int:
     """The row the first appended row went to, the write's deletes done."""
     last = last_row_after(before, ch.cells)
-    return last + 1 - bisect.bisect_left(sorted(set(ch.delete_rows)), last + 1)
+    return _moved_up(last + 1, _deleted(ch))
+
+
+def _deleted(ch: TabChanges) -> list[int]:
+    """The rows ``ch`` deletes, in order."""
+    return sorted(set(ch.delete_rows))
+
+
+def _moved_up(row: int, deleted: list[int]) -> int:
+    """Where row ``row``, as read, is once the rows ``deleted`` are gone."""
+    return row - bisect.bisect_left(deleted, row)
 
 
 def _rows_to_check(ch: TabChanges, before: list[list[Cell]]) -> bool:
