@@ -613,13 +613,9 @@ class Spreadsheet:
             raise invalid(f"Invalid {where}: start is required")
         sheet = self.sheet_by_id(start.get("sheetId"), where)
         top, left = int(start.get("rowIndex", 0)), int(start.get("columnIndex", 0))
-        fields = {part.strip() for part in str(body.get("fields", "")).split(",")}
-        if fields == {""}:
-            raise invalid(f"Invalid {where}: fields is required")
+        fields = _update_fields(body, where)
         values = "*" in fields or "userEnteredValue" in fields
-        formats = bool(
-            fields & {"*", "userEnteredFormat", "userEnteredFormat.numberFormat"}
-        )
+        formats = _sets_number_format(fields)
         lines = [row.get("values", []) for row in body.get("rows", [])]
         width = max((len(line) for line in lines), default=0)
         if top + len(lines) > sheet.row_count or left + width > sheet.col_count:
@@ -638,10 +634,7 @@ class Spreadsheet:
                     kind = cell.kind if isinstance(cell, Rich) else ""
                     pattern = cell.pattern if isinstance(cell, Rich) else ""
                 elif number_format:
-                    kind = str(number_format.get("type", ""))
-                    pattern = number_format.get("pattern") or DEFAULT_PATTERNS.get(
-                        kind, ""
-                    )
+                    kind, pattern = _number_format(number_format, where)
                 else:
                     kind = pattern = ""
                 if isinstance(value, Rich):
@@ -663,20 +656,11 @@ class Spreadsheet:
         sheet = self.sheet_by_id(span.get("sheetId"), where)
         r1, r2 = _span(span, "Row", sheet.row_count, where)
         c1, c2 = _span(span, "Column", sheet.col_count, where)
-        fields = {part.strip() for part in str(body.get("fields", "")).split(",")}
-        if fields == {""}:
-            raise invalid(f"Invalid {where}: fields is required")
+        fields = _update_fields(body, where)
         given = (body.get("cell") or {}).get("userEnteredFormat") or {}
-        if not fields & {"*", "userEnteredFormat", "userEnteredFormat.numberFormat"}:
+        if not _sets_number_format(fields):
             return {}
-        number_format = given.get("numberFormat") or {}
-        kind = number_format.get("type", "")
-        if kind not in NUMBER_FORMAT_TYPES:
-            raise invalid(
-                f"Invalid {where}: Invalid value at 'cell.user_entered_format."
-                f"number_format.type' ({kind!r})"
-            )
-        pattern = number_format.get("pattern") or DEFAULT_PATTERNS.get(kind, "")
+        kind, pattern = _number_format(given.get("numberFormat") or {}, where)
         while len(sheet.rows) < r2:
             sheet.rows.append([])
         for row in range(r1, r2):
@@ -878,6 +862,29 @@ def _a1(rect: tuple[int, int, int, int]) -> str:
 
 def _letters(col: int) -> str:
     return _a1((1, col, 1, col)).rstrip("0123456789")
+
+
+def _update_fields(body: Json, where: str) -> set[str]:
+    """The parts of cells a request's ``fields`` names; required."""
+    fields = {part.strip() for part in str(body.get("fields", "")).split(",")}
+    if fields == {""}:
+        raise invalid(f"Invalid {where}: fields is required")
+    return fields
+
+
+def _sets_number_format(fields: set[str]) -> bool:
+    return bool(fields & {"*", "userEnteredFormat", "userEnteredFormat.numberFormat"})
+
+
+def _number_format(given: Json, where: str) -> tuple[str, str]:
+    """A number format's type and pattern (the type's own if none is given)."""
+    kind = str(given.get("type", ""))
+    if kind not in NUMBER_FORMAT_TYPES:
+        raise invalid(
+            f"Invalid {where}: Invalid value at 'cell.user_entered_format."
+            f"number_format.type' ({kind!r})"
+        )
+    return kind, given.get("pattern") or DEFAULT_PATTERNS.get(kind, "")
 
 
 def _typed_value(given: object, where: str) -> Stored:
