@@ -11,11 +11,17 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import event
 
 from sheetbridge import clock
 from sheetbridge.web import pages
 from sheetbridge.web.deps import Runtime
-from sheetbridge.web.security import SignInLimits, count_sign_in
+from sheetbridge.web.security import (
+    SignInLimits,
+    checked_wrong,
+    count_sign_in,
+    held_off,
+)
 
 PASSWORDS = {"alice": "alice-demo", "bob": "bob-demo"}
 
@@ -168,3 +174,39 @@ def test_tries_still_being_checked_hold_off_a_moment_not_for_the_window(
     # Tries never finished (their process stopped) are not waited for long.
     now[0] += timedelta(minutes=1, seconds=1)
     assert sign_in(client, "alice", PASSWORDS["alice"]).status_code == 303
+
+
+def test_a_try_checked_while_the_limit_is_read_still_counts(
+    runtime: Runtime, now: list[datetime]
+) -> None:
+    # Four wrong passwords, and a fifth try being checked. The last try reads
+    # the limit just as that fifth is found wrong: it sees it as one or the
+    # other, never as neither, whatever the database shows between reads.
+    limits = SignInLimits(5, 30, 900)
+    with runtime.db.session() as session:
+        for _ in range(4):
+            checked_wrong(session, count_sign_in(session, "alice", "here", limits))
+        fifth = count_sign_in(session, "alice", "here", limits)
+        last = count_sign_in(session, "alice", "here", limits)
+
+    reads: list[str] = []
+
+    def fifth_found_wrong(*args: Any) -> None:
+        # After the first read of alice's own tries, from another connection.
+        if "username" in args[2] and not reads:
+            reads.append(args[2])
+            with ThreadPoolExecutor(1) as elsewhere:
+                elsewhere.submit(check_fifth).result()
+
+    def check_fifth() -> None:
+        with runtime.db.session() as session:
+            checked_wrong(session, fifth)
+
+    event.listen(runtime.db.engine, "after_cursor_execute", fifth_found_wrong)
+    try:
+        with runtime.db.read_session() as session:
+            waiting = held_off(session, "alice", "here", limits, besides=last)
+    finally:
+        event.remove(runtime.db.engine, "after_cursor_execute", fifth_found_wrong)
+
+    assert waiting is not None

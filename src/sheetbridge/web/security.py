@@ -144,32 +144,31 @@ def held_off(
     now = clock.now()
     recent = SignInFailure.failed_at > now - timedelta(seconds=limits.window_s)
     checking = SignInFailure.failed_at > now - timedelta(seconds=CHECKING_S)
+    # One read, so that a try found wrong meanwhile is seen as checked or as
+    # being checked, never as neither (as two reads could on PostgreSQL).
+    tries = session.execute(
+        select(SignInFailure.username, SignInFailure.checked, SignInFailure.failed_at)
+        .where(
+            SignInFailure.address == address,
+            (recent & SignInFailure.checked)
+            | (checking & ~SignInFailure.checked & (SignInFailure.id != besides)),
+        )
+        .order_by(SignInFailure.failed_at.desc())
+    ).all()
     name = sign_in_name(username)
-    here = SignInFailure.address == address
     counted = (
-        (here, limits.per_address, None),
-        (here & (SignInFailure.username == name), limits.per_user, name),
+        (tries, limits.per_address, None),
+        ([t for t in tries if t.username == name], limits.per_user, name),
     )
-    for who, allowed, named in counted:
-        wrong = session.scalars(
-            select(SignInFailure.failed_at)
-            .where(who, recent, SignInFailure.checked)
-            .order_by(SignInFailure.failed_at.desc())
-            .limit(allowed)
-        ).all()
+    for whose, allowed, named in counted:
+        wrong = [t.failed_at for t in whose if t.checked]
         if len(wrong) >= allowed:
             # Held off until the oldest of the last ``allowed`` leaves.
-            frees_at = clock.as_utc(wrong[-1]) + timedelta(seconds=limits.window_s)
-            return HeldOff(max(1, math.ceil((frees_at - now).total_seconds())), named)
-        in_flight = session.scalar(
-            select(func.count()).where(
-                who,
-                checking,
-                ~SignInFailure.checked,
-                SignInFailure.id != besides,
+            frees_at = clock.as_utc(wrong[allowed - 1]) + timedelta(
+                seconds=limits.window_s
             )
-        )
-        if len(wrong) + (in_flight or 0) >= allowed:
+            return HeldOff(max(1, math.ceil((frees_at - now).total_seconds())), named)
+        if len(whose) >= allowed:
             return HeldOff(BUSY_RETRY_S, named, busy=True)
     return None
 
