@@ -118,7 +118,8 @@ def test_a_sync_cut_short_after_adding_a_tab_writes_that_tab_whole_on_its_retry(
     run_sync(runtime, "alice", TO_SHEET)
     book = emulator.state.spreadsheets[spreadsheet_id]
     book.sheets = [sheet for sheet in book.sheets if sheet.title != "Policies"]
-    emulator.state.inject(503, count=1, method="POST", path_contains="values:batch")
+    # The tab is added, and the call writing the book is cut short.
+    emulator.state.inject(503, method="POST", path_contains=":batchUpdate", skip=1)
     with runtime.db.read_session() as session:
         alice = session.scalars(select(User).where(User.username == "alice")).one()
     job_id = runtime.sync.enqueue(alice, TO_SHEET).job_id
@@ -380,7 +381,7 @@ def test_a_write_cut_short_then_a_sort_puts_every_value_in_its_own_records_row(
         ).all()[:5]
         for customer in customers:
             customer.city = f"Moved {customer.id}"
-    emulator.state.inject(503, count=1, method="POST", path_contains="values:")
+    emulator.state.inject(503, method="POST", path_contains=":batchUpdate")
     with runtime.db.read_session() as session:
         user = session.scalars(select(User).where(User.username == "alice")).one()
     queued = runtime.sync.enqueue(user, TO_SHEET)
@@ -400,6 +401,37 @@ def test_a_write_cut_short_then_a_sort_puts_every_value_in_its_own_records_row(
     cities = {row[0]: row[city] for row in tab.rows[1:]}
     assert all(cities[c.id] == f"Moved {c.id}" for c in customers)
     assert sum(str(v).startswith("Moved") for v in cities.values()) == len(customers)
+
+
+def test_a_to_sheets_changed_cells_and_new_rows_land_together_in_one_call(
+    runtime: Runtime, spreadsheet_id: str, emulator: EmulatorServer
+) -> None:
+    # One call lands whole or not at all: a write cut short leaves nothing of
+    # itself for its retry to count as already in the sheet.
+    run_sync(runtime, "alice", TO_SHEET)
+    with runtime.db.session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+        changed = session.scalars(
+            select(Customer).where(Customer.agent_id == alice.id).order_by(Customer.id)
+        ).first()
+        assert changed is not None
+        changed.city = "Changed City"
+        changed.date_of_birth = date(1971, 3, 9)
+        session.add(Customer(name="Newest Customer", agent_id=alice.id))
+    before = len(emulator.state.log)
+
+    result = run_sync(runtime, "alice", TO_SHEET)
+
+    writes = [e.path for e in emulator.state.log[before:] if e.method == "POST"]
+    assert len(writes) == 1 and writes[0].endswith(":batchUpdate"), writes
+    assert "/values" not in writes[0]
+    assert result["summary"]["appended"] == 1
+    assert result["tabs"]["Customers"]["counts"]["updated_rows"] == 1
+    assert result["tabs"]["Customers"]["counts"]["written_cells"] == 2
+    _, tab, header = customers_tab(emulator, spreadsheet_id)
+    rows = {str(row[header.index("Name")]): row for row in tab.rows[1:]}
+    assert rows[changed.name][header.index("City")] == "Changed City"
+    assert "Newest Customer" in rows
 
 
 def test_dates_and_premiums_a_sync_writes_show_as_dates_and_amounts_in_google(

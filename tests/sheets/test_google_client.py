@@ -172,9 +172,8 @@ def test_a_retry_waits_a_second_at_a_time_telling_what_is_left(
     assert told == pytest.approx([told[0] - n for n in range(len(told))])
 
 
-@pytest.mark.parametrize("cut", ["/values:batchUpdate", "{book}:batchUpdate"])
 def test_a_write_cut_short_is_not_sent_again_where_rows_may_have_moved(
-    harness: GoogleHarness, cut: str
+    harness: GoogleHarness,
 ) -> None:
     # A person sorting the tab while a write waits to be tried again would
     # have its values land in other rows: the write goes back to the sync,
@@ -190,7 +189,7 @@ def test_a_write_cut_short_is_not_sent_again_where_rows_may_have_moved(
 
     backend = harness.backend(book, sleep=sort_meanwhile)
     version = backend.read_tabs(["Sheet1"])["Sheet1"].version  # type: ignore[union-attr]
-    cut = cut.format(book=book.spreadsheet_id)
+    cut = f"{book.spreadsheet_id}:batchUpdate"
     harness.state.inject(503, count=1, method="POST", path_contains=cut)
     writes = harness.state.calls("POST")
 
@@ -210,6 +209,46 @@ def test_a_write_cut_short_is_not_sent_again_where_rows_may_have_moved(
     rows = backend.read_tabs(["Sheet1"])["Sheet1"].rows  # type: ignore[union-attr]
     named = {row[0]: row[1] for row in rows[1:]}
     assert all(named[n] in (f"name {n}", {1: "one", 3: "three"}.get(n)) for n in named)
+
+
+def test_cells_written_into_rows_there_clear_skip_and_keep_formats_as_told(
+    harness: GoogleHarness,
+) -> None:
+    book = harness.spreadsheet()
+    backend = harness.backend(book)
+    backend.write({"T": TabChanges(cells={(1, 1): "ID", (1, 2): "A", (1, 3): "B"})})
+    backend.write(
+        {"T": TabChanges(append=[[n, f"a{n}", date(2020, 1, n)] for n in (1, 2, 3)])}
+    )
+    sheet = book.sheet_by_title("T")
+    assert sheet is not None
+    dated = sheet.cell(2, 3)
+
+    backend.write(
+        {
+            "T": TabChanges(
+                cells={
+                    (2, 2): None,  # cleared
+                    (3, 2): "new a2",
+                    (4, 1): 30,  # columns 1 and 3 of row 4; 2 is left as is
+                    (4, 3): date(2021, 5, 6),
+                    (2, 3): date(2022, 7, 8),
+                }
+            )
+        }
+    )
+
+    rows = backend.read_tabs(["T"])["T"].rows  # type: ignore[union-attr]
+    assert rows[1][:2] == [1, None]
+    assert rows[2][:2] == [2, "new a2"]
+    assert rows[3][:2] == [30, "a3"]
+    # A date written where one was keeps the cell's date format.
+    assert sheet.cell(2, 3).kind == dated.kind == "DATE"  # type: ignore[union-attr]
+    assert [row[2] for row in rows[1:]] == [
+        to_serial(date(2022, 7, 8)),
+        to_serial(date(2020, 1, 2)),
+        to_serial(date(2021, 5, 6)),
+    ]
 
 
 @pytest.mark.parametrize("checked", [True, False])
@@ -268,7 +307,8 @@ def test_a_write_that_fails_takes_back_the_tabs_it_added(
     tabs = backend.read_tabs(["Customers", "Policies"])
     assert tabs["Policies"] is None
     version = tabs["Customers"].version  # type: ignore[union-attr]
-    harness.state.inject(503, count=1, method="POST", path_contains="values:batch")
+    # The tab is added, and the call writing both tabs is cut short.
+    harness.state.inject(503, method="POST", path_contains=":batchUpdate", skip=1)
 
     with pytest.raises(SheetChanged):
         backend.write(
@@ -401,8 +441,7 @@ def test_backend_read_is_two_calls_and_a_write_after_it_reuses_its_titles(
     tabs = backend.read_tabs(["T"])
     assert backend.client.calls == {
         "spreadsheets.get": 2,
-        "spreadsheets.batchUpdate": 1,
-        "values.batchUpdate": 1,
+        "spreadsheets.batchUpdate": 2,  # the tab added, then its cells
         "values.batchGet": 1,
     }
     backend.client.calls.clear()
@@ -412,7 +451,6 @@ def test_backend_read_is_two_calls_and_a_write_after_it_reuses_its_titles(
     )
     assert backend.client.calls == {
         "values.batchGet": 1,
-        "values.batchUpdate": 1,
         "spreadsheets.batchUpdate": 1,
     }
 

@@ -379,6 +379,17 @@ def test_a_fault_injected_through_its_own_address_answers_the_next_matching_call
     assert answers[0].headers["Retry-After"] == "1"
 
 
+def test_a_fault_can_let_the_first_matching_calls_through_and_answer_the_next(
+    server: EmulatorServer, http: httpx.Client
+) -> None:
+    book = new_book(http)
+
+    http.post("/_emulator/faults", json={"status": 503, "skip": 2, "method": "GET"})
+
+    answers = [http.get(f"/v4/spreadsheets/{book}") for _ in range(4)]
+    assert [answer.status_code for answer in answers] == [200, 200, 503, 200]
+
+
 def test_faults_waiting_are_listed_and_cleared_through_the_same_address(
     server: EmulatorServer, http: httpx.Client
 ) -> None:

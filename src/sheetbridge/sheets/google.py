@@ -19,7 +19,6 @@ window between check and write (the API has no conditional writes).
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import hashlib
 import json
 import logging
@@ -622,6 +621,10 @@ def _retry_after_s(response: httpx.Response) -> float | None:
         return None
 
 
+# Google's words for a request naming a tab by an ID it no longer has.
+_NO_GRID = re.compile(r"No grid with id: (-?[0-9]+)")
+
+
 def _unparsable_tab(message: str) -> str | None:
     prefix = "Unable to parse range: "
     if not message.startswith(prefix):
@@ -659,13 +662,11 @@ class GoogleSheetsBackend:
     dates, so numbers and date serials come back as numbers). A write is
     ``spreadsheets.get`` (skipped right after a read of the same backend, whose
     titles and grids it reuses), a ``values.batchGet`` when it must check the
-    version, find where appends go or see which cells hold numbers, then at
-    most three writes: one ``spreadsheets.batchUpdate`` creating missing tabs
-    and growing grids, one ``values.batchUpdate`` (RAW) with all cells and
-    appended rows, and one ``spreadsheets.batchUpdate`` giving new dates and
-    amounts a number format (see :func:`_formats`) and deleting rows, highest
-    first. The order means a failure part way
-    never loses data: deletes come last.
+    version, find where appends go or see which cells hold numbers, then a
+    ``spreadsheets.batchUpdate`` creating missing tabs and growing grids where
+    needed, and one more with everything the write changes (see
+    :meth:`_fill`), which lands whole or not at all. A write to rows already
+    there then reads them back (see :meth:`_check_rows_stayed`).
     """
 
     cell_limit = MAX_CELL_CHARS
@@ -710,6 +711,24 @@ class GoogleSheetsBackend:
                 location=self.spreadsheet_id,
             ) from exc
 
+    @contextmanager
+    def _grid_gone(self, sheets: Mapping[str, Json]) -> Iterator[None]:
+        """A call naming a tab by its ID that Google no longer finds: the tab
+        was deleted since it was read (see :meth:`_gone_meanwhile`)."""
+        try:
+            yield
+        except SheetInvalidRequest as exc:
+            found = _NO_GRID.search(str(exc))
+            titles = {props["sheetId"]: title for title, props in sheets.items()}
+            if found is None or int(found[1]) not in titles:
+                raise
+            tab = titles[int(found[1])]
+            raise SheetNotFound(
+                f"tab {tab!r} not found in {self.location} (deleted?)",
+                location=self.spreadsheet_id,
+                tab=tab,
+            ) from exc
+
     def write(
         self,
         changes: Mapping[str, TabChanges],
@@ -748,18 +767,19 @@ class GoogleSheetsBackend:
         sheets = _sheets_by_title(meta)
         grow = self._grow_requests(changes, sheets, rows)
         added: list[int] = []
-        if grow:
-            grown = self._grow(grow)
-            for reply in grown.get("replies", []):
-                if "addSheet" in reply:
-                    properties = reply["addSheet"]["properties"]
-                    sheets[properties["title"]] = properties
-                    added.append(properties["sheetId"])
-        try:
-            self._fill(changes, rows, sheets, tz)
-        except BaseException:
-            self._take_back(added)
-            raise
+        with self._grid_gone(sheets):
+            if grow:
+                grown = self._grow(grow)
+                for reply in grown.get("replies", []):
+                    if "addSheet" in reply:
+                        properties = reply["addSheet"]["properties"]
+                        sheets[properties["title"]] = properties
+                        added.append(properties["sheetId"])
+            try:
+                self._fill(changes, rows, sheets, tz)
+            except BaseException:
+                self._take_back(added)
+                raise
         self._check_rows_stayed(meta, changes, rows, tz)
         logger.info(
             "sheets.write",
@@ -811,9 +831,7 @@ class GoogleSheetsBackend:
         if not any(put_back.values()) and not unsure:
             return
         data = _value_ranges(
-            {tab: TabChanges(cells) for tab, cells in put_back.items() if cells},
-            now,
-            tz,
+            {tab: TabChanges(cells) for tab, cells in put_back.items() if cells}, tz
         )
         if data:
             self.client.batch_update_values(self.spreadsheet_id, data, retry=False)
@@ -906,38 +924,42 @@ class GoogleSheetsBackend:
         sheets: dict[str, Json],
         tz: tzinfo,
     ) -> None:
-        """Format the cells to be written, delete rows and insert the rows
-        to append below the rows read, filled, in one call that lands whole
-        or not at all; then write the other values where the deletes left
-        their rows. Cut short between the two, a write has landed none of
-        the values of rows already there: its retry writes them, formats
-        again and counts them as written. Rows it appended are in, and the
-        retry counts them as rows the sheet already held."""
-        # These calls name rows by where they were just read. Sent again after
-        # a wait, they would land wherever a sort had moved other rows to:
-        # cut short, they go back to the sync, which reads the sheet again.
-        # Formats come before the deletes: they name rows as they were read.
-        # Rows appended below rows read are inserted there and filled in the
-        # same call: a row typed or moved there meanwhile is moved down, not
-        # written over.
-        inserted = {
+        """Write every change in one call, which lands whole or not at all:
+        number formats and cells at the rows as read, then the deletes, then
+        the rows to append below what is left. Cut short, a write has landed
+        nothing, and its retry writes and counts all of it.
+
+        Rows for a tab that held only its header, as a first sync writes,
+        follow as values: bulkier as typed cells, and with no rows there to
+        move. The first call gives their dates and amounts their formats;
+        cut short before the values, the retry writes and counts them. Only
+        what the first call landed in other tabs is then counted by the retry
+        as already in the sheet."""
+        # The calls name rows by where they were just read. Sent again after
+        # a wait, they would land wherever a sort had moved other rows to: cut
+        # short, they go back to the sync, which reads the sheet again. Rows
+        # appended below data rows are inserted there, so a row typed or
+        # moved there meanwhile is moved down, not written over.
+        below_data = {
             tab: ch
             for tab, ch in changes.items()
-            if _appends_below_rows(ch, rows.get(tab) or [])
+            if ch.append and len(rows.get(tab) or []) > 1
         }
-        by_value = {
-            tab: dataclasses.replace(ch, append=[]) if tab in inserted else ch
+        into_empty = {
+            tab: ch
             for tab, ch in changes.items()
+            if ch.append and tab not in below_data
         }
-        first = (
-            _formats(by_value, rows, sheets)
+        requests = (
+            _formats(changes, rows, sheets)
+            + _cell_requests(changes, sheets, tz)
             + _delete_requests(changes, sheets)
-            + _insert_requests(inserted, rows, sheets, tz)
+            + _append_requests(below_data, rows, sheets, tz)
         )
-        data = _value_ranges(by_value, rows, tz)
+        data = _append_ranges(into_empty, rows, tz)
         try:
-            if first:
-                self.client.batch_update(self.spreadsheet_id, first, retry=False)
+            if requests:
+                self.client.batch_update(self.spreadsheet_id, requests, retry=False)
             if data:
                 self.client.batch_update_values(self.spreadsheet_id, data, retry=False)
         except SheetError as exc:
@@ -1394,36 +1416,14 @@ def last_row_after(
     return max(last, touched)
 
 
-def _value_ranges(
-    changes: Mapping[str, TabChanges],
-    rows: Mapping[str, list[list[Cell]] | None],
-    tz: tzinfo,
-) -> list[Json]:
-    """The values to write, each row where it is once the write's deletes
-    have moved it up."""
+def _value_ranges(changes: Mapping[str, TabChanges], tz: tzinfo) -> list[Json]:
+    """The cells to write, as ranges of values."""
     data: list[Json] = []
     for tab, ch in changes.items():
-        deleted = _deleted(ch)
-        cells = {
-            (_moved_up(row, deleted), col): value
-            for (row, col), value in ch.cells.items()
-        }
-        for top, left, block in _blocks(cells, tz):
+        for top, left, block in _blocks(ch.cells, tz):
             bottom, right = top + len(block) - 1, left + len(block[0]) - 1
             data.append(
                 {"range": a1_range(tab, top, left, bottom, right), "values": block}
-            )
-        if ch.append:
-            first = _first_appended(ch, rows.get(tab) or [])
-            width = max(len(values) for values in ch.append) or 1
-            block = [
-                [api_value(value, tz) for value in values]
-                + [None] * (width - len(values))
-                for values in ch.append
-            ]
-            last = first + len(block) - 1
-            data.append(
-                {"range": a1_range(tab, first, 1, last, width), "values": block}
             )
     return data
 
@@ -1553,7 +1553,47 @@ def _formats(
     return requests
 
 
-def _insert_requests(
+def _cell_requests(
+    changes: Mapping[str, TabChanges], sheets: dict[str, Json], tz: tzinfo
+) -> list[Json]:
+    """The cells to write, at their rows as read: their values only, so that
+    each keeps its number format (or the one :func:`_formats` gives it). One
+    request per run of written cells along a row, and rows with the same
+    run below one another in one request."""
+    requests: list[Json] = []
+    for tab, ch in changes.items():
+        props = _find(sheets, tab)
+        if props is None or not ch.cells:
+            continue
+        by_row: dict[int, list[int]] = {}
+        for row, col in sorted(ch.cells):
+            by_row.setdefault(row, []).append(col)
+        # Runs of columns, each with the rows below one another written there.
+        spans: list[tuple[int, int, list[int]]] = []
+        latest: dict[tuple[int, int], list[int]] = {}
+        for row, cols in by_row.items():
+            for first, last in _runs(cols[::-1]):
+                below = latest.get((first, last))
+                if below and below[-1] == row - 1:
+                    below.append(row)
+                else:
+                    latest[first, last] = [row]
+                    spans.append((first, last, latest[first, last]))
+        for first, last, span_rows in spans:
+            cells = [
+                [
+                    _cell_data(ch.cells[row, col], tz, formats=False)
+                    for col in range(first, last + 1)
+                ]
+                for row in span_rows
+            ]
+            requests.append(
+                _update_cells(props, span_rows[0], first, cells, "userEnteredValue")
+            )
+    return requests
+
+
+def _append_requests(
     changes: Mapping[str, TabChanges],
     rows: Mapping[str, list[list[Cell]] | None],
     sheets: dict[str, Json],
@@ -1564,46 +1604,70 @@ def _insert_requests(
     requests: list[Json] = []
     for tab, ch in changes.items():
         props = _find(sheets, tab)
-        if props is None or not ch.append:
+        if props is None:
             continue
-        start = _first_appended(ch, rows.get(tab) or []) - 1  # 0-based
+        first = _first_appended(ch, rows.get(tab) or [])
         requests.append(
             {
                 "insertDimension": {
                     "range": {
                         "sheetId": props["sheetId"],
                         "dimension": "ROWS",
-                        "startIndex": start,
-                        "endIndex": start + len(ch.append),
+                        "startIndex": first - 1,
+                        "endIndex": first - 1 + len(ch.append),
                     },
                     "inheritFromBefore": True,
                 }
             }
         )
-        requests.append(
-            {
-                "updateCells": {
-                    "start": {
-                        "sheetId": props["sheetId"],
-                        "rowIndex": start,
-                        "columnIndex": 0,
-                    },
-                    "rows": [
-                        {"values": [_cell_data(value, tz) for value in values]}
-                        for values in ch.append
-                    ],
-                    "fields": "userEnteredValue,userEnteredFormat.numberFormat",
-                }
-            }
-        )
+        cells = [[_cell_data(value, tz) for value in values] for values in ch.append]
+        fields = "userEnteredValue,userEnteredFormat.numberFormat"
+        requests.append(_update_cells(props, first, 1, cells, fields))
     return requests
 
 
-def _cell_data(value: Cell, tz: tzinfo) -> Json:
-    """A cell of an inserted row: its value, typed, and for a date or an
-    amount its number format."""
+def _append_ranges(
+    changes: Mapping[str, TabChanges],
+    rows: Mapping[str, list[list[Cell]] | None],
+    tz: tzinfo,
+) -> list[Json]:
+    """Rows to append, as ranges of values below the last row."""
+    data: list[Json] = []
+    for tab, ch in changes.items():
+        first = _first_appended(ch, rows.get(tab) or [])
+        width = max(len(values) for values in ch.append) or 1
+        block = [
+            [api_value(value, tz) for value in values] + [None] * (width - len(values))
+            for values in ch.append
+        ]
+        last = first + len(block) - 1
+        data.append({"range": a1_range(tab, first, 1, last, width), "values": block})
+    return data
+
+
+def _update_cells(
+    props: Json, row: int, col: int, cells: list[list[Json]], fields: str
+) -> Json:
+    """An updateCells request writing ``cells`` from the 1-based ``row`` and
+    ``col`` on."""
+    return {
+        "updateCells": {
+            "start": {
+                "sheetId": props["sheetId"],
+                "rowIndex": row - 1,
+                "columnIndex": col - 1,
+            },
+            "rows": [{"values": line} for line in cells],
+            "fields": fields,
+        }
+    }
+
+
+def _cell_data(value: Cell, tz: tzinfo, *, formats: bool = True) -> Json:
+    """A cell to write: its value, typed (none clears it), and with
+    ``formats`` for a date or an amount its number format."""
     written = api_value(value, tz)
-    if written is None:
+    if written is None or written == "":
         return {}
     if isinstance(written, bool):
         data: Json = {"userEnteredValue": {"boolValue": written}}
@@ -1611,7 +1675,7 @@ def _cell_data(value: Cell, tz: tzinfo) -> Json:
         data = {"userEnteredValue": {"numberValue": written}}
     else:
         data = {"userEnteredValue": {"stringValue": str(written)}}
-    if name := _format_name(value):
+    if formats and (name := _format_name(value)):
         data["userEnteredFormat"] = {"numberFormat": _NUMBER_FORMATS[name]}
     return data
 
@@ -1746,13 +1810,6 @@ def _span_to_check(ch: TabChanges, before: list[list[Cell]]) -> tuple[int, int] 
     # Deletes move a row up by at most their number.
     first = min(row for row, _ in ch.cells) - len(ch.delete_rows)
     return max(2, first), max(row for row, _ in ch.cells)
-
-
-def _appends_below_rows(ch: TabChanges, before: list[list[Cell]]) -> bool:
-    """Whether ``ch`` appends rows below data rows (a tab that held only its
-    header, as a first sync writes, gets them as values: no row can have
-    moved in)."""
-    return bool(ch.append) and len(before) > 1
 
 
 def _first_appended(ch: TabChanges, before: list[list[Cell]]) -> int:

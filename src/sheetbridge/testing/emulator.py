@@ -74,13 +74,15 @@ class Knobs:
 
 @dataclass
 class Fault:
-    """A one-off answer injected into matching requests."""
+    """A one-off answer injected into matching requests: the ``count`` after
+    the first ``skip`` of them."""
 
     status: int
     count: int = 1
     method: str | None = None
     path_contains: str | None = None
     message: str | None = None  # else the service's own words for the status
+    skip: int = 0
 
     def matches(self, method: str, path: str) -> bool:
         """True when this fault applies to the request."""
@@ -154,9 +156,11 @@ class EmulatorState:
         count: int = 1,
         method: str | None = None,
         path_contains: str | None = None,
+        skip: int = 0,
     ) -> Fault:
-        """Answer the next ``count`` matching requests with ``status``."""
-        fault = Fault(status, count, method, path_contains)
+        """Answer ``count`` matching requests with ``status``, after letting
+        the next ``skip`` of them through."""
+        fault = Fault(status, count, method, path_contains, skip=skip)
         with self._lock:
             self.faults.append(fault)
         return fault
@@ -188,6 +192,9 @@ class EmulatorState:
         with self._lock:
             for fault in self.faults:
                 if fault.count > 0 and fault.matches(method, path):
+                    if fault.skip > 0:
+                        fault.skip -= 1
+                        continue
                     fault.count -= 1
                     return fault
             self.faults = [fault for fault in self.faults if fault.count > 0]
@@ -262,6 +269,7 @@ class _CheckedFault(Fault):
     status: int = Field(ge=400, le=599, strict=True)
     count: int = Field(default=1, ge=1, strict=True)
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] | None = None
+    skip: int = Field(default=0, ge=0, strict=True)
 
 
 _KNOBS: TypeAdapter[Knobs] = TypeAdapter(_CheckedKnobs)
@@ -363,7 +371,7 @@ class _Handler:
 
     async def fault(self, request: Request) -> Response:
         """Inject a fault (POST ``{"status", "count", "method", "path_contains",
-        "message"}``, all but the status optional); list those waiting (GET)
+        "message", "skip"}``, all but the status optional); list those waiting (GET)
         or clear them (DELETE, answering those it cleared)."""
         if request.method in ("GET", "DELETE"):
             with self.state._lock:
