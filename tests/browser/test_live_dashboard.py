@@ -376,7 +376,7 @@ def test_conflict_is_resolved_in_the_page_by_button_and_by_keyboard(
         page.keyboard.type("not an email")
         page.keyboard.press("Enter")
         expect(email.locator(".conflict-editor .field-error")).to_contain_text(
-            "not an email address"
+            "not a valid email address"
         )
         expect(value).to_have_attribute("aria-invalid", "true")
         expect(value).to_be_focused()

@@ -12,10 +12,12 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
 from sheetbridge import clock
+from sheetbridge.insurance.mapping import CUSTOMERS
 from sheetbridge.insurance.models import User
 from sheetbridge.insurance.sync_jobs import TO_SHEET
 from sheetbridge.queue.models import Job
 from sheetbridge.queue.worker import WorkerPool
+from sheetbridge.sync.columns import CellError, parse_cell
 from sheetbridge.web.deps import Runtime
 from tests.conftest import bearer
 from tests.insurance.test_workbook_sync import alices_tab, run_sync
@@ -1662,6 +1664,41 @@ def test_phone_and_zip_take_the_digits_0_to_9_only(
 
     assert answer.status_code == 422
     assert answer.json()["detail"][0]["field"] == field
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        ("Phone", "555-abc-1234"),
+        ("Phone", "555-s0.5-524440"),
+        ("Phone", "+1 (555) 123-4567"),
+        ("Phone", "ext 5551234"),
+        ("Email", "a@.example.com"),
+        ("Email", "a@example.com."),
+        ("Email", "Ann@Example.com"),
+        ("Email", "a@b@example.com"),
+    ],
+)
+def test_the_api_takes_a_phone_or_email_exactly_when_a_sheet_would(
+    alice: TestClient, header: str, value: str
+) -> None:
+    # A value the API took but a sheet refused would keep its whole row out
+    # of every sync until someone found it.
+    column = next(c for c in CUSTOMERS.columns if c.header == header)
+    try:
+        parse_cell(column, value)
+        refused_by_sheet = None
+    except CellError as exc:
+        refused_by_sheet = exc.reason
+
+    answer = alice.post("/api/customers", json={"name": "Ann", column.field: value})
+
+    if refused_by_sheet is None:
+        assert answer.status_code == 201, answer.text
+    else:
+        assert answer.status_code == 422
+        assert answer.json()["detail"][0]["field"] == column.field
+        assert refused_by_sheet in answer.json()["detail"][0]["msg"]
 
 
 def test_a_state_is_one_of_the_us_postal_codes(alice: TestClient) -> None:

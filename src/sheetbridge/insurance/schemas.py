@@ -30,7 +30,13 @@ from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
 from sheetbridge import clock
 from sheetbridge.sheets.base import XLSX_TEXT_LIMIT, cell_length
-from sheetbridge.sync.columns import NOT_TEXT, foreign_digits, workbook_line_breaks
+from sheetbridge.sync.columns import (
+    NOT_TEXT,
+    email_problem,
+    foreign_digits,
+    phone_problem,
+    workbook_line_breaks,
+)
 
 PolicyStatus = Literal["active", "pending", "cancelled", "expired", "non-renewed"]
 LineOfBusiness = Literal[
@@ -44,15 +50,13 @@ LineOfBusiness = Literal[
     "workers-comp",
 ]
 
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-_PHONE_DIGITS = re.compile(r"[0-9]")
 _ZIP = re.compile(r"^[0-9]{5}(-[0-9]{4})?$")
 
 
 def _email(value: str) -> str:
     value = value.strip().lower()
-    if value and not _EMAIL.match(value):
-        raise ValueError("not an email address (expected name@example.com)")
+    if value and (problem := email_problem(value)):
+        raise ValueError(problem)
     return value
 
 
@@ -60,9 +64,8 @@ def _phone(value: str) -> str:
     value = value.strip()
     if foreign_digits(value):
         raise ValueError("write a phone number with the digits 0-9")
-    digits = len(_PHONE_DIGITS.findall(value))
-    if value and not 7 <= digits <= 15:
-        raise ValueError("a phone number needs 7 to 15 digits")
+    if value and (problem := phone_problem(value)):
+        raise ValueError(problem)
     return value
 
 

@@ -462,8 +462,9 @@ def _fold(text: str) -> str:
     return _FOLD.sub("-", text.strip()).casefold()
 
 
-def _parse_email(column: Column, raw: Cell) -> str:
-    text = _parse_text(column, raw).lower()
+def email_problem(text: str) -> str | None:
+    """Why ``text`` (lowercase, not empty) is no email address, or None: the
+    one rule for an address typed into a sheet or sent to the API."""
     local, at, domain = text.partition("@")
     valid = (
         at
@@ -474,16 +475,29 @@ def _parse_email(column: Column, raw: Cell) -> str:
         and not domain.endswith(".")
         and not any(ch.isspace() for ch in text)
     )
-    if not valid:
-        raise CellError("not a valid email address; use name@example.com")
+    return None if valid else "not a valid email address; use name@example.com"
+
+
+def phone_problem(text: str) -> str | None:
+    """Why ``text`` (not empty) is no phone number, or None: the one rule for
+    a number typed into a sheet or sent to the API."""
+    digits = sum(ch.isdigit() for ch in text)
+    if not _PHONE_CHARS.fullmatch(text) or not 7 <= digits <= 15:
+        return "not a phone number; use 7 to 15 digits, e.g. +1 555 123 4567"
+    return None
+
+
+def _parse_email(column: Column, raw: Cell) -> str:
+    text = _parse_text(column, raw).lower()
+    if problem := email_problem(text):
+        raise CellError(problem)
     return text
 
 
 def _parse_phone(column: Column, raw: Cell) -> str:
     text = _parse_text(column, raw)
-    digits = sum(ch.isdigit() for ch in text)
-    if not _PHONE_CHARS.fullmatch(text) or not 7 <= digits <= 15:
-        raise CellError("not a phone number; use 7 to 15 digits, e.g. +1 555 123 4567")
+    if problem := phone_problem(text):
+        raise CellError(problem)
     return text
 
 
