@@ -434,6 +434,66 @@ def test_a_to_sheets_changed_cells_and_new_rows_land_together_in_one_call(
     assert "Newest Customer" in rows
 
 
+def test_a_write_refused_for_quota_is_sent_again_where_no_row_moved_meanwhile(
+    runtime: Runtime, spreadsheet_id: str, emulator: EmulatorServer
+) -> None:
+    # A 429 means the call was not applied: the sync waits, as for a read,
+    # and sends it again once the sheet shows that no row moved, within its
+    # attempt, instead of spending the job's attempts on a busy quota.
+    run_sync(runtime, "alice", TO_SHEET)
+    with runtime.db.session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+        session.add(Customer(name="Throttled Customer", agent_id=alice.id))
+    emulator.state.inject(429, count=5, method="POST", path_contains=":batchUpdate")
+    job_id = runtime.sync.enqueue(alice, TO_SHEET).job_id
+
+    WorkerPool(runtime.queue, runtime.sync.handlers).run_until_empty()
+
+    job = runtime.queue.get(job_id)
+    assert (job.state, job.attempts) == ("succeeded", 1), job.error
+    assert job.result is not None and job.result["summary"]["appended"] == 1
+    _, tab, header = customers_tab(emulator, spreadsheet_id)
+    names = [row[header.index("Name")] for row in tab.rows[1:]]
+    assert names.count("Throttled Customer") == 1
+
+
+def test_a_write_refused_for_quota_while_rows_moved_reads_the_sheet_again(
+    runtime: Runtime,
+    spreadsheet_id: str,
+    emulator: EmulatorServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run_sync(runtime, "alice", TO_SHEET)
+    sheet = customers_sheet(emulator)
+    with runtime.db.session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+        first = session.scalars(
+            select(Customer).where(Customer.agent_id == alice.id).order_by(Customer.id)
+        ).first()
+        assert first is not None
+        first.city = "After The Sort"
+    emulator.state.inject(429, method="POST", path_contains=":batchUpdate")
+    real_wait = SheetsClient.wait_to_retry
+
+    def sort_while_waiting(self: SheetsClient, *args: Any) -> None:
+        sheet.rows[1:] = sheet.rows[:0:-1]
+        real_wait(self, *args)
+
+    monkeypatch.setattr(SheetsClient, "wait_to_retry", sort_while_waiting)
+    job_id = runtime.sync.enqueue(alice, TO_SHEET).job_id
+    pool = WorkerPool(runtime.queue, runtime.sync.handlers)
+    pool.run_until_empty()
+    runtime.queue.now = lambda: clock.now() + timedelta(minutes=5)  # retry due
+    pool.run_until_empty()
+
+    job = runtime.queue.get(job_id)
+    assert (job.state, job.attempts) == ("succeeded", 2), job.error
+    _, tab, header = customers_tab(emulator, spreadsheet_id)
+    cities = {row[0]: row[header.index("City")] for row in tab.rows[1:]}
+    assert cities[first.id] == "After The Sort"
+    assert list(cities.values()).count("After The Sort") == 1
+
+
 def test_dates_and_premiums_a_sync_writes_show_as_dates_and_amounts_in_google(
     runtime: Runtime, spreadsheet_id: str, emulator: EmulatorServer
 ) -> None:

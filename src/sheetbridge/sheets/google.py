@@ -458,18 +458,26 @@ class SheetsClient:
             except SheetError as exc:
                 if not exc.transient or attempt > max_retries:
                     raise
-                delay_s = self._backoff_s(attempt, exc.retry_after)
-                self.retries += 1
-                logger.info(
-                    "sheets.retry",
-                    extra={
-                        "spreadsheet": spreadsheet_id,
-                        "attempt": attempt,
-                        "delay_s": round(delay_s, 3),
-                        "error": type(exc).__name__,
-                    },
-                )
-                wait_telling(delay_s, self._sleep, self._retry_teller(attempt, exc))
+                self.wait_to_retry(attempt, exc, spreadsheet_id)
+
+    def wait_to_retry(
+        self, attempt: int, error: SheetError, spreadsheet_id: str
+    ) -> None:
+        """Wait before trying again what failed on its ``attempt``-th try,
+        with backoff and at least as long as ``error`` asks, telling
+        ``on_retry`` what is left."""
+        delay_s = self._backoff_s(attempt, error.retry_after)
+        self.retries += 1
+        logger.info(
+            "sheets.retry",
+            extra={
+                "spreadsheet": spreadsheet_id,
+                "attempt": attempt,
+                "delay_s": round(delay_s, 3),
+                "error": type(error).__name__,
+            },
+        )
+        wait_telling(delay_s, self._sleep, self._retry_teller(attempt, error))
 
     def _retry_teller(
         self, attempt: int, error: SheetError
@@ -654,6 +662,10 @@ def _call_name(method: str, path: str) -> str:
 # -- the backend ----------------------------------------------------------------------
 
 
+class _Throttled(SheetChanged):
+    """A write refused whole for quota, of which nothing landed."""
+
+
 class GoogleSheetsBackend:
     """Tabs of one Google spreadsheet, behind :class:`SheetBackend`.
 
@@ -740,8 +752,22 @@ class GoogleSheetsBackend:
         if not changes:
             return
         _check_cell_sizes(changes, self.location)
-        with self._gone_meanwhile():
-            self._write(changes, expected_version)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                with self._gone_meanwhile():
+                    self._write(changes, expected_version)
+                return
+            except _Throttled as exc:
+                # Refused whole, for quota: nothing landed. Tried again after
+                # the wait, as a read is, where the sheet's version shows that
+                # no row moved meanwhile (else the sync reads it again).
+                if expected_version is None or attempt > self.client.max_retries:
+                    raise
+                throttled = exc.__cause__
+                assert isinstance(throttled, SheetError)
+                self.client.wait_to_retry(attempt, throttled, self.spreadsheet_id)
 
     def _write(
         self, changes: Mapping[str, TabChanges], expected_version: str | None
@@ -957,15 +983,20 @@ class GoogleSheetsBackend:
             + _append_requests(below_data, rows, sheets, tz)
         )
         data = _append_ranges(into_empty, rows, tz)
+        landed = False
         try:
             if requests:
                 self.client.batch_update(self.spreadsheet_id, requests, retry=False)
+                landed = True
             if data:
                 self.client.batch_update_values(self.spreadsheet_id, data, retry=False)
         except SheetError as exc:
             if not exc.transient:
                 raise
-            raise SheetChanged(
+            # A call refused for quota was not applied: with nothing landed,
+            # the write may be tried again where no row has moved (see write).
+            throttled = isinstance(exc, SheetRateLimited) and not landed
+            raise (_Throttled if throttled else SheetChanged)(
                 f"a write to {self.location} was cut short ({exc}); rows may "
                 "have moved since the sheet was read, so it was not sent again "
                 "as it was",
