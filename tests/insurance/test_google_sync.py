@@ -457,6 +457,25 @@ def test_a_write_refused_for_quota_is_sent_again_where_no_row_moved_meanwhile(
     assert names.count("Throttled Customer") == 1
 
 
+def test_a_sync_that_stopped_while_waiting_to_retry_its_write_says_it_was_writing(
+    runtime: Runtime, spreadsheet_id: str, emulator: EmulatorServer
+) -> None:
+    run_sync(runtime, "alice", TO_SHEET)
+    runtime.settings.google_max_retries = 1
+    with runtime.db.session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+        session.add(Customer(name="Waiting Customer", agent_id=alice.id))
+    emulator.state.inject(429, count=2, method="POST", path_contains=":batchUpdate")
+    job_id = runtime.sync.enqueue(alice, TO_SHEET).job_id
+
+    WorkerPool(runtime.queue, runtime.sync.handlers).run_until_empty()
+
+    job = runtime.queue.get(job_id)
+    assert job.state == "queued" and "quota" in (job.error or "")
+    assert job.progress is not None and job.progress["stopped_in"] == "writing"
+    assert job.progress["rows_to_append"] == 1
+
+
 def test_a_write_refused_for_quota_while_rows_moved_reads_the_sheet_again(
     runtime: Runtime,
     spreadsheet_id: str,

@@ -560,6 +560,23 @@ def test_an_attempt_that_ended_unfinished_tells_where_it_stopped_not_a_phase(
     assert job.progress == {"stopped_in": "writing", "done": 5, "total": 10}
 
 
+def test_an_attempt_that_ended_in_a_wait_tells_the_phase_it_waited_during(
+    queue: JobQueue,
+) -> None:
+    queued = queue.enqueue("sync", queue_key="user:1", max_attempts=2)
+    claimed = claim_within(queue, 5)
+    queue.report_progress(
+        claimed.id,
+        claimed.epoch,
+        {"phase": "retrying", "during": "writing", "done": 0, "total": 3},
+    )
+
+    end_attempt(queue, claimed, "failed")
+
+    job = queue.get(queued.job_id)
+    assert job.progress == {"stopped_in": "writing", "done": 0, "total": 3}
+
+
 def test_a_job_that_failed_keeps_its_last_report_as_where_it_stopped(
     queue: JobQueue,
 ) -> None:

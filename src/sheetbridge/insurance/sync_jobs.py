@@ -1655,20 +1655,31 @@ class _Progress:
     def __init__(self, context: JobContext) -> None:
         self.context = context
         self.counts: dict[str, Any] = {}
+        self.phase: tuple[str, int, int] | None = None  # with its done and total
 
     def report(self, phase: str, done: int = 0, total: int = 0, **counts: Any) -> None:
         """Report at a safe point: a cancel requested meanwhile stops the job."""
         self.counts.update(counts)
+        self.phase = (phase, done, total)
         self.context.progress(phase, done, total, **self.counts)
 
     def note(self, phase: str, **details: Any) -> None:
-        """Report a passing state (a quota wait, a retry) without keeping it."""
-        self.context.progress(phase, **{**self.counts, **details})
+        """Report a passing state (a quota wait, a retry) without keeping it:
+        the phase it came ``during`` stays where an attempt ended there
+        stopped."""
+        if self.phase is None:
+            self.context.progress(phase, **{**self.counts, **details})
+            return
+        during, done, total = self.phase
+        self.context.progress(
+            phase, done, total, during=during, **{**self.counts, **details}
+        )
 
     def finished(self, phase: str, done: int, total: int, **counts: Any) -> None:
         """Report work that is done and cannot be taken back: a cancel requested
         now comes too late to stop anything, so it is not acted on here."""
         self.counts.update(counts)
+        self.phase = (phase, done, total)
         self.context.progress(
             phase, done, total, stop_if_cancelled=False, **self.counts
         )

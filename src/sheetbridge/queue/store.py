@@ -1322,11 +1322,16 @@ def _listed(session: Session, jobs: Sequence[Job]) -> list[Job]:
 def stopped(progress: dict[str, Any] | None) -> dict[str, Any] | None:
     """An attempt's last progress once it ended unfinished: its counts kept,
     and its phase told as where it stopped (``stopped_in``), so that no one
-    reads it as a step still going."""
+    reads it as a step still going. A passing state (a wait) tells the phase
+    it came ``during`` as where the attempt stopped."""
     if not progress or "phase" not in progress:
         return progress
-    counts = {name: value for name, value in progress.items() if name != "phase"}
-    return {"stopped_in": progress["phase"], **counts}
+    counts = {
+        name: value
+        for name, value in progress.items()
+        if name not in ("phase", "during")
+    }
+    return {"stopped_in": progress.get("during") or progress["phase"], **counts}
 
 
 def _run_pg(
