@@ -1211,6 +1211,22 @@ def test_a_query_parameter_given_twice_is_a_422_not_the_last_one_winning(
     )
 
 
+def test_a_query_value_whose_bytes_are_not_utf8_is_a_422_naming_it(
+    alice: TestClient,
+) -> None:
+    # Else each bad byte reaches the search as a replacement character, and
+    # the search finds nothing, saying nothing of why.
+    for path, name in (
+        ("/api/customers?q=%ff%fe", "q"),
+        ("/api/policies?limit=5&carrier=Acme%e9", "carrier"),
+    ):
+        answer = alice.get(path)
+        assert answer.status_code == 422, (path, answer.text)
+        (error,) = answer.json()["detail"]
+        assert error["field"] == name and "UTF-8" in error["msg"]
+    assert alice.get("/api/customers?q=Jos%C3%A9+R").status_code == 200
+
+
 def test_the_query_parameters_a_request_takes_still_answer(alice: TestClient) -> None:
     listed = alice.get("/api/customers?q=a&limit=2&offset=0")
     assert listed.status_code == 200, listed.text

@@ -13,6 +13,7 @@ import json
 from collections.abc import Callable, Coroutine
 from decimal import Decimal
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from fastapi import HTTPException, Request, Response
 from fastapi.dependencies.models import Dependant
@@ -236,6 +237,7 @@ def _query_errors(request: Request, takes: list[str]) -> list[dict[str, Any]]:
     """A query parameter the route does not take, or one given twice (only
     one would count, as a body's field given twice would), each named."""
     given = [name for name, _ in request.query_params.multi_items()]
+    garbled = _not_utf8(request.scope.get("query_string", b""))
     listed = ", ".join(takes) if takes else "none"
     errors = []
     for name in dict.fromkeys(given):
@@ -243,9 +245,26 @@ def _query_errors(request: Request, takes: list[str]) -> list[dict[str, Any]]:
             message = f"is not a parameter of this request; it takes {listed}"
         elif given.count(name) > 1:
             message = "is given more than once; send it once"
+        elif name in garbled:
+            message = "is not text: its bytes are not UTF-8; send it UTF-8 encoded"
         else:
             continue
         errors.append(
             {"type": "query_parameter", "loc": ("query", name), "msg": message}
         )
     return errors
+
+
+def _not_utf8(query: bytes) -> set[str]:
+    """The parameters whose values, decoded from the URL, are not UTF-8 (which
+    would otherwise reach the app with each bad byte replaced by \ufffd)."""
+    names = set()
+    for pair in query.split(b"&"):
+        name, _, value = pair.partition(b"=")
+        try:
+            unquote_to_bytes(value.replace(b"+", b" ")).decode()
+        except UnicodeDecodeError:
+            names.add(
+                unquote_to_bytes(name.replace(b"+", b" ")).decode(errors="replace")
+            )
+    return names
