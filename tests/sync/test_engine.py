@@ -930,12 +930,13 @@ def test_row_deleted_in_sheet_is_appended_again_when_written_back() -> None:
     [
         ("2x", 3, "row 3's ID is"),
         (987654, 3, "row 3's ID is"),
-        (1, 2, "the IDs of rows 2, 3 are"),  # Ann's ID: both rows are in doubt
+        # Ann's ID: both rows are in doubt, and the issue points at neither.
+        (1, None, "the IDs of rows 2, 3 are"),
     ],
     ids=["unreadable", "unknown", "another-rows"],
 )
 def test_a_record_that_may_be_a_row_with_a_mistyped_id_is_never_written_back(
-    typed: Cell, first: int, doubtful: str
+    typed: Cell, first: int | None, doubtful: str
 ) -> None:
     app = {1: rec("Ann"), 2: rec("Bob"), 3: rec("Cy")}
     tab, base = synced(app)
@@ -949,7 +950,7 @@ def test_a_record_that_may_be_a_row_with_a_mistyped_id_is_never_written_back(
         assert plan.can_write_back == [], "nor offered for a write-back"
         gone = {i.value: i for i in plan.issues if i.kind == "deleted_in_sheet"}
         assert gone.keys() == {"2", "3"}
-        assert gone["2"].row == first, "it points at the row it may be"
+        assert gone["2"].row == first, "it points at the one row it may be"
         assert "put 2 back in its ID cell" in gone["2"].reason
         assert f"not written back while {doubtful} in doubt" in gone["2"].reason
 

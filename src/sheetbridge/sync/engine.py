@@ -1704,9 +1704,10 @@ def _gone_from_sheet_issue(
     mapping: TabMapping, record_id: int, doubtful: list[int], *, asked: bool
 ) -> Issue:
     """A synced record no row carries any more: deleted from the sheet, or
-    one of the rows whose ID is in doubt (then the issue points at the first
-    of them). It is kept in the app and not written back, which could give it
-    two rows, unless ``asked`` and no row's ID is in doubt."""
+    one of the rows whose ID is in doubt (the issue points at it where it is
+    the only one; several are named in its reason). It is kept in the app
+    and not written back, which could give it two rows, unless ``asked`` and
+    no row's ID is in doubt."""
     reason = f"record {record_id} is no longer in the sheet"
     kept = "not written back to the sheet"
     if doubtful:
@@ -1725,12 +1726,17 @@ def _gone_from_sheet_issue(
             kept = f"not written back while {which} in doubt"
     return Issue(
         mapping.tab,
-        doubtful[0] if doubtful else None,
+        _the_one(doubtful),
         None,
         str(record_id),
         f"{reason}; it was kept in the app and {kept}",
         "deleted_in_sheet",
     )
+
+
+def _the_one(rows: list[int]) -> int | None:
+    """The row an issue points at: the only one it may be, else none."""
+    return rows[0] if len(rows) == 1 else None
 
 
 def _held_for_doubt_issue(
@@ -1742,7 +1748,7 @@ def _held_for_doubt_issue(
     )
     return Issue(
         mapping.tab,
-        doubtful[0],
+        _the_one(doubtful),
         None,
         str(record_id),
         f"no row has ID {record_id}, and no earlier sync with this sheet tells "
