@@ -737,6 +737,72 @@ def test_rows_sorted_as_an_import_writes_new_ids_keep_their_own_ids(
     assert again["summary"]["updated"] == again["summary"]["created"] == 0
 
 
+def typed_rows(sheet: Any, people: list[tuple[str, str, str]]) -> dict[str, int]:
+    """Rows typed below the last, without IDs: each person's name, email and
+    city. The header's columns by name."""
+    header = {str(cell): i for i, cell in enumerate(sheet.rows[0])}
+    for name, email, city in people:
+        line: list[Any] = [""] * len(header)
+        line[header["Name"]] = name
+        line[header["Email"]] = email
+        line[header["City"]] = city
+        sheet.rows.append(line)
+    return header
+
+
+@pytest.mark.parametrize("swapped", [False, True], ids=["edited", "edited-swapped"])
+def test_a_typed_row_edited_as_an_import_writes_its_id_keeps_it(
+    runtime: Runtime,
+    spreadsheet_id: str,
+    emulator: EmulatorServer,
+    monkeypatch: pytest.MonkeyPatch,
+    swapped: bool,
+) -> None:
+    # A person fixing a name in a row the import is giving its ID: the row is
+    # still the one read, and keeps its ID. Two such rows trading places as
+    # well are each known by their other cells, and no ID goes to the other.
+    run_sync(runtime, "alice", TO_SHEET)
+    sheet = customers_sheet(emulator)
+    people = [
+        ("Zed Typed", "zed@example.com", "Zedville"),
+        ("Zoe Typed", "zoe@example.com", "Zoetown"),
+    ]
+    header = typed_rows(sheet, people)
+
+    def edit(rows: Rows) -> None:
+        rows[-1][header["Name"]] = "Zoe Fixed"
+        if swapped:
+            rows[-2], rows[-1] = rows[-1], rows[-2]
+
+    before_the_first_write(monkeypatch, sheet.rows, edit)
+    with runtime.db.read_session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+    job_id = runtime.sync.enqueue(alice, FROM_SHEET).job_id
+    pool = WorkerPool(runtime.queue, runtime.sync.handlers)
+    pool.run_until_empty()
+    runtime.queue.now = lambda: clock.now() + timedelta(minutes=5)  # retry due
+    pool.run_until_empty()
+    again = run_sync(runtime, "alice", FROM_SHEET)
+
+    job = runtime.queue.get(job_id)
+    assert job.state == "succeeded", job.error
+    if not swapped:
+        assert (job.attempts, job.errors) == (1, [])
+    _, tab, _ = customers_tab(emulator, spreadsheet_id)
+    emails = {
+        row[header["Email"]]: row[header["ID"]]
+        for row in tab.rows[1:]
+        if str(row[header["Email"]]).endswith("@example.com")
+    }
+    with runtime.db.read_session() as session:
+        for email, record_id in emails.items():
+            customer = session.get(Customer, int(record_id))
+            assert customer is not None and customer.email == email
+        fixed = session.scalars(select(Customer).where(Customer.name == "Zoe Fixed"))
+        assert fixed.one().email == "zoe@example.com"
+    assert again["summary"]["created"] == 0
+
+
 @pytest.mark.parametrize(
     ("change", "typed"),
     [

@@ -1754,7 +1754,7 @@ def _moved_cells(
     """The written cells of ``ch`` that landed in another row than the one
     read, and what to put back in each. A row is known by its ID where the
     write left that cell alone, else by what its other cells held (a row
-    being given its ID)."""
+    being given its ID; see :func:`_source` for one edited meanwhile)."""
     assert ch.id_column is not None
     ids = ch.id_column - 1
     deleted = _deleted(ch)
@@ -1763,14 +1763,21 @@ def _moved_cells(
         if row > 1:  # the header stays where it is
             written.setdefault(row, {})[column] = api_value(value, tz)
     moved = _Moved()
+    known = ch.known_columns
+    read: dict[frozenset[int], list[tuple[str, Any]]] = {}  # by the columns sent
     for row, sent in sorted(written.items()):
         landed = _moved_up(row, deleted)
         line = now[landed - 1] if landed <= len(now) else []
-        read = before[row - 1] if row <= len(before) else []
-        known = ch.known_columns
-        if _identity(read, sent, ids, known) == _identity(line, sent, ids, known):
+        wanted = _identity(line, sent, ids, known)
+        read_there = before[row - 1] if row <= len(before) else []
+        if _identity(read_there, sent, ids, known) == wanted:
             continue  # the row read: in place
-        source = _source(before, line, sent, ids, known)
+        columns = frozenset(sent)
+        if columns not in read:
+            read[columns] = [_identity(was, sent, ids, known) for was in before[1:]]
+        source = _source(read[columns], wanted)
+        if source == row:
+            continue  # the row read, a cell of it edited meanwhile
         for column, value in sorted(sent.items()):
             if not _same(_at(now, landed, column - 1), value):
                 continue  # changed again since: left as it is
@@ -1789,39 +1796,48 @@ def _identity(
     sent: Mapping[int, Any],
     ids: int,
     known: frozenset[int] = frozenset(),
-) -> object:
+) -> tuple[str, Any]:
     """What tells row ``line`` from others, the cells a write sent to it
     aside: its ID, or else its other cells of the ``known`` columns (all
     where none are given)."""
     if ids + 1 not in sent and ids < len(line) and line[ids] not in (None, ""):
         return ("id", line[ids])
-    return tuple(
-        (i, cell)
-        for i, cell in enumerate(line)
-        if i + 1 not in sent
-        and (not known or i + 1 in known)
-        and cell not in (None, "")
+    return (
+        "cells",
+        tuple(
+            (i, cell)
+            for i, cell in enumerate(line)
+            if i + 1 not in sent
+            and (not known or i + 1 in known)
+            and cell not in (None, "")
+        ),
     )
 
 
-def _source(
-    before: list[list[Cell]],
-    line: Sequence[Cell],
-    sent: Mapping[int, Any],
-    ids: int,
-    known: frozenset[int],
-) -> int | None:
-    """The 1-based row, as read, that the row ``line`` is now: the one read
-    with its identity, if exactly one was."""
-    wanted = _identity(line, sent, ids, known)
-    if wanted == ():
+def _alike(one: tuple[str, Any], other: tuple[str, Any]) -> int:
+    """How many cells two rows known by their cells hold alike."""
+    if one[0] != "cells" or other[0] != "cells":
+        return 0
+    return len(set(one[1]) & set(other[1]))
+
+
+def _source(read: list[tuple[str, Any]], wanted: tuple[str, Any]) -> int | None:
+    """The 1-based row, as ``read`` (the identities of the rows below the
+    header), that the row known as ``wanted`` is now: the one read with its
+    identity, if exactly one was. For a row known by its cells (one being
+    given its ID), a cell of which was edited meanwhile: the one read with
+    more than half of them, if no other had as many."""
+    if wanted == ("cells", ()):
         return None  # nothing tells a blank row from another
-    found = [
-        number
-        for number in range(2, len(before) + 1)
-        if _identity(before[number - 1], sent, ids, known) == wanted
-    ]
-    return found[0] if len(found) == 1 else None
+    found = [number for number, was in enumerate(read, 2) if was == wanted]
+    if found or wanted[0] != "cells":
+        return found[0] if len(found) == 1 else None
+    alike = [_alike(was, wanted) for was in read]
+    most = max(alike, default=0)
+    best = [number for number, kept in enumerate(alike, 2) if kept == most]
+    if len(best) != 1 or most * 2 <= len(read[best[0] - 2][1]):
+        return None
+    return best[0]
 
 
 def _only_written(line: Sequence[Cell], sent: Mapping[int, Any]) -> bool:
