@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -18,6 +19,7 @@ from sheetbridge.config import Settings
 from sheetbridge.insurance.models import Customer, User
 from sheetbridge.insurance.sync_jobs import FROM_SHEET, TO_SHEET
 from sheetbridge.queue.models import Job
+from sheetbridge.queue.store import Backoff
 from sheetbridge.queue.worker import WorkerPool
 from sheetbridge.sheets.base import TabChanges, TabData
 from sheetbridge.sheets.google import GoogleSheetsBackend, SheetsClient
@@ -455,6 +457,47 @@ def test_a_write_refused_for_quota_is_sent_again_where_no_row_moved_meanwhile(
     _, tab, header = customers_tab(emulator, spreadsheet_id)
     names = [row[header.index("Name")] for row in tab.rows[1:]]
     assert names.count("Throttled Customer") == 1
+
+
+def test_a_write_that_timed_out_but_landed_later_is_not_written_twice(
+    runtime: Runtime,
+    spreadsheet_id: str,
+    emulator: EmulatorServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A timeout says nothing of whether the call was carried out: the sync
+    # reads the sheet again only once the write has had as long again.
+    run_sync(runtime, "alice", TO_SHEET)
+    runtime.settings.google_timeout_s = 1.0
+    runtime.queue.backoff = Backoff(base_s=0.01, cap_s=0.05)
+    sheet = customers_sheet(emulator)
+    with runtime.db.session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+        session.add(Customer(name="Late Customer", agent_id=alice.id))
+
+    def slow_write(rows: Rows) -> None:
+        emulator.state.knobs.latency_ms = 1500  # this call only
+        threading.Timer(0.3, setattr, (emulator.state.knobs, "latency_ms", 0)).start()
+
+    before_the_first_write(monkeypatch, sheet.rows, slow_write)
+    job_id = runtime.sync.enqueue(alice, TO_SHEET).job_id
+    pool = WorkerPool(runtime.queue, runtime.sync.handlers)
+    deadline = time.monotonic() + 30
+    while (job := runtime.queue.get(job_id)).finished_at is None:
+        assert time.monotonic() < deadline, "the sync never finished"
+        pool.run_until_empty()
+        time.sleep(0.05)
+
+    assert job.state == "succeeded" and job.attempts == 2, job.error
+    (timed_out,) = job.errors
+    assert "did not answer in time" in timed_out["error"]
+    waited = datetime.fromisoformat(timed_out["retry_at"]) - datetime.fromisoformat(
+        timed_out["at"]
+    )
+    assert waited >= timedelta(seconds=1.0)
+    _, tab, header = customers_tab(emulator, spreadsheet_id)
+    names = [row[header.index("Name")] for row in tab.rows[1:]]
+    assert names.count("Late Customer") == 1
 
 
 def test_a_sync_that_stopped_while_waiting_to_retry_its_write_says_it_was_writing(

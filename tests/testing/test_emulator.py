@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -388,6 +389,28 @@ def test_a_fault_can_let_the_first_matching_calls_through_and_answer_the_next(
 
     answers = [http.get(f"/v4/spreadsheets/{book}") for _ in range(4)]
     assert [answer.status_code for answer in answers] == [200, 200, 503, 200]
+
+
+def test_a_write_whose_client_stopped_waiting_still_lands(
+    server: EmulatorServer, http: httpx.Client
+) -> None:
+    # As on the service: a timeout tells the client nothing of whether the
+    # call was carried out.
+    book = new_book(http)
+    http.patch("/_emulator/knobs", json={"latency_ms": 600})
+
+    with pytest.raises(httpx.TimeoutException):
+        http.put(
+            f"/v4/spreadsheets/{book}/values/Sheet1!A1",
+            params={"valueInputOption": "RAW"},
+            json={"values": [["late"]]},
+            timeout=0.2,
+        )
+
+    time.sleep(0.8)
+    http.patch("/_emulator/knobs", json={"latency_ms": 0})
+    shown = http.get(f"/v4/spreadsheets/{book}/values/Sheet1!A1").json()
+    assert shown["values"] == [["late"]]
 
 
 def test_faults_waiting_are_listed_and_cleared_through_the_same_address(

@@ -66,6 +66,11 @@ class SheetTransientError(SheetError):
         return f"temporary spreadsheet error{_where(self.location, self.tab)}"
 
 
+class SheetUnanswered(SheetTransientError):
+    """A call sent that got no answer (it timed out, or the connection broke):
+    the service may still apply it."""
+
+
 class SheetRateLimited(SheetTransientError):
     """The service's request quota is used up; retry after ``retry_after`` s."""
 

@@ -55,6 +55,7 @@ from sheetbridge.sheets.errors import (
     SheetPermissionDenied,
     SheetRateLimited,
     SheetTransientError,
+    SheetUnanswered,
 )
 from sheetbridge.sheets.quota import (
     Kind,
@@ -326,6 +327,11 @@ class SheetsClient:
             base_url=base_url.rstrip("/"), timeout=timeout_s, transport=transport
         )
 
+    @property
+    def timeout_s(self) -> float:
+        """How long a call waits for its answer."""
+        return self.http.timeout.read or 0.0
+
     def close(self) -> None:
         """Close the connection pool, unless it is shared."""
         if self._owns_http:
@@ -539,14 +545,18 @@ class SheetsClient:
             )
             status = response.status_code
             return response
-        except httpx.TimeoutException as exc:
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise SheetTransientError(
+                f"cannot reach Google Sheets ({exc})", location=spreadsheet_id
+            ) from exc
+        except httpx.TimeoutException as exc:
+            raise SheetUnanswered(
                 f"Google Sheets did not answer in time ({exc})",
                 location=spreadsheet_id,
             ) from exc
         except httpx.TransportError as exc:
-            raise SheetTransientError(
-                f"cannot reach Google Sheets ({exc})", location=spreadsheet_id
+            raise SheetUnanswered(
+                f"Google Sheets did not answer ({exc})", location=spreadsheet_id
             ) from exc
         finally:
             logger.info(
@@ -996,12 +1006,17 @@ class GoogleSheetsBackend:
             # A call refused for quota was not applied: with nothing landed,
             # the write may be tried again where no row has moved (see write).
             throttled = isinstance(exc, SheetRateLimited) and not landed
+            # One that got no answer may still land: the sheet is read again
+            # once it has had as long again, lest its rows be written twice.
+            wait_s = exc.retry_after
+            if isinstance(exc, SheetUnanswered):
+                wait_s = max(wait_s or 0.0, self.client.timeout_s)
             raise (_Throttled if throttled else SheetChanged)(
                 f"a write to {self.location} was cut short ({exc}); rows may "
                 "have moved since the sheet was read, so it was not sent again "
                 "as it was",
                 location=self.spreadsheet_id,
-                retry_after=exc.retry_after,
+                retry_after=wait_s,
             ) from exc
 
     def _metadata(self) -> Json:

@@ -396,6 +396,9 @@ class _Handler:
         method, path = request.method, request.url.path
         user = "anonymous"
         try:
+            # The body first: a call whose client stops waiting for the answer
+            # is still carried out, as by the service.
+            await request.body()
             if state.knobs.latency_ms > 0:
                 await asyncio.sleep(state.knobs.latency_ms / 1000)
             user = self._authenticate(request)
