@@ -775,9 +775,7 @@ class GoogleSheetsBackend:
                 # no row moved meanwhile (else the sync reads it again).
                 if expected_version is None or attempt > self.client.max_retries:
                     raise
-                throttled = exc.__cause__
-                assert isinstance(throttled, SheetError)
-                self.client.wait_to_retry(attempt, throttled, self.spreadsheet_id)
+                self.client.wait_to_retry(attempt, exc, self.spreadsheet_id)
 
     def _write(
         self, changes: Mapping[str, TabChanges], expected_version: str | None
