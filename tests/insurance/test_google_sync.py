@@ -68,6 +68,14 @@ def spreadsheet_id(
     return book.spreadsheet_id
 
 
+def customer_added(runtime: Runtime, name: str) -> User:
+    """A customer ``name`` added to alice's book in the app: alice."""
+    with runtime.db.session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+        session.add(Customer(name=name, agent_id=alice.id))
+    return alice
+
+
 def customers_tab(
     emulator: EmulatorServer, spreadsheet_id: str
 ) -> tuple[GoogleSheetsBackend, TabData, list[str]]:
@@ -443,9 +451,7 @@ def test_a_write_refused_for_quota_is_sent_again_where_no_row_moved_meanwhile(
     # and sends it again once the sheet shows that no row moved, within its
     # attempt, instead of spending the job's attempts on a busy quota.
     run_sync(runtime, "alice", TO_SHEET)
-    with runtime.db.session() as session:
-        alice = session.scalars(select(User).where(User.username == "alice")).one()
-        session.add(Customer(name="Throttled Customer", agent_id=alice.id))
+    alice = customer_added(runtime, "Throttled Customer")
     emulator.state.inject(429, count=5, method="POST", path_contains=":batchUpdate")
     job_id = runtime.sync.enqueue(alice, TO_SHEET).job_id
 
@@ -471,9 +477,7 @@ def test_a_write_that_timed_out_but_landed_later_is_not_written_twice(
     runtime.settings.google_timeout_s = 1.0
     runtime.queue.backoff = Backoff(base_s=0.01, cap_s=0.05)
     sheet = customers_sheet(emulator)
-    with runtime.db.session() as session:
-        alice = session.scalars(select(User).where(User.username == "alice")).one()
-        session.add(Customer(name="Late Customer", agent_id=alice.id))
+    alice = customer_added(runtime, "Late Customer")
 
     def slow_write(rows: Rows) -> None:
         emulator.state.knobs.latency_ms = 1500  # this call only
@@ -505,9 +509,7 @@ def test_a_sync_that_stopped_while_waiting_to_retry_its_write_says_it_was_writin
 ) -> None:
     run_sync(runtime, "alice", TO_SHEET)
     runtime.settings.google_max_retries = 1
-    with runtime.db.session() as session:
-        alice = session.scalars(select(User).where(User.username == "alice")).one()
-        session.add(Customer(name="Waiting Customer", agent_id=alice.id))
+    alice = customer_added(runtime, "Waiting Customer")
     emulator.state.inject(429, count=2, method="POST", path_contains=":batchUpdate")
     job_id = runtime.sync.enqueue(alice, TO_SHEET).job_id
 
@@ -741,6 +743,18 @@ def test_values_a_write_put_into_a_row_without_an_id_fail_it_naming_the_cells(
     assert "Customers!" in (job.error or "") and "check them" in (job.error or "")
 
 
+def import_and_its_retry(runtime: Runtime) -> Job:
+    """An import of alice's, run with its retry, if any: the job."""
+    with runtime.db.read_session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+    job_id = runtime.sync.enqueue(alice, FROM_SHEET).job_id
+    pool = WorkerPool(runtime.queue, runtime.sync.handlers)
+    pool.run_until_empty()
+    runtime.queue.now = lambda: clock.now() + timedelta(minutes=5)  # retry due
+    pool.run_until_empty()
+    return runtime.queue.get(job_id)
+
+
 def test_rows_sorted_as_an_import_writes_new_ids_keep_their_own_ids(
     runtime: Runtime,
     spreadsheet_id: str,
@@ -761,16 +775,9 @@ def test_rows_sorted_as_an_import_writes_new_ids_keep_their_own_ids(
         rows[1:] = sorted(rows[1:], key=lambda row: str(row[name]))
 
     before_the_first_write(monkeypatch, sheet.rows, sort_by_name)
-    with runtime.db.read_session() as session:
-        alice = session.scalars(select(User).where(User.username == "alice")).one()
-    job_id = runtime.sync.enqueue(alice, FROM_SHEET).job_id
-    pool = WorkerPool(runtime.queue, runtime.sync.handlers)
-    pool.run_until_empty()
-    runtime.queue.now = lambda: clock.now() + timedelta(minutes=5)  # retry due
-    pool.run_until_empty()
+    job = import_and_its_retry(runtime)
     again = run_sync(runtime, "alice", FROM_SHEET)
 
-    job = runtime.queue.get(job_id)
     assert job.state == "succeeded", job.error
     assert "moved while the sync wrote" in job.errors[0]["error"]
     _, tab, _ = customers_tab(emulator, spreadsheet_id)
@@ -818,16 +825,9 @@ def test_a_typed_row_edited_as_an_import_writes_its_id_keeps_it(
             rows[-2], rows[-1] = rows[-1], rows[-2]
 
     before_the_first_write(monkeypatch, sheet.rows, edit)
-    with runtime.db.read_session() as session:
-        alice = session.scalars(select(User).where(User.username == "alice")).one()
-    job_id = runtime.sync.enqueue(alice, FROM_SHEET).job_id
-    pool = WorkerPool(runtime.queue, runtime.sync.handlers)
-    pool.run_until_empty()
-    runtime.queue.now = lambda: clock.now() + timedelta(minutes=5)  # retry due
-    pool.run_until_empty()
+    job = import_and_its_retry(runtime)
     again = run_sync(runtime, "alice", FROM_SHEET)
 
-    job = runtime.queue.get(job_id)
     assert job.state == "succeeded", job.error
     if not swapped:
         assert (job.attempts, job.errors) == (1, [])
@@ -867,9 +867,7 @@ def test_rows_appended_as_rows_move_go_in_as_new_rows_over_none(
     sheet = customers_sheet(emulator)
     name = [str(cell) for cell in sheet.rows[0]].index("Name")
     names = sorted(str(row[name]) for row in sheet.rows[1:])
-    with runtime.db.session() as session:
-        alice = session.scalars(select(User).where(User.username == "alice")).one()
-        session.add(Customer(name="New Customer", agent_id=alice.id))
+    alice = customer_added(runtime, "New Customer")
     before_the_first_write(monkeypatch, sheet.rows, change)
     job_id = runtime.sync.enqueue(alice, TO_SHEET).job_id
     WorkerPool(runtime.queue, runtime.sync.handlers).run_until_empty()
