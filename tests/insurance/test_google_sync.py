@@ -46,8 +46,9 @@ def settings(settings: Settings, emulator: EmulatorServer) -> Settings:
             "google_sheets_base_url": emulator.base_url,
             "google_backoff_base_s": 0.01,
             "google_backoff_max_s": 0.05,
-            # Off: this module's syncs would wait a minute for the reads quota.
+            # Off: this module's syncs would wait a minute for the quota.
             "sheets_reads_per_minute_user": 0,
+            "sheets_writes_per_minute_user": 0,
         }
     )
 
@@ -465,6 +466,38 @@ def test_a_write_refused_for_quota_is_sent_again_where_no_row_moved_meanwhile(
     assert names.count("Throttled Customer") == 1
 
 
+def run_with_a_late_write(
+    runtime: Runtime,
+    emulator: EmulatorServer,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+    meanwhile: Callable[[], None] = lambda: None,
+) -> Job:
+    """A sync of alice's whose first write gets no answer in time (a second)
+    and lands half a second later, ``meanwhile`` done before it lands: the
+    job, run to its end, its retry included."""
+    runtime.settings.google_timeout_s = 1.0
+    runtime.queue.backoff = Backoff(base_s=0.01, cap_s=0.05)
+    knobs = emulator.state.knobs
+
+    def slow_write(rows: Rows) -> None:
+        knobs.latency_ms = 1500  # this call only
+        threading.Timer(0.3, setattr, (knobs, "latency_ms", 0)).start()
+        threading.Timer(0.6, meanwhile).start()
+
+    before_the_first_write(monkeypatch, customers_sheet(emulator).rows, slow_write)
+    with runtime.db.read_session() as session:
+        alice = session.scalars(select(User).where(User.username == "alice")).one()
+    job_id = runtime.sync.enqueue(alice, kind).job_id
+    pool = WorkerPool(runtime.queue, runtime.sync.handlers)
+    deadline = time.monotonic() + 30
+    while (job := runtime.queue.get(job_id)).finished_at is None:
+        assert time.monotonic() < deadline, "the sync never finished"
+        pool.run_until_empty()
+        time.sleep(0.05)
+    return job
+
+
 def test_a_write_that_timed_out_but_landed_later_is_not_written_twice(
     runtime: Runtime,
     spreadsheet_id: str,
@@ -474,34 +507,53 @@ def test_a_write_that_timed_out_but_landed_later_is_not_written_twice(
     # A timeout says nothing of whether the call was carried out: the sync
     # reads the sheet again only once the write has had as long again.
     run_sync(runtime, "alice", TO_SHEET)
-    runtime.settings.google_timeout_s = 1.0
-    runtime.queue.backoff = Backoff(base_s=0.01, cap_s=0.05)
-    sheet = customers_sheet(emulator)
-    alice = customer_added(runtime, "Late Customer")
+    customer_added(runtime, "Late Customer")
+    started = clock.now()
 
-    def slow_write(rows: Rows) -> None:
-        emulator.state.knobs.latency_ms = 1500  # this call only
-        threading.Timer(0.3, setattr, (emulator.state.knobs, "latency_ms", 0)).start()
-
-    before_the_first_write(monkeypatch, sheet.rows, slow_write)
-    job_id = runtime.sync.enqueue(alice, TO_SHEET).job_id
-    pool = WorkerPool(runtime.queue, runtime.sync.handlers)
-    deadline = time.monotonic() + 30
-    while (job := runtime.queue.get(job_id)).finished_at is None:
-        assert time.monotonic() < deadline, "the sync never finished"
-        pool.run_until_empty()
-        time.sleep(0.05)
+    job = run_with_a_late_write(runtime, emulator, monkeypatch, TO_SHEET)
 
     assert job.state == "succeeded" and job.attempts == 2, job.error
     (timed_out,) = job.errors
     assert "did not answer in time" in timed_out["error"]
-    waited = datetime.fromisoformat(timed_out["retry_at"]) - datetime.fromisoformat(
-        timed_out["at"]
-    )
-    assert waited >= timedelta(seconds=1.0)
+    # A second for the answer that never came, and as long again.
+    assert datetime.fromisoformat(timed_out["at"]) - started >= timedelta(seconds=2)
     _, tab, header = customers_tab(emulator, spreadsheet_id)
     names = [row[header.index("Name")] for row in tab.rows[1:]]
     assert names.count("Late Customer") == 1
+
+
+def test_a_write_that_timed_out_and_landed_in_moved_rows_is_put_back(
+    runtime: Runtime,
+    spreadsheet_id: str,
+    emulator: EmulatorServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run_sync(runtime, "alice", TO_SHEET)
+    sheet = customers_sheet(emulator)
+    city = [str(cell) for cell in sheet.rows[0]].index("City")
+    before = {row[0]: row[city] for row in sheet.rows[1:]}
+    with runtime.db.session() as session:
+        alice = select(User.id).where(User.username == "alice").scalar_subquery()
+        changed = session.scalars(
+            select(Customer).where(Customer.agent_id == alice).order_by(Customer.id)
+        ).all()[:3]
+        for customer in changed:
+            customer.city = f"Moved {customer.id}"
+
+    def sort() -> None:
+        sheet.rows[1:] = sheet.rows[:0:-1]
+
+    job = run_with_a_late_write(runtime, emulator, monkeypatch, TO_SHEET, sort)
+    imported = run_sync(runtime, "alice", FROM_SHEET)
+
+    assert job.state == "succeeded" and job.attempts == 2, job.error
+    assert "were put back" in job.errors[0]["error"]
+    moved = {c.id for c in changed}
+    assert cities_now(emulator, spreadsheet_id) == {
+        record_id: f"Moved {record_id}" if record_id in moved else was
+        for record_id, was in before.items()
+    }
+    assert imported["summary"]["updated"] == 0
 
 
 def test_a_sync_that_stopped_while_waiting_to_retry_its_write_says_it_was_writing(
@@ -689,7 +741,8 @@ def sync_as_rows_change(
 def cities_now(emulator: EmulatorServer, spreadsheet_id: str) -> dict[int, str]:
     _, tab, header = customers_tab(emulator, spreadsheet_id)
     city = header.index("City")
-    return {int(row[0]): str(row[city]) for row in tab.rows[1:] if row}
+    synced = [row for row in tab.rows[1:] if row and row[0] not in ("", None)]
+    return {int(row[0]): str(row[city]) for row in synced}
 
 
 def inserted_above(rows: Rows, *inserted: list[Any]) -> None:
@@ -725,6 +778,52 @@ def test_rows_moved_as_a_sync_writes_get_back_their_values_and_no_import_takes_o
     assert imported["summary"]["updated"] == 0
 
 
+@pytest.mark.parametrize("refused", [429, 503])
+def test_values_put_back_after_a_refusal_are_put_back_on_a_fresh_read(
+    runtime: Runtime,
+    spreadsheet_id: str,
+    emulator: EmulatorServer,
+    monkeypatch: pytest.MonkeyPatch,
+    refused: int,
+) -> None:
+    run_sync(runtime, "alice", TO_SHEET)
+    emulator.state.inject(refused, method="POST", path_contains="values:batchUpdate")
+
+    def sort(rows: Rows) -> None:
+        rows[1:] = rows[:0:-1]
+
+    job, before, moved = sync_as_rows_change(runtime, emulator, monkeypatch, sort)
+    imported = run_sync(runtime, "alice", FROM_SHEET)
+
+    assert (job.state, job.attempts) == ("succeeded", 2), job.error
+    assert cities_now(emulator, spreadsheet_id) == {
+        record_id: f"Moved {record_id}" if record_id in moved else was
+        for record_id, was in before.items()
+    }
+    assert imported["summary"]["updated"] == 0
+
+
+def test_values_that_cannot_be_put_back_fail_the_sync_for_a_person_to_check(
+    runtime: Runtime,
+    spreadsheet_id: str,
+    emulator: EmulatorServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A retry's read would take them for edits of the rows they landed in.
+    run_sync(runtime, "alice", TO_SHEET)
+    runtime.settings.google_max_retries = 1
+    emulator.state.inject(503, count=5, method="POST", path_contains="values:")
+
+    def sort(rows: Rows) -> None:
+        rows[1:] = rows[:0:-1]
+
+    job, _, _ = sync_as_rows_change(runtime, emulator, monkeypatch, sort)
+
+    assert (job.state, job.attempts) == ("failed", 1), job.error
+    assert "could not be put back" in (job.error or "")
+    assert "Customers!" in (job.error or "") and "check them" in (job.error or "")
+
+
 def test_values_a_write_put_into_a_row_without_an_id_fail_it_naming_the_cells(
     runtime: Runtime,
     spreadsheet_id: str,
@@ -736,11 +835,17 @@ def test_values_a_write_put_into_a_row_without_an_id_fail_it_naming_the_cells(
     def typed_above(rows: Rows) -> None:
         inserted_above(rows, ["", "Typed Person"])
 
-    job, _, _ = sync_as_rows_change(runtime, emulator, monkeypatch, typed_above)
+    job, before, _ = sync_as_rows_change(runtime, emulator, monkeypatch, typed_above)
 
     assert (job.state, job.attempts) == ("failed", 1)
-    assert "these cells may hold values meant for other rows" in (job.error or "")
+    assert "landed in rows it never read" in (job.error or "")
     assert "Customers!" in (job.error or "") and "check them" in (job.error or "")
+    # What the typed row held there cannot be told: the value meant for
+    # another record is taken out, so that no import takes it for this one's.
+    _, tab, header = customers_tab(emulator, spreadsheet_id)
+    (typed,) = [row for row in tab.rows[1:] if row[0] in ("", None)]
+    assert [*typed, *[None] * len(header)][header.index("City")] in ("", None)
+    assert cities_now(emulator, spreadsheet_id) == before
 
 
 def import_and_its_retry(runtime: Runtime) -> Job:
@@ -800,50 +905,52 @@ def typed_rows(sheet: Any, people: list[tuple[str, str, str]]) -> dict[str, int]
     return header
 
 
-@pytest.mark.parametrize("swapped", [False, True], ids=["edited", "edited-swapped"])
-def test_a_typed_row_edited_as_an_import_writes_its_id_keeps_it(
+@pytest.mark.parametrize(
+    "change",
+    ["edited", "edited and swapped", "another person's row put in above"],
+)
+def test_an_id_written_into_a_row_that_changed_meanwhile_is_taken_back_out(
     runtime: Runtime,
     spreadsheet_id: str,
     emulator: EmulatorServer,
     monkeypatch: pytest.MonkeyPatch,
-    swapped: bool,
+    change: str,
 ) -> None:
-    # A person fixing a name in a row the import is giving its ID: the row is
-    # still the one read, and keeps its ID. Two such rows trading places as
-    # well are each known by their other cells, and no ID goes to the other.
+    # A row being given its ID is known by its cells. One whose cells are not
+    # those read (a person edited it, or put another row there) may be any
+    # row: the ID is taken back out, the import fails naming the cells, and
+    # the next import never gives one record another row's values.
     run_sync(runtime, "alice", TO_SHEET)
     sheet = customers_sheet(emulator)
     people = [
-        ("Zed Typed", "zed@example.com", "Zedville"),
-        ("Zoe Typed", "zoe@example.com", "Zoetown"),
+        ("Zed Typed", "zed@example.com", "Boston"),
+        ("Zoe Typed", "zoe@example.com", "Boston"),
     ]
     header = typed_rows(sheet, people)
 
-    def edit(rows: Rows) -> None:
+    def person(rows: Rows) -> None:
+        if change == "another person's row put in above":
+            rita = [""] * len(header)
+            rita[header["Name"]], rita[header["City"]] = "Rita Other", "Boston"
+            rows.insert(len(rows) - 1, rita)
+            return
         rows[-1][header["Name"]] = "Zoe Fixed"
-        if swapped:
+        if change == "edited and swapped":
             rows[-2], rows[-1] = rows[-1], rows[-2]
 
-    before_the_first_write(monkeypatch, sheet.rows, edit)
+    before_the_first_write(monkeypatch, sheet.rows, person)
     job = import_and_its_retry(runtime)
-    again = run_sync(runtime, "alice", FROM_SHEET)
+    after = import_and_its_retry(runtime)
 
-    assert job.state == "succeeded", job.error
-    if not swapped:
-        assert (job.attempts, job.errors) == (1, [])
+    assert job.state == "failed" and "were blanked" in (job.error or ""), job.error
+    assert after.state == "succeeded", after.error
     _, tab, _ = customers_tab(emulator, spreadsheet_id)
-    emails = {
-        row[header["Email"]]: row[header["ID"]]
-        for row in tab.rows[1:]
-        if str(row[header["Email"]]).endswith("@example.com")
-    }
     with runtime.db.read_session() as session:
-        for email, record_id in emails.items():
-            customer = session.get(Customer, int(record_id))
-            assert customer is not None and customer.email == email
-        fixed = session.scalars(select(Customer).where(Customer.name == "Zoe Fixed"))
-        assert fixed.one().email == "zoe@example.com"
-    assert again["summary"]["created"] == 0
+        for row in tab.rows[1:]:
+            customer = session.get(Customer, int(row[header["ID"]]))
+            assert customer is not None
+            assert customer.name == row[header["Name"]]
+            assert (customer.email or "") == (row[header["Email"]] or "")
 
 
 @pytest.mark.parametrize(

@@ -676,6 +676,10 @@ class _Throttled(SheetChanged):
     """A write refused whole for quota, of which nothing landed."""
 
 
+class _Unanswered(SheetChanged):
+    """A write that got no answer: it may land yet."""
+
+
 class GoogleSheetsBackend:
     """Tabs of one Google spreadsheet, behind :class:`SheetBackend`.
 
@@ -811,6 +815,17 @@ class GoogleSheetsBackend:
                         added.append(properties["sheetId"])
             try:
                 self._fill(changes, rows, sheets, tz)
+            except _Unanswered as exc:
+                # It may land yet, in rows moved since: given as long again as
+                # the call waited, it is checked as an answered write is, and
+                # the sync reads the sheet again (its rows not written twice).
+                wait = SheetUnanswered(str(exc), retry_after=self.client.timeout_s)
+                try:
+                    self.client.wait_to_retry(1, wait, self.spreadsheet_id)
+                    self._check_rows_stayed(meta, changes, rows, tz)
+                finally:
+                    self._take_back(added)
+                raise SheetChanged(str(exc), location=self.spreadsheet_id) from exc
             except BaseException:
                 self._take_back(added)
                 raise
@@ -845,8 +860,10 @@ class GoogleSheetsBackend:
         when read (a blank row put in is blanked again), and the sync reads
         the sheet again and writes each value where its row now is. Where
         the row there is none the sync read (typed in meanwhile), what was
-        there cannot be told: the write fails naming the cells, for a
-        person to check. Rows appended need no check: they are inserted."""
+        there cannot be told: those cells are blanked and the write fails
+        naming them, for a person to check. A put-back cut short is tried
+        again on a fresh read; one that cannot be made fails the same way.
+        Rows appended need no check: they are inserted."""
         spans = {
             tab: span
             for tab, ch in changes.items()
@@ -854,29 +871,44 @@ class GoogleSheetsBackend:
         }
         if not spans:
             return  # only headers, new rows, or rows the sync itself filled
-        now = self._read_landed(meta, spans)
-        put_back: dict[str, dict[tuple[int, int], Cell]] = {}
-        unsure: list[str] = []
-        for tab in spans:
-            before, after = rows.get(tab) or [], now.get(tab) or []
-            moved = _moved_cells(changes[tab], before, after, tz)
-            put_back[tab] = moved.put_back
-            unsure += [f"{tab}!{column_letters(c)}{r}" for r, c in moved.unsure]
-        if not any(put_back.values()) and not unsure:
-            return
-        data = _value_ranges(
-            {tab: TabChanges(cells) for tab, cells in put_back.items() if cells}, tz
-        )
-        if data:
-            self.client.batch_update_values(self.spreadsheet_id, data, retry=False)
+        attempt = 0
+        while True:
+            attempt += 1
+            now = self._read_landed(meta, spans)
+            put_back: dict[str, dict[tuple[int, int], Cell]] = {}
+            unsure: list[str] = []
+            for tab in spans:
+                before, after = rows.get(tab) or [], now.get(tab) or []
+                moved = _moved_cells(changes[tab], before, after, tz)
+                # A cell in a row never read is blanked: what it held cannot
+                # be told, and left as written it would pass for that row's.
+                put_back[tab] = moved.put_back | dict.fromkeys(moved.unsure, "")
+                unsure += [f"{tab}!{column_letters(c)}{r}" for r, c in moved.unsure]
+            if not any(put_back.values()):
+                return
+            try:
+                self.client.batch_update_values(
+                    self.spreadsheet_id,
+                    _value_ranges(
+                        {tab: TabChanges(cells) for tab, cells in put_back.items()},
+                        tz,
+                    ),
+                    retry=False,
+                )
+                break
+            except SheetError as exc:
+                if not exc.transient or attempt > self.client.max_retries:
+                    raise self._left_misplaced(put_back, exc) from exc
+                # Read again after the wait: rows may have moved once more.
+                self.client.wait_to_retry(attempt, exc, self.spreadsheet_id)
         if unsure:
             raise SheetInvalidRequest(
                 f"rows of {self.location} moved while the sync wrote to them (a "
-                "sort, or rows inserted, deleted or typed in), and these cells may "
-                f"hold values meant for other rows: {', '.join(unsure[:10])}"
-                f"{' …' if len(unsure) > 10 else ''}; check them, then sync again "
-                "(the app keeps every record: one whose row is gone is offered for "
-                "writing back)",
+                "sort, or rows inserted, deleted or typed in), and values meant for "
+                f"other rows landed in rows it never read: {_cells(unsure)}; they "
+                "were blanked, as what they held before cannot be told: check "
+                "them, then sync again (the app keeps every record: one whose row "
+                "is gone is offered for writing back)",
                 location=self.spreadsheet_id,
             )
         count = sum(len(cells) for cells in put_back.values())
@@ -884,6 +916,24 @@ class GoogleSheetsBackend:
             f"rows of {self.location} moved while the sync wrote to them (a sort, "
             f"or rows inserted or deleted): the {count:,} values that landed in "
             "other records' rows were put back, and the sync reads the sheet again",
+            location=self.spreadsheet_id,
+        )
+
+    def _left_misplaced(
+        self, put_back: Mapping[str, Mapping[tuple[int, int], Cell]], exc: SheetError
+    ) -> SheetInvalidRequest:
+        """The failure of a sync that could not put back values it wrote into
+        other records' rows: not one to retry, whose read would take them for
+        edits, but one for a person to check."""
+        cells = [
+            f"{tab}!{column_letters(column)}{row}"
+            for tab, landed in put_back.items()
+            for row, column in landed
+        ]
+        return SheetInvalidRequest(
+            f"rows of {self.location} moved while the sync wrote to them, and "
+            f"values meant for other rows landed in {_cells(cells)}, which could "
+            f"not be put back ({exc}): check them, then sync again",
             location=self.spreadsheet_id,
         )
 
@@ -1003,18 +1053,18 @@ class GoogleSheetsBackend:
                 raise
             # A call refused for quota was not applied: with nothing landed,
             # the write may be tried again where no row has moved (see write).
-            throttled = isinstance(exc, SheetRateLimited) and not landed
-            # One that got no answer may still land: the sheet is read again
-            # once it has had as long again, lest its rows be written twice.
-            wait_s = exc.retry_after
-            if isinstance(exc, SheetUnanswered):
-                wait_s = max(wait_s or 0.0, self.client.timeout_s)
-            raise (_Throttled if throttled else SheetChanged)(
+            # One that got no answer may land yet (see _write).
+            kind = SheetChanged
+            if isinstance(exc, SheetRateLimited) and not landed:
+                kind = _Throttled
+            elif isinstance(exc, SheetUnanswered):
+                kind = _Unanswered
+            raise kind(
                 f"a write to {self.location} was cut short ({exc}); rows may "
                 "have moved since the sheet was read, so it was not sent again "
                 "as it was",
                 location=self.spreadsheet_id,
-                retry_after=wait_s,
+                retry_after=exc.retry_after,
             ) from exc
 
     def _metadata(self) -> Json:
@@ -1767,7 +1817,7 @@ def _moved_cells(
     """The written cells of ``ch`` that landed in another row than the one
     read, and what to put back in each. A row is known by its ID where the
     write left that cell alone, else by what its other cells held (a row
-    being given its ID; see :func:`_source` for one edited meanwhile)."""
+    being given its ID)."""
     assert ch.id_column is not None
     ids = ch.id_column - 1
     deleted = _deleted(ch)
@@ -1789,8 +1839,6 @@ def _moved_cells(
         if columns not in read:
             read[columns] = [_identity(was, sent, ids, known) for was in before[1:]]
         source = _source(read[columns], wanted)
-        if source == row:
-            continue  # the row read, a cell of it edited meanwhile
         for column, value in sorted(sent.items()):
             if not _same(_at(now, landed, column - 1), value):
                 continue  # changed again since: left as it is
@@ -1827,30 +1875,19 @@ def _identity(
     )
 
 
-def _alike(one: tuple[str, Any], other: tuple[str, Any]) -> int:
-    """How many cells two rows known by their cells hold alike."""
-    if one[0] != "cells" or other[0] != "cells":
-        return 0
-    return len(set(one[1]) & set(other[1]))
+def _cells(names: list[str]) -> str:
+    """Cells named in a message: the first ten."""
+    return ", ".join(names[:10]) + (" …" if len(names) > 10 else "")
 
 
 def _source(read: list[tuple[str, Any]], wanted: tuple[str, Any]) -> int | None:
     """The 1-based row, as ``read`` (the identities of the rows below the
     header), that the row known as ``wanted`` is now: the one read with its
-    identity, if exactly one was. For a row known by its cells (one being
-    given its ID), a cell of which was edited meanwhile: the one read with
-    more than half of them, if no other had as many."""
+    identity, if exactly one was."""
     if wanted == ("cells", ()):
         return None  # nothing tells a blank row from another
     found = [number for number, was in enumerate(read, 2) if was == wanted]
-    if found or wanted[0] != "cells":
-        return found[0] if len(found) == 1 else None
-    alike = [_alike(was, wanted) for was in read]
-    most = max(alike, default=0)
-    best = [number for number, kept in enumerate(alike, 2) if kept == most]
-    if len(best) != 1 or most * 2 <= len(read[best[0] - 2][1]):
-        return None
-    return best[0]
+    return found[0] if len(found) == 1 else None
 
 
 def _only_written(line: Sequence[Cell], sent: Mapping[int, Any]) -> bool:
