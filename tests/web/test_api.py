@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import pytest
@@ -14,6 +16,7 @@ from sqlalchemy.exc import OperationalError
 from sheetbridge import clock
 from sheetbridge.insurance.mapping import CUSTOMERS
 from sheetbridge.insurance.models import User
+from sheetbridge.insurance.services import Book
 from sheetbridge.insurance.sync_jobs import TO_SHEET
 from sheetbridge.queue.models import Job
 from sheetbridge.queue.worker import WorkerPool
@@ -1715,6 +1718,45 @@ def test_the_api_takes_a_phone_or_email_exactly_when_a_sheet_would(
         assert answer.status_code == 422
         assert answer.json()["detail"][0]["field"] == column.field
         assert refused_by_sheet in answer.json()["detail"][0]["msg"]
+
+
+def test_look_alike_policy_numbers_sent_at_once_make_one_policy(
+    alice: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each request checks the number, then saves: sent at once, with a moment
+    # between the check and the save, only one may find the number free.
+    checked = Book._check_policy_number
+
+    def check_then_dawdle(self: Book, *args: object) -> None:
+        checked(self, *args)  # type: ignore[arg-type]
+        time.sleep(0.3)
+
+    monkeypatch.setattr(Book, "_check_policy_number", check_then_dawdle)
+    customer = alice.get("/api/customers?limit=1").json()["items"][0]["id"]
+    policy = {
+        "customer_id": customer,
+        "carrier": "Acme",
+        "line_of_business": "auto",
+        "effective_date": "2026-01-01",
+        "expiration_date": "2027-01-01",
+        "premium": "100.00",
+    }
+    numbers = ["RACE-1", "race-1", "Race-1", "\uff32\uff21\uff23\uff25-1"]
+
+    with ThreadPoolExecutor(len(numbers)) as pool:
+        answers = list(
+            pool.map(
+                lambda n: alice.post(
+                    "/api/policies", json={**policy, "policy_number": n}
+                ),
+                numbers,
+            )
+        )
+
+    assert sorted(a.status_code for a in answers) == [201, 422, 422, 422]
+    refused = [a.json()["detail"][0] for a in answers if a.status_code == 422]
+    assert all(e["field"] == "policy_number" for e in refused), refused
+    assert all("already used" in e["msg"] for e in refused), refused
 
 
 def test_a_state_is_one_of_the_us_postal_codes(alice: TestClient) -> None:

@@ -12,7 +12,17 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, Table, bindparam, func, inspect, or_, select, update
+from sqlalchemy import (
+    Select,
+    Table,
+    bindparam,
+    func,
+    inspect,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
@@ -50,6 +60,12 @@ def close_conflicts_of(
     session.execute(
         statement.values(resolved_at=clock.now(), resolution=RECORD_DELETED)
     )
+
+
+# Policy numbers being saved, by their folded form (PostgreSQL advisory
+# locks, in a namespace of their own).
+_NUMBER_LOCKS = 0x5B18
+_LOCK_NUMBER = text("SELECT pg_advisory_xact_lock(:space, hashtext(:key))")
 
 
 class DomainError(Exception):
@@ -430,11 +446,16 @@ class Book:
     def _check_policy_number(self, number: str, policy_id: int | None) -> None:
         """Refuse a number another policy has, in any case and alphabet:
         "ab-1" typed for a new policy is most likely "AB-1", and two would be
-        told apart by no one."""
+        told apart by no one. On PostgreSQL the number is locked until the
+        transaction ends, so that two saving look-alikes at once are checked
+        one after the other (SQLite has one writer at a time)."""
+        key = fold_number(number)
+        if self.session.get_bind().dialect.name == "postgresql":
+            self.session.execute(_LOCK_NUMBER, {"space": _NUMBER_LOCKS, "key": key})
         clash = self.session.execute(
             select(Policy.id, Policy.agent_id, Policy.policy_number)
             .where(
-                Policy.policy_number_key == fold_number(number),
+                Policy.policy_number_key == key,
                 Policy.id != (policy_id or 0),
             )
             .limit(1)
