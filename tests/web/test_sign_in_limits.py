@@ -119,6 +119,19 @@ def test_many_users_tried_from_one_address_hold_off_that_address(
     assert int(held.headers["retry-after"]) == 900
 
 
+def test_a_user_name_with_a_nul_character_is_a_wrong_sign_in_counted_as_any(
+    client: TestClient, now: list[datetime]
+) -> None:
+    # PostgreSQL keeps no NUL in text: the name is still counted and refused.
+    for _ in range(5):
+        assert sign_in(client, "al\x00ice", "guess").status_code == 400
+
+    held = sign_in(client, "al\x00ice", PASSWORDS["alice"])
+
+    assert held.status_code == 429
+    assert sign_in(client, "alice", PASSWORDS["alice"]).status_code == 303
+
+
 def test_a_user_name_in_other_letter_case_or_spacing_counts_as_the_same(
     client: TestClient, now: list[datetime]
 ) -> None:

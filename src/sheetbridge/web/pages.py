@@ -133,6 +133,9 @@ def _sign_in(
 ) -> str | HeldOff | None:
     """The new sign-in's token; None for a wrong username or password, or
     how long tries wait after too many of those (the password unchecked)."""
+    # No user's name holds a NUL, which PostgreSQL cannot store: the try is
+    # counted, and refused, under a name that no user has either.
+    username = username.replace("\x00", "\ufffd")
     settings = rt.settings
     limits = SignInLimits(
         settings.sign_in_tries,
