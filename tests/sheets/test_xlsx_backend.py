@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 import zipfile
@@ -944,6 +946,69 @@ def test_parallel_writers_to_different_tabs_lose_nothing(tmp_path: Path) -> None
     tabs = XlsxBackend(path).read_tabs([f"T{i}" for i in range(4)])
     for data in tabs.values():
         assert data is not None and data.rows == [["ID"], [2], [3], [4], [5]]
+
+
+def test_processes_writing_one_workbook_at_once_lose_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "p.xlsx"
+    make_book(path, {f"T{i}": [["ID"]] for i in range(3)})
+    writer = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from sheetbridge.sheets.base import TabChanges\n"
+        "from sheetbridge.sheets.xlsx import XlsxBackend\n"
+        "path, tab = Path(sys.argv[1]), sys.argv[2]\n"
+        "for row in range(2, 8):\n"
+        "    XlsxBackend(path).write({tab: TabChanges(cells={(row, 1): row})})\n"
+    )
+    writers = [
+        subprocess.Popen([sys.executable, "-c", writer, str(path), f"T{i}"])
+        for i in range(3)
+    ]
+
+    assert [process.wait(timeout=120) for process in writers] == [0, 0, 0]
+    tabs = XlsxBackend(path).read_tabs([f"T{i}" for i in range(3)])
+    for data in tabs.values():
+        assert data is not None and data.rows == [["ID"], *[[n] for n in range(2, 8)]]
+
+
+def test_workbooks_in_one_folder_are_written_at_the_same_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each user's book is a workbook of its own: one's save waits for no other.
+    first, second = tmp_path / "ann.xlsx", tmp_path / "bob.xlsx"
+    for path in (first, second):
+        make_book(path, {"T": [["ID"], [1]]})
+    second_saved = threading.Event()
+    save = XlsxBackend._save_atomically
+
+    def first_waits_for_the_second(
+        self: XlsxBackend, *args: Any, **kwargs: Any
+    ) -> None:
+        if self.path == first:
+            assert second_saved.wait(10), "the second workbook waited for the first"
+        save(self, *args, **kwargs)
+        if self.path == second:
+            second_saved.set()
+
+    monkeypatch.setattr(XlsxBackend, "_save_atomically", first_waits_for_the_second)
+    errors: list[BaseException] = []
+
+    def write(path: Path) -> None:
+        try:
+            XlsxBackend(path).write({"T": TabChanges(cells={(2, 2): path.stem})})
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(p,)) for p in (first, second)]
+    threads[0].start()
+    time.sleep(0.2)  # the first holds its lock
+    threads[1].start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    assert read(XlsxBackend(first)).rows == [["ID"], [1, "ann"]]
+    assert read(XlsxBackend(second)).rows == [["ID"], [1, "bob"]]
 
 
 def picture(path: Path, kind: str = "PNG") -> Path:

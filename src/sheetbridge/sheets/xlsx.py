@@ -451,12 +451,13 @@ class XlsxBackend:
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
-        """Serialise writers of this folder, across threads and processes."""
+        """Serialise writers of this workbook, across threads and processes;
+        other workbooks in its folder are written meanwhile."""
         key = self.path.absolute()
         with _thread_locks_guard:
             lock = _thread_locks.setdefault(key, threading.Lock())
         with lock:
-            fd = _lock_folder(self.path.parent)
+            fd = _lock_workbook(self.path)
             try:
                 yield
             finally:
@@ -517,7 +518,7 @@ class XlsxBackend:
 
     def _clear_killed_saves(self) -> None:
         """Delete the temporary files of this workbook's saves that a killed
-        process left: with the folder's write lock held, no save is under way."""
+        process left: with its write lock held, no save is under way."""
         pattern = f".{glob.escape(self.path.stem)}-{'?' * 8}{TMP_SUFFIX}"
         for leftover in self.path.parent.glob(pattern):
             leftover.unlink(missing_ok=True)
@@ -938,9 +939,34 @@ def _saver(
     return save
 
 
-def _lock_folder(folder: Path) -> int | None:
+def _lock_workbook(path: Path) -> int | None:
+    """An exclusive lock on the workbook at ``path`` (one not there yet: on
+    its folder, until it is): its descriptor, or None where files cannot be
+    locked (then threads alone are serialised). A save replaces the file,
+    so a lock taken on the file it replaced is given up and taken again."""
     if fcntl is None:
         return None
+    while True:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            folder = _lock_folder(path.parent)
+            if folder is None or not path.exists():
+                return folder
+            os.close(folder)  # made meanwhile: locked as a workbook
+            continue
+        except OSError:
+            return None
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                return fd
+        except OSError:
+            pass  # gone meanwhile: locked again as it is now
+        os.close(fd)
+
+
+def _lock_folder(folder: Path) -> int | None:
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
