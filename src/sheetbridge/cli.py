@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -280,6 +281,9 @@ def sync(
     queued = runtime.sync.enqueue(user, kinds[direction])
     WorkerPool(runtime.queue, runtime.sync.handlers).run_until_empty()
     job = runtime.queue.get(queued.job_id)
+    while job.state == "running":  # taken by a worker elsewhere: its result
+        time.sleep(0.2)
+        job = runtime.queue.get(queued.job_id)
     if as_json:
         (view,) = job_views(runtime, [job])
         typer.echo(to_json(view, indent=2).decode())
