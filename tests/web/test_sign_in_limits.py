@@ -12,6 +12,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import event
+from sqlalchemy.exc import OperationalError
 
 from sheetbridge import clock
 from sheetbridge.web import pages
@@ -223,3 +224,20 @@ def test_a_try_checked_while_the_limit_is_read_still_counts(
         event.remove(runtime.db.engine, "after_cursor_execute", fifth_found_wrong)
 
     assert waiting is not None
+
+
+def test_a_sign_in_while_the_database_is_down_answers_a_page_saying_so(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def down(*_args: object) -> None:
+        raise OperationalError("INSERT ...", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(pages, "count_sign_in", down)
+
+    answer = sign_in(client, "alice", PASSWORDS["alice"])
+
+    assert answer.status_code == 503
+    assert answer.headers["retry-after"] == "5"
+    assert answer.headers["content-type"].startswith("text/html")
+    assert "Try again in a few seconds" in answer.text
+    assert "connection refused" not in answer.text

@@ -10,7 +10,12 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
+from fastapi.responses import (
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
@@ -132,15 +137,28 @@ def _add_error_handlers(app: FastAPI) -> None:
         ]
         return JSONResponse({"detail": detail}, status_code=422)
 
-    async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    async def _database_unavailable(request: Request, exc: Exception) -> Response:
         log.warning(
             "database.unavailable",
             extra={"action": "request", "error": unavailable_reason(exc)},
         )
+        headers = {"Retry-After": str(RETRY_AFTER_S)}
+        if _is_page(request):  # a person's browser: a page saying so
+            return pages.templates.TemplateResponse(
+                request,
+                "unavailable.html",
+                {
+                    "csrf": "",
+                    "reason": DATABASE_UNAVAILABLE.split(";")[0].capitalize(),
+                    "retry_after": RETRY_AFTER_S,
+                },
+                status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+                headers=headers,
+            )
         return JSONResponse(
             {"detail": DATABASE_UNAVAILABLE},
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-            headers={"Retry-After": str(RETRY_AFTER_S)},
+            headers=headers,
         )
 
     for error in DATABASE_UNAVAILABLE_ERRORS:
@@ -159,6 +177,12 @@ def _add_error_handlers(app: FastAPI) -> None:
                 return JSONResponse({"detail": detail}, status_code=415)
         detail = [_validation_error(error) for error in errors]
         return JSONResponse({"detail": detail}, status_code=422)
+
+
+def _is_page(request: Request) -> bool:
+    """Whether the request is for one of the pages people open, not the API."""
+    path = request.url.path
+    return path in ("/", "/login", "/logout")
 
 
 def _whole_body(error: Mapping[str, Any]) -> bool:
