@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from sheetbridge.insurance.models import User, is_device_name
+from sheetbridge.web import security
 from sheetbridge.web.deps import Runtime
 from sheetbridge.web.security import UserError, add_user
 
@@ -93,3 +96,30 @@ def test_a_stored_device_name_gets_a_workbook_named_by_the_user_id(
     location = Path(runtime.sync.target_for(user).location)
 
     assert location.name == f"user-{user.id}.xlsx"
+
+
+def test_names_differing_only_in_case_added_at_once_make_one_user(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each adding checks the name, then saves: a moment between the two lets
+    # every one of them find the name free, unless they take turns.
+    hashed = security.hash_password
+
+    def slow_hash(password: str) -> str:
+        time.sleep(0.3)
+        return hashed(password)
+
+    monkeypatch.setattr(security, "hash_password", slow_hash)
+
+    def add(name: str) -> str:
+        try:
+            with runtime.db.session() as session:
+                add_user(session, name, "long-enough-1", role="agent")
+        except UserError:
+            return "refused"
+        return "added"
+
+    with ThreadPoolExecutor(3) as pool:
+        outcomes = list(pool.map(add, ["Zed", "zed", "ZED"]))
+
+    assert sorted(outcomes) == ["added", "refused", "refused"]

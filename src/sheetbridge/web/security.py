@@ -13,7 +13,7 @@ from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
 
 from sheetbridge import clock
@@ -195,6 +195,12 @@ def forget_wrong_sign_ins(session: Session, username: str, address: str) -> None
     )
 
 
+# User names being added, lower-cased (PostgreSQL advisory locks, in a
+# namespace of their own).
+_NAME_LOCKS = 0x5B19
+_LOCK_NAME = text("SELECT pg_advisory_xact_lock(:space, hashtext(:key))")
+
+
 def add_user(
     session: Session, username: str, password: str, *, role: str, full_name: str = ""
 ) -> User:
@@ -211,7 +217,11 @@ def add_user(
     if not 8 <= len(password) <= MAX_PASSWORD:
         raise UserError(f"a password has 8 to {MAX_PASSWORD} characters")
     # Compared ignoring case: on a case-insensitive disk (macOS, Windows) the
-    # two users' workbooks would be one file.
+    # two users' workbooks would be one file. On PostgreSQL the name is locked
+    # until the transaction ends, so that two added at once are checked one
+    # after the other (SQLite has one writer at a time).
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(_LOCK_NAME, {"space": _NAME_LOCKS, "key": username.lower()})
     same = func.lower(User.username) == username.lower()
     existing = session.scalar(select(User.username).where(same))
     if existing is not None:
