@@ -907,19 +907,24 @@ def typed_rows(sheet: Any, people: list[tuple[str, str, str]]) -> dict[str, int]
 
 @pytest.mark.parametrize(
     "change",
-    ["edited", "edited and swapped", "another person's row put in above"],
+    [
+        "edited in place",
+        "edited and swapped",
+        "another person's row put in above the last",
+        "another person's row put in above both",
+    ],
 )
-def test_an_id_written_into_a_row_that_changed_meanwhile_is_taken_back_out(
+def test_a_row_being_given_its_id_that_changed_meanwhile_keeps_it_only_in_place(
     runtime: Runtime,
     spreadsheet_id: str,
     emulator: EmulatorServer,
     monkeypatch: pytest.MonkeyPatch,
     change: str,
 ) -> None:
-    # A row being given its ID is known by its cells. One whose cells are not
-    # those read (a person edited it, or put another row there) may be any
-    # row: the ID is taken back out, the import fails naming the cells, and
-    # the next import never gives one record another row's values.
+    # A row being given its ID is known by its cells. One a person typed into
+    # is still the row read where its neighbours stayed; else it may be any
+    # row: the ID is taken back out and the import fails naming the cells.
+    # Either way no import gives one record another row's values.
     run_sync(runtime, "alice", TO_SHEET)
     sheet = customers_sheet(emulator)
     people = [
@@ -927,22 +932,30 @@ def test_an_id_written_into_a_row_that_changed_meanwhile_is_taken_back_out(
         ("Zoe Typed", "zoe@example.com", "Boston"),
     ]
     header = typed_rows(sheet, people)
+    rita = [""] * len(header)
+    rita[header["Name"]], rita[header["City"]] = "Rita Other", "Boston"
 
     def person(rows: Rows) -> None:
-        if change == "another person's row put in above":
-            rita = [""] * len(header)
-            rita[header["Name"]], rita[header["City"]] = "Rita Other", "Boston"
+        if change == "another person's row put in above the last":
             rows.insert(len(rows) - 1, rita)
-            return
-        rows[-1][header["Name"]] = "Zoe Fixed"
-        if change == "edited and swapped":
-            rows[-2], rows[-1] = rows[-1], rows[-2]
+        elif change == "another person's row put in above both":
+            rows.insert(len(rows) - 2, rita)
+        else:
+            rows[-1][header["Name"]] = "Zoe Fixed"
+            rows[-1][header["Email"]] = "zoe.fixed@example.com"
+            if change == "edited and swapped":
+                rows[-2], rows[-1] = rows[-1], rows[-2]
 
     before_the_first_write(monkeypatch, sheet.rows, person)
     job = import_and_its_retry(runtime)
     after = import_and_its_retry(runtime)
 
-    assert job.state == "failed" and "were blanked" in (job.error or ""), job.error
+    if change == "edited in place":
+        assert (job.state, job.attempts, job.errors) == ("succeeded", 1, [])
+        assert after.result is not None
+        assert after.result["summary"]["created"] == 0
+    else:
+        assert job.state == "failed" and "were blanked" in (job.error or "")
     assert after.state == "succeeded", after.error
     _, tab, _ = customers_tab(emulator, spreadsheet_id)
     with runtime.db.read_session() as session:

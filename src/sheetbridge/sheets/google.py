@@ -1839,6 +1839,13 @@ def _moved_cells(
         if columns not in read:
             read[columns] = [_identity(was, sent, ids, known) for was in before[1:]]
         source = _source(read[columns], wanted)
+        if (
+            source is None
+            and wanted[0] == "cells"
+            and not deleted
+            and _neighbours_stayed(row, before, now, written, ids, known)
+        ):
+            continue  # the row read, which a person typed into meanwhile
         for column, value in sorted(sent.items()):
             if not _same(_at(now, landed, column - 1), value):
                 continue  # changed again since: left as it is
@@ -1875,6 +1882,29 @@ def _identity(
     )
 
 
+def _neighbours_stayed(
+    row: int,
+    before: list[list[Cell]],
+    now: list[list[Cell]],
+    written: Mapping[int, Mapping[int, Any]],
+    ids: int,
+    known: frozenset[int],
+) -> bool:
+    """Whether the rows read just above and below ``row`` (a row known by its
+    cells) are where they were, as they were: then no row was put in, taken
+    out or moved there, and the row between is the one read, whatever a
+    person typed into it meanwhile."""
+    for other in (row - 1, row + 1):
+        if other < 2:
+            continue  # the header stays
+        sent = written.get(other, {})
+        was = before[other - 1] if other <= len(before) else []
+        is_now = now[other - 1] if other <= len(now) else []
+        if _identity(was, sent, ids, known) != _identity(is_now, sent, ids, known):
+            return False
+    return True
+
+
 def _cells(names: list[str]) -> str:
     """Cells named in a message: the first ten."""
     return ", ".join(names[:10]) + (" …" if len(names) > 10 else "")
@@ -1901,12 +1931,13 @@ def _only_written(line: Sequence[Cell], sent: Mapping[int, Any]) -> bool:
 
 def _span_to_check(ch: TabChanges, before: list[list[Cell]]) -> tuple[int, int] | None:
     """The rows (first, last, where the write left them) to read back: those
-    it wrote cells into."""
+    it wrote cells into, and one more each side."""
     if not _rows_to_check(ch, before):
         return None
-    # Deletes move a row up by at most their number.
-    first = min(row for row, _ in ch.cells) - len(ch.delete_rows)
-    return max(2, first), max(row for row, _ in ch.cells)
+    # Deletes move a row up by at most their number; a row's neighbours
+    # are read too (see _neighbours_stayed).
+    first = min(row for row, _ in ch.cells) - len(ch.delete_rows) - 1
+    return max(2, first), max(row for row, _ in ch.cells) + 1
 
 
 def _first_appended(ch: TabChanges, before: list[list[Cell]]) -> int:
