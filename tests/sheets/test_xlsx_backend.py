@@ -838,6 +838,30 @@ def test_half_a_workbook_saved_a_moment_ago_is_retried_as_still_being_saved(
     )
 
 
+def test_a_workbook_half_saved_by_another_program_as_a_sync_writes_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The write checks the version, then opens the workbook: a save that
+    # begins between the two leaves half a file for a moment, no damage.
+    path = tmp_path / "book.xlsx"
+    make_book(path, {"T": [["ID"], [1]]})
+    backend = XlsxBackend(path)
+    whole = path.read_bytes()
+    check = backend._refuse_to_delete_content
+
+    def save_begins(*args: Any) -> None:
+        path.write_bytes(whole[: len(whole) // 2])
+        check(*args)
+
+    monkeypatch.setattr(backend, "_refuse_to_delete_content", save_begins)
+    version = read(backend).version
+
+    with pytest.raises(SheetChanged) as info:
+        backend.write({"T": TabChanges(cells={(2, 2): "x"})}, expected_version=version)
+
+    assert info.value.transient
+
+
 def test_a_workbook_read_while_another_program_saves_it_is_changed_and_retried(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

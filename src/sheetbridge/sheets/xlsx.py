@@ -167,12 +167,20 @@ class XlsxBackend:
         before = self.version()
         if not before:
             return dict.fromkeys(tabs)
-        try:
+        with self._maybe_being_saved(before):
             result = self._read_values(tabs, before)
+        if self.version() != before:
+            raise SheetChanged(location=self.location)
+        return result
+
+    @contextlib.contextmanager
+    def _maybe_being_saved(self, before: str) -> Iterator[None]:
+        """Half a file is no workbook: if another program is saving it (the
+        file changed since it was read, or moments ago), a later attempt
+        reads it whole. One broken for longer is broken."""
+        try:
+            yield
         except SheetInvalidRequest:
-            # Half a file is no workbook: if another program is saving it (the
-            # file changed meanwhile, or moments ago), a later attempt reads it
-            # whole. One broken for longer is broken.
             if self.version() != before:
                 raise SheetChanged(location=self.location) from None
             if self._saved_moments_ago():
@@ -183,9 +191,6 @@ class XlsxBackend:
                     location=self.location,
                 ) from None
             raise
-        if self.version() != before:
-            raise SheetChanged(location=self.location)
-        return result
 
     def _saved_moments_ago(self) -> bool:
         try:
@@ -219,10 +224,11 @@ class XlsxBackend:
                 return
             results: dict[str, FormulaResults] = {}
             rich: dict[str, RichTextCells] = {}
-            if before:
-                self._refuse_to_delete_content()
-                results, rich = self._formula_results_and_rich_text()
-            workbook = self._load_for_write(before)
+            with self._maybe_being_saved(before):
+                if before:
+                    self._refuse_to_delete_content()
+                    results, rich = self._formula_results_and_rich_text()
+                workbook = self._load_for_write(before)
             named = {tab: tab_named(workbook.sheetnames, tab) for tab in changes}
             if expected_version == "" and any(named.values()):
                 raise SheetChanged(location=self.location)
