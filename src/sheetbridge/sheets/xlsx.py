@@ -122,6 +122,11 @@ TMP_SUFFIX = ".xlsx.tmp"
 LOCKED_RETRY_S = 30.0
 
 
+class _Unreadable(SheetInvalidRequest):
+    """A file that does not read as a workbook, or a tab of it that does not
+    read to its end."""
+
+
 class XlsxBackend:
     """Tabs of one local workbook file."""
 
@@ -180,7 +185,7 @@ class XlsxBackend:
         reads it whole. One broken for longer is broken."""
         try:
             yield
-        except SheetInvalidRequest:
+        except _Unreadable:
             if self.version() != before:
                 raise SheetChanged(location=self.location) from None
             if self._saved_moments_ago():
@@ -412,7 +417,7 @@ class XlsxBackend:
         except (OSError, zipfile.BadZipFile):
             bad = None
         reason = bad.reason if bad is not None and bad.tab == tab else str(exc)
-        return SheetInvalidRequest(
+        return _Unreadable(
             f"{self.location} cannot be read: its tab {tab!r} is damaged "
             f"({reason or type(exc).__name__}). Nothing was imported or written. "
             "Open the workbook in Excel or LibreOffice and save it (they repair "
@@ -429,7 +434,7 @@ class XlsxBackend:
                 "there, or point the link at one",
                 location=self.location,
             )
-        return SheetInvalidRequest(
+        return _Unreadable(
             f"{self.location} is not a readable .xlsx workbook ({exc})",
             location=self.location,
         )
