@@ -3,12 +3,15 @@ at once) and the PostgreSQL connections each process keeps."""
 
 from __future__ import annotations
 
+import socket
 import statistics
 import threading
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import QueuePool, text
+from sqlalchemy.exc import OperationalError
 
 from sheetbridge.config import Settings
 from sheetbridge.db import Database
@@ -76,3 +79,23 @@ def test_each_process_keeps_the_postgresql_connections_its_settings_allow(
         assert (pool.size(), pool._max_overflow) == (4, 2)
     finally:
         runtime.db.dispose()
+
+
+@pytest.mark.timeout(60)
+def test_a_postgresql_server_that_never_answers_is_given_up_on(tmp_path: Path) -> None:
+    # A listening socket that never says a word, as a host gone from the
+    # network behind a port still open: connecting fails, it does not hang.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        settings = Settings(
+            data_dir=tmp_path,
+            database_url=f"postgresql+psycopg://root@127.0.0.1:{port}/silent",
+        )
+        runtime = build_runtime(settings)
+        try:
+            with pytest.raises(OperationalError), runtime.db.engine.connect():
+                pass
+        finally:
+            runtime.db.dispose()
