@@ -3,6 +3,9 @@ a chain, or moved where one row cannot take its new number."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -10,6 +13,7 @@ from sqlalchemy import select
 
 from sheetbridge.insurance import review
 from sheetbridge.insurance.models import Policy, User
+from sheetbridge.insurance.services import Book
 from sheetbridge.insurance.sync_jobs import FROM_SHEET
 from sheetbridge.queue.worker import WorkerPool
 from sheetbridge.web.deps import Runtime
@@ -187,3 +191,30 @@ def test_two_new_rows_giving_one_number_in_two_cases_are_both_refused(
     assert f"zz-1 is already used by row {rows[1]}" in told[rows[0]]
     assert f"ZZ-1 is already used by row {rows[0]}" in told[rows[1]]
     assert imported["tabs"]["Policies"]["counts"]["created"] == 0
+
+
+def test_two_books_checking_the_same_numbers_in_opposite_orders_both_finish(
+    runtime: Runtime,
+) -> None:
+    # As two imports whose new rows give the same numbers, listed the other
+    # way round: each locks them all first, in one order, so neither waits
+    # for the other forever (PostgreSQL would end one as a deadlock).
+    with runtime.db.read_session() as session:
+        users = session.scalars(
+            select(User).where(User.username.in_(["alice", "bob"]))
+        ).all()
+    orders = {"alice": ["LOCK-A", "LOCK-B"], "bob": ["LOCK-B", "LOCK-A"]}
+    barrier = threading.Barrier(2, timeout=20)
+
+    def check(user: User) -> None:
+        with runtime.db.session() as session:
+            book = Book(session, user)
+            book.lock_numbers(orders[user.username])
+            for number in orders[user.username]:
+                book._check_policy_number(number, None)
+                if number == orders[user.username][0]:
+                    with contextlib.suppress(threading.BrokenBarrierError):
+                        barrier.wait(timeout=1)  # the other has begun too
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(check, users))

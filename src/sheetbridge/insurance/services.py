@@ -8,7 +8,7 @@ another one made meanwhile.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -443,6 +443,16 @@ class Book:
                 "customer_id", f"there is no customer {customer_id} in your book"
             ) from exc
 
+    def lock_numbers(self, numbers: Iterable[str]) -> None:
+        """On PostgreSQL, lock these policy numbers (by their folded form)
+        until the transaction ends, in one order for every caller, so that
+        two imports locking the same numbers wait for each other instead of
+        deadlocking (a lock taken again is already held)."""
+        if self.session.get_bind().dialect.name != "postgresql":
+            return
+        for key in sorted({fold_number(number) for number in numbers}):
+            self.session.execute(_LOCK_NUMBER, {"space": _NUMBER_LOCKS, "key": key})
+
     def _check_policy_number(self, number: str, policy_id: int | None) -> None:
         """Refuse a number another policy has, in any case and alphabet:
         "ab-1" typed for a new policy is most likely "AB-1", and two would be
@@ -450,8 +460,7 @@ class Book:
         transaction ends, so that two saving look-alikes at once are checked
         one after the other (SQLite has one writer at a time)."""
         key = fold_number(number)
-        if self.session.get_bind().dialect.name == "postgresql":
-            self.session.execute(_LOCK_NUMBER, {"space": _NUMBER_LOCKS, "key": key})
+        self.lock_numbers([number])
         clash = self.session.execute(
             select(Policy.id, Policy.agent_id, Policy.policy_number)
             .where(

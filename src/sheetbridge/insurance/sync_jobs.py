@@ -577,6 +577,13 @@ class SyncService:
         id_cells: dict[str, dict[tuple[int, int], Cell]] = {}
         with self.db.session() as session:
             book = Book(session, user)
+            policies = plans[POLICIES.tab]
+            book.lock_numbers(
+                str(values["policy_number"])
+                for values in [*policies.updates.values()]
+                + [new.values for new in policies.creates]
+                if values.get("policy_number") is not None
+            )
             for mapping in MAPPINGS:
                 plan, app = plans[mapping.tab], sides.app[mapping.tab]
                 entity = ENTITY[mapping.tab]
@@ -632,9 +639,7 @@ class SyncService:
     ) -> set[str]:
         """The policy numbers that sheet edits and new rows give, which
         policies outside the book have, in no case (:func:`fold_number`)."""
-        given = [edit.get("policy_number") for edit in plan.edits.values()]
-        given += [new.values.get("policy_number") for new in plan.new_rows]
-        wanted = {fold_number(str(number)) for number in given if number is not None}
+        wanted = {fold_number(number) for number in _numbers_given(plan)}
         if not wanted:
             return set()
         with self.db.read_session() as session:
@@ -1702,6 +1707,13 @@ def _retry_reporter(
     return lambda attempt, delay_s, error: progress.note(
         "retrying", retries=next(retries), reason=str(error), delay_s=round(delay_s, 1)
     )
+
+
+def _numbers_given(plan: ToSheetPlan) -> list[str]:
+    """The policy numbers that a plan's sheet edits and new rows give."""
+    given = [edit.get("policy_number") for edit in plan.edits.values()]
+    given += [new.values.get("policy_number") for new in plan.new_rows]
+    return [str(number) for number in given if number is not None]
 
 
 def _version(tabs: dict[str, TabData | None]) -> str:
