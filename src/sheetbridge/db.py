@@ -7,7 +7,7 @@ import os
 import threading
 import time
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from sqlalchemy import (
     create_engine,
     event,
     make_url,
+    text,
 )
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -196,6 +197,20 @@ def _search_text_sqlite(element: search_text, compiler: Any, **kw: Any) -> str:
 
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
+
+
+_LOCK_KEY = text("SELECT pg_advisory_xact_lock(:space, hashtext(:key))")
+
+
+def lock_keys(session: Session, space: int, keys: Iterable[str]) -> None:
+    """On PostgreSQL, lock ``keys`` (in the namespace ``space``) until the
+    transaction ends, in one order for every caller, so that two takers of
+    the same keys wait for each other instead of deadlocking; a key locked
+    again is already held. SQLite needs none: it has one writer at a time."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    for key in sorted(set(keys)):
+        session.execute(_LOCK_KEY, {"space": space, "key": key})
 
 
 class WriterTurn:

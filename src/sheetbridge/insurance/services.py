@@ -20,7 +20,6 @@ from sqlalchemy import (
     inspect,
     or_,
     select,
-    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -28,7 +27,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from sheetbridge import clock
-from sheetbridge.db import search_form, search_text
+from sheetbridge.db import lock_keys, search_form, search_text
 from sheetbridge.insurance.models import Customer, Policy, User, fold_number
 from sheetbridge.insurance.schemas import (
     CustomerCreate,
@@ -65,7 +64,6 @@ def close_conflicts_of(
 # Policy numbers being saved, by their folded form (PostgreSQL advisory
 # locks, in a namespace of their own).
 _NUMBER_LOCKS = 0x5B18
-_LOCK_NUMBER = text("SELECT pg_advisory_xact_lock(:space, hashtext(:key))")
 
 
 class DomainError(Exception):
@@ -448,10 +446,7 @@ class Book:
         until the transaction ends, in one order for every caller, so that
         two imports locking the same numbers wait for each other instead of
         deadlocking (a lock taken again is already held)."""
-        if self.session.get_bind().dialect.name != "postgresql":
-            return
-        for key in sorted({fold_number(number) for number in numbers}):
-            self.session.execute(_LOCK_NUMBER, {"space": _NUMBER_LOCKS, "key": key})
+        lock_keys(self.session, _NUMBER_LOCKS, map(fold_number, numbers))
 
     def _check_policy_number(self, number: str, policy_id: int | None) -> None:
         """Refuse a number another policy has, in any case and alphabet:

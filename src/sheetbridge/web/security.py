@@ -13,10 +13,11 @@ from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from sheetbridge import clock
+from sheetbridge.db import lock_keys
 from sheetbridge.insurance.models import ROLES, USERNAME, User, is_device_name
 from sheetbridge.web.models import ApiToken, SignInFailure, WebSession
 
@@ -198,7 +199,6 @@ def forget_wrong_sign_ins(session: Session, username: str, address: str) -> None
 # User names being added, lower-cased (PostgreSQL advisory locks, in a
 # namespace of their own).
 _NAME_LOCKS = 0x5B19
-_LOCK_NAME = text("SELECT pg_advisory_xact_lock(:space, hashtext(:key))")
 
 
 def add_user(
@@ -220,8 +220,7 @@ def add_user(
     # two users' workbooks would be one file. On PostgreSQL the name is locked
     # until the transaction ends, so that two added at once are checked one
     # after the other (SQLite has one writer at a time).
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(_LOCK_NAME, {"space": _NAME_LOCKS, "key": username.lower()})
+    lock_keys(session, _NAME_LOCKS, [username.lower()])
     same = func.lower(User.username) == username.lower()
     existing = session.scalar(select(User.username).where(same))
     if existing is not None:
